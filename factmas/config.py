@@ -1,0 +1,139 @@
+"""Run configuration: dataclasses whose defaults reproduce the README's results.
+
+A configuration is read from a nested dict (JSON); an unknown key anywhere is an error that names
+the key's dotted path and the keys allowed there. ``RunConfig.to_dict`` gives the resolved
+configuration written to ``config.json`` in every run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the dotted key."""
+
+
+@dataclass
+class ModelConfig:
+    """The two-branch model (see ``factmas.model``)."""
+    backbone: str = "small_cnn"          # "small_cnn" or "resnet18"
+    pretrained_path: Optional[str] = None  # resnet18 weights (a torchvision state dict), if any
+    embed_dim: int = 64                  # d: size of each of the S, P and O parts
+    width: int = 32                      # channels of the small CNN's first block
+    word_dim: int = 64                   # word-embedding size of the fact branch
+    norm_groups: int = 8                 # GroupNorm groups (keeps samples independent)
+
+
+@dataclass
+class LossConfig:
+    """The wildcard regression + contrastive loss (see ``factmas.loss``)."""
+    regression_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    temperature: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The continual trainer (see ``factmas.train``)."""
+    split: str = "random4_seed0"
+    method: str = "mas"
+    reg_lambda: float = 1.0
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"                 # "auto", "cpu" or "cuda"
+    omega_accumulate: str = "sum"        # "sum" (the MAS code) or "alpha" (blend)
+    omega_alpha: float = 0.5             # weight of the old Ω when omega_accumulate == "alpha"
+    omega_data: str = "train"            # images Ω is estimated on: "train", "test" or "train+test"
+    omega_max_samples: Optional[int] = None  # cap on samples used for Ω (None: all)
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation after every task (see ``factmas.evaluate``)."""
+    ap_k: int = 100                      # k of AP@k (Lifelong Fact Learning uses 100)
+    image_pool: str = "all"              # "all" test images, or each "task"'s own test images
+    search_batch: int = 4096             # queries per FAISS search call (bounds memory)
+    enabled: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; ``data`` is the HDF5 dataset path."""
+    data: str = ""
+    out: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """Build from a nested dict. Raises ConfigError on an unknown key or a wrong type."""
+        return from_dict(cls, d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunConfig":
+        """Read a config.json. Raises ConfigError naming the file on bad JSON or keys."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read configuration: {e}") from e
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+
+def from_dict(cls: type, d: Any, where: str = "") -> Any:
+    """Recursively build dataclass ``cls`` from dict ``d``, rejecting unknown keys.
+
+    Raises:
+        ConfigError: ``d`` is not a dict, has a key ``cls`` lacks, or a value of the wrong type.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'}: expected an object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {_join(where, unknown[0])!r}; allowed: {sorted(names)}")
+    kwargs = {}
+    for name, value in d.items():
+        key = _join(where, name)
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, key)
+        else:
+            kwargs[name] = _check_type(hint, value, key)
+    return cls(**kwargs)
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _check_type(hint: Any, value: Any, key: str) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or
+                                            (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value

