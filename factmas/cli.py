@@ -1,0 +1,33 @@
+"""The ``factmas`` command: ``factmas train | query | evaluate ...``.
+
+Each subcommand lives in its own module with a ``main(argv) -> int`` function; this file only
+dispatches (a plain dict, no import magic).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("factmas.train.cli", "train the tasks of a split in order (finetune, MAS, ...)"),
+    "query": ("factmas.query", "top-k facts for images, from a trained run"),
+    "evaluate": ("factmas.evaluate_cli", "recompute retrieval metrics from a run's checkpoints"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``factmas`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+        print("usage: factmas {train,query,evaluate} ...\n\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nfactmas: unknown subcommand {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
