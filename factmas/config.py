@@ -26,6 +26,7 @@ class ModelConfig:
     embed_dim: int = 64                  # d: size of each of the S, P and O parts
     width: int = 32                      # channels of the small CNN's first block
     word_dim: int = 64                   # word-embedding size of the fact branch
+    fact_hidden: int = 128               # hidden width of the fact branch's per-slot MLP
     norm_groups: int = 8                 # GroupNorm groups (keeps samples independent)
 
 
@@ -54,6 +55,8 @@ class TrainConfig:
     omega_data: str = "train"            # images Ω is estimated on: "train", "test" or "train+test"
     omega_max_samples: Optional[int] = None  # cap on samples used for Ω (None: all)
     num_workers: int = 0
+    optimizer_reset: bool = True         # a fresh Adam at each task (False: keep its moments)
+    aux_batch_size: int = 256            # batch size of the image/fact batches a method reads (Ω)
 
 
 @dataclass
@@ -63,6 +66,8 @@ class EvalConfig:
     image_pool: str = "all"              # "all" test images, or each "task"'s own test images
     search_batch: int = 4096             # queries per FAISS search call (bounds memory)
     enabled: bool = True
+    embed_batch: int = 256               # images or facts per forward pass when embedding
+    image_split: str = "test"            # images evaluated on: "test" (tables) or "val" (tuning λ)
 
 
 @dataclass

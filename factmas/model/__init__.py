@@ -1,0 +1,16 @@
+"""The Sherlock two-branch model: image branch (S head + PO head) and fact branch, raw [B, 3, d] outputs.
+
+Public API::
+
+    build_model(cfg: ModelConfig, vocab_size) -> TwoBranchModel   # .image_branch, .fact_branch
+    preprocess(uint8 [B, H, W, 3]) -> float32 [B, 3, H, W]          # ImageNet mean/std normalization
+    load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
+"""
+from .fact_branch import FactBranch
+from .image_branch import BACKBONES, ResNet18Branch, SmallCNNBranch, build_image_branch
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image_file, preprocess
+from .two_branch import TwoBranchModel, build_model
+
+__all__ = ["BACKBONES", "FactBranch", "IMAGENET_MEAN", "IMAGENET_STD", "ResNet18Branch",
+           "SmallCNNBranch", "TwoBranchModel", "build_image_branch", "build_model",
+           "load_image_file", "preprocess"]

@@ -1,0 +1,133 @@
+"""Image branch: a CNN that forks, as Sherlock's does, into an S head and a PO head.
+
+Sherlock (Elhoseiny et al., AAAI 2017, Sec. 4 and Fig. 3) shares the lower convolutional layers of the
+image network (the trunk) and splits the upper layers into two heads: one gives the subject embedding
+φ_S, the other the predicate and object embeddings φ_P, φ_O (predicate and object depend on the same
+wider context). Both backbones here follow that shape; the output is the *raw* embedding [B, 3, d]
+(slot 0 S, 1 P, 2 O); normalization happens in the loss and in retrieval (``factmas.space``).
+
+Only layers with per-sample-independent statistics are used (GroupNorm, no BatchNorm), so that the
+per-sample gradients needed by exact MAS importance are defined. Parametrized layer types of the
+default ``small_cnn``: Conv2d, GroupNorm, Linear.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def conv_block(c_in: int, c_out: int, groups: int, stride: int = 2) -> nn.Sequential:
+    """3×3 Conv2d (no bias, GroupNorm follows) → GroupNorm(groups) → ReLU; halves H, W when stride 2."""
+    if c_out % groups:
+        raise ValueError(f"norm_groups={groups} must divide the channel count {c_out}")
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                         nn.GroupNorm(groups, c_out), nn.ReLU())
+
+
+class ForkHeads(nn.Module):
+    """The two heads on top of a shared trunk's feature map.
+
+    ``s_head`` / ``po_head``: modules mapping the trunk's feature map [B, C, h, w] to [B, C', h', w'];
+    each is followed by global average pooling and a Linear to d (S) or 2d (P, O).
+    """
+
+    def __init__(self, s_head: nn.Module, po_head: nn.Module, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.s_head, self.po_head = s_head, po_head
+        self.s_fc = nn.Linear(channels, embed_dim)
+        self.po_fc = nn.Linear(channels, 2 * embed_dim)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h float [B, C, h, w] → raw φ float [B, 3, d]."""
+        s = self.s_fc(self.s_head(h).mean(dim=(2, 3)))                    # [B, d]
+        po = self.po_fc(self.po_head(h).mean(dim=(2, 3)))                 # [B, 2d]
+        return torch.cat([s, po], dim=1).view(-1, 3, self.embed_dim)
+
+
+class SmallCNNBranch(nn.Module):
+    """The default image branch, fast on a 2-core CPU at 64×64 input.
+
+    Trunk: three stride-2 conv blocks, widths w, 2w, 4w (64×64 → 8×8). Heads: one stride-2 conv block of
+    width 4w each (→ 4×4), global average pool, Linear. With w = 32: 32 → 64 → 128 | 128 (S), 128 (PO).
+    Every block is Conv2d 3×3 → GroupNorm(norm_groups) → ReLU.
+
+    Input float32 [B, 3, H, W] (``preprocess`` output, H, W ≥ 16); output raw φ float32 [B, 3, d].
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w, g = cfg.width, cfg.norm_groups
+        self.trunk = nn.Sequential(conv_block(3, w, g), conv_block(w, 2 * w, g),
+                                   conv_block(2 * w, 4 * w, g))
+        self.heads = ForkHeads(conv_block(4 * w, 4 * w, g), conv_block(4 * w, 4 * w, g),
+                               4 * w, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.trunk(x))
+
+
+class ResNet18Branch(nn.Module):
+    """torchvision resnet18 forked at layer4: trunk = stem + layer1..layer3, each head = a copy of layer4.
+
+    Every BatchNorm2d is replaced by GroupNorm(norm_groups) with the same affine parameters (γ, β copied
+    when pretrained weights are loaded; the running statistics are dropped), so samples stay independent
+    and per-sample gradients are defined in training and for Ω. ``cfg.pretrained_path`` is a torchvision
+    resnet18 state dict (e.g. ``resnet18-f37072fd.pth``) loaded with ``weights_only=True``; nothing is
+    downloaded. GroupNorm with copied BatchNorm affines is not the same function as the pretrained
+    network, so pretrained weights are a starting point to fine-tune, not a frozen feature extractor.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        import torchvision  # lazily: only this backbone needs it
+
+        net = torchvision.models.resnet18(weights=None)
+        if cfg.pretrained_path:
+            try:
+                state = torch.load(cfg.pretrained_path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, ValueError) as e:
+                raise ValueError(f"{cfg.pretrained_path}: cannot load resnet18 weights: {e}") from e
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
+            if bad:
+                raise ValueError(f"{cfg.pretrained_path}: not a torchvision resnet18 state dict "
+                                 f"(mismatched keys, e.g. {bad[:3]})")
+            log.info("image branch: loaded resnet18 weights from %s", cfg.pretrained_path)
+        _batchnorm_to_groupnorm(net, cfg.norm_groups)
+        self.trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                   net.layer1, net.layer2, net.layer3)
+        self.heads = ForkHeads(net.layer4, copy.deepcopy(net.layer4), 512, cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.trunk(x))
+
+
+def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
+    """Replace every BatchNorm2d in ``module`` (in place) by GroupNorm keeping weight and bias."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            gn = nn.GroupNorm(groups, child.num_features, eps=child.eps)
+            with torch.no_grad():
+                gn.weight.copy_(child.weight)
+                gn.bias.copy_(child.bias)
+            setattr(module, name, gn)
+        else:
+            _batchnorm_to_groupnorm(child, groups)
+
+
+BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18": ResNet18Branch}
+
+
+def build_image_branch(cfg: ModelConfig) -> nn.Module:
+    """The image branch named by ``cfg.backbone``. Raises ValueError listing the valid names."""
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
+    return BACKBONES[cfg.backbone](cfg)
