@@ -1,0 +1,150 @@
+"""In-memory batches for the continual trainer, built from a ``FactData`` held in memory.
+
+A *pair batch* is B (image, fact) training pairs of the task being learned::
+
+    images    float32 [B, 3, H, W]  ``factmas.model.preprocess`` of the pair's image
+    tokens    int64   [B, 3, L]     word ids of the pair's fact (0 = pad)
+    order     int64   [B]           fact order 1, 2 or 3
+    positive  bool    [B, B]        positive[i, j]: fact j is true for image i (any pair of the
+                                    dataset, so a repeated fact or a fact implied by another image's
+                                    caption is never treated as a negative)
+    image_idx int64   [B]           dataset row of each image;  fact_idx int64 [B]: fact id
+
+Shuffling is seeded from (seed, stage, epoch, purpose) alone, never from a global RNG, so that a
+resumed run draws exactly the batches an uninterrupted run draws.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..dataset import SPLIT_NAMES, FactData
+
+PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
+PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
+
+
+def _preprocess(images_uint8: np.ndarray) -> torch.Tensor:
+    from ..model import preprocess   # imported late: the model package is a separate part
+    return preprocess(images_uint8)
+
+
+def make_rng(seed: int, stage: int, epoch: int, purpose: int = PURPOSE_TRAIN) -> np.random.Generator:
+    """numpy Generator seeded from (seed, stage, epoch, purpose), all non-negative ints."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stage), int(epoch), int(purpose)]))
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """A 32-bit torch seed derived from (seed, stage): ``torch.manual_seed`` at each stage's start."""
+    return int(np.random.SeedSequence([int(seed), int(stage), 7919]).generate_state(1)[0])
+
+
+class PairIndex:
+    """Membership test "is fact f true for image i?" over all pairs of a dataset.
+
+    Args:
+        pairs: int [P, 2] (image, fact) pairs.  num_facts: F (the key is image * F + fact).
+    """
+
+    def __init__(self, pairs: np.ndarray, num_facts: int) -> None:
+        self.num_facts = int(num_facts)
+        self.keys = np.unique(pairs[:, 0].astype(np.int64) * self.num_facts + pairs[:, 1])
+
+    def contains(self, image_idx: np.ndarray, fact_idx: np.ndarray) -> np.ndarray:
+        """bool array of the broadcast shape of ``image_idx`` and ``fact_idx``."""
+        q = np.asarray(image_idx, np.int64) * self.num_facts + np.asarray(fact_idx, np.int64)
+        pos = np.searchsorted(self.keys, q)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return (self.keys[pos] == q) if len(self.keys) else np.zeros(q.shape, bool)
+
+    def positive_matrix(self, image_idx: np.ndarray, fact_idx: np.ndarray) -> np.ndarray:
+        """bool [B, B]: entry [i, j] is True when fact ``fact_idx[j]`` is true for image ``image_idx[i]``."""
+        return self.contains(np.asarray(image_idx)[:, None], np.asarray(fact_idx)[None, :])
+
+
+def task_facts(data: FactData, split: str, tasks: Sequence[int]) -> np.ndarray:
+    """int64 [F_t] ids of the facts of ``tasks`` in ``split`` (sorted). Raises DatasetError on a bad split."""
+    return np.flatnonzero(np.isin(data.task_of_facts(split), np.asarray(tasks))).astype(np.int64)
+
+
+def task_images(data: FactData, split: str, tasks: Sequence[int], image_split: str) -> np.ndarray:
+    """int64 sorted ids of the images in ``image_split`` that carry at least one fact of ``tasks``."""
+    pairs = data.task_pairs(split, list(tasks), image_split)
+    return np.unique(pairs[:, 0]).astype(np.int64)
+
+
+def image_split_code(name: str) -> int:
+    """0, 1, 2 for "train", "val", "test". Raises ValueError naming the valid names."""
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"unknown image split {name!r}; valid: {list(SPLIT_NAMES)}")
+    return SPLIT_NAMES.index(name)
+
+
+class Batcher:
+    """Makes the trainer's batches from an in-memory dataset.
+
+    Args:
+        data: the dataset (``images`` uint8 [N, H, W, 3] in memory).
+        device: where the tensors are put.
+    """
+
+    def __init__(self, data: FactData, device: torch.device | str = "cpu") -> None:
+        self.data = data
+        self.device = torch.device(device)
+        self.index = PairIndex(data.pairs, data.num_facts)
+        self.tokens = torch.from_numpy(data.tokens.astype(np.int64))
+        self.order = torch.from_numpy(data.order.astype(np.int64))
+
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def images(self, idx: np.ndarray) -> torch.Tensor:
+        """float32 [B, 3, H, W] preprocessed images of dataset rows ``idx`` on the device."""
+        return self._to(_preprocess(self.data.images[np.asarray(idx)]))
+
+    def pair_batch(self, pairs: np.ndarray) -> dict:
+        """The batch dict (module docstring) of ``pairs`` int [B, 2] (image, fact)."""
+        img, fact = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+        f = torch.from_numpy(fact)
+        return {
+            "images": self.images(img),
+            "tokens": self._to(self.tokens[f]),
+            "order": self._to(self.order[f]),
+            "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, fact))),
+            "image_idx": torch.from_numpy(img),
+            "fact_idx": f,
+        }
+
+    def pair_batches(self, pairs: np.ndarray, batch_size: int,
+                     rng: np.random.Generator | None = None) -> Iterator[dict]:
+        """Batches of ``pairs`` int [P, 2], shuffled by ``rng`` (None: in the given order).
+
+        The last batch may be smaller than ``batch_size``; a final batch of one pair is merged into
+        the batch before it (a contrastive term needs at least two candidates).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = rng.permutation(len(pairs)) if rng is not None else np.arange(len(pairs))
+        for lo, hi in batch_bounds(len(pairs), batch_size):
+            yield self.pair_batch(pairs[order[lo:hi]])
+
+    def image_batches(self, image_idx: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        """float32 [B, 3, H, W] batches of the images ``image_idx``, in order."""
+        for lo in range(0, len(image_idx), batch_size):
+            yield self.images(image_idx[lo:lo + batch_size])
+
+    def fact_batches(self, fact_idx: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens int64 [B, 3, L], order int64 [B]) batches of the facts ``fact_idx``, in order."""
+        for lo in range(0, len(fact_idx), batch_size):
+            f = torch.from_numpy(np.asarray(fact_idx[lo:lo + batch_size], np.int64))
+            yield self._to(self.tokens[f]), self._to(self.order[f])
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[lo, hi) bounds of consecutive batches over n items; a trailing batch of 1 joins the previous."""
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
