@@ -1,0 +1,93 @@
+"""results.json / results.md / plots from hand-made evaluation rows; the Evaluator's record API."""
+import json
+
+import numpy as np
+import pytest
+
+from factmas import metrics as M
+from factmas.evaluate import HEADLINE, METRICS
+from factmas.report import (build_results, normalize_metrics, read_results, row_key, write_report)
+
+T = 3
+R = np.array([[0.8, 0.1, 0.2], [0.6, 0.7, 0.3], [0.5, 0.4, 0.9]])
+B = np.array([0.05, 0.15, 0.1])
+
+
+def _row(values, all_value):
+    d = {m: {j: float(v) * (1 + i) / 5 for j, v in enumerate(values)} for i, m in enumerate(METRICS)}
+    d[HEADLINE] = {j: float(v) for j, v in enumerate(values)}
+    for m in METRICS:
+        d[m]["all"] = all_value
+    d["timing"] = {"embed_s": 1.0, "search_s": 0.5, "metrics_s": 0.25}
+    d["counts"] = {"facts": {0: 3, 1: 4, 2: 5, "all": 12}}
+    return d
+
+
+def _rows():
+    rows = {"initial": _row(B, 0.1)}
+    rows.update({i: _row(R[i], 0.3 + 0.1 * i) for i in range(T)})
+    return rows
+
+
+def test_build_results_R_and_summaries():
+    res = build_results(_rows(), T, run_name="mas_s0", split="random3_seed0")
+    e = res["metrics"][HEADLINE]
+    np.testing.assert_allclose(e["R"], R)
+    np.testing.assert_allclose(e["initial"], B)
+    np.testing.assert_allclose(e["final"], R[-1])
+    assert e["all"] == pytest.approx([0.3, 0.4, 0.5]) and e["final_all"] == pytest.approx(0.5)
+    assert e["average"] == pytest.approx(M.average_accuracy(R))
+    assert e["forgetting"] == pytest.approx(0.3)
+    assert e["bwt"] == pytest.approx(-0.3)
+    assert e["fwt"] == pytest.approx(0.075)
+    assert res["stages"] == [0, 1, 2] and res["columns"] == ["T1", "T2", "T3"]
+    assert list(res["timing"]) == ["initial", "task0", "task1", "task2"]
+
+
+def test_joint_or_unfinished_run_has_no_forgetting():
+    rows = {"initial": _row(B, 0.1), 0: _row(R[2], 0.5)}       # one stage (joint) over 3 tasks
+    e = build_results(rows, T)["metrics"][HEADLINE]
+    assert e["final"] == pytest.approx(list(R[2]))
+    assert e["forgetting"] is None and e["bwt"] is None and e["fwt"] is None
+    assert e["average"] == pytest.approx(R[2].mean())
+
+
+def test_write_report_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"config": {"train": {"method": "mas", "split": "random3_seed0", "reg_lambda": 2.0}}, "seed": 4}))
+    rows = _rows()
+    rows[0][HEADLINE][2] = float("nan")      # e.g. a task without test images; unused by F, BWT, FWT
+    paths = write_report(tmp_path, build_results(rows, T, run_name="mas_s4"))
+    assert {p.name for p in paths} == {"results.json", "results.md", "r_heatmap.png", "map_per_task.png"}
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = read_results(tmp_path)
+    assert res["run"] == {"method": "mas", "seed": 4, "split": "random3_seed0", "reg_lambda": 2.0}
+    assert res["metrics"][HEADLINE]["R"][0][2] is None      # NaN written as null
+    md = (tmp_path / "results.md").read_text()
+    assert "| mas_s4 | 50.00 | 40.00 | 90.00 | 50.00 | 60.00 | 30.00 | -30.00 | +7.50 |" in md
+    assert "| initial | 5.00 | 15.00 | 10.00 | 10.00 |" in md
+    assert "mAP@100" in md
+
+
+def test_record_round_trip_through_json(tmp_path):
+    rows = _rows()
+    back = {row_key(k if k == "initial" else f"task{k}"): normalize_metrics(json.loads(json.dumps(
+        {m: ({str(j): (None if np.isnan(v) else v) for j, v in d.items()} if m in METRICS else d)
+         for m, d in r.items()}, default=str))) for k, r in rows.items()}
+    a, b = build_results(rows, T), build_results(back, T)
+    assert a["metrics"] == b["metrics"]
+
+
+def test_row_key_and_read_errors(tmp_path):
+    assert row_key("initial") == "initial" and row_key("task2") == 2 and row_key(3) == 3
+    assert row_key("1") == 1
+    for bad in ("final", -1, "task", True):
+        with pytest.raises(ValueError, match="evaluation row"):
+            row_key(bad)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a factmas results file"):
+        read_results(tmp_path)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_results(tmp_path / "missing.json")
