@@ -203,7 +203,9 @@ def read_dataset(path: str | Path, load_images: bool = True) -> FactData:
             return h[key][()]
 
         strs = lambda key: [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in get(key)]
-        images = get("images") if load_images else np.zeros((0, 0, 0, 3), np.uint8)
+        # without images: an empty [0, H, W, 3] array that still tells the image size
+        shape = h["images"].shape[1:] if "images" in h else (0, 0, 3)
+        images = get("images") if load_images else np.zeros((0, *shape), np.uint8)
         splits, split_attrs = {}, {}
         for name in h.get("splits", {}):
             splits[name] = h[f"splits/{name}"][()]
