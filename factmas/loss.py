@@ -1,0 +1,109 @@
+"""The training loss: Sherlock's wildcard regression plus a contrastive term over the batch.
+
+Notation: a batch of B aligned image–fact pairs (x_i, f_i); φ(x), ψ(f) raw float [B, 3, d]; hats are
+per-slot L2-normalized (``factmas.space.normalize_slots``); o_i ∈ {1, 2, 3} the order of f_i; slot s
+of f is present when s < o_f. D is the wildcard distance of ``factmas.space``:
+
+    D(x, f) = (1 / o_f) Σ_{s < o_f} ‖φ̂_s(x) − ψ̂_s(f)‖²                                   ∈ [0, 4]
+
+Regression (Sherlock's wildcard loss, Elhoseiny et al., AAAI 2017, Sec. 4, Eq. 2: the ℓ2 loss between
+image and fact embeddings summed over the slots the fact has; absent P, O are wildcards that add no loss
+and no gradient), on normalized slots:
+
+    L_reg = (1 / B) Σ_i Σ_{s < o_i} ‖φ̂_s(x_i) − ψ̂_s(f_i)‖²  =  (1 / B) Σ_i o_i · D(x_i, f_i)
+
+Both branches learn, so L_reg alone has trivial minima (every φ̂_s and ψ̂_s the same unit vector gives
+L_reg = 0). The contrastive term pushes each pair apart from the other pairs of the batch (Sherlock's
+code adds a weighted contrastive loss for the same reason). It is the symmetric InfoNCE loss
+(van den Oord et al., 2018, Eq. 4; both directions as in CLIP, Radford et al., ICML 2021) on the logits
+
+    ℓ_ij = −D(x_i, f_j) / τ,
+
+where fact j counts as a negative of image i only if it is not true for image i (``positive[i, j]``
+False); the false negatives (facts true for the image, other than its own pair) are left out of both
+denominators. With A_ij = [i = j or not positive[i, j]]:
+
+    L_i→f = (1 / B) Σ_i [ −ℓ_ii + log Σ_{j: A_ij} exp ℓ_ij ]          (image → facts)
+    L_f→i = (1 / B) Σ_j [ −ℓ_jj + log Σ_{i: A_ij} exp ℓ_ij ]          (fact → images)
+    L_con = (L_i→f + L_f→i) / 2
+
+    L = regression_weight · L_reg + contrastive_weight · L_con
+
+At a collapsed embedding every ℓ_ij = 0, so L_con = mean log |{j: A_ij}| (log B without false
+negatives), above the value of any embedding that separates the pairs: collapse is not a minimum of L
+(it is a stationary point, all cosines at their maximum, that gradient descent leaves from any small
+perturbation; tests/test_loss.py shows both).
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import LossConfig
+from .space import paired_wildcard_distance, wildcard_distance
+
+
+def regression_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """L_reg of the module docstring: phi, psi float [B, 3, d] raw, order int [B] → float scalar.
+
+    Absent slots (s ≥ order) contribute neither loss nor gradient.
+    """
+    return (order.to(phi.dtype) * paired_wildcard_distance(phi, psi, order)).mean()
+
+
+def contrastive_loss(distance: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:
+    """L_con of the module docstring (symmetric InfoNCE with false negatives excluded).
+
+    Args:
+        distance: float [B, B], D(x_i, f_j) (row: image of pair i, column: fact of pair j).
+        positive: bool [B, B], positive[i, j] = fact j is true for image i; the diagonal is always
+            treated as True.
+        temperature: τ > 0.
+    Returns:
+        float scalar.
+    """
+    b = distance.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=distance.device)
+    allowed = ~positive | eye                                               # A_ij
+    logits = (-distance / temperature).masked_fill(~allowed, float("-inf"))
+    diag = logits.diagonal()
+    i2f = torch.logsumexp(logits, dim=1) - diag
+    f2i = torch.logsumexp(logits, dim=0) - diag
+    return 0.5 * (i2f.mean() + f2i.mean())
+
+
+def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
+              cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The task loss L = w_reg · L_reg + w_con · L_con on a batch of aligned pairs.
+
+    Args:
+        phi: float [B, 3, d] raw image embeddings (image of pair i in row i).
+        psi: float [B, 3, d] raw fact embeddings (fact of pair i in row i).
+        order: int [B] order (1..3) of each fact.
+        positive: bool [B, B], positive[i, j] = fact j is true for image i (diagonal True).
+        cfg: ``regression_weight``, ``contrastive_weight``, ``temperature`` τ.
+    Returns:
+        (loss float scalar with gradient, parts) where parts holds floats ``loss``, ``regression``
+        (L_reg), ``contrastive`` (L_con), ``pos_distance`` (mean D over the pairs) and
+        ``neg_distance`` (mean D over the true negatives, nan when there is none).
+    Raises:
+        ValueError: mismatched shapes, a non-boolean ``positive``, or τ ≤ 0.
+    """
+    b = phi.shape[0]
+    if phi.ndim != 3 or psi.shape != phi.shape or order.shape != (b,) or positive.shape != (b, b):
+        raise ValueError(f"fact_loss: expected phi, psi [B, 3, d], order [B], positive [B, B]; got "
+                         f"{tuple(phi.shape)}, {tuple(psi.shape)}, {tuple(order.shape)}, "
+                         f"{tuple(positive.shape)}")
+    if positive.dtype != torch.bool:
+        raise ValueError(f"fact_loss: positive must be bool, got {positive.dtype}")
+    if cfg.temperature <= 0:
+        raise ValueError(f"loss.temperature must be > 0, got {cfg.temperature}")
+    dist = wildcard_distance(phi, psi, order)                               # [B, B]
+    reg = regression_loss(phi, psi, order)
+    con = contrastive_loss(dist, positive, cfg.temperature)
+    loss = cfg.regression_weight * reg + cfg.contrastive_weight * con
+    with torch.no_grad():
+        neg = ~positive & ~torch.eye(b, dtype=torch.bool, device=dist.device)
+        parts = {"loss": float(loss), "regression": float(reg), "contrastive": float(con),
+                 "pos_distance": float(dist.diagonal().mean()),
+                 "neg_distance": float(dist[neg].mean()) if bool(neg.any()) else float("nan")}
+    return loss, parts

@@ -1,0 +1,158 @@
+"""factmas.loss against naive per-sample loops; wildcard gradients; collapse is not a minimum."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from factmas.config import LossConfig
+from factmas.loss import contrastive_loss, fact_loss, regression_loss
+
+
+def _batch(b: int = 6, d: int = 5, seed: int = 0, orders=None):
+    g = torch.Generator().manual_seed(seed)
+    phi = torch.randn(b, 3, d, generator=g, dtype=torch.float64)
+    psi = torch.randn(b, 3, d, generator=g, dtype=torch.float64)
+    order = torch.tensor(orders) if orders is not None else torch.randint(1, 4, (b,), generator=g)
+    return phi, psi, order
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm()
+
+
+def _naive_distance(phi_i, psi_j, o_j) -> float:
+    return sum(float((_unit(phi_i[s]) - _unit(psi_j[s])).square().sum()) for s in range(o_j)) / o_j
+
+
+def _naive_contrastive(phi, psi, order, positive, tau) -> float:
+    b = len(phi)
+    logit = [[-_naive_distance(phi[i], psi[j], int(order[j])) / tau for j in range(b)] for i in range(b)]
+    i2f = f2i = 0.0
+    for i in range(b):
+        den = sum(math.exp(logit[i][j]) for j in range(b) if j == i or not positive[i, j])
+        i2f += -logit[i][i] + math.log(den)
+    for j in range(b):
+        den = sum(math.exp(logit[i][j]) for i in range(b) if i == j or not positive[i, j])
+        f2i += -logit[j][j] + math.log(den)
+    return 0.5 * (i2f + f2i) / b
+
+
+def _random_positive(b: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(b, b, generator=g) < 0.3
+    return pos | torch.eye(b, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_regression_matches_per_sample_loop(seed):
+    phi, psi, order = _batch(7, 4, seed)
+    expected = sum(float((_unit(phi[i, s]) - _unit(psi[i, s])).square().sum())
+                   for i in range(7) for s in range(int(order[i]))) / 7
+    assert regression_loss(phi, psi, order).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_contrastive_matches_naive_loop(seed):
+    phi, psi, order = _batch(6, 4, seed)
+    positive = _random_positive(6, seed)
+    assert positive.sum() > 6                                   # some false negatives are excluded
+    cfg = LossConfig(regression_weight=0.7, contrastive_weight=1.3, temperature=0.25)
+    loss, parts = fact_loss(phi, psi, order, positive, cfg)
+    con = _naive_contrastive(phi, psi, order, positive, 0.25)
+    reg = regression_loss(phi, psi, order).item()
+    assert parts["contrastive"] == pytest.approx(con, rel=1e-10)
+    assert loss.item() == pytest.approx(0.7 * reg + 1.3 * con, rel=1e-10)
+    assert parts["loss"] == pytest.approx(loss.item())
+
+
+def test_wildcard_slots_get_exactly_zero_gradient():
+    phi, psi, order = _batch(5, 4, 3, orders=[1, 2, 3, 1, 2])
+    phi.requires_grad_(True)
+    psi.requires_grad_(True)
+    loss, _ = fact_loss(phi, psi, order, torch.eye(5, dtype=torch.bool), LossConfig())
+    loss.backward()
+    # ψ_P, ψ_O of the order-1 facts 0 and 3, and ψ_O of the order-2 facts 1 and 4: no gradient at all
+    assert torch.equal(psi.grad[[0, 3], 1:], torch.zeros(2, 2, 4, dtype=torch.float64))
+    assert torch.equal(psi.grad[[1, 4], 2], torch.zeros(2, 4, dtype=torch.float64))
+    assert psi.grad[2].abs().min() > 0 and psi.grad[0, 0].abs().sum() > 0
+    # the regression term gives φ_P, φ_O of an order-1 pair no gradient
+    phi.grad = None
+    regression_loss(phi, psi, order).backward()
+    assert torch.equal(phi.grad[0, 1:], torch.zeros(2, 4, dtype=torch.float64))
+    assert torch.equal(phi.grad[1, 2], torch.zeros(4, dtype=torch.float64))
+    assert phi.grad[2].abs().sum() > 0
+
+
+def test_absent_slot_values_do_not_change_the_loss():
+    phi, psi, order = _batch(5, 4, 4, orders=[1, 2, 3, 1, 2])
+    positive = _random_positive(5, 4)
+    base, _ = fact_loss(phi, psi, order, positive, LossConfig())
+    psi2 = psi.clone()
+    psi2[[0, 3], 1:] = 0.0
+    psi2[[1, 4], 2] = torch.randn(2, 4, dtype=torch.float64)
+    other, _ = fact_loss(phi, psi2, order, positive, LossConfig())
+    assert other.item() == pytest.approx(base.item(), rel=1e-12)
+
+
+def test_false_negatives_are_excluded_from_both_denominators():
+    g = torch.Generator().manual_seed(5)
+    dist = (torch.rand(4, 4, generator=g, dtype=torch.float64) * 4).requires_grad_(True)
+    positive = torch.eye(4, dtype=torch.bool)
+    positive[0, 2] = True                                       # fact 2 is also true for image 0
+    contrastive_loss(dist, positive, 0.1).backward()
+    assert dist.grad[0, 2] == 0.0                               # masked in row 0 and in column 2
+    assert (dist.grad[~positive] != 0).all()
+    dist.grad = None
+    contrastive_loss(dist, torch.eye(4, dtype=torch.bool), 0.1).backward()
+    assert dist.grad[0, 2] != 0.0                               # without the mask it would be pushed apart
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_collapsed_embedding_is_not_a_minimum(seed):
+    b, d = 8, 8
+    g = torch.Generator().manual_seed(seed)
+    order = torch.tensor([3, 2, 1, 3, 3, 2, 1, 3])
+    positive = torch.eye(b, dtype=torch.bool)
+    cfg = LossConfig()
+    v = torch.randn(d, generator=g, dtype=torch.float64)
+    collapsed = v.expand(b, 3, d).clone()
+    loss_c, parts_c = fact_loss(collapsed, collapsed.clone(), order, positive, cfg)
+    assert parts_c["regression"] == pytest.approx(0.0, abs=1e-12)  # regression alone: collapse is optimal
+    assert parts_c["contrastive"] == pytest.approx(math.log(b), rel=1e-9)
+    # a separated configuration: pair i on its own basis direction in every slot
+    sep = torch.eye(b, dtype=torch.float64)[:, None, :].expand(b, 3, d).clone()
+    loss_s, _ = fact_loss(sep, sep.clone(), order, positive, cfg)
+    assert loss_s.item() < 0.01 * loss_c.item()
+    # the exact collapse is a stationary point (cosines at their maximum 1) but not a minimum:
+    # gradient descent from a small perturbation of it leaves it, far below log B
+    phi = (collapsed + 1e-2 * torch.randn(b, 3, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    psi = (collapsed + 1e-2 * torch.randn(b, 3, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    opt = torch.optim.SGD([phi, psi], lr=2.0)
+    for _ in range(50):
+        opt.zero_grad()
+        loss, _ = fact_loss(phi, psi, order, positive, cfg)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.25 * loss_c.item()
+
+
+def test_single_pair_batch_has_zero_contrastive_term():
+    phi, psi, order = _batch(1, 3, 6)
+    _, parts = fact_loss(phi, psi, order, torch.ones(1, 1, dtype=torch.bool), LossConfig())
+    assert parts["contrastive"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(parts["neg_distance"])
+
+
+def test_bad_input_is_rejected():
+    phi, psi, order = _batch(4, 3, 7)
+    eye = torch.eye(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="positive must be bool"):
+        fact_loss(phi, psi, order, eye.long(), LossConfig())
+    with pytest.raises(ValueError, match="expected phi, psi"):
+        fact_loss(phi, psi[:3], order, eye, LossConfig())
+    with pytest.raises(ValueError, match="expected phi, psi"):
+        fact_loss(phi, psi, order, eye[:3, :3], LossConfig())
+    with pytest.raises(ValueError, match="temperature"):
+        fact_loss(phi, psi, order, eye, LossConfig(temperature=0.0))
