@@ -1,0 +1,195 @@
+"""Per-sample parameter gradients of single layers, from the layer input and its output gradient.
+
+For a layer y = f(a; θ) applied to a batch whose samples are independent, the gradient of the summed
+loss Σ_k l_k with respect to the layer output, δ = ∂(Σ_k l_k)/∂y, holds in row k exactly ∂l_k/∂y_k.
+The per-sample parameter gradient g_k = ∂l_k/∂θ is then a closed form in (a_k, δ_k) (the same
+formulas Opacus' GradSampleModule uses, Yousefpour et al. 2021, and Goodfellow 2015 for Linear):
+
+    Linear     W: g_k = Σ_t δ_kt a_ktᵀ        b: Σ_t δ_kt          (t: extra sequence positions)
+               no extra positions: Σ_k |δ_k a_kᵀ| = |Δ|ᵀ |A|   (one matrix product, nothing per sample)
+    Conv1d/2d  W: g_k = δ_k · unfold(a_k)ᵀ  per group, over the L output positions;  b: Σ_l δ_kl
+    GroupNorm, LayerNorm, BatchNorm (eval)   γ: Σ_positions δ_k ⊙ x̂_k,   β: Σ_positions δ_k
+               with x̂ the normalized input before the affine map, recomputed from a_k.
+    Embedding  W: g_k = Σ_{positions t of sample k, id_t ≠ padding_idx} e_{id_t} δ_ktᵀ  (sparse rows;
+               a word used twice by one sample adds its two rows *before* any absolute value).
+
+Row grouping: a layer may see N = B·r rows for a batch of B samples (e.g. a [B, 3, ...] tensor
+flattened to [3B, ...]); rows are assigned to samples in row-major order, row n → sample n // r, as
+``x.reshape(B * r, ...)`` / ``x.flatten(0, 1)`` produce. A layout with the sample index inner (e.g.
+``torch.cat`` over slots) would be mis-assigned; the tests against the per-sample loop catch that.
+
+Every function returns a dict attribute name ('weight', 'bias') → tensor: with ``reduce=True`` the sum
+over the batch of |g_k|^power (shape of the parameter; power 1 for MAS, 2 for a Fisher diagonal), else
+the per-sample g_k (shape [B, *param.shape]).
+Work that materializes per-sample tensors is done in chunks of samples holding at most ``budget``
+elements at once.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) + _NORMS
+
+
+def unsupported_reason(m: nn.Module) -> str | None:
+    """Why the closed forms above do not apply to module ``m`` (None: they apply)."""
+    if not isinstance(m, SUPPORTED):
+        return f"no per-sample formula for {type(m).__name__}"
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
+        return f"{type(m).__name__} with padding_mode={m.padding_mode!r}"
+    if isinstance(m, nn.Embedding) and (m.max_norm is not None or m.scale_grad_by_freq):
+        return "Embedding with max_norm or scale_grad_by_freq"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+        return (f"{type(m).__name__} in training mode or without running statistics couples the "
+                "samples of a batch (call model.eval())")
+    return None
+
+
+def _chunks(B: int, per_sample: int, budget: int) -> list[slice]:
+    step = max(1, budget // max(1, per_sample))
+    return [slice(i, min(B, i + step)) for i in range(0, B, step)]
+
+
+def magnitude(t: torch.Tensor, power: int) -> torch.Tensor:
+    """|t|^power elementwise (power 1 or 2)."""
+    return t.abs() if power == 1 else t.square() if power == 2 else t.abs().pow(power)
+
+
+def _per_sample(fn: Callable[[slice], torch.Tensor], B: int, per_sample: int, budget: int,
+                reduce: bool, power: int) -> torch.Tensor:
+    """Apply ``fn`` (slice of samples → per-sample tensor [b, ...]) by chunks; Σ|.|^p if ``reduce``."""
+    parts = [fn(s) for s in _chunks(B, per_sample, budget)] if not reduce else None
+    if parts is not None:
+        return torch.cat(parts)
+    total = None
+    for s in _chunks(B, per_sample, budget):
+        part = magnitude(fn(s), power).sum(0)
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def _finish(g: torch.Tensor, reduce: bool, power: int) -> torch.Tensor:
+    """[B, ...] per-sample gradient → itself, or Σ_k |g_k|^power when ``reduce``."""
+    return magnitude(g, power).sum(0) if reduce else g
+
+
+def linear_grads(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
+                 budget: int, power: int = 1) -> dict[str, torch.Tensor]:
+    """a float [N, ..., in], d float [N, ..., out] (N = B·r) → grads of 'weight' [out, in], 'bias'."""
+    a = a.reshape(B, -1, a.shape[-1])
+    d = d.reshape(B, -1, d.shape[-1])
+    out = {}
+    if reduce and a.shape[1] == 1:                         # Σ_k |δ_k a_kᵀ|^p = (|Δ|^p)ᵀ |A|^p
+        out["weight"] = magnitude(d[:, 0], power).t() @ magnitude(a[:, 0], power)
+    else:
+        per = m.weight.numel() + d[0].numel() + a[0].numel()
+        out["weight"] = _per_sample(lambda s: torch.bmm(d[s].transpose(1, 2), a[s]), B, per, budget,
+                                    reduce, power)
+    if m.bias is not None:
+        out["bias"] = _finish(d.sum(1), reduce, power)
+    return out
+
+
+def conv_grads(m: nn.Conv1d | nn.Conv2d, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
+               budget: int, power: int = 1) -> dict[str, torch.Tensor]:
+    """a float [N, C_in, (H,) W], d float [N, C_out, (H',) W'] → grads of 'weight', 'bias'."""
+    pad = list(m._reversed_padding_repeated_twice)
+    kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
+    if isinstance(m, nn.Conv1d):                              # as a 2-d conv of height 1
+        a, d = a.unsqueeze(2), d.unsqueeze(2)
+        kernel, stride, dilation, pad = (1,) + kernel, (1,) + stride, (1,) + dilation, pad + [0, 0]
+    r = a.shape[0] // B
+    g, c_out = m.groups, d.shape[1]
+    L = d.shape[2] * d.shape[3]
+    cols = m.weight[0].numel() * m.groups                    # C_in · kh · kw
+
+    def fn(s: slice) -> torch.Tensor:
+        rows = slice(s.start * r, s.stop * r)
+        x = F.pad(a[rows], pad) if any(pad) else a[rows]
+        u = F.unfold(x, kernel, dilation=dilation, stride=stride)          # [n, C_in·kh·kw, L]
+        n = u.shape[0]
+        if u.shape[2] != L:
+            raise RuntimeError(f"{m}: unfold gives {u.shape[2]} positions, output has {L}")
+        u = u.view(n, g, cols // g, L)
+        dd = d[rows].reshape(n, g, c_out // g, L)
+        w = torch.matmul(dd, u.transpose(2, 3))                             # [n, g, C_out/g, cols/g]
+        return w.reshape(s.stop - s.start, r, *m.weight.shape).sum(1)
+
+    out = {"weight": _per_sample(fn, B, r * (cols * L + c_out * L) + m.weight.numel(), budget,
+                                 reduce, power)}
+    if m.bias is not None:
+        out["bias"] = _finish(d.reshape(B, r, c_out, -1).sum((1, 3)), reduce, power)
+    return out
+
+
+def norm_grads(m: nn.Module, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
+               budget: int, power: int = 1) -> dict[str, torch.Tensor]:
+    """GroupNorm / BatchNorm (eval): a, d [N, C, *]; LayerNorm: a, d [N, ..., *normalized_shape]."""
+    if isinstance(m, nn.LayerNorm):
+        shape = tuple(m.normalized_shape)
+        xh = F.layer_norm(a, shape, eps=m.eps)
+        gw, gb = (d * xh).reshape(B, -1, *shape).sum(1), d.reshape(B, -1, *shape).sum(1)
+    else:
+        if isinstance(m, nn.GroupNorm):
+            xh = F.group_norm(a, m.num_groups, eps=m.eps)
+        else:
+            view = (1, -1) + (1,) * (a.ndim - 2)
+            xh = (a - m.running_mean.view(view)) * torch.rsqrt(m.running_var.view(view) + m.eps)
+        c = a.shape[1]
+        gw = (d * xh).reshape(B, -1, c, d[0, 0].numel()).sum((1, 3))
+        gb = d.reshape(B, -1, c, d[0, 0].numel()).sum((1, 3))
+    out = {}
+    if m.weight is not None:
+        out["weight"] = _finish(gw, reduce, power)
+    if m.bias is not None:
+        out["bias"] = _finish(gb, reduce, power)
+    return out
+
+
+def embedding_entries(m: nn.Embedding, idx: torch.Tensor, d: torch.Tensor,
+                      B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse per-sample gradient of an Embedding call.
+
+    Args:
+        idx: int [N, ...] word ids (N = B·r).  d: float [N, ..., D] output gradient.
+    Returns:
+        (keys int64 [E], rows float [E, D]): entry e adds ``rows[e]`` to row ``keys[e] % V`` of
+        sample ``keys[e] // V``'s gradient (V = num_embeddings); padding ids are left out.
+    """
+    V = m.num_embeddings
+    ids = idx.reshape(-1).long()
+    sample = torch.arange(ids.numel(), device=ids.device) // (ids.numel() // B)
+    rows = d.reshape(ids.numel(), -1)
+    if m.padding_idx is not None:
+        keep = ids != m.padding_idx
+        ids, sample, rows = ids[keep], sample[keep], rows[keep]
+    return sample * V + ids, rows
+
+
+def embedding_abs_sum(m: nn.Embedding, keys: torch.Tensor, rows: torch.Tensor,
+                      power: int = 1) -> torch.Tensor:
+    """Σ_k |g_k|^power [V, D] from all entries of ``embedding_entries`` (of one or more calls)."""
+    out = torch.zeros_like(m.weight, dtype=rows.dtype)
+    if keys.numel():
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        per_sample = torch.zeros(len(uniq), rows.shape[1], dtype=rows.dtype, device=rows.device)
+        per_sample.index_add_(0, inverse, rows)             # same word, same sample: sum first
+        out.index_add_(0, uniq % m.num_embeddings, magnitude(per_sample, power))
+    return out
+
+
+def layer_grads(m: nn.Module, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
+                budget: int, power: int = 1) -> dict[str, torch.Tensor]:
+    """Dispatch to the formula for ``m`` (not Embedding, which is sparse: see embedding_entries)."""
+    if isinstance(m, nn.Linear):
+        return linear_grads(m, a, d, B, reduce, budget, power)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return conv_grads(m, a, d, B, reduce, budget, power)
+    if isinstance(m, _NORMS):
+        return norm_grads(m, a, d, B, reduce, budget, power)
+    raise TypeError(f"no per-sample formula for {type(m).__name__}")
