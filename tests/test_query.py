@@ -1,0 +1,88 @@
+"""``factmas query`` on a run written in the trainer's formats: PNG with alpha, grayscale JPEG, bad files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from factmas import query
+from factmas.config import ModelConfig, RunConfig
+from factmas.dataset import read_dataset
+from factmas.methods import make_method
+from factmas.model import build_model, load_image_file, preprocess
+from factmas.space import wildcard_distance
+from factmas.synthetic import make_synthetic_dataset
+from factmas.train.checkpoint import save_checkpoint
+from factmas.train.rundir import prepare_run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory with config.json and checkpoints/last.pt of a random tiny model."""
+    root = tmp_path_factory.mktemp("q")
+    data_path = make_synthetic_dataset(root / "syn.h5", n_images=40, image_size=24, num_tasks=2)
+    cfg = RunConfig(data=str(data_path), out=str(root / "run"),
+                    model=ModelConfig(embed_dim=8, width=8, word_dim=8, fact_hidden=16, norm_groups=4))
+    cfg.train.split = "random2_seed0"
+    prepare_run_dir(cfg.out, cfg, command="test")
+    data = read_dataset(data_path, load_images=False)
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    model = build_model(cfg.model, len(data.vocab))
+    save_checkpoint(cfg.out, 0, model=model, optimizer=torch.optim.Adam(model.parameters()),
+                    method=make_method("finetune"), completed_tasks=[0], config=cfg.to_dict(),
+                    history=[], metrics_lines=0)
+    rng = np.random.default_rng()
+    rgba = root / "alpha.png"
+    Image.fromarray(rng.integers(0, 256, (37, 50, 4), dtype=np.uint8), "RGBA").save(rgba)
+    gray = root / "gray.jpg"
+    Image.fromarray(rng.integers(0, 256, (61, 29), dtype=np.uint8), "L").save(gray, "JPEG")
+    broken = root / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return {"root": root, "run": cfg.out, "model": model.eval(), "data": data,
+            "images": [str(rgba), str(gray)], "broken": str(broken), "missing": str(root / "no.png")}
+
+
+def _brute_force_topk(run, path, k):
+    with torch.no_grad():
+        phi = run["model"].image_branch(preprocess(load_image_file(path, 24)[None]))
+        order = torch.as_tensor(run["data"].order.astype(np.int64))
+        psi = run["model"].fact_branch(torch.as_tensor(run["data"].tokens.astype(np.int64)), order)
+    d, i = torch.topk(wildcard_distance(phi, psi, order)[0], k, largest=False)
+    return d.numpy(), i.numpy()
+
+
+def test_query_png_alpha_and_gray_jpeg_json(run, capsys):
+    status = query.main(["--run", run["run"], *run["images"], "--k", "4", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert [r["image"] for r in out] == run["images"]
+    for r, path in zip(out, run["images"]):
+        d_ref, i_ref = _brute_force_topk(run, path, 4)
+        assert [f["fact_id"] for f in r["facts"]] == list(i_ref)
+        np.testing.assert_allclose([f["distance"] for f in r["facts"]], d_ref, atol=1e-5)
+        f = r["facts"][0]
+        assert f["text"] == run["data"].fact_text(f["fact_id"]) and f["text"].startswith("<")
+
+
+def test_query_text_output_and_bad_images(run, capsys):
+    status = query.main(["--run", run["run"], run["broken"], run["images"][1], run["missing"],
+                         "--k", "3"])
+    cap = capsys.readouterr()
+    assert status == 1
+    assert run["broken"] in cap.err and run["missing"] in cap.err and "2 of 3" in cap.err
+    lines = cap.out.splitlines()
+    assert lines[0] == run["images"][1] and len(lines) == 4          # the good image, 3 facts
+    assert lines[1].strip().startswith("1. <")
+
+
+def test_query_k_beyond_facts_and_bad_run(run, tmp_path, capsys):
+    n = run["data"].num_facts
+    assert query.main(["--run", run["run"], run["images"][0], "--k", str(n + 50), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["facts"]) == n
+    assert query.main(["--run", str(tmp_path), run["images"][0]]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert query.main(["--run", run["run"], run["images"][0], "--checkpoint", "task7"]) == 2
+    assert "task7.pt" in capsys.readouterr().err
+    assert query.main(["--run", run["run"], run["images"][0], "--data", str(tmp_path / "x.h5")]) == 2
+    assert "x.h5" in capsys.readouterr().err
