@@ -95,7 +95,14 @@ class ResNet18Branch(nn.Module):
                 state = torch.load(cfg.pretrained_path, map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, ValueError) as e:
                 raise ValueError(f"{cfg.pretrained_path}: cannot load resnet18 weights: {e}") from e
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            if not isinstance(state, dict):
+                raise ValueError(f"{cfg.pretrained_path}: not a torchvision resnet18 state dict "
+                                 f"(a {type(state).__name__})")
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as e:
+                raise ValueError(f"{cfg.pretrained_path}: not a torchvision resnet18 state dict: "
+                                 f"{e}") from e
             bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
             if bad:
                 raise ValueError(f"{cfg.pretrained_path}: not a torchvision resnet18 state dict "
