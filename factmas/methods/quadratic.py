@@ -1,0 +1,140 @@
+"""Quadratic anchoring to the parameters after earlier tasks: the base of MAS, EWC, SI and L-MAS.
+
+After each task t the method estimates a per-parameter importance Ω_t (the subclass's
+``estimate_importance``), accumulates it into Ω and stores the anchor θ* = θ. Later tasks train with
+(MAS, Aljundi et al., ECCV 2018, Eq. 3)::
+
+    L(θ) = L_task(θ) + λ Σ_ij Ω_ij (θ_ij − θ*_ij)²,      ∂/∂θ_ij: 2 λ Ω_ij (θ_ij − θ*_ij)
+
+State: Ω (``omega``) and θ* (``anchor``), dicts keyed by parameter name — two copies of the
+parameters (the paper's Fig. 4). ``state_dict`` keys: 'omega.<name>', 'anchor.<name>'.
+
+A subclass implements only ``estimate_importance(model, ctx) -> {name: Ω_t}``; one that keeps more
+state (e.g. SI's path integral, using ``before_step``/``after_step``) adds it through ``extra_state``
+and ``load_extra_state``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..importance import ACCUMULATE, accumulate_omega
+from .base import Method, TaskContext
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("omega", "anchor")
+
+
+class QuadraticAnchor(Method):
+    """λ Σ Ω (θ − θ*)² with Ω accumulated over tasks; abstract (``estimate_importance``).
+
+    Args:
+        reg_lambda: λ ≥ 0.
+        omega_accumulate: "sum" (Ω ← Ω + Ω_t, the MAS code) or "alpha" (Ω ← α Ω + (1 − α) Ω_t).
+        omega_alpha: α, the weight of the earlier tasks' Ω when ``omega_accumulate == "alpha"``.
+        options: further options (kept in ``self.options``; the trainer passes one dict to all
+            methods).
+    Raises:
+        ValueError: λ < 0, unknown accumulation mode, α outside [0, 1].
+    """
+    name = "quadratic"
+
+    def __init__(self, reg_lambda: float = 1.0, omega_accumulate: str = "sum",
+                 omega_alpha: float = 0.5, **options: Any) -> None:
+        super().__init__(reg_lambda, **options)
+        if self.reg_lambda < 0:
+            raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
+        if omega_accumulate not in ACCUMULATE:
+            raise ValueError(f"omega_accumulate: unknown mode {omega_accumulate!r}; "
+                             f"valid: {list(ACCUMULATE)}")
+        if not 0.0 <= float(omega_alpha) <= 1.0:
+            raise ValueError(f"omega_alpha must be in [0, 1], got {omega_alpha}")
+        self.omega_accumulate, self.omega_alpha = omega_accumulate, float(omega_alpha)
+        self.omega: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
+        """Importance Ω_t ≥ 0 of the task just learned: name → float tensor shaped like the
+        parameter, for the trainable parameters to protect (others stay free)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement estimate_importance")
+
+    def on_task_end(self, model: nn.Module, ctx: TaskContext) -> None:
+        """Ω ← accumulate(Ω, estimate_importance(model, ctx)); θ* ← θ (detached copies).
+
+        Raises:
+            ValueError: the estimate names a parameter the model lacks or has a wrong shape.
+        """
+        params = dict(model.named_parameters())
+        new = self.estimate_importance(model, ctx)
+        for n, t in new.items():
+            if n not in params or params[n].shape != t.shape:
+                raise ValueError(f"{type(self).__name__}: importance for {n!r} "
+                                 f"{tuple(t.shape)} matches no parameter of the model")
+        self.omega = accumulate_omega(self.omega, {n: t.detach() for n, t in new.items()},
+                                      self.omega_accumulate, self.omega_alpha)
+        self.anchor = {n: params[n].detach().clone() for n in self.omega}
+        total = sum(float(t.sum()) for t in self.omega.values())
+        size = sum(t.numel() for t in self.omega.values())
+        log.info("%s: task %d: Ω updated (%s), mean Ω %.3g over %d parameters; θ* stored",
+                 self.name, ctx.task, self.omega_accumulate, total / max(size, 1), size)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | float:
+        """λ Σ Ω (θ − θ*)² as a scalar tensor with gradient (0.0 before the first task or λ = 0).
+
+        Raises:
+            ValueError: Ω names a parameter the model lacks.
+        """
+        if not self.omega or self.reg_lambda == 0.0:
+            return 0.0
+        params = dict(model.named_parameters())
+        total = None
+        for n, omega in self.omega.items():
+            if n not in params:
+                raise ValueError(f"{type(self).__name__}: Ω has parameter {n!r}, the model has not")
+            p = params[n]
+            if omega.device != p.device or omega.dtype != p.dtype:      # e.g. after loading
+                omega = self.omega[n] = omega.to(p.device, p.dtype)
+                self.anchor[n] = self.anchor[n].to(p.device, p.dtype)
+            term = (omega * (p - self.anchor[n]).square()).sum()
+            total = term if total is None else total + term
+        return self.reg_lambda * total
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """{'omega.<name>': Ω, 'anchor.<name>': θ*} plus the subclass's ``extra_state()``."""
+        out = {f"omega.{n}": t for n, t in self.omega.items()}
+        out.update({f"anchor.{n}": t for n, t in self.anchor.items()})
+        out.update(self.extra_state())
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state_dict()``'s output. Raises ValueError on Ω and θ* of different parameters
+        or shapes; keys with other prefixes go to ``load_extra_state``."""
+        parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PREFIXES}
+        rest = {}
+        for key, t in state.items():
+            prefix, _, name = key.partition(".")
+            if prefix in parts and name:
+                parts[prefix][name] = t
+            else:
+                rest[key] = t
+        omega, anchor = parts["omega"], parts["anchor"]
+        if set(omega) != set(anchor) or any(omega[n].shape != anchor[n].shape for n in omega):
+            diff = sorted(set(omega) ^ set(anchor)) or [n for n in omega
+                                                        if omega[n].shape != anchor[n].shape]
+            raise ValueError(f"{type(self).__name__} state: Ω and θ* disagree on {diff[:3]}")
+        self.omega, self.anchor = dict(omega), dict(anchor)
+        self.load_extra_state(rest)
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """More state of a subclass (keys must not start with 'omega.' or 'anchor.'); none here."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``extra_state()``. Raises ValueError on keys this method does not know."""
+        if state:
+            raise ValueError(f"{type(self).__name__} state: unknown keys {sorted(state)[:5]}; "
+                             f"expected 'omega.<name>' and 'anchor.<name>'")
