@@ -91,3 +91,61 @@ def test_row_key_and_read_errors(tmp_path):
         read_results(tmp_path)
     with pytest.raises(ValueError, match="cannot read"):
         read_results(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------- compare and evaluate_cli
+
+from factmas import compare  # noqa: E402
+
+
+def _write_run(path, method, seed, final, lam=1.0):
+    rows = {"initial": _row(B, 0.1), 0: _row(R[0], 0.3), 1: _row(R[1], 0.4), 2: _row(final, 0.5)}
+    res = build_results(rows, T, run_name=path.name,
+                        run={"method": method, "seed": seed, "split": "random3_seed0", "reg_lambda": lam})
+    write_report(path, res)
+    return res
+
+
+def test_compare_mean_std_over_seeds(tmp_path, capsys):
+    finals = [np.array([0.5, 0.4, 0.9]), np.array([0.3, 0.6, 0.7])]
+    for s, f in enumerate(finals):
+        _write_run(tmp_path / "runs" / f"mas_s{s}", "mas", s, f)
+    _write_run(tmp_path / "runs" / "ft_s0", "finetune", 0, R[2])
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
+    md = capsys.readouterr().out
+    t1 = np.array([0.5, 0.3]) * 100
+    assert f"| mas λ=1 | random3_seed0 | 2 | {t1.mean():.2f} ± {t1.std(ddof=1):.2f} |" in md
+    assert "| finetune | random3_seed0 | 1 | 50.00 | 40.00 | 90.00 |" in md
+    rows = (tmp_path / "cmp.csv").read_text().splitlines()
+    assert rows[0].startswith("method,split,n_seeds,seeds,T1_mean,T1_std")
+    mas = next(r.split(",") for r in rows if r.startswith("mas"))
+    assert mas[:4] == ["mas λ=1", "random3_seed0", "2", "0 1"]
+    assert float(mas[4]) == pytest.approx(0.4) and float(mas[5]) == pytest.approx(np.std([0.5, 0.3], ddof=1))
+    assert (tmp_path / "cmp.md").read_text() == md.split("wrote")[0]
+    assert compare.main([str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
+    """A tiny real run (trainer → checkpoints), then `factmas evaluate` gives the same results."""
+    from factmas import evaluate_cli
+    from factmas.config import ModelConfig, RunConfig
+    from factmas.synthetic import make_synthetic_dataset
+    from factmas.train import train
+
+    data = make_synthetic_dataset(tmp_path / "s.h5", n_images=60, image_size=12, num_tasks=2)
+    cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),
+                    model=ModelConfig(embed_dim=4, width=4, word_dim=4, fact_hidden=8, norm_groups=2))
+    cfg.train.split, cfg.train.method, cfg.train.epochs, cfg.train.batch_size = "random2_seed0", "mas", 1, 16
+    train(cfg, progress=False)
+    saved = read_results(cfg.out)
+    assert saved["stages"] == [0, 1] and saved["metrics"][HEADLINE]["initial"] is not None
+    assert evaluate_cli.main([cfg.out, "--out", str(tmp_path / "re"), "-q"]) == 0
+    again = read_results(tmp_path / "re")
+    assert again["metrics"] == saved["metrics"]               # the initial model rebuilt from the seed
+    assert again["run"]["method"] == "mas"
+    capsys.readouterr()
+    assert evaluate_cli.main([cfg.out, "--checkpoint", "task0", "--json", "-q"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert one[HEADLINE]["all"] == pytest.approx(saved["metrics"][HEADLINE]["all"][0])
+    assert evaluate_cli.main([str(tmp_path), "-q"]) == 2

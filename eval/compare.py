@@ -1,0 +1,12 @@
+"""Runs (methods × seeds) in one table, mean ± std over seeds, as Markdown and CSV.
+
+    python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric NAME] [--out PREFIX]
+
+See ``factmas.compare`` for the grouping and the columns.
+"""
+import sys
+
+from factmas.compare import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
