@@ -32,7 +32,8 @@ from .space import NUM_SLOTS, normalize_slots
 
 log = logging.getLogger(__name__)
 
-MAX_RESULTS = 1 << 24   # result entries (queries × k) per FAISS call: 16M → 192 MiB of D and I
+MAX_RESULTS = 1 << 22   # result entries (queries × k) per FAISS call: 4M → 48 MiB of D and I (and
+                        # about 300 MiB of float64 temporaries when the caller computes AP on them)
 GPU_MAX_K = 2048        # FAISS GPU flat search selects at most 2048 neighbours
 
 
