@@ -1,0 +1,146 @@
+"""The continual trainer: ``train(cfg)`` starts a run, ``resume(run_dir)`` continues a killed one.
+
+Public API::
+
+    train(cfg: RunConfig, *, command="", overwrite=False, limit_tasks=None, progress=True) -> RunState
+    resume(run_dir, *, limit_tasks=None, device=None, progress=True) -> RunState
+    resolve_device("auto" | "cpu" | "cuda") -> torch.device
+    plan_stages(method_name, num_tasks) -> list[Stage]
+
+Both write into ``cfg.out`` (the run directory; see ``factmas.train.rundir``): ``config.json``,
+``metrics.jsonl``, ``checkpoints/task{s}.pt`` + ``last.pt`` and, at the end, the evaluator's report.
+Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run is already there),
+``DatasetError`` (bad data file), ``ConfigError``; ``TrainingError`` (non-finite loss) and
+``CheckpointError`` while training.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, TrainConfig
+from ..dataset import FactData, read_dataset
+from .checkpoint import CheckpointError, latest_checkpoint
+from .loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
+from .rundir import RunDirError, prepare_run_dir, read_run_config
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UsageError(ValueError):
+    """A setting names something that does not exist (split, method, device); lists the valid ones."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" → cuda if available else cpu. Raises UsageError for "cuda" without a GPU or a bad name."""
+    if name not in DEVICES:
+        raise UsageError(f"unknown device {name!r}; valid: {list(DEVICES)}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def plan_stages(method_name: str, num_tasks: int) -> list[Stage]:
+    """The training stages of a method: one task per stage, in order."""
+    return sequential_stages(num_tasks)
+
+
+def method_options(tc: TrainConfig) -> dict:
+    """Keyword options passed to ``make_method`` from the train configuration."""
+    return {"omega_accumulate": tc.omega_accumulate, "omega_alpha": tc.omega_alpha,
+            "omega_data": tc.omega_data, "omega_max_samples": tc.omega_max_samples}
+
+
+def check_settings(cfg: RunConfig, data: FactData) -> int:
+    """Validate split and method against the data and the registry; returns the number of tasks.
+
+    Raises:
+        UsageError: unknown split or method (the message lists the valid ones), or a bad batch size,
+            epoch count or learning rate.
+    """
+    from ..methods import METHODS
+    tc = cfg.train
+    if tc.split not in data.splits:
+        raise UsageError(f"{data.path}: unknown split {tc.split!r}; valid: {sorted(data.splits)}")
+    if tc.method not in METHODS:
+        raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
+    for key in ("epochs", "batch_size", "aux_batch_size"):
+        if getattr(tc, key) < 1:
+            raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
+    if not tc.lr > 0:
+        raise UsageError(f"train.lr must be > 0, got {tc.lr}")
+    return int(data.task_of_facts(tc.split).max()) + 1
+
+
+def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
+                  progress: bool = True) -> tuple[ContinualTrainer, list[Stage]]:
+    """Seed, build the model, method and evaluator, and return the trainer and its stages."""
+    from ..methods import make_method
+    from ..model import build_model
+    num_tasks = check_settings(cfg, data)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, len(data.vocab))
+    method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
+    evaluator = None
+    if cfg.eval.enabled:
+        from ..evaluate import Evaluator
+        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device)
+    trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, num_tasks, evaluator,
+                               progress=progress)
+    return trainer, plan_stages(cfg.train.method, num_tasks)
+
+
+def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_tasks: int | None = None,
+          progress: bool = True, data: FactData | None = None) -> RunState:
+    """Start a run in ``cfg.out`` and train ``cfg.train.split``'s tasks (the first ``limit_tasks``).
+
+    Raises:
+        UsageError, RunDirError, DatasetError, ConfigError: before anything is written.
+        TrainingError: while training (the completed tasks' checkpoints are kept).
+    """
+    if not cfg.out:
+        raise UsageError("no run directory: set out (--out RUN_DIR)")
+    device = resolve_device(cfg.train.device)
+    data = data if data is not None else read_dataset(cfg.data)
+    trainer, stages = build_trainer(cfg, data, device, progress)
+    prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance, overwrite=overwrite)
+    log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out, cfg.train.method,
+             cfg.train.reg_lambda, cfg.train.split, len(stages), device)
+    return trainer.run(stages, limit=limit_tasks)
+
+
+def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
+           progress: bool = True, data: FactData | None = None) -> RunState:
+    """Continue the run in ``run_dir`` from its last checkpoint (or from the start if it has none).
+
+    The resumed run ends with the same weights and metrics as an uninterrupted run: every stage
+    re-seeds from (seed, stage) and metrics.jsonl is cut back to the checkpoint.
+
+    Raises:
+        RunDirError: no config.json.  CheckpointError: an unreadable checkpoint.
+        TrainingError: while training.
+    """
+    cfg, _ = read_run_config(run_dir)
+    cfg.out = str(run_dir)
+    dev = resolve_device(device or cfg.train.device)
+    data = data if data is not None else read_dataset(cfg.data)
+    trainer, stages = build_trainer(cfg, data, dev, progress)
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        trainer.metrics.truncate(0)      # a run killed during its first task starts over
+        state = None
+    else:
+        state = trainer.restore(last)
+    if state is not None and state.next_stage >= len(stages):
+        log.info("run %s: all %d tasks are already trained", run_dir, len(stages))
+    return trainer.run(stages, state, limit=limit_tasks)
+
+
+__all__ = ["CheckpointError", "RunDirError", "RunState", "Stage", "TrainingError", "UsageError",
+           "build_trainer", "plan_stages", "resolve_device", "resume", "train"]

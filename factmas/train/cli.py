@@ -1,0 +1,122 @@
+"""``factmas train``: train the tasks of a split in order, or resume a killed run.
+
+Usage::
+
+    factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
+                  [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
+                  [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
+    factmas train --resume RUN_DIR [--device ...] [--limit-tasks N]
+
+Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
+error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
+split, method or device, bad data file, a run already in RUN_DIR), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..config import ConfigError, RunConfig
+from ..dataset import DatasetError
+from . import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
+
+log = logging.getLogger("factmas.train")
+
+# command-line option -> field of RunConfig.train
+TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
+                 "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="factmas train",
+        description="Train the tasks of a fact split in order (continual learning) and evaluate after "
+                    "each task; or continue a killed run with --resume RUN_DIR.")
+    p.add_argument("--data", help="HDF5 dataset (data_prep/README.md)")
+    p.add_argument("--split", help="task split in the dataset, e.g. random4_seed0")
+    p.add_argument("--method", help="continual-learning method, e.g. finetune or mas")
+    p.add_argument("--reg-lambda", type=float, help="regularization strength λ")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--epochs", type=int, help="epochs per task")
+    p.add_argument("--batch-size", type=int, help="image–fact pairs per step")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--seed", type=int, help="seed of model init and shuffling")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
+    p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
+    p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``--config`` (or the defaults) with the command-line options applied.
+
+    Raises:
+        ConfigError: an unreadable or invalid --config file.  UsageError: no --data or --out.
+    """
+    cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
+    if args.data:
+        cfg.data = args.data
+    if args.out:
+        cfg.out = args.out
+    for opt, key in TRAIN_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            setattr(cfg.train, key, value)
+    if not cfg.data or not cfg.out:
+        raise UsageError("--data FILE.h5 and --out RUN_DIR are required (or --resume RUN_DIR)")
+    cfg.data = str(Path(cfg.data).resolve())
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``factmas train``; returns the exit status (0 ok, 1 training error, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:          # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    progress = not args.no_progress
+    try:
+        with logging_redirect_tqdm():
+            if args.resume:
+                given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
+                                     "batch_size", "lr", "seed", "config") if getattr(args, o) is not None]
+                if given or args.overwrite:
+                    raise UsageError("--resume takes the settings of the run's config.json; only "
+                                     f"--device and --limit-tasks may be given with it, not {given or '--overwrite'}")
+                state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
+                               progress=progress)
+                run_dir = args.resume
+            else:
+                cfg = config_from_args(args)
+                command = "factmas train " + shlex.join(argv)
+                state = train(cfg, command=command, overwrite=args.overwrite,
+                              limit_tasks=args.limit_tasks, progress=progress)
+                run_dir = cfg.out
+    except (UsageError, RunDirError, ConfigError, DatasetError) as e:
+        print(f"factmas train: error: {e}", file=sys.stderr)
+        return 2
+    except (TrainingError, CheckpointError) as e:
+        print(f"factmas train: training error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("factmas train: interrupted; continue with factmas train --resume RUN_DIR", file=sys.stderr)
+        return 130
+    print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The continual loop: training stages in order, each followed by the method's update, an evaluation
+and an atomic checkpoint.
+
+A *stage* is a list of tasks trained together: one task per stage for sequential continual learning
+(``sequential_stages``); joint training (the upper bound) is one stage holding every task. For each
+stage s, as ``factmas.methods.base`` describes::
+
+    torch.manual_seed(stage_seed(seed, s))          # a resumed run draws what an uninterrupted one does
+    method.on_task_start(model, ctx)
+    for epoch e, step i:  loss = fact_loss(φ, ψ, order, positive) + method.penalty(model)
+                                 + method.extra_loss(model, batch, out)
+                          (non-finite loss → TrainingError naming task, epoch and step)
+                          backward; method.before_step; Adam step; method.after_step
+    method.on_task_end(model, ctx)                  # model in eval mode; e.g. MAS: Ω += ..., θ* = θ
+    evaluation row (val loss, retrieval R row); metrics.jsonl line; checkpoint task{s}.pt + last.pt
+
+The initial model is evaluated once before stage 0 (row "initial", the forward-transfer baseline).
+Adam is re-created at each stage by default (``train.optimizer_reset``), as is usual in continual
+learning; its state is saved in every checkpoint either way.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..dataset import FactData
+from ..loss import fact_loss
+from ..methods.base import Method, TaskContext
+from .batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
+from .checkpoint import load_checkpoint, save_checkpoint
+from .evalhook import EvalHook, finite_mean
+from .rundir import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message names task, epoch and step."""
+
+
+@dataclass
+class Stage:
+    """One training stage: ``tasks`` trained together; checkpoint ``task{index}.pt``."""
+    index: int
+    tasks: list[int]
+
+    @property
+    def label(self) -> str:
+        return f"task{self.index}"
+
+
+def sequential_stages(num_tasks: int) -> list[Stage]:
+    """One stage per task, in order: [Stage(0, [0]), Stage(1, [1]), ...]."""
+    return [Stage(t, [t]) for t in range(num_tasks)]
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores: stages done, tasks done, evaluation rows, optimizer state."""
+    next_stage: int = 0
+    completed_tasks: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    optimizer_state: dict | None = None
+    metrics_lines: int = 0
+
+
+def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.Tensor, dict, dict]:
+    """The task loss of a pair batch: (loss scalar, parts dict of floats, out {"phi", "psi"})."""
+    phi = model.image_branch(batch["images"])
+    psi = model.fact_branch(batch["tokens"], batch["order"])
+    loss, parts = fact_loss(phi, psi, batch["order"], batch["positive"], cfg.loss)
+    return loss, parts, {"phi": phi, "psi": psi}
+
+
+def _as_float(x: torch.Tensor | float) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class ContinualTrainer:
+    """Runs the stages of one run directory.
+
+    Args:
+        cfg: the resolved run configuration.  data: the dataset in memory.  run_dir: output folder
+        (its config.json is written by the caller).  model: built and seeded by the caller.
+        method: a ``factmas.methods`` method.  device: where training happens.
+        evaluator: a ``factmas.evaluate.Evaluator`` or None (validation loss only).
+        num_tasks: k, the number of tasks of ``cfg.train.split``.  progress: show tqdm bars.
+    """
+
+    def __init__(self, cfg: RunConfig, data: FactData, run_dir: str | Path, model: nn.Module,
+                 method: Method, device: torch.device, num_tasks: int, evaluator: Any = None,
+                 progress: bool = True) -> None:
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.model, self.method, self.device = model.to(device), method, device
+        self.num_tasks = num_tasks
+        self.progress = progress
+        self.batcher = Batcher(data, device)
+        self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
+        self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher, self.loss_fn,
+                             cfg.train.batch_size, evaluator)
+        self.metrics = MetricsLog(self.run_dir)
+
+    # ---- resume -------------------------------------------------------------------------------
+    def restore(self, path: str | Path) -> RunState:
+        """Load a checkpoint into the model and method; cut metrics.jsonl back to it."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt["method_name"] != self.method.name:
+            raise TrainingError(f"{path}: checkpoint of method {ckpt['method_name']!r}, "
+                                f"this run uses {self.method.name!r}")
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        self.metrics.truncate(ckpt["metrics_lines"])
+        self.hook.restore(ckpt["history"])
+        log.info("resuming from %s: tasks %s done", path, ckpt["completed_tasks"])
+        return RunState(next_stage=ckpt["stage"] + 1, completed_tasks=list(ckpt["completed_tasks"]),
+                        history=list(ckpt["history"]), optimizer_state=ckpt["optimizer"],
+                        metrics_lines=ckpt["metrics_lines"])
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, stages: list[Stage], state: RunState | None = None,
+            limit: int | None = None) -> RunState:
+        """Train ``stages[state.next_stage : limit]``; write the report when the loop ends.
+
+        Raises:
+            TrainingError: a non-finite loss or a stage without training pairs; the checkpoints of
+                the completed stages are kept untouched.
+        """
+        state = state or RunState()
+        if not state.history:
+            row = self.hook.evaluate(self.model, "initial", -1, [])
+            state.history.append(row)
+            self.metrics.append({"event": "initial", **row})
+        end = len(stages) if limit is None else min(limit, len(stages))
+        for stage in stages[state.next_stage:end]:
+            t0 = time.perf_counter()
+            optimizer, end_seconds = self.train_stage(stage, state)
+            state.completed_tasks += stage.tasks
+            row = self.hook.evaluate(self.model, stage.label, stage.index, state.completed_tasks)
+            state.history.append(row)
+            self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
+                                 "stage_seconds": time.perf_counter() - t0})
+            state.optimizer_state = optimizer.state_dict()
+            save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
+                            method=self.method, completed_tasks=state.completed_tasks,
+                            config=self.cfg.to_dict(), history=state.history,
+                            metrics_lines=self.metrics.lines)
+            state.next_stage = stage.index + 1
+        for p in self.hook.write(self.run_dir):
+            log.info("wrote %s", p)
+        return state
+
+    def _optimizer(self, state: RunState) -> torch.optim.Optimizer:
+        tc = self.cfg.train
+        opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if not tc.optimizer_reset and state.optimizer_state is not None:
+            opt.load_state_dict(state.optimizer_state)
+        return opt
+
+    def context(self, stage: Stage) -> TaskContext:
+        """The TaskContext of ``stage`` (image, fact and pair batches of its tasks)."""
+        tc, split, b = self.cfg.train, self.cfg.train.split, self.batcher
+        facts = task_facts(self.data, split, stage.tasks)
+        train_pairs = self.data.task_pairs(split, stage.tasks, "train")
+        return TaskContext(
+            task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
+            device=self.device,
+            image_batches=lambda which: b.image_batches(
+                task_images(self.data, split, stage.tasks, which), tc.aux_batch_size),
+            fact_batches=lambda: b.fact_batches(facts, tc.aux_batch_size),
+            pair_batches=lambda: b.pair_batches(
+                train_pairs, tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+            loss_fn=self.loss_fn, config=self.cfg, max_samples=tc.omega_max_samples,
+            extra={"stage": stage.index, "tasks": list(stage.tasks), "num_tasks": self.num_tasks,
+                   "data": self.data, "split": split})
+
+    def train_stage(self, stage: Stage, state: RunState) -> tuple[torch.optim.Optimizer, float]:
+        """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
+        tc = self.cfg.train
+        torch.manual_seed(stage_seed(tc.seed, stage.index))
+        pairs = self.data.task_pairs(tc.split, stage.tasks, "train")
+        name = self._name(stage)
+        if len(pairs) == 0:
+            raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
+        log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
+                 f"{len(np.unique(pairs[:, 0])):,}", f"{len(np.unique(pairs[:, 1])):,}")
+        ctx = self.context(stage)
+        self.model.train()
+        self.method.on_task_start(self.model, ctx)
+        optimizer = self._optimizer(state)
+        for epoch in range(tc.epochs):
+            self._epoch(stage, epoch, pairs, optimizer, state)
+        self.model.eval()
+        t0 = time.perf_counter()
+        self.method.on_task_end(self.model, ctx)
+        seconds = time.perf_counter() - t0
+        log.info("%s: end-of-task update of %s in %.1f s", name, self.method.name, seconds)
+        return optimizer, seconds
+
+    def _name(self, stage: Stage) -> str:
+        if len(stage.tasks) == 1:
+            return f"task {stage.tasks[0] + 1}/{self.num_tasks}"
+        return f"stage {stage.index + 1} (tasks {', '.join(str(t + 1) for t in stage.tasks)})"
+
+    def _epoch(self, stage: Stage, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
+               state: RunState) -> None:
+        tc, model, method = self.cfg.train, self.model, self.method
+        name = self._name(stage)
+        rng = make_rng(tc.seed, stage.index, epoch)
+        sums: dict[str, float] = {}
+        n_seen, t0 = 0, time.perf_counter()
+        bar = tqdm(total=len(pairs), unit="img", unit_scale=True, leave=False,
+                   desc=f"{name} epoch {epoch + 1}/{tc.epochs}", disable=not self.progress)
+        with bar:
+            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng), 1):
+                optimizer.zero_grad(set_to_none=True)
+                task_loss, parts, out = forward_loss(model, batch, self.cfg)
+                penalty = method.penalty(model)
+                extra = method.extra_loss(model, batch, out)
+                loss = task_loss + penalty + extra
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    self._fail(stage, epoch, step, value, parts)
+                loss.backward()
+                method.before_step(model)
+                optimizer.step()
+                method.after_step(model)
+                b = len(batch["fact_idx"])
+                n_seen += b
+                step_parts = {"total": value, "task": parts["loss"], "penalty": _as_float(penalty),
+                              "extra": _as_float(extra), "regression": parts["regression"],
+                              "contrastive": parts["contrastive"]}
+                for k, v in step_parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * b
+                bar.update(b)
+                bar.set_postfix(loss=f"{value:.4f}")
+        seconds = time.perf_counter() - t0
+        means = {k: v / n_seen for k, v in sums.items()}
+        rate = n_seen / seconds if seconds > 0 else float("nan")
+        log.info("%s epoch %d/%d: train loss %.4f (task %.4f, penalty %.4g), %.0f images/s",
+                 name, epoch + 1, tc.epochs, means["total"], means["task"], means["penalty"], rate)
+        self.metrics.append({"event": "epoch", "stage": stage.index, "tasks": stage.tasks,
+                             "epoch": epoch, "steps": step, "pairs": n_seen,
+                             **{f"train_{k}": v for k, v in means.items()},
+                             "seconds": seconds, "images_per_s": rate})
+
+    def _fail(self, stage: Stage, epoch: int, step: int, value: float, parts: dict) -> None:
+        from .checkpoint import latest_checkpoint
+        last = latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint {last} is kept" if last else "no task was completed yet"
+        msg = (f"non-finite loss {value} in {self._name(stage)}, epoch {epoch + 1}/"
+               f"{self.cfg.train.epochs}, step {step} (task loss parts {parts}); training stopped, "
+               f"{kept}")
+        self.metrics.append({"event": "error", "stage": stage.index, "epoch": epoch, "step": step,
+                             "message": msg})
+        raise TrainingError(msg)
+
+
+__all__ = ["ContinualTrainer", "RunState", "Stage", "TrainingError", "finite_mean", "forward_loss",
+           "sequential_stages"]
