@@ -1,0 +1,189 @@
+"""From per-image fact sets to the HDF5 file: fact thresholds, image and task splits, provenance, write.
+
+Shared by ``data_prep.flickr8k`` (facts mined from captions) and ``data_prep.from_csv`` (annotated
+facts). The file is written only through ``factmas.dataset.write_dataset`` (atomic, schema v1).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from factmas.dataset import write_dataset
+from factmas.io import provenance as run_provenance
+
+from .splits import IMAGE_FRACTIONS, check_tasks, image_split, random_split, semantic_split, train_counts
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(ValueError):
+    """The build cannot produce a useful file; the message says which setting to change."""
+
+
+@dataclass
+class BuildOptions:
+    """Settings shared by the builders (the command-line options of the same names)."""
+    image_size: int = 64
+    min_images: int = 20
+    max_image_frac: float = 0.3
+    num_tasks: int = 4
+    split_seeds: Sequence[int] = (0, 1, 2)
+    semantic: bool = True
+    seed: int = 0
+    fractions: Sequence[float] = IMAGE_FRACTIONS
+    strict: bool = False
+    overwrite: bool = False
+
+
+def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac: float) -> None:
+    """Add the options of :class:`BuildOptions` (with the builder's own threshold defaults)."""
+    p.add_argument("--out", required=True, help="output .h5 file (written atomically)")
+    p.add_argument("--image-size", type=int, default=64, help="side of the stored square images (64)")
+    p.add_argument("--min-images", type=int, default=min_images,
+                   help=f"keep a fact seen in at least this many distinct images ({min_images})")
+    p.add_argument("--max-image-frac", type=float, default=max_image_frac,
+                   help=f"drop a fact seen in more than this fraction of the images ({max_image_frac})")
+    p.add_argument("--num-tasks", type=int, default=4, help="tasks per split (4)")
+    p.add_argument("--split-seeds", default="0,1,2",
+                   help="seeds of the random{k}_seed{s} splits, comma-separated ('0,1,2'; '' for none)")
+    p.add_argument("--no-semantic", action="store_true", help="do not write the semantic{k} split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test image split (0)")
+    p.add_argument("--strict", action="store_true", help="an unusable image is an error, not a skip")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def options_from_args(a: argparse.Namespace) -> BuildOptions:
+    """BuildOptions from parsed arguments. Raises BuildError on a malformed value."""
+    try:
+        seeds = tuple(int(s) for s in a.split_seeds.split(",") if s.strip())
+    except ValueError:
+        raise BuildError(f"--split-seeds must be comma-separated integers, got {a.split_seeds!r}") from None
+    if a.image_size < 1 or a.min_images < 1 or a.num_tasks < 1 or not 0 < a.max_image_frac <= 1:
+        raise BuildError("need --image-size >= 1, --min-images >= 1, --num-tasks >= 1 and "
+                         "0 < --max-image-frac <= 1")
+    if not seeds and a.no_semantic:
+        raise BuildError("no split requested: give --split-seeds or drop --no-semantic")
+    return BuildOptions(image_size=a.image_size, min_images=a.min_images, max_image_frac=a.max_image_frac,
+                        num_tasks=a.num_tasks, split_seeds=seeds, semantic=not a.no_semantic,
+                        seed=a.seed, strict=a.strict, overwrite=a.overwrite)
+
+
+def fact_sort_key(f: tuple[str, str, str]) -> tuple:
+    """Facts are sorted by (S, P, O), so ⟨S⟩ precedes ⟨S,P⟩ precedes ⟨S,P,O⟩ of the same S."""
+    return tuple(f)
+
+
+def select_facts(image_facts: Sequence[set], min_images: int, max_image_frac: float):
+    """Facts seen in >= ``min_images`` and <= ``max_image_frac`` · N of the N images, sorted.
+
+    Returns:
+        (facts: list of (S, P, O), counts: Counter fact → images, too_frequent: list of (fact, images)).
+    """
+    counts = Counter(f for fs in image_facts for f in set(fs))
+    limit = max_image_frac * len(image_facts)
+    too_frequent = sorted(((f, c) for f, c in counts.items() if c > limit), key=lambda x: -x[1])
+    facts = sorted((f for f, c in counts.items() if min_images <= c <= limit), key=fact_sort_key)
+    return facts, counts, too_frequent
+
+
+@dataclass
+class BuildReport:
+    """What a build did (printed at the end and stored in the provenance)."""
+    counts: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    splits: dict = field(default_factory=dict)
+
+
+def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], image_facts: Sequence[set],
+             opts: BuildOptions, source: dict, skipped: Sequence[tuple[str, str]],
+             timings: dict | None = None) -> BuildReport:
+    """Threshold the facts, drop images without a fact, split, and write ``out``.
+
+    Args:
+        images: uint8 [N, H, W, 3] of the usable images.  image_ids: N names.
+        image_facts: N sets of (S, P, O) facts (before thresholds).
+        source: where the data came from (paths, model), stored in the provenance.
+        skipped: (name, reason) of unusable inputs, stored in the provenance.
+    Raises:
+        BuildError: no fact passes the thresholds, or a task gets no training image.
+        FileExistsError: ``out`` exists and ``opts.overwrite`` is False.
+    """
+    n_in = len(image_ids)
+    facts, counts, too_frequent = select_facts(image_facts, opts.min_images, opts.max_image_frac)
+    if not facts:
+        raise BuildError(f"no fact is seen in at least --min-images {opts.min_images} of {n_in} images "
+                         f"(and in at most --max-image-frac {opts.max_image_frac} of them); lower "
+                         "--min-images or use more images")
+    index = {f: i for i, f in enumerate(facts)}
+    keep_img, pairs = [], []
+    for i, fs in enumerate(image_facts):
+        ids = sorted(index[f] for f in fs if f in index)
+        if ids:
+            pairs.extend((len(keep_img), j) for j in ids)
+            keep_img.append(i)
+    pairs_arr = np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
+    images = images[keep_img]
+    ids_kept = [image_ids[i] for i in keep_img]
+    split = image_split(len(ids_kept), opts.seed, opts.fractions)
+    load = train_counts(pairs_arr, split, len(facts))
+    splits, attrs = {}, {}
+    for s in opts.split_seeds:
+        name = f"random{opts.num_tasks}_seed{s}"
+        splits[name] = random_split(load, opts.num_tasks, s)
+        attrs[name] = {"kind": "random", "seed": s, "num_tasks": opts.num_tasks}
+    if opts.semantic:
+        name = f"semantic{opts.num_tasks}"
+        splits[name] = semantic_split([f[0] for f in facts], [f[1] for f in facts], load, opts.num_tasks)
+        attrs[name] = {"kind": "semantic", "seed": -1, "num_tasks": opts.num_tasks}
+    for name, task in splits.items():
+        check_tasks(name, task, load, opts.num_tasks)
+
+    order = Counter(1 + bool(f[1]) + bool(f[2]) for f in facts)
+    report = BuildReport(skipped=[{"image": n, "reason": r} for n, r in skipped])
+    report.counts = {
+        "images_in": n_in + len(skipped), "images_skipped": len(skipped), "images_usable": n_in,
+        "images_without_fact": n_in - len(keep_img), "images_kept": len(keep_img),
+        "image_split": {k: int((split == v).sum()) for v, k in enumerate(("train", "val", "test"))},
+        "facts_before_thresholds": len(counts), "facts": len(facts),
+        "facts_by_order": {str(k): order.get(k, 0) for k in (1, 2, 3)},
+        "facts_too_rare": sum(1 for c in counts.values() if c < opts.min_images),
+        "facts_too_frequent": [{"fact": list(f), "images": c} for f, c in too_frequent],
+        "pairs": len(pairs_arr),
+    }
+    report.splits = {name: [int((t == k).sum()) for k in range(opts.num_tasks)] for name, t in splits.items()}
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
+    prov = run_provenance({"builder": source.get("builder", "data_prep"), "source": source,
+                           "options": options, "counts": report.counts, "timings": timings or {},
+                           "skipped": report.skipped})
+    write_dataset(out, images, ids_kept, split, facts, pairs_arr, splits, attrs, prov,
+                  overwrite=opts.overwrite)
+    log.info("wrote %s: %d images, %d facts, %d pairs, splits %s", out, len(ids_kept), len(facts),
+             len(pairs_arr), sorted(splits))
+    return report
+
+
+def print_report(report: BuildReport, stream=sys.stderr) -> None:
+    """Human-readable build report: skipped images with reasons, then the counts."""
+    c = report.counts
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} image(s):", file=stream)
+        for s in report.skipped[:50]:
+            print(f"  {s['image']}: {s['reason']}", file=stream)
+        if len(report.skipped) > 50:
+            print(f"  ... and {len(report.skipped) - 50} more (all listed in the file's provenance)",
+                  file=stream)
+    print(f"images: {c['images_in']} in, {c['images_skipped']} skipped, {c['images_without_fact']} "
+          f"without a kept fact dropped, {c['images_kept']} kept {c['image_split']}", file=stream)
+    print(f"facts: {c['facts']} kept of {c['facts_before_thresholds']} (by order {c['facts_by_order']}), "
+          f"{c['facts_too_rare']} too rare, {len(c['facts_too_frequent'])} too frequent "
+          f"{[tuple(x['fact']) for x in c['facts_too_frequent']]}; pairs: {c['pairs']}", file=stream)
+    for name, n in report.splits.items():
+        print(f"split {name}: facts per task {n}", file=stream)

@@ -1,0 +1,148 @@
+"""Build the factmas HDF5 file from Flickr8k images and captions, mining facts with spaCy.
+
+    python -m data_prep.flickr8k --images DIR --captions FILE --out FILE.h5 [--image-size 64]
+        [--min-images 20] [--max-image-frac 0.3] [--num-tasks 4] [--split-seeds 0,1,2] [--seed 0]
+        [--limit-images N] [--strict] [--overwrite]
+
+Without --images/--captions the folder in $FACTMAS_FLICKR8K (with images/ and captions.txt) is used.
+Mining rules: data_prep/mining.py and data_prep/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .build import BuildError, add_common_args, assemble, options_from_args, print_report
+from .images import StrictImageError, load_images
+
+log = logging.getLogger(__name__)
+ENV = "FACTMAS_FLICKR8K"
+
+
+class CaptionsError(ValueError):
+    """The captions file is missing or malformed (the message names file and line)."""
+
+
+def read_captions(path: str | Path) -> dict[str, list[str]]:
+    """Captions CSV with header ``image,caption`` → {image name: [captions in file order]}.
+
+    Raises:
+        CaptionsError: missing file, wrong header, a row without both fields (names file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CaptionsError(f"{path}: captions file not found")
+    out: dict[str, list[str]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+            raise CaptionsError(f"{path}:1: expected the header 'image,caption', got {header!r}")
+        for row in reader:
+            line = reader.line_num
+            if not row or not any(c.strip() for c in row):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise CaptionsError(f"{path}:{line}: expected 'image,caption', got {row!r}")
+            out.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+    if not out:
+        raise CaptionsError(f"{path}: no captions")
+    return out
+
+
+def resolve_paths(images: str | None, captions: str | None) -> tuple[Path, Path]:
+    """--images/--captions, or $FACTMAS_FLICKR8K/images and $FACTMAS_FLICKR8K/captions.txt.
+
+    Raises:
+        BuildError: neither is given, or only one of --images/--captions.
+    """
+    if images and captions:
+        return Path(images), Path(captions)
+    if images or captions:
+        raise BuildError("give both --images and --captions (or neither, to use $" + ENV + ")")
+    root = os.environ.get(ENV, "")
+    if not root:
+        raise BuildError(f"no input: give --images DIR --captions FILE, or set {ENV} to a folder "
+                         "with images/ and captions.txt")
+    return Path(root) / "images", Path(root) / "captions.txt"
+
+
+def build(args: argparse.Namespace):
+    """Run the build for parsed arguments; returns the BuildReport."""
+    from .mining import load_nlp, mine_captions
+    from tqdm import tqdm
+
+    opts = options_from_args(args)
+    images_dir, captions_path = resolve_paths(args.images, args.captions)
+    if not images_dir.is_dir():
+        raise BuildError(f"{images_dir}: images folder not found")
+    if Path(args.out).exists() and not opts.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    captions = read_captions(captions_path)
+    names = sorted(captions)
+    if args.limit_images is not None:
+        names = names[: args.limit_images]
+    log.info("%d captioned images (%d captions) from %s", len(names),
+             sum(len(captions[n]) for n in names), captions_path)
+    dec = load_images([images_dir / n for n in names], opts.image_size, opts.strict,
+                      progress=not args.quiet)
+    log.info("decoded %d images in %.1f s (%.0f images/s), skipped %d", len(dec.kept), dec.seconds,
+             dec.rate, len(dec.skipped))
+    usable = [names[i] for i in dec.kept]
+    texts = [(i, c) for i, n in enumerate(usable) for c in captions[n]]
+    t0 = time.perf_counter()
+    nlp, model_name = load_nlp()
+    load_s = time.perf_counter() - t0
+    image_facts = [set() for _ in usable]
+    t0 = time.perf_counter()
+    stream = mine_captions(nlp, (c for _, c in texts), batch_size=args.batch_size)
+    for (i, _), fs in zip(texts, tqdm(stream, total=len(texts), desc="parsing captions", unit="cap",
+                                      disable=args.quiet, mininterval=1.0)):
+        image_facts[i] |= fs
+    parse_s = time.perf_counter() - t0
+    log.info("parsed %d captions in %.1f s (%.0f captions/s)", len(texts), parse_s,
+             len(texts) / max(parse_s, 1e-9))
+    timings = {"decode_seconds": round(dec.seconds, 3), "images_per_second": round(dec.rate, 1),
+               "nlp_load_seconds": round(load_s, 3), "parse_seconds": round(parse_s, 3),
+               "captions_parsed": len(texts)}
+    import spacy
+    source = {"builder": "data_prep.flickr8k", "images": str(images_dir.resolve()),
+              "captions": str(captions_path.resolve()), "limit_images": args.limit_images,
+              "spacy_model": f"{model_name} {nlp.meta.get('version', '?')}", "spacy": spacy.__version__,
+              "mining": "data_prep/mining.py rules (data_prep/README.md)"}
+    report = assemble(args.out, dec.images, usable, image_facts, opts, source, dec.skipped, timings)
+    report.counts["timings"] = timings
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry; returns the exit status (0 ok, 2 bad input)."""
+    p = argparse.ArgumentParser(prog="python -m data_prep.flickr8k", description=__doc__.split("\n")[0])
+    p.add_argument("--images", help=f"folder of images (default ${ENV}/images)")
+    p.add_argument("--captions", help=f"captions CSV 'image,caption' (default ${ENV}/captions.txt)")
+    p.add_argument("--limit-images", type=int, default=None,
+                   help="only the first N captioned images, sorted by name (tests, CI)")
+    p.add_argument("--batch-size", type=int, default=256, help="spaCy nlp.pipe batch size (256)")
+    add_common_args(p, min_images=20, max_image_frac=0.3)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = build(args)
+    except (BuildError, CaptionsError, StrictImageError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(report)
+    t = report.counts["timings"]
+    print(f"decoded {t['images_per_second']:.0f} images/s; parsed {t['captions_parsed']} captions in "
+          f"{t['parse_seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Seeded image splits (train / val / test) and task splits of the facts (random and semantic).
+
+Image split: a seeded permutation of the images; the first round(0.7 N) are train (0), the next
+round(0.1 N) val (1, held-out training images used to choose λ), the rest test (2).
+
+Task splits give every fact one task in 0..k-1 (tasks are disjoint in facts and cover all facts):
+
+* ``random{k}_seed{s}``: a seeded random partition with equal numbers of facts per task (±1), then
+  balanced in training images by local search: while swapping one fact of the heaviest task with one
+  of the lightest task narrows the gap between them, do the swap that narrows it most. The load of a
+  task is its number of training (image, fact) pairs, i.e. the sum over its facts of their training
+  images.
+* ``semantic{k}``: facts grouped by subject, as the Lifelong Fact Learning benchmark (Elhoseiny et al.,
+  ACCV 2018) groups facts by meaning. A subject group heavier than 1/k of all training pairs (e.g.
+  ``person`` in Flickr8k) is divided by predicate, so the ⟨person, ride⟩ and ⟨person, ride, horse⟩
+  facts stay together. Groups go, heaviest first, to the task with the lightest load so far (ties by
+  task index; group order by load, then name), which needs no seed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+class SplitError(ValueError):
+    """A split cannot be made (too few facts or images); the message says which setting to change."""
+
+
+def image_split(n: int, seed: int = 0, fractions: Sequence[float] = IMAGE_FRACTIONS) -> np.ndarray:
+    """int8 [n]: 0 train, 1 val, 2 test for each image, seeded (``np.random.default_rng(seed)``).
+
+    Raises:
+        ValueError: fractions not three non-negative numbers summing to 1.
+    """
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or (f < 0).any() or abs(f.sum() - 1.0) > 1e-6:
+        raise ValueError(f"image split fractions must be 3 numbers >= 0 summing to 1, got {list(fractions)}")
+    n_train = int(round(f[0] * n))
+    n_val = min(int(round(f[1] * n)), n - n_train)
+    labels = np.full(n, 2, dtype=np.int8)
+    perm = np.random.default_rng(seed).permutation(n)
+    labels[perm[:n_train]] = 0
+    labels[perm[n_train:n_train + n_val]] = 1
+    return labels
+
+
+def train_counts(pairs: np.ndarray, image_split_: np.ndarray, num_facts: int) -> np.ndarray:
+    """int64 [F]: number of training images (image_split == 0) of each fact. pairs: int [P, 2]."""
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    train = pairs[image_split_[pairs[:, 0]] == 0]
+    return np.bincount(train[:, 1], minlength=num_facts).astype(np.int64)
+
+
+def random_split(load: np.ndarray, num_tasks: int, seed: int, max_rounds: int = 10000) -> np.ndarray:
+    """int16 [F] task of each fact: seeded equal-size partition balanced in ``load`` by swaps.
+
+    Args:
+        load: int [F] training images of each fact.  num_tasks: k.  seed: partition seed.
+    Raises:
+        SplitError: fewer facts than tasks.
+    """
+    load = np.asarray(load, dtype=np.int64)
+    f = len(load)
+    if f < num_tasks:
+        raise SplitError(f"{f} facts cannot fill {num_tasks} tasks: lower --num-tasks or --min-images")
+    rng = np.random.default_rng(seed)
+    task = np.empty(f, dtype=np.int16)
+    task[rng.permutation(f)] = np.arange(f) % num_tasks
+    totals = np.bincount(task, weights=load, minlength=num_tasks).astype(np.int64)
+    for _ in range(max_rounds):
+        hi, lo = int(np.argmax(totals)), int(np.argmin(totals))
+        gap = totals[hi] - totals[lo]
+        a = np.flatnonzero(task == hi)
+        b = np.flatnonzero(task == lo)
+        delta = load[a][:, None] - load[b][None, :]  # moving a→lo and b→hi changes the gap by -2δ
+        new_gap = np.abs(gap - 2 * delta)
+        i, j = np.unravel_index(np.argmin(new_gap), new_gap.shape)
+        if new_gap[i, j] >= gap:
+            break
+        task[a[i]], task[b[j]] = lo, hi
+        totals[hi] -= delta[i, j]
+        totals[lo] += delta[i, j]
+    return task
+
+
+def semantic_split(subjects: Sequence[str], predicates: Sequence[str], load: np.ndarray,
+                   num_tasks: int) -> np.ndarray:
+    """int16 [F] task of each fact: subject groups (big ones divided by predicate), greedy balance.
+
+    Raises:
+        SplitError: fewer groups than tasks (the message suggests --num-tasks).
+    """
+    load = np.asarray(load, dtype=np.int64)
+    cap = load.sum() / num_tasks
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(subjects):
+        by_subject[s].append(i)
+    groups: dict[str, list[int]] = {}
+    for s, members in by_subject.items():
+        if load[members].sum() > cap:
+            for i in members:
+                groups.setdefault(f"{s}|{predicates[i]}", []).append(i)
+        else:
+            groups[s] = members
+    if len(groups) < num_tasks:
+        raise SplitError(f"only {len(groups)} subject groups for {num_tasks} semantic tasks: "
+                         "lower --num-tasks")
+    order = sorted(groups, key=lambda g: (-int(load[groups[g]].sum()), g))
+    totals = np.zeros(num_tasks, dtype=np.int64)
+    task = np.empty(len(load), dtype=np.int16)
+    for g in order:
+        t = int(np.argmin(totals))
+        task[groups[g]] = t
+        totals[t] += load[groups[g]].sum()
+    return task
+
+
+def check_tasks(name: str, task: np.ndarray, load: np.ndarray, num_tasks: int) -> None:
+    """Raise SplitError when a task of split ``name`` has no fact or no training image."""
+    for t in range(num_tasks):
+        members = task == t
+        if not members.any():
+            raise SplitError(f"split {name}: task {t} has no fact; lower --num-tasks or --min-images")
+        if load[members].sum() == 0:
+            raise SplitError(f"split {name}: task {t} has no training image; lower --num-tasks, "
+                             "lower --min-images or use more images")
