@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"factmas train: training error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("factmas train: interrupted; continue with factmas train --resume RUN_DIR", file=sys.stderr)
+        where = args.resume or args.out or "RUN_DIR"
+        print(f"factmas train: interrupted; continue with factmas train --resume {where}",
+              file=sys.stderr)
         return 130
     print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
     return 0

@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -80,6 +80,13 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
     psi = model.fact_branch(batch["tokens"], batch["order"])
     loss, parts = fact_loss(phi, psi, batch["order"], batch["positive"], cfg.loss)
     return loss, parts, {"phi": phi, "psi": psi}
+
+
+def _counted(batches: Iterator, counter: dict, key: str, size: Callable[[Any], int]) -> Iterator:
+    """Yield ``batches`` unchanged, adding each batch's ``size`` to ``counter[key]``."""
+    for batch in batches:
+        counter[key] += size(batch)
+        yield batch
 
 
 def _as_float(x: torch.Tensor | float) -> float:
@@ -171,17 +178,21 @@ class ContinualTrainer:
         tc, split, b = self.cfg.train, self.cfg.train.split, self.batcher
         facts = task_facts(self.data, split, stage.tasks)
         train_pairs = self.data.task_pairs(split, stage.tasks, "train")
+        reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
         return TaskContext(
             task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
             device=self.device,
-            image_batches=lambda which: b.image_batches(
+            image_batches=lambda which: _counted(b.image_batches(
                 task_images(self.data, split, stage.tasks, which), tc.aux_batch_size),
-            fact_batches=lambda: b.fact_batches(facts, tc.aux_batch_size),
-            pair_batches=lambda: b.pair_batches(
+                reads, "images", len),
+            fact_batches=lambda: _counted(b.fact_batches(facts, tc.aux_batch_size),
+                                          reads, "facts", lambda x: len(x[1])),
+            pair_batches=lambda: _counted(b.pair_batches(
                 train_pairs, tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+                reads, "pairs", lambda x: len(x["fact_idx"])),
             loss_fn=self.loss_fn, config=self.cfg, max_samples=tc.omega_max_samples,
             extra={"stage": stage.index, "tasks": list(stage.tasks), "num_tasks": self.num_tasks,
-                   "data": self.data, "split": split})
+                   "data": self.data, "split": split, "reads": reads})
 
     def train_stage(self, stage: Stage, state: RunState) -> tuple[torch.optim.Optimizer, float]:
         """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
@@ -200,10 +211,15 @@ class ContinualTrainer:
         for epoch in range(tc.epochs):
             self._epoch(stage, epoch, pairs, optimizer, state)
         self.model.eval()
+        reads = ctx.extra["reads"]
+        reads.update(images=0, facts=0, pairs=0)
         t0 = time.perf_counter()
         self.method.on_task_end(self.model, ctx)
         seconds = time.perf_counter() - t0
-        log.info("%s: end-of-task update of %s in %.1f s", name, self.method.name, seconds)
+        if any(reads.values()):
+            read = ", ".join(f"{v:,} {k}" for k, v in reads.items() if v)
+            log.info("%s: end-of-task update of %s read %s in %.1f s", name,
+                     self.method.name.upper(), read, seconds)
         return optimizer, seconds
 
     def _name(self, stage: Stage) -> str:
