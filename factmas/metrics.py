@@ -122,6 +122,24 @@ def mean_ap(ap: np.ndarray) -> float:
     return float(ap[ok].mean()) if ok.any() else float("nan")
 
 
+def image_to_fact_map(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Image → fact mAP: each image (row) ranks the facts (columns); mean AP over images with a fact.
+
+    Args:
+        scores: float [N_images, F], higher = the fact fits the image better.  relevant: bool, same.
+    """
+    return mean_ap(average_precision(np.atleast_2d(scores), np.atleast_2d(relevant)))
+
+
+def fact_to_image_map(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Fact → image mAP: each fact (column) ranks the images (rows); mean AP over facts with an image.
+
+    Args:
+        scores: float [N_images, F] (the same layout as ``image_to_fact_map``).  relevant: bool, same.
+    """
+    return mean_ap(average_precision(np.atleast_2d(scores).T, np.atleast_2d(relevant).T))
+
+
 def topk_accuracy(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Fraction of queries with at least one relevant item among their top k (any of them is a hit).
 

@@ -27,6 +27,16 @@ def test_average_precision_equals_sklearn(ties):
     assert M.average_precision(scores[3], rel[3]) == pytest.approx(ref[3], rel=1e-12)
 
 
+def test_directional_map_equals_sklearn_per_row_and_column():
+    rng = np.random.default_rng()
+    scores, rel = _random_case(rng, q=20, n=15)
+    rel[:, 3] = False                             # a fact without images is left out
+    i2f = np.mean([average_precision_score(r, s) for s, r in zip(scores, rel)])
+    f2i = np.mean([average_precision_score(r, s) for s, r in zip(scores.T, rel.T) if r.any()])
+    assert M.image_to_fact_map(scores, rel) == pytest.approx(i2f, rel=1e-12)
+    assert M.fact_to_image_map(scores, rel) == pytest.approx(f2i, rel=1e-12)
+
+
 def test_average_precision_tie_invariant_and_no_relevant_is_nan():
     s = np.array([[0.5, 0.5, 0.5, 0.1], [0.9, 0.2, 0.3, 0.4]])
     r = np.array([[1, 0, 0, 1], [0, 0, 0, 0]], bool)
