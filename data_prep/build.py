@@ -170,8 +170,9 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
     return report
 
 
-def print_report(report: BuildReport, stream=sys.stderr) -> None:
-    """Human-readable build report: skipped images with reasons, then the counts."""
+def print_report(report: BuildReport, stream=None) -> None:
+    """Human-readable build report (to stderr by default): skipped images with reasons, then counts."""
+    stream = stream or sys.stderr
     c = report.counts
     if report.skipped:
         print(f"skipped {len(report.skipped)} image(s):", file=stream)

@@ -186,7 +186,7 @@ def clause_subjects(verb) -> list:
         if verb.dep_ == "relcl" and subs[0].lower_ in RELATIVE:
             return _with_conjuncts(verb.head)
         if _singular_verb(verb):
-            return subs  # "a man with a hat and a shirt looks": 'shirt' is not a subject
+            return subs[:1]  # "a man with a hat and a shirt looks": 'shirt' is not a subject
         return [t for s in subs for t in _with_conjuncts(s)]
     if any(c.dep_ == "nsubjpass" for c in verb.children):
         return []

@@ -193,6 +193,7 @@ def read_dataset(path: str | Path, load_images: bool = True) -> FactData:
         raise DatasetError(f"{path}: not a readable HDF5 file: {e}") from e
     with h:
         version = h.attrs.get("schema_version")
+        version = version.item() if hasattr(version, "item") else version  # np.int64(1) → 1
         if version != SCHEMA_VERSION:
             raise DatasetError(f"{path}: schema_version {version!r}, this factmas reads {SCHEMA_VERSION}; "
                                "rebuild the file with this version's data_prep")
