@@ -82,6 +82,34 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
     return loss, parts, {"phi": phi, "psi": psi}
 
 
+def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
+               cfg: RunConfig) -> tuple[float, dict, dict]:
+    """One training step on a pair batch: loss = task loss + method penalty + method extra loss,
+    backward, ``method.before_step``, optimizer step, ``method.after_step``.
+
+    Returns (total loss value, step parts {"total", "task", "penalty", "extra", "regression",
+    "contrastive"} as floats, the task loss parts of ``fact_loss``). A non-finite total is returned
+    before backward, with the model and optimizer untouched, so that the caller can stop.
+    ``bench/train_overhead.py`` times this function against a plain PyTorch loop.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    task_loss, parts, out = forward_loss(model, batch, cfg)
+    penalty = method.penalty(model)
+    extra = method.extra_loss(model, batch, out)
+    loss = task_loss + penalty + extra
+    value = float(loss.detach())
+    step_parts = {"total": value, "task": parts["loss"], "penalty": _as_float(penalty),
+                  "extra": _as_float(extra), "regression": parts["regression"],
+                  "contrastive": parts["contrastive"]}
+    if not math.isfinite(value):
+        return value, step_parts, parts
+    loss.backward()
+    method.before_step(model)
+    optimizer.step()
+    method.after_step(model)
+    return value, step_parts, parts
+
+
 def _counted(batches: Iterator, counter: dict, key: str, size: Callable[[Any], int]) -> Iterator:
     """Yield ``batches`` unchanged, adding each batch's ``size`` to ``counter[key]``."""
     for batch in batches:
@@ -238,23 +266,11 @@ class ContinualTrainer:
                    desc=f"{name} epoch {epoch + 1}/{tc.epochs}", disable=not self.progress)
         with bar:
             for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng), 1):
-                optimizer.zero_grad(set_to_none=True)
-                task_loss, parts, out = forward_loss(model, batch, self.cfg)
-                penalty = method.penalty(model)
-                extra = method.extra_loss(model, batch, out)
-                loss = task_loss + penalty + extra
-                value = float(loss.detach())
+                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
-                loss.backward()
-                method.before_step(model)
-                optimizer.step()
-                method.after_step(model)
                 b = len(batch["fact_idx"])
                 n_seen += b
-                step_parts = {"total": value, "task": parts["loss"], "penalty": _as_float(penalty),
-                              "extra": _as_float(extra), "regression": parts["regression"],
-                              "contrastive": parts["contrastive"]}
                 for k, v in step_parts.items():
                     sums[k] = sums.get(k, 0.0) + v * b
                 bar.update(b)
@@ -282,4 +298,4 @@ class ContinualTrainer:
 
 
 __all__ = ["ContinualTrainer", "RunState", "Stage", "TrainingError", "finite_mean", "forward_loss",
-           "sequential_stages"]
+           "sequential_stages", "train_step"]
