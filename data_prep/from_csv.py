@@ -7,7 +7,8 @@ CSV: a header row and the columns ``image,S,P,O`` (P and O empty for lower order
 ``image_path``/``path``/``image_id`` for ``image`` and ``subject``/``predicate``/``object`` for S, P, O
 are accepted. JSONL (chosen by the .jsonl extension): one object per line with the same keys.
 Image paths are relative to --image-root (or absolute). Words are lower-cased and whitespace is
-collapsed. Thresholds default to keeping every annotated fact (--min-images 1, --max-image-frac 1).
+collapsed. Thresholds default to keeping every annotated fact (--min-images 1, --max-image-frac 1);
+--implied adds the ⟨S⟩ and ⟨S,P⟩ facts implied by each ⟨S,P,O⟩ row.
 """
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ def build(args: argparse.Namespace):
     rows = read_annotations(args.csv)
     by_image: dict[str, set] = {}
     for image, fact, _ in rows:
-        by_image.setdefault(image, set()).add(fact)
+        facts = by_image.setdefault(image, set())
+        facts.add(fact)
+        if args.implied:  # ⟨S,P,O⟩ also gives ⟨S,P⟩ and ⟨S⟩
+            facts.update({(fact[0], "", ""), (fact[0], fact[1], "")} if fact[1] else {(fact[0], "", "")})
     names = sorted(by_image)
     log.info("%d annotation rows, %d images, %d distinct facts from %s", len(rows), len(names),
              len({f for _, f, _ in rows}), args.csv)
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.from_csv", description=__doc__.split("\n")[0])
     p.add_argument("--csv", required=True, help="annotation file, .csv or .jsonl (image,S,P,O)")
     p.add_argument("--image-root", required=True, help="folder the image paths are relative to")
+    p.add_argument("--implied", action="store_true",
+                   help="also label each image with the ⟨S⟩ and ⟨S,P⟩ implied by its ⟨S,P,O⟩ rows")
     add_common_args(p, min_images=1, max_image_frac=1.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,

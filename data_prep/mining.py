@@ -1,17 +1,21 @@
 """Facts ⟨S⟩, ⟨S,P⟩, ⟨S,P,O⟩ mined from image captions with a dependency parse (spaCy).
 
 Rules (documented in data_prep/README.md, "Mining facts from captions"), in the spirit of the
-Sherlock large-scale benchmark (Elhoseiny et al., AAAI 2017, Sec. 5), which mined facts from captions:
+Sherlock large-scale benchmark (Elhoseiny et al., AAAI 2017), whose facts were extracted from image
+descriptions:
 
 * Clause: a verb (POS VERB, lemma not "be") with a nominal subject (``nsubj``); a conjoined verb without
   its own subject (``conj``) shares its head's subject; a participle ``acl`` (tag VBG, "a dog running
   ...") and a relative clause (``relcl`` with a who/that/which subject) take the noun they modify as
-  subject. Passive subjects are not used (the subject is not the agent).
-* Subject: the subject noun and its conjuncts ("a man and a dog" gives two subjects). A collective noun
+  subject. Passive subjects are not used (the subject is not the agent). A control verb (try,
+  attempt, prepare, begin, start, want, ...) with an open complement gives no fact of its own; the
+  complement verb takes its subject ("a dog tries to catch a ball" → ⟨dog, catch, ball⟩).
+* Subject: the subject noun, and its conjuncts when the verb is not 3rd-person singular ("a man and a
+  dog are running" gives two subjects; "a man with a hat and a shirt looks" only one). A collective noun
   with an ``of`` phrase (group, crowd, team, couple, pair, herd, flock, ...) is replaced by the head of
   the phrase ("a group of dogs" → dog); numbers and adjectives are dropped (only the head noun is kept);
   people words (man, woman, boy, girl, child, people, player, ...) become ``person``. Pronouns are not
-  subjects.
+  subjects, nor are STOP_NOUNS (other, one, thing, area, ...).
 * Predicate: the verb's lemma (lemminflect, ``upos='VERB'``; spaCy's small model gets "staring" →
   "star" wrong), followed by its particle ("climb up") and, when the object hangs off a preposition,
   by the preposition ("run through"); "in front of", "on top of" and "next to" are kept whole.

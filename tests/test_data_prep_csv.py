@@ -122,3 +122,13 @@ def test_empty_result_says_which_setting(tmp_path, capsys):
     assert from_csv.main(_args(tmp_path, csv, tmp_path / "x.h5", "--min-images", "50")) == 2
     assert "--min-images" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_implied_lower_orders(tmp_path):
+    _images(tmp_path / "img", 2)
+    csv = _write_csv(tmp_path / "a.csv", [("im00.png", "dog", "run through", "grass"), ("im01.png", "cat", "", "")])
+    assert from_csv.main(_args(tmp_path, csv, tmp_path / "a.h5", "--implied", "--num-tasks", "1")) == 0
+    d = read_dataset(tmp_path / "a.h5")
+    got = {(d.image_ids[i], d.fact_text(f)) for i, f in d.pairs}
+    assert got == {("im00.png", "<dog>"), ("im00.png", "<dog, run through>"),
+                   ("im00.png", "<dog, run through, grass>"), ("im01.png", "<cat>")}
