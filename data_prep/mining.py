@@ -15,7 +15,10 @@ descriptions:
   with an ``of`` phrase (group, crowd, team, couple, pair, herd, flock, ...) is replaced by the head of
   the phrase ("a group of dogs" → dog); numbers and adjectives are dropped (only the head noun is kept);
   people words (man, woman, boy, girl, child, people, player, ...) become ``person``. Pronouns are not
-  subjects, nor are STOP_NOUNS (other, one, thing, area, ...).
+  subjects, nor are STOP_NOUNS (other, one, thing, area, ...) or NON_AGENTS (body parts and clothing:
+  "arms raised", "a man with grey hair and a plaid shirt looks"; they remain objects). A participle
+  attached to the object of an in/with phrase describes the noun the phrase modifies ("a boy in a red
+  shirt sitting on a bench" → ⟨person, sit on, bench⟩).
 * Predicate: the verb's lemma (lemminflect, ``upos='VERB'``; spaCy's small model gets "staring" →
   "star" wrong), followed by its particle ("climb up") and, when the object hangs off a preposition,
   by the preposition ("run through"); "in front of", "on top of" and "next to" are kept whole.
@@ -60,6 +63,13 @@ LIGHT_VERBS = frozenset("do have get make take give put use show go".split())
 # nouns that are never a useful subject or object on their own
 STOP_NOUNS = frozenset("other others one another thing something someone area way lot front top "
                        "background foreground middle distance".split())
+# body parts and clothing: as caption subjects they are absolute phrases ("arms raised") or misparses
+# ("a man with grey hair and a plaid shirt looks"); they stay valid objects ("wear a shirt")
+NON_AGENTS = frozenset("""
+arm arms hand hands leg legs head face hair tongue mouth foot feet eye eyes finger fingers back body
+shirt jacket hat cap shorts pants jeans dress suit uniform coat helmet sunglasses glasses costume outfit
+top skirt sweater scarf backpack shoe shoes jersey collar vest hood clothes clothing boot boots
+""".split())
 # verbs whose open complement carries the action ("a dog tries to catch a ball" → catch)
 CONTROL_VERBS = frozenset("try attempt prepare begin start want seem appear continue get go "
                           "manage learn wait".split())
@@ -197,7 +207,12 @@ def clause_subjects(verb) -> list:
     if verb.dep_ in ("conj", "xcomp") and verb.head.pos_ == "VERB":
         return clause_subjects(verb.head)
     if verb.dep_ == "acl" and verb.tag_ == "VBG":
-        return _with_conjuncts(verb.head)
+        head = verb.head
+        # "a boy in a red shirt sitting ...": the participle is attached to 'shirt' but says what the
+        # boy does; climb out of an in/with phrase to the noun it modifies
+        if head.dep_ == "pobj" and head.head.lower_ in ("in", "with") and head.head.head.pos_ in ("NOUN", "PROPN"):
+            head = head.head.head
+        return [head]  # not its conjuncts: "a woman wearing a hat and shirt" attaches 'shirt' to 'woman'
     return []
 
 
@@ -232,7 +247,7 @@ def _clause_facts(verb, subject_tokens, facts: set) -> None:
         return
     if lemma in CONTROL_VERBS and any(c.dep_ == "xcomp" and c.pos_ == "VERB" for c in verb.children):
         return  # the xcomp verb carries the action and inherits the subject
-    subjects = [w for w in map(noun_word, subject_tokens) if w]
+    subjects = [w for w in map(noun_word, subject_tokens) if w and w not in NON_AGENTS]
     if not subjects:
         return
     prt = [c.lower_ for c in verb.children if c.dep_ == "prt" and c.text.isalpha()]
@@ -260,7 +275,7 @@ def facts_of_doc(doc) -> set[Fact]:
             _clause_facts(root, subs, facts)
         elif root.pos_ in ("NOUN", "PROPN"):
             word = noun_word(root)
-            if word and not (root.lower_.endswith("ing") and _is_verb_form(root)):
+            if word and word not in NON_AGENTS and not (root.lower_.endswith("ing") and _is_verb_form(root)):
                 facts.add((word, "", ""))
     return facts
 

@@ -89,3 +89,15 @@ def test_mine_captions_keeps_order(nlp):
     assert len(out) == 3
     assert ("person", "ride", "horse") in out[0] and ("dog", "run", "") in out[1]
     assert out == [facts(nlp, c) for c in caps]
+
+
+def test_participle_after_clothing_describes_the_wearer(nlp):
+    got = facts(nlp, "A little boy in a red shirt sitting on a bench .")
+    assert ("person", "sit on", "bench") in got
+    assert not any(f[0] == "shirt" for f in got)
+
+
+def test_body_parts_are_not_subjects(nlp):
+    got = facts(nlp, "A person stands in the snow at the top of a mountain , arms raised .")
+    assert ("person", "stand in", "snow") in got
+    assert not any(f[0] == "arm" for f in got)
