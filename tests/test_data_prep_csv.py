@@ -132,3 +132,22 @@ def test_implied_lower_orders(tmp_path):
     got = {(d.image_ids[i], d.fact_text(f)) for i, f in d.pairs}
     assert got == {("im00.png", "<dog>"), ("im00.png", "<dog, run through>"),
                    ("im00.png", "<dog, run through, grass>"), ("im01.png", "<cat>")}
+
+
+def test_inspect_counts_match_naive(tmp_path, capsys):
+    from data_prep import inspect
+
+    _images(tmp_path / "img", 24)
+    csv = _write_csv(tmp_path / "a.csv", _rows(24))
+    assert from_csv.main(_args(tmp_path, csv, tmp_path / "a.h5", "--split-seeds", "5", "--no-semantic")) == 0
+    d = read_dataset(tmp_path / "a.h5")
+    rows = inspect.task_table(d, "random2_seed5")
+    task = d.splits["random2_seed5"]
+    for r in rows:  # naive per-pair loop
+        imgs = {i for i, f in d.pairs if task[f] == r["task"] and d.image_split[i] == 0}
+        assert r["train_images"] == len(imgs) and r["facts"] == int((task == r["task"]).sum())
+    assert inspect.main([str(tmp_path / "a.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "images: 24" in out and "pairs: 72" in out and "random2_seed5" in out
+    assert inspect.main([str(tmp_path / "missing.h5")]) == 2
+    assert "missing.h5" in capsys.readouterr().err
