@@ -10,6 +10,7 @@ time anything.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -19,8 +20,11 @@ from factmas.loss import fact_loss
 from factmas.model import build_model
 
 
-def bench(backbone: str, threads: int, batch: int, size: int, steps: int, vocab: int = 300) -> float:
-    """Images/s of forward+backward of the whole model plus the loss, after 2 warm-up steps."""
+def bench(backbone: str, threads: int, batch: int, size: int, steps: int,
+          vocab: int = 300) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU second of this process) of forward+backward of
+    the whole model plus the loss, after 2 warm-up steps. On a shared machine the CPU-second figure
+    at 1 thread approximates the wall-clock speed the process would have alone."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone), vocab)
@@ -30,12 +34,12 @@ def bench(backbone: str, threads: int, batch: int, size: int, steps: int, vocab:
     positive = torch.eye(batch, dtype=torch.bool)
     for i in range(steps + 2):
         if i == 2:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
         model.zero_grad(set_to_none=True)
         phi, psi = model(x, tokens, order)
         loss, _ = fact_loss(phi, psi, order, positive, LossConfig())
         loss.backward()
-    return steps * batch / (time.perf_counter() - t0)
+    return (steps * batch / (time.perf_counter() - t0), steps * batch / (time.process_time() - c0))
 
 
 def main() -> None:
@@ -52,8 +56,10 @@ def main() -> None:
         n_fact = sum(p.numel() for p in model.fact_branch.parameters())
         print(f"{backbone}: parameters image branch {n_img:,}, fact branch {n_fact:,} (vocab 300)")
         for t in a.threads:
-            ips = bench(backbone, t, a.batch, a.size, a.steps)
-            print(f"  {t} thread(s): {ips:7.1f} images/s fwd+bwd (batch {a.batch}, {a.size}x{a.size})")
+            ips, ipc = bench(backbone, t, a.batch, a.size, a.steps)
+            print(f"  {t} thread(s): {ips:7.1f} images/s fwd+bwd (batch {a.batch}, {a.size}x{a.size}); "
+                  f"{ipc:7.1f} images per CPU-second")
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other processes slow it down)")
 
 
 if __name__ == "__main__":
