@@ -214,3 +214,16 @@ def test_resnet18_rejects_mismatched_state_dict(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="list.pth: not a torchvision resnet18"):
         build_model(ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "list.pth")), VOCAB)
+
+
+def test_fact_branch_runs_under_vmap_without_input_checks(small):
+    fb = small.fact_branch
+    tokens, order = _facts(5, 5)
+    expected = fb(tokens, order)
+    one = lambda t, o: fb(t[None], o[None])[0]                  # noqa: E731
+    fb.check_inputs = False
+    try:
+        got = torch.func.vmap(one)(tokens, order)
+    finally:
+        fb.check_inputs = True
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

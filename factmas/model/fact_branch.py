@@ -25,6 +25,10 @@ class FactBranch(nn.Module):
     Args:
         cfg: uses ``word_dim`` (embedding size), ``fact_hidden`` (MLP width), ``embed_dim`` (d).
         vocab_size: number of word ids including the pad id 0.
+
+    Attribute ``check_inputs`` (default True) validates order, word ids and non-empty present slots
+    on every call; these checks read tensor values, so set it to False to run the branch under
+    ``torch.func`` transforms (vmap) or to avoid the device synchronizations on a GPU.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
@@ -33,6 +37,7 @@ class FactBranch(nn.Module):
             raise ValueError(f"fact branch: vocab_size must be >= 2 (pad + a word), got {vocab_size}")
         self.embed_dim = cfg.embed_dim
         self.vocab_size = vocab_size
+        self.check_inputs = True
         self.words = nn.Embedding(vocab_size, cfg.word_dim, padding_idx=0)
         self.slots = nn.ModuleList(
             nn.Sequential(nn.Linear(cfg.word_dim, cfg.fact_hidden), nn.LayerNorm(cfg.fact_hidden),
@@ -55,16 +60,22 @@ class FactBranch(nn.Module):
             raise ValueError(f"fact branch: expected tokens [B, 3, L] and order [B], got "
                              f"{tuple(tokens.shape)} and {tuple(order.shape)}")
         tokens, order = tokens.long(), order.long()
+        present = slot_mask(order)                                         # bool [B, 3]
+        counts = (tokens != 0).sum(-1)                                     # [B, 3]
+        if self.check_inputs:
+            self._check(tokens, order, present, counts)
+        pooled = self.words(tokens).sum(2) / counts.clamp_min(1).unsqueeze(-1).to(self.words.weight.dtype)
+        psi = torch.stack([mlp(pooled[:, s]) for s, mlp in enumerate(self.slots)], dim=1)
+        return torch.where(present.unsqueeze(-1), psi, torch.zeros((), dtype=psi.dtype,
+                                                                    device=psi.device))
+
+    def _check(self, tokens: torch.Tensor, order: torch.Tensor, present: torch.Tensor,
+               counts: torch.Tensor) -> None:
+        """Raise ValueError on an order outside 1..3, an unknown word id or an empty present slot."""
         if len(order) and (int(order.min()) < 1 or int(order.max()) > NUM_SLOTS):
             raise ValueError(f"fact branch: order must be in 1..3, got {sorted(set(order.tolist()))}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(f"fact branch: word ids must be in [0, {self.vocab_size}), got "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
-        present = slot_mask(order)                                         # bool [B, 3]
-        counts = (tokens != 0).sum(-1)                                     # [B, 3]
         if bool((present & (counts == 0)).any()):
             raise ValueError("fact branch: a present slot (index < order) has no word")
-        pooled = self.words(tokens).sum(2) / counts.clamp_min(1).unsqueeze(-1).to(torch.float32)
-        psi = torch.stack([mlp(pooled[:, s]) for s, mlp in enumerate(self.slots)], dim=1)
-        return torch.where(present.unsqueeze(-1), psi, torch.zeros((), dtype=psi.dtype,
-                                                                    device=psi.device))
