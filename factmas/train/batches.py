@@ -87,31 +87,37 @@ class Batcher:
 
     Args:
         data: the dataset (``images`` uint8 [N, H, W, 3] in memory).
-        device: where the tensors are put.
+        device: where the tensors are put. On a GPU the uint8 images, tokens and orders are copied
+            to the device once, and batches are gathered and preprocessed there (no per-step
+            host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
     """
 
     def __init__(self, data: FactData, device: torch.device | str = "cpu") -> None:
         self.data = data
         self.device = torch.device(device)
         self.index = PairIndex(data.pairs, data.num_facts)
-        self.tokens = torch.from_numpy(data.tokens.astype(np.int64))
-        self.order = torch.from_numpy(data.order.astype(np.int64))
+        self.tokens = self._to(torch.from_numpy(data.tokens.astype(np.int64)))
+        self.order = self._to(torch.from_numpy(data.order.astype(np.int64)))
+        self.pixels = None if self.device.type == "cpu" else self._to(torch.from_numpy(data.images))
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device.type == "cpu" else t.to(self.device)
 
     def images(self, idx: np.ndarray) -> torch.Tensor:
         """float32 [B, 3, H, W] preprocessed images of dataset rows ``idx`` on the device."""
-        return self._to(_preprocess(self.data.images[np.asarray(idx)]))
+        if self.pixels is None:
+            return _preprocess(self.data.images[np.asarray(idx)])
+        return _preprocess(self.pixels[self._to(torch.as_tensor(np.asarray(idx, np.int64)))])
 
     def pair_batch(self, pairs: np.ndarray) -> dict:
         """The batch dict (module docstring) of ``pairs`` int [B, 2] (image, fact)."""
         img, fact = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
         f = torch.from_numpy(fact)
+        fd = self._to(f)
         return {
             "images": self.images(img),
-            "tokens": self._to(self.tokens[f]),
-            "order": self._to(self.order[f]),
+            "tokens": self.tokens[fd],
+            "order": self.order[fd],
             "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, fact))),
             "image_idx": torch.from_numpy(img),
             "fact_idx": f,
@@ -138,8 +144,8 @@ class Batcher:
     def fact_batches(self, fact_idx: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(tokens int64 [B, 3, L], order int64 [B]) batches of the facts ``fact_idx``, in order."""
         for lo in range(0, len(fact_idx), batch_size):
-            f = torch.from_numpy(np.asarray(fact_idx[lo:lo + batch_size], np.int64))
-            yield self._to(self.tokens[f]), self._to(self.order[f])
+            f = self._to(torch.from_numpy(np.asarray(fact_idx[lo:lo + batch_size], np.int64)))
+            yield self.tokens[f], self.order[f]
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
