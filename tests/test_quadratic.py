@@ -121,14 +121,14 @@ def test_bad_state_options_and_importance_raise():
 
 
 def test_registry_and_make_method():
-    assert METHODS == {"finetune": Method, "mas": MAS}
+    assert METHODS["finetune"] is Method and METHODS["mas"] is MAS
     assert type(make_method("finetune", 0.0, omega_data="train")) is Method
     mas = make_method("mas", 3.0, omega_accumulate="alpha", omega_alpha=0.2, omega_data="train+test",
                       omega_max_samples=4)
     assert (mas.reg_lambda, mas.omega_accumulate, mas.omega_alpha, mas.image_splits) == \
         (3.0, "alpha", 0.2, ["train", "test"])
-    with pytest.raises(ValueError, match=r"unknown method 'ewc'; valid: \['finetune', 'mas'\]"):
-        make_method("ewc", 1.0)
+    with pytest.raises(ValueError, match=r"unknown method 'nosuch'; valid: \[.*'finetune', .*'mas'"):
+        make_method("nosuch", 1.0)
     with pytest.raises(ValueError, match="omega_data"):
         make_method("mas", 1.0, omega_data="train+dev")
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Method, TaskContext
+from .ewc import EWC
+from .joint import Joint
+from .lmas import LocalMAS
+from .lwf import LwF
 from .mas import MAS
 from .quadratic import QuadraticAnchor
+from .si import SI
 
-METHODS: dict[str, type[Method]] = {"finetune": Method, "mas": MAS}
+METHODS: dict[str, type[Method]] = {"finetune": Method, "mas": MAS, "joint": Joint, "ewc": EWC,
+                                    "si": SI, "lwf": LwF, "l-mas": LocalMAS}
 
 
 def make_method(name: str, reg_lambda: float = 0.0, **opts: Any) -> Method:
@@ -18,4 +24,5 @@ def make_method(name: str, reg_lambda: float = 0.0, **opts: Any) -> Method:
     return METHODS[name](reg_lambda=reg_lambda, **opts)
 
 
-__all__ = ["MAS", "METHODS", "Method", "QuadraticAnchor", "TaskContext", "make_method"]
+__all__ = ["EWC", "Joint", "LocalMAS", "LwF", "MAS", "METHODS", "Method", "QuadraticAnchor", "SI",
+           "TaskContext", "make_method"]

@@ -47,14 +47,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def plan_stages(method_name: str, num_tasks: int) -> list[Stage]:
-    """The training stages of a method: one task per stage, in order."""
+    """The training stages of a method: one task per stage, in order; a method that
+    ``trains_jointly`` (``joint``) gets one stage holding every task."""
+    from ..methods import METHODS
+    if getattr(METHODS.get(method_name), "trains_jointly", False):
+        return [Stage(0, list(range(num_tasks)))]
     return sequential_stages(num_tasks)
 
 
 def method_options(tc: TrainConfig) -> dict:
     """Keyword options passed to ``make_method`` from the train configuration."""
     return {"omega_accumulate": tc.omega_accumulate, "omega_alpha": tc.omega_alpha,
-            "omega_data": tc.omega_data, "omega_max_samples": tc.omega_max_samples}
+            "omega_data": tc.omega_data, "omega_max_samples": tc.omega_max_samples,
+            "ewc_gamma": tc.ewc_gamma, "si_xi": tc.si_xi}
 
 
 def check_settings(cfg: RunConfig, data: FactData) -> int:

@@ -4,6 +4,7 @@ Usage::
 
     factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
+                  [--omega-data train|test|train+test]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
     factmas train --resume RUN_DIR [--device ...] [--limit-tasks N]
 
@@ -29,7 +30,8 @@ log = logging.getLogger("factmas.train")
 
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
-                 "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device"}
+                 "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
+                 "omega_data": "omega_data"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--seed", type=int, help="seed of model init and shuffling")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
+    p.add_argument("--omega-data", help="images MAS / l-MAS estimate Ω on: train (default), test or "
+                                        "train+test")
     p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
     p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():
             if args.resume:
                 given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
-                                     "batch_size", "lr", "seed", "config") if getattr(args, o) is not None]
+                                     "batch_size", "lr", "seed", "config", "omega_data")
+                         if getattr(args, o) is not None]
                 if given or args.overwrite:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
                                      f"--device and --limit-tasks may be given with it, not {given or '--overwrite'}")
