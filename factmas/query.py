@@ -63,8 +63,12 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
     from .train.rundir import RunDirError, read_run_config
 
     try:
-        cfg, _ = read_run_config(run_dir)
+        cfg, record = read_run_config(run_dir)
         data = read_dataset(data_path or cfg.data, load_images=load_images)
+        if _content(record.get("data_provenance")) != _content(data.provenance):
+            log.warning("%s differs from the dataset run %s was trained on (build options or counts "
+                        "in config.json's data_provenance): facts, vocabulary or images may not match",
+                        data.path, run_dir)
         dev = resolve_device(device)
         ckpt = load_checkpoint(checkpoint_file(run_dir, checkpoint), map_location=dev)
     except (RunDirError, ConfigError, DatasetError, CheckpointError, UsageError) as e:
@@ -76,6 +80,12 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
         raise QueryError(f"{checkpoint_file(run_dir, checkpoint)}: weights do not fit the model of "
                          f"config.json and dataset {data.path} ({len(data.vocab)} words): {e}") from e
     return cfg, data, model.to(dev).eval(), ckpt
+
+
+def _content(provenance: Any) -> dict:
+    """The parts of a dataset's provenance that fix its content (build options and counts)."""
+    p = provenance if isinstance(provenance, dict) else {}
+    return {k: p[k] for k in ("options", "counts") if k in p}
 
 
 def build_parser() -> argparse.ArgumentParser:
