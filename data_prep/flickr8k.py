@@ -78,6 +78,8 @@ def build(args: argparse.Namespace):
     from tqdm import tqdm
 
     opts = options_from_args(args)
+    if args.limit_images is not None and args.limit_images < 1:
+        raise BuildError(f"--limit-images must be >= 1, got {args.limit_images}")
     images_dir, captions_path = resolve_paths(args.images, args.captions)
     if not images_dir.is_dir():
         raise BuildError(f"{images_dir}: images folder not found")
