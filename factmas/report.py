@@ -157,6 +157,13 @@ def final_row(entry: dict) -> list[str]:
             fmt(entry["forgetting"]), fmt(entry["bwt"], signed=True), fmt(entry["fwt"], signed=True)])
 
 
+def stage_label(res: dict, stage: int) -> str:
+    """Row label of a stage: "after T{s+1}" (one task per stage), or "after joint training"."""
+    if (res.get("run") or {}).get("method") == "joint":
+        return "after joint training" if len(res["stages"]) == 1 else f"after stage {stage + 1}"
+    return f"after T{stage + 1}"
+
+
 def results_markdown(res: dict) -> str:
     """results.md text (module docstring)."""
     cols, head = res["columns"], res["headline"]
@@ -174,7 +181,7 @@ def results_markdown(res: dict) -> str:
     rows = []
     if e["initial"] is not None:
         rows.append(["initial"] + [fmt(x) for x in e["initial"]] + [fmt(e["initial_all"])])
-    rows += [[f"after T{s + 1}"] + [fmt(x) for x in r] + [fmt(a)]
+    rows += [[stage_label(res, s)] + [fmt(x) for x in r] + [fmt(a)]
              for s, r, a in zip(res["stages"], e["R"], e["all"])]
     out += [markdown_table(["after"] + cols + ["all"], rows), "", "## All metrics", ""]
     out.append(markdown_table(["metric"] + summary_cols,
@@ -195,7 +202,8 @@ def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     e, cols = res["metrics"][res["headline"]], res["columns"]
-    labels = (["initial"] if e["initial"] is not None else []) + [f"after T{s + 1}" for s in res["stages"]]
+    labels = ((["initial"] if e["initial"] is not None else [])
+              + [stage_label(res, s) for s in res["stages"]])
     rows = ([e["initial"]] if e["initial"] is not None else []) + e["R"]
     A = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float) * 100
     paths = []

@@ -44,12 +44,17 @@ def test_build_results_R_and_summaries():
     assert list(res["timing"]) == ["initial", "task0", "task1", "task2"]
 
 
-def test_joint_or_unfinished_run_has_no_forgetting():
+def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     rows = {"initial": _row(B, 0.1), 0: _row(R[2], 0.5)}       # one stage (joint) over 3 tasks
-    e = build_results(rows, T)["metrics"][HEADLINE]
+    res = build_results(rows, T, run={"method": "joint", "seed": 0})
+    e = res["metrics"][HEADLINE]
     assert e["final"] == pytest.approx(list(R[2]))
     assert e["forgetting"] is None and e["bwt"] is None and e["fwt"] is None
     assert e["average"] == pytest.approx(R[2].mean())
+    write_report(tmp_path, res)
+    md = (tmp_path / "results.md").read_text()
+    assert "| after joint training | 50.00 | 40.00 | 90.00 | 50.00 |" in md
+    assert "| – | – | – |" in md                                # forgetting, BWT, FWT undefined
 
 
 def test_write_report_files(tmp_path):
