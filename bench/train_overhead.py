@@ -1,0 +1,188 @@
+"""Training overhead: images/s of factmas's training step against a minimal hand-written PyTorch loop.
+
+    .venv/bin/python bench/train_overhead.py [--data data/flickr8k.h5] [--steps 24] [--batch 64]
+                                             [--repeats 5] [--threads 2] [--quick] [--out FILE]
+
+Both loops train the same model (``build_model(ModelConfig())``, the same initial weights), on the same
+pairs of task 0 (data/flickr8k.h5 if present, else synthetic 64×64 images), with the same batch size,
+loss (``factmas.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
+
+* **plain**: index the uint8 images, normalize them, look up the tokens, positives = same fact,
+  forward both branches, loss, ``zero_grad``/``backward``/``step``: what one writes by hand.
+* **factmas finetune**: ``factmas.train.batches.Batcher.pair_batches`` (preprocess, dataset-wide
+  positive matrix) + ``factmas.train.loop.train_step`` (method hooks, penalty, loss parts as floats):
+  exactly what ``factmas train`` runs per step.
+* **factmas MAS**: the same with MAS holding Ω and θ* (as from task 2 on), so the penalty
+  λ Σ Ω (θ − θ*)² and its gradient are in every step.
+
+The loops alternate within each repeat; the ratio factmas / plain is taken repeat by repeat (same CPU
+load) and its median is reported against the target ≥ 0.9. Achieved GFLOP/s = FLOPs of one step
+(``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products of forward and
+backward) × steps / seconds, against the measured rate of ``torch.mm`` on 2048² float32 matrices.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import common
+from factmas.config import ModelConfig, RunConfig
+from factmas.loss import fact_loss
+from factmas.methods import make_method
+from factmas.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from factmas.train.batches import Batcher
+from factmas.train.loop import train_step
+
+TARGET = 0.9
+
+
+class PlainLoop:
+    """The hand-written loop: tensors prepared once, then index → normalize → forward → step."""
+
+    def __init__(self, data, cfg: RunConfig) -> None:
+        self.images = torch.from_numpy(data.images)                        # uint8 [N, H, W, 3]
+        self.tokens = torch.from_numpy(data.tokens.astype(np.int64))
+        self.order = torch.from_numpy(data.order.astype(np.int64))
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.cfg = cfg
+
+    def batch(self, pairs: np.ndarray):
+        img = torch.from_numpy(pairs[:, 0].astype(np.int64))
+        fact = torch.from_numpy(pairs[:, 1].astype(np.int64))
+        x = (self.images[img].permute(0, 3, 1, 2).float().div_(255) - self.mean) / self.std
+        return x, self.tokens[fact], self.order[fact], fact[:, None] == fact[None, :]
+
+    def step(self, model, opt, pairs: np.ndarray) -> None:
+        x, tok, order, positive = self.batch(pairs)
+        loss, _ = fact_loss(model.image_branch(x), model.fact_branch(tok, order), order, positive,
+                            self.cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def step_flops(plain: PlainLoop, model, opt, pairs: np.ndarray) -> int:
+    """FLOPs of one training step (forward + backward) counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        plain.step(model, opt, pairs)
+    return int(counter.get_total_flops())
+
+
+def mas_with_state(model, reg_lambda: float):
+    """A MAS method holding Ω (random, ≥ 0) and θ* (the weights slightly moved), as after task 1."""
+    g = torch.Generator().manual_seed(1)
+    method = make_method("mas", reg_lambda)
+    state = {}
+    for n, p in model.named_parameters():
+        state[f"omega.{n}"] = torch.rand(p.shape, generator=g)
+        state[f"anchor.{n}"] = p.detach() + 0.01 * torch.randn(p.shape, generator=g)
+    method.load_state_dict(state)
+    return method
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", help="HDF5 dataset (default: data/flickr8k.h5 if present, else synthetic)")
+    ap.add_argument("--steps", type=int, default=24, help="training steps per timed run")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--mm-size", type=int, default=2048, help="n of the n×n torch.mm reference")
+    ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
+    ap.add_argument("--out", default=str(common.RESULTS / "train_overhead.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.batch, args.mm_size = 1, 1, 8, 256
+    torch.set_num_threads(args.threads)
+    info = common.machine_info()
+    data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
+                                        synthetic_images=120)
+    cfg = RunConfig()
+    cfg.train.split = common.first_split(data, cfg.train.split)
+    tc = cfg.train
+    task_pairs = data.task_pairs(tc.split, 0, "train")
+    need = args.steps * args.batch
+    rng = np.random.default_rng(0)
+    run_pairs = np.resize(task_pairs[rng.permutation(len(task_pairs))], (need, 2))
+
+    torch.manual_seed(tc.seed)
+    model_f = build_model(cfg.model, len(data.vocab))
+    model_p = copy.deepcopy(model_f)
+    init = copy.deepcopy(model_f.state_dict())
+    batcher, plain = Batcher(data), PlainLoop(data, cfg)
+    methods = {"factmas finetune": make_method("finetune"), "factmas MAS": mas_with_state(model_f, 1.0)}
+
+    def run_factmas(method) -> float:
+        model_f.load_state_dict(init)
+        model_f.train()
+        opt = torch.optim.Adam(model_f.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        order = np.random.default_rng(1)
+        t0 = time.perf_counter()
+        for batch in itertools.islice(batcher.pair_batches(run_pairs, args.batch, order), args.steps):
+            train_step(model_f, method, opt, batch, cfg)
+        return time.perf_counter() - t0
+
+    def run_plain() -> float:
+        model_p.load_state_dict(init)
+        model_p.train()
+        opt = torch.optim.Adam(model_p.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        perm = np.random.default_rng(1).permutation(len(run_pairs))
+        t0 = time.perf_counter()
+        for lo in range(0, args.steps * args.batch, args.batch):
+            plain.step(model_p, opt, run_pairs[perm[lo:lo + args.batch]])
+        return time.perf_counter() - t0
+
+    runners = {"plain PyTorch": run_plain,
+               **{k: (lambda m=m: run_factmas(m)) for k, m in methods.items()}}
+    for fn in runners.values():                                   # warm-up (allocator, kernels)
+        fn()
+    mm = [common.matmul_gflops(args.mm_size, repeats=3)]
+    seconds = {k: [] for k in runners}
+    names = list(runners)
+    for r in range(args.repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            seconds[k].append(runners[k]())
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
+            f"{k} {need / seconds[k][-1]:.0f} img/s" for k in names), flush=True)
+    mm.append(common.matmul_gflops(args.mm_size, repeats=3))
+    opt = torch.optim.Adam(model_p.parameters(), lr=tc.lr)
+    flops = step_flops(plain, model_p, opt, run_pairs[:args.batch])
+    peak_mm = statistics.median(m["gflops"] for m in mm)
+
+    rows = []
+    for k in names:
+        med = statistics.median(seconds[k])
+        ratios = [p / s for s, p in zip(seconds[k], seconds["plain PyTorch"])]
+        rows.append({"loop": k, "images_per_s": need / med, "ms_per_step": 1e3 * med / args.steps,
+                     "vs_plain": statistics.median(ratios), "ratios": ratios, "seconds": seconds[k],
+                     "gflops": flops * args.steps / med / 1e9,
+                     "fraction_of_matmul": flops * args.steps / med / 1e9 / peak_mm})
+        if k != "plain PyTorch":
+            rows[-1]["target_met"] = rows[-1]["vs_plain"] >= TARGET
+    print(f"\nTraining step, {desc}, batch {args.batch}, {args.steps} steps per run, "
+          f"median of {args.repeats}; target factmas ≥ {TARGET} × plain")
+    common.print_table(rows, [("loop", "loop", ""), ("images_per_s", "images/s", ".0f"),
+                              ("ms_per_step", "ms/step", ".1f"), ("vs_plain", "× plain", ".3f"),
+                              ("gflops", "GFLOP/s", ".2f"), ("fraction_of_matmul", "of mm", ".1%")])
+    print(f"step: {flops / 1e9:.3f} GFLOP (forward + backward); torch.mm {args.mm_size}² float32: "
+          f"{peak_mm:.1f} GFLOP/s (median of {[round(m['gflops'], 1) for m in mm]})")
+    print(common.load_line(info))
+    common.write_results(args.out, {
+        "benchmark": "train_overhead", "machine": info, "loadavg_end": list(os.getloadavg()),
+        "data": desc, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
+        "threads": args.threads, "quick": args.quick, "target_vs_plain": TARGET,
+        "step_gflop": flops / 1e9, "matmul": mm, "matmul_gflops": peak_mm, "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
