@@ -80,8 +80,10 @@ class EvalHook:
             self.evaluator.record(label, result)
             row["retrieval"] = plain(result)
         row["seconds"] = time.perf_counter() - t0
-        log.info("evaluation %s: val loss per task %s (%.1f s)", label,
-                 [None if v is None else round(v, 4) for v in row["val_loss"]], row["seconds"])
+        when = "of the initial model" if stage < 0 else f"after stage {stage + 1} (row {label})"
+        val = [None if v is None else round(v, 4) for v in row["val_loss"]]
+        log.info("evaluation %s: validation loss of tasks 1..%d %s (%.1f s)", when, len(val), val,
+                 row["seconds"])
         return row
 
     def restore(self, history: list[dict]) -> None:
