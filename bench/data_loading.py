@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.batch, args.batches, args.steps, args.repeats = 8, 3, 1, 1
+        args.threads = 1
     torch.set_num_threads(args.threads)
     info = common.machine_info()
     data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,

@@ -18,8 +18,10 @@ share its first o concepts), in both directions the evaluator runs:
   serves AP@k and top-k only).
 
 Timings use a sample of queries (at most ``--query-budget`` result entries, queries × database
-size) and are scaled linearly to all F (or N) queries: the "× F/q" column says by how much. Peak RSS
-is measured per case (``common.reset_peak_rss``) above the RSS before it.
+size) and are scaled linearly to all F (or N) queries: the "× F/q" column says by how much. The
+images and their indexes are built once per N and searched for each F; peak RSS is the peak above
+the RSS before the N group began (``common.reset_peak_rss``), so it covers embeddings, indexes,
+search and AP temporaries of the cases so far.
 """
 from __future__ import annotations
 
@@ -148,24 +150,38 @@ def timed(gen):
         yield item, time.perf_counter() - t0
 
 
-def run_case(n: int, f: int, args, space: Space) -> dict:
+class ImageSide:
+    """The N test images of a case group: concept ids, raw φ, the flat ``ImageIndex`` and (N ≥
+    ``ivf_min``) the IVF index, with their build seconds. Built once per N, searched for every F."""
+
+    def __init__(self, n: int, space: Space, noise: float, ivf_min: int) -> None:
+        self.n = n
+        self.img_ids = space.images(n)
+        self.phi = space.embed(self.img_ids, noise)
+        t0 = time.perf_counter()
+        self.flat = ImageIndex(self.phi, gpu=False)
+        self.flat_build_s = time.perf_counter() - t0
+        self.ivf, self.ivf_build_s = None, None
+        if n >= ivf_min:
+            t0 = time.perf_counter()
+            self.ivf = IVFImageIndex(self.phi)
+            self.ivf_build_s = time.perf_counter() - t0
+
+
+def run_case(side: ImageSide, f: int, args, space: Space) -> dict:
     """One (N images, F facts) case; each time is scaled to all queries (module docstring)."""
-    common.reset_peak_rss()
-    base = common.rss_bytes()
-    img_ids = space.images(n)
+    n, img_ids, phi, index = side.n, side.img_ids, side.phi, side.flat
     fact_ids, order = space.facts(f, img_ids)
-    phi, psi = space.embed(img_ids, args.image_noise), space.embed(fact_ids, args.fact_noise)
+    psi = space.embed(fact_ids, args.fact_noise)
     n_true = n_true_images(img_ids, fact_ids, order)
     rng = np.random.default_rng(1)
     batch = EvalConfig().search_batch
     qf = min(f, max(1, int(args.query_budget // n)))           # fact queries timed
     qsel = np.sort(rng.choice(f, qf, replace=False))
-    row = {"N": n, "F": f, "fact_queries_timed": qf, "fact_scale": f / qf}
+    row = {"N": n, "F": f, "fact_queries_timed": qf, "fact_scale": f / qf,
+           "flat_build_s": side.flat_build_s}
 
     # fact → image, flat: full ranking + AP (the evaluator's R metric), then top-k + AP@k
-    t0 = time.perf_counter()
-    index = ImageIndex(phi, gpu=False)
-    row["flat_build_s"] = time.perf_counter() - t0
     search = ap = 0.0
     aps = []
     for (ids, d, loc), sec in timed(index.search_batches(psi[qsel], order[qsel], n, batch)):
@@ -188,13 +204,11 @@ def run_case(n: int, f: int, args, space: Space) -> dict:
         search, ap = search + sec, ap + time.perf_counter() - t1
     row.update(f2i_topk_search_s=search * f / qf, f2i_topk_ap_s=ap * f / qf,
                flat_map_at_k_sample=M.mean_ap(np.concatenate(apk)))
-    del index
 
     # fact → image, IVF at k: nprobe doubled until recall@k ≥ RECALL_TARGET
-    if n >= args.ivf_min_images:
-        t0 = time.perf_counter()
-        ivf = IVFImageIndex(phi)
-        row.update(ivf_build_s=time.perf_counter() - t0, ivf_nlist=ivf.nlist)
+    ivf = side.ivf
+    if ivf is not None:
+        row.update(ivf_build_s=side.ivf_build_s, ivf_nlist=ivf.nlist)
         nprobe = 1
         while True:
             t0 = time.perf_counter()
@@ -210,7 +224,6 @@ def run_case(n: int, f: int, args, space: Space) -> dict:
         ivf_apk = M.ap_at_k_ranked(rel, n_true[qsel], K)
         row.update(ivf_nprobe=nprobe, ivf_recall_at_k=recall, ivf_search_s=sec * f / qf,
                    ivf_ap_s=(time.perf_counter() - t1) * f / qf, ivf_map_at_k_sample=M.mean_ap(ivf_apk))
-        del ivf
 
     # image → fact, flat: full ranking of all facts + AP per image
     qi = min(n, max(1, int(args.query_budget // f)))
@@ -227,8 +240,6 @@ def run_case(n: int, f: int, args, space: Space) -> dict:
         M.average_precision(-d, rel)
         search, ap = search + sec, ap + time.perf_counter() - t1
     row.update(i2f_full_search_s=search * n / qi, i2f_full_ap_s=ap * n / qi)
-    del findex
-    row["peak_mib"] = (common.peak_rss_bytes() - base) / common.MiB
     return row
 
 
@@ -236,13 +247,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, nargs="+", default=[1000, 10000, 50000])
     ap.add_argument("--facts", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--query-budget", type=float, default=2e7,
+    ap.add_argument("--query-budget", type=float, default=5e6,
                     help="result entries (queries × database size) timed per search")
     ap.add_argument("--ivf-min-images", type=int, default=10000, help="IVF for N at least this")
     ap.add_argument("--embed-images", type=int, default=1024)
     ap.add_argument("--embed-facts", type=int, default=20000)
-    ap.add_argument("--image-noise", type=float, default=0.5)
-    ap.add_argument("--fact-noise", type=float, default=0.3)
+    ap.add_argument("--image-noise", type=float, default=2.0, help="slot noise of the images")
+    ap.add_argument("--fact-noise", type=float, default=1.0, help="(flat mAP about 0.4 at these)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the embedding timing")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
@@ -250,6 +261,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.facts, args.query_budget, args.ivf_min_images = [400], [300], 4e4, 400
+        args.threads = 1
         args.embed_images, args.embed_facts, args.repeats = 8, 64, 1
     torch.set_num_threads(args.threads)
     require_faiss().omp_set_num_threads(args.threads)
@@ -262,8 +274,12 @@ def main(argv=None) -> int:
     space = Space()
     rows = []
     for n in args.images:
+        common.reset_peak_rss()
+        base = common.rss_bytes()
+        side = ImageSide(n, space, args.image_noise, args.ivf_min_images)
         for f in args.facts:
-            row = run_case(n, f, args, space)
+            row = run_case(side, f, args, space)
+            row["peak_mib"] = (common.peak_rss_bytes() - base) / common.MiB
             row["embed_s"] = n / rates["images_per_s"] + f / rates["facts_per_s"]
             row["flat_total_s"] = (row["embed_s"] + row["f2i_full_search_s"] + row["f2i_full_ap_s"]
                                    + row["i2f_full_search_s"] + row["i2f_full_ap_s"])

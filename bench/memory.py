@@ -159,6 +159,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         ap.error(f"unknown methods {unknown}; valid: {sorted(METHODS)}")
+    if args.quick:
+        args.threads = 1
+    torch.set_num_threads(args.threads)
     info = common.machine_info()
     t_start = time.perf_counter()
     rows = []

@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.samples, args.batch, args.repeats = ["small_cnn"], 4, 2, 1
+        args.threads = 1
         args.resnet_samples, args.resnet_batch = 2, 2
         args.image_size, args.skip = 32, sorted(set(args.skip) | {"opacus"})
     torch.set_num_threads(args.threads)

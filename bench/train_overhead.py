@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.repeats, args.batch, args.mm_size = 1, 1, 8, 256
+        args.threads = 1
     torch.set_num_threads(args.threads)
     info = common.machine_info()
     data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
