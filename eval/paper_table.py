@@ -1,0 +1,32 @@
+"""The MAS paper's facts comparison on factmas data, in one command.
+
+    python eval/paper_table.py --data data/flickr8k.h5 [--out runs/paper_table] [--quick]
+        [--seeds 0,1,2] [--semantic-seeds 0,1,2] [--methods finetune,mas,...] [--epochs 4]
+        [--search-epochs 2] [--jobs 2] [--config RUNCONFIG.json] [--grid mas=0.1,1,10]
+
+Methods (rows): finetune, lwf, ewc, si, mas, l-mas, mas_test (MAS with Ω from the task's unlabeled test
+images), mas_train+test, joint (all tasks together, the upper bound). Each runs on random4_seed{s}
+with seed s for every seed, and on semantic4 for every semantic seed, with ``--epochs`` epochs per task.
+
+How λ is chosen (never on the test set): for each regularized method (lwf, ewc, si, mas, l-mas) every
+λ of a 3-value grid (``factmas.paper_table.GRIDS``; ``--grid`` replaces one) trains random4_seed{first
+seed} for ``--search-epochs`` epochs per task and is scored by the fact→image mAP over all facts after
+the last task on the *val* image split, images of the training part held out from training
+(``EvalConfig.image_split = "val"``). The best λ is used in all final runs; mas_test and
+mas_train+test take MAS's λ. The search table is part of the output.
+
+Output in OUT: paper_table.md (the tables, the command, the commit, the λ search, the time),
+paper_table.csv, paper_table.png (all-facts mAP per method, mean ± std), results.json (everything,
+every run's summary and timing), and one run directory per run (search/…, runs/…). A run with a
+timing.json is complete and is not repeated, so re-running the command continues a killed experiment.
+
+Time: runs go to ``--jobs`` processes with one torch thread each. See the README for the measured time of
+the full experiment on 2 CPU cores (budget: under 2 hours); ``--quick`` is a smoke check of a few
+minutes (1 epoch, seed 0, finetune/mas/joint, a random 10% of the images of a large dataset).
+"""
+import sys
+
+from factmas.paper_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
