@@ -184,3 +184,16 @@ def test_config_json_and_refusing_an_existing_run(data_path, tmp_path, capsys):
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err    # a run is there
     assert main(argv + ["--overwrite"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_resume_refuses_a_rebuilt_dataset(tmp_path, capsys):
+    path = make_synthetic_dataset(tmp_path / "d.h5", n_images=60, image_size=8, num_tasks=2)
+    out = tmp_path / "run"
+    train(_cfg(path, out), progress=False, limit_tasks=1)
+    assert json.loads((out / "config.json").read_text())["data_fingerprint"]["images"] == 60
+    make_synthetic_dataset(path, n_images=70, image_size=8, num_tasks=2)        # rebuilt in place
+    assert main(["--resume", str(out), "--no-progress", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not the dataset run" in err and "images 60 → 70" in err
+    make_synthetic_dataset(path, n_images=60, image_size=8, num_tasks=2)        # the original again
+    assert main(["--resume", str(out), "--no-progress", "-q"]) == 0

@@ -24,7 +24,8 @@ from ..config import RunConfig, TrainConfig
 from ..dataset import FactData, read_dataset
 from .checkpoint import CheckpointError, latest_checkpoint
 from .loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from .rundir import RunDirError, prepare_run_dir, read_run_config
+from .rundir import (RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
+                     read_run_config)
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
     device = resolve_device(cfg.train.device)
     data = data if data is not None else read_dataset(cfg.data)
     trainer, stages = build_trainer(cfg, data, device, progress)
-    prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance, overwrite=overwrite)
+    prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance,
+                    data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
     log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out, cfg.train.method,
              cfg.train.reg_lambda, cfg.train.split, len(stages), device)
     return trainer.run(stages, limit=limit_tasks)
@@ -128,13 +130,16 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     re-seeds from (seed, stage) and metrics.jsonl is cut back to the checkpoint.
 
     Raises:
-        RunDirError: no config.json.  CheckpointError: an unreadable checkpoint.
+        RunDirError: no config.json, or the data file differs from the run's (fingerprint).
+        CheckpointError: an unreadable checkpoint, or one that does not fit the model.
         TrainingError: while training.
     """
-    cfg, _ = read_run_config(run_dir)
+    cfg, record = read_run_config(run_dir)
     cfg.out = str(run_dir)
     dev = resolve_device(device or cfg.train.device)
     data = data if data is not None else read_dataset(cfg.data)
+    check_settings(cfg, data)
+    check_same_data(record, data, cfg.train.split, run_dir)
     trainer, stages = build_trainer(cfg, data, dev, progress)
     last = latest_checkpoint(run_dir)
     if last is None:

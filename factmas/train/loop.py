@@ -37,7 +37,7 @@ from ..dataset import FactData
 from ..loss import fact_loss
 from ..methods.base import Method, TaskContext
 from .batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evalhook import EvalHook, finite_mean
 from .rundir import MetricsLog
 
@@ -152,8 +152,11 @@ class ContinualTrainer:
         if ckpt["method_name"] != self.method.name:
             raise TrainingError(f"{path}: checkpoint of method {ckpt['method_name']!r}, "
                                 f"this run uses {self.method.name!r}")
-        self.model.load_state_dict(ckpt["model"])
-        self.method.load_state_dict(ckpt["method"])
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.method.load_state_dict(ckpt["method"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: does not fit this run's model or method: {e}") from e
         self.metrics.truncate(ckpt["metrics_lines"])
         self.hook.restore(ckpt["history"])
         log.info("resuming from %s: tasks %s done", path, ckpt["completed_tasks"])

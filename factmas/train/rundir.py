@@ -3,13 +3,14 @@
 Layout::
 
     RUN_DIR/config.json        {"config": RunConfig.to_dict(), "seed", "versions", "git_commit",
-                                "command", "data_provenance", "created"}
+                                "command", "data_provenance", "data_fingerprint", "created"}
     RUN_DIR/metrics.jsonl      one JSON object per line: "event" is "initial", "epoch", "task_end"
                                or "error"
     RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.train.checkpoint``)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, RunConfig
+from ..dataset import FactData
 from ..io import atomic_write_json, atomic_write_text, git_commit, package_versions
 from .checkpoint import checkpoint_dir, dumps_line, has_checkpoints
 
@@ -32,7 +34,8 @@ class RunDirError(RuntimeError):
 
 
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
-                    data_provenance: dict | None = None, overwrite: bool = False) -> Path:
+                    data_provenance: dict | None = None, data_fingerprint: dict | None = None,
+                    overwrite: bool = False) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
     Raises:
@@ -56,6 +59,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
         "git_commit": git_commit(),
         "command": command,
         "data_provenance": data_provenance or {},
+        "data_fingerprint": data_fingerprint or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_json(run_dir / CONFIG_NAME, record)
@@ -82,6 +86,39 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         return RunConfig.from_dict(record["config"]), record
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+
+
+def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
+    """Sizes and a SHA-256 of what training depends on besides pixels: image ids and image split,
+    the fact table, vocabulary, pairs and the task split ``split``.
+
+    A resumed run compares it with the run's record, so that a dataset rebuilt since (other facts,
+    another vocabulary) is refused with a clear message instead of a shape error deep in torch.
+    """
+    h = hashlib.sha256()
+    for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
+        h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
+    for arr in (data.image_split, data.order, data.tokens, data.pairs, data.task_of_facts(split)):
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
+    return {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
+            "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+
+
+def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path) -> None:
+    """Raise RunDirError when ``data`` differs from the dataset the run in ``run_dir`` was started on.
+
+    A record without a fingerprint (an older run) is not checked.
+    """
+    old = record.get("data_fingerprint") or {}
+    if not old.get("sha256"):
+        return
+    new = data_fingerprint(data, split)
+    if new["sha256"] != old["sha256"]:
+        diff = ", ".join(f"{k} {old.get(k)} → {new[k]}" for k in ("images", "facts", "pairs", "vocab")
+                         if old.get(k) != new[k]) or "same sizes, other content"
+        raise RunDirError(f"{data.path}: not the dataset run {run_dir} was trained on ({diff}); "
+                          "resume with the original file (config.json's data_provenance says how "
+                          "it was built) or start a new run")
 
 
 class MetricsLog:
