@@ -32,12 +32,12 @@ import torch
 from torch import nn
 
 from .persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
-                               unsupported_reason)
+                               sum_magnitude, unsupported_reason)
 
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-DEFAULT_BUDGET = 1 << 23           # elements of per-sample work held at once (32 MiB of float32)
+DEFAULT_BUDGET = 1 << 21           # elements of per-sample work held at once (8 MiB of float32)
 
 
 def batch_size(batch: Any) -> int:
@@ -213,7 +213,7 @@ class PerSampleHooks:
                     self.capturing = False
             for m, acc in self.per_sample.items():
                 for attr, g in acc.items():
-                    sums[self.hooked[m][attr]].add_(magnitude(g, self.power).sum(0))
+                    sums[self.hooked[m][attr]].add_(sum_magnitude(g, self.power, inplace=True))
             for m, entries in self.emb.items():
                 keys = torch.cat([k for k, _ in entries])
                 rows = torch.cat([r for _, r in entries])

@@ -8,6 +8,7 @@ formulas Opacus' GradSampleModule uses, Yousefpour et al. 2021, and Goodfellow 2
     Linear     W: g_k = Σ_t δ_kt a_ktᵀ        b: Σ_t δ_kt          (t: extra sequence positions)
                no extra positions: Σ_k |δ_k a_kᵀ| = |Δ|ᵀ |A|   (one matrix product, nothing per sample)
     Conv1d/2d  W: g_k = δ_k · unfold(a_k)ᵀ  per group, over the L output positions;  b: Σ_l δ_kl
+               (or, equivalently, the weight gradient of a grouped convolution, one group a sample)
     GroupNorm, LayerNorm, BatchNorm (eval)   γ: Σ_positions δ_k ⊙ x̂_k,   β: Σ_positions δ_k
                with x̂ the normalized input before the affine map, recomputed from a_k.
     Embedding  W: g_k = Σ_{positions t of sample k, id_t ≠ padding_idx} e_{id_t} δ_ktᵀ  (sparse rows;
@@ -26,7 +27,7 @@ elements at once.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,12 @@ def unsupported_reason(m: nn.Module) -> str | None:
     return None
 
 
-def _chunks(B: int, per_sample: int, budget: int) -> list[slice]:
-    step = max(1, budget // max(1, per_sample))
+CACHE_ELEMENTS = 1 << 18         # per-sample gradients reduced at once: 1 MiB of float32 stays in L2
+
+
+def _chunks(B: int, step: int) -> list[slice]:
+    """Consecutive slices of range(B) of at most max(1, step) samples."""
+    step = max(1, step)
     return [slice(i, min(B, i + step)) for i in range(0, B, step)]
 
 
@@ -60,22 +65,39 @@ def magnitude(t: torch.Tensor, power: int) -> torch.Tensor:
     return t.abs() if power == 1 else t.square() if power == 2 else t.abs().pow(power)
 
 
-def _per_sample(fn: Callable[[slice], torch.Tensor], B: int, per_sample: int, budget: int,
-                reduce: bool, power: int) -> torch.Tensor:
-    """Apply ``fn`` (slice of samples → per-sample tensor [b, ...]) by chunks; Σ|.|^p if ``reduce``."""
-    parts = [fn(s) for s in _chunks(B, per_sample, budget)] if not reduce else None
-    if parts is not None:
-        return torch.cat(parts)
+def sum_magnitude(t: torch.Tensor, power: int, inplace: bool = False) -> torch.Tensor:
+    """Σ_k |t_k|^power over dim 0; ``inplace`` overwrites ``t`` (a temporary) instead of copying."""
+    if inplace:
+        t = t.abs_() if power == 1 else t.abs_().pow_(power)
+        return t[0] if t.shape[0] == 1 else t.sum(0)
+    return magnitude(t, power).sum(0)
+
+
+def _per_sample(fn: Callable[[slice, int], Iterator[torch.Tensor]], B: int, per_sample: int,
+                budget: int, reduce: bool, power: int, out_size: int) -> torch.Tensor:
+    """Per-sample gradients from ``fn`` by chunks; Σ_k |g_k|^power if ``reduce``, else [B, ...].
+
+    ``fn(outer, step)`` prepares the samples ``outer`` (at most ``budget // per_sample`` of them, e.g.
+    their unfolded input) and yields their per-sample gradients [b, ...] in consecutive pieces of at
+    most ``step`` samples. When reducing, ``step`` keeps a piece within CACHE_ELEMENTS, so |g_k| is
+    summed while g_k is still in cache (measured: 2–4× faster than pieces of 64 samples for the
+    128→128 3×3 convolutions of the default model).
+    """
+    outer = _chunks(B, budget // max(1, per_sample))
+    if not reduce:
+        return torch.cat([g for s in outer for g in fn(s, B)])
+    step = max(1, CACHE_ELEMENTS // max(1, out_size))
     total = None
-    for s in _chunks(B, per_sample, budget):
-        part = magnitude(fn(s), power).sum(0)
-        total = part if total is None else total.add_(part)
+    for s in outer:
+        for g in fn(s, step):
+            part = sum_magnitude(g, power, inplace=True)
+            total = part if total is None else total.add_(part)
     return total
 
 
 def _finish(g: torch.Tensor, reduce: bool, power: int) -> torch.Tensor:
     """[B, ...] per-sample gradient → itself, or Σ_k |g_k|^power when ``reduce``."""
-    return magnitude(g, power).sum(0) if reduce else g
+    return sum_magnitude(g, power) if reduce else g
 
 
 def linear_grads(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
@@ -88,40 +110,115 @@ def linear_grads(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, B: int, reduce:
         out["weight"] = magnitude(d[:, 0], power).t() @ magnitude(a[:, 0], power)
     else:
         per = m.weight.numel() + d[0].numel() + a[0].numel()
-        out["weight"] = _per_sample(lambda s: torch.bmm(d[s].transpose(1, 2), a[s]), B, per, budget,
-                                    reduce, power)
+        def fn(outer: slice, step: int) -> Iterator[torch.Tensor]:
+            for s in _chunks(outer.stop - outer.start, step):
+                s = slice(outer.start + s.start, outer.start + s.stop)
+                yield torch.bmm(d[s].transpose(1, 2), a[s])
+
+        out["weight"] = _per_sample(fn, B, per, budget, reduce, power, m.weight.numel())
     if m.bias is not None:
         out["bias"] = _finish(d.sum(1), reduce, power)
     return out
 
 
+def tiled_abs_sum(d: torch.Tensor, u: torch.Tensor, power: int) -> torch.Tensor:
+    """Σ_k |d_k u_kᵀ|^power for d float [n, O, T], u float [n, I, T] → float [O, I].
+
+    Computed by tiles of output rows, sample after sample, so that the tile of the sum and of the
+    per-sample product stay in cache (CACHE_ELEMENTS): memory traffic does not grow with n·O·I
+    (measured 3–5× faster than whole per-sample products for resnet18's 512→512 convolutions).
+    """
+    n, O, _ = d.shape
+    I = u.shape[1]
+    total = d.new_zeros(O, I)
+    tile = min(O, max(1, CACHE_ELEMENTS // (2 * I)))
+    step = max(1, CACHE_ELEMENTS // (2 * tile * I))
+    ut = u.transpose(1, 2)                                    # [n, T, I]
+    for o in range(0, O, tile):
+        acc = total[o:o + tile]
+        for k in range(0, n, step):
+            part = torch.bmm(d[k:k + step, o:o + tile], ut[k:k + step])
+            acc.add_(sum_magnitude(part, power, inplace=True))
+    return total
+
+
+GROUPED_MIN_POSITIONS = 128     # conv outputs with ≥ this many positions use the grouped-conv route
+
+
 def conv_grads(m: nn.Conv1d | nn.Conv2d, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
                budget: int, power: int = 1) -> dict[str, torch.Tensor]:
-    """a float [N, C_in, (H,) W], d float [N, C_out, (H',) W'] → grads of 'weight', 'bias'."""
+    """a float [N, C_in, (H,) W], d float [N, C_out, (H',) W'] → grads of 'weight', 'bias'.
+
+    Two exact routes to g_k (chosen by speed measured on a 2-core CPU, bench/omega.py):
+    - many output positions (L ≥ GROUPED_MIN_POSITIONS, early layers): the samples of a chunk become
+      the groups of one grouped convolution, whose weight gradient (``aten.convolution_backward``,
+      the library's optimized kernel) is the stack of the per-sample weight gradients;
+    - few positions: unfold (im2col) of a_k and a batched product δ_k · unfold(a_k)ᵀ.
+    """
     pad = list(m._reversed_padding_repeated_twice)
     kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
     if isinstance(m, nn.Conv1d):                              # as a 2-d conv of height 1
         a, d = a.unsqueeze(2), d.unsqueeze(2)
         kernel, stride, dilation, pad = (1,) + kernel, (1,) + stride, (1,) + dilation, pad + [0, 0]
+    if pad[0::2] != pad[1::2]:                                # padding="same" with an even kernel
+        a, pad = F.pad(a, pad), [0, 0, 0, 0]
+    padding = (pad[2], pad[0])
     r = a.shape[0] // B
     g, c_out = m.groups, d.shape[1]
     L = d.shape[2] * d.shape[3]
     cols = m.weight[0].numel() * m.groups                    # C_in · kh · kw
+    shape = m.weight.shape
 
-    def fn(s: slice) -> torch.Tensor:
-        rows = slice(s.start * r, s.stop * r)
-        x = F.pad(a[rows], pad) if any(pad) else a[rows]
-        u = F.unfold(x, kernel, dilation=dilation, stride=stride)          # [n, C_in·kh·kw, L]
-        n = u.shape[0]
-        if u.shape[2] != L:
+    def prepare(outer: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """δ [n, C_out, r·L] and unfold(a) [n, C_in·kh·kw, r·L] of the samples ``outer``: the r rows
+        of a sample side by side, so that one product sums their contributions."""
+        rows = slice(outer.start * r, outer.stop * r)
+        u = F.unfold(a[rows], kernel, dilation=dilation, padding=padding, stride=stride)
+        if u.shape[2] != L:                                   # u: [rows, C_in·kh·kw, L]
             raise RuntimeError(f"{m}: unfold gives {u.shape[2]} positions, output has {L}")
-        u = u.view(n, g, cols // g, L)
-        dd = d[rows].reshape(n, g, c_out // g, L)
-        w = torch.matmul(dd, u.transpose(2, 3))                             # [n, g, C_out/g, cols/g]
-        return w.reshape(s.stop - s.start, r, *m.weight.shape).sum(1)
+        dd = d[rows].reshape(-1, c_out, L)
+        if r > 1:
+            n = outer.stop - outer.start
+            u = u.view(n, r, cols, L).transpose(1, 2).reshape(n, cols, r * L)
+            dd = dd.view(n, r, c_out, L).transpose(1, 2).reshape(n, c_out, r * L)
+        return dd, u
 
-    out = {"weight": _per_sample(fn, B, r * (cols * L + c_out * L) + m.weight.numel(), budget,
-                                 reduce, power)}
+    def unfolded(outer: slice, step: int) -> Iterator[torch.Tensor]:
+        dd, u = prepare(outer)
+        for s in _chunks(outer.stop - outer.start, step):
+            n = s.stop - s.start
+            w = torch.matmul(dd[s].view(n, g, c_out // g, -1),
+                             u[s].view(n, g, cols // g, -1).transpose(2, 3))
+            yield w.view(n, *shape)                           # [n, C_out, C_in/g, kh, kw]
+
+    def grouped(outer: slice, step: int) -> Iterator[torch.Tensor]:
+        for s in _chunks(outer.stop - outer.start, step):
+            rows = slice((outer.start + s.start) * r, (outer.start + s.stop) * r)
+            n = rows.stop - rows.start
+            x = a[rows].reshape(1, n * a.shape[1], *a.shape[2:])
+            dy = d[rows].reshape(1, n * c_out, *d.shape[2:])
+            w = m.weight.new_zeros(n * shape[0], shape[1], *kernel)     # Conv1d: as [.., 1, k]
+            grads = torch.ops.aten.convolution_backward(
+                dy, x, w, None, list(stride), list(padding), list(dilation), False, [0, 0], n * g,
+                [False, True, False])
+            yield grads[1].view(n, *shape)
+
+    def fn(outer: slice, step: int) -> Iterator[torch.Tensor]:
+        if L < GROUPED_MIN_POSITIONS:
+            yield from unfolded(outer, step)
+            return
+        for w in grouped(outer, step):
+            yield w if r == 1 else w.view(-1, r, *shape).sum(1)
+
+    per = r * (cols * L + c_out * L)
+    if reduce and g == 1 and L < GROUPED_MIN_POSITIONS:
+        total = None
+        for outer in _chunks(B, budget // per):
+            part = tiled_abs_sum(*prepare(outer), power)
+            total = part if total is None else total.add_(part)
+        out = {"weight": total.view(shape)}
+    else:
+        out = {"weight": _per_sample(fn, B, per, budget, reduce, power, m.weight.numel())}
     if m.bias is not None:
         out["bias"] = _finish(d.reshape(B, r, c_out, -1).sum((1, 3)), reduce, power)
     return out

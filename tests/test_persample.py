@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from factmas import persample_layers
 from factmas.persample import PerSampleHooks, abs_grad_sums
 from factmas.persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
 
@@ -86,7 +87,9 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def test_conv_groupnorm_batchnorm_linear_match_loop():
+@pytest.mark.parametrize("route", ["unfold", "grouped"])
+def test_conv_groupnorm_batchnorm_linear_match_loop(route, monkeypatch):
+    monkeypatch.setattr(persample_layers, "GROUPED_MIN_POSITIONS", 10**9 if route == "unfold" else 0)
     torch.manual_seed(0)
     model = ConvNet()
     with torch.no_grad():
@@ -105,6 +108,30 @@ def test_embedding_extra_dims_multicall_and_flattened_rows_match_loop():
     tokens[0] = 3                                              # one word used 15 times by a sample
     hooks, loop = check_exact(model, split(tokens, [5, 4]))
     assert float(hooks["words.weight"][0].abs().max()) == 0.0  # the pad row gets no gradient
+
+
+class RowsConv(nn.Module):
+    """Conv1d and Conv2d on rows flattened to [3B, ...] (sample-major), as a per-slot encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 5, 3, padding=1)
+        self.c2 = nn.Conv2d(5, 3, 2, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:        # x [B, 3, 4, L]
+        h = torch.tanh(self.c1(x.flatten(0, 1)))               # [3B, 5, L]
+        return self.c2(h.unsqueeze(2).expand(-1, -1, 2, -1)).reshape(x.shape[0], -1)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("route", ["unfold", "grouped", "small tiles"])
+def test_conv_on_flattened_rows_and_cache_tiles(route, monkeypatch):
+    monkeypatch.setattr(persample_layers, "GROUPED_MIN_POSITIONS", 0 if route == "grouped" else 10**9)
+    if route == "small tiles":                                 # tiles of output rows, 1 sample a step
+        monkeypatch.setattr(persample_layers, "CACHE_ELEMENTS", 40)
+    torch.manual_seed(7)
+    check_exact(RowsConv(), split(torch.randn(6, 3, 4, 7), [4, 2]))
+    check_exact(ConvNet().eval(), [torch.randn(5, 3, 8, 8)])
 
 
 def test_embedding_repeated_word_sums_before_abs():
