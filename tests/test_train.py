@@ -11,6 +11,8 @@ import factmas.train.loop as loop_module
 from factmas.config import RunConfig
 from factmas.synthetic import make_synthetic_dataset
 from factmas.train import resume, train
+from factmas.dataset import read_dataset
+from factmas.train.batches import batch_bounds
 from factmas.train.checkpoint import last_path, load_checkpoint, stage_path
 from factmas.train.cli import main
 
@@ -104,13 +106,15 @@ def test_resume_of_a_finished_run_changes_nothing(data_path, tmp_path):
 
 def test_non_finite_loss_stops_naming_task_epoch_step(data_path, tmp_path, monkeypatch, capsys):
     real = loop_module.fact_loss
+    steps_task_1 = len(batch_bounds(len(read_dataset(data_path).task_pairs("random2_seed0", 0)), 32))
     calls = {"n": 0}
 
     def loss_that_breaks_in_task_2(phi, psi, order, positive, cfg):
         loss, parts = real(phi, psi, order, positive, cfg)
-        calls["n"] += 1
-        if torch.is_grad_enabled() and calls["n"] > 12:     # task 1 has 8 steps; 4 val batches
-            loss = loss * float("nan")
+        if torch.is_grad_enabled():                         # training steps, not validation
+            calls["n"] += 1
+            if calls["n"] > steps_task_1 + 1:
+                loss = loss * float("nan")
         return loss, parts
 
     monkeypatch.setattr(loop_module, "fact_loss", loss_that_breaks_in_task_2)
@@ -118,7 +122,7 @@ def test_non_finite_loss_stops_naming_task_epoch_step(data_path, tmp_path, monke
     cfg = _config_file(tmp_path, data_path, epochs=1)
     assert main(["--data", str(data_path), "--out", str(out), "--config", cfg, "--no-progress", "-q"]) == 1
     err = capsys.readouterr().err
-    assert "non-finite loss nan in task 2/2, epoch 1/1, step " in err and "task0.pt is kept" in err
+    assert "non-finite loss nan in task 2/2, epoch 1/1, step 2 " in err and "task0.pt is kept" in err
     good = load_checkpoint(last_path(out))
     assert good["completed_tasks"] == [0] and not stage_path(out, 1).exists()
     assert all(bool(torch.isfinite(v).all()) for v in good["model"].values() if v.is_floating_point())
@@ -197,3 +201,29 @@ def test_resume_refuses_a_rebuilt_dataset(tmp_path, capsys):
     assert "not the dataset run" in err and "images 60 → 70" in err
     make_synthetic_dataset(path, n_images=60, image_size=8, num_tasks=2)        # the original again
     assert main(["--resume", str(out), "--no-progress", "-q"]) == 0
+
+
+def test_validation_loss_equals_a_per_batch_forward(data_path):
+    """EvalHook embeds each validation image and fact once; the naive reference runs the model on
+    every pair batch, as training does."""
+    from factmas.model import build_model
+    from factmas.train.batches import Batcher
+    from factmas.train.evalhook import EvalHook
+    from factmas.train.loop import forward_loss
+
+    data = read_dataset(data_path)
+    cfg = _cfg(data_path, "")
+    torch.manual_seed(1)
+    model = build_model(cfg.model, len(data.vocab)).eval()
+    batcher = Batcher(data)
+    hook = EvalHook(data, "random2_seed0", 2, batcher,
+                    lambda phi, psi, order, pos: loop_module.fact_loss(phi, psi, order, pos, cfg.loss),
+                    batch_size=16, embed_batch=7)
+    got = hook.validation_loss(model)
+    with torch.no_grad():
+        for t in range(2):
+            pairs = data.task_pairs("random2_seed0", t, "val")
+            assert len(pairs) > 16
+            total = sum(float(forward_loss(model, b, cfg)[0]) * len(b["fact_idx"])
+                        for b in batcher.pair_batches(pairs, 16))
+            assert got[t] == pytest.approx(total / len(pairs), rel=1e-5)

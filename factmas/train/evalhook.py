@@ -4,7 +4,7 @@ Two measurements, both on data never trained on:
 
 - the **validation loss** of every task: the task loss (``factmas.loss.fact_loss``) on the task's
   pairs whose image is in the "val" image split (held-out training images; these are what a method's
-  λ is chosen on, never the test set), in fixed unshuffled batches;
+  λ is chosen on, never the test set), in fixed unshuffled batches of the training batch size;
 - the **retrieval metrics** of ``factmas.evaluate.Evaluator`` on the test images (fills the accuracy
   matrix R and writes results.json / results.md / plots at the end), when ``cfg.eval.enabled``.
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..dataset import FactData
-from .batches import Batcher
+from .batches import Batcher, batch_bounds
 from .checkpoint import plain
 
 log = logging.getLogger(__name__)
@@ -35,36 +35,55 @@ class EvalHook:
 
     Args:
         data, split: the dataset and task split.  num_tasks: k.
-        batcher: makes the batches.  loss_fn: callable(model, batch) -> (loss, parts).
-        batch_size: pairs per validation batch.
+        batcher: makes the batches.
+        embedding_loss: callable(phi, psi, order, positive) -> (loss, parts), the task loss on
+            embeddings (``fact_loss`` with the run's LossConfig).
+        batch_size: pairs per validation batch.  embed_batch: images or facts per forward pass.
         evaluator: a ``factmas.evaluate.Evaluator`` or None (validation loss only).
     """
 
     def __init__(self, data: FactData, split: str, num_tasks: int, batcher: Batcher,
-                 loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, dict]], batch_size: int,
-                 evaluator: Any = None) -> None:
-        self.loss_fn = loss_fn
+                 embedding_loss: Callable[..., tuple[torch.Tensor, dict]], batch_size: int,
+                 embed_batch: int = 256, evaluator: Any = None) -> None:
+        self.embedding_loss = embedding_loss
         self.batcher = batcher
-        self.batch_size = batch_size
+        self.batch_size, self.embed_batch = batch_size, embed_batch
         self.evaluator = evaluator
         self.val_pairs = [data.task_pairs(split, t, "val") for t in range(num_tasks)]
         empty = [t for t, p in enumerate(self.val_pairs) if len(p) == 0]
         if empty:
             log.warning("tasks %s have no validation pairs: their val_loss is null", empty)
+        allp = np.concatenate(self.val_pairs) if self.val_pairs else np.zeros((0, 2), np.int32)
+        self.images = np.unique(allp[:, 0]).astype(np.int64)
+        self.facts = np.unique(allp[:, 1]).astype(np.int64)
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module) -> list[float | None]:
-        """Mean task loss over each task's validation pairs (weighted by batch size); None if none."""
+        """Mean task loss over each task's validation pairs, None for a task without any.
+
+        Each validation image and fact is embedded once (an image carries several facts); the loss
+        is then taken on fixed, unshuffled batches of ``batch_size`` pairs, as in training, and
+        averaged over pairs.
+        """
+        if not len(self.images):
+            return [None] * len(self.val_pairs)
+        b = self.batcher
+        phi = torch.cat([model.image_branch(x) for x in b.image_batches(self.images, self.embed_batch)])
+        psi = torch.cat([model.fact_branch(t, o) for t, o in b.fact_batches(self.facts, self.embed_batch)])
         out: list[float | None] = []
         for pairs in self.val_pairs:
             if len(pairs) == 0:
                 out.append(None)
                 continue
             total, n = 0.0, 0
-            for batch in self.batcher.pair_batches(pairs, self.batch_size):
-                loss, _ = self.loss_fn(model, batch)
-                b = len(batch["fact_idx"])
-                total, n = total + float(loss) * b, n + b
+            for lo, hi in batch_bounds(len(pairs), self.batch_size):
+                img, fact = pairs[lo:hi, 0], pairs[lo:hi, 1]
+                rows_i = torch.as_tensor(np.searchsorted(self.images, img), device=phi.device)
+                rows_f = torch.as_tensor(np.searchsorted(self.facts, fact), device=psi.device)
+                positive = torch.as_tensor(b.index.positive_matrix(img, fact), device=phi.device)
+                order = b.order[torch.as_tensor(fact.astype(np.int64)).to(b.order.device)]
+                loss, _ = self.embedding_loss(phi[rows_i], psi[rows_f], order.to(phi.device), positive)
+                total, n = total + float(loss) * (hi - lo), n + (hi - lo)
             out.append(total / n)
         return out
 

@@ -141,8 +141,10 @@ class ContinualTrainer:
         self.progress = progress
         self.batcher = Batcher(data, device)
         self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
-        self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher, self.loss_fn,
-                             cfg.train.batch_size, evaluator)
+        self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher,
+                             lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
+                                                                         cfg.loss),
+                             cfg.train.batch_size, cfg.train.aux_batch_size, evaluator)
         self.metrics = MetricsLog(self.run_dir)
 
     # ---- resume -------------------------------------------------------------------------------
