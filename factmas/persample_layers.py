@@ -21,9 +21,13 @@ flattened to [3B, ...]); rows are assigned to samples in row-major order, row n 
 
 Every function returns a dict attribute name ('weight', 'bias') → tensor: with ``reduce=True`` the sum
 over the batch of |g_k|^power (shape of the parameter; power 1 for MAS, 2 for a Fisher diagonal), else
-the per-sample g_k (shape [B, *param.shape]).
-Work that materializes per-sample tensors is done in chunks of samples holding at most ``budget``
-elements at once.
+the per-sample g_k (shape [B, *param.shape]; used when a layer is called several times).
+
+Speed (CPU): per-sample weight gradients hold B times the parameters, so when reducing they are formed
+in pieces that stay in cache (CACHE_ELEMENTS) and summed at once: ``tiled_abs_sum`` for Linear with
+positions and for convolutions with few output positions, per-sample-grouped convolutions (the
+library's weight-gradient kernel) for convolutions with many. Inputs unfolded for a convolution are
+prepared for at most ``budget // (elements per sample)`` samples at once.
 """
 from __future__ import annotations
 
@@ -100,27 +104,6 @@ def _finish(g: torch.Tensor, reduce: bool, power: int) -> torch.Tensor:
     return sum_magnitude(g, power) if reduce else g
 
 
-def linear_grads(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
-                 budget: int, power: int = 1) -> dict[str, torch.Tensor]:
-    """a float [N, ..., in], d float [N, ..., out] (N = B·r) → grads of 'weight' [out, in], 'bias'."""
-    a = a.reshape(B, -1, a.shape[-1])
-    d = d.reshape(B, -1, d.shape[-1])
-    out = {}
-    if reduce and a.shape[1] == 1:                         # Σ_k |δ_k a_kᵀ|^p = (|Δ|^p)ᵀ |A|^p
-        out["weight"] = magnitude(d[:, 0], power).t() @ magnitude(a[:, 0], power)
-    else:
-        per = m.weight.numel() + d[0].numel() + a[0].numel()
-        def fn(outer: slice, step: int) -> Iterator[torch.Tensor]:
-            for s in _chunks(outer.stop - outer.start, step):
-                s = slice(outer.start + s.start, outer.start + s.stop)
-                yield torch.bmm(d[s].transpose(1, 2), a[s])
-
-        out["weight"] = _per_sample(fn, B, per, budget, reduce, power, m.weight.numel())
-    if m.bias is not None:
-        out["bias"] = _finish(d.sum(1), reduce, power)
-    return out
-
-
 def tiled_abs_sum(d: torch.Tensor, u: torch.Tensor, power: int) -> torch.Tensor:
     """Σ_k |d_k u_kᵀ|^power for d float [n, O, T], u float [n, I, T] → float [O, I].
 
@@ -142,6 +125,24 @@ def tiled_abs_sum(d: torch.Tensor, u: torch.Tensor, power: int) -> torch.Tensor:
     return total
 
 
+def linear_grads(m: nn.Linear, a: torch.Tensor, d: torch.Tensor, B: int, reduce: bool,
+                 budget: int, power: int = 1) -> dict[str, torch.Tensor]:
+    """a float [N, ..., in], d float [N, ..., out] (N = B·r) → grads of 'weight' [out, in], 'bias'.
+    (``budget`` is unused: the reduction is tiled, the per-sample form is [B, out, in] anyway.)"""
+    a = a.reshape(B, -1, a.shape[-1])
+    d = d.reshape(B, -1, d.shape[-1])
+    out = {}
+    if reduce and a.shape[1] == 1:                         # Σ_k |δ_k a_kᵀ|^p = (|Δ|^p)ᵀ |A|^p
+        out["weight"] = magnitude(d[:, 0], power).t() @ magnitude(a[:, 0], power)
+    elif reduce:                                          # g_k = Σ_t δ_kt a_ktᵀ, summed by tiles
+        out["weight"] = tiled_abs_sum(d.transpose(1, 2), a.transpose(1, 2), power)
+    else:
+        out["weight"] = torch.bmm(d.transpose(1, 2), a)  # [B, out, in]
+    if m.bias is not None:
+        out["bias"] = _finish(d.sum(1), reduce, power)
+    return out
+
+
 GROUPED_MIN_POSITIONS = 128     # conv outputs with ≥ this many positions use the grouped-conv route
 
 
@@ -149,11 +150,13 @@ def conv_grads(m: nn.Conv1d | nn.Conv2d, a: torch.Tensor, d: torch.Tensor, B: in
                budget: int, power: int = 1) -> dict[str, torch.Tensor]:
     """a float [N, C_in, (H,) W], d float [N, C_out, (H',) W'] → grads of 'weight', 'bias'.
 
-    Two exact routes to g_k (chosen by speed measured on a 2-core CPU, bench/omega.py):
-    - many output positions (L ≥ GROUPED_MIN_POSITIONS, early layers): the samples of a chunk become
+    Two exact routes to g_k (chosen by single-thread CPU time on the default model and resnet18 at
+    64×64: grouped is 1.2–2.3× faster at L ≥ 256, 1.1–1.2× slower at L = 64):
+    - many output positions (L ≥ GROUPED_MIN_POSITIONS, early layers): the samples of a piece become
       the groups of one grouped convolution, whose weight gradient (``aten.convolution_backward``,
       the library's optimized kernel) is the stack of the per-sample weight gradients;
-    - few positions: unfold (im2col) of a_k and a batched product δ_k · unfold(a_k)ᵀ.
+    - few positions: unfold (im2col) of a_k and products δ_k · unfold(a_k)ᵀ, summed in cache-sized
+      tiles (``tiled_abs_sum``) when reducing and the convolution is not grouped.
     """
     pad = list(m._reversed_padding_repeated_twice)
     kernel, stride, dilation = m.kernel_size, m.stride, m.dilation
