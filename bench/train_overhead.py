@@ -1,14 +1,18 @@
 """Training overhead: images/s of factmas's training step against a minimal hand-written PyTorch loop.
 
-    .venv/bin/python bench/train_overhead.py [--data data/flickr8k.h5] [--steps 24] [--batch 64]
+    .venv/bin/python bench/train_overhead.py [--data data/flickr8k.h5] [--steps 12] [--batch 64]
                                              [--repeats 5] [--threads 2] [--quick] [--out FILE]
 
 Both loops train the same model (``build_model(ModelConfig())``, the same initial weights), on the same
 pairs of task 0 (data/flickr8k.h5 if present, else synthetic 64×64 images), with the same batch size,
 loss (``factmas.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
 
-* **plain**: index the uint8 images, normalize them, look up the tokens, positives = same fact,
-  forward both branches, loss, ``zero_grad``/``backward``/``step``: what one writes by hand.
+* **plain**: index the uint8 images, normalize them (contiguous NCHW float32, as ``preprocess`` and
+  torchvision's ``ToTensor`` give), look up the tokens, positives = same fact, forward both
+  branches, loss, ``zero_grad``/``backward``/``step``: what one writes by hand.
+* **plain, channels_last**: the same without making the images contiguous, so they stay in the
+  NHWC layout of the uint8 array; oneDNN convolutions then take another path (informative: it is
+  a memory-format choice, faster or slower depending on the model, not an overhead).
 * **factmas finetune**: ``factmas.train.batches.Batcher.pair_batches`` (preprocess, dataset-wide
   positive matrix) + ``factmas.train.loop.train_step`` (method hooks, penalty, loss parts as floats):
   exactly what ``factmas train`` runs per step.
@@ -44,9 +48,15 @@ TARGET = 0.9
 
 
 class PlainLoop:
-    """The hand-written loop: tensors prepared once, then index → normalize → forward → step."""
+    """The hand-written loop: tensors prepared once, then index → normalize → forward → step.
 
-    def __init__(self, data, cfg: RunConfig) -> None:
+    ``channels_last``: keep the images in the NHWC memory layout that indexing the uint8
+    [N, H, W, 3] array and permuting gives (False: make them contiguous NCHW, as torchvision's
+    ``ToTensor`` and ``factmas.model.preprocess`` do).
+    """
+
+    def __init__(self, data, cfg: RunConfig, channels_last: bool = False) -> None:
+        self.channels_last = channels_last
         self.images = torch.from_numpy(data.images)                        # uint8 [N, H, W, 3]
         self.tokens = torch.from_numpy(data.tokens.astype(np.int64))
         self.order = torch.from_numpy(data.order.astype(np.int64))
@@ -58,6 +68,7 @@ class PlainLoop:
         img = torch.from_numpy(pairs[:, 0].astype(np.int64))
         fact = torch.from_numpy(pairs[:, 1].astype(np.int64))
         x = (self.images[img].permute(0, 3, 1, 2).float().div_(255) - self.mean) / self.std
+        x = x if self.channels_last else x.contiguous()
         return x, self.tokens[fact], self.order[fact], fact[:, None] == fact[None, :]
 
     def step(self, model, opt, pairs: np.ndarray) -> None:
@@ -92,7 +103,7 @@ def mas_with_state(model, reg_lambda: float):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="HDF5 dataset (default: data/flickr8k.h5 if present, else synthetic)")
-    ap.add_argument("--steps", type=int, default=24, help="training steps per timed run")
+    ap.add_argument("--steps", type=int, default=12, help="training steps per timed run")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -120,6 +131,7 @@ def main(argv=None) -> int:
     model_p = copy.deepcopy(model_f)
     init = copy.deepcopy(model_f.state_dict())
     batcher, plain = Batcher(data), PlainLoop(data, cfg)
+    plain_cl = PlainLoop(data, cfg, channels_last=True)
     methods = {"factmas finetune": make_method("finetune"), "factmas MAS": mas_with_state(model_f, 1.0)}
 
     def run_factmas(method) -> float:
@@ -132,17 +144,18 @@ def main(argv=None) -> int:
             train_step(model_f, method, opt, batch, cfg)
         return time.perf_counter() - t0
 
-    def run_plain() -> float:
+    def run_plain(loop: PlainLoop) -> float:
         model_p.load_state_dict(init)
         model_p.train()
         opt = torch.optim.Adam(model_p.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         perm = np.random.default_rng(1).permutation(len(run_pairs))
         t0 = time.perf_counter()
         for lo in range(0, args.steps * args.batch, args.batch):
-            plain.step(model_p, opt, run_pairs[perm[lo:lo + args.batch]])
+            loop.step(model_p, opt, run_pairs[perm[lo:lo + args.batch]])
         return time.perf_counter() - t0
 
-    runners = {"plain PyTorch": run_plain,
+    runners = {"plain PyTorch": lambda: run_plain(plain),
+               "plain, channels_last": lambda: run_plain(plain_cl),
                **{k: (lambda m=m: run_factmas(m)) for k, m in methods.items()}}
     for fn in runners.values():                                   # warm-up (allocator, kernels)
         fn()
@@ -167,7 +180,7 @@ def main(argv=None) -> int:
                      "vs_plain": statistics.median(ratios), "ratios": ratios, "seconds": seconds[k],
                      "gflops": flops * args.steps / med / 1e9,
                      "fraction_of_matmul": flops * args.steps / med / 1e9 / peak_mm})
-        if k != "plain PyTorch":
+        if k.startswith("factmas"):
             rows[-1]["target_met"] = rows[-1]["vs_plain"] >= TARGET
     print(f"\nTraining step, {desc}, batch {args.batch}, {args.steps} steps per run, "
           f"median of {args.repeats}; target factmas ≥ {TARGET} × plain")
