@@ -227,3 +227,29 @@ def test_validation_loss_equals_a_per_batch_forward(data_path):
             total = sum(float(forward_loss(model, b, cfg)[0]) * len(b["fact_idx"])
                         for b in batcher.pair_batches(pairs, 16))
             assert got[t] == pytest.approx(total / len(pairs), rel=1e-5)
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(data_path, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    real = loop_module.fact_loss
+    steps_task_1 = len(batch_bounds(len(read_dataset(data_path).task_pairs("random2_seed0", 0)), 32))
+    calls = {"n": 0}
+
+    def loss_then_sigterm(phi, psi, order, positive, cfg):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == steps_task_1 + 3:                # in task 2: a scheduler stops the job
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(phi, psi, order, positive, cfg)
+
+    monkeypatch.setattr(loop_module, "fact_loss", loss_then_sigterm)
+    out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = _config_file(tmp_path, data_path)
+    assert main(["--data", str(data_path), "--out", str(out), "--config", cfg, "--no-progress", "-q"]) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert f"--resume {out}" in capsys.readouterr().err
+    assert load_checkpoint(last_path(out))["completed_tasks"] == [0]
+    assert main(["--resume", str(out), "--no-progress", "-q"]) == 0
+    assert load_checkpoint(last_path(out))["completed_tasks"] == [0, 1]

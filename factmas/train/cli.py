@@ -10,13 +10,15 @@ Usage::
 
 Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
 error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
-split, method or device, bad data file, a run already in RUN_DIR), 130 interrupted.
+split, method or device, bad data file, a run already in RUN_DIR), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); both keep the completed tasks' checkpoints for --resume.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -81,6 +83,21 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. a batch scheduler's stop) turned into an exception, handled like Ctrl-C."""
+
+
+def _on_sigterm_raise():
+    """Make SIGTERM raise ``Terminated`` in the main thread; returns the previous handler (None if
+    not in the main thread, where signals cannot be handled)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas train``; returns the exit status (0 ok, 1 training error, 2 usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     progress = not args.no_progress
+    previous = _on_sigterm_raise()
     try:
         with logging_redirect_tqdm():
             if args.resume:
@@ -116,11 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError) as e:
         print(f"factmas train: training error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         where = args.resume or args.out or "RUN_DIR"
-        print(f"factmas train: interrupted; continue with factmas train --resume {where}",
+        print(f"factmas train: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the "
+              f"completed tasks are checkpointed; continue with factmas train --resume {where}",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
     return 0
 
