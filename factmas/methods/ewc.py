@@ -3,9 +3,10 @@
 After each task the importance is the diagonal empirical Fisher of the task,
 F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)² over the task's training pairs, ℓ_k the per-pair wildcard regression
 loss o_k · D(x_k, f_k) (``factmas.importance_extra.ewc_fisher``; exact per-sample gradients by hooks).
-Training adds λ Σ_i F_i (θ_i − θ*_i)² (Eq. 3; the paper's λ/2 is folded into λ), with F summed over
-tasks (one penalty per earlier task, as Eq. 3 extended to several tasks does when all anchors are the
-latest θ*), or *online* (Schwarz et al., ICML 2018): F ← γ F + F_t with ``ewc_gamma`` = γ < 1.
+Training adds λ Σ_i F_i (θ_i − θ*_i)² (Eq. 3; the paper's λ/2 is folded into λ), with one anchor θ*,
+the parameters after the latest task, and F summed over tasks (``ewc_gamma`` = 1; Kirkpatrick et al.
+instead keep one penalty and anchor per earlier task, Huszár, PNAS 2018, argues for the single one),
+or *online* EWC (Schwarz et al., ICML 2018): F ← γ F + F_t with γ < 1.
 """
 from __future__ import annotations
 
