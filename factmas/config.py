@@ -57,6 +57,7 @@ class TrainConfig:
     num_workers: int = 0
     optimizer_reset: bool = True         # a fresh Adam at each task (False: keep its moments)
     aux_batch_size: int = 256            # batch size of the image/fact batches a method reads (Ω)
+    threads: Optional[int] = None        # torch CPU threads (None: torch's default, all cores)
     ewc_gamma: float = 1.0               # EWC: decay of the earlier Fisher (1: sum, < 1: online EWC)
     si_xi: float = 0.1                   # SI: damping ξ of Ω = ω / (Δ² + ξ) (Zenke et al. 2017)
 

@@ -172,11 +172,16 @@ def test_config_json_and_refusing_an_existing_run(data_path, tmp_path, capsys):
     out = tmp_path / "run"
     cfg = _config_file(tmp_path, data_path, method="finetune")
     argv = ["--data", str(data_path), "--out", str(out), "--config", cfg, "--seed", "3",
-            "--reg-lambda", "0.5", "--no-progress", "-q"]
-    assert main(argv) == 0
+            "--reg-lambda", "0.5", "--threads", "1", "--no-progress", "-q"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     record = json.loads((out / "config.json").read_text())
+    assert record["torch_threads"] == 1
     assert set(record) >= {"config", "seed", "versions", "git_commit", "command", "data_provenance"}
-    want = _cfg(data_path, out, method="finetune", seed=3, reg_lambda=0.5).to_dict()
+    want = _cfg(data_path, out, method="finetune", seed=3, reg_lambda=0.5, threads=1).to_dict()
     want["data"] = str(data_path.resolve())
     assert record["config"] == want and record["seed"] == 3
     assert record["data_provenance"]["source"] == "factmas.synthetic"
@@ -186,7 +191,10 @@ def test_config_json_and_refusing_an_existing_run(data_path, tmp_path, capsys):
     assert events == ["initial", "epoch", "task_end", "epoch", "task_end"]
     capsys.readouterr()
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err    # a run is there
-    assert main(argv + ["--overwrite"]) == 0
+    try:
+        assert main(argv + ["--overwrite"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 5
 
 

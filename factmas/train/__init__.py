@@ -3,7 +3,7 @@
 Public API::
 
     train(cfg: RunConfig, *, command="", overwrite=False, limit_tasks=None, progress=True) -> RunState
-    resume(run_dir, *, limit_tasks=None, device=None, progress=True) -> RunState
+    resume(run_dir, *, limit_tasks=None, device=None, threads=None, progress=True) -> RunState
     resolve_device("auto" | "cpu" | "cuda") -> torch.device
     plan_stages(method_name, num_tasks) -> list[Stage]
 
@@ -76,6 +76,8 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         raise UsageError(f"{data.path}: unknown split {tc.split!r}; valid: {sorted(data.splits)}")
     if tc.method not in METHODS:
         raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
+    if tc.threads is not None and tc.threads < 1:
+        raise UsageError(f"train.threads must be >= 1 or null, got {tc.threads}")
     for key in ("epochs", "batch_size", "aux_batch_size"):
         if getattr(tc, key) < 1:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
@@ -90,6 +92,8 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
     from ..methods import make_method
     from ..model import build_model
     num_tasks = check_settings(cfg, data)
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, len(data.vocab))
     method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
@@ -123,7 +127,7 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
 
 
 def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
-           progress: bool = True, data: FactData | None = None) -> RunState:
+           threads: int | None = None, progress: bool = True, data: FactData | None = None) -> RunState:
     """Continue the run in ``run_dir`` from its last checkpoint (or from the start if it has none).
 
     The resumed run ends with the same weights and metrics as an uninterrupted run: every stage
@@ -136,6 +140,8 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     """
     cfg, record = read_run_config(run_dir)
     cfg.out = str(run_dir)
+    if threads is not None:          # bitwise equality with an uninterrupted run needs the same count
+        cfg.train.threads = threads
     dev = resolve_device(device or cfg.train.device)
     data = data if data is not None else read_dataset(cfg.data)
     check_settings(cfg, data)

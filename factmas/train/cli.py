@@ -4,9 +4,9 @@ Usage::
 
     factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
-                  [--omega-data train|test|train+test]
+                  [--omega-data train|test|train+test] [--threads N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
-    factmas train --resume RUN_DIR [--device ...] [--limit-tasks N]
+    factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
 
 Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
 error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
@@ -33,7 +33,7 @@ log = logging.getLogger("factmas.train")
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
-                 "omega_data": "omega_data"}
+                 "omega_data": "omega_data", "threads": "threads"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
     p.add_argument("--omega-data", help="images MAS / l-MAS estimate Ω on: train (default), test or "
                                         "train+test")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
+                                               "shared with other jobs, 1 can be much faster)")
     p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
     p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
@@ -118,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                          if getattr(args, o) is not None]
                 if given or args.overwrite:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
-                                     f"--device and --limit-tasks may be given with it, not {given or '--overwrite'}")
+                                     f"--device, --threads and --limit-tasks may be given with it, not {given or '--overwrite'}")
                 state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
-                               progress=progress)
+                               threads=args.threads, progress=progress)
                 run_dir = args.resume
             else:
                 cfg = config_from_args(args)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import ConfigError, RunConfig
 from ..dataset import FactData
 from ..io import atomic_write_json, atomic_write_text, git_commit, package_versions
@@ -56,6 +58,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
         "config": cfg.to_dict(),
         "seed": cfg.train.seed,
         "versions": package_versions(),
+        "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "command": command,
         "data_provenance": data_provenance or {},
