@@ -60,6 +60,8 @@ class TrainConfig:
     threads: Optional[int] = None        # torch CPU threads (None: torch's default, all cores)
     ewc_gamma: float = 1.0               # EWC: decay of the earlier Fisher (1: sum, < 1: online EWC)
     si_xi: float = 0.1                   # SI: damping ξ of Ω = ω / (Δ² + ξ) (Zenke et al. 2017)
+    augment_flip: bool = True            # random horizontal flips of the training images
+    augment_shift: int = 4               # random shifts of up to this many pixels (0: none)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ..config import RunConfig
 from ..dataset import FactData
 from ..loss import fact_loss
 from ..methods.base import Method, TaskContext
+from .augment import augment_images
 from .batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evalhook import EvalHook, finite_mean
@@ -271,6 +272,8 @@ class ContinualTrainer:
                    desc=f"{name} epoch {epoch + 1}/{tc.epochs}", disable=not self.progress)
         with bar:
             for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng), 1):
+                if tc.augment_shift or tc.augment_flip:
+                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip)
                 value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
