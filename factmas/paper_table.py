@@ -192,7 +192,7 @@ def run_job(j: dict, base: dict) -> dict:
         d = {**base, "data": str(_DATA.path), "out": str(out)}
         d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
                       "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
-                      "omega_data": j["omega_data"]}
+                      "omega_data": j["omega_data"], "threads": 1}
         d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
         cfg = RunConfig.from_dict(d)
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
