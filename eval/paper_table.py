@@ -1,12 +1,13 @@
 """The MAS paper's facts comparison on factmas data, in one command.
 
     python eval/paper_table.py --data data/flickr8k.h5 [--out runs/paper_table] [--quick]
-        [--seeds 0,1,2] [--semantic-seeds 0,1,2] [--methods finetune,mas,...] [--epochs 4]
+        [--seeds 0,1,2] [--semantic-seeds 0] [--methods finetune,mas,...] [--epochs 4]
         [--search-epochs 2] [--jobs 2] [--config RUNCONFIG.json] [--grid mas=0.1,1,10]
 
 Methods (rows): finetune, lwf, ewc, si, mas, l-mas, mas_test (MAS with Ω from the task's unlabeled test
 images), mas_train+test, joint (all tasks together, the upper bound). Each runs on random4_seed{s}
-with seed s for every seed, and on semantic4 for every semantic seed, with ``--epochs`` epochs per task.
+with seed s for every seed, and on semantic4 with the first seed (``--semantic-seeds`` for more), with
+``--epochs`` epochs per task.
 
 How λ is chosen (never on the test set): for each regularized method (lwf, ewc, si, mas, l-mas) every
 λ of a 3-value grid (``factmas.paper_table.GRIDS``; ``--grid`` replaces one) trains random4_seed{first

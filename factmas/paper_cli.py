@@ -4,7 +4,7 @@
 Usage::
 
     python eval/paper_table.py --data FILE.h5 [--out DIR] [--quick] [--seeds 0,1,2]
-        [--semantic-seeds 0,1,2] [--methods finetune,mas,...] [--epochs E] [--search-epochs E]
+        [--semantic-seeds 0] [--methods finetune,mas,...] [--epochs E] [--search-epochs E]
         [--jobs N] [--config RUNCONFIG.json] [--grid mas=0.1,1,10 ...]
 
 ``--quick``: a smoke check in a few minutes: 1 epoch (search too), seed 0 only (random and
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/paper_table", help="output folder (default runs/paper_table)")
     p.add_argument("--quick", action="store_true", help="smoke check (see the module docstring)")
     p.add_argument("--seeds", type=_ints, help="seeds of the random splits (default 0,1,2)")
-    p.add_argument("--semantic-seeds", type=_ints, help="seeds on the semantic split (default: --seeds)")
+    p.add_argument("--semantic-seeds", type=_ints,
+                   help="seeds on the semantic split (default: the first of --seeds; '' for none)")
     p.add_argument("--methods", help=f"comma-separated subset of {[v.label for v in VARIANTS]}")
     p.add_argument("--epochs", type=int, help=f"epochs per task (default {DEFAULT_EPOCHS})")
     p.add_argument("--search-epochs", type=int,
@@ -99,7 +100,8 @@ def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
     base.pop("data"), base.pop("out")
     s = Settings(data=str(Path(args.data).resolve()), out=str(Path(args.out).resolve()),
                  variants=variants, seeds=seeds,
-                 semantic_seeds=args.semantic_seeds if args.semantic_seeds is not None else seeds,
+                 semantic_seeds=(args.semantic_seeds if args.semantic_seeds is not None
+                                 else seeds[:1]),
                  epochs=epochs, search_epochs=search_epochs, grids=grids, jobs=args.jobs,
                  random_prefix=args.random_prefix, semantic_split=args.semantic_split,
                  image_fraction=fraction, base=base)
