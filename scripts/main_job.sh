@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The README's main job, end to end on real data:
+#   create the environment → build data/flickr8k.h5 from Flickr8k → train the 4-task random split
+#   with finetune and with MAS (FAISS evaluation after every task) → results table and plots.
+#
+# usage: bash scripts/main_job.sh [FLICKR8K_DIR]
+#   FLICKR8K_DIR holds images/ (or Images/) and captions.txt; default $FACTMAS_FLICKR8K, else
+#   data/flickr8k, else ../shared/flickr8k beside the project.
+#   FACTMAS_OUT (default runs/main) is where the runs and the table go.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+t0=$(date +%s)
+src="${1:-${FACTMAS_FLICKR8K:-}}"
+if [ -z "$src" ]; then
+  for d in "$root/data/flickr8k" "$root/../shared/flickr8k"; do [ -d "$d" ] && { src="$d"; break; }; done
+fi
+[ -n "$src" ] && [ -f "$src/captions.txt" ] || {
+  echo "main_job: no Flickr8k folder (images/ + captions.txt): pass it as the first argument or set FACTMAS_FLICKR8K; see README 'Getting Flickr8k'" >&2
+  exit 2; }
+images="$src/images"; [ -d "$images" ] || images="$src/Images"
+out="${FACTMAS_OUT:-$root/runs/main}"
+h5="${FACTMAS_DATA:-$root/data/flickr8k.h5}"
+
+bash "$root/scripts/setup_env.sh"
+py="${FACTMAS_VENV:-$root/.venv}/bin/python"
+t1=$(date +%s)
+
+if [ -f "$h5" ]; then
+  echo "[main] dataset $h5 exists: reusing it (delete it to rebuild)"
+else
+  echo "[main] building $h5 from $src"
+  "$py" -m data_prep.flickr8k --images "$images" --captions "$src/captions.txt" --out "$h5"
+fi
+"$py" -m data_prep.inspect "$h5"
+t2=$(date +%s)
+
+mkdir -p "$out"
+for method in finetune mas; do
+  echo "[main] training $method on random4_seed0 → $out/$method"
+  "$py" -m factmas.cli train --data "$h5" --split random4_seed0 --method "$method" --out "$out/$method" --overwrite
+done
+t3=$(date +%s)
+"$py" eval/compare.py "$out/finetune" "$out/mas" --out "$out/table"
+t4=$(date +%s)
+
+cat <<MSG
+
+[main] done in $((t4 - t0)) s (environment $((t1 - t0)) s, dataset $((t2 - t1)) s, training + evaluation $((t3 - t2)) s)
+[main] table:        $out/table.md  (and $out/table.csv)
+[main] per run:      $out/{finetune,mas}/results.json, results.md, *.png
+MSG
+cat "$out/table.md"
