@@ -104,7 +104,7 @@ def build(args: argparse.Namespace):
     t0 = time.perf_counter()
     stream = mine_captions(nlp, (c for _, c in texts), batch_size=args.batch_size)
     for (i, _), fs in zip(texts, tqdm(stream, total=len(texts), desc="parsing captions", unit="cap",
-                                      disable=args.quiet, mininterval=1.0)):
+                                      disable=True if args.quiet else None, mininterval=1.0)):
         image_facts[i] |= fs
     parse_s = time.perf_counter() - t0
     log.info("parsed %d captions in %.1f s (%.0f captions/s)", len(texts), parse_s,

@@ -104,7 +104,7 @@ def load_images(paths: Sequence[str | Path], size: int, strict: bool = False,
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept, skipped = [], []
     t0 = time.perf_counter()
-    for i, p in enumerate(tqdm(paths, desc="decoding images", unit="img", disable=not progress,
+    for i, p in enumerate(tqdm(paths, desc="decoding images", unit="img", disable=None if progress else True,
                                mininterval=1.0)):
         try:
             out[len(kept)] = load_rgb(p, size)

@@ -269,7 +269,8 @@ class ContinualTrainer:
         sums: dict[str, float] = {}
         n_seen, t0 = 0, time.perf_counter()
         bar = tqdm(total=len(pairs), unit="img", unit_scale=True, leave=False,
-                   desc=f"{name} epoch {epoch + 1}/{tc.epochs}", disable=not self.progress)
+                   desc=f"{name} epoch {epoch + 1}/{tc.epochs}",
+                   disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
             for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng), 1):
                 if tc.augment_shift or tc.augment_flip:
