@@ -21,9 +21,14 @@ paper_table.csv, paper_table.png (all-facts mAP per method, mean ± std), result
 every run's summary and timing), and one run directory per run (search/…, runs/…). A run with a
 timing.json is complete and is not repeated, so re-running the command continues a killed experiment.
 
-Time: runs go to ``--jobs`` processes with one torch thread each. See the README for the measured time of
-the full experiment on 2 CPU cores (budget: under 2 hours); ``--quick`` is a smoke check of a few
-minutes (1 epoch, seed 0, finetune/mas/joint, a random 10% of the images of a large dataset).
+Time: runs go to ``--jobs`` processes with one torch thread each. On Flickr8k (data/flickr8k.h5, 4 tasks
+of ~5,000 training pairs) one run took, in CPU seconds of its single thread (measured on the shared
+2-core machine): 45–50 for finetune with 1 epoch per task, +47 per further epoch (all 4 tasks), and
+for the Ω estimates +20–40 (MAS, ℓ-MAS, EWC's Fisher over all training pairs). The default experiment
+(15 λ-search runs at 2 epochs, 36 final runs at 4 epochs) adds up to ~9,400 CPU s, about 80 minutes
+on 2 cores (65–95 min given how much the measurements varied); ``--semantic-seeds 0,1,2`` would add
+~30 min. ``--quick`` is a smoke check of about 1–4 minutes (1 epoch, seed 0, finetune/mas/joint,
+MAS's grid {1, 10}, a random 10% of the images of a large dataset).
 """
 import sys
 

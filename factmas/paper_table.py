@@ -229,9 +229,13 @@ def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
                              initargs=(settings.data, settings.image_fraction)) as pool:
         futures = [pool.submit(run_job, j, settings.base) for j in jobs]
         out = []
-        for i, f in enumerate(futures, 1):
-            out.append(f.result())
-            _log_done(out[-1], i, len(jobs))
+        try:
+            for i, f in enumerate(futures, 1):
+                out.append(f.result())
+                _log_done(out[-1], i, len(jobs))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)   # runs in progress finish, no new ones
+            raise
         return out
 
 
