@@ -7,7 +7,8 @@
 Methods (rows): finetune, lwf, ewc, si, mas, l-mas, mas_test (MAS with Ω from the task's unlabeled test
 images), mas_train+test, joint (all tasks together, the upper bound). Each runs on random4_seed{s}
 with seed s for every seed, and on semantic4 with the first seed (``--semantic-seeds`` for more), with
-``--epochs`` epochs per task.
+``--epochs`` epochs per task (default 4, fewer than the trainer's default of 12, to fit the 2-hour budget;
+every other setting is the trainer's default, or ``--config``'s).
 
 How λ is chosen (never on the test set): for each regularized method (lwf, ewc, si, mas, l-mas) every
 λ of a 3-value grid (``factmas.paper_table.GRIDS``; ``--grid`` replaces one) trains random4_seed{first

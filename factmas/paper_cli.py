@@ -28,6 +28,8 @@ from .paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS,
 
 log = logging.getLogger("factmas.paper_table")
 
+# 4 epochs per task, not the trainer's default (train.epochs = 12): 51 runs at 12 epochs would take
+# about 3.5 hours on 2 CPU cores, over the 2-hour budget of the comparison (eval/paper_table.py).
 DEFAULT_EPOCHS, DEFAULT_SEARCH_EPOCHS = 4, 2
 QUICK_FRACTION, QUICK_MIN_IMAGES = 0.1, 2000
 
