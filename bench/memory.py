@@ -34,7 +34,7 @@ from torch import nn
 
 import common
 
-SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18": {"n_images": 64, "batch": 16}}
+SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18": {"n_images": 40, "batch": 16}}
 
 
 def held_tensors(obj, model_ptrs: set, seen: set | None = None, depth: int = 0) -> int:
