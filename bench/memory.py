@@ -95,6 +95,7 @@ def run_method(method_name: str, backbone: str, data, split: str, batch: int, li
     seconds = time.perf_counter() - t0
     kept = sum(t.numel() for t in method.state_dict().values() if t.is_floating_point())
     return {"method": method_name, "backbone": backbone, "params": n_params,
+            "images": len(data.images), "batch": batch,
             "peak_rss_mib": common.peak_rss_bytes() / common.MiB,
             "peak_above_start_mib": (common.peak_rss_bytes() - base) / common.MiB,
             "start_rss_mib": base / common.MiB, "extra_copies_peak": peak["elements"] / n_params,
@@ -165,10 +166,11 @@ def main(argv=None) -> int:
     info = common.machine_info()
     t_start = time.perf_counter()
     rows = []
+    asked = {"n_images": args.images, "batch": args.batch}
     for backbone in (["small_cnn"] if args.quick else args.backbones):
         sizes = {"n_images": 60, "batch": 8} if args.quick else SYNTHETIC[backbone]
-        args.images = args.images if args.images and not args.quick else sizes["n_images"]
-        args.batch = args.batch if args.batch and not args.quick else sizes["batch"]
+        args.images = asked["n_images"] or sizes["n_images"]          # each backbone its own size
+        args.batch = asked["batch"] or sizes["batch"]
         groups = [args.methods] if args.quick else [[m] for m in args.methods]
         for group in groups:
             got = spawn(group, backbone, args)
@@ -191,7 +193,8 @@ def main(argv=None) -> int:
     print(common.load_line(info))
     common.write_results(args.out, {
         "benchmark": "memory", "machine": info, "loadavg_end": list(os.getloadavg()),
-        "data": args.data or "synthetic", "synthetic_sizes": SYNTHETIC, "epochs": 1, "tasks": 2,
+        "data": args.data or "synthetic", "synthetic_sizes": SYNTHETIC, "asked_sizes": asked,
+        "epochs": 1, "tasks": 2,
         "quick": args.quick, "threads": args.threads, "results": rows,
         "wall_s": time.perf_counter() - t_start})
     return 0
