@@ -1,7 +1,7 @@
 """Training overhead: images/s of factmas's training step against a minimal hand-written PyTorch loop.
 
     .venv/bin/python bench/train_overhead.py [--data data/flickr8k.h5] [--steps 12] [--batch 64]
-                                             [--repeats 5] [--threads 2] [--quick] [--out FILE]
+                                             [--repeats 9] [--threads 2] [--quick] [--out FILE]
 
 Both loops train the same model (``build_model(ModelConfig())``, the same initial weights), on the same
 pairs of task 0 (data/flickr8k.h5 if present, else synthetic 64×64 images), with the same batch size,
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="HDF5 dataset (default: data/flickr8k.h5 if present, else synthetic)")
     ap.add_argument("--steps", type=int, default=12, help="training steps per timed run")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--mm-size", type=int, default=2048, help="n of the n×n torch.mm reference")
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
