@@ -33,20 +33,20 @@ def _add_abs(sums: dict[str, torch.Tensor], names: list[str], grads: Iterable, p
             sums[n].add_(magnitude(g, power))
 
 
-def loop_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
-                       max_samples: int | None = None, power: int = 1,
-                       progress: Callable[[int], None] | None = None):
-    """Exact Σ_k |∂l_k/∂θ| by a loop: each sample alone through forward and backward (slow)."""
+def _chunked_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
+                           max_samples: int | None, power: int,
+                           progress: Callable[[int], None] | None, per_sample: bool):
+    """Σ over chunks of |∂(Σ_{k∈chunk} l_k)/∂θ|^power; a chunk is one sample or one whole batch."""
     params = trainable(model)
     names, tensors = list(params), list(params.values())
     sums, n = _zeros(params), 0
     with torch.enable_grad():
         for batch in capped(batches, max_samples):
             B = batch_size(batch)
-            for k in range(B):
-                one = take(batch, slice(k, k + 1))
-                loss = loss_fn(model, one)
-                check_losses(loss, one)
+            chunks = [take(batch, slice(k, k + 1)) for k in range(B)] if per_sample else [batch]
+            for chunk in chunks:
+                loss = loss_fn(model, chunk)
+                check_losses(loss, chunk)
                 grads = torch.autograd.grad(loss.sum(), tensors, allow_unused=True)
                 _add_abs(sums, names, grads, power)
             n += B
@@ -55,23 +55,18 @@ def loop_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any]
     return sums, n
 
 
+def loop_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
+                       max_samples: int | None = None, power: int = 1,
+                       progress: Callable[[int], None] | None = None):
+    """Exact Σ_k |∂l_k/∂θ| by a loop: each sample alone through forward and backward (slow)."""
+    return _chunked_abs_grad_sums(model, loss_fn, batches, max_samples, power, progress, True)
+
+
 def batch_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
                         max_samples: int | None = None, power: int = 1,
                         progress: Callable[[int], None] | None = None):
     """Approximate Σ_batches |∂(Σ_{k∈batch} l_k)/∂θ| (≤ the exact sum; depends on the batch size)."""
-    params = trainable(model)
-    names, tensors = list(params), list(params.values())
-    sums, n = _zeros(params), 0
-    with torch.enable_grad():
-        for batch in capped(batches, max_samples):
-            loss = loss_fn(model, batch)
-            B = check_losses(loss, batch)
-            grads = torch.autograd.grad(loss.sum(), tensors, allow_unused=True)
-            _add_abs(sums, names, grads, power)
-            n += B
-            if progress is not None:
-                progress(B)
-    return sums, n
+    return _chunked_abs_grad_sums(model, loss_fn, batches, max_samples, power, progress, False)
 
 
 class _Call(nn.Module):
