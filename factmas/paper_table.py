@@ -14,9 +14,11 @@
    ``random4_seed{s}`` with seed s for each seed, and on ``semantic4`` for each semantic seed.
 
 Every run is one ``factmas.train.train`` run directory under OUT (``search/…``, ``runs/…``) with its
-own results.json; a run whose ``timing.json`` exists is complete and is not run again, so a killed
-experiment continues where it stopped. Runs go to ``jobs`` worker processes with one torch thread
-each (independent runs scale over cores better than threads inside one run).
+own results.json; a run whose ``timing.json`` exists is complete and is not run again when its
+``config.json`` holds the same settings and dataset fingerprint (a changed λ, ``--epochs`` or
+``--config`` trains it again), so a killed experiment continues where it stopped. Runs go to
+``jobs`` worker processes with one torch thread each (independent runs scale over cores better than
+threads inside one run).
 """
 from __future__ import annotations
 
@@ -188,13 +190,17 @@ def run_job(j: dict, base: dict) -> dict:
     from .train import train
     out = Path(j["out"])
     timing = out / "timing.json"
+    d = {**base, "data": str(_DATA.path), "out": str(out)}
+    d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
+                  "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
+                  "omega_data": j["omega_data"], "threads": 1}
+    d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
+    cfg = RunConfig.from_dict(d)
+    if timing.is_file() and not same_run(out, cfg):
+        log.info("%s: finished with other settings or data (λ, epochs, base config, dataset); "
+                 "training it again", out)
+        timing.unlink()
     if not timing.is_file():
-        d = {**base, "data": str(_DATA.path), "out": str(out)}
-        d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
-                      "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
-                      "omega_data": j["omega_data"], "threads": 1}
-        d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
-        cfg = RunConfig.from_dict(d)
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
         train(cfg, command="python eval/paper_table.py", overwrite=True, progress=False, data=_DATA)
         atomic_write_json(timing, {"seconds": time.perf_counter() - t0,
@@ -204,6 +210,21 @@ def run_job(j: dict, base: dict) -> dict:
     t = json.loads(timing.read_text())
     return {**j, "final": e["final"], "final_all": e["final_all"], "forgetting": e["forgetting"],
             "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"]}
+
+
+def same_run(out: Path, cfg: RunConfig) -> bool:
+    """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
+    dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
+    from .train import data_fingerprint
+    try:
+        record = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    old, new = dict(record.get("config") or {}), cfg.to_dict()
+    for key in ("data", "out"):
+        old.pop(key, None), new.pop(key, None)
+    fp = (record.get("data_fingerprint") or {}).get("sha256")
+    return old == new and fp == data_fingerprint(_DATA, cfg.train.split)["sha256"]
 
 
 def _cpu_seconds() -> float:

@@ -74,6 +74,13 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     assert len(stamps) == 8
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
+    # other settings (here the learning rate) are not mistaken for a finished run: trained again
+    cfg.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 0.01}}))
+    assert main([*argv[:argv.index("--methods")], "--methods", "finetune", "-q"]) == 0
+    changed = {p for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+    assert changed == {p for p in stamps if "finetune" in p.parts}
+    for p in changed:
+        assert json.loads((p.parent / "config.json").read_text())["config"]["train"]["lr"] == 0.01
 
 
 @pytest.mark.parametrize("extra, message", [
