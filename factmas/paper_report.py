@@ -107,7 +107,8 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def bar_plot(rows: list[dict], path: Path) -> Path:
-    """Grouped bars: all-facts test mAP per method, random and semantic split, std as error bars."""
+    """Grouped bars: all-facts test mAP per method, random and semantic split, sample std over seeds as
+    error bars (none for a single seed); the legend gives the number of seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,8 +125,11 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
             r = next((r for r in rows if r["label"] == lab and r["family"] == fam), None)
             ms.append(mean_std(r["values"].get("all", [])) if r else (np.nan, np.nan))
         m = np.array([a for a, _ in ms]) * 100
-        s = np.nan_to_num(np.array([b for _, b in ms]) * 100)
-        ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width, yerr=s, capsize=3, label=fam)
+        s = np.array([b for _, b in ms]) * 100
+        n = max(len(r["seeds"]) for r in rows if r["family"] == fam)
+        ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width,
+               yerr=s if np.isfinite(s).any() else None, capsize=3,
+               label=f"{fam} ({n} seed{'s' if n != 1 else ''})")
     ax.set_xticks(x, [titles[lab] for lab in labels], rotation=25, ha="right")
     ax.set_ylabel("fact→image mAP, all facts (%)")
     ax.set_title("End of the sequence, test images (mean ± std over seeds)")
