@@ -28,8 +28,8 @@ from .paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS,
 
 log = logging.getLogger("factmas.paper_table")
 
-# 4 epochs per task, not the trainer's default (train.epochs = 12): 55 runs at 12 epochs would take
-# about 3.5 hours on 2 CPU cores, over the 2-hour budget of the comparison (eval/paper_table.py).
+# 4 epochs per task, not the trainer's default (train.epochs = 12): the 55 runs took 155 run-minutes at
+# 4 epochs, so 12 epochs would take about 4 hours on 2 CPU cores, over the comparison's 2-hour budget.
 DEFAULT_EPOCHS = 4
 # The λ search trains as long as the final runs (--search-epochs defaults to --epochs): on Flickr8k a
 # 2-epoch search ranked MAS's λ opposite to 4-epoch training (val 3.36/3.64/3.69% for λ = 1/10/100,

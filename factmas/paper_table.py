@@ -224,9 +224,9 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
         record = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    old, new = dict(record.get("config") or {}), cfg.to_dict()
-    for key in ("data", "out"):
-        old.pop(key, None), new.pop(key, None)
+    paths = ("data", "out")
+    old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}
+    new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
     fp = (record.get("data_fingerprint") or {}).get("sha256")
     return old == new and fp == data_fingerprint(_DATA, cfg.train.split)["sha256"]
 
