@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     stream = [t for _ in range(args.repeats) for t in hdf5_stream(path, args.batch, args.batches)]
 
     cfg = RunConfig()
+    cfg.model.backbone = "small_cnn"          # measures pixel batches
     cfg.train.split = common.first_split(data, cfg.train.split)
     pairs = data.task_pairs(cfg.train.split, 0, "train")
     batcher = Batcher(data)

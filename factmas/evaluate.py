@@ -61,11 +61,22 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch
                  ) -> torch.Tensor:
     """Raw φ of uint8 images [N, H, W, 3] → float32 [N, 3, d] on the CPU (model in eval mode).
 
-    The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer).
+    The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
+    model with a frozen stem runs it (``TwoBranchModel.embed_pixels``).
     """
     from .model import preprocess
-    out = [model.image_branch(preprocess(torch.from_numpy(np.ascontiguousarray(
+    embed = getattr(model, "embed_pixels", model.image_branch)
+    out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(
         images[i:i + batch])).to(device))).float().cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.zeros(0, 3, 1)
+
+
+@torch.no_grad()
+def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int) -> torch.Tensor:
+    """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
+    (``factmas.features.image_inputs``: the feature cache or the pixels)."""
+    out = [model.image_branch(inputs.get(ids[i:i + batch])).float().cpu()
+           for i in range(0, len(ids), batch)]
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
@@ -101,14 +112,17 @@ class Evaluator:
     Args:
         data: the dataset (images in memory).  split: task split name.  cfg: ``EvalConfig``.
         device: where the model runs.
+        inputs: image input source (``factmas.features.image_inputs``, e.g. the feature cache);
+            None: the dataset's pixels through ``embed_images``.
     Raises:
         DatasetError: unknown split.  ValueError: unknown image pool / image split, or no images in
         the evaluated image split.
     """
 
     def __init__(self, data: FactData, split: str, cfg: EvalConfig | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", inputs=None) -> None:
         self.data, self.split, self.cfg = data, split, cfg or EvalConfig()
+        self.inputs = inputs
         self.device = torch.device(device)
         if self.cfg.image_pool not in IMAGE_POOLS:
             raise ValueError(f"eval.image_pool: {self.cfg.image_pool!r}; valid: {list(IMAGE_POOLS)}")
@@ -134,7 +148,10 @@ class Evaluator:
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
-        phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
+        if self.inputs is not None:
+            phi = embed_inputs(model, self.inputs, self.image_ids, cfg.embed_batch)
+        else:
+            phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
         psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
         timing = {"embed_s": time.perf_counter() - t0, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)

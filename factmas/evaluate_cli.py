@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         device = next(model.parameters()).device
         ecfg = dataclasses.replace(cfg.eval, **{k: v for k, v in (
             ("image_pool", args.image_pool), ("image_split", args.image_split)) if v})
-        evaluator = Evaluator(data, cfg.train.split, ecfg, device)
+        from .features import image_inputs
+        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache,
+                              progress=not args.quiet)
+        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs)
         if args.checkpoint:
             metrics = evaluator.evaluate(model)
             print(json.dumps(metrics, indent=2, default=str) if args.json

@@ -121,7 +121,7 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
             out[i]["error"] = str(e)
     for lo in range(0, len(good), batch):
         with torch.no_grad():
-            phi = model.image_branch(preprocess(np.stack(pixels[lo:lo + batch])).to(device)).cpu()
+            phi = model.embed_pixels(preprocess(np.stack(pixels[lo:lo + batch])).to(device)).cpu()
         dist, ids = index.search(phi, k)
         for i, d_row, f_row in zip(good[lo:lo + batch], dist, ids):
             out[i]["facts"] = [

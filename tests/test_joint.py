@@ -14,7 +14,7 @@ from factmas.synthetic import make_synthetic_dataset
 from factmas.train import plan_stages, resume, train
 from factmas.train.checkpoint import last_path, load_checkpoint
 
-TINY_MODEL = {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 
 
 def test_plan_stages_joint_is_one_stage_of_all_tasks():

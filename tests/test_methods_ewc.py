@@ -14,12 +14,12 @@ from factmas.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 VOCAB = 20
-TINY_MODEL = {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(ModelConfig(width=8, embed_dim=8, word_dim=8, fact_hidden=16),
+    return build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8, word_dim=8, fact_hidden=16),
                        vocab_size=VOCAB).double()
 
 

@@ -12,7 +12,7 @@ from factmas.methods import SI, TaskContext, make_method
 from factmas.synthetic import make_synthetic_dataset
 from factmas.train import train
 
-TINY_MODEL = {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 
 
 class Quadratic(nn.Module):

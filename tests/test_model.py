@@ -28,7 +28,7 @@ def _facts(b: int = 6, seed: int = 0):
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(0)
-    return build_model(ModelConfig(embed_dim=8, width=8, word_dim=6, fact_hidden=10, norm_groups=4), VOCAB)
+    return build_model(ModelConfig(backbone="small_cnn", embed_dim=8, width=8, word_dim=6, fact_hidden=10, norm_groups=4), VOCAB)
 
 
 def test_shapes_and_contract(small):
@@ -39,11 +39,12 @@ def test_shapes_and_contract(small):
     assert psi.shape == (5, 3, 8) and psi.dtype == torch.float32
     assert torch.equal(small.image_branch(x), phi)
     assert torch.equal(small.fact_branch(tokens, order), psi)
-    assert build_model(ModelConfig(), VOCAB).image_branch(torch.randn(2, 3, 64, 64)).shape == (2, 3, 64)
+    cnn = build_model(ModelConfig(backbone="small_cnn"), VOCAB)
+    assert cnn.image_stem is None and cnn.image_branch(torch.randn(2, 3, 64, 64)).shape == (2, 3, 64)
 
 
-def test_default_model_uses_only_hooked_layer_types():
-    model = build_model(ModelConfig(), VOCAB)
+def test_small_cnn_uses_only_hooked_layer_types():
+    model = build_model(ModelConfig(backbone="small_cnn"), VOCAB)
     types = {type(m) for m in model.modules() if any(True for _ in m.parameters(recurse=False))}
     assert types <= HOOKED_LAYERS and nn.GroupNorm in types and nn.Embedding in types
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -131,9 +132,9 @@ def test_bad_model_config_is_rejected():
     with pytest.raises(ValueError, match="unknown backbone 'vgg'.*resnet18.*small_cnn"):
         build_model(ModelConfig(backbone="vgg"), VOCAB)
     with pytest.raises(ValueError, match="norm_groups=5"):
-        build_model(ModelConfig(norm_groups=5), VOCAB)
+        build_model(ModelConfig(backbone="small_cnn", norm_groups=5), VOCAB)
     with pytest.raises(ValueError, match="vocab_size"):
-        build_model(ModelConfig(), 1)
+        build_model(ModelConfig(backbone="small_cnn"), 1)
 
 
 def test_resnet18_fork_groupnorm_and_pretrained_weights(tmp_path):

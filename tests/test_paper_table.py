@@ -12,7 +12,7 @@ from factmas.paper_cli import main
 from factmas.paper_table import choose_lambdas, subsample_images
 from factmas.synthetic import make_synthetic_dataset
 
-TINY = {"model": {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
+TINY = {"model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
         "train": {"batch_size": 32}}
 
 

@@ -135,7 +135,7 @@ def test_registry_and_make_method():
 
 def test_mas_on_task_end_uses_task_images_and_facts():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=8, embed_dim=8, word_dim=8, fact_hidden=16), vocab_size=20)
+    model = build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8, word_dim=8, fact_hidden=16), vocab_size=20)
     images = {"train": torch.randn(5, 3, 16, 16), "test": torch.randn(3, 3, 16, 16)}
     tokens = torch.randint(1, 20, (6, 3, 2))
     order = torch.full((6,), 3)

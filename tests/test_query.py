@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("q")
     data_path = make_synthetic_dataset(root / "syn.h5", n_images=40, image_size=24, num_tasks=2)
     cfg = RunConfig(data=str(data_path), out=str(root / "run"),
-                    model=ModelConfig(embed_dim=8, width=8, word_dim=8, fact_hidden=16, norm_groups=4))
+                    model=ModelConfig(backbone="small_cnn", embed_dim=8, width=8, word_dim=8, fact_hidden=16, norm_groups=4))
     cfg.train.split = "random2_seed0"
     prepare_run_dir(cfg.out, cfg, command="test")
     data = read_dataset(data_path, load_images=False)

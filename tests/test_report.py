@@ -140,7 +140,7 @@ def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
 
     data = make_synthetic_dataset(tmp_path / "s.h5", n_images=60, image_size=12, num_tasks=2)
     cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),
-                    model=ModelConfig(embed_dim=4, width=4, word_dim=4, fact_hidden=8, norm_groups=2))
+                    model=ModelConfig(backbone="small_cnn", embed_dim=4, width=4, word_dim=4, fact_hidden=8, norm_groups=2))
     cfg.train.split, cfg.train.method, cfg.train.epochs, cfg.train.batch_size = "random2_seed0", "mas", 1, 16
     train(cfg, progress=False)
     saved = read_results(cfg.out)

@@ -16,7 +16,7 @@ from factmas.train.batches import batch_bounds
 from factmas.train.checkpoint import last_path, load_checkpoint, stage_path
 from factmas.train.cli import main
 
-TINY_MODEL = {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 TIMING = {"seconds", "images_per_s", "task_end_seconds", "stage_seconds", "timing"}
 
 

@@ -6,9 +6,15 @@ image network (the trunk) and splits the upper layers into two heads: one gives 
 wider context). Both backbones here follow that shape; the output is the *raw* embedding [B, 3, d]
 (slot 0 S, 1 P, 2 O); normalization happens in the loss and in retrieval (``factmas.space``).
 
-Only layers with per-sample-independent statistics are used (GroupNorm, no BatchNorm), so that the
-per-sample gradients needed by exact MAS importance are defined. Parametrized layer types of the
-default ``small_cnn``: Conv2d, GroupNorm, Linear.
+Every backbone keeps samples independent, so that the per-sample gradients of exact MAS importance
+are defined: ``small_cnn`` and ``resnet18`` use GroupNorm; the ImageNet-pretrained EfficientNet-Lite
+backbones keep BatchNorm with its frozen ImageNet statistics (``factmas.model.frozen``).
+
+``build_image_branch(cfg)`` returns ``(stem, branch)``: ``stem`` is the frozen lower part of a
+pretrained backbone (pixels → feature map, computed once per image into the feature cache,
+``factmas.features``) or None; ``branch`` maps the stem's output (or the pixels when there is no stem)
+to the raw embedding. Parametrized layer types: ``small_cnn`` Conv2d, GroupNorm, Linear;
+``efficientnet_lite*`` Conv2d (pointwise and depthwise), BatchNorm2d (eval), Linear.
 """
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
+from .frozen import FrozenBatchNormMixin, FrozenStem, Renormalize
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +139,60 @@ def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
             _batchnorm_to_groupnorm(child, groups)
 
 
-BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18": ResNet18Branch}
+class LiteBranch(FrozenBatchNormMixin):
+    """The trainable part of an EfficientNet-Lite image branch, forked as Sherlock's.
+
+    ``trunk``: the stages after the frozen stem up to the last one (shared); each head: a copy of the
+    last stage + the 1×1 head convolution + its BatchNorm/ReLU6 (1,280 channels), then global average
+    pooling and a Linear to d (S) or 2d (P, O). BatchNorm keeps its ImageNet statistics (eval mode).
+
+    Input: the stem's feature map float32 [B, C_k, h, w]; output raw φ float32 [B, 3, d].
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Module, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.heads = ForkHeads(head, copy.deepcopy(head), channels, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.trunk(x))
 
 
-def build_image_branch(cfg: ModelConfig) -> nn.Module:
-    """The image branch named by ``cfg.backbone``. Raises ValueError listing the valid names."""
+def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, LiteBranch]:
+    """EfficientNet-Lite cut after ``cfg.freeze_stages`` of its 7 block stages (stem convolution
+    included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
+
+    Raises:
+        ValueError: ``freeze_stages`` outside 0..6, or weights that cannot be loaded.
+    """
+    net = imagenet_lite(cfg.backbone, cfg.pretrained_path, cfg.pretrained)
+    stages = len(net.blocks)
+    if not 0 <= cfg.freeze_stages < stages:
+        raise ValueError(f"model.freeze_stages: must be in 0..{stages - 1} for {cfg.backbone} (the "
+                         f"last of its {stages} stages forks into the heads), got {cfg.freeze_stages}")
+    k = cfg.freeze_stages
+    stem = FrozenStem(nn.Sequential(Renormalize(IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD),
+                                    net.conv_stem, net.bn1, *net.blocks[:k]))
+    head = nn.Sequential(net.blocks[-1], net.conv_head, net.bn2)
+    branch = LiteBranch(nn.Sequential(*net.blocks[k:-1]), head, net.conv_head.out_channels,
+                        cfg.embed_dim)
+    log.info("image branch: %s (%s), stages 1-%d frozen, %s trainable parameters", cfg.backbone,
+             "ImageNet weights" if cfg.pretrained else "random weights", k,
+             f"{sum(p.numel() for p in branch.parameters()):,}")
+    return stem, branch.train(False)
+
+
+BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18": ResNet18Branch,
+             **{name: build_lite for name in LITE_MODELS}}
+
+
+def build_image_branch(cfg: ModelConfig) -> tuple[FrozenStem | None, nn.Module]:
+    """(frozen stem or None, trainable branch) of the backbone named by ``cfg.backbone``.
+
+    Raises:
+        ValueError: an unknown backbone (the message lists the valid names) or bad weights.
+    """
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
-    return BACKBONES[cfg.backbone](cfg)
+    built = BACKBONES[cfg.backbone](cfg)
+    return built if isinstance(built, tuple) else (None, built)

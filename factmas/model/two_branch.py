@@ -10,7 +10,12 @@ from .image_branch import build_image_branch
 
 
 class TwoBranchModel(nn.Module):
-    """``image_branch`` (pixels → φ) and ``fact_branch`` (words → ψ), both raw float32 [B, 3, d].
+    """``image_branch`` (image input → φ) and ``fact_branch`` (words → ψ), both raw float32 [B, 3, d].
+
+    The *image input* of ``image_branch`` is the output of ``image_stem`` — the frozen lower stages of
+    a pretrained backbone, float32 [B, C, h, w], read from the feature cache for dataset images — or,
+    for backbones without a stem (``image_stem`` is None), the ``preprocess``-ed pixels.
+    ``embed_pixels`` goes from pixels to φ in either case (e.g. for a user's photo).
 
     Args:
         cfg: the model configuration (backbone, embed_dim d, widths, norm groups).
@@ -20,12 +25,21 @@ class TwoBranchModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.image_branch = build_image_branch(cfg)
+        self.image_stem, self.image_branch = build_image_branch(cfg)
         self.fact_branch = FactBranch(cfg, vocab_size)
+
+    def image_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``preprocess``-ed pixels float32 [B, 3, H, W] → the image branch's input (no gradient
+        through a stem)."""
+        return pixels if self.image_stem is None else self.image_stem(pixels)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``preprocess``-ed pixels float32 [B, 3, H, W] → raw φ float32 [B, 3, d]."""
+        return self.image_branch(self.image_input(pixels))
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor,
                 order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images float32 [B, 3, H, W] (``preprocess`` output), tokens int [B', 3, L], order int [B']
+        """images: the image input (class docstring), tokens int [B', 3, L], order int [B']
         → (φ float32 [B, 3, d], ψ float32 [B', 3, d]), both raw (not normalized)."""
         return self.image_branch(images), self.fact_branch(tokens, order)
 

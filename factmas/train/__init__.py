@@ -78,6 +78,10 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
     if tc.threads is not None and tc.threads < 1:
         raise UsageError(f"train.threads must be >= 1 or null, got {tc.threads}")
+    if tc.augment_shift and cfg.model.backbone not in ("small_cnn", "resnet18"):
+        raise UsageError(f"train.augment_shift = {tc.augment_shift}: pixel shifts apply to pixel-input "
+                         f"backbones (small_cnn, resnet18) only; {cfg.model.backbone} reads a cached "
+                         "feature map (use 0; flips still apply)")
     for key in ("epochs", "batch_size", "aux_batch_size"):
         if getattr(tc, key) < 1:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
@@ -95,14 +99,16 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
+    from ..features import image_inputs
     model = build_model(cfg.model, len(data.vocab))
     method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
+    inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     evaluator = None
     if cfg.eval.enabled:
         from ..evaluate import Evaluator
-        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device)
+        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs)
     trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, num_tasks, evaluator,
-                               progress=progress)
+                               progress=progress, inputs=inputs)
     return trainer, plan_stages(cfg.train.method, num_tasks)
 
 

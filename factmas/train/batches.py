@@ -2,7 +2,9 @@
 
 A *pair batch* is B (image, fact) training pairs of the task being learned::
 
-    images    float32 [B, 3, H, W]  ``factmas.model.preprocess`` of the pair's image
+    images    float32 [B, ...]      the image branch's input for the pair's image
+                                    (``factmas.features``: preprocessed pixels [B, 3, H, W], or the
+                                    frozen stem's cached feature map [B, C, h, w])
     tokens    int64   [B, 3, L]     word ids of the pair's fact (0 = pad)
     order     int64   [B]           fact order 1, 2 or 3
     positive  bool    [B, B]        positive[i, j]: fact j is true for image i (any pair of the
@@ -24,11 +26,6 @@ from ..dataset import SPLIT_NAMES, FactData
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
-
-
-def _preprocess(images_uint8: np.ndarray) -> torch.Tensor:
-    from ..model import preprocess   # imported late: the model package is a separate part
-    return preprocess(images_uint8)
 
 
 def make_rng(seed: int, stage: int, epoch: int, purpose: int = PURPOSE_TRAIN) -> np.random.Generator:
@@ -87,35 +84,37 @@ class Batcher:
 
     Args:
         data: the dataset (``images`` uint8 [N, H, W, 3] in memory).
-        device: where the tensors are put. On a GPU the uint8 images, tokens and orders are copied
-            to the device once, and batches are gathered and preprocessed there (no per-step
+        device: where the tensors are put. On a GPU the uint8 images (or the feature cache), tokens
+            and orders are copied to the device once, and batches are gathered there (no per-step
             host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
+        inputs: the image input source (``factmas.features.image_inputs``); default: pixels.
     """
 
-    def __init__(self, data: FactData, device: torch.device | str = "cpu") -> None:
+    def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None) -> None:
+        from ..features import PixelInputs
         self.data = data
         self.device = torch.device(device)
+        self.inputs = inputs if inputs is not None else PixelInputs(data, self.device)
         self.index = PairIndex(data.pairs, data.num_facts)
         self.tokens = self._to(torch.from_numpy(data.tokens.astype(np.int64)))
         self.order = self._to(torch.from_numpy(data.order.astype(np.int64)))
-        self.pixels = None if self.device.type == "cpu" else self._to(torch.from_numpy(data.images))
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device.type == "cpu" else t.to(self.device)
 
-    def images(self, idx: np.ndarray) -> torch.Tensor:
-        """float32 [B, 3, H, W] preprocessed images of dataset rows ``idx`` on the device."""
-        if self.pixels is None:
-            return _preprocess(self.data.images[np.asarray(idx)])
-        return _preprocess(self.pixels[self._to(torch.as_tensor(np.asarray(idx, np.int64)))])
+    def images(self, idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        """float32 [B, ...] image inputs of dataset rows ``idx`` on the device (``flip``: bool [B],
+        mirrored left-right where True)."""
+        return self.inputs.get(np.asarray(idx, np.int64), flip)
 
-    def pair_batch(self, pairs: np.ndarray) -> dict:
-        """The batch dict (module docstring) of ``pairs`` int [B, 2] (image, fact)."""
+    def pair_batch(self, pairs: np.ndarray, flip: np.ndarray | None = None) -> dict:
+        """The batch dict (module docstring) of ``pairs`` int [B, 2] (image, fact); ``flip`` bool [B]
+        mirrors the chosen images."""
         img, fact = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
         f = torch.from_numpy(fact)
         fd = self._to(f)
         return {
-            "images": self.images(img),
+            "images": self.images(img, flip),
             "tokens": self.tokens[fd],
             "order": self.order[fd],
             "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, fact))),
@@ -124,17 +123,23 @@ class Batcher:
         }
 
     def pair_batches(self, pairs: np.ndarray, batch_size: int,
-                     rng: np.random.Generator | None = None) -> Iterator[dict]:
+                     rng: np.random.Generator | None = None, flip: bool = False) -> Iterator[dict]:
         """Batches of ``pairs`` int [P, 2], shuffled by ``rng`` (None: in the given order).
 
-        The last batch may be smaller than ``batch_size``; a final batch of one pair is merged into
-        the batch before it (a contrastive term needs at least two candidates).
+        ``flip``: each image mirrored with probability 1/2, drawn from ``rng`` after the permutation
+        (the augmentation of models whose input is a cached stem output; pixel models are augmented
+        by ``factmas.train.augment`` instead). The last batch may be smaller than ``batch_size``; a
+        final batch of one pair is merged into the batch before it (a contrastive term needs at
+        least two candidates).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if flip and rng is None:
+            raise ValueError("pair_batches: flip needs an rng")
         order = rng.permutation(len(pairs)) if rng is not None else np.arange(len(pairs))
+        flips = rng.random(len(pairs)) < 0.5 if flip else None
         for lo, hi in batch_bounds(len(pairs), batch_size):
-            yield self.pair_batch(pairs[order[lo:hi]])
+            yield self.pair_batch(pairs[order[lo:hi]], None if flips is None else flips[lo:hi])
 
     def image_batches(self, image_idx: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         """float32 [B, 3, H, W] batches of the images ``image_idx``, in order."""

@@ -131,16 +131,18 @@ class ContinualTrainer:
         method: a ``factmas.methods`` method.  device: where training happens.
         evaluator: a ``factmas.evaluate.Evaluator`` or None (validation loss only).
         num_tasks: k, the number of tasks of ``cfg.train.split``.  progress: show tqdm bars.
+        inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
 
     def __init__(self, cfg: RunConfig, data: FactData, run_dir: str | Path, model: nn.Module,
                  method: Method, device: torch.device, num_tasks: int, evaluator: Any = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, inputs: Any = None) -> None:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model, self.method, self.device = model.to(device), method, device
         self.num_tasks = num_tasks
         self.progress = progress
-        self.batcher = Batcher(data, device)
+        self.batcher = Batcher(data, device, inputs)
+        self.pixel_input = getattr(model, "image_stem", None) is None
         self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
         self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
@@ -272,8 +274,9 @@ class ContinualTrainer:
                    desc=f"{name} epoch {epoch + 1}/{tc.epochs}",
                    disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
-            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng), 1):
-                if tc.augment_shift or tc.augment_flip:
+            flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
+            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
+                if self.pixel_input and (tc.augment_shift or tc.augment_flip):
                     batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip)
                 value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
                 if not math.isfinite(value):

@@ -1,0 +1,116 @@
+"""The feature cache of a pretrained backbone's frozen stem: equal to the live stem, mirrored images,
+fingerprinted (reused while pixels and weights are unchanged, rebuilt otherwise), written atomically,
+and a MAS run on the default backbone that trains, evaluates and resumes through it."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import factmas.features as features
+from factmas.config import ModelConfig, RunConfig
+from factmas.dataset import read_dataset
+from factmas.features import CachedInputs, PixelInputs, cache_file, image_inputs, load_or_build
+from factmas.model import build_model, preprocess
+from factmas.synthetic import make_synthetic_dataset
+from factmas.train import resume, train
+
+LITE = {"backbone": "efficientnet_lite0", "embed_dim": 8, "word_dim": 8, "fact_hidden": 16,
+        "freeze_stages": 5}
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=32, num_tasks=2)
+    return read_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**LITE), 50).eval()
+
+
+def test_cache_equals_the_live_stem_for_both_orientations(data, model):
+    feats = load_or_build(model, data, progress=False)
+    assert feats.dtype == np.float16 and feats.shape == (40, 2, 112, 2, 2)
+    ids = np.array([3, 0, 17])
+    flip = np.array([False, True, True])
+    cached = CachedInputs(feats).get(ids, flip)
+    live = PixelInputs(data, stem=model.image_stem).get(ids, flip)
+    assert torch.equal(cached, live)
+    by_hand = model.image_stem(preprocess(data.images[ids[1:2]]).flip(-1))
+    assert torch.equal(cached[1:2], by_hand)
+
+
+def test_cache_is_reused_and_rebuilt_when_pixels_or_weights_change(data, model, monkeypatch):
+    first = cache_file(data, model)
+    load_or_build(model, data, progress=False)
+    calls = []
+    real = features.compute_features
+    monkeypatch.setattr(features, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    load_or_build(model, data, progress=False)
+    assert calls == []                                           # reused
+    data.images[5, 0, 0, 0] ^= 1                                 # one pixel changes
+    assert cache_file(data, model) != first
+    load_or_build(model, data, progress=False)
+    assert calls == [1]
+    other = build_model(ModelConfig(**{**LITE, "pretrained": False}), 50)
+    assert cache_file(data, other) != cache_file(data, model)    # other weights, other file
+    assert not list(first.parent.glob(".*.tmp"))                 # nothing half-written left
+
+
+def test_unreadable_cache_names_the_file(data, model):
+    path = cache_file(data, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match=f"{path.name}: unreadable feature cache"):
+        load_or_build(model, data, progress=False)
+    np.save(path, np.zeros((3, 2, 1), np.float16))
+    with pytest.raises(ValueError, match="expected \\[40, 2, ...\\] float16; delete it to rebuild"):
+        load_or_build(model, data, progress=False)
+
+
+def test_pixel_models_read_pixels(data):
+    cnn = build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8), 50)
+    inputs = image_inputs(cnn, data)
+    assert isinstance(inputs, PixelInputs)
+    assert torch.equal(inputs.get(np.array([1, 2])), preprocess(data.images[[1, 2]]))
+
+
+def _cfg(path, out, **train):
+    t = {"split": "random2_seed0", "method": "mas", "epochs": 1, "batch_size": 16, **train}
+    return RunConfig.from_dict({"data": str(path), "out": str(out), "model": LITE, "train": t,
+                                "eval": {"embed_batch": 16}})
+
+
+def test_mas_run_on_the_default_backbone_trains_evaluates_and_resumes(tmp_path):
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=48, image_size=32, num_tasks=2)
+    full = train(_cfg(path, tmp_path / "full", threads=1), progress=False)
+    assert len(full.history) == 3 and full.completed_tasks == [0, 1]
+    assert len(list((tmp_path / "syn.h5.features").glob("*.npy"))) == 1
+    ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    omega = [k for k in ckpt["method"] if k.startswith("omega.")]
+    assert omega and not any(k.startswith("omega.image_stem.") for k in omega)
+    assert any(k.startswith("omega.image_branch.trunk.") for k in omega)
+    stem_keys = [k for k in ckpt["model"] if k.startswith("image_stem.")]
+    assert stem_keys                                              # the checkpoint is self-contained
+    part = train(_cfg(path, tmp_path / "part", threads=1), progress=False, limit_tasks=1)
+    assert len(part.history) == 2
+    resumed = resume(tmp_path / "part", progress=False)
+    last = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)
+    for k, v in ckpt["model"].items():
+        assert torch.equal(last["model"][k], v), k
+    strip = lambda row: {k: v for k, v in row["retrieval"].items() if k != "timing"}  # noqa: E731
+    assert strip(resumed.history[-1]) == strip(full.history[-1])
+
+
+def test_pixel_shifts_are_refused_for_a_cached_backbone(tmp_path):
+    from factmas.train import UsageError
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=24, image_size=32, num_tasks=2)
+    with pytest.raises(UsageError, match="augment_shift = 4.*pixel-input backbones"):
+        train(_cfg(path, tmp_path / "run", augment_shift=4), progress=False)
+    assert not (tmp_path / "run").exists()
+    with h5py.File(path) as h:
+        assert h["images"].shape[1] == 32
