@@ -78,6 +78,29 @@ def collect(runs: list[Path], metric: str) -> tuple[list[dict], int]:
     return list(groups.values()), num_tasks
 
 
+def reference_groups(runs: list[Path], metric: str) -> list[dict]:
+    """Rows for the references of the first run that has them (``factmas.baselines``): the untrained
+    model (the run's "initial" row) and the image-frequency ranking; T1..Tk and "all" only."""
+    for run in runs:
+        res = read_results(run)
+        e, freq = res["metrics"].get(metric, {}), (res.get("baselines") or {}).get("frequency")
+        if e.get("initial") is None and freq is None:
+            continue
+        split = (res.get("run") or {}).get("split") or res.get("split", "")
+        out = []
+        for label, final, final_all in (
+                ("untrained model", e.get("initial"), e.get("initial_all")),
+                ("image-frequency ranking", (freq or {}).get(metric, {}).get("final"),
+                 (freq or {}).get(metric, {}).get("final_all"))):
+            if final is None:
+                continue
+            values = {f"T{j + 1}": [np.nan if v is None else float(v)] for j, v in enumerate(final)}
+            values["all"] = [np.nan if final_all is None else float(final_all)]
+            out.append({"method": label, "split": split, "seeds": ["–"], "values": values})
+        return out
+    return []
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """(mean, sample std with ddof=1) over the finite values; NaN where undefined."""
     v = np.array([x for x in values if np.isfinite(x)], dtype=float)
@@ -138,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        groups, num_tasks = collect(find_runs(args.runs), args.metric)
+        runs = find_runs(args.runs)
+        groups, num_tasks = collect(runs, args.metric)
+        groups += reference_groups(runs, args.metric)
     except ValueError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2

@@ -71,6 +71,18 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
+def mean_pairwise_cosine(phi: torch.Tensor) -> float:
+    """Mean over slots s and image pairs i ≠ j of cos(φ_is, φ_js) — 1.0 for a collapsed embedding,
+    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here);
+    Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
+    n = phi.shape[0]
+    if n < 2:
+        return float("nan")
+    u = torch.nn.functional.normalize(phi.double(), dim=-1)             # [N, 3, d]
+    total = u.sum(0).square().sum(-1) - n                                # [3]
+    return float((total / (n * (n - 1))).mean())
+
+
 @torch.no_grad()
 def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int) -> torch.Tensor:
     """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
@@ -141,6 +153,7 @@ class Evaluator:
         self.task_images = [np.intersect1d(self.image_ids, pool_pairs[
             self.task_of_fact[pool_pairs[:, 1]] == t, 0]) for t in range(self.num_tasks)]
         self.rows: dict[Any, dict] = {}
+        self._baselines: dict | None = None          # factmas.baselines, computed once when written
 
     # ---- measuring --------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
@@ -153,7 +166,14 @@ class Evaluator:
         else:
             phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
         psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
-        timing = {"embed_s": time.perf_counter() - t0, "search_s": 0.0, "metrics_s": 0.0}
+        return self.evaluate_embeddings(phi, psi, time.perf_counter() - t0)
+
+    def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0) -> dict:
+        """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
+        (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
+        ``factmas.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
+        cfg, data = self.cfg, self.data
+        timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
         ap, ap_k = self._fact_to_image(phi, psi, order, timing)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
@@ -170,6 +190,7 @@ class Evaluator:
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
         out["counts"], out["timing"] = counts, timing
+        out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
         log.info("evaluation: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
                  HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
                  timing["metrics_s"])
@@ -247,10 +268,13 @@ class Evaluator:
 
     def results(self, run_name: str = "") -> dict:
         """The results.json content of the rows recorded so far (``factmas.report.build_results``)."""
+        from .baselines import frequency_baseline
         from .report import build_results
+        if self._baselines is None:
+            self._baselines = {"frequency": frequency_baseline(self)}
         return build_results(self.rows, self.num_tasks, run_name=run_name, split=self.split,
                              image_pool=self.cfg.image_pool, ap_k=self.cfg.ap_k,
-                             image_split=self.cfg.image_split)
+                             image_split=self.cfg.image_split, baselines=self._baselines)
 
     def write(self, run_dir: str | Path, run_name: str | None = None) -> list[Path]:
         """Write results.json, results.md and the PNG plots into ``run_dir``; returns their paths."""

@@ -96,8 +96,10 @@ def summarize(R: np.ndarray, b: np.ndarray | None) -> dict:
 
 def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "",
                   image_pool: str = "all", ap_k: int = 100, image_split: str = "test",
-                  run: dict | None = None) -> dict:
-    """results.json content (module docstring) from rows {"initial" | stage: metrics dict}."""
+                  run: dict | None = None, baselines: dict | None = None) -> dict:
+    """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
+    ``baselines`` {name: metrics dict} (``factmas.baselines``) become ``res["baselines"][name][metric]
+    = {"final": per-task values, "final_all": value}``."""
     from .evaluate import HEADLINE, METRICS
     stages = sorted(k for k in rows if k != "initial")
     init = rows.get("initial")
@@ -108,6 +110,10 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
         "stages": stages, "metrics": {}, "counts": rows[stages[-1]].get("counts", {}) if stages else {},
         "timing": {("initial" if k == "initial" else f"task{k}"): rows[k].get("timing", {})
                    for k in (["initial"] if init else []) + stages},
+        # mean pairwise cosine of the pool images' embeddings (1 = collapsed), per row
+        "embedding_mean_cosine": {("initial" if k == "initial" else f"task{k}"):
+                                  _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
+                                  for k in (["initial"] if init else []) + stages},
     }
     for m in METRICS:
         R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
@@ -121,6 +127,10 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                  "final_all": _clean(rows[stages[-1]][m].get("all", np.nan)) if stages else None}
         entry.update(summarize(R, b))
         res["metrics"][m] = entry
+    res["baselines"] = {
+        name: {m: {"final": [_clean(_num(met[m].get(j))) for j in range(num_tasks)],
+                   "final_all": _clean(_num(met[m].get("all")))} for m in METRICS}
+        for name, met in (baselines or {}).items()}
     return res
 
 
@@ -187,6 +197,10 @@ def results_markdown(res: dict) -> str:
     out.append(markdown_table(["metric"] + summary_cols,
                               [[LABELS[m].replace("@k", f"@{res['ap_k']}")] + final_row(e2)
                                for m, e2 in res["metrics"].items()]))
+    cos = {k: v for k, v in res.get("embedding_mean_cosine", {}).items() if v is not None}
+    if cos:
+        out += ["", "Mean pairwise cosine of the evaluated images' embeddings (each slot L2-normalized; "
+                "1 = collapsed): " + ", ".join(f"{k} {v:.3f}" for k, v in cos.items()) + "."]
     t = res["timing"]
     if t:
         last = t[list(t)[-1]]

@@ -34,6 +34,8 @@ log = logging.getLogger("factmas.train")
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
                  "omega_data": "omega_data", "threads": "threads"}
+# command-line option -> field of RunConfig.model
+MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "train+test")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
                                                "shared with other jobs, 1 can be much faster)")
+    p.add_argument("--backbone", help="image backbone: efficientnet_lite0 (default, ImageNet), "
+                                      "efficientnet_lite1/2, small_cnn or resnet18")
+    p.add_argument("--freeze-stages", type=int, help="EfficientNet-Lite block stages kept frozen and "
+                                                     "read from the feature cache (default 5)")
     p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
     p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
@@ -79,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, opt)
         if value is not None:
             setattr(cfg.train, key, value)
+    for opt, key in MODEL_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            setattr(cfg.model, key, value)
     if not cfg.data or not cfg.out:
         raise UsageError("--data FILE.h5 and --out RUN_DIR are required (or --resume RUN_DIR)")
     cfg.data = str(Path(cfg.data).resolve())
