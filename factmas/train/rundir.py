@@ -92,19 +92,37 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
-    """Sizes and a SHA-256 of what training depends on besides pixels: image ids and image split,
-    the fact table, vocabulary, pairs and the task split ``split``.
+    """Sizes and SHA-256s of what training depends on.
+
+    ``sha256``: image ids and image split, the fact table, vocabulary, pairs and the task split
+    ``split``. ``pixels_sha256`` (when the images are loaded): the CRC-32 of every image computed from
+    the pixels in memory, so a dataset whose pixels changed gets another fingerprint.
 
     A resumed run compares it with the run's record, so that a dataset rebuilt since (other facts,
-    another vocabulary) is refused with a clear message instead of a shape error deep in torch.
+    another vocabulary, other pixels) is refused with a clear message instead of a shape error deep in
+    torch or a silently different result.
     """
+    from ..dataset_schema import image_checksums
     h = hashlib.sha256()
     for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
         h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
     for arr in (data.image_split, data.order, data.tokens, data.pairs, data.task_of_facts(split)):
         h.update(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
-    return {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
-            "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+    out = {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
+           "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+    if len(data.images) == len(data.image_ids):
+        crc = image_checksums(data.images)
+        out["pixels_sha256"] = hashlib.sha256(crc.astype("<u4").tobytes()).hexdigest()
+    return out
+
+
+def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when two data fingerprints agree on everything both of them record (a run recorded before
+    fingerprints covered pixels is compared without them)."""
+    if old.get("sha256") != new.get("sha256"):
+        return False
+    return not (old.get("pixels_sha256") and new.get("pixels_sha256")
+                and old["pixels_sha256"] != new["pixels_sha256"])
 
 
 def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path) -> None:
@@ -116,9 +134,12 @@ def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir:
     if not old.get("sha256"):
         return
     new = data_fingerprint(data, split)
-    if new["sha256"] != old["sha256"]:
+    if not same_fingerprint(old, new):
         diff = ", ".join(f"{k} {old.get(k)} → {new[k]}" for k in ("images", "facts", "pairs", "vocab")
-                         if old.get(k) != new[k]) or "same sizes, other content"
+                         if old.get(k) != new[k])
+        if not diff:
+            diff = ("same sizes, other pixels" if old["sha256"] == new["sha256"]
+                    else "same sizes, other content")
         raise RunDirError(f"{data.path}: not the dataset run {run_dir} was trained on ({diff}); "
                           "resume with the original file (config.json's data_provenance says how "
                           "it was built) or start a new run")
