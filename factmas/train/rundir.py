@@ -35,24 +35,42 @@ class RunDirError(RuntimeError):
     overwrite was requested, or it is not a factmas run directory when resuming)."""
 
 
+# what a run writes into its directory; --overwrite removes all of it before anything new is written
+ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME)
+EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     data_provenance: dict | None = None, data_fingerprint: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
+    The caller holds the directory's lock (``factmas.train.lock.RunLock``).
+
     Raises:
-        RunDirError: ``run_dir`` already holds checkpoints and ``overwrite`` is False.
-    With ``overwrite``, the old checkpoints and ``metrics.jsonl`` are deleted first.
+        RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
+            ``overwrite`` is False.
+    With ``overwrite``, the old run's artefacts (results.json, results.md, plots, metrics.jsonl,
+    ``evaluations/``, checkpoints, config.json) are deleted first, so that a new run killed early
+    never sits beside the old run's results.
     """
+    import shutil
     run_dir = Path(run_dir)
-    if has_checkpoints(run_dir) and not overwrite:
-        raise RunDirError(f"{run_dir} holds the checkpoints of a run; continue it with "
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; --out must be a directory")
+    held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
+    if held and not overwrite:
+        raise RunDirError(f"{run_dir} holds a run; continue it with "
                           f"`factmas train --resume {run_dir}` or start over with --overwrite")
     if overwrite:
-        for p in list(checkpoint_dir(run_dir).glob("*.pt")) + [run_dir / METRICS_NAME]:
+        old = [run_dir / n for n in ARTEFACTS] + sorted(checkpoint_dir(run_dir).glob("*.pt"))
+        for p in old + [run_dir / CONFIG_NAME]:
             if p.is_file():
                 log.info("overwrite: removing %s", p)
                 p.unlink()
+        if (run_dir / EVALUATIONS).is_dir():
+            log.info("overwrite: removing %s", run_dir / EVALUATIONS)
+            shutil.rmtree(run_dir / EVALUATIONS)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "config": cfg.to_dict(),
