@@ -71,6 +71,10 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
     if a.image_size < 1 or a.min_images < 1 or a.num_tasks < 1 or not 0 < a.max_image_frac <= 1:
         raise BuildError("need --image-size >= 1, --min-images >= 1, --num-tasks >= 1 and "
                          "0 < --max-image-frac <= 1")
+    if any(s < 0 for s in seeds) or a.seed < 0:
+        raise BuildError(f"--split-seeds and --seed must be >= 0, got {a.split_seeds!r} and {a.seed}")
+    if Path(a.out).is_dir():
+        raise BuildError(f"--out {a.out}: is a directory; expected the path of an .h5 file")
     if not seeds and a.no_semantic:
         raise BuildError("no split requested: give --split-seeds or drop --no-semantic")
     return BuildOptions(image_size=a.image_size, min_images=a.min_images, max_image_frac=a.max_image_frac,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .build import BuildError, add_common_args, assemble, options_from_args, print_report
 from .images import StrictImageError, load_images
+from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
 ENV = "FACTMAS_FLICKR8K"
@@ -38,7 +39,7 @@ def read_captions(path: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise CaptionsError(f"{path}: captions file not found")
     out: dict[str, list[str]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
+    with open_utf8(path, CaptionsError) as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -80,6 +81,8 @@ def build(args: argparse.Namespace):
     opts = options_from_args(args)
     if args.limit_images is not None and args.limit_images < 1:
         raise BuildError(f"--limit-images must be >= 1, got {args.limit_images}")
+    if args.batch_size < 1:
+        raise BuildError(f"--batch-size must be >= 1, got {args.batch_size}")
     images_dir, captions_path = resolve_paths(args.images, args.captions)
     if not images_dir.is_dir():
         raise BuildError(f"{images_dir}: images folder not found")
@@ -139,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, CaptionsError, StrictImageError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:              # e.g. --out in a folder that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:         # the HDF5 write holds Ctrl-C back, then removes its temp file
+        print(f"interrupted: nothing written to {args.out}", file=sys.stderr)
+        return 130
     print_report(report)
     t = report.counts["timings"]
     print(f"decoded {t['images_per_second']:.0f} images/s; parsed {t['captions_parsed']} captions in "

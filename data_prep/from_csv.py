@@ -23,6 +23,7 @@ from factmas.dataset import MAX_SLOT_WORDS
 
 from .build import BuildError, add_common_args, assemble, options_from_args, print_report
 from .images import StrictImageError, load_images
+from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def read_annotations(path: str | Path) -> list[tuple[str, tuple[str, str, str], 
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation file not found")
     rows = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    with open_utf8(path, AnnotationError) as fh:
         if path.suffix.lower() == ".jsonl":
             for line, text in enumerate(fh, start=1):
                 if not text.strip():
@@ -163,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, AnnotationError, StrictImageError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:              # e.g. --out in a folder that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:         # the HDF5 write holds Ctrl-C back, then removes its temp file
+        print(f"interrupted: nothing written to {args.out}", file=sys.stderr)
+        return 130
     print_report(report)
     return 0
 

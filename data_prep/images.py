@@ -1,8 +1,8 @@
 """Image files → uint8 RGB arrays of one size, with a reason for every file that cannot be used.
 
-Every image is converted to RGB (grayscale, CMYK, palette and alpha images included; the alpha channel
-is dropped, as ``factmas.model.load_image_file`` does at query time) and resized to ``size`` × ``size``
-with bicubic resampling (no crop), so dataset images and query images are prepared the same way.
+Every image goes through ``factmas.imageio.load_image``, the one loader of factmas (query time uses it
+too): pixel limit, EXIF orientation, RGB conversion of any mode (16-bit grayscale scaled by
+255/65535, alpha dropped), bicubic resize to ``size`` × ``size`` (no crop).
 """
 from __future__ import annotations
 
@@ -26,49 +26,20 @@ class StrictImageError(ValueError):
 
 
 def load_rgb(path: str | Path, size: int) -> np.ndarray:
-    """Read one image file as uint8 [size, size, 3] RGB.
+    """Read one image file as uint8 [size, size, 3] RGB with ``factmas.imageio.load_image`` (the loader
+    queries use too).
 
     Raises:
-        ImageSkip: the file is missing, unreadable, truncated or not an image (reason in the message).
+        ImageSkip: the file is missing, unreadable, truncated, not an image or too large (the reason
+            is the message).
         ValueError: ``size`` < 1.
     """
-    from PIL import Image, UnidentifiedImageError
+    from factmas.imageio import ImageError, load_image
 
-    if size < 1:
-        raise ValueError(f"image size must be >= 1, got {size}")
-    p = Path(path)
-    if not p.exists():
-        raise ImageSkip("missing file")
-    if not p.is_file():
-        raise ImageSkip("not a regular file")
     try:
-        with Image.open(p) as im:
-            im.load()  # decodes fully: a truncated file raises here
-            rgb = _to_rgb(im)
-    except UnidentifiedImageError:
-        raise ImageSkip("not an image (unidentified format)") from None
-    except PermissionError as e:
-        raise ImageSkip(f"unreadable: {e.strerror}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        msg = str(e) or type(e).__name__
-        raise ImageSkip(("truncated: " if "truncated" in msg else "corrupt: ") + msg) from None
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8).copy()
-
-
-def _to_rgb(im):
-    """Any PIL mode → RGB: 16/32-bit grayscale is rescaled to 8 bits, palette-with-transparency and
-    alpha modes go through RGBA, and the alpha channel is dropped."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        return Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
+        return load_image(path, size)
+    except ImageError as e:
+        raise ImageSkip(e.reason) from None
 
 
 @dataclass

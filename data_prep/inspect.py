@@ -1,6 +1,11 @@
 """Print the summary of a factmas HDF5 file: images, facts by order, pairs, splits and per-task counts.
 
-    python -m data_prep.inspect FILE.h5 [--facts N]
+    python -m data_prep.inspect FILE.h5 [--facts N] [--verify]
+
+The whole file is validated first (``factmas.dataset_schema``: keys, dtypes, shapes, id ranges,
+tasks); an inconsistent file is an error (exit 2) naming the key, never a summary of false counts.
+``--verify`` also reads every image and compares it with its stored CRC-32 checksum (exit 2 naming
+the images that differ).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def summary(data: FactData, top_facts: int = 10) -> str:
     """The text printed by ``python -m data_prep.inspect``."""
     lines = []
     n = len(data.image_ids)
-    h = data.images.shape[1] if data.images.ndim == 4 and len(data.images) else "?"
+    h = data.images.shape[1] if data.images.ndim == 4 else "?"
     split_n = {name: int((data.image_split == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     lines.append(f"file: {data.path}")
     lines.append(f"images: {n} ({h}x{h} RGB); " + ", ".join(f"{k} {v}" for k, v in split_n.items()))
@@ -76,13 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.inspect", description=__doc__.split("\n")[0])
     p.add_argument("path", help="factmas .h5 file")
     p.add_argument("--facts", type=int, default=10, help="how many of the most frequent facts to list (10)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every image and check it against its stored checksum")
     a = p.parse_args(argv)
+    if a.facts < 0:
+        print(f"error: --facts must be >= 0, got {a.facts}", file=sys.stderr)
+        return 2
     try:
-        data = read_dataset(a.path)
+        data = read_dataset(a.path, load_images=a.verify, verify=a.verify)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(data, a.facts))
+    if a.verify:
+        print(f"checksums: {len(data.image_ids)} images match their stored CRC-32" if
+              data.image_crc32 is not None else
+              "checksums: none stored (file built before image checksums); pixels not verified")
     return 0
 
 

@@ -3,6 +3,7 @@
 Usage::
 
     python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric fact_to_image_map] [--out PREFIX]
+                           [--allow-mixed]
 
 Each RUN_DIR holds a results.json (``factmas.report``); a folder without one is searched one level
 down for run directories. Runs are grouped by (method, λ, split) from results.json's "run" record
@@ -10,6 +11,11 @@ down for run directories. Runs are grouped by (method, λ, split) from results.j
 group: the final value of each task T1..Tk, over all facts, the average over tasks, forgetting, BWT
 and FWT of the chosen metric, as mean ± sample standard deviation (ddof = 1; "–" for one seed), in %.
 Markdown goes to stdout (and PREFIX.md); CSV (mean and std columns, unrounded fractions) to PREFIX.csv.
+
+Only like is compared with like: runs that differ in dataset (the data fingerprint of their
+config.json), task split or image split (test/val), or that did not finish every stage, are refused
+with the reason and each run's value (``check_comparable``, exit 2). ``--allow-mixed`` compares them
+on purpose; image splits are then still kept in separate rows, never averaged together.
 """
 from __future__ import annotations
 
@@ -45,6 +51,41 @@ def find_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
+def identity(run: Path, res: dict) -> dict:
+    """What must agree between compared runs: dataset fingerprint, split, image split, completion.
+
+    The fingerprint comes from results.json's "run" record, else from RUN_DIR/config.json; None
+    when neither has one (runs recorded before fingerprints).
+    """
+    from .report import is_complete, read_run_meta
+    meta = res.get("run") or {}
+    if not meta.get("data_sha256"):
+        meta = {**read_run_meta(run), **{k: v for k, v in meta.items() if v is not None}}
+    data = meta.get("data_sha256")
+    if data and meta.get("pixels_sha256"):
+        data = f"{data[:12]}/{meta['pixels_sha256'][:12]}"
+    return {"dataset": data[:12] if data and "/" not in data else data,
+            "split": meta.get("split") or res.get("split"),
+            "image split": res.get("image_split", "test"), "complete": is_complete(res)}
+
+
+def check_comparable(runs: list[Path], results: list[dict]) -> None:
+    """Raise ValueError naming the first property the runs differ in (with each run's value), or an
+    unfinished run."""
+    ids = [identity(r, res) for r, res in zip(runs, results)]
+    for key in ("dataset", "split", "image split"):
+        values = {i[key] for i in ids}
+        if len(values) > 1:
+            each = "; ".join(f"{r}: {i[key]}" for r, i in zip(runs, ids))
+            raise ValueError(f"the runs differ in {key} ({each}); compare like with like, or pass "
+                             "--allow-mixed to compare them on purpose")
+    unfinished = [str(r) for r, i in zip(runs, ids) if not i["complete"]]
+    if unfinished:
+        raise ValueError(f"unfinished run(s) {', '.join(unfinished)}: not every stage is in their "
+                         "results.json (finish them with factmas train --resume), or pass "
+                         "--allow-mixed to compare them on purpose")
+
+
 def group_label(res: dict) -> tuple[str, str]:
     """(method label, split) of a results.json: "mas λ=1" or "finetune"; the run name without a method."""
     run = res.get("run") or {}
@@ -54,17 +95,26 @@ def group_label(res: dict) -> tuple[str, str]:
     return label, run.get("split") or res.get("split", "")
 
 
-def collect(runs: list[Path], metric: str) -> tuple[list[dict], int]:
-    """Groups [{"method", "split", "seeds", "values": {column: [per-seed floats]}}] and max T."""
+def collect(runs: list[Path], metric: str, allow_mixed: bool = False) -> tuple[list[dict], int]:
+    """Groups [{"method", "split", "seeds", "values": {column: [per-seed floats]}}] and max T.
+
+    Raises:
+        ValueError: an unreadable results.json, an unknown metric, or (without ``allow_mixed``) runs
+            that are not comparable (``check_comparable``).
+    """
     groups: dict[tuple[str, str], dict] = {}
     num_tasks = 0
-    for run in runs:
-        res = read_results(run)
+    results = [read_results(run) for run in runs]
+    if not allow_mixed:
+        check_comparable(runs, results)
+    for run, res in zip(runs, results):
         if metric not in res["metrics"]:
             raise ValueError(f"{run}/results.json: no metric {metric!r}; has {sorted(res['metrics'])}")
         e = res["metrics"][metric]
         num_tasks = max(num_tasks, res["num_tasks"])
         key = group_label(res)
+        if res.get("image_split", "test") != "test":        # never averaged with test results
+            key = (key[0], f"{key[1]} [{res['image_split']} images]")
         g = groups.setdefault(key, {"method": key[0], "split": key[1], "seeds": [], "values": {}})
         seed = (res.get("run") or {}).get("seed")
         if seed is not None and seed in g["seeds"]:
@@ -156,13 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--metric", default=HEADLINE, choices=list(METRICS))
     p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="compare runs of different datasets, splits, image splits or unfinished runs")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
+        if args.out and Path(f"{args.out}.md").is_dir():
+            raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
         runs = find_runs(args.runs)
-        groups, num_tasks = collect(runs, args.metric)
+        groups, num_tasks = collect(runs, args.metric, args.allow_mixed)
         groups += reference_groups(runs, args.metric)
     except ValueError as e:
         print(f"compare: error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,30 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def deferred_sigint() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back while the body runs, then raise ``KeyboardInterrupt`` at its end.
+
+    Libraries such as h5py can swallow a ``KeyboardInterrupt`` raised inside their C calls (the write
+    then finishes and the program carries on as if nothing happened). Inside this block SIGINT only
+    sets a flag; when the body ends (normally or not) a pending interrupt is raised, so a caller that
+    wrapped the body in ``atomic_path`` removes its temporary file and the interrupt reaches the
+    command, which exits 130. Outside the main thread (no signal handlers there) it does nothing.
+    """
+    pending: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:                     # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

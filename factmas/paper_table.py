@@ -220,6 +220,7 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
     dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
     from .train import data_fingerprint
+    from .train.rundir import same_fingerprint
     try:
         record = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
@@ -227,8 +228,9 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     paths = ("data", "out")
     old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}
     new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
-    fp = (record.get("data_fingerprint") or {}).get("sha256")
-    return old == new and fp == data_fingerprint(_DATA, cfg.train.split)["sha256"]
+    fp = record.get("data_fingerprint") or {}
+    return old == new and bool(fp.get("sha256")) and same_fingerprint(
+        fp, data_fingerprint(_DATA, cfg.train.split))
 
 
 def _cpu_seconds() -> float:

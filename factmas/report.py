@@ -135,15 +135,32 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
 
 
 def read_run_meta(run_dir: str | Path) -> dict:
-    """{"method", "seed", "split", "reg_lambda"} from RUN_DIR/config.json; {} when absent/unreadable."""
+    """{"method", "seed", "split", "reg_lambda", "data_sha256", "pixels_sha256"} from
+    RUN_DIR/config.json (the last two: the run's data fingerprint, absent for runs recorded before it);
+    {} when absent/unreadable."""
     try:
         rec = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
         cfg = rec.get("config", rec)
         tr = cfg.get("train", {})
-        return {"method": tr.get("method"), "seed": rec.get("seed", tr.get("seed")),
+        fp = rec.get("data_fingerprint") or {}
+        meta = {"method": tr.get("method"), "seed": rec.get("seed", tr.get("seed")),
                 "split": tr.get("split"), "reg_lambda": tr.get("reg_lambda")}
+        meta.update({k: fp[f] for k, f in (("data_sha256", "sha256"), ("pixels_sha256", "pixels_sha256"))
+                     if fp.get(f)})
+        return meta
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def is_complete(res: dict) -> bool:
+    """Whether a results.json covers the whole sequence: its "complete" field when present, else
+    stages 0..T-1 all recorded (one stage for a joint run)."""
+    if "complete" in res:
+        return bool(res["complete"])
+    stages, t = res.get("stages") or [], res.get("num_tasks", 0)
+    if (res.get("run") or {}).get("method") == "joint":
+        return stages == [0]
+    return stages == list(range(t)) and t > 0
 
 
 def fmt(x: float | None, scale: float = 100.0, signed: bool = False) -> str:

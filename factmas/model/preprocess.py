@@ -45,27 +45,16 @@ def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def load_image_file(path: str | Path, size: int) -> np.ndarray:
     """Read an image file as the dataset stores images (used by ``factmas query``).
 
-    Any PIL mode (grayscale, palette, CMYK, alpha, ...) is converted to RGB, then the image is resized
-    to ``size`` × ``size`` with bicubic resampling, as ``data_prep`` resizes dataset images.
+    A thin call to ``factmas.imageio.load_image``, the loader dataset building uses too (bit depth,
+    EXIF orientation, alpha, palette, CMYK, a pixel limit against decompression bombs).
 
     Args:
         path: image file.  size: side of the output in pixels (the dataset's ``image_size``).
     Returns:
         uint8 [size, size, 3] RGB.
     Raises:
-        ValueError: the file is missing, unreadable or not an image (the message names the file),
-            or ``size`` < 1.
+        ValueError: (``factmas.imageio.ImageError``) the file is missing, unreadable, not an image
+            or too large (the message names the file), or ``size`` < 1.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    if size < 1:
-        raise ValueError(f"load_image_file: size must be >= 1, got {size}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read image: {e}") from e
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8).copy()
+    from ..imageio import load_image
+    return load_image(path, size)

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, TrainConfig
+from ..config import ConfigError, RunConfig, TrainConfig
+from ..config_check import check_limit_tasks, validate_config
 from ..dataset import FactData, read_dataset
 from .checkpoint import CheckpointError, latest_checkpoint
+from .lock import RunLock
 from .loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
 from .rundir import (RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
                      read_run_config)
@@ -90,6 +92,15 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
     return int(data.task_of_facts(tc.split).max()) + 1
 
 
+def check_run_args(cfg: RunConfig, limit_tasks: int | None) -> None:
+    """Every value of ``cfg`` in range (``factmas.config_check``), ``limit_tasks`` >= 1, and ``out`` not
+    a file. Raises ConfigError or UsageError naming the setting, before anything is read or written."""
+    validate_config(cfg)
+    check_limit_tasks(limit_tasks)
+    if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UsageError(f"--out {cfg.out}: is a file; expected a run directory (new or existing)")
+
+
 def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
                   progress: bool = True) -> tuple[ContinualTrainer, list[Stage]]:
     """Seed, build the model, method and evaluator, and return the trainer and its stages."""
@@ -100,8 +111,11 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     from ..features import image_inputs
-    model = build_model(cfg.model, len(data.vocab))
-    method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
+    try:
+        model = build_model(cfg.model, len(data.vocab))
+        method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
+    except ValueError as e:          # e.g. model.norm_groups not dividing the channels
+        raise ConfigError(f"{e}") from e
     inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     evaluator = None
     if cfg.eval.enabled:
@@ -122,14 +136,16 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
     """
     if not cfg.out:
         raise UsageError("no run directory: set out (--out RUN_DIR)")
+    check_run_args(cfg, limit_tasks)
     device = resolve_device(cfg.train.device)
     data = data if data is not None else read_dataset(cfg.data)
     trainer, stages = build_trainer(cfg, data, device, progress)
-    prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance,
-                    data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
-    log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out, cfg.train.method,
-             cfg.train.reg_lambda, cfg.train.split, len(stages), device)
-    return trainer.run(stages, limit=limit_tasks)
+    with RunLock(cfg.out):
+        prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance,
+                        data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
+        log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out,
+                 cfg.train.method, cfg.train.reg_lambda, cfg.train.split, len(stages), device)
+        return trainer.run(stages, limit=limit_tasks)
 
 
 def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
@@ -148,20 +164,22 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     cfg.out = str(run_dir)
     if threads is not None:          # bitwise equality with an uninterrupted run needs the same count
         cfg.train.threads = threads
+    check_run_args(cfg, limit_tasks)
     dev = resolve_device(device or cfg.train.device)
     data = data if data is not None else read_dataset(cfg.data)
     check_settings(cfg, data)
     check_same_data(record, data, cfg.train.split, run_dir)
     trainer, stages = build_trainer(cfg, data, dev, progress)
-    last = latest_checkpoint(run_dir)
-    if last is None:
-        trainer.metrics.truncate(0)      # a run killed during its first task starts over
-        state = None
-    else:
-        state = trainer.restore(last)
-    if state is not None and state.next_stage >= len(stages):
-        log.info("run %s: all %d tasks are already trained", run_dir, len(stages))
-    return trainer.run(stages, state, limit=limit_tasks)
+    with RunLock(run_dir):
+        last = latest_checkpoint(run_dir)
+        if last is None:
+            trainer.metrics.truncate(0)      # a run killed during its first task starts over
+            state = None
+        else:
+            state = trainer.restore(last)
+        if state is not None and state.next_stage >= len(stages):
+            log.info("run %s: all %d tasks are already trained", run_dir, len(stages))
+        return trainer.run(stages, state, limit=limit_tasks)
 
 
 __all__ = ["CheckpointError", "RunDirError", "RunState", "Stage", "TrainingError", "UsageError",

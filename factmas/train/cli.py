@@ -10,7 +10,8 @@ Usage::
 
 Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
 error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
-split, method or device, bad data file, a run already in RUN_DIR), 130 interrupted (Ctrl-C),
+split, method or device, a value out of range (named with its option or config key), bad data file,
+a run already in RUN_DIR, RUN_DIR in use by another live process), 130 interrupted (Ctrl-C),
 143 terminated (SIGTERM); both keep the completed tasks' checkpoints for --resume.
 """
 from __future__ import annotations

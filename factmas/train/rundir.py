@@ -35,24 +35,42 @@ class RunDirError(RuntimeError):
     overwrite was requested, or it is not a factmas run directory when resuming)."""
 
 
+# what a run writes into its directory; --overwrite removes all of it before anything new is written
+ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME)
+EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     data_provenance: dict | None = None, data_fingerprint: dict | None = None,
                     overwrite: bool = False) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
+    The caller holds the directory's lock (``factmas.train.lock.RunLock``).
+
     Raises:
-        RunDirError: ``run_dir`` already holds checkpoints and ``overwrite`` is False.
-    With ``overwrite``, the old checkpoints and ``metrics.jsonl`` are deleted first.
+        RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
+            ``overwrite`` is False.
+    With ``overwrite``, the old run's artefacts (results.json, results.md, plots, metrics.jsonl,
+    ``evaluations/``, checkpoints, config.json) are deleted first, so that a new run killed early
+    never sits beside the old run's results.
     """
+    import shutil
     run_dir = Path(run_dir)
-    if has_checkpoints(run_dir) and not overwrite:
-        raise RunDirError(f"{run_dir} holds the checkpoints of a run; continue it with "
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; --out must be a directory")
+    held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
+    if held and not overwrite:
+        raise RunDirError(f"{run_dir} holds a run; continue it with "
                           f"`factmas train --resume {run_dir}` or start over with --overwrite")
     if overwrite:
-        for p in list(checkpoint_dir(run_dir).glob("*.pt")) + [run_dir / METRICS_NAME]:
+        old = [run_dir / n for n in ARTEFACTS] + sorted(checkpoint_dir(run_dir).glob("*.pt"))
+        for p in old + [run_dir / CONFIG_NAME]:
             if p.is_file():
                 log.info("overwrite: removing %s", p)
                 p.unlink()
+        if (run_dir / EVALUATIONS).is_dir():
+            log.info("overwrite: removing %s", run_dir / EVALUATIONS)
+            shutil.rmtree(run_dir / EVALUATIONS)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "config": cfg.to_dict(),
@@ -92,19 +110,37 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
-    """Sizes and a SHA-256 of what training depends on besides pixels: image ids and image split,
-    the fact table, vocabulary, pairs and the task split ``split``.
+    """Sizes and SHA-256s of what training depends on.
+
+    ``sha256``: image ids and image split, the fact table, vocabulary, pairs and the task split
+    ``split``. ``pixels_sha256`` (when the images are loaded): the CRC-32 of every image computed from
+    the pixels in memory, so a dataset whose pixels changed gets another fingerprint.
 
     A resumed run compares it with the run's record, so that a dataset rebuilt since (other facts,
-    another vocabulary) is refused with a clear message instead of a shape error deep in torch.
+    another vocabulary, other pixels) is refused with a clear message instead of a shape error deep in
+    torch or a silently different result.
     """
+    from ..dataset_schema import image_checksums
     h = hashlib.sha256()
     for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
         h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
     for arr in (data.image_split, data.order, data.tokens, data.pairs, data.task_of_facts(split)):
         h.update(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
-    return {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
-            "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+    out = {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
+           "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+    if len(data.images) == len(data.image_ids):
+        crc = image_checksums(data.images)
+        out["pixels_sha256"] = hashlib.sha256(crc.astype("<u4").tobytes()).hexdigest()
+    return out
+
+
+def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when two data fingerprints agree on everything both of them record (a run recorded before
+    fingerprints covered pixels is compared without them)."""
+    if old.get("sha256") != new.get("sha256"):
+        return False
+    return not (old.get("pixels_sha256") and new.get("pixels_sha256")
+                and old["pixels_sha256"] != new["pixels_sha256"])
 
 
 def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path) -> None:
@@ -116,9 +152,12 @@ def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir:
     if not old.get("sha256"):
         return
     new = data_fingerprint(data, split)
-    if new["sha256"] != old["sha256"]:
+    if not same_fingerprint(old, new):
         diff = ", ".join(f"{k} {old.get(k)} → {new[k]}" for k in ("images", "facts", "pairs", "vocab")
-                         if old.get(k) != new[k]) or "same sizes, other content"
+                         if old.get(k) != new[k])
+        if not diff:
+            diff = ("same sizes, other pixels" if old["sha256"] == new["sha256"]
+                    else "same sizes, other content")
         raise RunDirError(f"{data.path}: not the dataset run {run_dir} was trained on ({diff}); "
                           "resume with the original file (config.json's data_provenance says how "
                           "it was built) or start a new run")

@@ -1,0 +1,126 @@
+"""Range checks of a ``RunConfig``: every value, before any work starts.
+
+``factmas.config`` checks keys and types when a configuration is read; this module checks that each
+value is usable (a positive epoch count, a finite non-negative λ, a known ``omega_data``, ...), so a
+bad value is refused up front with a ``ConfigError`` naming the dotted key (``train.reg_lambda``)
+and, for command-line options, the option (``--reg-lambda``), instead of failing after training
+started (a non-finite loss one task later, a method error at the end of task 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .config import ConfigError, RunConfig
+
+# dotted key -> the command-line option that sets it (named in messages)
+OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
+           "train.batch_size": "--batch-size", "train.seed": "--seed", "train.threads": "--threads",
+           "train.omega_data": "--omega-data", "train.device": "--device", "train.split": "--split",
+           "train.method": "--method"}
+
+
+def _name(key: str) -> str:
+    return f"{key} ({OPTIONS[key]})" if key in OPTIONS else key
+
+
+def _fail(key: str, value: Any, want: str) -> ConfigError:
+    return ConfigError(f"{_name(key)}: expected {want}, got {value!r}")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(lo: int, optional: bool = False) -> Callable[[str, Any], None]:
+    def check(key: str, v: Any) -> None:
+        if v is None and optional:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise _fail(key, v, f"an integer >= {lo}" + (" or null" if optional else ""))
+    return check
+
+
+def _float(lo: float, lo_open: bool = False, hi: float | None = None) -> Callable[[str, Any], None]:
+    def check(key: str, v: Any) -> None:
+        ok = _finite(v) and (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+        if not ok:
+            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            raise _fail(key, v, f"a finite number {rng}")
+    return check
+
+
+def _choice(options: Callable[[], list[str]]) -> Callable[[str, Any], None]:
+    def check(key: str, v: Any) -> None:
+        valid = options()
+        if v not in valid:
+            raise _fail(key, v, f"one of {valid}")
+    return check
+
+
+def _backbones() -> list[str]:
+    from .model import BACKBONES
+    return sorted(BACKBONES)
+
+
+def _methods() -> list[str]:
+    from .methods import METHODS
+    return sorted(METHODS)
+
+
+def _omega_data(key: str, v: Any) -> None:
+    from .methods.mas import parse_omega_data
+    try:
+        parse_omega_data(v)
+    except (ValueError, TypeError, AttributeError):
+        raise _fail(key, v, "'train', 'test', 'val' or splits joined by '+' (e.g. 'train+test')") \
+            from None
+
+
+def _nonempty_str(key: str, v: Any) -> None:
+    if not isinstance(v, str) or not v:
+        raise _fail(key, v, "a non-empty name")
+
+
+POSITIVE = _int_at_least(1)
+RULES: dict[str, Callable[[str, Any], None]] = {
+    "model.backbone": _choice(_backbones),
+    "model.embed_dim": POSITIVE, "model.width": POSITIVE, "model.word_dim": POSITIVE,
+    "model.fact_hidden": POSITIVE, "model.norm_groups": POSITIVE,
+    "loss.regression_weight": _float(0), "loss.contrastive_weight": _float(0),
+    "loss.temperature": _float(0, lo_open=True),
+    "train.split": _nonempty_str, "train.method": _choice(_methods),
+    "train.reg_lambda": _float(0), "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
+    "train.lr": _float(0, lo_open=True), "train.weight_decay": _float(0),
+    "train.seed": _int_at_least(0), "train.device": _choice(lambda: ["auto", "cpu", "cuda"]),
+    "train.omega_accumulate": _choice(lambda: ["sum", "alpha"]),
+    "train.omega_alpha": _float(0, hi=1), "train.omega_data": _omega_data,
+    "train.omega_max_samples": _int_at_least(1, optional=True), "train.num_workers": _int_at_least(0),
+    "train.aux_batch_size": POSITIVE, "train.threads": _int_at_least(1, optional=True),
+    "train.ewc_gamma": _float(0, lo_open=True, hi=1), "train.si_xi": _float(0, lo_open=True),
+    "train.augment_shift": _int_at_least(0),
+    "eval.ap_k": POSITIVE, "eval.image_pool": _choice(lambda: ["all", "task"]),
+    "eval.search_batch": POSITIVE, "eval.embed_batch": POSITIVE,
+    "eval.image_split": _choice(lambda: ["test", "val"]),
+}
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check every value of ``cfg`` that has a rule in ``RULES``.
+
+    Raises:
+        ConfigError: the first bad value, naming its dotted key (and command-line option) and the
+            values allowed.
+    """
+    if cfg.loss.regression_weight == 0 and cfg.loss.contrastive_weight == 0:
+        raise ConfigError("loss.regression_weight and loss.contrastive_weight are both 0: nothing "
+                          "to train")
+    for key, rule in RULES.items():
+        section, name = key.split(".")
+        rule(key, getattr(getattr(cfg, section), name))
+
+
+def check_limit_tasks(limit: Any) -> None:
+    """``--limit-tasks``: None or an integer >= 1. Raises ConfigError naming the option."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit-tasks: expected an integer >= 1, got {limit!r}")

@@ -1,0 +1,329 @@
+"""Bad inputs and misuse, one row per case: every command refuses with the documented exit status, a
+message naming what was wrong, and leaves every file that existed before byte-identical (and writes
+nothing new). Add a row for every bug of this kind (issue 13).
+
+Each case is (id, command, argv with {placeholders} for the fixture's paths, exit status, words the
+output must contain). ``CASES`` below; the count is printed by ``test_case_count``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from factmas.config import RunConfig
+from factmas.dataset_schema import CHECKSUM_KEY, image_checksums
+from factmas.synthetic import make_synthetic_dataset
+from factmas.train import train
+
+TINY_MODEL = {"width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16, "norm_groups": 4}
+
+
+def _edit(path, fn):
+    with h5py.File(path, "a") as h:
+        fn(h)
+    return path
+
+
+def _replace(h, key, data):
+    attrs = dict(h[key].attrs)
+    del h[key]
+    h.create_dataset(key, data=data)
+    for k, v in attrs.items():
+        h[key].attrs[k] = v
+
+
+def _set(key, index, value):
+    def fn(h):
+        a = h[key][()]
+        a[index] = value
+        _replace(h, key, a)
+    return fn
+
+
+def _png_header_only(path, w, h):
+    """A tiny PNG whose header claims w × h pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def _run(data, out, limit=None):
+    cfg = RunConfig.from_dict({"data": str(data), "out": str(out), "model": TINY_MODEL,
+                               "train": {"split": "random2_seed0", "method": "finetune", "epochs": 1,
+                                         "batch_size": 32}})
+    train(cfg, progress=False, limit_tasks=limit)
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    p = {"root": root}
+    data = p["data"] = make_synthetic_dataset(root / "data.h5", n_images=80, image_size=8, num_tasks=2)
+    other = p["other"] = make_synthetic_dataset(root / "other.h5", n_images=80, image_size=8,
+                                                num_tasks=2, seed=3)
+    for name, fn in (("short_split", lambda h: _replace(h, "image_split", h["image_split"][()][:-1])),
+                     ("neg_fact", _set("pairs", (0, 1), -1)),
+                     ("far_task", _set("splits/random2_seed0", 0, 50)),
+                     ("empty_task", lambda h: _replace(h, "splits/random2_seed0", np.zeros(
+                         h["splits/random2_seed0"].shape, np.int16))),
+                     ("flipped", lambda h: h["images"].__setitem__((5, 1, 1, 0),
+                                                                   h["images"][5, 1, 1, 0] ^ 0xFF))):
+        p[name] = _edit(shutil.copy(data, root / f"{name}.h5"), fn)
+    (root / "junk.h5").write_text("not hdf5")
+    p["junk"] = root / "junk.h5"
+    p["run"] = _run(data, root / "run")
+    p["run_other"] = _run(other, root / "run_other")
+    p["cut"] = _run(data, root / "cut", limit=1)
+    p["gap"] = root / "gap"
+    shutil.copytree(p["run"], p["gap"])
+    (p["gap"] / "checkpoints" / "task0.pt").unlink()
+    p["locked"] = root / "locked"
+    p["locked"].mkdir()
+    (p["locked"] / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    # a run whose dataset's pixels were changed since (and its checksums rebuilt to match)
+    p["moving"] = shutil.copy(data, root / "moving.h5")
+    p["resumable"] = _run(p["moving"], root / "resumable", limit=1)
+
+    def repaint(h):
+        imgs = h["images"][()]
+        imgs[3] = 255 - imgs[3]
+        h["images"][3] = imgs[3]
+        h[CHECKSUM_KEY][...] = image_checksums(imgs)
+    _edit(p["moving"], repaint)
+    p["afile"] = root / "afile.txt"
+    p["afile"].write_text("I am a file\n")
+    configs = {"cfg_temp": {"loss": {"temperature": 0}},
+               "cfg_accum": {"train": {"omega_accumulate": "max"}},
+               "cfg_gamma": {"train": {"ewc_gamma": 2}},
+               "cfg_apk": {"eval": {"ap_k": 0}},
+               "cfg_groups": {"model": {**TINY_MODEL, "norm_groups": 3}},
+               "cfg_backbone": {"model": {"backbone": "vgg"}},
+               "cfg_pool": {"eval": {"image_pool": "some"}},
+               "cfg_alpha": {"train": {"omega_alpha": 1.5}},
+               "cfg_unknown": {"train": {"learning_rate": 0.1}},
+               "cfg_nan": {"train": {"reg_lambda": float("nan")}}}
+    for name, c in configs.items():
+        p[name] = root / f"{name}.json"
+        p[name].write_text(json.dumps(c))
+    (root / "broken.json").write_text("{oops")
+    p["cfg_broken"] = root / "broken.json"
+    # images and annotations for the builders
+    imgs = root / "imgs"
+    imgs.mkdir()
+    for i in range(4):
+        Image.new("RGB", (12, 12), (60 * i, 10, 10)).save(imgs / f"{i}.png")
+    p["imgs"] = imgs
+    p["good"] = imgs / "0.png"
+    p["csv_ok"] = root / "facts.csv"
+    p["csv_ok"].write_text("image,S,P,O\n" + "".join(f"{i}.png,dog,run,\n" for i in range(4)))
+    p["csv_latin1"] = root / "latin1.csv"
+    p["csv_latin1"].write_bytes(b"image,S,P,O\n0.png,dog,,\n1.png,caf\xe9,,\n")
+    (root / "caps").mkdir()
+    p["captions_latin1"] = root / "caps" / "captions.txt"
+    p["captions_latin1"].write_bytes(b"image,caption\n0.png,a dog\n1.png,a caf\xe9\n")
+    p["bomb"] = _png_header_only(root / "bomb.png", 100_000, 100_000)
+    p["exists"] = root / "exists.h5"
+    p["exists"].write_bytes(b"keep me")
+    return p
+
+
+def _main(command):
+    if command == "train":
+        from factmas.train.cli import main
+    elif command == "evaluate":
+        from factmas.evaluate_cli import main
+    elif command == "compare":
+        from factmas.compare import main
+    elif command == "query":
+        from factmas.query import main
+    elif command == "inspect":
+        from data_prep.inspect import main
+    elif command == "from_csv":
+        from data_prep.from_csv import main
+    else:
+        from data_prep.flickr8k import main
+    return main
+
+
+T = ["--data", "{data}", "--out", "{root}/new_run", "--split", "random2_seed0", "--no-progress", "-q"]
+BUILD = ["--csv", "{csv_ok}", "--image-root", "{imgs}", "--out", "{root}/built.h5", "-q",
+         "--split-seeds", "0", "--num-tasks", "1", "--no-semantic"]
+
+# (id, command, argv, exit status, words in stderr/stdout)
+CASES = [
+    # ---- train: command-line values
+    ("limit-tasks negative", "train", T + ["--limit-tasks", "-1"], 2, ["--limit-tasks", ">= 1"]),
+    ("limit-tasks zero", "train", T + ["--limit-tasks", "0"], 2, ["--limit-tasks"]),
+    ("lambda negative", "train", T + ["--reg-lambda", "-1"], 2, ["--reg-lambda", ">= 0"]),
+    ("lambda nan", "train", T + ["--reg-lambda", "nan"], 2, ["--reg-lambda", "finite"]),
+    ("lambda inf", "train", T + ["--reg-lambda", "inf"], 2, ["--reg-lambda", "finite"]),
+    ("lr nan", "train", T + ["--lr", "nan"], 2, ["--lr", "finite"]),
+    ("lr inf", "train", T + ["--lr", "inf"], 2, ["--lr"]),
+    ("lr zero", "train", T + ["--lr", "0"], 2, ["--lr", "> 0"]),
+    ("lr negative", "train", T + ["--lr", "-0.001"], 2, ["--lr"]),
+    ("omega-data unknown", "train", T + ["--omega-data", "banana"], 2, ["--omega-data", "banana"]),
+    ("omega-data repeated", "train", T + ["--omega-data", "train+train"], 2, ["--omega-data"]),
+    ("epochs zero", "train", T + ["--epochs", "0"], 2, ["--epochs"]),
+    ("batch size zero", "train", T + ["--batch-size", "0"], 2, ["--batch-size"]),
+    ("seed negative", "train", T + ["--seed", "-1"], 2, ["--seed"]),
+    ("threads zero", "train", T + ["--threads", "0"], 2, ["--threads"]),
+    ("method unknown", "train", T + ["--method", "sgd"], 2, ["'sgd'", "finetune"]),
+    ("split unknown", "train", T[:4] + ["--split", "random9", "-q"], 2, ["unknown split", "random9"]),
+    ("out is a file", "train", ["--data", "{data}", "--out", "{afile}", "-q"], 2, ["afile.txt",
+                                                                                 "is a file"]),
+    ("epochs not a number", "train", T + ["--epochs", "two"], 2, ["--epochs"]),
+    ("no out", "train", ["--data", "{data}"], 2, ["--out"]),
+    # ---- train: configuration files
+    ("config temperature 0", "train", T + ["--config", "{cfg_temp}"], 2, ["loss.temperature"]),
+    ("config accumulate", "train", T + ["--config", "{cfg_accum}"], 2, ["train.omega_accumulate", "max"]),
+    ("config ewc gamma", "train", T + ["--config", "{cfg_gamma}"], 2, ["train.ewc_gamma"]),
+    ("config ap_k", "train", T + ["--config", "{cfg_apk}"], 2, ["eval.ap_k"]),
+    ("config norm groups", "train", T + ["--config", "{cfg_groups}"], 2, ["norm_groups"]),
+    ("config backbone", "train", T + ["--config", "{cfg_backbone}"], 2, ["model.backbone", "vgg"]),
+    ("config image pool", "train", T + ["--config", "{cfg_pool}"], 2, ["eval.image_pool"]),
+    ("config omega alpha", "train", T + ["--config", "{cfg_alpha}"], 2, ["train.omega_alpha"]),
+    ("config unknown key", "train", T + ["--config", "{cfg_unknown}"], 2, ["train.learning_rate"]),
+    ("config lambda NaN", "train", T + ["--config", "{cfg_nan}"], 2, ["train.reg_lambda"]),
+    ("config not JSON", "train", T + ["--config", "{cfg_broken}"], 2, ["broken.json"]),
+    # ---- train: data files
+    ("data missing", "train", ["--data", "{root}/nope.h5", "--out", "{root}/new_run"], 2,
+     ["nope.h5", "no such dataset"]),
+    ("data not hdf5", "train", ["--data", "{junk}", "--out", "{root}/new_run"], 2, ["junk.h5"]),
+    ("data image_split short", "train", ["--data", "{short_split}", "--out", "{root}/new_run"], 2,
+     ["short_split.h5", "'image_split'", "N = 80"]),
+    ("data negative fact id", "train", ["--data", "{neg_fact}", "--out", "{root}/new_run"], 2,
+     ["neg_fact.h5", "'pairs'", "fact id -1"]),
+    ("data task far outside", "train", ["--data", "{far_task}", "--out", "{root}/new_run"], 2,
+     ["far_task.h5", "'splits/random2_seed0'", "task 50"]),
+    ("data empty task", "train", ["--data", "{empty_task}", "--out", "{root}/new_run"], 2,
+     ["'splits/random2_seed0'", "task 1 has no fact"]),
+    ("data flipped pixels", "train", ["--data", "{flipped}", "--out", "{root}/new_run"], 2,
+     ["flipped.h5", "checksum", "syn_00005.png"]),
+    # ---- train: run directories
+    ("existing run", "train", ["--data", "{data}", "--out", "{run}", "--split", "random2_seed0"], 2,
+     ["holds a run", "--resume"]),
+    ("locked run dir", "train", ["--data", "{data}", "--out", "{locked}", "--split", "random2_seed0"],
+     2, ["in use by process"]),
+    ("resume changed pixels", "train", ["--resume", "{resumable}", "-q", "--no-progress"], 2,
+     ["moving.h5", "other pixels"]),
+    ("resume limit negative", "train", ["--resume", "{cut}", "--limit-tasks", "-2"], 2,
+     ["--limit-tasks"]),
+    ("resume with overwrite", "train", ["--resume", "{cut}", "--overwrite"], 2, ["--overwrite"]),
+    # ---- evaluate
+    ("evaluate into the run", "evaluate", ["{run}", "--out", "{run}", "-q"], 2,
+     ["--replace-results"]),
+    ("evaluate missing stage", "evaluate", ["{gap}", "-q"], 2, ["lacks task0.pt", "--stages 1"]),
+    ("evaluate unfinished", "evaluate", ["{cut}", "-q"], 2, ["lacks task1.pt"]),
+    ("evaluate stage absent", "evaluate", ["{run}", "--stages", "5", "-q"], 2, ["--stages", "5"]),
+    ("evaluate stages garbage", "evaluate", ["{run}", "--stages", "a,b", "-q"], 2, ["--stages"]),
+    ("evaluate out is a file", "evaluate", ["{run}", "--out", "{afile}", "-q"], 2, ["is a file"]),
+    ("evaluate not a run", "evaluate", ["{imgs}", "-q"], 2, ["config.json"]),
+    # ---- compare
+    ("compare datasets", "compare", ["{run}", "{run_other}"], 2, ["differ in dataset"]),
+    ("compare unfinished", "compare", ["{run}", "{cut}"], 2, ["unfinished", "cut"]),
+    ("compare nothing", "compare", ["{imgs}"], 2, ["no results.json"]),
+    # ---- query
+    ("query bomb among good", "query", ["--run", "{run}", "{bomb}", "{good}", "--k", "2"], 1,
+     ["bomb.png", "too large", "1 of 2", "0.png"]),
+    ("query missing among good", "query", ["--run", "{run}", "{root}/none.png", "{good}"], 1,
+     ["none.png", "missing file"]),
+    ("query k zero", "query", ["--run", "{run}", "{good}", "--k", "0"], 2, ["--k"]),
+    ("query not a run", "query", ["--run", "{imgs}", "{good}"], 2, ["config.json"]),
+    # ---- inspect
+    ("inspect inconsistent", "inspect", ["{short_split}"], 2, ["'image_split'"]),
+    ("inspect task outside", "inspect", ["{far_task}"], 2, ["task 50"]),
+    ("inspect verify flipped", "inspect", ["{flipped}", "--verify"], 2, ["checksum", "syn_00005.png"]),
+    ("inspect facts negative", "inspect", ["{data}", "--facts", "-1"], 2, ["--facts"]),
+    # ---- dataset builders
+    ("csv not utf-8", "from_csv", ["--csv", "{csv_latin1}", "--image-root", "{imgs}", "--out",
+                                   "{root}/built.h5"], 2, ["latin1.csv:3", "UTF-8"]),
+    ("captions not utf-8", "flickr8k", ["--captions", "{captions_latin1}", "--images", "{imgs}",
+                                        "--out", "{root}/built.h5"], 2, ["captions.txt:3", "UTF-8"]),
+    ("build out is a dir", "from_csv", BUILD[:4] + ["--out", "{imgs}"], 2, ["is a directory"]),
+    ("build out exists", "from_csv", BUILD[:4] + ["--out", "{exists}"], 2, ["exists", "--overwrite"]),
+    ("build seed negative", "from_csv", BUILD + ["--seed", "-1"], 2, ["--seed"]),
+    ("build split seeds negative", "from_csv", BUILD[:-5] + ["--split-seeds", "-2"], 2,
+     ["--split-seeds"]),
+    ("build max frac nan", "from_csv", BUILD + ["--max-image-frac", "nan"], 2, ["--max-image-frac"]),
+    ("build batch size zero", "flickr8k", ["--captions", "{captions_latin1}", "--images", "{imgs}",
+                                           "--out", "{root}/built.h5", "--batch-size", "0"], 2,
+     ["--batch-size"]),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _call(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:              # argparse inside a builder's main
+        return int(e.code or 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(env, case, capsys):
+    name, command, argv, code, words = case
+    argv = [a.format(**env) for a in argv]
+    before = _snapshot(env["root"])
+    status = _call(_main(command), argv)
+    cap = capsys.readouterr()
+    text = cap.err + cap.out
+    assert status == code, (name, status, text[-2000:])
+    assert "Traceback" not in text
+    for w in words:
+        assert w in text, (name, w, text[-2000:])
+    if os.environ.get("FACTMAS_SHOW_MESSAGES"):
+        print(f"\n[{name}] exit {status}: {cap.err.strip().splitlines()[-1] if cap.err.strip() else ''}",
+              file=sys.__stderr__)
+    after = _snapshot(env["root"])
+    assert after.keys() == before.keys(), (name, sorted(set(after) ^ set(before)))
+    changed = [k for k in before if before[k] != after[k]]
+    assert not changed, (name, changed)
+
+
+def test_interrupt_during_the_hdf5_write_leaves_nothing_and_exits_130(env, monkeypatch, capsys):
+    """Ctrl-C while h5py writes (which can swallow it): held until the file is closed, then the
+    temporary file is removed and the build exits 130."""
+    from data_prep import from_csv
+    real = h5py.Group.create_dataset
+    calls = {"n": 0}
+
+    def interrupted(self, name, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, name, *a, **k)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", interrupted)
+    before = _snapshot(env["root"])
+    argv = [a.format(**env) for a in BUILD]
+    assert from_csv.main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err and calls["n"] > 3   # the write went on
+    assert _snapshot(env["root"]) == before                              # no file, no temp file
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(h5py.Group, "create_dataset", real)
+    assert from_csv.main(argv) == 0                                     # the same build, uninterrupted
+    (env["root"] / "built.h5").unlink()
+
+
+def test_case_count():
+    assert len(CASES) >= 60
+    print(f"{len(CASES) + 1} bad-input cases")
