@@ -25,7 +25,7 @@ from factmas.dataset_schema import CHECKSUM_KEY, image_checksums
 from factmas.synthetic import make_synthetic_dataset
 from factmas.train import train
 
-TINY_MODEL = {"width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16, "norm_groups": 4}
 
 
 def _edit(path, fn):

@@ -15,7 +15,7 @@ from factmas.train import RunDirError, train
 from factmas.train.cli import main
 from factmas.train.lock import LOCK_NAME, RunLock, pid_alive
 
-TINY_MODEL = {"width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
+TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 
 
 @pytest.fixture(scope="module")

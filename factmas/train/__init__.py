@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from ..dataset import FactData, read_dataset
 from .checkpoint import CheckpointError, latest_checkpoint
 from .lock import RunLock
 from .loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from .rundir import (RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
+from .rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
                      read_run_config)
 
 log = logging.getLogger(__name__)
@@ -101,21 +102,33 @@ def check_run_args(cfg: RunConfig, limit_tasks: int | None) -> None:
         raise UsageError(f"--out {cfg.out}: is a file; expected a run directory (new or existing)")
 
 
-def build_trainer(cfg: RunConfig, data: FactData, device: torch.device,
-                  progress: bool = True) -> tuple[ContinualTrainer, list[Stage]]:
-    """Seed, build the model, method and evaluator, and return the trainer and its stages."""
+def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Any, int]:
+    """Validate the settings, seed, and build (model, method, number of tasks): cheap, writes nothing.
+
+    Raises:
+        UsageError, ConfigError: a bad setting (named).
+    """
     from ..methods import make_method
     from ..model import build_model
     num_tasks = check_settings(cfg, data)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    from ..features import image_inputs
     try:
         model = build_model(cfg.model, len(data.vocab))
         method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
     except ValueError as e:          # e.g. model.norm_groups not dividing the channels
         raise ConfigError(f"{e}") from e
+    return model, method, num_tasks
+
+
+def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress: bool = True,
+                  parts: tuple | None = None) -> tuple[ContinualTrainer, list[Stage]]:
+    """The trainer and its stages: ``parts`` from ``build_parts`` (built here when None), the image
+    inputs (a pretrained backbone's feature cache is read, or computed and written, here) and the
+    evaluator."""
+    from ..features import image_inputs
+    model, method, num_tasks = parts if parts is not None else build_parts(cfg, data)
     inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     evaluator = None
     if cfg.eval.enabled:
@@ -138,9 +151,11 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
         raise UsageError("no run directory: set out (--out RUN_DIR)")
     check_run_args(cfg, limit_tasks)
     device = resolve_device(cfg.train.device)
+    check_run_dir_free(cfg.out, overwrite)              # before the feature cache is built
     data = data if data is not None else read_dataset(cfg.data)
-    trainer, stages = build_trainer(cfg, data, device, progress)
+    parts = build_parts(cfg, data)
     with RunLock(cfg.out):
+        trainer, stages = build_trainer(cfg, data, device, progress, parts)
         prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance,
                         data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
         log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out,
@@ -169,8 +184,9 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     data = data if data is not None else read_dataset(cfg.data)
     check_settings(cfg, data)
     check_same_data(record, data, cfg.train.split, run_dir)
-    trainer, stages = build_trainer(cfg, data, dev, progress)
+    parts = build_parts(cfg, data)
     with RunLock(run_dir):
+        trainer, stages = build_trainer(cfg, data, dev, progress, parts)
         last = latest_checkpoint(run_dir)
         if last is None:
             trainer.metrics.truncate(0)      # a run killed during its first task starts over

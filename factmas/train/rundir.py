@@ -40,6 +40,18 @@ ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", 
 EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
 
 
+def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Raise RunDirError unless a new run may start in ``run_dir`` (reads only; called before any
+    work such as a feature cache, and again under the lock by ``prepare_run_dir``)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; --out must be a directory")
+    held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
+    if held and not overwrite:
+        raise RunDirError(f"{run_dir} holds a run; continue it with "
+                          f"`factmas train --resume {run_dir}` or start over with --overwrite")
+
+
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     data_provenance: dict | None = None, data_fingerprint: dict | None = None,
                     overwrite: bool = False) -> Path:
@@ -56,12 +68,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
     """
     import shutil
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is a file; --out must be a directory")
-    held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
-    if held and not overwrite:
-        raise RunDirError(f"{run_dir} holds a run; continue it with "
-                          f"`factmas train --resume {run_dir}` or start over with --overwrite")
+    check_run_dir_free(run_dir, overwrite)
     if overwrite:
         old = [run_dir / n for n in ARTEFACTS] + sorted(checkpoint_dir(run_dir).glob("*.pt"))
         for p in old + [run_dir / CONFIG_NAME]:
