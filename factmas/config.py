@@ -42,6 +42,7 @@ class LossConfig:
     """
     regression_weight: float = 0.1
     contrastive_weight: float = 1.0
+    fact_softmax_weight: float = 0.0     # L_all: each image against every fact of the task
     temperature: float = 0.05
 
 

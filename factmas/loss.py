@@ -27,7 +27,17 @@ denominators. With A_ij = [i = j or not positive[i, j]]:
     L_f→i = (1 / B) Σ_j [ −ℓ_jj + log Σ_{i: A_ij} exp ℓ_ij ]          (fact → images)
     L_con = (L_i→f + L_f→i) / 2
 
-    L = regression_weight · L_reg + contrastive_weight · L_con
+    L = regression_weight · L_reg + contrastive_weight · L_con + fact_softmax_weight · L_all
+
+In-batch negatives are drawn in proportion to how often a fact occurs, so L_i→f alone learns how much
+*more* likely a fact is given the image than overall (the pointwise mutual information of InfoNCE,
+van den Oord et al. 2018, Eq. 5), not which facts are likely: ranking all facts for an image it
+lands at the level of a ranking by frequency. L_all ranks each image against *every* candidate fact
+of the task being learned (C facts; the candidates given to ``fact_loss``), false negatives excluded
+as above (A'_ic = [c = c_i or fact c not true for image i], c_i the pair's own fact):
+    L_all = (1 / B) Σ_i [ −ℓ(x_i, c_i) + log Σ_{c: A'_ic} exp ℓ(x_i, c) ],   ℓ(x, c) = −D(x, c) / τ
+— the softmax over the fact vocabulary of a classifier, with the fact branch's embeddings as class
+weights. Its cost is one fact-branch pass over the C candidates per step.
 
 At a collapsed embedding every ℓ_ij = 0, so L_con = mean log |{j: A_ij}| (log B without false
 negatives), above the value of any embedding that separates the pairs: collapse is not a minimum of L
@@ -71,8 +81,26 @@ def contrastive_loss(distance: torch.Tensor, positive: torch.Tensor, temperature
     return 0.5 * (i2f.mean() + f2i.mean())
 
 
+def all_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """L_all of the module docstring.
+
+    Args:
+        distance: float [B, C], D(x_i, candidate c).  own: int [B], the column of pair i's own fact.
+        positive: bool [B, C], candidate c is true for image i (other true facts are left out).
+        temperature: τ > 0.
+    Returns:
+        float scalar.
+    """
+    rows = torch.arange(distance.shape[0], device=distance.device)
+    allowed = ~positive
+    allowed[rows, own] = True
+    logits = (-distance / temperature).masked_fill(~allowed, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - logits[rows, own]).mean()
+
+
 def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
-              cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+              cfg: LossConfig, candidates: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The task loss L = w_reg · L_reg + w_con · L_con on a batch of aligned pairs.
 
     Args:
@@ -80,7 +108,10 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
         psi: float [B, 3, d] raw fact embeddings (fact of pair i in row i).
         order: int [B] order (1..3) of each fact.
         positive: bool [B, B], positive[i, j] = fact j is true for image i (diagonal True).
-        cfg: ``regression_weight``, ``contrastive_weight``, ``temperature`` τ.
+        cfg: ``regression_weight``, ``contrastive_weight``, ``fact_softmax_weight``, ``temperature`` τ.
+        candidates: for L_all (used when ``cfg.fact_softmax_weight`` > 0): {"psi": float [C, 3, d]
+            raw embeddings of the task's facts, "order": int [C], "own": int [B] column of each
+            pair's fact, "positive": bool [B, C]}; None: L_all is left out.
     Returns:
         (loss float scalar with gradient, parts) where parts holds floats ``loss``, ``regression``
         (L_reg), ``contrastive`` (L_con), ``pos_distance`` (mean D over the pairs) and
@@ -101,9 +132,15 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
     reg = regression_loss(phi, psi, order)
     con = contrastive_loss(dist, positive, cfg.temperature)
     loss = cfg.regression_weight * reg + cfg.contrastive_weight * con
+    every = None
+    if candidates is not None and cfg.fact_softmax_weight > 0:
+        d_all = wildcard_distance(phi, candidates["psi"], candidates["order"])
+        every = all_facts_loss(d_all, candidates["own"], candidates["positive"], cfg.temperature)
+        loss = loss + cfg.fact_softmax_weight * every
     with torch.no_grad():
         neg = ~positive & ~torch.eye(b, dtype=torch.bool, device=dist.device)
         parts = {"loss": float(loss), "regression": float(reg), "contrastive": float(con),
+                 "all_facts": float(every) if every is not None else float("nan"),
                  "pos_distance": float(dist.diagonal().mean()),
                  "neg_distance": float(dist[neg].mean()) if bool(neg.any()) else float("nan")}
     return loss, parts

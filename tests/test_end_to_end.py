@@ -1,4 +1,5 @@
-"""End to end on real Flickr8k photos: data_prep → train with MAS → FAISS evaluation → query.
+"""End to end on real Flickr8k photos: data_prep → train with MAS on the default ImageNet
+EfficientNet-Lite0 branch (feature cache) → FAISS evaluation → query.
 
 Runs the real command lines as a user would, on a few hundred images and one epoch (< 3 minutes on
 2 cores). The folder comes from FACTMAS_FLICKR8K (images/ and captions.txt). Without it the test is
@@ -39,8 +40,7 @@ def test_flickr8k_subset_end_to_end(tmp_path: Path) -> None:
     src = _flickr8k()
     h5 = tmp_path / "flickr8k_small.h5"
     _run("-m", "data_prep.flickr8k", "--images", str(src / "images"), "--captions",
-         str(src / "captions.txt"), "--out", str(h5), "--limit-images", "400", "--min-images", "8",
-         "--image-size", "48")
+         str(src / "captions.txt"), "--out", str(h5), "--limit-images", "400", "--min-images", "8")
     summary = _run("-m", "data_prep.inspect", str(h5)).stdout
     assert "random4_seed0" in summary
 
@@ -54,6 +54,9 @@ def test_flickr8k_subset_end_to_end(tmp_path: Path) -> None:
     assert "NaN" not in text
     ckpt = run / "checkpoints" / "last.pt"
     assert ckpt.is_file()
+    assert len(list(Path(f"{h5}.features").glob("efficientnet_lite0-f5-*.npy"))) == 1
+    assert results["baselines"]["frequency"]["image_to_fact_top5"]["final_all"] is not None
+    assert 0 <= results["embedding_mean_cosine"]["task3"] < 1
 
     images = sorted((src / "images").iterdir())[:2]
     out = _run("-m", "factmas.cli", "query", "--run", str(run), *map(str, images), "--k", "3", "--json").stdout

@@ -156,3 +156,33 @@ def test_bad_input_is_rejected():
         fact_loss(phi, psi, order, eye[:3, :3], LossConfig())
     with pytest.raises(ValueError, match="temperature"):
         fact_loss(phi, psi, order, eye, LossConfig(temperature=0.0))
+
+
+def test_all_facts_term_matches_a_per_image_loop():
+    """L_all = mean_i [−ℓ(x_i, c_i) + log Σ_{allowed c} exp ℓ(x_i, c)], other true facts left out."""
+    from factmas.config import LossConfig
+    from factmas.loss import all_facts_loss, fact_loss
+    from factmas.space import wildcard_distance
+    g = torch.Generator().manual_seed(7)
+    B, C, d, tau = 5, 9, 4, 0.2
+    phi, psi_c = torch.randn(B, 3, d, generator=g), torch.randn(C, 3, d, generator=g)
+    order_c = torch.randint(1, 4, (C,), generator=g)
+    own = torch.randint(0, C, (B,), generator=g)
+    positive = torch.rand(B, C, generator=g) < 0.3
+    dist = wildcard_distance(phi, psi_c, order_c)
+    want = 0.0
+    for i in range(B):
+        keep = [c for c in range(C) if c == int(own[i]) or not bool(positive[i, c])]
+        logits = torch.stack([-dist[i, c] / tau for c in keep])
+        want += float(-(-dist[i, own[i]] / tau) + torch.logsumexp(logits, 0))
+    got = all_facts_loss(dist, own, positive.clone(), tau)
+    assert abs(float(got) - want / B) < 1e-5
+    # fact_loss adds it with its weight, and leaves it out at weight 0 or without candidates
+    psi, order = psi_c[own], order_c[own]
+    pos_bb = positive[:, own] | torch.eye(B, dtype=torch.bool)
+    cand = {"psi": psi_c, "order": order_c, "own": own, "positive": positive}
+    base, _ = fact_loss(phi, psi, order, pos_bb, LossConfig(temperature=tau))
+    with_all, parts = fact_loss(phi, psi, order, pos_bb, LossConfig(temperature=tau, fact_softmax_weight=0.5), cand)
+    assert abs(float(with_all) - float(base) - 0.5 * want / B) < 1e-5 and abs(parts["all_facts"] - want / B) < 1e-5
+    off, _ = fact_loss(phi, psi, order, pos_bb, LossConfig(temperature=tau), cand)
+    assert float(off) == float(base)

@@ -11,6 +11,10 @@ A *pair batch* is B (image, fact) training pairs of the task being learned::
                                     dataset, so a repeated fact or a fact implied by another image's
                                     caption is never treated as a negative)
     image_idx int64   [B]           dataset row of each image;  fact_idx int64 [B]: fact id
+    candidates dict | None          when ``Batcher.candidates`` holds the facts of the task being
+                                    learned (C ids): {"tokens" int64 [C, 3, L], "order" int64 [C],
+                                    "own" int64 [B] column of each pair's fact, "positive" bool [B, C]}
+                                    for the loss's image→all-facts term (``factmas.loss``)
 
 Shuffling is seeded from (seed, stage, epoch, purpose) alone, never from a global RNG, so that a
 resumed run draws exactly the batches an uninterrupted run draws.
@@ -98,6 +102,7 @@ class Batcher:
         self.index = PairIndex(data.pairs, data.num_facts)
         self.tokens = self._to(torch.from_numpy(data.tokens.astype(np.int64)))
         self.order = self._to(torch.from_numpy(data.order.astype(np.int64)))
+        self.candidates: np.ndarray | None = None    # sorted fact ids; set by the trainer per stage
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.device.type == "cpu" else t.to(self.device)
@@ -120,7 +125,18 @@ class Batcher:
             "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, fact))),
             "image_idx": torch.from_numpy(img),
             "fact_idx": f,
+            "candidates": None if self.candidates is None else self._candidates(img, fact),
         }
+
+    def _candidates(self, img: np.ndarray, fact: np.ndarray) -> dict:
+        c = self.candidates
+        cd = self._to(torch.from_numpy(c))
+        own = np.searchsorted(c, fact)
+        if np.any(own >= len(c)) or np.any(c[np.minimum(own, len(c) - 1)] != fact):
+            raise ValueError("pair batch: a pair's fact is not among the candidate facts")
+        return {"tokens": self.tokens[cd], "order": self.order[cd],
+                "own": self._to(torch.from_numpy(own.astype(np.int64))),
+                "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, c)))}
 
     def pair_batches(self, pairs: np.ndarray, batch_size: int,
                      rng: np.random.Generator | None = None, flip: bool = False) -> Iterator[dict]:

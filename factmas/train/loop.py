@@ -79,7 +79,12 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
     """The task loss of a pair batch: (loss scalar, parts dict of floats, out {"phi", "psi"})."""
     phi = model.image_branch(batch["images"])
     psi = model.fact_branch(batch["tokens"], batch["order"])
-    loss, parts = fact_loss(phi, psi, batch["order"], batch["positive"], cfg.loss)
+    cand = batch.get("candidates")
+    if cand is not None and cfg.loss.fact_softmax_weight > 0:
+        cand = {**cand, "psi": model.fact_branch(cand["tokens"], cand["order"])}
+    else:
+        cand = None
+    loss, parts = fact_loss(phi, psi, batch["order"], batch["positive"], cfg.loss, cand)
     return loss, parts, {"phi": phi, "psi": psi}
 
 
@@ -236,6 +241,8 @@ class ContinualTrainer:
         torch.manual_seed(stage_seed(tc.seed, stage.index))
         pairs = self.data.task_pairs(tc.split, stage.tasks, "train")
         name = self._name(stage)
+        self.batcher.candidates = (task_facts(self.data, tc.split, stage.tasks)
+                                   if self.cfg.loss.fact_softmax_weight > 0 else None)
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
