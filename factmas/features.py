@@ -11,7 +11,7 @@ stages, weights) and stored beside the dataset file::
 ``key`` hashes the dataset's pixels, the stem's weights and the cache version, so any change gives a
 new file; every run and method on that dataset reuses it. The file is written to a temporary name and
 renamed (never half-written). The stem rounds its live output to float16 too, so cached and live
-inputs are the same numbers.
+inputs agree to one float16 step (the convolutions' summation order depends on the batch size).
 
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
 through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.

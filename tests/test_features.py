@@ -39,9 +39,12 @@ def test_cache_equals_the_live_stem_for_both_orientations(data, model):
     flip = np.array([False, True, True])
     cached = CachedInputs(feats).get(ids, flip)
     live = PixelInputs(data, stem=model.image_stem).get(ids, flip)
-    assert torch.equal(cached, live)
+    # equal up to one float16 step: the convolution's summation order depends on the batch size
+    assert torch.allclose(cached, live, rtol=2e-3, atol=2e-3)
     by_hand = model.image_stem(preprocess(data.images[ids[1:2]]).flip(-1))
-    assert torch.equal(cached[1:2], by_hand)
+    assert torch.allclose(cached[1:2], by_hand, rtol=2e-3, atol=2e-3)
+    unflipped = model.image_stem(preprocess(data.images[ids[1:2]]))
+    assert not torch.allclose(cached[1:2], unflipped, rtol=2e-3, atol=2e-3)
 
 
 def test_cache_is_reused_and_rebuilt_when_pixels_or_weights_change(data, model, monkeypatch):

@@ -63,8 +63,9 @@ def test_mas_forgets_the_first_task_less_than_finetune(data_path, tmp_path):
         # settings pinned (not the defaults, which are tuned for Flickr8k): plain Sherlock-weighted
         # loss, no augmentation (shifts move the synthetic colour bands)
         cfg = _cfg(data_path, tmp_path / method, eval_enabled=True, split="semantic2", method=method,
-                   reg_lambda=lam, epochs=3, augment_flip=False, augment_shift=0,
-                   loss={"regression_weight": 1.0, "contrastive_weight": 1.0, "temperature": 0.1})
+                   reg_lambda=lam, epochs=3, augment_flip=False, augment_shift=0, lr=1e-3,
+                   loss={"regression_weight": 1.0, "contrastive_weight": 1.0, "temperature": 0.1,
+                         "fact_softmax_weight": 0.0})
         h = train(cfg, progress=False).history
         assert [r["label"] for r in h] == ["initial", "task0", "task1"]
         val = [r["val_loss"][0] for r in h]
@@ -112,8 +113,8 @@ def test_non_finite_loss_stops_naming_task_epoch_step(data_path, tmp_path, monke
     steps_task_1 = len(batch_bounds(len(read_dataset(data_path).task_pairs("random2_seed0", 0)), 32))
     calls = {"n": 0}
 
-    def loss_that_breaks_in_task_2(phi, psi, order, positive, cfg):
-        loss, parts = real(phi, psi, order, positive, cfg)
+    def loss_that_breaks_in_task_2(phi, psi, order, positive, cfg, candidates=None):
+        loss, parts = real(phi, psi, order, positive, cfg, candidates)
         if torch.is_grad_enabled():                         # training steps, not validation
             calls["n"] += 1
             if calls["n"] > steps_task_1 + 1:
@@ -247,12 +248,12 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(data_path, tmp_path, monkeypa
     steps_task_1 = len(batch_bounds(len(read_dataset(data_path).task_pairs("random2_seed0", 0)), 32))
     calls = {"n": 0}
 
-    def loss_then_sigterm(phi, psi, order, positive, cfg):
+    def loss_then_sigterm(phi, psi, order, positive, cfg, candidates=None):
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] == steps_task_1 + 3:                # in task 2: a scheduler stops the job
                 os.kill(os.getpid(), signal.SIGTERM)
-        return real(phi, psi, order, positive, cfg)
+        return real(phi, psi, order, positive, cfg, candidates)
 
     monkeypatch.setattr(loop_module, "fact_loss", loss_then_sigterm)
     out = tmp_path / "run"
