@@ -45,4 +45,4 @@ def frequency_baseline(evaluator) -> dict:
     """The evaluator's metrics (``Evaluator.evaluate_embeddings`` layout) of the frequency ranking
     on its image pool."""
     phi, psi = frequency_embeddings(evaluator.data, len(evaluator.image_ids))
-    return evaluator.evaluate_embeddings(phi, psi)
+    return evaluator.evaluate_embeddings(phi, psi, label="image-frequency ranking")

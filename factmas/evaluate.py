@@ -168,7 +168,8 @@ class Evaluator:
         psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
         return self.evaluate_embeddings(phi, psi, time.perf_counter() - t0)
 
-    def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0) -> dict:
+    def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
+                            label: str = "evaluation") -> dict:
         """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
         (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
         ``factmas.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
@@ -191,8 +192,8 @@ class Evaluator:
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
-        log.info("evaluation: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
-                 HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
+        log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
+                 label, HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
                  timing["metrics_s"])
         return out
 

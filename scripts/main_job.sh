@@ -56,7 +56,7 @@ for method in finetune mas; do
   { "$py" -m factmas.cli train --data "$h5" --split random4_seed0 --method "$method" --out "$out/$method" \
         --threads "$threads" --overwrite --no-progress 2>&1; echo $? > "$out/$method.status"; } \
     | tee "$out/$method.log" \
-    | grep --line-buffered -E "epoch [0-9]+/|evaluation:|Ω updated|Error|error" \
+    | grep --line-buffered -E "epoch [0-9]+/|evaluation:|Ω updated|feature cache|^factmas|Traceback" \
     | sed -u "s/^/[$method] /" &
   pids+=($!)
   [ "$cores" -ge 2 ] || wait "${pids[-1]}"
