@@ -34,7 +34,7 @@ from torch import nn
 
 import common
 
-SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18": {"n_images": 40, "batch": 16}}
+SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18_gn": {"n_images": 40, "batch": 16}}
 
 
 def held_tensors(obj, model_ptrs: set, seen: set | None = None, depth: int = 0) -> int:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     from factmas.methods import METHODS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="default: all of METHODS")
-    ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18"])
+    ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18_gn"])
     ap.add_argument("--data", help="HDF5 dataset (default: a synthetic one per backbone)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--quick", action="store_true", help="one child, tiny data (smoke test)")

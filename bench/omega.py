@@ -189,8 +189,8 @@ def _fmt(x, spec: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "efficientnet_lite0"],
-                    default=["small_cnn", "resnet18", "efficientnet_lite0"])
+    ap.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18_gn", "efficientnet_lite0"],
+                    default=["small_cnn", "resnet18_gn", "efficientnet_lite0"])
     ap.add_argument("--samples", type=int, default=256, help="images and facts per run (small_cnn)")
     ap.add_argument("--resnet-samples", type=int, default=32, help="images and facts per run (resnet18)")
     ap.add_argument("--batch", type=int, default=TrainConfig().aux_batch_size,

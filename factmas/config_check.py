@@ -87,7 +87,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "model.backbone": _choice(_backbones),
     "model.embed_dim": POSITIVE, "model.width": POSITIVE, "model.word_dim": POSITIVE,
     "model.fact_hidden": POSITIVE, "model.norm_groups": POSITIVE,
-    "model.freeze_stages": _int_at_least(0),
+    "model.freeze_stages": _int_at_least(0, optional=True),
     "loss.regression_weight": _float(0), "loss.contrastive_weight": _float(0),
     "loss.fact_softmax_weight": _float(0),
     "loss.temperature": _float(0, lo_open=True),

@@ -66,7 +66,8 @@ def cache_file(data: FactData, model: torch.nn.Module) -> Path:
     cfg = model.cfg
     key = hashlib.blake2b(f"{CACHE_VERSION}:{pixels_hash(data.images)}:{stem_hash(model.image_stem)}"
                           .encode(), digest_size=8).hexdigest()
-    return Path(f"{data.path}.features") / f"{cfg.backbone}-f{cfg.freeze_stages}-{key}.npy"
+    stages = getattr(model.image_stem, "stages", cfg.freeze_stages)
+    return Path(f"{data.path}.features") / f"{cfg.backbone}-f{stages}-{key}.npy"
 
 
 @torch.no_grad()
@@ -116,8 +117,8 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
                              f"[{len(data.images)}, 2, ...] float16; delete it to rebuild")
         log.info("feature cache: %s (%.0f MB, reused)", path, path.stat().st_size / 2**20)
         return feats
-    log.info("feature cache: computing %s's frozen stages %d for %s images (+ mirrored) → %s",
-             model.cfg.backbone, model.cfg.freeze_stages, f"{len(data.images):,}", path)
+    log.info("feature cache: computing %s's frozen stages (%s) for %s images (+ mirrored) → %s",
+             model.cfg.backbone, getattr(model.image_stem, "stages", "?"), f"{len(data.images):,}", path)
     t0 = time.perf_counter()
     feats = compute_features(model.image_stem, data.images, device, progress=progress)
     seconds = time.perf_counter() - t0

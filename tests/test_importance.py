@@ -69,7 +69,7 @@ def test_exact_mas_matches_per_sample_loop_on_the_model(data):
 @pytest.mark.slow
 def test_exact_mas_matches_loop_on_resnet18():
     torch.manual_seed(3)
-    model = tiny_model("resnet18")
+    model = tiny_model("resnet18_gn")
     images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     exact = mas_importance(model, [images], None)
     loop = loop_mas_importance(model, [images], None)

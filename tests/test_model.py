@@ -146,7 +146,7 @@ def test_resnet18_fork_groupnorm_and_pretrained_weights(tmp_path):
         ref.layer4[1].bn2.bias.uniform_(-1, 1)
     path = tmp_path / "resnet18.pth"
     torch.save(ref.state_dict(), path)
-    cfg = ModelConfig(backbone="resnet18", pretrained_path=str(path), embed_dim=8, norm_groups=8)
+    cfg = ModelConfig(backbone="resnet18_gn", pretrained_path=str(path), embed_dim=8, norm_groups=8)
     model = build_model(cfg, VOCAB)
     ib = model.image_branch
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -158,10 +158,10 @@ def test_resnet18_fork_groupnorm_and_pretrained_weights(tmp_path):
     assert ib(torch.randn(2, 3, 32, 32)).shape == (2, 3, 8)
 
     with pytest.raises(ValueError, match="missing.pth"):
-        build_model(ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "missing.pth")), VOCAB)
+        build_model(ModelConfig(backbone="resnet18_gn", pretrained_path=str(tmp_path / "missing.pth")), VOCAB)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not a torchvision resnet18"):
-        build_model(ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "other.pth")), VOCAB)
+        build_model(ModelConfig(backbone="resnet18_gn", pretrained_path=str(tmp_path / "other.pth")), VOCAB)
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -211,10 +211,10 @@ def test_load_image_file_errors_name_the_file(tmp_path):
 def test_resnet18_rejects_mismatched_state_dict(tmp_path):
     torch.save({"layer9.weight": torch.zeros(1)}, tmp_path / "keys.pth")
     with pytest.raises(ValueError, match=r"keys.pth: not a torchvision resnet18.*mismatched keys"):
-        build_model(ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "keys.pth")), VOCAB)
+        build_model(ModelConfig(backbone="resnet18_gn", pretrained_path=str(tmp_path / "keys.pth")), VOCAB)
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="list.pth: not a torchvision resnet18"):
-        build_model(ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "list.pth")), VOCAB)
+        build_model(ModelConfig(backbone="resnet18_gn", pretrained_path=str(tmp_path / "list.pth")), VOCAB)
 
 
 def test_fact_branch_runs_under_vmap_without_input_checks(small):

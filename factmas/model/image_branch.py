@@ -139,12 +139,13 @@ def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
             _batchnorm_to_groupnorm(child, groups)
 
 
-class LiteBranch(FrozenBatchNormMixin):
-    """The trainable part of an EfficientNet-Lite image branch, forked as Sherlock's.
+class ForkedBranch(FrozenBatchNormMixin):
+    """The trainable part of a pretrained image branch, forked as Sherlock's.
 
-    ``trunk``: the stages after the frozen stem up to the last one (shared); each head: a copy of the
-    last stage + the 1×1 head convolution + its BatchNorm/ReLU6 (1,280 channels), then global average
-    pooling and a Linear to d (S) or 2d (P, O). BatchNorm keeps its ImageNet statistics (eval mode).
+    ``trunk``: the stages after the frozen stem up to the last one (shared); each head: a copy of
+    ``head`` (EfficientNet-Lite: the last stage + the 1×1 head convolution + its BatchNorm/ReLU6, 1,280
+    channels; ResNet: layer4), then global average pooling and a Linear to d (S) or 2d (P, O).
+    BatchNorm keeps its ImageNet statistics (eval mode, ``FrozenBatchNormMixin``).
 
     Input: the stem's feature map float32 [B, C_k, h, w]; output raw φ float32 [B, 3, d].
     """
@@ -158,32 +159,41 @@ class LiteBranch(FrozenBatchNormMixin):
         return self.heads(self.trunk(x))
 
 
-def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, LiteBranch]:
-    """EfficientNet-Lite cut after ``cfg.freeze_stages`` of its 7 block stages (stem convolution
-    included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
+def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
+    """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: 5) of its 7 block stages (stem
+    convolution included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
 
     Raises:
         ValueError: ``freeze_stages`` outside 0..6, or weights that cannot be loaded.
     """
     net = imagenet_lite(cfg.backbone, cfg.pretrained_path, cfg.pretrained)
     stages = len(net.blocks)
-    if not 0 <= cfg.freeze_stages < stages:
+    k = LITE_DEFAULT_FROZEN if cfg.freeze_stages is None else cfg.freeze_stages
+    if not 0 <= k < stages:
         raise ValueError(f"model.freeze_stages: must be in 0..{stages - 1} for {cfg.backbone} (the "
-                         f"last of its {stages} stages forks into the heads), got {cfg.freeze_stages}")
-    k = cfg.freeze_stages
+                         f"last of its {stages} stages forks into the heads), got {k}")
     stem = FrozenStem(nn.Sequential(Renormalize(IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD),
                                     net.conv_stem, net.bn1, *net.blocks[:k]))
     head = nn.Sequential(net.blocks[-1], net.conv_head, net.bn2)
-    branch = LiteBranch(nn.Sequential(*net.blocks[k:-1]), head, net.conv_head.out_channels,
-                        cfg.embed_dim)
+    stem.stages = k
+    branch = ForkedBranch(nn.Sequential(*net.blocks[k:-1]), head, net.conv_head.out_channels,
+                          cfg.embed_dim)
     log.info("image branch: %s (%s), stages 1-%d frozen, %s trainable parameters", cfg.backbone,
              "ImageNet weights" if cfg.pretrained else "random weights", k,
              f"{sum(p.numel() for p in branch.parameters()):,}")
     return stem, branch.train(False)
 
 
-BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18": ResNet18Branch,
+def _build_resnet(cfg: ModelConfig):
+    from .resnet import build_resnet          # torchvision only when a ResNet is asked for
+    return build_resnet(cfg)
+
+
+LITE_DEFAULT_FROZEN = 5                       # chosen on val (README, "Choosing the defaults")
+BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18_gn": ResNet18Branch,
+             "resnet18": _build_resnet, "resnet50": _build_resnet,
              **{name: build_lite for name in LITE_MODELS}}
+PIXEL_BACKBONES = ("small_cnn", "resnet18_gn")   # read pixels (no frozen stem, no feature cache)
 
 
 def build_image_branch(cfg: ModelConfig) -> tuple[FrozenStem | None, nn.Module]:

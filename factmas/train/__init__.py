@@ -81,10 +81,11 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
     if tc.threads is not None and tc.threads < 1:
         raise UsageError(f"train.threads must be >= 1 or null, got {tc.threads}")
-    if tc.augment_shift and cfg.model.backbone not in ("small_cnn", "resnet18"):
+    from ..model.image_branch import PIXEL_BACKBONES
+    if tc.augment_shift and cfg.model.backbone not in PIXEL_BACKBONES:
         raise UsageError(f"train.augment_shift = {tc.augment_shift}: pixel shifts apply to pixel-input "
-                         f"backbones (small_cnn, resnet18) only; {cfg.model.backbone} reads a cached "
-                         "feature map (use 0; flips still apply)")
+                         f"backbones ({', '.join(PIXEL_BACKBONES)}) only; {cfg.model.backbone} reads a "
+                         "cached feature map (use 0; flips still apply)")
     for key in ("epochs", "batch_size", "aux_batch_size"):
         if getattr(tc, key) < 1:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")

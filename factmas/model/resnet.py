@@ -1,0 +1,91 @@
+"""ImageNet ResNet-18/50 (He et al., CVPR 2016) image branches with frozen BatchNorm, through
+torchvision's own weights API — for users with internet.
+
+``cfg.pretrained_path`` (a torchvision state dict file) is used when given; otherwise the ImageNet
+weights come from ``torchvision.models.ResNet{18,50}_Weights.IMAGENET1K_V1.get_state_dict()``, which
+downloads them once into the torch hub cache (``$TORCH_HOME/hub/checkpoints/``) and reads the cached
+file afterwards. The tests place a state dict in that cache beforehand; nothing is downloaded there.
+
+The network is cut like the EfficientNet branch: the stem (conv1, bn1, max-pool) and the first
+``freeze_stages`` residual layers (0..3, default 3) are frozen and cached; the remaining layers up to
+layer3 train; each of the S and PO heads is a copy of layer4, then global average pooling and a
+Linear (Sherlock's fork). BatchNorm keeps its ImageNet statistics everywhere, so samples stay
+independent and per-sample gradients (exact Ω) are defined. Input: ``preprocess`` output (the
+ImageNet mean/std normalization these weights expect).
+
+May import: torch, torchvision, ``.frozen``, ``factmas.config``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .frozen import FrozenStem
+
+log = logging.getLogger(__name__)
+
+# backbone name → (torchvision constructor, weights enum, channels of layer4)
+RESNETS = {"resnet18": ("resnet18", "ResNet18_Weights", 512),
+           "resnet50": ("resnet50", "ResNet50_Weights", 2048)}
+DEFAULT_FROZEN = 3
+
+
+def resnet_state_dict(name: str, path: str | None) -> dict[str, torch.Tensor]:
+    """The weights of ResNet ``name``: the file ``path`` (weights_only load) or torchvision's ImageNet
+    weights (``IMAGENET1K_V1``, downloaded once into the torch hub cache).
+
+    Raises:
+        ValueError: an unreadable file or not a state dict (names the file), or no weights could be
+            had (no file and no cached copy or network; the message says where to put the file).
+    """
+    import torchvision
+    if path:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{path}: cannot load {name} weights: {e}") from e
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a torchvision {name} state dict (a {type(state).__name__})")
+        return state
+    weights = getattr(torchvision.models, RESNETS[name][1]).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"backbone {name}: torchvision's ImageNet weights ({weights.url}) could not be "
+                         f"read or downloaded ({e}); place the file in {torch.hub.get_dir()}/checkpoints/ "
+                         "or set model.pretrained_path") from e
+
+
+def build_resnet(cfg: ModelConfig):
+    """(FrozenStem, trainable ForkedBranch) of an ImageNet ResNet (module docstring).
+
+    Raises:
+        ValueError: ``freeze_stages`` outside 0..3, or weights that cannot be had or do not fit.
+    """
+    import torchvision
+
+    from .image_branch import ForkedBranch
+    ctor, _, channels = RESNETS[cfg.backbone]
+    net = getattr(torchvision.models, ctor)(weights=None)
+    if cfg.pretrained:
+        state = resnet_state_dict(cfg.backbone, cfg.pretrained_path)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{cfg.pretrained_path or cfg.backbone}: not torchvision {cfg.backbone} "
+                             f"weights: {str(e).splitlines()[0]}") from e
+    k = DEFAULT_FROZEN if cfg.freeze_stages is None else cfg.freeze_stages
+    if not 0 <= k <= 3:
+        raise ValueError(f"model.freeze_stages: must be in 0..3 for {cfg.backbone} (residual layers "
+                         f"1-3; layer4 forks into the heads), got {k}")
+    layers = [net.layer1, net.layer2, net.layer3]
+    stem = FrozenStem(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:k]))
+    stem.stages = k
+    branch = ForkedBranch(nn.Sequential(*layers[k:]), net.layer4, channels, cfg.embed_dim)
+    log.info("image branch: %s (%s), residual layers 1-%d frozen, %s trainable parameters",
+             cfg.backbone, "ImageNet weights" if cfg.pretrained else "random weights", k,
+             f"{sum(p.numel() for p in branch.parameters()):,}")
+    return stem, branch.train(False)
