@@ -31,13 +31,15 @@ def _lite_input(images: list[np.ndarray], size: int = 224) -> torch.Tensor:
     return (x - mean) / std
 
 
-def test_weights_are_the_imagenet_classifier(lite0):
+@pytest.mark.parametrize("name, size", [("efficientnet_lite0", 224), ("efficientnet_lite1", 240)])
+def test_weights_are_the_imagenet_classifier(name, size, lite0):
     """sklearn's bundled photos get their ImageNet classes: china.jpg a palace / bell cote, flower.jpg
-    a daisy, each within the top 5."""
+    a daisy, each within the top 5 (lite1's weights package is a test dependency)."""
     import timm
     from sklearn.datasets import load_sample_images
+    net = lite0 if name == "efficientnet_lite0" else imagenet_lite(name)
     with torch.no_grad():
-        logits = lite0(_lite_input(load_sample_images().images))
+        logits = net(_lite_input(load_sample_images().images, size))
     info = timm.data.ImageNetInfo()
     top5 = [[info.index_to_description(int(i)) for i in row.topk(5).indices] for row in logits]
     assert any("palace" in c or "bell cote" in c for c in top5[0]), top5[0]
