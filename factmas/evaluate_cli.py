@@ -129,7 +129,10 @@ def metrics_table(metrics: dict, num_tasks: int) -> str:
     rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys] for m in METRICS]
     t = metrics.get("timing", {})
     table = markdown_table(["metric"] + [f"T{j + 1}" for j in range(num_tasks)] + ["all"], rows)
-    return table + "\n\ntiming: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+    cos = metrics.get("embedding", {}).get("mean_cosine")
+    cos_line = "" if cos is None else (f"\n\nmean pairwise cosine of the images' embeddings (each slot "
+                                       f"L2-normalized; 1 = collapsed): {cos:.3f}")
+    return table + cos_line + "\n\ntiming: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
 
 
 def main(argv: list[str] | None = None) -> int:
