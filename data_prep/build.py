@@ -176,6 +176,21 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
     return report
 
 
+def run_build(build, args: argparse.Namespace) -> tuple[int, "BuildReport | None"]:
+    """Run a builder's ``build(args)`` as a command: (0, report), or (2, None) after printing the
+    message of a bad input (any ValueError — the builders' errors derive from it —, an existing file,
+    an unwritable folder), or (130, None) on Ctrl-C (the HDF5 write holds it back, then removes its
+    temporary file)."""
+    try:
+        return 0, build(args)
+    except (ValueError, OSError) as e:      # OSError: e.g. --out in a folder that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written to {args.out}", file=sys.stderr)
+        return 130, None
+
+
 def print_report(report: BuildReport, stream=None) -> None:
     """Human-readable build report (to stderr by default): skipped images with reasons, then counts."""
     stream = stream or sys.stderr

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from factmas.dataset import MAX_SLOT_WORDS
 
-from .build import BuildError, add_common_args, assemble, options_from_args, print_report
-from .images import StrictImageError, load_images
+from .build import BuildError, add_common_args, assemble, options_from_args, print_report, run_build
+from .images import load_images
 from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = build(args)
-    except (BuildError, AnnotationError, StrictImageError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:              # e.g. --out in a folder that cannot be written
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:         # the HDF5 write holds Ctrl-C back, then removes its temp file
-        print(f"interrupted: nothing written to {args.out}", file=sys.stderr)
-        return 130
+    status, report = run_build(build, args)
+    if status:
+        return status
     print_report(report)
     return 0
 

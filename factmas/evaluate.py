@@ -173,7 +173,7 @@ class Evaluator:
         """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
         (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
         ``factmas.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
-        cfg, data = self.cfg, self.data
+        data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
         ap, ap_k = self._fact_to_image(phi, psi, order, timing)

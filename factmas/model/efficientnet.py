@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .frozen import exact_layers
+from .weights import load_state_file
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -109,12 +110,7 @@ def imagenet_lite(name: str, weights: str | Path | None = None, pretrained: bool
     net = timm.create_model(LITE_MODELS[name][2], pretrained=False)
     if pretrained:
         path = Path(weights) if weights else lite_weights_path(name)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{path}: cannot load {name} weights: {e}") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a state dict (a {type(state).__name__})")
+        state = load_state_file(path, f"{name} weights")
         if any(k.startswith("_blocks.") for k in state):
             state = lite_to_timm(state, [len(stage) for stage in net.blocks])
         try:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .frozen import FrozenStem
+from .weights import load_state_file
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,7 @@ def resnet_state_dict(name: str, path: str | None) -> dict[str, torch.Tensor]:
     """
     import torchvision
     if path:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{path}: cannot load {name} weights: {e}") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: not a torchvision {name} state dict (a {type(state).__name__})")
-        return state
+        return load_state_file(path, f"{name} weights")
     weights = getattr(torchvision.models, RESNETS[name][1]).IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False)
