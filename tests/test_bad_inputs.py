@@ -301,27 +301,32 @@ def test_bad_input(env, case, capsys):
 
 def test_interrupt_during_the_hdf5_write_leaves_nothing_and_exits_130(env, monkeypatch, capsys):
     """Ctrl-C while h5py writes (which can swallow it): held until the file is closed, then the
-    temporary file is removed and the build exits 130."""
+    temporary file is removed and the build exits 130. The SIGINT handler is set to Python's default
+    first: a test run started in the background (CI, nohup) inherits SIGINT ignored."""
     from data_prep import from_csv
-    real = h5py.Group.create_dataset
-    calls = {"n": 0}
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        real = h5py.Group.create_dataset
+        calls = {"n": 0}
 
-    def interrupted(self, name, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(self, name, *a, **k)
+        def interrupted(self, name, *a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(self, name, *a, **k)
 
-    monkeypatch.setattr(h5py.Group, "create_dataset", interrupted)
-    before = _snapshot(env["root"])
-    argv = [a.format(**env) for a in BUILD]
-    assert from_csv.main(argv) == 130
-    assert "interrupted" in capsys.readouterr().err and calls["n"] > 3   # the write went on
-    assert _snapshot(env["root"]) == before                              # no file, no temp file
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    monkeypatch.setattr(h5py.Group, "create_dataset", real)
-    assert from_csv.main(argv) == 0                                     # the same build, uninterrupted
-    (env["root"] / "built.h5").unlink()
+        monkeypatch.setattr(h5py.Group, "create_dataset", interrupted)
+        before = _snapshot(env["root"])
+        argv = [a.format(**env) for a in BUILD]
+        assert from_csv.main(argv) == 130
+        assert "interrupted" in capsys.readouterr().err and calls["n"] > 3   # the write went on
+        assert _snapshot(env["root"]) == before                              # no file, no temp file
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        monkeypatch.setattr(h5py.Group, "create_dataset", real)
+        assert from_csv.main(argv) == 0                                     # the same build, uninterrupted
+        (env["root"] / "built.h5").unlink()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_case_count():
