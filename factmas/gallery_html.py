@@ -26,7 +26,7 @@ img.photo{width:128px;height:128px;display:block} .truth{color:#555;font-size:11
 .cell img{width:96px;height:96px;display:block;border:3px solid #ddd}
 .cell.right img{border-color:#1a7f37} .cell.wrong img{border-color:#c62828}
 img.plot{max-width:100%;border:1px solid #eee}
-.cards{display:flex;flex-wrap:wrap;gap:8px} .card{width:676px;table-layout:fixed} .card th:first-child{width:136px} .card li{overflow:hidden;text-overflow:ellipsis} .truth{max-width:128px}
+.cards{display:flex;flex-wrap:wrap;gap:8px} .card{width:676px;table-layout:fixed} .card th:first-child{width:136px} .card li{white-space:normal} .truth{max-width:128px;overflow-wrap:anywhere}
 """
 
 
@@ -56,8 +56,8 @@ def _run_header(runs: list[dict]) -> str:
         rows.append(f"<tr><td>{html.escape(r['name'])}</td><td>{html.escape(cfg.train.method)}</td>"
                     f"<td>{lam}</td><td>{html.escape(cfg.train.split)}</td>"
                     f"<td>{'—' if final is None else f'{100 * final:.2f}'}</td>"
-                    f"<td>{html.escape(str(r['dir']))}</td></tr>")
-    head = "<tr><th>run</th><th>method</th><th>λ</th><th>split</th><th>final mAP (all facts, %)</th><th>directory</th></tr>"
+                    "</tr>")
+    head = "<tr><th>run</th><th>method</th><th>λ</th><th>split</th><th>final mAP (all facts, %)</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -64,8 +64,8 @@ def write_comparison_plots(results: list[dict], names: list[str], out_dir: str |
     finite = np.concatenate([A[np.isfinite(A)] for _, A, _ in mats] or [np.zeros(1)])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(1.0 * len(cols) * n + 1.6 * n + 1.5, 0.5 * len(mats[0][0]) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(1.0 * len(cols) * n + 1.2 * n + 1.2, 0.5 * len(mats[0][0]) + 2),
+                             squeeze=False, layout="constrained")
     im = None
     for ax, name, (labels, A, _) in zip(axes[0], names, mats):
         im = ax.imshow(A, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
@@ -84,7 +84,7 @@ def write_comparison_plots(results: list[dict], names: list[str], out_dir: str |
     paths = [_save(fig, out_dir / "r_heatmaps.png")]
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for r, (name, (labels, A, alls)) in enumerate(zip(names, mats)):
         ls, marker = _STYLES[r % len(_STYLES)]
@@ -99,7 +99,6 @@ def write_comparison_plots(results: list[dict], names: list[str], out_dir: str |
     ax.set_title("each task after each training step (colour = task, line = run)")
     ax.legend(fontsize=7, ncol=n, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     paths.append(_save(fig, out_dir / "map_per_task.png"))
     plt.close(fig)
     return paths
