@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,8 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     Returns: {"photos": [{"image": i, "truth": [fact texts], "runs": [[(text, D, right)] per run]}],
     "tasks": [{"task": t, "facts": [{"fact": f, "text", "runs": [[(image, D, right)] per run]}]}]}
     """
+    import torch
+
     from .evaluate import embed_facts
     from .retrieval import FactIndex, ImageIndex
     from .search import dataset_embeddings

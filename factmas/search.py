@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +94,15 @@ def fact_id_of(data: Any, slots: list[str]) -> int | None:
     return None
 
 
-@torch.no_grad()
-def dataset_embeddings(model: torch.nn.Module, data: Any, split: str, device: torch.device,
+def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
                        batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images."""
+    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images.
+
+    Raises:
+        SearchError: the split has no images.  ValueError: the feature cache cannot be used.
+    """
+    import torch
+
     from .dataset import SPLIT_NAMES
     from .features import image_inputs
 
@@ -107,17 +111,20 @@ def dataset_embeddings(model: torch.nn.Module, data: Any, split: str, device: to
     if not len(ids):
         raise SearchError(f"--image-split {split}: the dataset {data.path} has no {split} images")
     inputs = image_inputs(model, data, device, progress=False)
-    phi = [model.image_branch(inputs.get(ids[lo:lo + batch])).float().cpu().numpy()
-           for lo in range(0, len(ids), batch)]
+    with torch.no_grad():
+        phi = [model.image_branch(inputs.get(ids[lo:lo + batch])).float().cpu().numpy()
+               for lo in range(0, len(ids), batch)]
     return ids.astype(np.int64), np.concatenate(phi)
 
 
-def search(model: torch.nn.Module, tokens: np.ndarray, order: int, phi: np.ndarray,
+def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k images of one fact: (D float32 [k'], row indices int64 [k'] into ``phi``), ascending D.
 
     tokens int64 [1, 3, L]; phi float32 [N, 3, d] raw image embeddings; k' = min(k, N).
     """
+    import torch
+
     from .retrieval import ImageIndex
 
     device = next(model.parameters()).device

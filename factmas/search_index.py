@@ -109,7 +109,8 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
         files, True when the saved index was reused).
     Raises:
         ValueError: not a folder, no image files, or none of them readable.
-        OSError: the index folder cannot be written (read-only folder).
+    A folder that cannot be written (read-only) is searched all the same; the index is not saved
+    (a warning says so).
     """
     folder = Path(folder)
     files = image_files(folder)
@@ -128,11 +129,16 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
     if not names:
         raise ValueError(f"--images {folder}: none of {len(files)} image files could be read "
                          f"(first: {failed[0]})")
-    path.parent.mkdir(exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, names=np.array(names, dtype=str), phi=phi.astype(np.float32),
-                     failed=np.array(failed, dtype=str))
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, names=np.array(names, dtype=str), phi=phi.astype(np.float32),
+                         failed=np.array(failed, dtype=str))
+    except OSError as e:
+        log.warning("search index not saved (%s: %s); the next search embeds the photos again",
+                    path, e.strerror or e)
+        return [folder / n for n in names], phi, failed, False
     for old in path.parent.glob(f"{rk}-*.npz"):
         if old != path:
             try:

@@ -39,6 +39,8 @@ def run(tmp_path_factory):
     photos.mkdir()
     for i in range(6):
         Image.fromarray(data.images[i]).resize((40, 30)).save(photos / f"p{i}.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (photos / "notes.txt").write_text("not an image")
     return {"run": cfg.out, "model": model.eval(), "data": data, "photos": photos}
 
 
@@ -83,10 +85,13 @@ def test_unknown_words_and_bad_fact_exit_2(run, capsys):
 def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
     args = ["--run", run["run"], "person, ride", "--images", str(run["photos"]), "--k", "4", "--json"]
     assert search.main(args) == 0
-    first = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    first = json.loads(cap.out)
+    assert "skipped unreadable image broken.jpg" in cap.err
     assert first["index_reused"] is False and len(first["results"]) == 4
+    assert [u.split(":")[0] for u in first["unreadable"]] == ["broken.jpg"]
     # brute force over the folder's photos
-    files = sorted(run["photos"].glob("*.png"))
+    files = sorted(run["photos"].glob("p*.png"))
     with torch.no_grad():
         phi = run["model"].embed_pixels(preprocess(np.stack([load_image(p, 24) for p in files])))
     psi, order = _psi(run, ["person", "ride"])
@@ -107,3 +112,17 @@ def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
     third = json.loads(capsys.readouterr().out)
     assert calls == [1] and third["index_reused"] is False
     assert len(list((run["photos"] / search_index.INDEX_DIR).glob("*.npz"))) == 1
+
+
+def test_unwritable_folder_still_searched(run, tmp_path, capsys, monkeypatch):
+    photos = tmp_path / "ro"
+    photos.mkdir()
+    Image.fromarray(run["data"].images[0]).save(photos / "a.png")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(search_index, "atomic_path", refuse)
+    assert search.main(["--run", run["run"], "dog", "--images", str(photos), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in out["results"]] == [str(photos / "a.png")]
+    assert not list(photos.glob(".factmas-index/*.npz"))
