@@ -7,7 +7,8 @@ Usage::
 
 The fact is typed as "S", "S, P" or "S, P, O" (comma-separated slots). Words are lower-cased and, when
 a word is not in the run's vocabulary, its lemmas (lemminflect, as the dataset's facts were mined:
-"dogs" → dog, "running" → run) are tried; words still unknown are named in the error (exit 2).
+"dogs" → dog, "running" → run; people words such as "children" → person) are tried; words still
+unknown are named in the error (exit 2).
 
 Searched images: ``--images DIR`` = the image files of a folder, embedded once with
 ``model.embed_pixels`` into ``DIR/.factmas-index/`` (``factmas.search_index``; reused while run and
@@ -49,6 +50,24 @@ def _lemmas(word: str) -> list[str]:
     return [lemma.lower() for lemmas in getAllLemmas(word).values() for lemma in lemmas]
 
 
+def _people() -> frozenset:
+    try:
+        from data_prep.mining import PEOPLE
+    except ImportError:
+        return frozenset()
+    return PEOPLE
+
+
+def _resolve(word: str, index: dict) -> str | None:
+    """The vocabulary word for a typed (lower-case) word, as the dataset's facts were mined: the word
+    itself, "person" for people words (man, women, child, ...), else a lemma in the vocabulary."""
+    if word in index:
+        return word
+    if word in _people() and "person" in index:
+        return "person"
+    return next((lem for lem in _lemmas(word) if lem in index), None)
+
+
 def parse_fact(text: str, vocab: list[str], max_words: int) -> tuple[list[str], np.ndarray, int]:
     """A typed fact → (slot strings, tokens int64 [1, 3, L], order int).
 
@@ -72,7 +91,7 @@ def parse_fact(text: str, vocab: list[str], max_words: int) -> tuple[list[str], 
             raise SearchError(f"fact {text!r}: slot {slot!r} has more than {max_words} words")
         found = []
         for w in words:
-            cand = w if w in index else next((lem for lem in _lemmas(w) if lem in index), None)
+            cand = _resolve(w, index)
             if cand is None:
                 unknown.append(w)
             found.append(cand)

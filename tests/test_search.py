@@ -76,6 +76,8 @@ def test_unknown_words_and_bad_fact_exit_2(run, capsys):
     assert search.main(["--run", run["run"], "dog, eat, zebra"]) == 2
     err = capsys.readouterr().err
     assert "'eat'" in err and "'zebra'" in err and "vocabulary" in err and "Traceback" not in err
+    assert search.main(["--run", run["run"], "Children, ride", "--json"]) == 0      # as mined: person
+    assert json.loads(capsys.readouterr().out)["fact"] == "<person, ride>"
     assert search.main(["--run", run["run"], "dog,,grass"]) == 2
     assert "comma-separated" in capsys.readouterr().err
     assert search.main(["--run", run["run"], "dog", "--images", str(run["photos"] / "nope")]) == 2
