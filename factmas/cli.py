@@ -11,6 +11,8 @@ import sys
 SUBCOMMANDS = {
     "train": ("factmas.train.cli", "train the tasks of a split in order (finetune, MAS, ...)"),
     "query": ("factmas.query", "top-k facts for images, from a trained run"),
+    "search": ("factmas.search", "the images that fit a fact best (fact -> images), from a run"),
+    "gallery": ("factmas.gallery", "a static HTML page comparing what runs retrieve"),
     "evaluate": ("factmas.evaluate_cli", "recompute retrieval metrics from a run's checkpoints"),
     "features": ("factmas.features_cli", "compute a pretrained backbone's feature cache on a dataset"),
 }
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         lines = [f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
-        print("usage: factmas {train,query,evaluate,features} ...\n\n" + "\n".join(lines))
+        print("usage: factmas {train,query,search,gallery,evaluate,features} ...\n\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nfactmas: unknown subcommand {argv[0]!r}", file=sys.stderr)
             return 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job, end to end on real data:
 #   create the environment → build data/flickr8k.h5 from Flickr8k → train the 4-task random split
-#   with finetune and with MAS (FAISS evaluation after every task) → results table and plots.
+#   with finetune and with MAS (FAISS evaluation after every task) → results table, plots, gallery.
 #
 # usage: bash scripts/main_job.sh [FLICKR8K_DIR]
 #   FLICKR8K_DIR holds images/ (or Images/) and captions.txt; default $FACTMAS_FLICKR8K, else
@@ -72,6 +72,8 @@ t3=$(date +%s)
 "$py" eval/compare.py "$out/finetune" "$out/mas" --out "$out/table"
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_map --out "$out/table_image_to_fact_map"
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_top5 --out "$out/table_image_to_fact_top5"
+# What the two runs retrieve, side by side (static HTML, open $out/gallery/index.html in a browser)
+"$py" -m factmas.cli gallery "$out/finetune" "$out/mas" --out "$out/gallery"
 t4=$(date +%s)
 
 cat <<MSG
@@ -79,5 +81,6 @@ cat <<MSG
 [main] done in $((t4 - t0)) s (environment $((t1 - t0)) s, dataset $((t2 - t1)) s, feature cache $((t_cache - t2)) s, training + evaluation $((t3 - t_cache)) s)
 [main] tables:       $out/table.md (fact→image mAP), $out/table_image_to_fact_map.md, $out/table_image_to_fact_top5.md (and .csv)
 [main] per run:      $out/{finetune,mas}/results.json, results.md, *.png
+[main] gallery:      $out/gallery/index.html (top facts and images of both runs, one colour scale)
 MSG
 cat "$out/table.md"

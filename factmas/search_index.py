@@ -1,0 +1,149 @@
+"""The embeddings of a folder of photos, computed once and kept beside the photos.
+
+``factmas search --images DIR`` embeds every image file of DIR (not its subfolders) with the run's
+model and saves the result as::
+
+    DIR/.factmas-index/<run key>-<files key>.npz
+        names   str [N]            file names (sorted) that were embedded
+        phi     float32 [N, 3, d]  raw image embeddings (``model.embed_pixels``)
+        failed  str [E]            "name: reason" of files that could not be read (not retried)
+
+``run key`` = BLAKE2b of the checkpoint file's bytes and the image size; ``files key`` = BLAKE2b of
+the names, sizes and modification times (ns) of the image files. The file is written atomically
+(temporary name, then rename); it is reused while the run and the files are unchanged, and a change
+of either gives a new key, so the index is rebuilt (older indexes of the same run are removed).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imageio import ImageError, load_image
+from .io import atomic_path
+from .model import preprocess
+
+log = logging.getLogger(__name__)
+
+INDEX_DIR = ".factmas-index"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files (by suffix, case-insensitive) directly in ``folder``, sorted by name.
+
+    Raises:
+        ValueError: ``folder`` is not a directory or holds no image file (the message names it).
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise ValueError(f"--images {d}: not a directory")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"--images {d}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def run_key(checkpoint: str | Path, image_size: int) -> str:
+    """16 hex digits: BLAKE2b of the checkpoint file's bytes and the image size."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"v1:{image_size}:".encode())
+    with open(checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def files_key(files: list[Path]) -> str:
+    """16 hex digits: BLAKE2b of each file's name, size and modification time (ns)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: torch.device,
+                batch: int = 32) -> tuple[list[str], np.ndarray, list[str]]:
+    """Embed image files with ``model.embed_pixels``.
+
+    Args:
+        files: image paths.  size: the dataset's image side (``factmas.imageio.load_image``).
+    Returns:
+        (names of the embedded files, raw φ float32 [N, 3, d], "name: reason" of unreadable files).
+    """
+    names, failed, chunks, pixels, batch_names = [], [], [], [], []
+
+    def flush():
+        if pixels:
+            chunks.append(model.embed_pixels(preprocess(np.stack(pixels)).to(device)).float().cpu().numpy())
+            names.extend(batch_names)
+            pixels.clear()
+            batch_names.clear()
+
+    for p in files:
+        try:
+            pixels.append(load_image(p, size))
+            batch_names.append(p.name)
+        except ImageError as e:
+            failed.append(f"{p.name}: {e.reason}")
+        if len(pixels) >= batch:
+            flush()
+    flush()
+    d = int(model.cfg.embed_dim)
+    phi = np.concatenate(chunks) if chunks else np.zeros((0, 3, d), np.float32)
+    return names, phi, failed
+
+
+def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: str | Path, size: int,
+                      device: torch.device) -> tuple[list[Path], np.ndarray, list[str], bool]:
+    """The folder's image embeddings, from its saved index or computed and saved (module docstring).
+
+    Returns:
+        (paths of the embedded images, raw φ float32 [N, 3, d], "name: reason" of unreadable
+        files, True when the saved index was reused).
+    Raises:
+        ValueError: not a folder, no image files, or none of them readable.
+    A folder that cannot be written (read-only) is searched all the same; the index is not saved
+    (a warning says so).
+    """
+    folder = Path(folder)
+    files = image_files(folder)
+    rk = run_key(checkpoint, size)
+    path = folder / INDEX_DIR / f"{rk}-{files_key(files)}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                names, phi, failed = [str(n) for n in z["names"]], z["phi"], [str(s) for s in z["failed"]]
+            if phi.shape[0] == len(names):
+                log.info("search index: %s (reused, %d images)", path, len(names))
+                return [folder / n for n in names], phi, failed, True
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("search index %s unreadable (%s); rebuilding it", path, e)
+    names, phi, failed = embed_files(model, files, size, device)
+    if not names:
+        raise ValueError(f"--images {folder}: none of {len(files)} image files could be read "
+                         f"(first: {failed[0]})")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, names=np.array(names, dtype=str), phi=phi.astype(np.float32),
+                         failed=np.array(failed, dtype=str))
+    except OSError as e:
+        log.warning("search index not saved (%s: %s); the next search embeds the photos again",
+                    path, e.strerror or e)
+        return [folder / n for n in names], phi, failed, False
+    for old in path.parent.glob(f"{rk}-*.npz"):
+        if old != path:
+            try:
+                os.remove(old)
+            except OSError:
+                pass
+    log.info("search index: %s written (%d images)", path, len(names))
+    return [folder / n for n in names], phi, failed, False

@@ -1,0 +1,106 @@
+"""``factmas gallery`` on two tiny trained runs: the HTML's images exist, marks are right, Chromium renders it."""
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from factmas import gallery
+from factmas.config import ModelConfig, RunConfig
+from factmas.dataset import read_dataset
+from factmas.synthetic import make_synthetic_dataset
+from factmas.train import train
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """Two 1-epoch runs (finetune, mas) of a tiny small_cnn on synthetic data, and their gallery."""
+    root = tmp_path_factory.mktemp("g")
+    data_path = make_synthetic_dataset(root / "syn.h5", n_images=60, image_size=24, num_tasks=2)
+    runs = []
+    for method in ("finetune", "mas"):
+        cfg = RunConfig(data=str(data_path), out=str(root / method),
+                        model=ModelConfig(backbone="small_cnn", embed_dim=8, width=8, word_dim=8,
+                                          fact_hidden=16, norm_groups=4))
+        cfg.train.split, cfg.train.method, cfg.train.epochs = "random2_seed0", method, 1
+        cfg.train.batch_size, cfg.train.device = 16, "cpu"
+        train(cfg)
+        runs.append(cfg.out)
+    out = root / "gallery"
+    assert gallery.main([*runs, "--out", str(out), "--photos", "4", "--facts-per-task", "2",
+                         "--top-images", "3"]) == 0
+    return {"out": out, "data": read_dataset(data_path), "runs": runs}
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.marks, self._mark = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a["src"])
+        if tag == "span" and "mark" in (a.get("class") or "").split():
+            self._mark = a["class"].split()[1]
+
+    def handle_data(self, data):
+        if self._mark:
+            self.marks.append((self._mark, data))
+            self._mark = None
+
+
+def test_html_images_exist_and_marks(page):
+    text = (page["out"] / "index.html").read_text(encoding="utf-8")
+    p = _Collect()
+    p.feed(text)
+    assert "http" not in text.replace("http-equiv", "")            # nothing from the internet
+    for src in p.imgs:
+        path = page["out"] / src
+        assert path.is_file(), src
+        with Image.open(path) as im:
+            assert im.size[0] > 0
+    assert {"r_heatmaps.png", "map_per_task.png"} <= set(p.imgs)
+    data = page["data"]
+    thumbs = [s for s in p.imgs if s.startswith("img/")]
+    assert len(set(thumbs)) >= 4 and all(data.image_split[int(Path(s).stem)] == 2 for s in thumbs)
+    marks = [m for m in p.marks[2:]]                                  # after the legend's two
+    # (a) 4 photos × 2 runs × 5 facts, (b) 2 tasks × 2 facts × 2 runs × 3 images
+    assert len(marks) == 4 * 2 * 5 + 2 * 2 * 2 * 3
+    assert all((c, s) in {("right", "✓"), ("wrong", "✗")} for c, s in marks)
+    assert any(c == "right" for c, _ in marks)
+
+
+def test_marks_agree_with_the_dataset(page):
+    from factmas.gallery import collect, load_runs
+    data, runs = load_runs(page["runs"], None, "cpu")
+    got = collect(data, runs, 4, 2, 3, 0)
+    truth = set(map(tuple, data.pairs.tolist()))
+    ids = {data.fact_text(f): f for f in range(data.num_facts)}
+    for p in got["photos"]:
+        for facts in p["runs"]:
+            assert [ok for *_, ok in facts] == [(p["image"], ids[t]) in truth for t, *_ in facts]
+            assert [d for _, d, _ in facts] == sorted(d for _, d, _ in facts)
+
+
+def test_bad_inputs_exit_2(page, tmp_path, capsys):
+    assert gallery.main([str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert gallery.main([page["runs"][0], "--out", str(tmp_path / "g"), "--photos", "0"]) == 2
+    assert "--photos" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_chromium_renders_thumbnails(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1200,1400", (page["out"] / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    a = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # the synthetic photos' blue (0,130,200) and orange (245,130,48) bands must show up rendered
+    near = lambda c: (np.abs(a - np.array(c)).sum(-1) < 90).mean()
+    assert near((0, 130, 200)) + near((245, 130, 48)) > 0.005
+    assert near((26, 127, 55)) > 0 or near((198, 40, 40)) > 0          # ✓/✗ colours or borders

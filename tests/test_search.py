@@ -1,0 +1,130 @@
+"""``factmas search`` (fact → images) on a tiny run: brute-force ranking, unknown words, folder index reuse."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from factmas import search, search_index
+from factmas.config import ModelConfig, RunConfig
+from factmas.dataset import read_dataset
+from factmas.imageio import load_image
+from factmas.methods import make_method
+from factmas.model import build_model, preprocess
+from factmas.space import wildcard_distance
+from factmas.synthetic import make_synthetic_dataset
+from factmas.train.checkpoint import save_checkpoint
+from factmas.train.rundir import prepare_run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory of a random tiny small_cnn model, and a folder of 6 PNG photos."""
+    root = tmp_path_factory.mktemp("s")
+    data_path = make_synthetic_dataset(root / "syn.h5", n_images=40, image_size=24, num_tasks=2)
+    cfg = RunConfig(data=str(data_path), out=str(root / "run"),
+                    model=ModelConfig(backbone="small_cnn", embed_dim=8, width=8, word_dim=8,
+                                      fact_hidden=16, norm_groups=4))
+    cfg.train.split = "random2_seed0"
+    prepare_run_dir(cfg.out, cfg, command="test")
+    data = read_dataset(data_path)
+    torch.manual_seed(3)
+    model = build_model(cfg.model, len(data.vocab))
+    save_checkpoint(cfg.out, 0, model=model, optimizer=torch.optim.Adam(model.parameters()),
+                    method=make_method("finetune"), completed_tasks=[0], config=cfg.to_dict(),
+                    history=[], metrics_lines=0)
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(6):
+        Image.fromarray(data.images[i]).resize((40, 30)).save(photos / f"p{i}.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (photos / "notes.txt").write_text("not an image")
+    return {"run": cfg.out, "model": model.eval(), "data": data, "photos": photos}
+
+
+def _psi(run, words):
+    vocab = run["data"].vocab
+    tokens = torch.zeros(1, 3, run["data"].tokens.shape[2], dtype=torch.int64)
+    for s, slot in enumerate(words):
+        for j, w in enumerate(slot.split()):
+            tokens[0, s, j] = vocab.index(w)
+    order = torch.tensor([len(words)])
+    with torch.no_grad():
+        return run["model"].fact_branch(tokens, order), order
+
+
+def test_dataset_search_equals_brute_force(run, capsys):
+    assert search.main(["--run", run["run"], "Dogs, running through, GRASS", "--k", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fact"] == "<dog, run through, grass>" and "smaller = closer" in out["distance"]
+    data = run["data"]
+    test_ids = np.flatnonzero(data.image_split == 2)
+    psi, order = _psi(run, ["dog", "run through", "grass"])
+    with torch.no_grad():
+        phi = run["model"].embed_pixels(preprocess(data.images[test_ids]))
+    d, i = torch.topk(wildcard_distance(phi, psi, order)[:, 0], 5, largest=False)
+    assert [r["image_index"] for r in out["results"]] == test_ids[i.numpy()].tolist()
+    np.testing.assert_allclose([r["distance"] for r in out["results"]], d.numpy(), atol=1e-5)
+    f = out["fact_id"]
+    truth = set(data.pairs[data.pairs[:, 1] == f, 0].tolist())
+    assert [r["true"] for r in out["results"]] == [r["image_index"] in truth for r in out["results"]]
+
+
+def test_unknown_words_and_bad_fact_exit_2(run, capsys):
+    assert search.main(["--run", run["run"], "dog, eat, zebra"]) == 2
+    err = capsys.readouterr().err
+    assert "'eat'" in err and "'zebra'" in err and "vocabulary" in err and "Traceback" not in err
+    assert search.main(["--run", run["run"], "Children, ride", "--json"]) == 0      # as mined: person
+    assert json.loads(capsys.readouterr().out)["fact"] == "<person, ride>"
+    assert search.main(["--run", run["run"], "dog,,grass"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+    assert search.main(["--run", run["run"], "dog", "--images", str(run["photos"] / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
+    args = ["--run", run["run"], "person, ride", "--images", str(run["photos"]), "--k", "4", "--json"]
+    assert search.main(args) == 0
+    cap = capsys.readouterr()
+    first = json.loads(cap.out)
+    assert "skipped unreadable image broken.jpg" in cap.err
+    assert first["index_reused"] is False and len(first["results"]) == 4
+    assert [u.split(":")[0] for u in first["unreadable"]] == ["broken.jpg"]
+    # brute force over the folder's photos
+    files = sorted(run["photos"].glob("p*.png"))
+    with torch.no_grad():
+        phi = run["model"].embed_pixels(preprocess(np.stack([load_image(p, 24) for p in files])))
+    psi, order = _psi(run, ["person", "ride"])
+    d, i = torch.topk(wildcard_distance(phi, psi, order)[:, 0], 4, largest=False)
+    assert [r["image"] for r in first["results"]] == [str(files[j]) for j in i.tolist()]
+    np.testing.assert_allclose([r["distance"] for r in first["results"]], d.numpy(), atol=1e-5)
+
+    calls = []
+    real = search_index.embed_files
+    monkeypatch.setattr(search_index, "embed_files", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert search.main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert calls == [] and second["index_reused"] is True and second["results"] == first["results"]
+
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(files[0])      # a photo changes
+    os.utime(files[0], ns=(1, 1))
+    assert search.main(args) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert calls == [1] and third["index_reused"] is False
+    assert len(list((run["photos"] / search_index.INDEX_DIR).glob("*.npz"))) == 1
+
+
+def test_unwritable_folder_still_searched(run, tmp_path, capsys, monkeypatch):
+    photos = tmp_path / "ro"
+    photos.mkdir()
+    Image.fromarray(run["data"].images[0]).save(photos / "a.png")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(search_index, "atomic_path", refuse)
+    assert search.main(["--run", run["run"], "dog", "--images", str(photos), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in out["results"]] == [str(photos / "a.png")]
+    assert not list(photos.glob(".factmas-index/*.npz"))
