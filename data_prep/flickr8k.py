@@ -70,7 +70,13 @@ def resolve_paths(images: str | None, captions: str | None) -> tuple[Path, Path]
     if not root:
         raise BuildError(f"no input: give --images DIR --captions FILE, or set {ENV} to a folder "
                          "with images/ and captions.txt")
-    return Path(root) / "images", Path(root) / "captions.txt"
+    return image_folder(Path(root)), Path(root) / "captions.txt"
+
+
+def image_folder(root: Path) -> Path:
+    """``root/images``, or ``root/Images`` (the Kaggle copy's spelling) when only that exists."""
+    return root / "Images" if not (root / "images").is_dir() and (root / "Images").is_dir() \
+        else root / "images"
 
 
 def build(args: argparse.Namespace):
@@ -128,7 +134,7 @@ def build(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     """Command line entry; returns the exit status (0 ok, 2 bad input)."""
     p = argparse.ArgumentParser(prog="python -m data_prep.flickr8k", description=__doc__.split("\n")[0])
-    p.add_argument("--images", help=f"folder of images (default ${ENV}/images)")
+    p.add_argument("--images", help=f"folder of images (default ${ENV}/images or ${ENV}/Images)")
     p.add_argument("--captions", help=f"captions CSV 'image,caption' (default ${ENV}/captions.txt)")
     p.add_argument("--limit-images", type=int, default=None,
                    help="only the first N captioned images, sorted by name (tests, CI)")

@@ -18,6 +18,10 @@ SUBCOMMANDS = {
 }
 
 
+# subcommands whose module loads torch: their parser lives in a torch-free module for a quick --help
+QUICK_HELP = {"train": "factmas.train_args"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``factmas`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -27,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nfactmas: unknown subcommand {argv[0]!r}", file=sys.stderr)
             return 2
+        return 0
+    if argv[0] in QUICK_HELP and any(a in ("-h", "--help") for a in argv[1:]):
+        importlib.import_module(QUICK_HELP[argv[0]]).build_parser().print_help()
         return 0
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)

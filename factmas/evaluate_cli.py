@@ -29,8 +29,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from .query import QueryError, checkpoint_file, load_run
 
 log = logging.getLogger(__name__)
@@ -169,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         out = output_dir(args, ecfg.image_split, ecfg.image_pool)
         planned = [st.index for st in plan_stages(cfg.train.method, evaluator.num_tasks)]
         chosen = select_stages(args.run, planned, args.stages)
+        import torch
         torch.manual_seed(cfg.train.seed)            # the initial model, as the trainer builds it
         initial = build_model(cfg.model, len(data.vocab)).to(device)
         evaluator.record("initial", evaluator.evaluate(initial))

@@ -23,10 +23,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:                     # torch loads only when a query runs (quick --help)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: torch.device,
            batch: int = 64) -> list[dict]:
     """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}."""
+    import torch
     from .evaluate import embed_facts
     from .model import load_image_file, preprocess
     from .retrieval import FactIndex
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
+        if any("facts" in r for r in results):
+            print("(the number is the wildcard distance D in [0, 4]: smaller = closer)")
         for r in results:
             if "facts" not in r:
                 continue

@@ -39,6 +39,9 @@ GPU_MAX_K = 2048        # FAISS GPU flat search selects at most 2048 neighbours
 
 def require_faiss():
     """Import faiss, or raise ImportError saying which extra to install."""
+    # faiss's loader logs each optional build it could not load (AVX512, AVX2) at INFO with a
+    # ModuleNotFoundError text that reads like a failure; only its warnings are worth showing.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError as e:

@@ -35,6 +35,12 @@ fi
 "$py" -m data_prep.inspect "$h5"
 t2=$(date +%s)
 
+# Earlier results are kept, never replaced: a previous main job's folder is renamed aside.
+if [ -e "$out" ] && [ -n "$(ls -A "$out" 2>/dev/null)" ]; then
+  kept="$out.previous-$(date +%Y%m%d-%H%M%S)"
+  mv "$out" "$kept"
+  echo "[main] $out held an earlier main job: kept as $kept"
+fi
 mkdir -p "$out"
 # The pretrained backbone's frozen stages are computed once for every image (and its mirror image)
 # into a feature cache beside the dataset, with all cores, before the two runs read it.
@@ -54,7 +60,7 @@ for method in finetune mas; do
   echo "[main] training $method on random4_seed0 ($threads thread(s)) → $out/$method (log: $out/$method.log)"
   rm -f "$out/$method.status"
   { "$py" -m factmas.cli train --data "$h5" --split random4_seed0 --method "$method" --out "$out/$method" \
-        --threads "$threads" --overwrite --no-progress 2>&1; echo $? > "$out/$method.status"; } \
+        --threads "$threads" --no-progress 2>&1; echo $? > "$out/$method.status"; } \
     | tee "$out/$method.log" \
     | grep --line-buffered -E "epoch [0-9]+/|evaluation:|Ω updated|feature cache|^factmas|Traceback" \
     | sed -u "s/^/[$method] /" &

@@ -107,3 +107,11 @@ def test_strict_and_bad_captions(folder, capsys):
         flickr8k.read_captions(folder / "bad2.txt")
     caps = flickr8k.read_captions(folder / "captions.txt")
     assert caps["00.jpg"][-1] == "A photo, taken outside ."
+
+
+def test_kaggle_layout_images_capitalized(folder, monkeypatch):
+    """The Kaggle copy spells the folder Images/: $FACTMAS_FLICKR8K finds it as well."""
+    (folder / "images").rename(folder / "Images")
+    monkeypatch.setenv(flickr8k.ENV, str(folder))
+    assert _run(folder, folder / "k.h5", paths=False) == 0
+    assert flickr8k.image_folder(folder) == folder / "Images"

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 def _flickr8k() -> Path:
     folder = os.environ.get("FACTMAS_FLICKR8K", "")
-    ok = folder and (Path(folder) / "captions.txt").is_file() and (Path(folder) / "images").is_dir()
+    ok = folder and (Path(folder) / "captions.txt").is_file() and (
+        (Path(folder) / "images").is_dir() or (Path(folder) / "Images").is_dir())
     if not ok:
         msg = f"FACTMAS_FLICKR8K={folder!r} is not a Flickr8k folder with images/ and captions.txt"
         if os.environ.get("CI", "").lower() == "true":
@@ -39,7 +40,8 @@ def _run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
 def test_flickr8k_subset_end_to_end(tmp_path: Path) -> None:
     src = _flickr8k()
     h5 = tmp_path / "flickr8k_small.h5"
-    _run("-m", "data_prep.flickr8k", "--images", str(src / "images"), "--captions",
+    images_dir = src / "images" if (src / "images").is_dir() else src / "Images"   # Kaggle's spelling
+    _run("-m", "data_prep.flickr8k", "--images", str(images_dir), "--captions",
          str(src / "captions.txt"), "--out", str(h5), "--limit-images", "400", "--min-images", "8")
     summary = _run("-m", "data_prep.inspect", str(h5)).stdout
     assert "random4_seed0" in summary
@@ -58,7 +60,7 @@ def test_flickr8k_subset_end_to_end(tmp_path: Path) -> None:
     assert results["baselines"]["frequency"]["image_to_fact_top5"]["final_all"] is not None
     assert 0 <= results["embedding_mean_cosine"]["task3"] < 1
 
-    images = sorted((src / "images").iterdir())[:2]
+    images = sorted(images_dir.iterdir())[:2]
     out = _run("-m", "factmas.cli", "query", "--run", str(run), *map(str, images), "--k", "3", "--json").stdout
     answers = json.loads(out)
     assert len(answers) == 2

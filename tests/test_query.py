@@ -72,8 +72,9 @@ def test_query_text_output_and_bad_images(run, capsys):
     assert status == 1
     assert run["broken"] in cap.err and run["missing"] in cap.err and "2 of 3" in cap.err
     lines = cap.out.splitlines()
-    assert lines[0] == run["images"][1] and len(lines) == 4          # the good image, 3 facts
-    assert lines[1].strip().startswith("1. <")
+    assert "wildcard distance" in lines[0] and "smaller = closer" in lines[0]   # the number's meaning
+    assert lines[1] == run["images"][1] and len(lines) == 5          # the good image, 3 facts
+    assert lines[2].strip().startswith("1. <")
 
 
 def test_query_k_beyond_facts_and_bad_run(run, tmp_path, capsys):

@@ -59,7 +59,7 @@ class LwF(Method):
         for p in self.old.parameters():
             p.requires_grad_(False)
         size = sum(p.numel() for p in self.old.parameters())
-        log.info("LwF: task %d: frozen copy of the previous model kept (%d parameters)", ctx.task, size)
+        log.info("LwF: task %d: frozen copy of the previous model kept (%d parameters)", ctx.task + 1, size)
 
     def extra_loss(self, model: nn.Module, batch: dict, out: dict) -> torch.Tensor | float:
         """λ · distillation_loss(φ_new, φ_old) on the batch's images (0.0 on the first task)."""

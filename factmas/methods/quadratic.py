@@ -80,7 +80,7 @@ class QuadraticAnchor(Method):
         total = sum(float(t.sum()) for t in self.omega.values())
         size = sum(t.numel() for t in self.omega.values())
         log.info("%s: task %d: Ω updated (%s), mean Ω %.3g over %d parameters; θ* stored",
-                 self.name, ctx.task, self.omega_accumulate, total / max(size, 1), size)
+                 self.name, ctx.task + 1, self.omega_accumulate, total / max(size, 1), size)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """λ Σ Ω (θ − θ*)² as a scalar tensor with gradient (0.0 before the first task or λ = 0).

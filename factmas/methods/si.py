@@ -95,7 +95,7 @@ class SI(QuadraticAnchor):
         negative = sum(int((w < 0).sum()) for w in self.path.values())
         size = sum(w.numel() for w in self.path.values())
         log.info("SI: task %d: path integral Σω = %.4g; %d of %d parameters with ω < 0 (Ω set to 0)",
-                 ctx.task, sum(float(w.sum()) for w in self.path.values()), negative, size)
+                 ctx.task + 1, sum(float(w.sum()) for w in self.path.values()), negative, size)
         omega = si_importance(self.path, delta, self.xi)
         self.path, self.start = {}, {}
         return omega

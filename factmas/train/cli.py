@@ -31,44 +31,7 @@ from . import CheckpointError, RunDirError, TrainingError, UsageError, resume, t
 
 log = logging.getLogger("factmas.train")
 
-# command-line option -> field of RunConfig.train
-TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
-                 "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
-                 "omega_data": "omega_data", "threads": "threads"}
-# command-line option -> field of RunConfig.model
-MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="factmas train",
-        description="Train the tasks of a fact split in order (continual learning) and evaluate after "
-                    "each task; or continue a killed run with --resume RUN_DIR.")
-    p.add_argument("--data", help="HDF5 dataset (data_prep/README.md)")
-    p.add_argument("--split", help="task split in the dataset, e.g. random4_seed0")
-    p.add_argument("--method", help="continual-learning method, e.g. finetune or mas")
-    p.add_argument("--reg-lambda", type=float, help="regularization strength λ")
-    p.add_argument("--out", help="run directory to create")
-    p.add_argument("--epochs", type=int, help="epochs per task")
-    p.add_argument("--batch-size", type=int, help="image–fact pairs per step")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--seed", type=int, help="seed of model init and shuffling")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
-    p.add_argument("--omega-data", help="images MAS / l-MAS estimate Ω on: train (default), test or "
-                                        "train+test")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
-                                               "shared with other jobs, 1 can be much faster)")
-    p.add_argument("--backbone", help="image backbone: efficientnet_lite0 (default, ImageNet), "
-                                      "efficientnet_lite1/2, small_cnn or resnet18")
-    p.add_argument("--freeze-stages", type=int, help="EfficientNet-Lite block stages kept frozen and "
-                                                     "read from the feature cache (default 5)")
-    p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
-    p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    return p
+from ..train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
