@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .dataset import SPLIT_NAMES, FactData
+from factmas.dataset import SPLIT_NAMES, FactData
 
 
 def train_frequency(data: FactData) -> np.ndarray:

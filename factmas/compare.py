@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import markdown_table, read_results
+from factmas.report import markdown_table, read_results
 
 SUMMARY = ("all", "average", "forgetting", "bwt", "fwt")
 NO_LAMBDA = ("finetune", "joint")
@@ -57,7 +57,7 @@ def identity(run: Path, res: dict) -> dict:
     The fingerprint comes from results.json's "run" record, else from RUN_DIR/config.json; None
     when neither has one (runs recorded before fingerprints).
     """
-    from .report import is_complete, read_run_meta
+    from factmas.report import is_complete, read_run_meta
     meta = res.get("run") or {}
     if not meta.get("data_sha256"):
         meta = {**read_run_meta(run), **{k: v for k, v in meta.items() if v is not None}}
@@ -200,8 +200,8 @@ def to_csv(groups: list[dict], num_tasks: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
-    from .evaluate import HEADLINE, METRICS
-    from .io import atomic_write_text
+    from factmas.evaluate import HEADLINE, METRICS
+    from factmas.io import atomic_write_text
     p = argparse.ArgumentParser(prog="eval/compare.py", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--metric", default=HEADLINE, choices=list(METRICS))

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dataset_schema as schema
-from .io import atomic_path, deferred_sigint
+from factmas import dataset_schema as schema
+from factmas.io import atomic_path, deferred_sigint
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")

@@ -40,7 +40,7 @@ SPLIT_LAYOUT = ("int", ("F",))
 
 
 def _error(path: Any, msg: str) -> Exception:
-    from .dataset import DatasetError
+    from factmas.dataset import DatasetError
     return DatasetError(f"{path}: {msg}")
 
 

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import metrics as M
-from .config import EvalConfig
-from .dataset import SPLIT_NAMES, FactData
-from .retrieval import FactIndex, ImageIndex
+from factmas import metrics as M
+from factmas.config import EvalConfig
+from factmas.dataset import SPLIT_NAMES, FactData
+from factmas.retrieval import FactIndex, ImageIndex
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch
     The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
     model with a frozen stem runs it (``TwoBranchModel.embed_pixels``).
     """
-    from .model import preprocess
+    from factmas.model import preprocess
     embed = getattr(model, "embed_pixels", model.image_branch)
     out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(
         images[i:i + batch])).to(device))).float().cpu() for i in range(0, len(images), batch)]
@@ -264,13 +264,13 @@ class Evaluator:
         Raises:
             ValueError: an unknown row label.
         """
-        from .report import normalize_metrics, row_key
+        from factmas.report import normalize_metrics, row_key
         self.rows[row_key(row)] = normalize_metrics(metrics)
 
     def results(self, run_name: str = "") -> dict:
         """The results.json content of the rows recorded so far (``factmas.report.build_results``)."""
-        from .baselines import frequency_baseline
-        from .report import build_results
+        from factmas.baselines import frequency_baseline
+        from factmas.report import build_results
         if self._baselines is None:
             self._baselines = {"frequency": frequency_baseline(self)}
         return build_results(self.rows, self.num_tasks, run_name=run_name, split=self.split,
@@ -279,7 +279,7 @@ class Evaluator:
 
     def write(self, run_dir: str | Path, run_name: str | None = None) -> list[Path]:
         """Write results.json, results.md and the PNG plots into ``run_dir``; returns their paths."""
-        from .report import write_report
+        from factmas.report import write_report
         name = run_name or Path(run_dir).resolve().name
         return write_report(run_dir, self.results(name))
 

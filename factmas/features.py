@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import FactData
-from .io import atomic_path
-from .model import preprocess
+from factmas.dataset import FactData
+from factmas.io import atomic_path
+from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, RunConfig
-from .dataset import DatasetError
+from factmas.config import ConfigError, RunConfig
+from factmas.dataset import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import torch
 
-    from .dataset import read_dataset
-    from .features import cache_file, load_or_build
-    from .model import build_model
-    from .train import UsageError, resolve_device
+    from factmas.dataset import read_dataset
+    from factmas.features import cache_file, load_or_build
+    from factmas.model import build_model
+    from factmas.train import UsageError, resolve_device
     try:
         cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
         if args.backbone:

@@ -55,8 +55,8 @@ def load_runs(run_dirs: list[str], data_path: str | None, device: str) -> tuple[
     Raises:
         GalleryError: a run cannot be loaded, runs of different datasets/splits, a missing results.json.
     """
-    from .query import QueryError, load_run
-    from .report import read_results
+    from factmas.query import QueryError, load_run
+    from factmas.report import read_results
 
     data, runs = None, []
     for i, d in enumerate(run_dirs):
@@ -88,9 +88,9 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     """
     import torch
 
-    from .evaluate import embed_facts
-    from .retrieval import FactIndex, ImageIndex
-    from .search import dataset_embeddings
+    from factmas.evaluate import embed_facts
+    from factmas.retrieval import FactIndex, ImageIndex
+    from factmas.search import dataset_embeddings
 
     rng = np.random.default_rng(seed)
     truth = set(map(tuple, data.pairs.tolist()))
@@ -134,7 +134,7 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas gallery``; returns the exit status (module docstring)."""
-    from .gallery_html import write_gallery
+    from factmas.gallery_html import write_gallery
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

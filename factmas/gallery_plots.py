@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
-from .report import LABELS, stage_label
+from factmas.io import atomic_path
+from factmas.report import LABELS, stage_label
 
 _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "v")]
 

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .persample import abs_grad_sums, trainable
-from .persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.persample import abs_grad_sums, trainable
+from factmas.persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .importance import eval_mode
-from .persample import DEFAULT_BUDGET, abs_grad_sums, batch_size, capped, trainable
-from .persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, sum_magnitude,
+from factmas.importance import eval_mode
+from factmas.persample import DEFAULT_BUDGET, abs_grad_sums, batch_size, capped, trainable
+from factmas.persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, sum_magnitude,
                                unsupported_reason)
-from .space import paired_wildcard_distance
+from factmas.space import paired_wildcard_distance
 
 log = logging.getLogger(__name__)
 

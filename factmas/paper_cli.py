@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
-from .io import git_commit
-from .paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
+from factmas.config import ConfigError, RunConfig
+from factmas.io import git_commit
+from factmas.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
                           _cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
                           search_jobs)
 
@@ -118,8 +118,8 @@ def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status."""
-    from .dataset import DatasetError, read_dataset
-    from .paper_report import write_outputs
+    from factmas.dataset import DatasetError, read_dataset
+    from factmas.paper_report import write_outputs
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)

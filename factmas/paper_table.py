@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig
-from .io import atomic_write_json
+from factmas.config import RunConfig
+from factmas.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +183,15 @@ def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
     """Worker start: one torch thread, the dataset read once per process."""
     global _DATA
     import torch
-    from .dataset import read_dataset
+    from factmas.dataset import read_dataset
     torch.set_num_threads(threads)
     _DATA = subsample_images(read_dataset(data_path), fraction)
 
 
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
-    from .report import read_results
-    from .train import train
+    from factmas.report import read_results
+    from factmas.train import train
     out = Path(j["out"])
     timing = out / "timing.json"
     d = {**base, "data": str(_DATA.path), "out": str(out)}
@@ -219,8 +219,8 @@ def run_job(j: dict, base: dict) -> dict:
 def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
     dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
-    from .train import data_fingerprint
-    from .train.rundir import same_fingerprint
+    from factmas.train import data_fingerprint
+    from factmas.train.rundir import same_fingerprint
     try:
         record = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):

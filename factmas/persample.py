@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
+from factmas.persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
                                sum_magnitude, unsupported_reason)
 
 log = logging.getLogger(__name__)

@@ -57,12 +57,12 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
         QueryError: no config.json, an invalid config, a missing/unreadable dataset or checkpoint,
             or weights that do not fit the configured model (the message names the file).
     """
-    from .config import ConfigError
-    from .dataset import DatasetError, read_dataset
-    from .model import build_model
-    from .train import UsageError, resolve_device
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    from .train.rundir import RunDirError, read_run_config
+    from factmas.config import ConfigError
+    from factmas.dataset import DatasetError, read_dataset
+    from factmas.model import build_model
+    from factmas.train import UsageError, resolve_device
+    from factmas.train.checkpoint import CheckpointError, load_checkpoint
+    from factmas.train.rundir import RunDirError, read_run_config
 
     try:
         cfg, record = read_run_config(run_dir)
@@ -107,9 +107,9 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
            batch: int = 64) -> list[dict]:
     """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}."""
     import torch
-    from .evaluate import embed_facts
-    from .model import load_image_file, preprocess
-    from .retrieval import FactIndex
+    from factmas.evaluate import embed_facts
+    from factmas.model import load_image_file, preprocess
+    from factmas.retrieval import FactIndex
 
     size = int(data.images.shape[1])
     order = data.order.astype(np.int64)

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics as M
-from .io import atomic_path, atomic_write_json, atomic_write_text
+from factmas import metrics as M
+from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _num(v: Any) -> float:
 
 def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
-    from .evaluate import METRICS
+    from factmas.evaluate import METRICS
     out: dict[str, Any] = {}
     for name, value in metrics.items():
         if name in METRICS:
@@ -100,7 +100,7 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
     """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
     ``baselines`` {name: metrics dict} (``factmas.baselines``) become ``res["baselines"][name][metric]
     = {"final": per-task values, "final_all": value}``."""
-    from .evaluate import HEADLINE, METRICS
+    from factmas.evaluate import HEADLINE, METRICS
     stages = sorted(k for k in rows if k != "initial")
     init = rows.get("initial")
     res: dict[str, Any] = {

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .space import NUM_SLOTS, normalize_slots
+from factmas.space import NUM_SLOTS, normalize_slots
 
 log = logging.getLogger(__name__)
 

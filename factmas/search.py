@@ -122,8 +122,8 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     """
     import torch
 
-    from .dataset import SPLIT_NAMES
-    from .features import image_inputs
+    from factmas.dataset import SPLIT_NAMES
+    from factmas.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
            else np.flatnonzero(data.image_split == SPLIT_NAMES.index(split)))
@@ -144,7 +144,7 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
     """
     import torch
 
-    from .retrieval import ImageIndex
+    from factmas.retrieval import ImageIndex
 
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_search(args: argparse.Namespace) -> dict:
     """The search of parsed arguments → the JSON-able result. Raises SearchError, QueryError."""
-    from .query import checkpoint_file, load_run
-    from .search_index import folder_embeddings
+    from factmas.query import checkpoint_file, load_run
+    from factmas.search_index import folder_embeddings
 
     t0 = time.perf_counter()
     _, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device,
@@ -213,7 +213,7 @@ def run_search(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas search``; returns the exit status (module docstring)."""
-    from .query import QueryError
+    from factmas.query import QueryError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

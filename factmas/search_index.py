@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import ImageError, load_image
-from .io import atomic_path
-from .model import preprocess
+from factmas.imageio import ImageError, load_image
+from factmas.io import atomic_path
+from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 

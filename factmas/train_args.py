@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import ModelConfig, TrainConfig
+from factmas.config import ModelConfig, TrainConfig
 
 T, M = TrainConfig(), ModelConfig()
 # the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that

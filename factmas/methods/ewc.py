@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..importance_extra import as_pair_tuples, ewc_fisher
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.importance_extra import as_pair_tuples, ewc_fisher
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor
 
 
 class EWC(QuadraticAnchor):

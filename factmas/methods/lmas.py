@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..importance_extra import local_mas_importance
-from .base import TaskContext
-from .mas import MAS
+from factmas.importance_extra import local_mas_importance
+from factmas.methods.base import TaskContext
+from factmas.methods.mas import MAS
 
 
 class LocalMAS(MAS):

@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..importance import mas_importance
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.importance import mas_importance
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor
 
 IMAGE_SPLITS = ("train", "val", "test")
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..importance import ACCUMULATE, accumulate_omega
-from .base import Method, TaskContext
+from factmas.importance import ACCUMULATE, accumulate_omega
+from factmas.methods.base import Method, TaskContext
 
 log = logging.getLogger(__name__)
 

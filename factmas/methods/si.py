@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..importance_extra import si_importance
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.importance_extra import si_importance
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import logging
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
-from .frozen import FrozenBatchNormMixin, FrozenStem, Renormalize
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+from factmas.config import ModelConfig
+from factmas.model.efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
+from factmas.model.frozen import FrozenBatchNormMixin, FrozenStem, Renormalize
+from factmas.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
 
 
 def _build_resnet(cfg: ModelConfig):
-    from .resnet import build_resnet          # torchvision only when a ResNet is asked for
+    from factmas.model.resnet import build_resnet          # torchvision only when a ResNet is asked for
     return build_resnet(cfg)
 
 

@@ -56,5 +56,5 @@ def load_image_file(path: str | Path, size: int) -> np.ndarray:
         ValueError: (``factmas.imageio.ImageError``) the file is missing, unreadable, not an image
             or too large (the message names the file), or ``size`` < 1.
     """
-    from ..imageio import load_image
+    from factmas.imageio import load_image
     return load_image(path, size)

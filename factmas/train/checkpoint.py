@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import atomic_path
+from factmas.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..config import ConfigError, RunConfig
-from ..dataset import DatasetError
-from . import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
+from factmas.config import ConfigError, RunConfig
+from factmas.dataset import DatasetError
+from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
 
 log = logging.getLogger("factmas.train")
 
-from ..train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
+from factmas.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

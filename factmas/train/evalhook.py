@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dataset import FactData
-from .batches import Batcher, batch_bounds
-from .checkpoint import plain
+from factmas.dataset import FactData
+from factmas.train.batches import Batcher, batch_bounds
+from factmas.train.checkpoint import plain
 
 log = logging.getLogger(__name__)
 

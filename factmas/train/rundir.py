@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, RunConfig
-from ..dataset import FactData
-from ..io import atomic_write_json, atomic_write_text, git_commit, package_versions
-from .checkpoint import checkpoint_dir, dumps_line, has_checkpoints
+from factmas.config import ConfigError, RunConfig
+from factmas.dataset import FactData
+from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
+from factmas.train.checkpoint import checkpoint_dir, dumps_line, has_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
     another vocabulary, other pixels) is refused with a clear message instead of a shape error deep in
     torch or a silently different result.
     """
-    from ..dataset_schema import image_checksums
+    from factmas.dataset_schema import image_checksums
     h = hashlib.sha256()
     for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
         h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
