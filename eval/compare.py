@@ -2,11 +2,11 @@
 
     python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric NAME] [--out PREFIX]
 
-See ``factmas.compare`` for the grouping and the columns.
+See ``factmas.experiments.compare`` for the grouping and the columns.
 """
 import sys
 
-from factmas.compare import main
+from factmas.experiments.compare import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

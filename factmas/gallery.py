@@ -56,7 +56,7 @@ def load_runs(run_dirs: list[str], data_path: str | None, device: str) -> tuple[
         GalleryError: a run cannot be loaded, runs of different datasets/splits, a missing results.json.
     """
     from factmas.query import QueryError, load_run
-    from factmas.report import read_results
+    from factmas.evaluation.report import read_results
 
     data, runs = None, []
     for i, d in enumerate(run_dirs):
@@ -88,8 +88,8 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     """
     import torch
 
-    from factmas.evaluate import embed_facts
-    from factmas.retrieval import FactIndex, ImageIndex
+    from factmas.evaluation.evaluator import embed_facts
+    from factmas.evaluation.retrieval import FactIndex, ImageIndex
     from factmas.search import dataset_embeddings
 
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ mean only. Raw, because after normalization ‖F̂‖² = 1 for every input and 
 
 Estimators (same inputs, dict name → Ω shaped like the parameter):
 
-- ``mas_importance``: exact per sample, by hooks (``factmas.persample``).
+- ``mas_importance``: exact per sample, by hooks (``factmas.persample.hooks``).
 - ``loop_mas_importance``: exact, naive per-sample loop (reference).
 - ``vmap_mas_importance``: exact, ``torch.func.vmap``; image branch only where the fact branch's
   forward reads tensor values (pass ``fact_batches=None``).
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from factmas.persample import abs_grad_sums, trainable
-from factmas.persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.persample.hooks import abs_grad_sums, trainable
+from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
 
 log = logging.getLogger(__name__)
 

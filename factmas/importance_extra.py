@@ -5,7 +5,7 @@ parameters of the model, as ``factmas.importance.mas_importance`` does.
 
 - ``ewc_fisher`` (Kirkpatrick et al., PNAS 2017, Eq. 3 and its supplement): the diagonal of the
   *empirical* Fisher, F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)², from exact per-sample gradients
-  (``factmas.persample.abs_grad_sums`` with ``power=2``) of the per-pair loss ℓ_k = o_k · D(x_k, f_k),
+  (``factmas.persample.hooks.abs_grad_sums`` with ``power=2``) of the per-pair loss ℓ_k = o_k · D(x_k, f_k),
   the summand of Sherlock's wildcard regression (``factmas.loss.regression_loss``) for training pair k
   (image x_k, its true fact f_k of order o_k). Empirical: the observed fact, not one sampled from a
   model distribution (this model has no likelihood). The contrastive term of the task loss couples the
@@ -17,7 +17,7 @@ parameters of the model, as ``factmas.importance.mas_importance`` does.
   gets Ω_l = (1/N) Σ_k |∂‖F_l(x_k)‖₂²/∂θ_l|, F_l the output of that layer alone (the module owning the
   parameters, before any following activation), the gradient taken with respect to that layer's own
   parameters only. With y = F_l(a; θ_l) the gradient of ‖y_k‖² at the output is 2 y_k, so the
-  per-sample closed forms of ``factmas.persample_layers`` apply with δ = 2y (for a Linear layer:
+  per-sample closed forms of ``factmas.persample.layers`` apply with δ = 2y (for a Linear layer:
   |2 y_k a_kᵀ|, the Hebbian product of the paper). Image-branch layers from images, fact-branch layers
   from facts; in the fact branch's per-slot MLPs only the facts that have that slot count (absent
   slots run on an all-pad input and are masked out of ψ, so they are not part of the learned function).
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from factmas.importance import eval_mode
-from factmas.persample import DEFAULT_BUDGET, abs_grad_sums, batch_size, capped, trainable
-from factmas.persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, sum_magnitude,
+from factmas.persample.hooks import DEFAULT_BUDGET, abs_grad_sums, batch_size, capped, trainable
+from factmas.persample.layers import (embedding_abs_sum, embedding_entries, layer_grads, sum_magnitude,
                                unsupported_reason)
 from factmas.space import paired_wildcard_distance
 
@@ -68,7 +68,7 @@ def ewc_fisher(model: nn.Module, pair_batches: Iterable[PairBatch], max_samples:
         pair_batches: iterable of (images, tokens, order) batches of training pairs.
         max_samples: at most this many pairs (None: all).
         estimator: ``abs_grad_sums`` (hooks, default) or a reference with its signature
-            (``factmas.persample_ref.loop_abs_grad_sums``).
+            (``factmas.persample.reference.loop_abs_grad_sums``).
     Returns:
         name → F float tensor shaped like the parameter (every trainable parameter).
     Raises:

@@ -8,7 +8,7 @@ Usage::
 Reads RUN_DIR/config.json (the run configuration and the dataset path, which ``--data`` overrides:
 the facts and their vocabulary come from the dataset), the checkpoint (``last.pt`` by default) with
 ``torch.load(..., weights_only=True)``, embeds every fact, and answers each image with an exact FAISS
-search (``factmas.retrieval.FactIndex``, wildcard distance D ∈ [0, 4], smaller = closer). Any image
+search (``factmas.evaluation.retrieval.FactIndex``, wildcard distance D ∈ [0, 4], smaller = closer). Any image
 file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK, any size) is converted to RGB and resized
 to the dataset's image size as in training (``factmas.model.load_image_file``, ``preprocess``).
 
@@ -58,11 +58,11 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
             or weights that do not fit the configured model (the message names the file).
     """
     from factmas.config import ConfigError
-    from factmas.dataset import DatasetError, read_dataset
+    from factmas.data.dataset import DatasetError, read_dataset
     from factmas.model import build_model
     from factmas.train import UsageError, resolve_device
-    from factmas.train.checkpoint import CheckpointError, load_checkpoint
-    from factmas.train.rundir import RunDirError, read_run_config
+    from factmas.run.checkpoint import CheckpointError, load_checkpoint
+    from factmas.run.rundir import RunDirError, read_run_config
 
     try:
         cfg, record = read_run_config(run_dir)
@@ -107,9 +107,9 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
            batch: int = 64) -> list[dict]:
     """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}."""
     import torch
-    from factmas.evaluate import embed_facts
+    from factmas.evaluation.evaluator import embed_facts
     from factmas.model import load_image_file, preprocess
-    from factmas.retrieval import FactIndex
+    from factmas.evaluation.retrieval import FactIndex
 
     size = int(data.images.shape[1])
     order = data.order.astype(np.int64)

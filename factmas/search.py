@@ -14,7 +14,7 @@ Searched images: ``--images DIR`` = the image files of a folder, embedded once w
 ``model.embed_pixels`` into ``DIR/.factmas-index/`` (``factmas.search_index``; reused while run and
 files are unchanged); otherwise the images of ``--image-split`` (default test) of the dataset
 (``--data``, default the run's), read through the feature cache (``factmas.features.image_inputs``).
-Ranking: exact FAISS search (``factmas.retrieval.ImageIndex``) by the wildcard distance
+Ranking: exact FAISS search (``factmas.evaluation.retrieval.ImageIndex``) by the wildcard distance
 D ∈ [0, 4] of ``factmas.space`` (smaller = closer). When searching a dataset and the fact is one of
 its facts, each result says whether the fact is true of that image (``true``; ✓ in text output).
 
@@ -122,7 +122,7 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     """
     import torch
 
-    from factmas.dataset import SPLIT_NAMES
+    from factmas.data.dataset import SPLIT_NAMES
     from factmas.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
@@ -144,7 +144,7 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
     """
     import torch
 
-    from factmas.retrieval import ImageIndex
+    from factmas.evaluation.retrieval import ImageIndex
 
     device = next(model.parameters()).device
     with torch.no_grad():

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from factmas import compare, evaluate_cli
+from factmas.cli import evaluate as evaluate_cli
+from factmas.experiments import compare
 from factmas.config import RunConfig
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 TINY_MODEL = {"width": 4, "embed_dim": 4, "word_dim": 4, "fact_hidden": 8, "norm_groups": 2}

@@ -10,8 +10,8 @@ from PIL import Image
 
 from factmas import gallery
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.dataset import read_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 

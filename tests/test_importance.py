@@ -10,7 +10,7 @@ from factmas.importance import (accumulate_omega, batch_approx_mas_importance, e
                                 loop_mas_importance, mas_importance, squared_norm,
                                 vmap_mas_importance)
 from factmas.model import build_model
-from factmas.persample import abs_grad_sums
+from factmas.persample.hooks import abs_grad_sums
 from factmas.space import normalize_slots
 
 VOCAB = 20

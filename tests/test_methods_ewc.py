@@ -8,9 +8,9 @@ from factmas.config import ModelConfig, RunConfig
 from factmas.importance_extra import ewc_fisher, pair_regression_losses
 from factmas.methods import EWC, TaskContext, make_method
 from factmas.model import build_model
-from factmas.persample_ref import loop_abs_grad_sums
+from factmas.persample.reference import loop_abs_grad_sums
 from factmas.space import normalize_slots
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 VOCAB = 20

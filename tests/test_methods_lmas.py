@@ -12,9 +12,9 @@ from factmas.config import ModelConfig, RunConfig
 from factmas.importance_extra import local_mas_importance
 from factmas.methods import LocalMAS, TaskContext, make_method
 from factmas.model import build_model
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
-from factmas.train.cli import main as train_main
+from factmas.cli.train import main as train_main
 
 VOCAB = 20
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
@@ -169,7 +169,7 @@ def test_omega_data_flag_reaches_the_method(data_path, tmp_path, method, caplog)
     saved = json.loads((out / "config.json").read_text())
     saved = saved.get("config", saved)
     assert saved["train"]["omega_data"] == "train+test"
-    from factmas.dataset import read_dataset
+    from factmas.data.dataset import read_dataset
     from factmas.train.batches import task_images
     d = read_dataset(data_path)
     n = len(task_images(d, "random2_seed0", [0], "train")) + len(task_images(d, "random2_seed0", [0], "test"))

@@ -9,14 +9,14 @@ from PIL import Image
 
 from factmas import search, search_index
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
-from factmas.imageio import load_image
+from factmas.data.dataset import read_dataset
+from factmas.data.imageio import load_image
 from factmas.methods import make_method
 from factmas.model import build_model, preprocess
 from factmas.space import wildcard_distance
-from factmas.synthetic import make_synthetic_dataset
-from factmas.train.checkpoint import save_checkpoint
-from factmas.train.rundir import prepare_run_dir
+from factmas.data.synthetic import make_synthetic_dataset
+from factmas.run.checkpoint import save_checkpoint
+from factmas.run.rundir import prepare_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ Public API::
     resolve_device("auto" | "cpu" | "cuda") -> torch.device
     plan_stages(method_name, num_tasks) -> list[Stage]
 
-Both write into ``cfg.out`` (the run directory; see ``factmas.train.rundir``): ``config.json``,
+Both write into ``cfg.out`` (the run directory; see ``factmas.run.rundir``): ``config.json``,
 ``metrics.jsonl``, ``checkpoints/task{s}.pt`` + ``last.pt`` and, at the end, the evaluator's report.
 Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run is already there),
 ``DatasetError`` (bad data file), ``ConfigError``; ``TrainingError`` (non-finite loss) and
@@ -23,11 +23,11 @@ import torch
 
 from factmas.config import ConfigError, RunConfig, TrainConfig
 from factmas.config_check import check_limit_tasks, validate_config
-from factmas.dataset import FactData, read_dataset
-from factmas.train.checkpoint import CheckpointError, latest_checkpoint
-from factmas.train.lock import RunLock
+from factmas.data.dataset import FactData, read_dataset
+from factmas.run.checkpoint import CheckpointError, latest_checkpoint
+from factmas.run.lock import RunLock
 from factmas.train.loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from factmas.train.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
+from factmas.run.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
                      read_run_config)
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     evaluator = None
     if cfg.eval.enabled:
-        from factmas.evaluate import Evaluator
+        from factmas.evaluation.evaluator import Evaluator
         evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs)
     trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, num_tasks, evaluator,
                                progress=progress, inputs=inputs)

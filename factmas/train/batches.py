@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from factmas.dataset import SPLIT_NAMES, FactData
+from factmas.data.dataset import SPLIT_NAMES, FactData
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)

@@ -10,14 +10,14 @@ The frequency ranking is expressed as embeddings so that the evaluator's own cod
 image gets φ = e₁ in every slot, fact f gets ψ_s = (c_f, √(1 − c_f²), 0, …) in its present slots
 with c_f = n_train(f) / max n_train, so its wildcard distance 2 − 2c_f falls as the frequency rises.
 
-May import: numpy, torch, ``factmas.dataset``.
+May import: numpy, torch, ``factmas.data.dataset``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from factmas.dataset import SPLIT_NAMES, FactData
+from factmas.data.dataset import SPLIT_NAMES, FactData
 
 
 def train_frequency(data: FactData) -> np.ndarray:

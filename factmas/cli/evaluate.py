@@ -60,7 +60,7 @@ class EvaluateError(ValueError):
 
 def output_dir(args: argparse.Namespace, image_split: str, image_pool: str) -> Path:
     """Where the report goes; refuses (EvaluateError) what would replace results unasked."""
-    from factmas.train.rundir import EVALUATIONS
+    from factmas.run.rundir import EVALUATIONS
     run = Path(args.run)
     default = run / EVALUATIONS / (image_split + ("-task-pool" if image_pool == "task" else ""))
     out = Path(args.out) if args.out else default
@@ -121,8 +121,8 @@ def stage_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def metrics_table(metrics: dict, num_tasks: int) -> str:
     """Markdown table of one evaluation: rows = metrics, columns T1..Tk, all (values in %)."""
-    from factmas.evaluate import METRICS
-    from factmas.report import LABELS, fmt, markdown_table
+    from factmas.evaluation.evaluator import METRICS
+    from factmas.evaluation.report import LABELS, fmt, markdown_table
     keys = list(range(num_tasks)) + ["all"]
     rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys] for m in METRICS]
     t = metrics.get("timing", {})
@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from factmas.evaluate import Evaluator
+    from factmas.evaluation.evaluator import Evaluator
     from factmas.model import build_model
     from factmas.train import plan_stages
-    from factmas.train.checkpoint import CheckpointError, load_checkpoint
-    from factmas.train.lock import RunLock
-    from factmas.train.rundir import RunDirError
+    from factmas.run.checkpoint import CheckpointError, load_checkpoint
+    from factmas.run.lock import RunLock
+    from factmas.run.rundir import RunDirError
     try:
         cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint or _first(args.run),
                                        args.device, load_images=True)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
             log.info("evaluating %s", path)
             evaluator.record(stage, evaluator.evaluate(model))
-        from factmas.report import read_run_meta, write_report
+        from factmas.evaluation.report import read_run_meta, write_report
         res = evaluator.results(Path(args.run).resolve().name)
         res["run"] = read_run_meta(args.run)
         res["complete"] = [s for s, _ in chosen] == planned

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from factmas import metrics as M
+from factmas.evaluation import metrics as M
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _num(v: Any) -> float:
 
 def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
-    from factmas.evaluate import METRICS
+    from factmas.evaluation.evaluator import METRICS
     out: dict[str, Any] = {}
     for name, value in metrics.items():
         if name in METRICS:
@@ -98,9 +98,9 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                   image_pool: str = "all", ap_k: int = 100, image_split: str = "test",
                   run: dict | None = None, baselines: dict | None = None) -> dict:
     """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
-    ``baselines`` {name: metrics dict} (``factmas.baselines``) become ``res["baselines"][name][metric]
+    ``baselines`` {name: metrics dict} (``factmas.evaluation.baselines``) become ``res["baselines"][name][metric]
     = {"final": per-task values, "final_all": value}``."""
-    from factmas.evaluate import HEADLINE, METRICS
+    from factmas.evaluation.evaluator import HEADLINE, METRICS
     stages = sorted(k for k in rows if k != "initial")
     init = rows.get("initial")
     res: dict[str, Any] = {

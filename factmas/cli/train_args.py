@@ -1,5 +1,5 @@
 """The command line of ``factmas train`` (options, defaults and choices), importable without torch so
-that ``factmas train --help`` answers at once; ``factmas.train.cli`` runs it.
+that ``factmas train --help`` answers at once; ``factmas.cli.train`` runs it.
 
 May import: ``factmas.config`` only.
 """

@@ -2,6 +2,11 @@
 
 Each subcommand lives in its own module with a ``main(argv) -> int`` function; this file only
 dispatches (a plain dict, no import magic).
+
+The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
+The work is done by library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
+``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
+import from here. A command module never imports another command module.
 """
 from __future__ import annotations
 
@@ -9,17 +14,17 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "train": ("factmas.train.cli", "train the tasks of a split in order (finetune, MAS, ...)"),
+    "train": ("factmas.cli.train", "train the tasks of a split in order (finetune, MAS, ...)"),
     "query": ("factmas.query", "top-k facts for images, from a trained run"),
     "search": ("factmas.search", "the images that fit a fact best (fact -> images), from a run"),
     "gallery": ("factmas.gallery", "a static HTML page comparing what runs retrieve"),
-    "evaluate": ("factmas.evaluate_cli", "recompute retrieval metrics from a run's checkpoints"),
-    "features": ("factmas.features_cli", "compute a pretrained backbone's feature cache on a dataset"),
+    "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
+    "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
 }
 
 
 # subcommands whose module loads torch: their parser lives in a torch-free module for a quick --help
-QUICK_HELP = {"train": "factmas.train_args"}
+QUICK_HELP = {"train": "factmas.cli.train_args"}
 
 
 def main(argv: list[str] | None = None) -> int:

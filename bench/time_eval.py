@@ -1,6 +1,6 @@
 """Time one full evaluation (embedding, search, metrics) of a randomly initialised model.
 
-    python eval/time_eval.py --data data/flickr8k.h5 [--split random4_seed0] [--repeats 3]
+    python bench/time_eval.py --data data/flickr8k.h5 [--split random4_seed0] [--repeats 3]
                              [--device cpu] [--image-pool all|task] [--threads N]
 
 Prints the median seconds of each part over the repeats (every evaluation embeds everything and
@@ -17,8 +17,8 @@ import time
 import torch
 
 from factmas.config import EvalConfig, ModelConfig
-from factmas.dataset import read_dataset
-from factmas.evaluate import HEADLINE, Evaluator
+from factmas.data.dataset import read_dataset
+from factmas.evaluation.evaluator import HEADLINE, Evaluator
 from factmas.model import build_model
 
 

@@ -16,7 +16,7 @@ import logging
 import sys
 
 from factmas.config import ConfigError, RunConfig
-from factmas.dataset import DatasetError
+from factmas.data.dataset import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import torch
 
-    from factmas.dataset import read_dataset
+    from factmas.data.dataset import read_dataset
     from factmas.features import cache_file, load_or_build
     from factmas.model import build_model
     from factmas.train import UsageError, resolve_device

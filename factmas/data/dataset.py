@@ -15,7 +15,7 @@ Layout (schema version 1)::
     image_crc32  uint32 [N]            CRC-32 of each image's bytes (optional: files built before it
                                        lack it and are read without pixel verification)
 
-``read_dataset`` validates the whole file on open (``factmas.dataset_schema``): shapes agree, dtypes,
+``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
 id ranges, tasks 0..K-1 each non-empty, and the pixels against their checksums.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factmas import dataset_schema as schema
+from factmas.data import schema
 from factmas.io import atomic_path, deferred_sigint
 
 SCHEMA_VERSION = 1

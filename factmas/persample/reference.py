@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from factmas.persample import LossFn, batch_size, capped, check_losses, take, trainable
-from factmas.persample_layers import magnitude
+from factmas.persample.hooks import LossFn, batch_size, capped, check_losses, take, trainable
+from factmas.persample.layers import magnitude
 
 
 def _zeros(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """Validation of a factmas dataset: the layout of the HDF5 keys, their values, and pixel checksums.
 
-``factmas.dataset.read_dataset`` calls these on every open, so that an inconsistent file is refused
+``factmas.data.dataset.read_dataset`` calls these on every open, so that an inconsistent file is refused
 with a message naming the file, the key and what was expected, before any training or evaluation:
 
 * ``check_layout`` (HDF5 metadata only, nothing read): every key present, of the right dtype kind
@@ -40,7 +40,7 @@ SPLIT_LAYOUT = ("int", ("F",))
 
 
 def _error(path: Any, msg: str) -> Exception:
-    from factmas.dataset import DatasetError
+    from factmas.data.dataset import DatasetError
     return DatasetError(f"{path}: {msg}")
 
 

@@ -59,7 +59,7 @@ class RunLock:
                        "start": _start_time(os.getpid())}
 
     def __enter__(self) -> "RunLock":
-        from factmas.train.rundir import RunDirError
+        from factmas.run.rundir import RunDirError
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirError(f"{self.run_dir} is a file, not a run directory")
         try:
@@ -87,7 +87,7 @@ class RunLock:
         raise RunDirError(f"{self.path}: could not take the lock (it keeps changing hands)")
 
     def _create(self) -> bool:
-        from factmas.train.rundir import RunDirError
+        from factmas.run.rundir import RunDirError
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from factmas.compare import mean_std
+from factmas.experiments.compare import mean_std
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
-from factmas.paper_table import VARIANT, Settings
-from factmas.report import markdown_table
+from factmas.experiments.paper_table import VARIANT, Settings
+from factmas.evaluation.report import markdown_table
 
 COLUMNS = ("all", "forgetting", "bwt")
 

@@ -1,5 +1,5 @@
 """Command line of ``python eval/paper_table.py`` (the MAS paper's facts comparison; see
-``factmas.paper_table`` for what runs and how λ is chosen, ``factmas.paper_report`` for the outputs).
+``factmas.experiments.paper_table`` for what runs and how λ is chosen, ``factmas.experiments.paper_report`` for the outputs).
 
 Usage::
 
@@ -22,11 +22,11 @@ from pathlib import Path
 
 from factmas.config import ConfigError, RunConfig
 from factmas.io import git_commit
-from factmas.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
+from factmas.experiments.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
                           _cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
                           search_jobs)
 
-log = logging.getLogger("factmas.paper_table")
+log = logging.getLogger("factmas.experiments.paper_table")
 
 # 4 epochs per task, not the trainer's default (train.epochs = 12): the 55 runs took 155 run-minutes at
 # 4 epochs, so 12 epochs would take about 4 hours on 2 CPU cores, over the comparison's 2-hour budget.
@@ -118,8 +118,8 @@ def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status."""
-    from factmas.dataset import DatasetError, read_dataset
-    from factmas.paper_report import write_outputs
+    from factmas.data.dataset import DatasetError, read_dataset
+    from factmas.experiments.paper_report import write_outputs
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("factmas.train", "factmas.evaluate", "factmas.methods", "factmas.importance",
+    for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "factmas.importance",
                  "factmas.importance_extra", "faiss"):
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
     t0, cpu0 = time.perf_counter(), _cpu_seconds()

@@ -1,6 +1,6 @@
 """The MAS paper's facts comparison on factmas data: plan, λ search on validation images, runs.
 
-``python eval/paper_table.py --data FILE.h5`` (see ``factmas.paper_cli``) runs, for every method variant
+``python eval/paper_table.py --data FILE.h5`` (see ``factmas.cli.paper``) runs, for every method variant
 (``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, MAS with Ω from test or train+test images, Joint):
 
 1. **λ search** (regularized methods only), on held-out *training* images, never the test set: each
@@ -183,14 +183,14 @@ def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
     """Worker start: one torch thread, the dataset read once per process."""
     global _DATA
     import torch
-    from factmas.dataset import read_dataset
+    from factmas.data.dataset import read_dataset
     torch.set_num_threads(threads)
     _DATA = subsample_images(read_dataset(data_path), fraction)
 
 
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
-    from factmas.report import read_results
+    from factmas.evaluation.report import read_results
     from factmas.train import train
     out = Path(j["out"])
     timing = out / "timing.json"
@@ -220,7 +220,7 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
     dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
     from factmas.train import data_fingerprint
-    from factmas.train.rundir import same_fingerprint
+    from factmas.run.rundir import same_fingerprint
     try:
         record = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):

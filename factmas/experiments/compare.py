@@ -5,7 +5,7 @@ Usage::
     python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric fact_to_image_map] [--out PREFIX]
                            [--allow-mixed]
 
-Each RUN_DIR holds a results.json (``factmas.report``); a folder without one is searched one level
+Each RUN_DIR holds a results.json (``factmas.evaluation.report``); a folder without one is searched one level
 down for run directories. Runs are grouped by (method, λ, split) from results.json's "run" record
 (λ shown for methods other than finetune and joint); within a group every run is one seed. For each
 group: the final value of each task T1..Tk, over all facts, the average over tasks, forgetting, BWT
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factmas.report import markdown_table, read_results
+from factmas.evaluation.report import markdown_table, read_results
 
 SUMMARY = ("all", "average", "forgetting", "bwt", "fwt")
 NO_LAMBDA = ("finetune", "joint")
@@ -57,7 +57,7 @@ def identity(run: Path, res: dict) -> dict:
     The fingerprint comes from results.json's "run" record, else from RUN_DIR/config.json; None
     when neither has one (runs recorded before fingerprints).
     """
-    from factmas.report import is_complete, read_run_meta
+    from factmas.evaluation.report import is_complete, read_run_meta
     meta = res.get("run") or {}
     if not meta.get("data_sha256"):
         meta = {**read_run_meta(run), **{k: v for k, v in meta.items() if v is not None}}
@@ -129,7 +129,7 @@ def collect(runs: list[Path], metric: str, allow_mixed: bool = False) -> tuple[l
 
 
 def reference_groups(runs: list[Path], metric: str) -> list[dict]:
-    """Rows for the references of the first run that has them (``factmas.baselines``): the untrained
+    """Rows for the references of the first run that has them (``factmas.evaluation.baselines``): the untrained
     model (the run's "initial" row) and the image-frequency ranking; T1..Tk and "all" only."""
     for run in runs:
         res = read_results(run)
@@ -200,7 +200,7 @@ def to_csv(groups: list[dict], num_tasks: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
-    from factmas.evaluate import HEADLINE, METRICS
+    from factmas.evaluation.evaluator import HEADLINE, METRICS
     from factmas.io import atomic_write_text
     p = argparse.ArgumentParser(prog="eval/compare.py", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factmas.dataset import write_dataset
+from factmas.data.dataset import write_dataset
 
 SUBJECTS = ["person", "dog", "bird", "car"]
 PREDICATES = ["ride", "run through", "sit on"]

@@ -26,12 +26,12 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from factmas.config import ConfigError, RunConfig
-from factmas.dataset import DatasetError
+from factmas.data.dataset import DatasetError
 from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
 
 log = logging.getLogger("factmas.train")
 
-from factmas.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
+from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

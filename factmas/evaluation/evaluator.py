@@ -4,7 +4,7 @@ What is measured (``evaluate_tasks``; metric names are the keys of the returned 
 
 * ``fact_to_image_map`` (the headline, the accuracy matrix R of the tables): for each fact, the test
   images of the pool ranked by wildcard distance (full ranking, FAISS), AP with sklearn's tie
-  handling (``factmas.metrics.average_precision``); mean over the facts of a task, and over all facts.
+  handling (``factmas.evaluation.metrics.average_precision``); mean over the facts of a task, and over all facts.
 * ``fact_to_image_map_at_k``: the same with AP@k, k = ``EvalConfig.ap_k`` (100):
   (1/min(k, R)) Σ_{i≤k} P(i)·rel(i).
 * ``image_to_fact_top1`` / ``image_to_fact_top5``: for each image, the facts ranked by distance; a hit
@@ -30,7 +30,7 @@ The trainer's API (``factmas.train``) — ``Evaluator``::
 
 ``record`` accepts metrics that went through JSON (task keys as strings, NaN as None), so a resumed
 run can replay the rows it saved. ``ev.results()`` gives the results.json content
-(``factmas.report.build_results``).
+(``factmas.evaluation.report.build_results``).
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from factmas import metrics as M
+from factmas.evaluation import metrics as M
 from factmas.config import EvalConfig
-from factmas.dataset import SPLIT_NAMES, FactData
-from factmas.retrieval import FactIndex, ImageIndex
+from factmas.data.dataset import SPLIT_NAMES, FactData
+from factmas.evaluation.retrieval import FactIndex, ImageIndex
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Evaluator:
         self.task_images = [np.intersect1d(self.image_ids, pool_pairs[
             self.task_of_fact[pool_pairs[:, 1]] == t, 0]) for t in range(self.num_tasks)]
         self.rows: dict[Any, dict] = {}
-        self._baselines: dict | None = None          # factmas.baselines, computed once when written
+        self._baselines: dict | None = None          # factmas.evaluation.baselines, computed once when written
 
     # ---- measuring --------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
@@ -172,7 +172,7 @@ class Evaluator:
                             label: str = "evaluation") -> dict:
         """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
         (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
-        ``factmas.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
+        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
@@ -264,13 +264,13 @@ class Evaluator:
         Raises:
             ValueError: an unknown row label.
         """
-        from factmas.report import normalize_metrics, row_key
+        from factmas.evaluation.report import normalize_metrics, row_key
         self.rows[row_key(row)] = normalize_metrics(metrics)
 
     def results(self, run_name: str = "") -> dict:
-        """The results.json content of the rows recorded so far (``factmas.report.build_results``)."""
-        from factmas.baselines import frequency_baseline
-        from factmas.report import build_results
+        """The results.json content of the rows recorded so far (``factmas.evaluation.report.build_results``)."""
+        from factmas.evaluation.baselines import frequency_baseline
+        from factmas.evaluation.report import build_results
         if self._baselines is None:
             self._baselines = {"frequency": frequency_baseline(self)}
         return build_results(self.rows, self.num_tasks, run_name=run_name, split=self.split,
@@ -279,7 +279,7 @@ class Evaluator:
 
     def write(self, run_dir: str | Path, run_name: str | None = None) -> list[Path]:
         """Write results.json, results.md and the PNG plots into ``run_dir``; returns their paths."""
-        from factmas.report import write_report
+        from factmas.evaluation.report import write_report
         name = run_name or Path(run_dir).resolve().name
         return write_report(run_dir, self.results(name))
 

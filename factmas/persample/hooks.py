@@ -4,7 +4,7 @@ Used by MAS (``factmas.importance``): Ω = (1/N) Σ_k |∂‖F(x_k)‖²/∂θ| 
 Eq. 2) needs the absolute value of every sample's gradient, not of the batch gradient (p = 1); a
 Fisher diagonal (EWC, Kirkpatrick et al. 2017) needs Σ_k g_k² (p = 2, ``power=2``).
 
-How: each supported layer (``factmas.persample_layers``: Linear, Conv1d/2d, Embedding, GroupNorm,
+How: each supported layer (``factmas.persample.layers``: Linear, Conv1d/2d, Embedding, GroupNorm,
 LayerNorm, BatchNorm in eval mode) gets a forward hook that keeps its input a and adds a zero probe
 scalar to its output y, whose gradient hook receives δ = ∂(Σ_k l_k)/∂y. One backward pass of Σ_k l_k
 (``torch.autograd.grad`` with respect to the probes only, so the batch parameter gradients are never
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from factmas.persample_layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
+from factmas.persample.layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
                                sum_magnitude, unsupported_reason)
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ Layout::
                                 "command", "data_provenance", "data_fingerprint", "created"}
     RUN_DIR/metrics.jsonl      one JSON object per line: "event" is "initial", "epoch", "task_end"
                                or "error"
-    RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.train.checkpoint``)
+    RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.run.checkpoint``)
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from factmas.config import ConfigError, RunConfig
-from factmas.dataset import FactData
+from factmas.data.dataset import FactData
 from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
-from factmas.train.checkpoint import checkpoint_dir, dumps_line, has_checkpoints
+from factmas.run.checkpoint import checkpoint_dir, dumps_line, has_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     overwrite: bool = False) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
-    The caller holds the directory's lock (``factmas.train.lock.RunLock``).
+    The caller holds the directory's lock (``factmas.run.lock.RunLock``).
 
     Raises:
         RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
@@ -127,7 +127,7 @@ def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
     another vocabulary, other pixels) is refused with a clear message instead of a shape error deep in
     torch or a silently different result.
     """
-    from factmas.dataset_schema import image_checksums
+    from factmas.data.schema import image_checksums
     h = hashlib.sha256()
     for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
         h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
