@@ -151,7 +151,7 @@ def _main(command):
     elif command == "compare":
         from factmas.experiments.compare import main
     elif command == "query":
-        from factmas.query import main
+        from factmas.cli.query import main
     elif command == "inspect":
         from data_prep.inspect import main
     elif command == "from_csv":

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factmas import query
+from factmas.cli import query
 from factmas.config import ModelConfig, RunConfig
 from factmas.data.dataset import read_dataset
 from factmas.methods import make_method

@@ -15,9 +15,9 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("factmas.cli.train", "train the tasks of a split in order (finetune, MAS, ...)"),
-    "query": ("factmas.query", "top-k facts for images, from a trained run"),
-    "search": ("factmas.search", "the images that fit a fact best (fact -> images), from a run"),
-    "gallery": ("factmas.gallery", "a static HTML page comparing what runs retrieve"),
+    "query": ("factmas.cli.query", "top-k facts for images, from a trained run"),
+    "search": ("factmas.cli.search", "the images that fit a fact best (fact -> images), from a run"),
+    "gallery": ("factmas.cli.gallery", "a static HTML page comparing what runs retrieve"),
     "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
     "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
 }

@@ -29,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from factmas.query import QueryError, checkpoint_file, load_run
+from factmas.run.load import RunLoadError, checkpoint_file, load_run
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths = write_report(out, res)
         else:
             paths = write_report(out, res)
-    except (QueryError, CheckpointError, RunDirError, ValueError) as e:
+    except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)
         return 2
     print((out / "results.md").read_text(encoding="utf-8") if (out / "results.md").is_file() else "")
