@@ -23,7 +23,7 @@ from pathlib import Path
 from factmas.config import ConfigError, RunConfig
 from factmas.io import git_commit
 from factmas.experiments.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
-                          _cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
+                          cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
                           search_jobs)
 
 log = logging.getLogger("factmas.experiments.paper_table")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "factmas.importance",
                  "factmas.importance_extra", "faiss"):
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
-    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     try:
         data = read_dataset(args.data, load_images=False)
         settings = settings_from_args(args, len(data.image_split))

@@ -28,16 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from factmas.data import schema
+from factmas.data.schema import DatasetError
 from factmas.io import atomic_path, deferred_sigint
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 PAD = "<pad>"
 MAX_SLOT_WORDS = 4
-
-
-class DatasetError(ValueError):
-    """The dataset file is missing, of another schema version, or inconsistent; names file and key."""
 
 
 def _h5py():

@@ -39,8 +39,11 @@ OPTIONAL = {CHECKSUM_KEY: ("uint32", ("N",))}
 SPLIT_LAYOUT = ("int", ("F",))
 
 
+class DatasetError(ValueError):
+    """The dataset file is missing, of another schema version, or inconsistent; names file and key."""
+
+
 def _error(path: Any, msg: str) -> Exception:
-    from factmas.data.dataset import DatasetError
     return DatasetError(f"{path}: {msg}")
 
 

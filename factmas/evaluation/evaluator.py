@@ -44,15 +44,13 @@ import torch
 from torch import nn
 
 from factmas.evaluation import metrics as M
+from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.evaluation.retrieval import FactIndex, ImageIndex
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fact_to_image_map", "fact_to_image_map_at_k", "image_to_fact_top1",
-           "image_to_fact_top5", "image_to_fact_map")
-HEADLINE = "fact_to_image_map"
 IMAGE_POOLS = ("all", "task")
 
 

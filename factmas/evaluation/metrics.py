@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# the metrics the evaluator reports (keys of its rows), and the one tables lead with
+METRICS = ("fact_to_image_map", "fact_to_image_map_at_k", "image_to_fact_top1",
+           "image_to_fact_top5", "image_to_fact_map")
+HEADLINE = "fact_to_image_map"
+
 
 def _rows(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)

@@ -64,7 +64,7 @@ def _num(v: Any) -> float:
 
 def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
-    from factmas.evaluation.evaluator import METRICS
+    from factmas.evaluation.metrics import METRICS
     out: dict[str, Any] = {}
     for name, value in metrics.items():
         if name in METRICS:
@@ -100,7 +100,7 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
     """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
     ``baselines`` {name: metrics dict} (``factmas.evaluation.baselines``) become ``res["baselines"][name][metric]
     = {"final": per-task values, "final_all": value}``."""
-    from factmas.evaluation.evaluator import HEADLINE, METRICS
+    from factmas.evaluation.metrics import HEADLINE, METRICS
     stages = sorted(k for k in rows if k != "initial")
     init = rows.get("initial")
     res: dict[str, Any] = {

@@ -205,10 +205,10 @@ def run_job(j: dict, base: dict) -> dict:
                  "training it again", out)
         timing.unlink()
     if not timing.is_file():
-        cpu0, t0 = _cpu_seconds(), time.perf_counter()
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
         train(cfg, command="python eval/paper_table.py", overwrite=True, progress=False, data=_DATA)
         atomic_write_json(timing, {"seconds": time.perf_counter() - t0,
-                                   "cpu_seconds": _cpu_seconds() - cpu0, "pid": os.getpid()})
+                                   "cpu_seconds": cpu_seconds() - cpu0, "pid": os.getpid()})
     res = read_results(out)
     e = res["metrics"][res["headline"]]
     t = json.loads(timing.read_text())
@@ -233,7 +233,7 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
         fp, data_fingerprint(_DATA, cfg.train.split))
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 

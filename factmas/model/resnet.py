@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from factmas.config import ModelConfig
+from factmas.model.fork import ForkedBranch
 from factmas.model.frozen import FrozenStem
 from factmas.model.weights import load_state_file
 
@@ -62,7 +63,6 @@ def build_resnet(cfg: ModelConfig):
     """
     import torchvision
 
-    from factmas.model.image_branch import ForkedBranch
     ctor, _, channels = RESNETS[cfg.backbone]
     net = getattr(torchvision.models, ctor)(weights=None)
     if cfg.pretrained:
