@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from factmas.config import ModelConfig
-from factmas.importance import (accumulate_omega, batch_approx_mas_importance, eval_mode,
-                                loop_mas_importance, mas_importance, squared_norm,
-                                vmap_mas_importance)
+from factmas.methods.mas import (batch_approx_mas_importance, loop_mas_importance, mas_importance,
+                                 squared_norm, vmap_mas_importance)
+from factmas.methods.quadratic import accumulate_omega, eval_mode
 from factmas.model import build_model
 from factmas.persample.hooks import abs_grad_sums
 from factmas.space import normalize_slots

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from factmas.config import ModelConfig, RunConfig
-from factmas.importance_extra import ewc_fisher, pair_regression_losses
+from factmas.methods.ewc import ewc_fisher, pair_regression_losses
 from factmas.methods import EWC, TaskContext, make_method
 from factmas.model import build_model
 from factmas.persample.reference import loop_abs_grad_sums

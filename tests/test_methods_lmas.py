@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from factmas.config import ModelConfig, RunConfig
-from factmas.importance_extra import local_mas_importance
+from factmas.methods.lmas import local_mas_importance
 from factmas.methods import LocalMAS, TaskContext, make_method
 from factmas.model import build_model
 from factmas.data.synthetic import make_synthetic_dataset
@@ -79,7 +79,7 @@ def test_local_mas_matches_a_per_layer_per_sample_loop():
     zero = {n for n, r in ref.items() if float(r.abs().max()) < 1e-10}
     assert zero and all(n.startswith("image_branch.") and n.endswith(".1.bias") for n in zero), zero
     # differs from global MAS (a test that could fail if local were global)
-    from factmas.importance import mas_importance
+    from factmas.methods.mas import mas_importance
     glob = mas_importance(model, [images], [facts])
     n = "image_branch.trunk.0.0.weight"
     assert float((glob[n] - omega[n]).abs().max()) > 1e-3 * float(omega[n].abs().max())

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from factmas.config import RunConfig
-from factmas.importance_extra import si_importance
+from factmas.methods.si import si_importance
 from factmas.methods import SI, TaskContext, make_method
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train

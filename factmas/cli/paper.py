@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "factmas.importance",
-                 "factmas.importance_extra", "faiss"):
+    for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss"):
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     try:

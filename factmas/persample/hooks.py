@@ -1,6 +1,6 @@
 """Exact sums of per-sample absolute gradients, Σ_k |∂l_k/∂θ|^p, by forward and gradient hooks.
 
-Used by MAS (``factmas.importance``): Ω = (1/N) Σ_k |∂‖F(x_k)‖²/∂θ| (Aljundi et al., ECCV 2018,
+Used by MAS (``factmas.methods.mas.mas_importance``): Ω = (1/N) Σ_k |∂‖F(x_k)‖²/∂θ| (Aljundi et al., ECCV 2018,
 Eq. 2) needs the absolute value of every sample's gradient, not of the batch gradient (p = 1); a
 Fisher diagonal (EWC, Kirkpatrick et al. 2017) needs Σ_k g_k² (p = 2, ``power=2``).
 
