@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from factmas.data.dataset import read_dataset
     from factmas.features import cache_file, load_or_build
     from factmas.model import build_model
-    from factmas.train import UsageError, resolve_device
+    from factmas.device import UsageError, resolve_device
     try:
         cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
         if args.backbone:

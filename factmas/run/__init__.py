@@ -5,6 +5,6 @@
 - ``lock``: one process per run directory.
 - ``load``: ``load_run`` (config, dataset, model with its weights): what every command uses to read a run.
 
-May import: ``factmas.config``, ``factmas.io``, ``factmas.data``, ``factmas.model`` (``load`` only) and
-``factmas.train``'s device helper (``load`` only). Never ``factmas.cli``.
+May import: ``factmas.config``, ``factmas.io``, ``factmas.data``, and for ``load`` only ``factmas.model``
+and ``factmas.device``. Never ``factmas.train`` (the trainer builds on this folder) or ``factmas.cli``.
 """

@@ -24,30 +24,14 @@ import torch
 from factmas.config import ConfigError, RunConfig, TrainConfig
 from factmas.config_check import check_limit_tasks, validate_config
 from factmas.data.dataset import FactData, read_dataset
+from factmas.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint
 from factmas.run.lock import RunLock
 from factmas.train.loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from factmas.run.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
-                     read_run_config)
+from factmas.run.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint,
+                                prepare_run_dir, read_run_config)
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class UsageError(ValueError):
-    """A setting names something that does not exist (split, method, device); lists the valid ones."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" → cuda if available else cpu. Raises UsageError for "cuda" without a GPU or a bad name."""
-    if name not in DEVICES:
-        raise UsageError(f"unknown device {name!r}; valid: {list(DEVICES)}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 def plan_stages(method_name: str, num_tasks: int) -> list[Stage]:
