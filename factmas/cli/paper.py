@@ -23,8 +23,8 @@ from pathlib import Path
 from factmas.config import ConfigError, RunConfig
 from factmas.io import git_commit
 from factmas.experiments.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT, VARIANTS, Settings,
-                          cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
-                          search_jobs)
+                                             cpu_seconds, check_splits, choose_lambdas, final_jobs, run_all,
+                                             search_jobs)
 
 log = logging.getLogger("factmas.experiments.paper_table")
 

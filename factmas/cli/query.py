@@ -8,9 +8,10 @@ Usage::
 Reads RUN_DIR/config.json (the run configuration and the dataset path, which ``--data`` overrides:
 the facts and their vocabulary come from the dataset), the checkpoint (``last.pt`` by default) with
 ``torch.load(..., weights_only=True)``, embeds every fact, and answers each image with an exact FAISS
-search (``factmas.query.answer``, ``factmas.evaluation.retrieval.FactIndex``, wildcard distance D ∈ [0, 4], smaller = closer). Any image
-file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK, any size) is converted to RGB and resized
-to the dataset's image size as in training (``factmas.model.load_image_file``, ``preprocess``).
+search (``factmas.query.answer``, ``factmas.evaluation.retrieval.FactIndex``, wildcard distance
+D ∈ [0, 4], smaller = closer). Any image file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK,
+any size) is converted to RGB and resized to the dataset's image size as in training
+(``factmas.model.load_image_file``, ``preprocess``).
 
 Exit status: 0 every image answered; 1 some image could not be read (each such image is named on
 stderr, and in ``--json`` output as {"image", "error"}; the others are still answered); 2 the run,

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from factmas.persample.layers import (embedding_abs_sum, embedding_entries, layer_grads, magnitude,
-                               sum_magnitude, unsupported_reason)
+                                      sum_magnitude, unsupported_reason)
 
 log = logging.getLogger(__name__)
 
