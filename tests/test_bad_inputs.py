@@ -149,7 +149,7 @@ def _main(command):
     elif command == "evaluate":
         from factmas.cli.evaluate import main
     elif command == "compare":
-        from factmas.experiments.compare import main
+        from factmas.cli.compare import main
     elif command == "query":
         from factmas.cli.query import main
     elif command == "inspect":

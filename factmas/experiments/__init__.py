@@ -2,7 +2,8 @@
 
 - ``paper_table``: λ search on val images, the plan of runs, running them.
 - ``paper_report``: the paper-style tables, CSV, plot and results.json.
-- ``compare``: one table of runs, mean ± std over seeds (``python eval/compare.py``).
+- ``compare``: one table of runs, mean ± std over seeds (command line ``factmas.cli.compare``,
+  ``python eval/compare.py``).
 
 May import: ``factmas.train``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``.
 Never ``factmas.cli``.

@@ -19,7 +19,6 @@ on purpose; image splits are then still kept in separate rows, never averaged to
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -196,35 +195,3 @@ def to_csv(groups: list[dict], num_tasks: int) -> str:
             cells += ["" if not np.isfinite(x) else f"{x:.10g}" for x in (m, s)]
         w.writerow([g["method"], g["split"], len(g["seeds"]), " ".join(str(s) for s in g["seeds"])] + cells)
     return buf.getvalue()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
-    from factmas.evaluation.evaluator import HEADLINE, METRICS
-    from factmas.io import atomic_write_text
-    p = argparse.ArgumentParser(prog="eval/compare.py", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--metric", default=HEADLINE, choices=list(METRICS))
-    p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
-    p.add_argument("--allow-mixed", action="store_true",
-                   help="compare runs of different datasets, splits, image splits or unfinished runs")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        if args.out and Path(f"{args.out}.md").is_dir():
-            raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
-        runs = find_runs(args.runs)
-        groups, num_tasks = collect(runs, args.metric, args.allow_mixed)
-        groups += reference_groups(runs, args.metric)
-    except ValueError as e:
-        print(f"compare: error: {e}", file=sys.stderr)
-        return 2
-    md = to_markdown(groups, num_tasks, args.metric)
-    print(md, end="")
-    if args.out:
-        atomic_write_text(f"{args.out}.md", md)
-        atomic_write_text(f"{args.out}.csv", to_csv(groups, num_tasks))
-        print(f"wrote {args.out}.md, {args.out}.csv")
-    return 0
