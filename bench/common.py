@@ -130,9 +130,9 @@ def load_bench_data(path: str | Path | None = None, synthetic: bool = False,
                     synthetic_images: int = 2000, image_size: int = 64):
     """(FactData, description): ``path``, else data/flickr8k.h5 if present (and not ``synthetic``),
     else a synthetic dataset of ``synthetic_images`` images of ``image_size``² pixels written to a
-    temporary file (``factmas.synthetic``)."""
-    from factmas.dataset import read_dataset
-    from factmas.synthetic import make_synthetic_dataset
+    temporary file (``factmas.data.synthetic``)."""
+    from factmas.data.dataset import read_dataset
+    from factmas.data.synthetic import make_synthetic_dataset
     if path is None and not synthetic and FLICKR8K_H5.is_file():
         path = FLICKR8K_H5
     if path is not None:

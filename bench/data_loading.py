@@ -32,7 +32,7 @@ import torch
 
 import common
 from factmas.config import RunConfig
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 from factmas.methods import make_method
 from factmas.model import build_model, preprocess
 from factmas.train.batches import Batcher

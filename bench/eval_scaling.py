@@ -1,10 +1,10 @@
 """Evaluation scaling: embedding, search and AP time as test images N and facts F grow; flat FAISS
-(``factmas.retrieval``) against FAISS IVF, with the recall IVF keeps and the peak memory.
+(``factmas.evaluation.retrieval``) against FAISS IVF, with the recall IVF keeps and the peak memory.
 
     .venv/bin/python bench/eval_scaling.py [--images 1000 10000 50000] [--facts 1000 10000 100000]
                                            [--query-budget 2e7] [--threads 2] [--quick] [--out FILE]
 
-Embedding: images/s and facts/s of ``factmas.evaluate.embed_images`` / ``embed_facts`` with the default
+Embedding: images/s and facts/s of ``factmas.evaluation.evaluator.embed_images`` / ``embed_facts`` with the default
 model (eval mode, ``EvalConfig.embed_batch``), measured on a sample and scaled linearly to N and F.
 
 Search and AP use synthetic embeddings with the structure of a trained model (slot vectors near
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 import common
-from factmas import metrics as M
+from factmas.evaluation import metrics as M
 from factmas.config import EvalConfig, ModelConfig
-from factmas.evaluate import embed_facts, embed_images
+from factmas.evaluation.evaluator import embed_facts, embed_images
 from factmas.model import build_model
-from factmas.retrieval import FactIndex, ImageIndex, prefix, require_faiss, unit_slots
+from factmas.evaluation.retrieval import FactIndex, ImageIndex, prefix, require_faiss, unit_slots
 
 K = 100                  # AP@k and recall@k cut-off (EvalConfig.ap_k)
 RECALL_TARGET = 0.95

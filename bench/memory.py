@@ -6,7 +6,7 @@ over a short 2-task run (the comparison of the MAS paper's Fig. 4).
 
 Each (method, backbone) runs in a fresh Python process (``--child``), so its peak RSS (VmHWM) is its
 own: the trainer of ``factmas train`` (``build_trainer`` + ``ContinualTrainer.run``) trains tasks 1
-and 2 of a synthetic dataset (``factmas.synthetic``, or ``--data``) for one epoch each, the method's
+and 2 of a synthetic dataset (``factmas.data.synthetic``, or ``--data``) for one epoch each, the method's
 end-of-task update included, evaluation off (the same for every method). Reported per run:
 
 * peak RSS, and peak RSS above the RSS before training (data, model and libraries loaded);
@@ -65,7 +65,7 @@ def run_method(method_name: str, backbone: str, data, split: str, batch: int, li
     """Train ``limit`` tasks with ``method_name``; returns the figures of this process."""
     from factmas.config import RunConfig
     from factmas.train import build_trainer
-    from factmas.train.rundir import prepare_run_dir
+    from factmas.run.rundir import prepare_run_dir
 
     out = tempfile.mkdtemp(prefix=f"factmas_mem_{method_name}_")
     cfg = RunConfig(data=data.path, out=out)
@@ -116,8 +116,8 @@ def child(args) -> int:
 
 def load(args):
     """(FactData, split) of ``args.data`` or a synthetic 2-task dataset for ``args.backbone``."""
-    from factmas.dataset import read_dataset
-    from factmas.synthetic import make_synthetic_dataset
+    from factmas.data.dataset import read_dataset
+    from factmas.data.synthetic import make_synthetic_dataset
     if args.data:
         data = read_dataset(args.data)
         return data, common.first_split(data)

@@ -4,7 +4,7 @@
                                     [--quick] [--out FILE]
 
 For each model (``ModelConfig(backbone=...)``), branch (images, facts) and estimator — exact hooks
-(``factmas.persample``, what ``factmas.importance.mas_importance`` runs), the per-sample loop,
+(``factmas.persample.hooks``, what ``factmas.methods.mas.mas_importance`` runs), the per-sample loop,
 torch.func vmap, Opacus' GradSampleModule, and the batch approximation of the official code /
 Avalanche / FACIL (abs of the batch gradient of Σ‖F‖²) — prints Ω samples/s (median of ``--repeats``
 runs; the CPU may be shared, so compare the ratios measured in one run), the peak RSS above the RSS
@@ -31,10 +31,11 @@ import torch
 
 import common
 from factmas.config import ModelConfig, TrainConfig
-from factmas.importance import eval_mode, fact_norm_loss, image_norm_loss, squared_norm
+from factmas.methods.mas import fact_norm_loss, image_norm_loss, squared_norm
+from factmas.methods.quadratic import eval_mode
 from factmas.model import build_model
-from factmas.persample import abs_grad_sums, capped, trainable
-from factmas.persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.persample.hooks import abs_grad_sums, capped, trainable
+from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
 
 RESULTS = common.RESULTS / "omega.json"
 TARGETS = {"vs_loop": 3.0, "vs_batch": 0.5, "max_rel_err": 1e-5}

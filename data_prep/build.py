@@ -1,7 +1,7 @@
 """From per-image fact sets to the HDF5 file: fact thresholds, image and task splits, provenance, write.
 
 Shared by ``data_prep.flickr8k`` (facts mined from captions) and ``data_prep.from_csv`` (annotated
-facts). The file is written only through ``factmas.dataset.write_dataset`` (atomic, schema v1).
+facts). The file is written only through ``factmas.data.dataset.write_dataset`` (atomic, schema v1).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from factmas.dataset import write_dataset
+from factmas.data.dataset import write_dataset
 from factmas.io import provenance as run_provenance
 
 from .splits import IMAGE_FRACTIONS, check_tasks, image_split, random_split, semantic_split, train_counts

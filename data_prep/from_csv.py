@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from factmas.dataset import MAX_SLOT_WORDS
+from factmas.data.dataset import MAX_SLOT_WORDS
 
 from .build import BuildError, add_common_args, assemble, options_from_args, print_report, run_build
 from .images import load_images

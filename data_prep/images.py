@@ -1,6 +1,6 @@
 """Image files → uint8 RGB arrays of one size, with a reason for every file that cannot be used.
 
-Every image goes through ``factmas.imageio.load_image``, the one loader of factmas (query time uses it
+Every image goes through ``factmas.data.imageio.load_image``, the one loader of factmas (query time uses it
 too): pixel limit, EXIF orientation, RGB conversion of any mode (16-bit grayscale scaled by
 255/65535, alpha dropped), bicubic resize to ``size`` × ``size`` (no crop).
 """
@@ -26,7 +26,7 @@ class StrictImageError(ValueError):
 
 
 def load_rgb(path: str | Path, size: int) -> np.ndarray:
-    """Read one image file as uint8 [size, size, 3] RGB with ``factmas.imageio.load_image`` (the loader
+    """Read one image file as uint8 [size, size, 3] RGB with ``factmas.data.imageio.load_image`` (the loader
     queries use too).
 
     Raises:
@@ -34,7 +34,7 @@ def load_rgb(path: str | Path, size: int) -> np.ndarray:
             is the message).
         ValueError: ``size`` < 1.
     """
-    from factmas.imageio import ImageError, load_image
+    from factmas.data.imageio import ImageError, load_image
 
     try:
         return load_image(path, size)

@@ -2,7 +2,7 @@
 
     python -m data_prep.inspect FILE.h5 [--facts N] [--verify]
 
-The whole file is validated first (``factmas.dataset_schema``: keys, dtypes, shapes, id ranges,
+The whole file is validated first (``factmas.data.schema``: keys, dtypes, shapes, id ranges,
 tasks); an inconsistent file is an error (exit 2) naming the key, never a summary of false counts.
 ``--verify`` also reads every image and compares it with its stored CRC-32 checksum (exit 2 naming
 the images that differ).
@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from factmas.dataset import SPLIT_NAMES, DatasetError, FactData, read_dataset
+from factmas.data.dataset import SPLIT_NAMES, DatasetError, FactData, read_dataset
 
 
 def task_table(data: FactData, split: str) -> list[dict]:

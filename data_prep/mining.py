@@ -74,7 +74,7 @@ top skirt sweater scarf backpack shoe shoes jersey collar vest hood clothes clot
 CONTROL_VERBS = frozenset("try attempt prepare begin start want seem appear continue get go "
                           "manage learn wait".split())
 RELATIVE = frozenset({"who", "that", "which"})
-MAX_SLOT_WORDS = 4  # factmas.dataset.MAX_SLOT_WORDS
+MAX_SLOT_WORDS = 4  # factmas.data.dataset.MAX_SLOT_WORDS
 
 
 def load_nlp():

@@ -2,11 +2,12 @@
 
     python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric NAME] [--out PREFIX]
 
-See ``factmas.compare`` for the grouping and the columns.
+See ``factmas.experiments.compare`` for the grouping and the columns, ``factmas.cli.compare`` for
+the options.
 """
 import sys
 
-from factmas.compare import main
+from factmas.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ with seed s for every seed, and on semantic4 with the first seed (``--semantic-s
 every other setting is the trainer's default, or ``--config``'s).
 
 How λ is chosen (never on the test set): for each regularized method (lwf, ewc, si, mas, l-mas) every
-λ of a 3-value grid (``factmas.paper_table.GRIDS``; ``--grid`` replaces one) trains random4_seed{first
+λ of a 3-value grid (``factmas.experiments.paper_table.GRIDS``; ``--grid`` replaces one) trains random4_seed{first
 seed} for ``--search-epochs`` epochs per task and is scored by the fact→image mAP over all facts after
 the last task on the *val* image split, images of the training part held out from training
 (``EvalConfig.image_split = "val"``). The best λ is used in all final runs; mas_test and
@@ -33,7 +33,7 @@ MAS's grid {1, 10}, a random 10% of the images of a large dataset).
 """
 import sys
 
-from factmas.paper_cli import main
+from factmas.cli.paper import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -82,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation after every task (see ``factmas.evaluate``)."""
+    """Retrieval evaluation after every task (see ``factmas.evaluation.evaluator``)."""
     ap_k: int = 100                      # k of AP@k (Lifelong Fact Learning uses 100)
     image_pool: str = "all"              # "all" test images, or each "task"'s own test images
     search_batch: int = 4096             # queries per FAISS search call (bounds memory)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .config import ConfigError, RunConfig
+from factmas.config import ConfigError, RunConfig
 
 # dotted key -> the command-line option that sets it (named in messages)
 OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
@@ -59,17 +59,17 @@ def _choice(options: Callable[[], list[str]]) -> Callable[[str, Any], None]:
 
 
 def _backbones() -> list[str]:
-    from .model import BACKBONES
+    from factmas.model import BACKBONES
     return sorted(BACKBONES)
 
 
 def _methods() -> list[str]:
-    from .methods import METHODS
+    from factmas.methods import METHODS
     return sorted(METHODS)
 
 
 def _omega_data(key: str, v: Any) -> None:
-    from .methods.mas import parse_omega_data
+    from factmas.methods.mas import parse_omega_data
     try:
         parse_omega_data(v)
     except (ValueError, TypeError, AttributeError):

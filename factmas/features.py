@@ -16,7 +16,7 @@ inputs agree to one float16 step (the convolutions' summation order depends on t
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
 through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.
 
-May import: numpy, torch, tqdm, ``factmas.dataset``, ``factmas.io``, ``factmas.model``.
+May import: numpy, torch, tqdm, ``factmas.data.dataset``, ``factmas.io``, ``factmas.model``.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dataset import FactData
-from .io import atomic_path
-from .model import preprocess
+from factmas.data.dataset import FactData
+from factmas.io import atomic_path
+from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 

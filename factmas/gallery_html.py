@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_path, atomic_write_text
+from factmas.io import atomic_path, atomic_write_text
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:16px;color:#222;max-width:1360px}
@@ -111,8 +111,8 @@ def write_gallery(out_dir: str | Path, data: Any, runs: list[dict], page: dict) 
         OSError: ``out_dir`` cannot be written.  ValueError (GalleryError from plots): runs whose
             results cannot share a plot.
     """
-    from .gallery import GalleryError
-    from .gallery_plots import write_comparison_plots
+    from factmas.gallery import GalleryError
+    from factmas.gallery_plots import write_comparison_plots
 
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The gallery's plots: several runs' R heat maps on ONE colour scale, their per-task curves on ONE axis.
 
 ``write_comparison_plots(results, out_dir)`` reads the headline metric of each run's results.json
-(``factmas.report`` format) and writes, with matplotlib's Agg backend, atomically:
+(``factmas.evaluation.report`` format) and writes, with matplotlib's Agg backend, atomically:
 
 * ``r_heatmaps.png``: one heat map per run (rows = initial + each training stage, columns = tasks),
   all with the same vmin/vmax and a single shared colour bar, so runs compare by eye;
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
-from .report import LABELS, stage_label
+from factmas.io import atomic_path
+from factmas.evaluation.report import LABELS, stage_label
 
 _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "v")]
 

@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import LossConfig
-from .space import paired_wildcard_distance, wildcard_distance
+from factmas.config import LossConfig
+from factmas.space import paired_wildcard_distance, wildcard_distance
 
 
 def regression_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

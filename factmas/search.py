@@ -1,33 +1,17 @@
-"""``factmas search``: the photos that fit a fact best (fact → images), from a trained run.
+"""The photos that fit a fact best (fact → images), from a trained model (the work of ``factmas search``).
 
-Usage::
-
-    factmas search --run RUN_DIR "dog, run through, grass" [--images DIR | --data FILE.h5]
-                   [--image-split test] [--k 10] [--json] [--checkpoint last.pt] [--device auto]
-
-The fact is typed as "S", "S, P" or "S, P, O" (comma-separated slots). Words are lower-cased and, when
-a word is not in the run's vocabulary, its lemmas (lemminflect, as the dataset's facts were mined:
-"dogs" → dog, "running" → run; people words such as "children" → person) are tried; words still
-unknown are named in the error (exit 2).
-
-Searched images: ``--images DIR`` = the image files of a folder, embedded once with
-``model.embed_pixels`` into ``DIR/.factmas-index/`` (``factmas.search_index``; reused while run and
-files are unchanged); otherwise the images of ``--image-split`` (default test) of the dataset
-(``--data``, default the run's), read through the feature cache (``factmas.features.image_inputs``).
-Ranking: exact FAISS search (``factmas.retrieval.ImageIndex``) by the wildcard distance
-D ∈ [0, 4] of ``factmas.space`` (smaller = closer). When searching a dataset and the fact is one of
-its facts, each result says whether the fact is true of that image (``true``; ✓ in text output).
-
-Exit status: 0 answered; 2 bad fact, unknown words, or a run/dataset/folder that cannot be used.
+A typed fact "S", "S, P" or "S, P, O" is parsed into the run's vocabulary (``parse_fact``: lower-cased,
+lemmas via lemminflect as the dataset's facts were mined, people words → person); the images of a
+folder (``factmas.search_index``) or of a dataset split (``dataset_embeddings``) are ranked by exact
+FAISS search (``factmas.evaluation.retrieval.ImageIndex``) with the wildcard distance D ∈ [0, 4] of
+``factmas.space``. ``run_search`` does a whole search from the command's arguments; the command line
+is ``factmas.cli.search``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,8 +106,8 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     """
     import torch
 
-    from .dataset import SPLIT_NAMES
-    from .features import image_inputs
+    from factmas.data.dataset import SPLIT_NAMES
+    from factmas.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
            else np.flatnonzero(data.image_split == SPLIT_NAMES.index(split)))
@@ -144,7 +128,7 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
     """
     import torch
 
-    from .retrieval import ImageIndex
+    from factmas.evaluation.retrieval import ImageIndex
 
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -154,28 +138,10 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
     return d[0], i[0]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="factmas search",
-                                description="The images that fit a fact best, from a trained run.")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory of factmas train")
-    p.add_argument("fact", help='the fact as "S", "S, P" or "S, P, O", e.g. "dog, run through, grass"')
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--images", metavar="DIR", help="search this folder of photos (indexed once)")
-    src.add_argument("--data", metavar="FILE.h5", help="search this dataset's images "
-                     "(default: the run's dataset, from RUN_DIR/config.json)")
-    p.add_argument("--image-split", default="test", choices=SPLITS,
-                   help="dataset images searched (default test)")
-    p.add_argument("--k", type=int, default=10, help="images shown (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--checkpoint", default="last.pt", help="checkpoint in RUN_DIR/checkpoints (default last.pt)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
-    return p
-
-
 def run_search(args: argparse.Namespace) -> dict:
-    """The search of parsed arguments → the JSON-able result. Raises SearchError, QueryError."""
-    from .query import checkpoint_file, load_run
-    from .search_index import folder_embeddings
+    """The search of parsed arguments → the JSON-able result. Raises SearchError, RunLoadError."""
+    from factmas.run.load import checkpoint_file, load_run
+    from factmas.search_index import folder_embeddings
 
     t0 = time.perf_counter()
     _, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device,
@@ -209,41 +175,3 @@ def run_search(args: argparse.Namespace) -> dict:
                           for r, (x, i) in enumerate(zip(d, rows))]
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``factmas search``; returns the exit status (module docstring)."""
-    from .query import QueryError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if args.k < 1:
-        print(f"factmas search: error: --k must be >= 1, got {args.k}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        out = run_search(args)
-    except (SearchError, QueryError, ImportError) as e:
-        print(f"factmas search: error: {e}", file=sys.stderr)
-        return 2
-    for msg in out.get("unreadable", []):
-        print(f"factmas search: skipped unreadable image {msg}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(out, indent=2, ensure_ascii=False))
-        return 0
-    print(f"{out['fact']} in {out['source']}"
-          + (" (index reused)" if out.get("index_reused") else ""))
-    print(f"  rank  distance  image    ({DISTANCE_LABEL})")
-    for r in out["results"]:
-        mark = {True: "  ✓", False: "  ✗"}.get(r.get("true"), "")
-        print(f"  {r['rank']:>4}  {r['distance']:8.4f}  {r['image']}{mark}")
-    if out.get("fact_id") is None and "fact_id" in out:
-        print("  (not a fact of the dataset: no ✓/✗ marks)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

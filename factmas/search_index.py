@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import ImageError, load_image
-from .io import atomic_path
-from .model import preprocess
+from factmas.data.imageio import ImageError, load_image
+from factmas.io import atomic_path
+from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: to
     """Embed image files with ``model.embed_pixels``.
 
     Args:
-        files: image paths.  size: the dataset's image side (``factmas.imageio.load_image``).
+        files: image paths.  size: the dataset's image side (``factmas.data.imageio.load_image``).
     Returns:
         (names of the embedded files, raw φ float32 [N, 3, d], "name: reason" of unreadable files).
     """

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from factmas.config import RunConfig
-from factmas.dataset_schema import CHECKSUM_KEY, image_checksums
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.schema import CHECKSUM_KEY, image_checksums
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16, "norm_groups": 4}
@@ -145,13 +145,13 @@ def env(tmp_path_factory):
 
 def _main(command):
     if command == "train":
-        from factmas.train.cli import main
+        from factmas.cli.train import main
     elif command == "evaluate":
-        from factmas.evaluate_cli import main
+        from factmas.cli.evaluate import main
     elif command == "compare":
-        from factmas.compare import main
+        from factmas.cli.compare import main
     elif command == "query":
-        from factmas.query import main
+        from factmas.cli.query import main
     elif command == "inspect":
         from data_prep.inspect import main
     elif command == "from_csv":

@@ -1,4 +1,4 @@
-"""Checkpoints, the metrics log and the trainer's batches (factmas.train.checkpoint/rundir/batches)."""
+"""Checkpoints, the metrics log and the trainer's batches (factmas.run.checkpoint/rundir/batches)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from factmas.dataset import read_dataset
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.dataset import read_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train.batches import Batcher, PairIndex, batch_bounds, make_rng, stage_seed
-from factmas.train.checkpoint import (CheckpointError, last_path, latest_checkpoint, load_checkpoint,
-                                      plain, save_checkpoint, stage_path)
-from factmas.train.rundir import MetricsLog, RunDirError
+from factmas.run.checkpoint import (CheckpointError, last_path, latest_checkpoint, load_checkpoint,
+                                    plain, save_checkpoint, stage_path)
+from factmas.run.rundir import MetricsLog, RunDirError
 
 
 class _Method:
@@ -174,7 +174,7 @@ def test_batch_bounds_and_seeds():
 
 def test_config_json_roundtrip(tmp_path):
     from factmas.config import RunConfig
-    from factmas.train.rundir import prepare_run_dir, read_run_config
+    from factmas.run.rundir import prepare_run_dir, read_run_config
     cfg = RunConfig(data="x.h5", out=str(tmp_path))
     cfg.train.seed = 5
     prepare_run_dir(tmp_path, cfg, command="factmas train ...", data_provenance={"source": "s"})

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from factmas.config import TrainConfig
-from factmas.train_args import BACKBONE_NAMES, METHOD_NAMES, build_parser
+from factmas.cli.train_args import BACKBONE_NAMES, METHOD_NAMES, build_parser
 
 
 def test_written_out_names_are_the_registries():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_prep import from_csv
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 
 
 def _images(root, n):

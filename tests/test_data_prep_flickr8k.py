@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from data_prep import flickr8k, inspect, mining
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 
 RIDE = "A man is riding a horse ."
 RUN = "A dog runs through the grass ."

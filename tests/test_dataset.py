@@ -1,4 +1,4 @@
-"""Schema v1 round trip of factmas.dataset (write_dataset / read_dataset) and its error paths."""
+"""Schema v1 round trip of factmas.data.dataset (write_dataset / read_dataset) and its error paths."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from factmas import dataset as ds
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data import dataset as ds
+from factmas.data.synthetic import make_synthetic_dataset
 
 
 def _random_dataset(rng, n=30, size=8):

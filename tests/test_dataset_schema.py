@@ -1,4 +1,4 @@
-"""Whole-schema validation on open (factmas.dataset_schema via read_dataset), image checksums,
+"""Whole-schema validation on open (factmas.data.schema via read_dataset), image checksums,
 ``data_prep.inspect --verify`` and the data fingerprint's pixel coverage."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from factmas import dataset as ds
-from factmas.dataset_schema import CHECKSUM_KEY, image_checksums
-from factmas.synthetic import make_synthetic_dataset
-from factmas.train.rundir import data_fingerprint, same_fingerprint
+from factmas.data import dataset as ds
+from factmas.data.schema import CHECKSUM_KEY, image_checksums
+from factmas.data.synthetic import make_synthetic_dataset
+from factmas.run.rundir import data_fingerprint, same_fingerprint
 
 
 @pytest.fixture()

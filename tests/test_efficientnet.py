@@ -12,8 +12,8 @@ from factmas.config import ModelConfig
 from factmas.model import build_model
 from factmas.model.efficientnet import LITE_MEAN, LITE_STD, imagenet_lite, lite_to_timm, lite_weights_path
 from factmas.model.frozen import SamePad2d
-from factmas.persample import PerSampleHooks, abs_grad_sums
-from factmas.persample_ref import loop_abs_grad_sums
+from factmas.persample.hooks import PerSampleHooks, abs_grad_sums
+from factmas.persample.reference import loop_abs_grad_sums
 
 VOCAB = 30
 

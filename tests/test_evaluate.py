@@ -6,11 +6,11 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from factmas.config import EvalConfig
-from factmas.dataset import read_dataset
-from factmas.evaluate import METRICS, Evaluator
+from factmas.data.dataset import read_dataset
+from factmas.evaluation.evaluator import METRICS, Evaluator
 from factmas.model import preprocess
 from factmas.space import wildcard_distance
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 
 SPLIT = "random3_seed0"
 

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from factmas import compare, evaluate_cli
+from factmas.cli import evaluate as evaluate_cli
+from factmas.cli import compare as compare_cli
 from factmas.config import RunConfig
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 TINY_MODEL = {"width": 4, "embed_dim": 4, "word_dim": 4, "fact_hidden": 8, "norm_groups": 2}
@@ -84,9 +85,9 @@ def test_evaluate_refuses_missing_stage_checkpoints(runs, tmp_path, capsys):
     (("a0", "cut"), [], "unfinished run"),
 ])
 def test_compare_refuses_unlike_runs(runs, capsys, pick, extra, reason):
-    assert compare.main([str(runs[k]) for k in pick] + extra) == 2
+    assert compare_cli.main([str(runs[k]) for k in pick] + extra) == 2
     assert reason in capsys.readouterr().err
-    assert compare.main([str(runs[k]) for k in pick] + ["--allow-mixed"]) == 0
+    assert compare_cli.main([str(runs[k]) for k in pick] + ["--allow-mixed"]) == 0
 
 
 def test_compare_refuses_mixed_image_splits_and_accepts_like_runs(runs, tmp_path, capsys):
@@ -95,10 +96,10 @@ def test_compare_refuses_mixed_image_splits_and_accepts_like_runs(runs, tmp_path
     assert evaluate_cli.main([str(run), "-q", "--image-split", "val"]) == 0
     capsys.readouterr()
     val = run / "evaluations" / "val"
-    assert compare.main([str(runs["a0"]), str(val)]) == 2
+    assert compare_cli.main([str(runs["a0"]), str(val)]) == 2
     assert "differ in image split" in capsys.readouterr().err
-    assert compare.main([str(runs["a0"]), str(val), "--allow-mixed"]) == 0
+    assert compare_cli.main([str(runs["a0"]), str(val), "--allow-mixed"]) == 0
     out = capsys.readouterr().out
     assert "[val images]" in out                                        # a row of its own
-    assert compare.main([str(runs["a0"]), str(runs["a1"])]) == 0
+    assert compare_cli.main([str(runs["a0"]), str(runs["a1"])]) == 0
     assert "| finetune | random2_seed0 | 2 |" in capsys.readouterr().out

@@ -10,10 +10,10 @@ import torch
 
 import factmas.features as features
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 from factmas.features import CachedInputs, PixelInputs, cache_file, image_inputs, load_or_build
 from factmas.model import build_model, preprocess
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import resume, train
 
 LITE = {"backbone": "efficientnet_lite0", "embed_dim": 8, "word_dim": 8, "fact_hidden": 16,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factmas import gallery
+from factmas.cli import gallery as gallery_cli
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.dataset import read_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 
@@ -30,7 +30,7 @@ def page(tmp_path_factory):
         train(cfg)
         runs.append(cfg.out)
     out = root / "gallery"
-    assert gallery.main([*runs, "--out", str(out), "--photos", "4", "--facts-per-task", "2",
+    assert gallery_cli.main([*runs, "--out", str(out), "--photos", "4", "--facts-per-task", "2",
                          "--top-images", "3"]) == 0
     return {"out": out, "data": read_dataset(data_path), "runs": runs}
 
@@ -87,9 +87,9 @@ def test_marks_agree_with_the_dataset(page):
 
 
 def test_bad_inputs_exit_2(page, tmp_path, capsys):
-    assert gallery.main([str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert gallery_cli.main([str(tmp_path), "--out", str(tmp_path / "g")]) == 2
     assert "config.json" in capsys.readouterr().err
-    assert gallery.main([page["runs"][0], "--out", str(tmp_path / "g"), "--photos", "0"]) == 2
+    assert gallery_cli.main([page["runs"][0], "--out", str(tmp_path / "g"), "--photos", "0"]) == 2
     assert "--photos" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The one image loader (factmas.imageio): dataset building and queries agree on every kind of file;
+"""The one image loader (factmas.data.imageio): dataset building and queries agree on every kind of file;
 bit depth, EXIF orientation, palette, CMYK, alpha, and the pixel limit against decompression bombs."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from data_prep import images as build_images
-from factmas import imageio
+from factmas.data import imageio
 from factmas.model import load_image_file
 
 

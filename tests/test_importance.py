@@ -5,21 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factmas.config import ModelConfig
-from factmas.importance import (accumulate_omega, batch_approx_mas_importance, eval_mode,
-                                loop_mas_importance, mas_importance, squared_norm,
-                                vmap_mas_importance)
-from factmas.model import build_model
-from factmas.persample import abs_grad_sums
+from factmas.methods.mas import (batch_approx_mas_importance, loop_mas_importance, mas_importance,
+                                 squared_norm, vmap_mas_importance)
+from factmas.methods.quadratic import accumulate_omega, eval_mode
+from factmas.persample.hooks import abs_grad_sums
 from factmas.space import normalize_slots
 
 VOCAB = 20
-
-
-def tiny_model(backbone: str = "small_cnn", seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone=backbone, width=8, embed_dim=8, word_dim=8, fact_hidden=16)
-    return build_model(cfg, vocab_size=VOCAB).double()
 
 
 def random_facts(n: int, seed: int, length: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +45,7 @@ def data():
     return images, random_facts(9, seed=2)
 
 
-def test_exact_mas_matches_per_sample_loop_on_the_model(data):
+def test_exact_mas_matches_per_sample_loop_on_the_model(data, tiny_model):
     images, facts = data
     model = tiny_model()
     exact = mas_importance(model, batches(images, [4, 3]), batches(facts, [5, 4]))
@@ -67,7 +59,7 @@ def test_exact_mas_matches_per_sample_loop_on_the_model(data):
 
 
 @pytest.mark.slow
-def test_exact_mas_matches_loop_on_resnet18():
+def test_exact_mas_matches_loop_on_resnet18(tiny_model):
     torch.manual_seed(3)
     model = tiny_model("resnet18_gn")
     images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
@@ -77,7 +69,7 @@ def test_exact_mas_matches_loop_on_resnet18():
     assert rel_err({n: exact[n] for n in image_params}, {n: loop[n] for n in image_params}) < 1e-5
 
 
-def test_each_branch_gets_omega_from_its_own_data(data):
+def test_each_branch_gets_omega_from_its_own_data(data, tiny_model):
     images, facts = data
     model = tiny_model()
     both = mas_importance(model, [images], [facts])
@@ -90,7 +82,7 @@ def test_each_branch_gets_omega_from_its_own_data(data):
         assert float(other[name].abs().max()) == 0.0, name
 
 
-def test_omega_is_a_mean_over_samples(data):
+def test_omega_is_a_mean_over_samples(data, tiny_model):
     images, _ = data
     model = tiny_model()
     one = mas_importance(model, [images], None)
@@ -98,7 +90,7 @@ def test_omega_is_a_mean_over_samples(data):
     assert rel_err(two, one) < 1e-12
 
 
-def test_normalized_embedding_gives_zero_importance(data):
+def test_normalized_embedding_gives_zero_importance(data, tiny_model):
     """‖F̂‖² = 3 for every input once each slot is L2-normalized, so its gradient (and Ω) is zero:
     that is why Ω is taken on the raw output."""
     images, _ = data
@@ -118,7 +110,7 @@ def test_normalized_embedding_gives_zero_importance(data):
     assert max(float(t.max()) for t in omega_norm.values()) < 1e-9 * top
 
 
-def test_batch_approximation_underestimates(data):
+def test_batch_approximation_underestimates(data, tiny_model):
     images, facts = data
     model = tiny_model()
     exact = mas_importance(model, [images], [facts])
@@ -133,14 +125,14 @@ def test_batch_approximation_underestimates(data):
     assert rel_err({n: per_sample[n] for n in image_names}, {n: exact[n] for n in image_names}) < 1e-9
 
 
-def test_vmap_matches_loop_on_image_branch(data):
+def test_vmap_matches_loop_on_image_branch(data, tiny_model):
     images, _ = data
     model = tiny_model()
     assert rel_err(vmap_mas_importance(model, [images], None),
                    loop_mas_importance(model, [images], None)) < 1e-9
 
 
-def test_max_samples_grads_and_modes(data):
+def test_max_samples_grads_and_modes(data, tiny_model):
     images, facts = data
     model = tiny_model()
     model.train()
@@ -157,7 +149,7 @@ def test_max_samples_grads_and_modes(data):
     assert model.image_branch.training and not model.fact_branch.training
 
 
-def test_empty_branch_raises(data):
+def test_empty_branch_raises(data, tiny_model):
     with pytest.raises(ValueError, match="no images"):
         mas_importance(tiny_model(), [], None)
 

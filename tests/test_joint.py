@@ -7,12 +7,12 @@ import re
 import numpy as np
 
 from factmas.config import RunConfig
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 from factmas.methods import Joint, make_method
-from factmas.report import read_results
-from factmas.synthetic import make_synthetic_dataset
+from factmas.evaluation.report import read_results
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import plan_stages, resume, train
-from factmas.train.checkpoint import last_path, load_checkpoint
+from factmas.run.checkpoint import last_path, load_checkpoint
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 

@@ -4,23 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factmas.config import ModelConfig, RunConfig
-from factmas.importance_extra import ewc_fisher, pair_regression_losses
+from factmas.config import RunConfig
+from factmas.methods.ewc import ewc_fisher, pair_regression_losses
 from factmas.methods import EWC, TaskContext, make_method
-from factmas.model import build_model
-from factmas.persample_ref import loop_abs_grad_sums
+from factmas.persample.reference import loop_abs_grad_sums
 from factmas.space import normalize_slots
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 VOCAB = 20
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8, word_dim=8, fact_hidden=16),
-                       vocab_size=VOCAB).double()
 
 
 def random_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,7 +52,7 @@ def naive_fisher(model, batch):
     return {n: t / len(order) for n, t in out.items()}
 
 
-def test_fisher_matches_a_per_sample_loop():
+def test_fisher_matches_a_per_sample_loop(tiny_model):
     model = tiny_model()
     batch = random_pairs(7, seed=1)
     fisher = ewc_fisher(model, cut(batch, [4, 3]))
@@ -78,7 +71,7 @@ def test_fisher_matches_a_per_sample_loop():
     assert float((g_batch ** 2 / 7 - reference["image_branch.heads.s_fc.weight"]).abs().max()) > 1e-6
 
 
-def test_fisher_cap_and_empty_input():
+def test_fisher_cap_and_empty_input(tiny_model):
     model = tiny_model()
     batch = random_pairs(6, seed=2)
     capped = ewc_fisher(model, cut(batch, [3, 3]), max_samples=4)
@@ -101,7 +94,7 @@ def _ctx(task, batch):
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.3])
-def test_ewc_sums_or_decays_the_fisher_over_tasks(gamma):
+def test_ewc_sums_or_decays_the_fisher_over_tasks(gamma, tiny_model):
     model = tiny_model()
     b1, b2 = random_pairs(5, seed=3), random_pairs(5, seed=4)
     method = make_method("ewc", 2.0, ewc_gamma=gamma, omega_data="train", omega_max_samples=None)

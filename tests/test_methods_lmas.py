@@ -6,24 +6,16 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from factmas.config import ModelConfig, RunConfig
-from factmas.importance_extra import local_mas_importance
+from factmas.config import RunConfig
+from factmas.methods.lmas import local_mas_importance
 from factmas.methods import LocalMAS, TaskContext, make_method
-from factmas.model import build_model
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
-from factmas.train.cli import main as train_main
+from factmas.cli.train import main as train_main
 
 VOCAB = 20
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
-
-
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8, word_dim=8, fact_hidden=16),
-                       vocab_size=VOCAB).double()
 
 
 def random_facts(n: int, seed: int):
@@ -65,7 +57,7 @@ def loop_local(model, images, facts):
     return out
 
 
-def test_local_mas_matches_a_per_layer_per_sample_loop():
+def test_local_mas_matches_a_per_layer_per_sample_loop(tiny_model):
     model = tiny_model()
     images = torch.randn(5, 3, 16, 16, dtype=torch.float64)
     facts = random_facts(7, seed=1)
@@ -79,13 +71,13 @@ def test_local_mas_matches_a_per_layer_per_sample_loop():
     zero = {n for n, r in ref.items() if float(r.abs().max()) < 1e-10}
     assert zero and all(n.startswith("image_branch.") and n.endswith(".1.bias") for n in zero), zero
     # differs from global MAS (a test that could fail if local were global)
-    from factmas.importance import mas_importance
+    from factmas.methods.mas import mas_importance
     glob = mas_importance(model, [images], [facts])
     n = "image_branch.trunk.0.0.weight"
     assert float((glob[n] - omega[n]).abs().max()) > 1e-3 * float(omega[n].abs().max())
 
 
-def test_linear_layer_importance_is_the_hebbian_product():
+def test_linear_layer_importance_is_the_hebbian_product(tiny_model):
     """For y = W a + b alone: Ω_W = (1/N) Σ_k |2 y_k a_kᵀ|, Ω_b = (1/N) Σ_k |2 y_k|."""
     model = tiny_model()
     tokens, order = random_facts(6, seed=2)
@@ -104,7 +96,7 @@ def test_linear_layer_importance_is_the_hebbian_product():
     assert float(omega["image_branch.heads.s_fc.weight"].abs().max()) == 0.0     # no images given
 
 
-def test_absent_slots_give_no_importance_and_empty_input_raises():
+def test_absent_slots_give_no_importance_and_empty_input_raises(tiny_model):
     model = tiny_model()
     tokens, order = random_facts(5, seed=3)
     order[:] = 1
@@ -119,7 +111,7 @@ def test_absent_slots_give_no_importance_and_empty_input_raises():
         local_mas_importance(model, [], None)
 
 
-def test_lmas_method_uses_the_omega_data_images():
+def test_lmas_method_uses_the_omega_data_images(tiny_model):
     model = tiny_model().float()
     images = {"train": torch.randn(4, 3, 16, 16), "test": torch.randn(3, 3, 16, 16)}
     tokens, order = random_facts(4, seed=4)
@@ -169,7 +161,7 @@ def test_omega_data_flag_reaches_the_method(data_path, tmp_path, method, caplog)
     saved = json.loads((out / "config.json").read_text())
     saved = saved.get("config", saved)
     assert saved["train"]["omega_data"] == "train+test"
-    from factmas.dataset import read_dataset
+    from factmas.data.dataset import read_dataset
     from factmas.train.batches import task_images
     d = read_dataset(data_path)
     n = len(task_images(d, "random2_seed0", [0], "train")) + len(task_images(d, "random2_seed0", [0], "test"))

@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from factmas.config import ModelConfig, RunConfig
+from factmas.config import RunConfig
 from factmas.methods import LwF, TaskContext, make_method
 from factmas.methods.lwf import distillation_loss
-from factmas.model import build_model
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
-
-
-def tiny_model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8, word_dim=8, fact_hidden=16), vocab_size=20)
 
 
 def ctx(task: int) -> TaskContext:
@@ -41,8 +35,8 @@ def test_distillation_loss_against_a_naive_reference():
         distillation_loss(a, b[:4])
 
 
-def test_lwf_loss_is_zero_when_models_are_equal_and_grows_after_a_change():
-    model = tiny_model()
+def test_lwf_loss_is_zero_when_models_are_equal_and_grows_after_a_change(tiny_model):
+    model = tiny_model(double=False)
     images = torch.randn(6, 3, 16, 16)
     method = make_method("lwf", 2.0)
     assert isinstance(method, LwF)

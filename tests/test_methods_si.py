@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from factmas.config import RunConfig
-from factmas.importance_extra import si_importance
+from factmas.methods.si import si_importance
 from factmas.methods import SI, TaskContext, make_method
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
@@ -118,7 +118,7 @@ def test_si_runs_two_tasks_through_the_trainer(tmp_path):
                                "eval": {"enabled": False}})
     state = train(cfg, progress=False)
     assert state.completed_tasks == [0, 1]
-    from factmas.train.checkpoint import last_path, load_checkpoint
+    from factmas.run.checkpoint import last_path, load_checkpoint
     method = load_checkpoint(last_path(tmp_path / "run"))["method"]
     omegas = [t for k, t in method.items() if k.startswith("omega.")]
     assert omegas and all(float(t.min()) >= 0 for t in omegas)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from factmas import metrics as M
+from factmas.evaluation import metrics as M
 
 
 def _random_case(rng, q=30, n=50, ties=False):

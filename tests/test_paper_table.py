@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from factmas.dataset import read_dataset
-from factmas.paper_cli import main
-from factmas.paper_table import choose_lambdas, subsample_images
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.dataset import read_dataset
+from factmas.cli.paper import main
+from factmas.experiments.paper_table import choose_lambdas, subsample_images
+from factmas.data.synthetic import make_synthetic_dataset
 
 TINY = {"model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
         "train": {"batch_size": 32}}

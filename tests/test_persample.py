@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from factmas import persample_layers
-from factmas.persample import PerSampleHooks, abs_grad_sums
-from factmas.persample_ref import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.persample import layers as persample_layers
+from factmas.persample.hooks import PerSampleHooks, abs_grad_sums
+from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
 
 
 def sq_norm(model: nn.Module, batch) -> torch.Tensor:

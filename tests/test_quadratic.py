@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from factmas.config import ModelConfig, RunConfig
-from factmas.importance import mas_importance
+from factmas.methods.mas import mas_importance
 from factmas.methods import MAS, METHODS, Method, QuadraticAnchor, TaskContext, make_method
 from factmas.model import build_model
 

@@ -6,15 +6,15 @@ import pytest
 import torch
 from PIL import Image
 
-from factmas import query
+from factmas.cli import query
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 from factmas.methods import make_method
 from factmas.model import build_model, load_image_file, preprocess
 from factmas.space import wildcard_distance
-from factmas.synthetic import make_synthetic_dataset
-from factmas.train.checkpoint import save_checkpoint
-from factmas.train.rundir import prepare_run_dir
+from factmas.data.synthetic import make_synthetic_dataset
+from factmas.run.checkpoint import save_checkpoint
+from factmas.run.rundir import prepare_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from factmas import metrics as M
-from factmas.evaluate import HEADLINE, METRICS
-from factmas.report import (build_results, normalize_metrics, read_results, row_key, write_report)
+from factmas.evaluation import metrics as M
+from factmas.evaluation.evaluator import HEADLINE, METRICS
+from factmas.evaluation.report import (build_results, normalize_metrics, read_results, row_key, write_report)
 
 T = 3
 R = np.array([[0.8, 0.1, 0.2], [0.6, 0.7, 0.3], [0.5, 0.4, 0.9]])
@@ -100,7 +100,7 @@ def test_row_key_and_read_errors(tmp_path):
 
 # ---------------------------------------------------------------- compare and evaluate_cli
 
-from factmas import compare  # noqa: E402
+from factmas.cli import compare as compare_cli  # noqa: E402
 
 
 def _write_run(path, method, seed, final, lam=1.0):
@@ -116,7 +116,7 @@ def test_compare_mean_std_over_seeds(tmp_path, capsys):
     for s, f in enumerate(finals):
         _write_run(tmp_path / "runs" / f"mas_s{s}", "mas", s, f)
     _write_run(tmp_path / "runs" / "ft_s0", "finetune", 0, R[2])
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
+    assert compare_cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "cmp")]) == 0
     md = capsys.readouterr().out
     t1 = np.array([0.5, 0.3]) * 100
     assert f"| mas λ=1 | random3_seed0 | 2 | {t1.mean():.2f} ± {t1.std(ddof=1):.2f} |" in md
@@ -127,15 +127,15 @@ def test_compare_mean_std_over_seeds(tmp_path, capsys):
     assert mas[:4] == ["mas λ=1", "random3_seed0", "2", "0 1"]
     assert float(mas[4]) == pytest.approx(0.4) and float(mas[5]) == pytest.approx(np.std([0.5, 0.3], ddof=1))
     assert (tmp_path / "cmp.md").read_text() == md.split("wrote")[0]
-    assert compare.main([str(tmp_path / "nothing")]) == 2
+    assert compare_cli.main([str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
 
 
 def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
     """A tiny real run (trainer → checkpoints), then `factmas evaluate` gives the same results."""
-    from factmas import evaluate_cli
+    from factmas.cli import evaluate as evaluate_cli
     from factmas.config import ModelConfig, RunConfig
-    from factmas.synthetic import make_synthetic_dataset
+    from factmas.data.synthetic import make_synthetic_dataset
     from factmas.train import train
 
     data = make_synthetic_dataset(tmp_path / "s.h5", n_images=60, image_size=12, num_tasks=2)

@@ -10,8 +10,8 @@ from torch import nn
 
 from factmas.config import ModelConfig
 from factmas.model import build_model
-from factmas.persample import PerSampleHooks, abs_grad_sums
-from factmas.persample_ref import loop_abs_grad_sums
+from factmas.persample.hooks import PerSampleHooks, abs_grad_sums
+from factmas.persample.reference import loop_abs_grad_sums
 
 VOCAB = 20
 

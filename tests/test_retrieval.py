@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from factmas import retrieval
+from factmas.evaluation import retrieval
 from factmas.space import wildcard_distance
 
 

@@ -1,4 +1,4 @@
-"""A run directory is owned by one process at a time (factmas.train.lock), and --overwrite removes
+"""A run directory is owned by one process at a time (factmas.run.lock), and --overwrite removes
 the old run's artefacts before anything new is written."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from factmas.config import RunConfig
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import RunDirError, train
-from factmas.train.cli import main
-from factmas.train.lock import LOCK_NAME, RunLock, pid_alive
+from factmas.cli.train import main
+from factmas.run.lock import LOCK_NAME, RunLock, pid_alive
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 

@@ -7,16 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from factmas import search, search_index
+from factmas import search_index
+from factmas.cli import search as search_cli
 from factmas.config import ModelConfig, RunConfig
-from factmas.dataset import read_dataset
-from factmas.imageio import load_image
+from factmas.data.dataset import read_dataset
+from factmas.data.imageio import load_image
 from factmas.methods import make_method
 from factmas.model import build_model, preprocess
 from factmas.space import wildcard_distance
-from factmas.synthetic import make_synthetic_dataset
-from factmas.train.checkpoint import save_checkpoint
-from factmas.train.rundir import prepare_run_dir
+from factmas.data.synthetic import make_synthetic_dataset
+from factmas.run.checkpoint import save_checkpoint
+from factmas.run.rundir import prepare_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def _psi(run, words):
 
 
 def test_dataset_search_equals_brute_force(run, capsys):
-    assert search.main(["--run", run["run"], "Dogs, running through, GRASS", "--k", "5", "--json"]) == 0
+    assert search_cli.main(["--run", run["run"], "Dogs, running through, GRASS", "--k", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fact"] == "<dog, run through, grass>" and "smaller = closer" in out["distance"]
     data = run["data"]
@@ -73,20 +74,20 @@ def test_dataset_search_equals_brute_force(run, capsys):
 
 
 def test_unknown_words_and_bad_fact_exit_2(run, capsys):
-    assert search.main(["--run", run["run"], "dog, eat, zebra"]) == 2
+    assert search_cli.main(["--run", run["run"], "dog, eat, zebra"]) == 2
     err = capsys.readouterr().err
     assert "'eat'" in err and "'zebra'" in err and "vocabulary" in err and "Traceback" not in err
-    assert search.main(["--run", run["run"], "Children, ride", "--json"]) == 0      # as mined: person
+    assert search_cli.main(["--run", run["run"], "Children, ride", "--json"]) == 0      # as mined: person
     assert json.loads(capsys.readouterr().out)["fact"] == "<person, ride>"
-    assert search.main(["--run", run["run"], "dog,,grass"]) == 2
+    assert search_cli.main(["--run", run["run"], "dog,,grass"]) == 2
     assert "comma-separated" in capsys.readouterr().err
-    assert search.main(["--run", run["run"], "dog", "--images", str(run["photos"] / "nope")]) == 2
+    assert search_cli.main(["--run", run["run"], "dog", "--images", str(run["photos"] / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
     args = ["--run", run["run"], "person, ride", "--images", str(run["photos"]), "--k", "4", "--json"]
-    assert search.main(args) == 0
+    assert search_cli.main(args) == 0
     cap = capsys.readouterr()
     first = json.loads(cap.out)
     assert "skipped unreadable image broken.jpg" in cap.err
@@ -104,13 +105,13 @@ def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
     calls = []
     real = search_index.embed_files
     monkeypatch.setattr(search_index, "embed_files", lambda *a, **k: calls.append(1) or real(*a, **k))
-    assert search.main(args) == 0
+    assert search_cli.main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert calls == [] and second["index_reused"] is True and second["results"] == first["results"]
 
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(files[0])      # a photo changes
     os.utime(files[0], ns=(1, 1))
-    assert search.main(args) == 0
+    assert search_cli.main(args) == 0
     third = json.loads(capsys.readouterr().out)
     assert calls == [1] and third["index_reused"] is False
     assert len(list((run["photos"] / search_index.INDEX_DIR).glob("*.npz"))) == 1
@@ -124,7 +125,7 @@ def test_unwritable_folder_still_searched(run, tmp_path, capsys, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(search_index, "atomic_path", refuse)
-    assert search.main(["--run", run["run"], "dog", "--images", str(photos), "--json"]) == 0
+    assert search_cli.main(["--run", run["run"], "dog", "--images", str(photos), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in out["results"]] == [str(photos / "a.png")]
     assert not list(photos.glob(".factmas-index/*.npz"))

@@ -9,12 +9,12 @@ import torch
 
 import factmas.train.loop as loop_module
 from factmas.config import RunConfig
-from factmas.synthetic import make_synthetic_dataset
+from factmas.data.synthetic import make_synthetic_dataset
 from factmas.train import resume, train
-from factmas.dataset import read_dataset
+from factmas.data.dataset import read_dataset
 from factmas.train.batches import batch_bounds
-from factmas.train.checkpoint import last_path, load_checkpoint, stage_path
-from factmas.train.cli import main
+from factmas.run.checkpoint import last_path, load_checkpoint, stage_path
+from factmas.cli.train import main
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 TIMING = {"seconds", "images_per_s", "task_end_seconds", "stage_seconds", "timing"}

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Method, TaskContext
-from .ewc import EWC
-from .joint import Joint
-from .lmas import LocalMAS
-from .lwf import LwF
-from .mas import MAS
-from .quadratic import QuadraticAnchor
-from .si import SI
+from factmas.methods.base import Method, TaskContext
+from factmas.methods.ewc import EWC
+from factmas.methods.joint import Joint
+from factmas.methods.lmas import LocalMAS
+from factmas.methods.lwf import LwF
+from factmas.methods.mas import MAS
+from factmas.methods.quadratic import QuadraticAnchor
+from factmas.methods.si import SI
 
 METHODS: dict[str, type[Method]] = {"finetune": Method, "mas": MAS, "joint": Joint, "ewc": EWC,
                                     "si": SI, "lwf": LwF, "l-mas": LocalMAS}

@@ -2,22 +2,78 @@
 
 After each task the importance is the diagonal empirical Fisher of the task,
 F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)² over the task's training pairs, ℓ_k the per-pair wildcard regression
-loss o_k · D(x_k, f_k) (``factmas.importance_extra.ewc_fisher``; exact per-sample gradients by hooks).
+loss o_k · D(x_k, f_k) (``ewc_fisher``; exact per-sample gradients by hooks).
 Training adds λ Σ_i F_i (θ_i − θ*_i)² (Eq. 3; the paper's λ/2 is folded into λ), with one anchor θ*,
 the parameters after the latest task, and F summed over tasks (``ewc_gamma`` = 1; Kirkpatrick et al.
 instead keep one penalty and anchor per earlier task, Huszár, PNAS 2018, argues for the single one),
 or *online* EWC (Schwarz et al., ICML 2018): F ← γ F + F_t with γ < 1.
+
+The estimator:
+
+- ``ewc_fisher`` (Kirkpatrick et al., PNAS 2017, Eq. 3 and its supplement): the diagonal of the
+  *empirical* Fisher, F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)², from exact per-sample gradients
+  (``factmas.persample.hooks.abs_grad_sums`` with ``power=2``) of the per-pair loss ℓ_k = o_k · D(x_k, f_k),
+  the summand of Sherlock's wildcard regression (``factmas.loss.regression_loss``) for training pair k
+  (image x_k, its true fact f_k of order o_k). Empirical: the observed fact, not one sampled from a
+  model distribution (this model has no likelihood). The contrastive term of the task loss couples the
+  samples of a batch, so it has no per-sample gradient and is left out.
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..importance_extra import as_pair_tuples, ewc_fisher
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor, eval_mode
+from factmas.persample.hooks import abs_grad_sums
+from factmas.space import paired_wildcard_distance
+
+log = logging.getLogger(__name__)
+
+PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # images, tokens, order
+
+
+def pair_regression_losses(model: nn.Module, batch: PairBatch) -> torch.Tensor:
+    """ℓ_k = o_k · D(x_k, f_k) per pair: (images float [B,3,H,W], tokens int64 [B,3,L], order int64
+    [B]) → float [B] (the summands of ``factmas.loss.regression_loss``; samples independent)."""
+    images, tokens, order = batch
+    phi = model.image_branch(images)
+    psi = model.fact_branch(tokens, order)
+    return order.to(phi.dtype) * paired_wildcard_distance(phi, psi, order)
+
+
+def as_pair_tuples(batches: Iterable[dict]) -> Iterable[PairBatch]:
+    """The trainer's pair-batch dicts → (images, tokens, order) tuples (drops the [B, B] matrix)."""
+    for b in batches:
+        yield b["images"], b["tokens"], b["order"]
+
+
+def ewc_fisher(model: nn.Module, pair_batches: Iterable[PairBatch], max_samples: int | None = None,
+               estimator: Callable = abs_grad_sums) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher F = (1/N) Σ_k (∂ℓ_k/∂θ)² of the per-pair regression loss.
+
+    Args:
+        model: a ``TwoBranchModel``; put in eval mode meanwhile; ``p.grad`` untouched.
+        pair_batches: iterable of (images, tokens, order) batches of training pairs.
+        max_samples: at most this many pairs (None: all).
+        estimator: ``abs_grad_sums`` (hooks, default) or a reference with its signature
+            (``factmas.persample.reference.loop_abs_grad_sums``).
+    Returns:
+        name → F float tensor shaped like the parameter (every trainable parameter).
+    Raises:
+        ValueError: no pairs.
+    """
+    t0 = time.perf_counter()
+    with eval_mode(model):
+        sums, n = estimator(model, pair_regression_losses, pair_batches, max_samples, power=2)
+    if n == 0:
+        raise ValueError("EWC Fisher: no training pairs to estimate it from (empty batches)")
+    log.info("EWC Fisher from %d pairs: %.1f pairs/s", n, n / max(time.perf_counter() - t0, 1e-9))
+    return {name: s / n for name, s in sums.items()}
 
 
 class EWC(QuadraticAnchor):

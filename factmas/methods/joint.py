@@ -7,7 +7,7 @@ evaluated the same way as in the sequential runs; forgetting and BWT are undefin
 """
 from __future__ import annotations
 
-from .base import Method
+from factmas.methods.base import Method
 
 
 class Joint(Method):

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..space import normalize_slots
-from .base import Method, TaskContext
+from factmas.space import normalize_slots
+from factmas.methods.base import Method, TaskContext
 
 log = logging.getLogger(__name__)
 

@@ -2,22 +2,130 @@
 
 After each task, Ω_t = (1/N) Σ_k |∂‖F(x_k)‖₂²/∂θ| per sample (Eq. 2, ℓ2 output variant, "global"),
 F the raw output of each branch: image-branch parameters from the task's images, fact-branch
-parameters from the task's facts (``factmas.importance.mas_importance``). Ω accumulates over tasks
+parameters from the task's facts (``mas_importance``). Ω accumulates over tasks
 (sum by default) and training adds λ Σ Ω (θ − θ*)² (Eq. 3; ``QuadraticAnchor``).
+
+The estimator (``mas_importance``) and its references live here:
+
+MAS (Eq. 2, with the squared ℓ2 norm of the output, Sec. 3 "global" variant)::
+
+    Ω_ij = (1/N) Σ_k | ∂ ‖F(x_k; θ)‖₂² / ∂θ_ij |
+
+with F the *raw* (not L2-normalized) embedding [B, 3, d] of a branch: image-branch parameters from the
+task's images (F = φ), fact-branch parameters from the task's facts (F = ψ, absent slots are zeros).
+A parameter gets the sum of the two branch means; one that only a branch touches gets that branch's
+mean only. Raw, because after normalization ‖F̂‖² = 1 for every input and the gradient is zero.
+
+Estimators (same inputs, dict name → Ω shaped like the parameter):
+
+- ``mas_importance``: exact per sample, by hooks (``factmas.persample.hooks``).
+- ``loop_mas_importance``: exact, naive per-sample loop (reference).
+- ``vmap_mas_importance``: exact, ``torch.func.vmap``; image branch only where the fact branch's
+  forward reads tensor values (pass ``fact_batches=None``).
+- ``batch_approx_mas_importance``: (1/N) Σ_batches |∂ Σ_{k∈batch} ‖F(x_k)‖² / ∂θ| — what the official
+  MAS code (batch size > 1), Avalanche and FACIL compute; ≤ the exact Ω elementwise.
+
+The model is put in eval mode while Ω is estimated (samples independent; modes restored after).
 """
 from __future__ import annotations
 
+import logging
+import time
 from itertools import chain
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from ..importance import mas_importance
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor, eval_mode
+from factmas.persample.hooks import abs_grad_sums, trainable
+from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+
+log = logging.getLogger(__name__)
+
+ESTIMATORS: dict[str, Callable] = {"exact": abs_grad_sums, "loop": loop_abs_grad_sums,
+                                   "vmap": vmap_abs_grad_sums, "batch": batch_abs_grad_sums}
 
 IMAGE_SPLITS = ("train", "val", "test")
+
+
+def squared_norm(z: torch.Tensor) -> torch.Tensor:
+    """‖F(x_k)‖₂² per sample: float [B, ...] → float [B] (sum of squares over all but dim 0)."""
+    return z.pow(2).flatten(1).sum(1)
+
+
+def image_norm_loss(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """‖φ(x_k)‖² of raw image embeddings: images float [B, 3, H, W] → float [B]."""
+    device = next(model.parameters()).device
+    return squared_norm(model.image_branch(images.to(device)))
+
+
+def fact_norm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """‖ψ(f_k)‖² of raw fact embeddings: (tokens int [B, 3, L], order int [B]) → float [B]."""
+    device = next(model.parameters()).device
+    tokens, order = batch
+    return squared_norm(model.fact_branch(tokens.to(device), order.to(device)))
+
+
+def _mas(model: nn.Module, image_batches: Iterable[Any] | None, fact_batches: Iterable[Any] | None,
+         max_samples: int | None, estimator: str) -> dict[str, torch.Tensor]:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown Ω estimator {estimator!r}; valid: {sorted(ESTIMATORS)}")
+    omega = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
+    branches = (("image", image_norm_loss, image_batches), ("fact", fact_norm_loss, fact_batches))
+    with eval_mode(model):
+        for what, loss_fn, batches in branches:
+            if batches is None:
+                continue
+            start = time.perf_counter()
+            with tqdm(total=max_samples, unit=what, desc=f"MAS Ω ({what}s, {estimator})",
+                      disable=None, leave=False) as bar:
+                sums, n = ESTIMATORS[estimator](model, loss_fn, batches, max_samples,
+                                                progress=bar.update)
+            if n == 0:
+                raise ValueError(f"MAS importance: no {what}s to estimate Ω from (empty batches)")
+            for name, s in sums.items():
+                omega[name].add_(s / n)
+            seconds = time.perf_counter() - start
+            log.info("MAS Ω from %d %ss (%s): %.1f %ss/s", n, what, estimator,
+                     n / max(seconds, 1e-9), what)
+    return omega
+
+
+def mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor] | None,
+                   fact_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None,
+                   max_samples: int | None = None) -> dict[str, torch.Tensor]:
+    """Exact per-sample MAS Ω (module docstring) by hook-based per-sample gradients.
+
+    Args:
+        model: a ``TwoBranchModel`` (``image_branch``, ``fact_branch``); ``p.grad`` untouched.
+        image_batches: iterable of float [B, 3, H, W] preprocessed images (None: skip the branch).
+        fact_batches: iterable of (tokens int64 [B, 3, L], order int64 [B]) (None: skip).
+        max_samples: at most this many images and at most this many facts (None: all).
+    Returns:
+        name → Ω float tensor shaped like the parameter (every trainable parameter; ≥ 0).
+    Raises:
+        ValueError: a branch's batches are empty.
+    """
+    return _mas(model, image_batches, fact_batches, max_samples, "exact")
+
+
+def loop_mas_importance(model: nn.Module, image_batches, fact_batches, max_samples=None):
+    """Exact MAS Ω by a per-sample loop of forward + backward (reference; same API as above)."""
+    return _mas(model, image_batches, fact_batches, max_samples, "loop")
+
+
+def vmap_mas_importance(model: nn.Module, image_batches, fact_batches, max_samples=None):
+    """Exact MAS Ω by ``torch.func`` vmap (same API; the fact branch's input checks break vmap)."""
+    return _mas(model, image_batches, fact_batches, max_samples, "vmap")
+
+
+def batch_approx_mas_importance(model: nn.Module, image_batches, fact_batches, max_samples=None):
+    """Approximate Ω = (1/N) Σ_batches |∂ Σ_{k∈batch} ‖F(x_k)‖² / ∂θ| (official code, Avalanche,
+    FACIL); ≤ the exact Ω elementwise, equal for batches of one sample. Same API as above."""
+    return _mas(model, image_batches, fact_batches, max_samples, "batch")
 
 
 def parse_omega_data(which: str) -> list[str]:

@@ -15,18 +15,63 @@ and ``load_extra_state``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..importance import ACCUMULATE, accumulate_omega
-from .base import Method, TaskContext
+from factmas.methods.base import Method, TaskContext
 
 log = logging.getLogger(__name__)
 
 PREFIXES = ("omega", "anchor")
+ACCUMULATE = ("sum", "alpha")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def accumulate_omega(old: dict[str, torch.Tensor] | None, new: dict[str, torch.Tensor],
+                     mode: str = "sum", alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """Ω after a task from the Ω of the earlier tasks and the new task's importance.
+
+    ``mode="sum"``: Ω ← Ω_old + Ω_new (the MAS authors' code accumulates by summing).
+    ``mode="alpha"``: Ω ← α Ω_old + (1 − α) Ω_new (a moving average; α is the weight of the past).
+    With no earlier Ω (``old`` None or empty) the result is a copy of ``new`` in both modes.
+
+    Raises:
+        ValueError: unknown mode, α outside [0, 1], or ``old`` and ``new`` with different keys or
+            shapes.
+    """
+    if mode not in ACCUMULATE:
+        raise ValueError(f"omega_accumulate: unknown mode {mode!r}; valid: {list(ACCUMULATE)}")
+    if mode == "alpha" and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"omega_alpha must be in [0, 1], got {alpha}")
+    if not old:
+        return {n: t.detach().clone() for n, t in new.items()}
+    if set(old) != set(new):
+        diff = sorted(set(old) ^ set(new))
+        raise ValueError(f"accumulate_omega: Ω of earlier tasks and of the new task have different "
+                         f"parameters, e.g. {diff[:3]}")
+    out = {}
+    for n, t in new.items():
+        if old[n].shape != t.shape:
+            raise ValueError(f"accumulate_omega: {n} has shape {tuple(old[n].shape)} before and "
+                             f"{tuple(t.shape)} now")
+        o = old[n].to(t.device, t.dtype)
+        out[n] = o + t if mode == "sum" else alpha * o + (1.0 - alpha) * t
+    return out
 
 
 class QuadraticAnchor(Method):

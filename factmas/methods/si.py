@@ -26,11 +26,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..importance_extra import si_importance
-from .base import TaskContext
-from .quadratic import QuadraticAnchor
+from factmas.methods.base import TaskContext
+from factmas.methods.quadratic import QuadraticAnchor
 
 log = logging.getLogger(__name__)
+
+
+def si_importance(path: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
+                  xi: float) -> dict[str, torch.Tensor]:
+    """Ω = max(ω / (Δ² + ξ), 0) per parameter (Zenke et al. 2017, Eq. 5).
+
+    Args:
+        path: name → ω, the path integral Σ_steps −g Δθ over the task.
+        delta: name → Δ = θ(end of task) − θ(start), same shapes.  xi: ξ > 0 (damping).
+    Raises:
+        ValueError: ξ ≤ 0 or different names/shapes.
+    """
+    if not xi > 0:
+        raise ValueError(f"SI: xi must be > 0, got {xi}")
+    if set(path) != set(delta) or any(path[n].shape != delta[n].shape for n in path):
+        raise ValueError("SI: path integral and parameter change have different parameters/shapes")
+    return {n: (w / (delta[n].square() + xi)).clamp_min(0.0) for n, w in path.items()}
 
 
 class SI(QuadraticAnchor):

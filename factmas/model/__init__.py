@@ -6,10 +6,10 @@ Public API::
     preprocess(uint8 [B, H, W, 3]) -> float32 [B, 3, H, W]          # ImageNet mean/std normalization
     load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
 """
-from .fact_branch import FactBranch
-from .image_branch import BACKBONES, ResNet18Branch, SmallCNNBranch, build_image_branch
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image_file, preprocess
-from .two_branch import TwoBranchModel, build_model
+from factmas.model.fact_branch import FactBranch
+from factmas.model.image_branch import BACKBONES, ResNet18Branch, SmallCNNBranch, build_image_branch
+from factmas.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image_file, preprocess
+from factmas.model.two_branch import TwoBranchModel, build_model
 
 __all__ = ["BACKBONES", "FactBranch", "IMAGENET_MEAN", "IMAGENET_STD", "ResNet18Branch",
            "SmallCNNBranch", "TwoBranchModel", "build_image_branch", "build_model",

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .frozen import exact_layers
-from .weights import load_state_file
+from factmas.model.frozen import exact_layers
+from factmas.model.weights import load_state_file
 
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from ..space import NUM_SLOTS, slot_mask
+from factmas.config import ModelConfig
+from factmas.space import NUM_SLOTS, slot_mask
 
 
 class FactBranch(nn.Module):

@@ -24,10 +24,11 @@ import logging
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
-from .frozen import FrozenBatchNormMixin, FrozenStem, Renormalize
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD
+from factmas.config import ModelConfig
+from factmas.model.fork import ForkHeads, ForkedBranch
+from factmas.model.efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
+from factmas.model.frozen import FrozenStem, Renormalize
+from factmas.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +39,6 @@ def conv_block(c_in: int, c_out: int, groups: int, stride: int = 2) -> nn.Sequen
         raise ValueError(f"norm_groups={groups} must divide the channel count {c_out}")
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
                          nn.GroupNorm(groups, c_out), nn.ReLU())
-
-
-class ForkHeads(nn.Module):
-    """The two heads on top of a shared trunk's feature map.
-
-    ``s_head`` / ``po_head``: modules mapping the trunk's feature map [B, C, h, w] to [B, C', h', w'];
-    each is followed by global average pooling and a Linear to d (S) or 2d (P, O).
-    """
-
-    def __init__(self, s_head: nn.Module, po_head: nn.Module, channels: int, embed_dim: int) -> None:
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.s_head, self.po_head = s_head, po_head
-        self.s_fc = nn.Linear(channels, embed_dim)
-        self.po_fc = nn.Linear(channels, 2 * embed_dim)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h float [B, C, h, w] → raw φ float [B, 3, d]."""
-        s = self.s_fc(self.s_head(h).mean(dim=(2, 3)))                    # [B, d]
-        po = self.po_fc(self.po_head(h).mean(dim=(2, 3)))                 # [B, 2d]
-        return torch.cat([s, po], dim=1).view(-1, 3, self.embed_dim)
 
 
 class SmallCNNBranch(nn.Module):
@@ -139,26 +119,6 @@ def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
             _batchnorm_to_groupnorm(child, groups)
 
 
-class ForkedBranch(FrozenBatchNormMixin):
-    """The trainable part of a pretrained image branch, forked as Sherlock's.
-
-    ``trunk``: the stages after the frozen stem up to the last one (shared); each head: a copy of
-    ``head`` (EfficientNet-Lite: the last stage + the 1×1 head convolution + its BatchNorm/ReLU6, 1,280
-    channels; ResNet: layer4), then global average pooling and a Linear to d (S) or 2d (P, O).
-    BatchNorm keeps its ImageNet statistics (eval mode, ``FrozenBatchNormMixin``).
-
-    Input: the stem's feature map float32 [B, C_k, h, w]; output raw φ float32 [B, 3, d].
-    """
-
-    def __init__(self, trunk: nn.Module, head: nn.Module, channels: int, embed_dim: int) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.heads = ForkHeads(head, copy.deepcopy(head), channels, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.trunk(x))
-
-
 def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
     """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: 5) of its 7 block stages (stem
     convolution included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
@@ -185,7 +145,7 @@ def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
 
 
 def _build_resnet(cfg: ModelConfig):
-    from .resnet import build_resnet          # torchvision only when a ResNet is asked for
+    from factmas.model.resnet import build_resnet          # torchvision only when a ResNet is asked for
     return build_resnet(cfg)
 
 

@@ -45,7 +45,7 @@ def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def load_image_file(path: str | Path, size: int) -> np.ndarray:
     """Read an image file as the dataset stores images (used by ``factmas query``).
 
-    A thin call to ``factmas.imageio.load_image``, the loader dataset building uses too (bit depth,
+    A thin call to ``factmas.data.imageio.load_image``, the loader dataset building uses too (bit depth,
     EXIF orientation, alpha, palette, CMYK, a pixel limit against decompression bombs).
 
     Args:
@@ -53,8 +53,8 @@ def load_image_file(path: str | Path, size: int) -> np.ndarray:
     Returns:
         uint8 [size, size, 3] RGB.
     Raises:
-        ValueError: (``factmas.imageio.ImageError``) the file is missing, unreadable, not an image
+        ValueError: (``factmas.data.imageio.ImageError``) the file is missing, unreadable, not an image
             or too large (the message names the file), or ``size`` < 1.
     """
-    from ..imageio import load_image
+    from factmas.data.imageio import load_image
     return load_image(path, size)

@@ -22,9 +22,10 @@ import logging
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .frozen import FrozenStem
-from .weights import load_state_file
+from factmas.config import ModelConfig
+from factmas.model.fork import ForkedBranch
+from factmas.model.frozen import FrozenStem
+from factmas.model.weights import load_state_file
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ def build_resnet(cfg: ModelConfig):
     """
     import torchvision
 
-    from .image_branch import ForkedBranch
     ctor, _, channels = RESNETS[cfg.backbone]
     net = getattr(torchvision.models, ctor)(weights=None)
     if cfg.pretrained:

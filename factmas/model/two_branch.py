@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .fact_branch import FactBranch
-from .image_branch import build_image_branch
+from factmas.config import ModelConfig
+from factmas.model.fact_branch import FactBranch
+from factmas.model.image_branch import build_image_branch
 
 
 class TwoBranchModel(nn.Module):

@@ -7,7 +7,7 @@ Public API::
     resolve_device("auto" | "cpu" | "cuda") -> torch.device
     plan_stages(method_name, num_tasks) -> list[Stage]
 
-Both write into ``cfg.out`` (the run directory; see ``factmas.train.rundir``): ``config.json``,
+Both write into ``cfg.out`` (the run directory; see ``factmas.run.rundir``): ``config.json``,
 ``metrics.jsonl``, ``checkpoints/task{s}.pt`` + ``last.pt`` and, at the end, the evaluator's report.
 Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run is already there),
 ``DatasetError`` (bad data file), ``ConfigError``; ``TrainingError`` (non-finite loss) and
@@ -21,39 +21,23 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, RunConfig, TrainConfig
-from ..config_check import check_limit_tasks, validate_config
-from ..dataset import FactData, read_dataset
-from .checkpoint import CheckpointError, latest_checkpoint
-from .lock import RunLock
-from .loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from .rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint, prepare_run_dir,
-                     read_run_config)
+from factmas.config import ConfigError, RunConfig, TrainConfig
+from factmas.config_check import check_limit_tasks, validate_config
+from factmas.data.dataset import FactData, read_dataset
+from factmas.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
+from factmas.run.checkpoint import CheckpointError, latest_checkpoint
+from factmas.run.lock import RunLock
+from factmas.train.loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
+from factmas.run.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint,
+                                prepare_run_dir, read_run_config)
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class UsageError(ValueError):
-    """A setting names something that does not exist (split, method, device); lists the valid ones."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" → cuda if available else cpu. Raises UsageError for "cuda" without a GPU or a bad name."""
-    if name not in DEVICES:
-        raise UsageError(f"unknown device {name!r}; valid: {list(DEVICES)}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 def plan_stages(method_name: str, num_tasks: int) -> list[Stage]:
     """The training stages of a method: one task per stage, in order; a method that
     ``trains_jointly`` (``joint``) gets one stage holding every task."""
-    from ..methods import METHODS
+    from factmas.methods import METHODS
     if getattr(METHODS.get(method_name), "trains_jointly", False):
         return [Stage(0, list(range(num_tasks)))]
     return sequential_stages(num_tasks)
@@ -73,7 +57,7 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         UsageError: unknown split or method (the message lists the valid ones), or a bad batch size,
             epoch count or learning rate.
     """
-    from ..methods import METHODS
+    from factmas.methods import METHODS
     tc = cfg.train
     if tc.split not in data.splits:
         raise UsageError(f"{data.path}: unknown split {tc.split!r}; valid: {sorted(data.splits)}")
@@ -81,7 +65,7 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
     if tc.threads is not None and tc.threads < 1:
         raise UsageError(f"train.threads must be >= 1 or null, got {tc.threads}")
-    from ..model.image_branch import PIXEL_BACKBONES
+    from factmas.model.image_branch import PIXEL_BACKBONES
     if tc.augment_shift and cfg.model.backbone not in PIXEL_BACKBONES:
         raise UsageError(f"train.augment_shift = {tc.augment_shift}: pixel shifts apply to pixel-input "
                          f"backbones ({', '.join(PIXEL_BACKBONES)}) only; {cfg.model.backbone} reads a "
@@ -109,8 +93,8 @@ def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Any, i
     Raises:
         UsageError, ConfigError: a bad setting (named).
     """
-    from ..methods import make_method
-    from ..model import build_model
+    from factmas.methods import make_method
+    from factmas.model import build_model
     num_tasks = check_settings(cfg, data)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
@@ -128,12 +112,12 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     """The trainer and its stages: ``parts`` from ``build_parts`` (built here when None), the image
     inputs (a pretrained backbone's feature cache is read, or computed and written, here) and the
     evaluator."""
-    from ..features import image_inputs
+    from factmas.features import image_inputs
     model, method, num_tasks = parts if parts is not None else build_parts(cfg, data)
     inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     evaluator = None
     if cfg.eval.enabled:
-        from ..evaluate import Evaluator
+        from factmas.evaluation.evaluator import Evaluator
         evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs)
     trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, num_tasks, evaluator,
                                progress=progress, inputs=inputs)

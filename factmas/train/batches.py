@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..dataset import SPLIT_NAMES, FactData
+from factmas.data.dataset import SPLIT_NAMES, FactData
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
@@ -95,7 +95,7 @@ class Batcher:
     """
 
     def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None) -> None:
-        from ..features import PixelInputs
+        from factmas.features import PixelInputs
         self.data = data
         self.device = torch.device(device)
         self.inputs = inputs if inputs is not None else PixelInputs(data, self.device)

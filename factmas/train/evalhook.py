@@ -5,7 +5,7 @@ Two measurements, both on data never trained on:
 - the **validation loss** of every task: the task loss (``factmas.loss.fact_loss``) on the task's
   pairs whose image is in the "val" image split (held-out training images; these are what a method's
   λ is chosen on, never the test set), in fixed unshuffled batches of the training batch size;
-- the **retrieval metrics** of ``factmas.evaluate.Evaluator`` on the test images (fills the accuracy
+- the **retrieval metrics** of ``factmas.evaluation.evaluator.Evaluator`` on the test images (fills the accuracy
   matrix R and writes results.json / results.md / plots at the end), when ``cfg.eval.enabled``.
 
 Each evaluation returns one plain-data row ``{"label", "stage", "trained_tasks", "val_loss",
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..dataset import FactData
-from .batches import Batcher, batch_bounds
-from .checkpoint import plain
+from factmas.data.dataset import FactData
+from factmas.train.batches import Batcher, batch_bounds
+from factmas.run.checkpoint import plain
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class EvalHook:
         embedding_loss: callable(phi, psi, order, positive) -> (loss, parts), the task loss on
             embeddings (``fact_loss`` with the run's LossConfig).
         batch_size: pairs per validation batch.  embed_batch: images or facts per forward pass.
-        evaluator: a ``factmas.evaluate.Evaluator`` or None (validation loss only).
+        evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
     """
 
     def __init__(self, data: FactData, split: str, num_tasks: int, batcher: Batcher,

@@ -32,15 +32,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
-from ..dataset import FactData
-from ..loss import fact_loss
-from ..methods.base import Method, TaskContext
-from .augment import augment_images
-from .batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .evalhook import EvalHook, finite_mean
-from .rundir import MetricsLog
+from factmas.config import RunConfig
+from factmas.data.dataset import FactData
+from factmas.loss import fact_loss
+from factmas.methods.base import Method, TaskContext
+from factmas.train.augment import augment_images
+from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
+from factmas.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.run.rundir import MetricsLog
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ContinualTrainer:
         cfg: the resolved run configuration.  data: the dataset in memory.  run_dir: output folder
         (its config.json is written by the caller).  model: built and seeded by the caller.
         method: a ``factmas.methods`` method.  device: where training happens.
-        evaluator: a ``factmas.evaluate.Evaluator`` or None (validation loss only).
+        evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
         num_tasks: k, the number of tasks of ``cfg.train.split``.  progress: show tqdm bars.
         inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
@@ -305,7 +305,7 @@ class ContinualTrainer:
                              "seconds": seconds, "images_per_s": rate})
 
     def _fail(self, stage: Stage, epoch: int, step: int, value: float, parts: dict) -> None:
-        from .checkpoint import latest_checkpoint
+        from factmas.run.checkpoint import latest_checkpoint
         last = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint {last} is kept" if last else "no task was completed yet"
         msg = (f"non-finite loss {value} in {self._name(stage)}, epoch {epoch + 1}/"

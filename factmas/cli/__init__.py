@@ -1,0 +1,48 @@
+"""The ``factmas`` command: ``factmas train | query | evaluate ...``.
+
+Each subcommand lives in its own module with a ``main(argv) -> int`` function; this file only
+dispatches (a plain dict, no import magic).
+
+The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
+The work is done by library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
+``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
+import from here. A command module never imports another command module.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("factmas.cli.train", "train the tasks of a split in order (finetune, MAS, ...)"),
+    "query": ("factmas.cli.query", "top-k facts for images, from a trained run"),
+    "search": ("factmas.cli.search", "the images that fit a fact best (fact -> images), from a run"),
+    "gallery": ("factmas.cli.gallery", "a static HTML page comparing what runs retrieve"),
+    "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
+    "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
+}
+
+
+# subcommands whose module loads torch: their parser lives in a torch-free module for a quick --help
+QUICK_HELP = {"train": "factmas.cli.train_args"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``factmas`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        lines = [f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+        print("usage: factmas {train,query,search,gallery,evaluate,features} ...\n\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nfactmas: unknown subcommand {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    if argv[0] in QUICK_HELP and any(a in ("-h", "--help") for a in argv[1:]):
+        importlib.import_module(QUICK_HELP[argv[0]]).build_parser().print_help()
+        return 0
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

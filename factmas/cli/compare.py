@@ -1,0 +1,48 @@
+"""``python eval/compare.py RUN_DIR [RUN_DIR ...] [--metric NAME] [--out PREFIX] [--allow-mixed]``:
+runs (methods × seeds) in one table, mean ± std over seeds (the work is ``factmas.experiments.compare``).
+
+Exit status: 0 printed (and written); 2 no runs, or runs that do not belong in one table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from factmas.evaluation.metrics import HEADLINE, METRICS
+from factmas.experiments import compare
+from factmas.io import atomic_write_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
+    p = argparse.ArgumentParser(prog="eval/compare.py", description=compare.__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--metric", default=HEADLINE, choices=list(METRICS))
+    p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="compare runs of different datasets, splits, image splits or unfinished runs")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        if args.out and Path(f"{args.out}.md").is_dir():
+            raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
+        runs = compare.find_runs(args.runs)
+        groups, num_tasks = compare.collect(runs, args.metric, args.allow_mixed)
+        groups += compare.reference_groups(runs, args.metric)
+    except ValueError as e:
+        print(f"compare: error: {e}", file=sys.stderr)
+        return 2
+    md = compare.to_markdown(groups, num_tasks, args.metric)
+    print(md, end="")
+    if args.out:
+        atomic_write_text(f"{args.out}.md", md)
+        atomic_write_text(f"{args.out}.csv", compare.to_csv(groups, num_tasks))
+        print(f"wrote {args.out}.md, {args.out}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

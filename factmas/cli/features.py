@@ -1,0 +1,70 @@
+"""``factmas features``: compute (or find) the feature cache of a pretrained backbone's frozen stages.
+
+Usage::
+
+    factmas features --data FILE.h5 [--backbone efficientnet_lite0] [--freeze-stages 5]
+                     [--config RUNCONFIG.json] [--threads N] [--device auto|cpu|cuda]
+
+``factmas train`` builds the cache itself when it is missing; this command builds it once ahead of
+several runs started side by side (the main job does), with all cores. It prints the cache file.
+Exit status: 0 done, 2 usage error (bad data file, configuration or weights), 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from factmas.config import ConfigError, RunConfig
+from factmas.data.dataset import DatasetError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factmas features",
+                                description="Compute the feature cache of a pretrained backbone's frozen "
+                                            "stages on a dataset (reused by every run on it).")
+    p.add_argument("--data", required=True, help="HDF5 dataset")
+    p.add_argument("--backbone", help="default: the configuration's (efficientnet_lite0)")
+    p.add_argument("--freeze-stages", type=int, help="frozen block stages (default 5)")
+    p.add_argument("--config", help="a RunConfig JSON file (its model section is used)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``factmas features``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    from factmas.data.dataset import read_dataset
+    from factmas.features import cache_file, load_or_build
+    from factmas.model import build_model
+    from factmas.device import UsageError, resolve_device
+    try:
+        cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
+        if args.backbone:
+            cfg.model.backbone = args.backbone
+        if args.freeze_stages is not None:
+            cfg.model.freeze_stages = args.freeze_stages
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        device = resolve_device(args.device)
+        data = read_dataset(args.data)
+        torch.manual_seed(cfg.train.seed)           # as the trainer builds the model
+        model = build_model(cfg.model, len(data.vocab))
+        if model.image_stem is None:
+            raise UsageError(f"backbone {cfg.model.backbone} has no frozen stages: nothing to cache")
+        load_or_build(model, data, device, progress=not args.no_progress)
+    except (ConfigError, DatasetError, UsageError, ValueError, OSError) as e:
+        print(f"factmas features: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("factmas features: interrupted; no cache file was written", file=sys.stderr)
+        return 130
+    print(cache_file(data, model))
+    return 0

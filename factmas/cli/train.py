@@ -1,0 +1,127 @@
+"""``factmas train``: train the tasks of a split in order, or resume a killed run.
+
+Usage::
+
+    factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
+                  [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
+                  [--omega-data train|test|train+test] [--threads N]
+                  [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
+    factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
+
+Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
+error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
+split, method or device, a value out of range (named with its option or config key), bad data file,
+a run already in RUN_DIR, RUN_DIR in use by another live process), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); both keep the completed tasks' checkpoints for --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from factmas.config import ConfigError, RunConfig
+from factmas.data.dataset import DatasetError
+from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
+
+log = logging.getLogger("factmas.train")
+
+from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of ``--config`` (or the defaults) with the command-line options applied.
+
+    Raises:
+        ConfigError: an unreadable or invalid --config file.  UsageError: no --data or --out.
+    """
+    cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
+    if args.data:
+        cfg.data = args.data
+    if args.out:
+        cfg.out = args.out
+    for opt, key in TRAIN_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            setattr(cfg.train, key, value)
+    for opt, key in MODEL_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            setattr(cfg.model, key, value)
+    if not cfg.data or not cfg.out:
+        raise UsageError("--data FILE.h5 and --out RUN_DIR are required (or --resume RUN_DIR)")
+    cfg.data = str(Path(cfg.data).resolve())
+    return cfg
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. a batch scheduler's stop) turned into an exception, handled like Ctrl-C."""
+
+
+def _on_sigterm_raise():
+    """Make SIGTERM raise ``Terminated`` in the main thread; returns the previous handler (None if
+    not in the main thread, where signals cannot be handled)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``factmas train``; returns the exit status (0 ok, 1 training error, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:          # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    progress = not args.no_progress
+    previous = _on_sigterm_raise()
+    try:
+        with logging_redirect_tqdm():
+            if args.resume:
+                given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
+                                     "batch_size", "lr", "seed", "config", "omega_data")
+                         if getattr(args, o) is not None]
+                if given or args.overwrite:
+                    raise UsageError("--resume takes the settings of the run's config.json; only "
+                                     f"--device, --threads and --limit-tasks may be given with it, not {given or '--overwrite'}")
+                state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
+                               threads=args.threads, progress=progress)
+                run_dir = args.resume
+            else:
+                cfg = config_from_args(args)
+                command = "factmas train " + shlex.join(argv)
+                state = train(cfg, command=command, overwrite=args.overwrite,
+                              limit_tasks=args.limit_tasks, progress=progress)
+                run_dir = cfg.out
+    except (UsageError, RunDirError, ConfigError, DatasetError) as e:
+        print(f"factmas train: error: {e}", file=sys.stderr)
+        return 2
+    except (TrainingError, CheckpointError) as e:
+        print(f"factmas train: training error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        where = args.resume or args.out or "RUN_DIR"
+        print(f"factmas train: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the "
+              f"completed tasks are checkpointed; continue with factmas train --resume {where}",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

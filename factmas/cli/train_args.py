@@ -1,0 +1,60 @@
+"""The command line of ``factmas train`` (options, defaults and choices), importable without torch so
+that ``factmas train --help`` answers at once; ``factmas.cli.train`` runs it.
+
+May import: ``factmas.config`` only.
+"""
+from __future__ import annotations
+
+import argparse
+
+from factmas.config import ModelConfig, TrainConfig
+
+T, M = TrainConfig(), ModelConfig()
+# the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that
+# no torch import is needed; tests/test_cli_help.py checks they are the registries' keys
+METHOD_NAMES = ("finetune", "joint", "mas", "l-mas", "ewc", "si", "lwf")
+BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                  "resnet50", "small_cnn", "resnet18_gn")
+
+# command-line option -> field of RunConfig.train
+TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
+                 "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
+                 "omega_data": "omega_data", "threads": "threads"}
+# command-line option -> field of RunConfig.model
+MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="factmas train",
+        description="Train the tasks of a fact split in order (continual learning) and evaluate after "
+                    "each task; or continue a killed run with --resume RUN_DIR.")
+    p.add_argument("--data", help="HDF5 dataset (data_prep/README.md)")
+    p.add_argument("--split", help=f"task split in the dataset (default {T.split})")
+    p.add_argument("--method", choices=METHOD_NAMES, metavar="METHOD",
+                   help=f"continual-learning method: {', '.join(METHOD_NAMES)} (default {T.method})")
+    p.add_argument("--reg-lambda", type=float, help=f"regularization strength λ (default {T.reg_lambda:g}, "
+                                                    "chosen on val images for MAS)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--epochs", type=int, help=f"epochs per task (default {T.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"image–fact pairs per step (default {T.batch_size})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {T.lr:g})")
+    p.add_argument("--seed", type=int, help=f"seed of model init and shuffling (default {T.seed})")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
+    p.add_argument("--omega-data", help="images MAS / l-MAS estimate Ω on: image splits train, val, test "
+                                        "joined by '+' (default train; 'test' reads unlabelled test "
+                                        "images, i.e. is transductive)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
+                                               "shared with other jobs, 1 can be much faster)")
+    p.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
+                   help=f"image backbone: {', '.join(BACKBONE_NAMES)} (default {M.backbone}, ImageNet)")
+    p.add_argument("--freeze-stages", type=int, help="stages kept frozen and read from the feature "
+                                                     "cache (default: the backbone's, 5 for "
+                                                     "EfficientNet-Lite, 3 for ResNet)")
+    p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
+    p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    return p

@@ -1,0 +1,9 @@
+"""The factmas dataset file (HDF5): reading and writing it, its schema, images, synthetic data.
+
+- ``dataset``: ``FactData``, ``read_dataset``, ``write_dataset``.
+- ``schema``: the checks a dataset file must pass.
+- ``imageio``: reading an image file into RGB pixels.
+- ``synthetic``: ``make_synthetic_dataset`` for tests and benchmarks.
+
+May import: ``factmas.io`` and ``factmas.space`` only.
+"""

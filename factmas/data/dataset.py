@@ -1,0 +1,293 @@
+"""The factmas HDF5 dataset: the one module that writes and reads it (schema in data_prep/README.md).
+
+Layout (schema version 1)::
+
+    attrs: schema_version=1, image_size=H, provenance=<JSON string>
+    images       uint8  [N, H, W, 3]   RGB
+    image_ids    str    [N]            source file names
+    image_split  int8   [N]            0 train, 1 val (held-out training images), 2 test
+    facts/subject, facts/predicate, facts/object   str [F]  ('' where the order is lower)
+    facts/order  int8   [F]            1 ⟨S⟩, 2 ⟨S,P⟩, 3 ⟨S,P,O⟩; the fact id is the row index
+    facts/tokens int32  [F, 3, L]      word ids of the S, P, O slots, 0-padded
+    vocab        str    [V]            words; id 0 is '<pad>'
+    pairs        int32  [P, 2]         (image index, fact index), unique, sorted
+    splits/<name> int16 [F]            task of each fact, 0..k-1; attrs kind, seed, num_tasks
+    image_crc32  uint32 [N]            CRC-32 of each image's bytes (optional: files built before it
+                                       lack it and are read without pixel verification)
+
+``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
+id ranges, tasks 0..K-1 each non-empty, and the pixels against their checksums.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from factmas.data import schema
+from factmas.data.schema import DatasetError
+from factmas.io import atomic_path, deferred_sigint
+
+SCHEMA_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
+PAD = "<pad>"
+MAX_SLOT_WORDS = 4
+
+
+def _h5py():
+    import h5py
+    return h5py
+
+
+@dataclass
+class FactData:
+    """An in-memory factmas dataset (all arrays numpy).
+
+    Attributes:
+        images: uint8 [N, H, W, 3].  image_ids: list[str] of length N.
+        image_split: int8 [N] (0 train, 1 val, 2 test).
+        subject, predicate, object: list[str] of length F ('' for absent slots).
+        order: int8 [F].  tokens: int32 [F, 3, L].  vocab: list[str] (vocab[0] == '<pad>').
+        pairs: int32 [P, 2] of (image index, fact index).
+        splits: name -> int16 [F] task of each fact.  split_attrs: name -> attrs dict.
+        provenance: dict.  path: the file read, if any.
+        image_crc32: uint32 [N] checksums stored in the file, or None (a file built before them).
+    """
+    images: np.ndarray
+    image_ids: list
+    image_split: np.ndarray
+    subject: list
+    predicate: list
+    object: list
+    order: np.ndarray
+    tokens: np.ndarray
+    vocab: list
+    pairs: np.ndarray
+    splits: dict = field(default_factory=dict)
+    split_attrs: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    path: str = ""
+    image_crc32: np.ndarray | None = None
+
+    @property
+    def num_facts(self) -> int:
+        return len(self.subject)
+
+    @property
+    def num_tasks(self) -> dict:
+        return {k: int(v.max()) + 1 if len(v) else 0 for k, v in self.splits.items()}
+
+    def fact_text(self, f: int) -> str:
+        """⟨S, P, O⟩ text of fact ``f`` with only its present slots, e.g. '<person, ride, horse>'."""
+        parts = [self.subject[f], self.predicate[f], self.object[f]][: int(self.order[f])]
+        return "<" + ", ".join(parts) + ">"
+
+    def task_of_facts(self, split: str) -> np.ndarray:
+        """int16 [F] task of each fact. Raises DatasetError listing the valid split names."""
+        if split not in self.splits:
+            raise DatasetError(f"{self.path or 'dataset'}: unknown split {split!r}; "
+                               f"valid: {sorted(self.splits)}")
+        return self.splits[split]
+
+    def task_pairs(self, split: str, task: int | Sequence[int], image_split: str = "train") -> np.ndarray:
+        """int32 [P_t, 2] pairs whose fact is in ``task`` (one or several) and image in ``image_split``."""
+        tasks = np.atleast_1d(np.asarray(task))
+        fact_ok = np.isin(self.task_of_facts(split), tasks)
+        img_ok = self.image_split == SPLIT_NAMES.index(image_split)
+        keep = fact_ok[self.pairs[:, 1]] & img_ok[self.pairs[:, 0]]
+        return self.pairs[keep]
+
+
+def tokenize_facts(facts: Sequence[tuple[str, str, str]]) -> tuple[np.ndarray, list[str]]:
+    """Word ids of each slot. Returns (tokens int32 [F, 3, L], vocab with '<pad>' at id 0).
+
+    The vocabulary is sorted, so the same facts always give the same ids. Raises DatasetError when a
+    slot has more than MAX_SLOT_WORDS words.
+    """
+    words = sorted({w for fact in facts for slot in fact for w in slot.split()})
+    vocab = [PAD] + words
+    index = {w: i for i, w in enumerate(vocab)}
+    tokens = np.zeros((len(facts), 3, MAX_SLOT_WORDS), dtype=np.int32)
+    for f, fact in enumerate(facts):
+        for s, slot in enumerate(fact):
+            ws = slot.split()
+            if len(ws) > MAX_SLOT_WORDS:
+                raise DatasetError(f"fact {f} slot {s}: {slot!r} has more than {MAX_SLOT_WORDS} words")
+            tokens[f, s, : len(ws)] = [index[w] for w in ws]
+    return tokens, vocab
+
+
+def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str],
+                  image_split: np.ndarray, facts: Sequence[tuple[str, str, str]], pairs: np.ndarray,
+                  splits: dict[str, np.ndarray], split_attrs: dict[str, dict] | None = None,
+                  provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+    """Write a schema-v1 dataset atomically (temporary file, then rename), with image checksums.
+
+    Everything ``read_dataset`` checks is checked before the file is written, so a written file
+    always reads back. Ctrl-C during the write is held back until the HDF5 file is closed, then
+    raised as ``KeyboardInterrupt`` with the temporary file removed (``factmas.io.deferred_sigint``).
+
+    Args:
+        images: uint8 [N, H, W, 3].  image_ids: N names.  image_split: int [N] in {0, 1, 2}.
+        facts: F tuples (S, P, O), '' for absent slots; order = number of leading non-empty slots.
+        pairs: int [P, 2] (image, fact); duplicates are removed and rows sorted.
+        splits: name -> int [F] task per fact (tasks 0..K-1, each non-empty).
+        split_attrs: name -> dict of attributes (``num_tasks`` fixes K).
+    Raises:
+        DatasetError: inconsistent shapes, a gap in a fact's slots, an out-of-range index or task,
+            or an empty task.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        KeyboardInterrupt: Ctrl-C during the write (nothing is left at ``path`` or beside it).
+    """
+    images = np.asarray(images)
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise DatasetError(f"{path}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    if len(image_ids) != n or len(image_split) != n:
+        raise DatasetError(f"{path}: {n} images but {len(image_ids)} ids, {len(image_split)} split labels")
+    order = np.array([_order(f, i, path) for i, f in enumerate(facts)], dtype=np.int8)
+    pairs = np.unique(np.asarray(pairs, dtype=np.int32).reshape(-1, 2), axis=0)
+    if len(pairs) and (pairs[:, 0].max() >= n or pairs[:, 1].max() >= len(facts) or pairs.min() < 0):
+        raise DatasetError(f"{path}: pairs index beyond {n} images or {len(facts)} facts")
+    split_arrays = {}
+    for name, task in splits.items():
+        task = np.asarray(task)
+        if task.shape != (len(facts),) or (len(task) and task.min() < 0):
+            raise DatasetError(f"{path}: split {name!r} must give a task >= 0 for each of "
+                               f"{len(facts)} facts")
+        split_arrays[name] = task.astype(np.int16)
+    tokens, vocab = tokenize_facts(facts)
+    attrs_all = split_attrs or {}
+    check = FactData(images=images[:0], image_ids=list(image_ids), image_split=np.asarray(image_split),
+                     subject=[f[0] for f in facts], predicate=[f[1] for f in facts],
+                     object=[f[2] for f in facts], order=order, tokens=tokens, vocab=vocab,
+                     pairs=pairs, splits=split_arrays, split_attrs=attrs_all)
+    schema.check_values(path, check)
+    crc = schema.image_checksums(images)
+    h5py = _h5py()
+    str_dt = h5py.string_dtype("utf-8")
+    with atomic_path(path, overwrite=overwrite) as tmp, deferred_sigint():
+        with h5py.File(tmp, "w") as h:
+            h.attrs["schema_version"] = SCHEMA_VERSION
+            h.attrs["image_size"] = images.shape[1]
+            h.attrs["provenance"] = json.dumps(provenance or {})
+            h.create_dataset("images", data=images, chunks=(1, *images.shape[1:]) if n else None)
+            h.create_dataset(schema.CHECKSUM_KEY, data=crc)
+            h.create_dataset("image_ids", data=list(image_ids), dtype=str_dt)
+            h.create_dataset("image_split", data=np.asarray(image_split, dtype=np.int8))
+            for key, k in (("subject", 0), ("predicate", 1), ("object", 2)):
+                h.create_dataset(f"facts/{key}", data=[f[k] for f in facts], dtype=str_dt)
+            h.create_dataset("facts/order", data=order)
+            h.create_dataset("facts/tokens", data=tokens)
+            h.create_dataset("vocab", data=vocab, dtype=str_dt)
+            h.create_dataset("pairs", data=pairs)
+            for name, task in split_arrays.items():
+                ds = h.create_dataset(f"splits/{name}", data=task)
+                for k, v in attrs_all.get(name, {}).items():
+                    ds.attrs[k] = v
+
+
+def _order(fact: tuple[str, str, str], i: int, path: Any) -> int:
+    if len(fact) != 3 or not fact[0]:
+        raise DatasetError(f"{path}: fact {i} {fact!r} needs (S, P, O) with a non-empty S")
+    o = 1 + bool(fact[1]) + bool(fact[2])
+    if fact[2] and not fact[1]:
+        raise DatasetError(f"{path}: fact {i} {fact!r} has an O but no P")
+    return o
+
+
+def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True) -> FactData:
+    """Read a schema-v1 dataset into memory, validating the whole file first.
+
+    Args:
+        path: the HDF5 file.
+        load_images: read the pixels (False: ``images`` is an empty uint8 [0, H, H, 3]).
+        verify: with ``load_images``, compare every image with its stored CRC-32 (about 2 ms per
+            1,000 images of 64×64; files without checksums are read unverified).
+    Raises:
+        DatasetError: the file is missing or unreadable, of another schema version, lacks a key, has
+            a key of the wrong dtype or shape, ids or tasks out of range, an empty task, undecodable
+            strings or pixels that do not match their checksums (the message names the file, the key
+            and what was expected).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset file (build one with python -m data_prep.flickr8k)")
+    h5py = _h5py()
+    try:
+        h = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not a readable HDF5 file: {e}") from e
+    with h:
+        version = h.attrs.get("schema_version")
+        version = version.item() if hasattr(version, "item") else version  # np.int64(1) → 1
+        if version != SCHEMA_VERSION:
+            raise DatasetError(f"{path}: schema_version {version!r}, this factmas reads {SCHEMA_VERSION}; "
+                               "rebuild the file with this version's data_prep")
+        sizes = schema.check_layout(path, _entries(h, h5py))
+        size_attr = h.attrs.get("image_size")
+        if size_attr is not None and int(np.asarray(size_attr)) != sizes["H"]:
+            raise DatasetError(f"{path}: attribute 'image_size' is {size_attr}, but key 'images' holds "
+                               f"{sizes['H']}x{sizes['H']} images")
+
+        def get(key: str) -> np.ndarray:
+            try:
+                return h[key][()]
+            except (OSError, ValueError, TypeError) as e:
+                raise DatasetError(f"{path}: key {key!r} cannot be read (corrupt file?): {e}") from e
+
+        def strs(key: str) -> list[str]:
+            out = []
+            for i, s in enumerate(get(key)):
+                try:
+                    out.append(s.decode("utf-8") if isinstance(s, bytes) else str(s))
+                except UnicodeDecodeError as e:
+                    raise DatasetError(f"{path}: key {key!r} row {i} is not UTF-8 text: {e}") from None
+            return out
+
+        images = (get("images") if load_images
+                  else np.zeros((0, *h["images"].shape[1:]), np.uint8))  # still tells the size
+        splits, split_attrs = {}, {}
+        group = h.get("splits")
+        if group is not None and not isinstance(group, h5py.Group):
+            raise DatasetError(f"{path}: key 'splits' must be a group of int [F] task arrays")
+        for name in group or []:
+            if not isinstance(group[name], h5py.Dataset):
+                raise DatasetError(f"{path}: key 'splits/{name}' is a group; expected int [F]")
+            splits[name] = get(f"splits/{name}")
+            split_attrs[name] = {k: (v.item() if hasattr(v, "item") else v)
+                                 for k, v in h[f"splits/{name}"].attrs.items()}
+        try:
+            provenance = json.loads(h.attrs.get("provenance", "{}"))
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{path}: attribute 'provenance' is not a JSON object: {e}") from None
+        if not isinstance(provenance, dict):
+            raise DatasetError(f"{path}: attribute 'provenance' is not a JSON object")
+        crc = get(schema.CHECKSUM_KEY) if schema.CHECKSUM_KEY in h else None
+        data = FactData(images=images, image_ids=strs("image_ids"), image_split=get("image_split"),
+                        subject=strs("facts/subject"), predicate=strs("facts/predicate"),
+                        object=strs("facts/object"), order=get("facts/order"),
+                        tokens=get("facts/tokens"), vocab=strs("vocab"), pairs=get("pairs"),
+                        splits=splits, split_attrs=split_attrs, provenance=provenance,
+                        path=str(path), image_crc32=crc)
+    schema.check_values(path, data)
+    if load_images and verify and crc is not None:
+        schema.verify_checksums(path, images, crc, data.image_ids)
+    return data
+
+
+def _entries(h: Any, h5py: Any) -> dict[str, tuple[Any, tuple, bool]]:
+    """key -> (dtype, shape, is_string) of every dataset of the schema found in ``h``."""
+    keys = list(schema.LAYOUT) + list(schema.OPTIONAL)
+    splits = h.get("splits")
+    if splits is not None and isinstance(splits, h5py.Group):
+        keys += [f"splits/{name}" for name in splits]
+    out = {}
+    for key in keys:
+        obj = h.get(key)
+        if isinstance(obj, h5py.Dataset):
+            out[key] = (obj.dtype, obj.shape, h5py.check_string_dtype(obj.dtype) is not None)
+    return out

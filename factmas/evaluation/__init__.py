@@ -1,0 +1,11 @@
+"""Measuring a model: FAISS retrieval, the metrics, the evaluator, the report files.
+
+- ``retrieval``: exact FAISS indexes of facts and images (wildcard distance).
+- ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
+- ``evaluator``: embeds a split's images and facts and measures every metric per task.
+- ``report``: results.json, the R matrix, Markdown tables and plots of a run.
+- ``baselines``: the untrained model's numbers next to a run's.
+
+May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``.
+Never ``factmas.train``, ``factmas.cli`` or ``factmas.experiments``.
+"""

@@ -1,0 +1,288 @@
+"""Retrieval evaluation of a model on the test images, per task and over all facts.
+
+What is measured (``evaluate_tasks``; metric names are the keys of the returned dict):
+
+* ``fact_to_image_map`` (the headline, the accuracy matrix R of the tables): for each fact, the test
+  images of the pool ranked by wildcard distance (full ranking, FAISS), AP with sklearn's tie
+  handling (``factmas.evaluation.metrics.average_precision``); mean over the facts of a task, and over all facts.
+* ``fact_to_image_map_at_k``: the same with AP@k, k = ``EvalConfig.ap_k`` (100):
+  (1/min(k, R)) Σ_{i≤k} P(i)·rel(i).
+* ``image_to_fact_top1`` / ``image_to_fact_top5``: for each image, the facts ranked by distance; a hit
+  when any of the image's true facts is in the top 1 / 5. ``image_to_fact_map``: AP of that ranking.
+  Per task t, the candidates are the facts of task t and the queries the pool images that carry at
+  least one of them; for "all", every fact and every image with a fact.
+
+Image pool (``EvalConfig.image_pool``) of the fact → image search: ``"all"`` (default, used in the
+tables): every image of the evaluated image split (test), so a fact competes against all test images;
+``"task"``: for task t only the images that carry a fact of task t. A fact (or image) with no true
+image (fact) in its pool has no AP and is left out of the means; the counts are in the result.
+
+Result of ``evaluate_tasks`` / ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
+for each name in ``METRICS``, plus ``"counts": {"facts": {t: n}, "images": {t: n}}`` (facts and query
+images with an AP) and ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds).
+
+The trainer's API (``factmas.train``) — ``Evaluator``::
+
+    ev = Evaluator(data, split, cfg.eval, device)     # once per run
+    metrics = ev.evaluate(model)                       # before task 0, then after each task
+    ev.record("initial" | "task{t}" | t, metrics)      # fills row "initial" or row t of every R
+    ev.write(run_dir, run_name=None)                   # results.json, results.md, PNG plots
+
+``record`` accepts metrics that went through JSON (task keys as strings, NaN as None), so a resumed
+run can replay the rows it saved. ``ev.results()`` gives the results.json content
+(``factmas.evaluation.report.build_results``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from factmas.evaluation import metrics as M
+from factmas.evaluation.metrics import HEADLINE, METRICS
+from factmas.config import EvalConfig
+from factmas.data.dataset import SPLIT_NAMES, FactData
+from factmas.evaluation.retrieval import FactIndex, ImageIndex
+
+log = logging.getLogger(__name__)
+
+IMAGE_POOLS = ("all", "task")
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str
+                 ) -> torch.Tensor:
+    """Raw φ of uint8 images [N, H, W, 3] → float32 [N, 3, d] on the CPU (model in eval mode).
+
+    The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
+    model with a frozen stem runs it (``TwoBranchModel.embed_pixels``).
+    """
+    from factmas.model import preprocess
+    embed = getattr(model, "embed_pixels", model.image_branch)
+    out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(
+        images[i:i + batch])).to(device))).float().cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.zeros(0, 3, 1)
+
+
+def mean_pairwise_cosine(phi: torch.Tensor) -> float:
+    """Mean over slots s and image pairs i ≠ j of cos(φ_is, φ_js) — 1.0 for a collapsed embedding,
+    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here);
+    Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
+    n = phi.shape[0]
+    if n < 2:
+        return float("nan")
+    u = torch.nn.functional.normalize(phi.double(), dim=-1)             # [N, 3, d]
+    total = u.sum(0).square().sum(-1) - n                                # [3]
+    return float((total / (n * (n - 1))).mean())
+
+
+@torch.no_grad()
+def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int) -> torch.Tensor:
+    """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
+    (``factmas.features.image_inputs``: the feature cache or the pixels)."""
+    out = [model.image_branch(inputs.get(ids[i:i + batch])).float().cpu()
+           for i in range(0, len(ids), batch)]
+    return torch.cat(out) if out else torch.zeros(0, 3, 1)
+
+
+@torch.no_grad()
+def embed_facts(model: nn.Module, tokens: np.ndarray, order: np.ndarray, batch: int,
+                device: torch.device | str) -> torch.Tensor:
+    """Raw ψ of facts (tokens int [F, 3, L], order int [F]) → float32 [F, 3, d] on the CPU."""
+    tok = torch.as_tensor(np.asarray(tokens, np.int64))
+    ord_ = torch.as_tensor(np.asarray(order, np.int64))
+    out = [model.fact_branch(tok[i:i + batch].to(device), ord_[i:i + batch].to(device)).float().cpu()
+           for i in range(0, len(tok), batch)]
+    return torch.cat(out)
+
+
+class _Relevance:
+    """Which (image, fact) pairs are true: sorted int64 keys image·F + fact."""
+
+    def __init__(self, pairs: np.ndarray, num_facts: int):
+        self.f = int(num_facts)
+        self.keys = np.unique(pairs[:, 0].astype(np.int64) * self.f + pairs[:, 1])
+
+    def __call__(self, image: np.ndarray, fact: np.ndarray) -> np.ndarray:
+        q = np.asarray(image, np.int64) * self.f + np.asarray(fact, np.int64)
+        if not len(self.keys):
+            return np.zeros(q.shape, bool)
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return self.keys[pos] == q
+
+
+class Evaluator:
+    """Evaluates models on one dataset and task split, and keeps the rows of every R.
+
+    Args:
+        data: the dataset (images in memory).  split: task split name.  cfg: ``EvalConfig``.
+        device: where the model runs.
+        inputs: image input source (``factmas.features.image_inputs``, e.g. the feature cache);
+            None: the dataset's pixels through ``embed_images``.
+    Raises:
+        DatasetError: unknown split.  ValueError: unknown image pool / image split, or no images in
+        the evaluated image split.
+    """
+
+    def __init__(self, data: FactData, split: str, cfg: EvalConfig | None = None,
+                 device: torch.device | str = "cpu", inputs=None) -> None:
+        self.data, self.split, self.cfg = data, split, cfg or EvalConfig()
+        self.inputs = inputs
+        self.device = torch.device(device)
+        if self.cfg.image_pool not in IMAGE_POOLS:
+            raise ValueError(f"eval.image_pool: {self.cfg.image_pool!r}; valid: {list(IMAGE_POOLS)}")
+        if self.cfg.image_split not in SPLIT_NAMES:
+            raise ValueError(f"eval.image_split: {self.cfg.image_split!r}; valid: {list(SPLIT_NAMES)}")
+        self.task_of_fact = data.task_of_facts(split).astype(np.int64)
+        self.num_tasks = int(self.task_of_fact.max()) + 1 if len(self.task_of_fact) else 0
+        self.image_ids = np.flatnonzero(data.image_split == SPLIT_NAMES.index(self.cfg.image_split))
+        if not len(self.image_ids):
+            raise ValueError(f"{data.path or 'dataset'}: no images in split {self.cfg.image_split!r}")
+        in_pool = np.isin(data.pairs[:, 0], self.image_ids)
+        self.relevant = _Relevance(data.pairs[in_pool], data.num_facts)
+        self.pool_pairs = pool_pairs = data.pairs[in_pool]
+        self.n_true_images = np.bincount(pool_pairs[:, 1], minlength=data.num_facts)
+        # per task: the pool images that carry a fact of the task
+        self.task_images = [np.intersect1d(self.image_ids, pool_pairs[
+            self.task_of_fact[pool_pairs[:, 1]] == t, 0]) for t in range(self.num_tasks)]
+        self.rows: dict[Any, dict] = {}
+        self._baselines: dict | None = None          # factmas.evaluation.baselines, computed once when written
+
+    # ---- measuring --------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> dict:
+        """All metrics of ``model`` (module docstring layout). The model is put in eval mode."""
+        model.eval()
+        cfg, data = self.cfg, self.data
+        t0 = time.perf_counter()
+        if self.inputs is not None:
+            phi = embed_inputs(model, self.inputs, self.image_ids, cfg.embed_batch)
+        else:
+            phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
+        psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
+        return self.evaluate_embeddings(phi, psi, time.perf_counter() - t0)
+
+    def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
+                            label: str = "evaluation") -> dict:
+        """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
+        (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
+        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
+        data = self.data
+        timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
+        order = data.order.astype(np.int64)
+        ap, ap_k = self._fact_to_image(phi, psi, order, timing)
+        groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
+        groups["all"] = np.arange(data.num_facts)
+        out: dict[str, Any] = {m: {} for m in METRICS}
+        counts: dict[str, dict] = {"facts": {}, "images": {}}
+        for key, facts in groups.items():
+            t1 = time.perf_counter()
+            out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
+            out["fact_to_image_map_at_k"][key] = M.mean_ap(ap_k[facts])
+            counts["facts"][key] = int((~np.isnan(ap[facts])).sum())
+            timing["metrics_s"] += time.perf_counter() - t1
+            i2f = self._image_to_fact(phi, psi, order, facts, timing)
+            out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
+            out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
+        out["counts"], out["timing"] = counts, timing
+        out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
+        log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
+                 label, HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
+                 timing["metrics_s"])
+        return out
+
+    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray]:
+        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image)."""
+        f = self.data.num_facts
+        ap, ap_k = np.full(f, np.nan), np.full(f, np.nan)
+        pools = ([(np.arange(f), self.image_ids)] if self.cfg.image_pool == "all" else
+                 [(np.flatnonzero(self.task_of_fact == t), self.task_images[t])
+                  for t in range(self.num_tasks)])
+        pos_in_pool = {int(i): j for j, i in enumerate(self.image_ids)}
+        for facts, images in pools:
+            if not len(facts) or not len(images):
+                continue
+            t0 = time.perf_counter()
+            rows = torch.as_tensor([pos_in_pool[int(i)] for i in images], dtype=torch.long)
+            index = ImageIndex(phi[rows])
+            batches = index.search_batches(psi[facts], order[facts], len(images), self.cfg.search_batch)
+            for local, d, loc in batches:
+                t1 = time.perf_counter()
+                timing["search_s"] += t1 - t0
+                ids = facts[local]
+                rel = self.relevant(images[loc], ids[:, None])
+                ap[ids] = M.average_precision(-d, rel)
+                ap_k[ids] = M.ap_at_k_ranked(rel, self.n_pool(ids, images), self.cfg.ap_k)
+                t0 = time.perf_counter()
+                timing["metrics_s"] += t0 - t1
+            timing["search_s"] += time.perf_counter() - t0
+        return ap, ap_k
+
+    def n_pool(self, facts: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """int [len(facts)]: true images of each fact within ``images``."""
+        if len(images) == len(self.image_ids):
+            return self.n_true_images[facts]
+        return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
+
+    def _image_to_fact(self, phi, psi, order, facts, timing) -> tuple[float, float, float, int]:
+        """(top-1, top-5, mAP, number of query images) of images ranking the candidate ``facts``."""
+        t0 = time.perf_counter()
+        pairs = self.pool_pairs[np.isin(self.pool_pairs[:, 1], facts)]
+        queries = np.flatnonzero(np.isin(self.image_ids, pairs[:, 0]))   # positions in the pool
+        if not len(queries) or not len(facts):
+            timing["metrics_s"] += time.perf_counter() - t0
+            return float("nan"), float("nan"), float("nan"), 0
+        index = FactIndex(psi[facts], order[facts])
+        hits1 = hits5 = 0
+        aps = []
+        t1 = time.perf_counter()
+        timing["metrics_s"] += t1 - t0
+        for start, d, loc in index.search_batches(phi[queries], len(facts), self.cfg.search_batch):
+            t2 = time.perf_counter()
+            timing["search_s"] += t2 - t1
+            img = self.image_ids[queries[start:start + len(d)]]
+            rel = self.relevant(img[:, None], facts[loc])
+            hits1 += int(rel[:, :1].any(axis=1).sum())
+            hits5 += int(rel[:, :5].any(axis=1).sum())
+            aps.append(M.average_precision(-d, rel))
+            t1 = time.perf_counter()
+            timing["metrics_s"] += t1 - t2
+        timing["search_s"] += time.perf_counter() - t1
+        n = len(queries)
+        return hits1 / n, hits5 / n, M.mean_ap(np.concatenate(aps)), n
+
+    # ---- the rows of R ------------------------------------------------------------------------
+    def record(self, row: str | int, metrics: dict) -> None:
+        """Keep ``metrics`` as row ``row``: "initial", or the stage index t (int, "t" or "task{t}").
+
+        Raises:
+            ValueError: an unknown row label.
+        """
+        from factmas.evaluation.report import normalize_metrics, row_key
+        self.rows[row_key(row)] = normalize_metrics(metrics)
+
+    def results(self, run_name: str = "") -> dict:
+        """The results.json content of the rows recorded so far (``factmas.evaluation.report.build_results``)."""
+        from factmas.evaluation.baselines import frequency_baseline
+        from factmas.evaluation.report import build_results
+        if self._baselines is None:
+            self._baselines = {"frequency": frequency_baseline(self)}
+        return build_results(self.rows, self.num_tasks, run_name=run_name, split=self.split,
+                             image_pool=self.cfg.image_pool, ap_k=self.cfg.ap_k,
+                             image_split=self.cfg.image_split, baselines=self._baselines)
+
+    def write(self, run_dir: str | Path, run_name: str | None = None) -> list[Path]:
+        """Write results.json, results.md and the PNG plots into ``run_dir``; returns their paths."""
+        from factmas.evaluation.report import write_report
+        name = run_name or Path(run_dir).resolve().name
+        return write_report(run_dir, self.results(name))
+
+
+def evaluate_tasks(model: nn.Module, data: FactData, split: str, cfg: EvalConfig | None = None,
+                   device: torch.device | str = "cpu") -> dict:
+    """One evaluation of ``model`` (see the module docstring); ``Evaluator(...).evaluate(model)``."""
+    return Evaluator(data, split, cfg, device).evaluate(model)

@@ -1,0 +1,230 @@
+"""Retrieval and continual-learning metrics: pure numpy functions.
+
+Ranking metrics take **scores** where higher means more relevant (pass ``-distance`` for distances)
+and a boolean relevance array of the same shape; one row is one query.
+
+Tie handling (documented once, used everywhere):
+
+* ``average_precision`` (full ranking) treats items with equal scores as one threshold, exactly as
+  ``sklearn.metrics.average_precision_score`` does: AP = Σ_n (R_n − R_{n−1}) · P_n over the distinct
+  score thresholds n, so the AP does not depend on the order of items inside a tie.
+* Rank-based metrics (``ap_at_k``, ``topk_accuracy``) need a strict ranking: items are sorted by
+  descending score with a *stable* sort, so ties are broken by the lower item index first. A search
+  index (FAISS) returns such a ranked list directly; ``ap_at_k_ranked`` takes it as is.
+
+A query with no relevant item has no AP (NaN); ``mean_ap`` averages over the queries that have one.
+
+Continual-learning metrics use the accuracy matrix R, float [T, T], with R[i, j] the score on task j
+after training tasks 0..i (Lopez-Paz & Ranzato, NeurIPS 2017, Sec. 2), and b, float [T], the score of
+the model before any training (the "initial" row).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# the metrics the evaluator reports (keys of its rows), and the one tables lead with
+METRICS = ("fact_to_image_map", "fact_to_image_map_at_k", "image_to_fact_top1",
+           "image_to_fact_top5", "image_to_fact_map")
+HEADLINE = "fact_to_image_map"
+
+
+def _rows(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64)
+    r = np.asarray(relevant).astype(bool)
+    if s.shape != r.shape:
+        raise ValueError(f"scores {s.shape} and relevant {r.shape} must have the same shape")
+    if s.ndim not in (1, 2):
+        raise ValueError(f"scores must be [N] or [Q, N], got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    return np.atleast_2d(s), np.atleast_2d(r)
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray | float:
+    """Full-ranking average precision of each query, ties as one threshold (as sklearn).
+
+    AP = Σ_n (R_n − R_{n−1}) · P_n over the distinct score thresholds n in descending order, where P_n
+    and R_n are precision and recall of the items scoring ≥ the n-th threshold (Manning et al.,
+    *Introduction to Information Retrieval*, 2008, Sec. 8.4; sklearn's ``average_precision_score``).
+
+    Args:
+        scores: float [N] or [Q, N], higher = more relevant.  relevant: bool, same shape.
+    Returns:
+        float for 1-D input, else float64 [Q]; NaN for a query with no relevant item.
+    Raises:
+        ValueError: shapes differ, are not 1-D/2-D, or scores contain NaN.
+    """
+    s, r = _rows(scores, relevant)
+    q, n = s.shape
+    order = np.argsort(-s, axis=1, kind="stable")
+    s_sorted = np.take_along_axis(s, order, axis=1)
+    r_sorted = np.take_along_axis(r, order, axis=1)
+    tp = np.cumsum(r_sorted, axis=1, dtype=np.float64)               # [Q, N]
+    # the last item of each group of equal scores closes a threshold
+    is_end = np.ones((q, n), dtype=bool)
+    if n > 1:
+        is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
+    tp_end = np.where(is_end, tp, 0.0)
+    prev_tp = np.zeros_like(tp)
+    if n > 1:
+        prev_tp[:, 1:] = np.maximum.accumulate(tp_end, axis=1)[:, :-1]   # tp at the previous threshold
+    precision = tp / np.arange(1, n + 1)[None, :]
+    n_pos = r.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(is_end, (tp - prev_tp) * precision, 0.0).sum(axis=1) / n_pos
+    ap = np.where(n_pos > 0, ap, np.nan)
+    return float(ap[0]) if np.ndim(scores) == 1 else ap
+
+
+def ap_at_k_ranked(ranked_relevant: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """AP@k of ranked lists: (1 / min(k, R)) · Σ_{i ≤ k} P(i) · rel(i).
+
+    P(i) is the precision of the top i items and R the query's total number of relevant items (the
+    standard AP@k, e.g. the Lifelong Fact Learning evaluation, Elhoseiny et al. ACCV 2018).
+
+    Args:
+        ranked_relevant: bool [Q, K] relevance of each query's ranked list, best first; only the first
+            k columns are used (a shorter list counts the missing ranks as not relevant).
+        num_relevant: int [Q], R of each query (relevant items in the whole pool).
+        k: cut-off, ≥ 1.
+    Returns:
+        float64 [Q]; NaN where R == 0.
+    Raises:
+        ValueError: k < 1, or shapes disagree.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rel = np.atleast_2d(np.asarray(ranked_relevant).astype(bool))[:, :k]
+    n_rel = np.asarray(num_relevant, dtype=np.float64).reshape(-1)
+    if len(n_rel) != len(rel):
+        raise ValueError(f"{len(rel)} ranked lists but {len(n_rel)} relevant counts")
+    hits = np.cumsum(rel, axis=1, dtype=np.float64)
+    prec = hits / np.arange(1, rel.shape[1] + 1)[None, :]
+    denom = np.minimum(k, n_rel)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (prec * rel).sum(axis=1) / denom
+    return np.where(n_rel > 0, ap, np.nan)
+
+
+def ap_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray | float:
+    """AP@k (see ``ap_at_k_ranked``) from scores; ties broken by lower index (stable sort).
+
+    Args:
+        scores: float [N] or [Q, N], higher = more relevant.  relevant: bool, same shape.  k: ≥ 1.
+    Returns:
+        float for 1-D input, else float64 [Q]; NaN for a query with no relevant item.
+    """
+    s, r = _rows(scores, relevant)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    ap = ap_at_k_ranked(np.take_along_axis(r, order, axis=1), r.sum(axis=1), k)
+    return float(ap[0]) if np.ndim(scores) == 1 else ap
+
+
+def mean_ap(ap: np.ndarray) -> float:
+    """Mean of the per-query APs that are defined (NaN ignored); NaN if none is."""
+    ap = np.asarray(ap, dtype=np.float64)
+    ok = ~np.isnan(ap)
+    return float(ap[ok].mean()) if ok.any() else float("nan")
+
+
+def image_to_fact_map(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Image → fact mAP: each image (row) ranks the facts (columns); mean AP over images with a fact.
+
+    Args:
+        scores: float [N_images, F], higher = the fact fits the image better.  relevant: bool, same.
+    """
+    return mean_ap(average_precision(np.atleast_2d(scores), np.atleast_2d(relevant)))
+
+
+def fact_to_image_map(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Fact → image mAP: each fact (column) ranks the images (rows); mean AP over facts with an image.
+
+    Args:
+        scores: float [N_images, F] (the same layout as ``image_to_fact_map``).  relevant: bool, same.
+    """
+    return mean_ap(average_precision(np.atleast_2d(scores).T, np.atleast_2d(relevant).T))
+
+
+def topk_accuracy(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """Fraction of queries with at least one relevant item among their top k (any of them is a hit).
+
+    Ties broken by lower index (stable sort). Queries with no relevant item are left out; NaN if
+    every query is.
+
+    Args:
+        scores: float [Q, N], higher = more relevant.  relevant: bool [Q, N].  k: ≥ 1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    s, r = _rows(scores, relevant)
+    has = r.any(axis=1)
+    if not has.any():
+        return float("nan")
+    order = np.argsort(-s[has], axis=1, kind="stable")[:, :k]
+    return float(np.take_along_axis(r[has], order, axis=1).any(axis=1).mean())
+
+
+# ---------------------------------------------------------------- accuracy matrix R
+
+
+def _square(R: np.ndarray) -> np.ndarray:
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] < 1:
+        raise ValueError(f"R must be a square [T, T] matrix (rows: after task i), got {R.shape}")
+    return R
+
+
+def average_accuracy(R: np.ndarray) -> float:
+    """Mean score over all tasks after the last one: ACC = (1/T) Σ_j R[T−1, j].
+
+    Lopez-Paz & Ranzato 2017, Sec. 2 (ACC); Chaudhry et al. ECCV 2018, Eq. 1 (A_T).
+    """
+    return float(_square(R)[-1].mean())
+
+
+def forgetting(R: np.ndarray) -> float:
+    """Average forgetting (Chaudhry et al., ECCV 2018, Eq. 2–3).
+
+    f_j = max_{l ∈ 0..T−2} R[l, j] − R[T−1, j] for each task j < T−1;  F = (1/(T−1)) Σ_j f_j.
+    NaN when T = 1. Higher = more forgotten.
+    """
+    R = _square(R)
+    t = R.shape[0]
+    if t < 2:
+        return float("nan")
+    f = R[:-1, :-1].max(axis=0) - R[-1, :-1]
+    return float(f.mean())
+
+
+def backward_transfer(R: np.ndarray) -> float:
+    """BWT = (1/(T−1)) Σ_{j<T−1} (R[T−1, j] − R[j, j]) (Lopez-Paz & Ranzato, NeurIPS 2017, Sec. 2).
+
+    Negative = forgetting. NaN when T = 1.
+    """
+    R = _square(R)
+    t = R.shape[0]
+    if t < 2:
+        return float("nan")
+    return float((R[-1, :-1] - np.diag(R)[:-1]).mean())
+
+
+def forward_transfer(R: np.ndarray, b: np.ndarray) -> float:
+    """FWT = (1/(T−1)) Σ_{j ≥ 1} (R[j−1, j] − b[j]) (Lopez-Paz & Ranzato, NeurIPS 2017, Sec. 2).
+
+    The score on a task just before it is trained, minus the untrained model's score on it.
+
+    Args:
+        R: float [T, T].  b: float [T], score of the model before any training (initial row).
+    Returns:
+        float; NaN when T = 1.
+    Raises:
+        ValueError: b is not of length T.
+    """
+    R = _square(R)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    t = R.shape[0]
+    if b.shape != (t,):
+        raise ValueError(f"b must have one entry per task ({t}), got shape {b.shape}")
+    if t < 2:
+        return float("nan")
+    return float((np.diag(R, k=1) - b[1:]).mean())

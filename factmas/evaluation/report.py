@@ -1,0 +1,308 @@
+"""The report of a run: results.json (every R, every metric), results.md and PNG plots.
+
+results.json (``build_results``; format "factmas-results", version 1)::
+
+    {"format": "factmas-results", "version": 1,
+     "run_name": str, "run": {"method", "seed", "split", "reg_lambda"} (from config.json when present),
+     "split": str, "num_tasks": T, "columns": ["T1", ..., "TT"],
+     "image_split": "test", "image_pool": "all" | "task", "ap_k": 100, "headline": "fact_to_image_map",
+     "stages": [0, 1, ...]            # rows of R that were recorded (stage index = trained task)
+     "metrics": {<metric>: {
+         "initial": [T] | null,       # the untrained model (b, the forward-transfer baseline)
+         "initial_all": float | null,
+         "R": [[T] per stage],        # R[i][j]: task j after training stages 0..i
+         "all": [per stage],          # over all facts after each stage
+         "final": [T], "final_all": float,    # the last stage (the end of the sequence)
+         "average": ACC, "forgetting": F, "bwt": BWT, "fwt": FWT}},   # null where undefined
+     "counts": {...}, "timing": {row label: {"embed_s", "search_s", "metrics_s"}}}
+
+NaN (e.g. a task without test images) is written as null. Forgetting, BWT and FWT need a square R
+(one stage per task, all done): a joint run (one stage) or an unfinished run has them null.
+results.md gives the headline metric laid out like the MAS paper's facts table (rows = run, columns
+T1..Tk and all, at the end of the sequence) with forgetting/BWT/FWT, the full R, and the other metrics.
+Plots (matplotlib, Agg): ``r_heatmap.png`` (headline R with the initial row) and
+``map_per_task.png`` (each task's headline metric after each training step).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factmas.evaluation import metrics as M
+from factmas.io import atomic_path, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "factmas-results", 1
+LABELS = {"fact_to_image_map": "fact→image mAP", "fact_to_image_map_at_k": "fact→image mAP@k",
+          "image_to_fact_top1": "image→fact top-1", "image_to_fact_top5": "image→fact top-5",
+          "image_to_fact_map": "image→fact mAP"}
+
+
+def row_key(row: str | int) -> str | int:
+    """"initial", or the stage index from t, "t" or "task{t}". Raises ValueError otherwise."""
+    if isinstance(row, (int, np.integer)) and not isinstance(row, bool) and row >= 0:
+        return int(row)
+    if isinstance(row, str):
+        if row == "initial":
+            return row
+        m = re.fullmatch(r"(?:task)?(\d+)", row)
+        if m:
+            return int(m.group(1))
+    raise ValueError(f"evaluation row {row!r}: expected 'initial', a stage index t or 'task{{t}}'")
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def normalize_metrics(metrics: dict) -> dict:
+    """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
+    from factmas.evaluation.metrics import METRICS
+    out: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if name in METRICS:
+            out[name] = {("all" if k == "all" else int(k)): _num(v) for k, v in value.items()}
+        elif name == "counts":
+            out[name] = {c: {("all" if k == "all" else int(k)): v for k, v in d.items()}
+                         for c, d in value.items()}
+        else:
+            out[name] = value
+    return out
+
+
+def _clean(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def summarize(R: np.ndarray, b: np.ndarray | None) -> dict:
+    """ACC, forgetting, BWT, FWT of R [S, T] (None where undefined: S != T, or no b for FWT)."""
+    square = R.shape[0] == R.shape[1] and R.shape[0] > 0
+    out = {"average": _clean(float(R[-1].mean())) if len(R) else None,
+           "forgetting": None, "bwt": None, "fwt": None}
+    if square:
+        out["forgetting"] = _clean(M.forgetting(R))
+        out["bwt"] = _clean(M.backward_transfer(R))
+        if b is not None:
+            out["fwt"] = _clean(M.forward_transfer(R, b))
+    return out
+
+
+def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "",
+                  image_pool: str = "all", ap_k: int = 100, image_split: str = "test",
+                  run: dict | None = None, baselines: dict | None = None) -> dict:
+    """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
+    ``baselines`` {name: metrics dict} (``factmas.evaluation.baselines``) become ``res["baselines"][name][metric]
+    = {"final": per-task values, "final_all": value}``."""
+    from factmas.evaluation.metrics import HEADLINE, METRICS
+    stages = sorted(k for k in rows if k != "initial")
+    init = rows.get("initial")
+    res: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "run_name": run_name, "run": run or {},
+        "split": split, "num_tasks": num_tasks, "columns": [f"T{j + 1}" for j in range(num_tasks)],
+        "image_split": image_split, "image_pool": image_pool, "ap_k": ap_k, "headline": HEADLINE,
+        "stages": stages, "metrics": {}, "counts": rows[stages[-1]].get("counts", {}) if stages else {},
+        "timing": {("initial" if k == "initial" else f"task{k}"): rows[k].get("timing", {})
+                   for k in (["initial"] if init else []) + stages},
+        # mean pairwise cosine of the pool images' embeddings (1 = collapsed), per row
+        "embedding_mean_cosine": {("initial" if k == "initial" else f"task{k}"):
+                                  _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
+                                  for k in (["initial"] if init else []) + stages},
+    }
+    for m in METRICS:
+        R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
+                     dtype=np.float64).reshape(len(stages), num_tasks)
+        b = np.array([init[m].get(j, np.nan) for j in range(num_tasks)]) if init else None
+        entry = {"initial": None if b is None else [_clean(x) for x in b],
+                 "initial_all": _clean(init[m].get("all", np.nan)) if init else None,
+                 "R": [[_clean(x) for x in r] for r in R],
+                 "all": [_clean(rows[s][m].get("all", np.nan)) for s in stages],
+                 "final": [_clean(x) for x in R[-1]] if len(R) else None,
+                 "final_all": _clean(rows[stages[-1]][m].get("all", np.nan)) if stages else None}
+        entry.update(summarize(R, b))
+        res["metrics"][m] = entry
+    res["baselines"] = {
+        name: {m: {"final": [_clean(_num(met[m].get(j))) for j in range(num_tasks)],
+                   "final_all": _clean(_num(met[m].get("all")))} for m in METRICS}
+        for name, met in (baselines or {}).items()}
+    return res
+
+
+def read_run_meta(run_dir: str | Path) -> dict:
+    """{"method", "seed", "split", "reg_lambda", "data_sha256", "pixels_sha256"} from
+    RUN_DIR/config.json (the last two: the run's data fingerprint, absent for runs recorded before it);
+    {} when absent/unreadable."""
+    try:
+        rec = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
+        cfg = rec.get("config", rec)
+        tr = cfg.get("train", {})
+        fp = rec.get("data_fingerprint") or {}
+        meta = {"method": tr.get("method"), "seed": rec.get("seed", tr.get("seed")),
+                "split": tr.get("split"), "reg_lambda": tr.get("reg_lambda")}
+        meta.update({k: fp[f] for k, f in (("data_sha256", "sha256"), ("pixels_sha256", "pixels_sha256"))
+                     if fp.get(f)})
+        return meta
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def is_complete(res: dict) -> bool:
+    """Whether a results.json covers the whole sequence: its "complete" field when present, else
+    stages 0..T-1 all recorded (one stage for a joint run)."""
+    if "complete" in res:
+        return bool(res["complete"])
+    stages, t = res.get("stages") or [], res.get("num_tasks", 0)
+    if (res.get("run") or {}).get("method") == "joint":
+        return stages == [0]
+    return stages == list(range(t)) and t > 0
+
+
+def fmt(x: float | None, scale: float = 100.0, signed: bool = False) -> str:
+    """A value in percent with 2 decimals ('–' for None/NaN)."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x * scale:+.2f}" if signed else f"{x * scale:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def final_row(entry: dict) -> list[str]:
+    """T1..Tk, all, average, forgetting, BWT, FWT of one metric entry, formatted."""
+    final = entry["final"] or []
+    return ([fmt(x) for x in final] + [fmt(entry["final_all"]), fmt(entry["average"]),
+            fmt(entry["forgetting"]), fmt(entry["bwt"], signed=True), fmt(entry["fwt"], signed=True)])
+
+
+def stage_label(res: dict, stage: int) -> str:
+    """Row label of a stage: "after T{s+1}" (one task per stage), or "after joint training"."""
+    if (res.get("run") or {}).get("method") == "joint":
+        return "after joint training" if len(res["stages"]) == 1 else f"after stage {stage + 1}"
+    return f"after T{stage + 1}"
+
+
+def results_markdown(res: dict) -> str:
+    """results.md text (module docstring)."""
+    cols, head = res["columns"], res["headline"]
+    summary_cols = cols + ["all", "avg", "forgetting", "BWT", "FWT"]
+    pool = "all test images" if res["image_pool"] == "all" else "each task's own test images"
+    out = [f"# Results: {res['run_name']}", "",
+           f"Split `{res['split']}`, {res['num_tasks']} tasks; images: `{res['image_split']}` split, "
+           f"fact→image pool: {pool}. Values in %, at the end of the sequence (after stage "
+           f"{res['stages'][-1] + 1 if res['stages'] else '–'}). avg = mean over tasks; forgetting "
+           "(Chaudhry et al. 2018), BWT and FWT (Lopez-Paz & Ranzato 2017) from R.", "",
+           f"## {LABELS[head]}", "",
+           markdown_table(["run"] + summary_cols, [[res["run_name"]] + final_row(res["metrics"][head])]),
+           "", f"## {LABELS[head]}: R (row: after training stage; column: evaluated task)", ""]
+    e = res["metrics"][head]
+    rows = []
+    if e["initial"] is not None:
+        rows.append(["initial"] + [fmt(x) for x in e["initial"]] + [fmt(e["initial_all"])])
+    rows += [[stage_label(res, s)] + [fmt(x) for x in r] + [fmt(a)]
+             for s, r, a in zip(res["stages"], e["R"], e["all"])]
+    out += [markdown_table(["after"] + cols + ["all"], rows), "", "## All metrics", ""]
+    out.append(markdown_table(["metric"] + summary_cols,
+                              [[LABELS[m].replace("@k", f"@{res['ap_k']}")] + final_row(e2)
+                               for m, e2 in res["metrics"].items()]))
+    cos = {k: v for k, v in res.get("embedding_mean_cosine", {}).items() if v is not None}
+    if cos:
+        out += ["", "Mean pairwise cosine of the evaluated images' embeddings (each slot L2-normalized; "
+                "1 = collapsed): " + ", ".join(f"{k} {v:.3f}" for k, v in cos.items()) + "."]
+    t = res["timing"]
+    if t:
+        last = t[list(t)[-1]]
+        out += ["", "Evaluation time of the last row: " + ", ".join(
+            f"{k[:-2]} {v:.2f} s" for k, v in last.items()) + "."]
+    return "\n".join(out) + "\n"
+
+
+def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
+    """r_heatmap.png and map_per_task.png of the headline metric; returns their paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e, cols = res["metrics"][res["headline"]], res["columns"]
+    labels = ((["initial"] if e["initial"] is not None else [])
+              + [stage_label(res, s) for s in res["stages"]])
+    rows = ([e["initial"]] if e["initial"] is not None else []) + e["R"]
+    A = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float) * 100
+    paths = []
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.6 * len(labels) + 1.8))
+    im = ax.imshow(A, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(labels)), labels)
+    mid = np.nanmean([np.nanmin(A), np.nanmax(A)]) if np.isfinite(A).any() else 0.0
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if np.isfinite(A[i, j]):
+                ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="k" if A[i, j] > mid else "w")
+    ax.set_xlabel("evaluated task")
+    ax.set_title(f"{res['run_name']}: {LABELS[res['headline']]} (%)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    paths.append(_save(fig, Path(run_dir) / "r_heatmap.png"))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = np.arange(len(labels))
+    for j, c in enumerate(cols):
+        ax.plot(x, A[:, j], marker="o", label=c)
+    alls = ([e["initial_all"]] if e["initial"] is not None else []) + e["all"]
+    ax.plot(x, [np.nan if v is None else v * 100 for v in alls], "k--", marker="s", label="all")
+    ax.set_xticks(x, labels, rotation=20)
+    ax.set_ylabel(f"{LABELS[res['headline']]} (%)")
+    ax.set_title(f"{res['run_name']}: each task after each training step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, Path(run_dir) / "map_per_task.png"))
+    plt.close("all")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+def write_report(run_dir: str | Path, res: dict) -> list[Path]:
+    """Write results.json, results.md and the plots into ``run_dir``; returns the paths written.
+
+    ``res["run"]`` is filled from RUN_DIR/config.json when empty. Nothing but results.json is
+    written when no stage has been recorded.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not res.get("run"):
+        res = {**res, "run": read_run_meta(run_dir)}
+    atomic_write_json(run_dir / "results.json", res)
+    paths = [run_dir / "results.json"]
+    if res["stages"]:
+        atomic_write_text(run_dir / "results.md", results_markdown(res))
+        paths.append(run_dir / "results.md")
+        paths += write_plots(res, run_dir)
+    return paths
+
+
+def read_results(path: str | Path) -> dict:
+    """Read a results.json (a run directory or the file). Raises ValueError naming the file."""
+    p = Path(path)
+    p = p / "results.json" if p.is_dir() else p
+    try:
+        res = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{p}: cannot read results: {e}") from e
+    if not isinstance(res, dict) or res.get("format") != FORMAT:
+        raise ValueError(f"{p}: not a factmas results file (format {FORMAT!r})")
+    return res

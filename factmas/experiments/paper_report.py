@@ -1,0 +1,180 @@
+"""The paper-style tables of ``eval/paper_table.py``: Markdown, CSV, a PNG bar plot and results.json.
+
+Layout of the MAS paper's facts table (Aljundi et al., ECCV 2018, Table 2): one row per method, the
+fact→image mAP (%) of each task T1..Tk and over all facts at the end of the sequence; here as mean ±
+sample std (ddof 1) over seeds, plus forgetting (Chaudhry et al. 2018) and BWT (Lopez-Paz & Ranzato
+2017) from R. One table for the random split (over its seeds), one for the semantic split. Joint has a
+single row of R: forgetting and BWT are undefined ("–").
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factmas.experiments.compare import mean_std
+from factmas.io import atomic_path, atomic_write_json, atomic_write_text
+from factmas.experiments.paper_table import VARIANT, Settings
+from factmas.evaluation.report import markdown_table
+
+COLUMNS = ("all", "forgetting", "bwt")
+
+
+def family(split: str, settings: Settings) -> str:
+    """"random" or "semantic" (the table a run belongs to)."""
+    return "semantic" if split == settings.semantic_split else "random"
+
+
+def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
+    """Rows {family, label, title, reg_lambda, seeds, values: {column: [per seed]}} in table order."""
+    rows: dict[tuple[str, str], dict] = {}
+    for fam in ("random", "semantic"):
+        for label in settings.variants:
+            for r in finals:
+                if r["label"] != label or family(r["split"], settings) != fam:
+                    continue
+                row = rows.setdefault((fam, label), {
+                    "family": fam, "label": label, "title": VARIANT[label].title,
+                    "reg_lambda": r["reg_lambda"] if VARIANT[label].lambda_from else None,
+                    "splits": [], "seeds": [], "values": {}})
+                row["splits"].append(r["split"])
+                row["seeds"].append(r["seed"])
+                cols = {f"T{j + 1}": v for j, v in enumerate(r["final"] or [])}
+                cols.update({c: r[f"final_{c}" if c == "all" else c] for c in COLUMNS})
+                for c, v in cols.items():
+                    row["values"].setdefault(c, []).append(np.nan if v is None else float(v))
+    return list(rows.values())
+
+
+def task_columns(rows: list[dict]) -> list[str]:
+    n = max((sum(c.startswith("T") for c in r["values"]) for r in rows), default=0)
+    return [f"T{j + 1}" for j in range(n)]
+
+
+def cell(values: list[float] | None, signed: bool = False) -> str:
+    """'m ± s' in % (2 decimals); '–' when undefined; no '± s' for one seed."""
+    if not values:
+        return "–"
+    m, s = mean_std(values)
+    if not np.isfinite(m):
+        return "–"
+    txt = f"{m * 100:+.2f}" if signed else f"{m * 100:.2f}"
+    return txt + (f" ± {s * 100:.2f}" if np.isfinite(s) else "")
+
+
+def table_markdown(rows: list[dict], fam: str) -> str:
+    """The Markdown table of one split family."""
+    rows = [r for r in rows if r["family"] == fam]
+    tasks = task_columns(rows)
+    head = ["method", "λ"] + tasks + ["all facts", "forgetting", "BWT", "seeds"]
+    body = [[r["title"], "–" if r["reg_lambda"] is None else f"{r['reg_lambda']:g}"]
+            + [cell(r["values"].get(c)) for c in tasks + ["all", "forgetting"]]
+            + [cell(r["values"].get("bwt"), signed=True), ",".join(map(str, r["seeds"]))]
+            for r in rows]
+    return markdown_table(head, body)
+
+
+def search_markdown(search: list[dict], chosen: dict[str, float]) -> str:
+    """The λ search: val mAP over all facts for each (method, λ), the chosen λ marked."""
+    body = []
+    for r in search:
+        mark = " ◀" if chosen.get(r["label"]) == r["reg_lambda"] else ""
+        v = r["final_all"]
+        body.append([r["label"], f"{r['reg_lambda']:g}", "–" if v is None else f"{v * 100:.2f}{mark}",
+                     f"{r['seconds']:.0f}"])
+    return markdown_table(["method", "λ", "val mAP all facts (%)", "seconds"], body)
+
+
+def to_csv(rows: list[dict]) -> str:
+    """family, method, label, λ, n_seeds, seeds, then <column>_mean, <column>_std (fractions)."""
+    cols = task_columns(rows) + list(COLUMNS)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "method", "label", "reg_lambda", "n_seeds", "seeds"]
+               + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
+    for r in rows:
+        cells = []
+        for c in cols:
+            m, s = mean_std(r["values"].get(c, []))
+            cells += ["" if not np.isfinite(x) else f"{x:.10g}" for x in (m, s)]
+        w.writerow([r["family"], r["title"], r["label"],
+                    "" if r["reg_lambda"] is None else f"{r['reg_lambda']:g}", len(r["seeds"]),
+                    " ".join(map(str, r["seeds"]))] + cells)
+    return buf.getvalue()
+
+
+def bar_plot(rows: list[dict], path: Path) -> Path:
+    """Grouped bars: all-facts test mAP per method, random and semantic split, sample std over seeds as
+    error bars (none for a single seed); the legend gives the number of seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    titles = {r["label"]: r["title"] for r in rows}
+    fams = [f for f in ("random", "semantic") if any(r["family"] == f for r in rows)]
+    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.5, 4.2))
+    width = 0.8 / max(len(fams), 1)
+    x = np.arange(len(labels))
+    for i, fam in enumerate(fams):
+        ms = []
+        for lab in labels:
+            r = next((r for r in rows if r["label"] == lab and r["family"] == fam), None)
+            ms.append(mean_std(r["values"].get("all", [])) if r else (np.nan, np.nan))
+        m = np.array([a for a, _ in ms]) * 100
+        s = np.array([b for _, b in ms]) * 100
+        n = max(len(r["seeds"]) for r in rows if r["family"] == fam)
+        ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width,
+               yerr=s if np.isfinite(s).any() else None, capsize=3,
+               label=f"{fam} ({n} seed{'s' if n != 1 else ''})")
+    ax.set_xticks(x, [titles[lab] for lab in labels], rotation=25, ha="right")
+    ax.set_ylabel("fact→image mAP, all facts (%)")
+    ax.set_title("End of the sequence, test images (mean ± std over seeds)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, float],
+                  finals: list[dict], meta: dict[str, Any]) -> list[Path]:
+    """paper_table.md / .csv / .png and results.json in ``settings.out``; returns the paths."""
+    out = Path(settings.out)
+    rows = aggregate(finals, settings)
+    seeds = ", ".join(map(str, settings.seeds))
+    md = [f"# factmas: the MAS paper's facts comparison{' (QUICK smoke check)' if meta['quick'] else ''}",
+          "", f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
+          f"Data: `{settings.data}`{meta['data_note']}  ",
+          f"Epochs per task: {settings.epochs} (λ search: {settings.search_epochs}); "
+          f"wall time {meta['seconds'] / 60:.1f} min with {settings.jobs} worker(s), "
+          f"{meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",
+          "fact→image mAP (%) on the test images after the last task: per task T1..Tk and over all "
+          "facts, mean ± std over seeds; forgetting and BWT from the accuracy matrix R.", ""]
+    for fam, name in (("random", f"Random split ({settings.random_prefix}_seed{{{seeds}}})"),
+                      ("semantic", f"Semantic split ({settings.semantic_split})")):
+        if any(r["family"] == fam for r in rows):
+            md += [f"## {name}", "", table_markdown(rows, fam), ""]
+    md += ["## How λ was chosen", "",
+           "Held-out training images only, never the test set: for each regularized method, each λ "
+           f"of its grid trained {settings.random_prefix}_seed{settings.seeds[0]} (seed "
+           f"{settings.seeds[0]}, {settings.search_epochs} epoch(s) per task) and was scored by the "
+           "fact→image mAP over all facts after the last task on the *val* image split (images of "
+           "the training part held out from training). The best λ (◀) is used in every final run; "
+           "MAS with Ω from test or train+test images uses MAS's λ.", ""]
+    md += [search_markdown(search, chosen) if search else "(no regularized method)", ""]
+    paths = [out / "paper_table.md", out / "paper_table.csv", out / "paper_table.png",
+             out / "results.json"]
+    atomic_write_text(paths[0], "\n".join(md))
+    atomic_write_text(paths[1], to_csv(rows))
+    bar_plot(rows, paths[2])
+    atomic_write_json(paths[3], {"format": "factmas-paper-table", "version": 1, **meta,
+                                 "settings": {k: v for k, v in vars(settings).items()},
+                                 "lambda_search": search, "chosen_lambda": chosen,
+                                 "runs": finals, "table": rows})
+    return paths

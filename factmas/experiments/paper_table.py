@@ -1,0 +1,273 @@
+"""The MAS paper's facts comparison on factmas data: plan, λ search on validation images, runs.
+
+``python eval/paper_table.py --data FILE.h5`` (see ``factmas.cli.paper``) runs, for every method variant
+(``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, MAS with Ω from test or train+test images, Joint):
+
+1. **λ search** (regularized methods only), on held-out *training* images, never the test set: each
+   λ of the method's grid (``GRIDS``, 3–4 values a decade apart) trains the first random split
+   (``random4_seed{first seed}``, seed = first seed) for ``search_epochs`` epochs per task, and is
+   scored by the fact→image mAP over all facts at the end of the sequence, measured on the "val"
+   image split (``EvalConfig.image_split = "val"``: images of the training part held out from
+   training). The best λ is kept (ties: the smaller λ). MAS with Ω from test or train+test images
+   takes MAS's λ (same penalty, Ω is a per-sample mean either way; only the Ω data differ).
+2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
+   ``random4_seed{s}`` with seed s for each seed, and on ``semantic4`` for each semantic seed.
+
+Every run is one ``factmas.train.train`` run directory under OUT (``search/…``, ``runs/…``) with its
+own results.json; a run whose ``timing.json`` exists is complete and is not run again when its
+``config.json`` holds the same settings and dataset fingerprint (a changed λ, ``--epochs`` or
+``--config`` trains it again), so a killed experiment continues where it stopped. Runs go to
+``jobs`` worker processes with one torch thread each (independent runs scale over cores better than
+threads inside one run).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from factmas.config import RunConfig
+from factmas.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: ``label`` (directory name), trainer method, Ω data, whose λ it uses."""
+    label: str
+    method: str
+    title: str
+    omega_data: str = "train"
+    lambda_from: str | None = None          # a search label, or None: λ is not used
+
+
+VARIANTS = (
+    Variant("finetune", "finetune", "Finetune"),
+    Variant("lwf", "lwf", "LwF", lambda_from="lwf"),
+    Variant("ewc", "ewc", "EWC", lambda_from="ewc"),
+    Variant("si", "si", "SI", lambda_from="si"),
+    Variant("mas", "mas", "MAS", lambda_from="mas"),
+    Variant("l-mas", "l-mas", "ℓ-MAS", lambda_from="l-mas"),
+    Variant("mas_test", "mas", "MAS (Ω: test)", "test", lambda_from="mas"),
+    Variant("mas_train+test", "mas", "MAS (Ω: train+test)", "train+test", lambda_from="mas"),
+    Variant("joint", "joint", "Joint (upper bound)"),
+)
+VARIANT = {v.label: v for v in VARIANTS}
+# λ grids, a decade apart, centred where the regularizer's term after the first epoch of task 2 is
+# about 0.3 (≈ 7% of the task loss, ≈ 4.1 then) on Flickr8k random4_seed0 (measured at λ = 1: MAS 0.028,
+# ℓ-MAS 0.81, EWC 1.7e-5 (the Fisher of the normalized pair loss is tiny, mean 1e-6), SI 0.0034,
+# LwF 0.0098), so that every method's search spans weak to strong regularization alike. A first
+# search at 2 epochs per task (3 values each) chose an edge value for LwF (3), EWC (1e5), SI (10) and
+# MAS (100), so those grids got a fourth value beyond that edge. The search at 4 epochs per task (the
+# default since) chose the smallest λ of EWC, SI, MAS and ℓ-MAS: on that data the val mAP rises as λ
+# falls towards Finetune (README, "The MAS paper's comparison").
+GRIDS = {"lwf": (0.3, 3.0, 30.0, 300.0), "ewc": (1e3, 1e4, 1e5, 1e6), "si": (1.0, 10.0, 100.0, 1000.0),
+         "mas": (1.0, 10.0, 100.0, 1000.0), "l-mas": (0.03, 0.3, 3.0)}
+QUICK_GRIDS = {"mas": (1.0, 10.0)}
+QUICK_VARIANTS = ("finetune", "mas", "joint")
+
+
+@dataclass
+class Settings:
+    """What the experiment runs (the CLI's options, resolved)."""
+    data: str
+    out: str
+    variants: list[str]
+    seeds: list[int]
+    semantic_seeds: list[int]
+    epochs: int
+    search_epochs: int
+    grids: dict[str, tuple[float, ...]]
+    random_prefix: str = "random4"
+    semantic_split: str = "semantic4"
+    jobs: int = 2
+    image_fraction: float = 1.0             # --quick on real data: a random part of the images
+    base: dict = field(default_factory=dict)   # RunConfig dict (model, loss, train defaults)
+
+    def searches(self) -> list[str]:
+        """Search labels needed by the variants (their ``lambda_from``), in grid order."""
+        need = {VARIANT[v].lambda_from for v in self.variants} - {None}
+        return [m for m in GRIDS if m in need]
+
+
+def job(settings: Settings, kind: str, label: str, method: str, split: str, seed: int,
+        reg_lambda: float, omega_data: str = "train") -> dict:
+    """The plain-data description of one run (what a worker needs)."""
+    if kind == "search":
+        out = Path(settings.out) / "search" / f"{label}_lambda{reg_lambda:g}"
+        epochs, image_split = settings.search_epochs, "val"
+    else:
+        out = Path(settings.out) / "runs" / label / f"{split}_seed{seed}"
+        epochs, image_split = settings.epochs, "test"
+    return {"kind": kind, "label": label, "method": method, "split": split, "seed": seed,
+            "reg_lambda": reg_lambda, "omega_data": omega_data, "epochs": epochs,
+            "image_split": image_split, "out": str(out)}
+
+
+def search_jobs(settings: Settings) -> list[dict]:
+    """One job per (regularized method, λ of its grid) on the first random split, val images."""
+    seed = settings.seeds[0]
+    split = f"{settings.random_prefix}_seed{seed}"
+    return [job(settings, "search", m, m, split, seed, lam)
+            for m in settings.searches() for lam in settings.grids[m]]
+
+
+def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
+    """Every variant on each random split / seed and on the semantic split per semantic seed."""
+    plan = [(f"{settings.random_prefix}_seed{s}", s) for s in settings.seeds]
+    plan += [(settings.semantic_split, s) for s in settings.semantic_seeds]
+    out = []
+    for split, seed in plan:
+        for label in settings.variants:
+            v = VARIANT[label]
+            lam = lambdas[v.lambda_from] if v.lambda_from else 0.0
+            out.append(job(settings, "final", label, v.method, split, seed, lam, v.omega_data))
+    return out
+
+
+def check_splits(settings: Settings, splits: list[str]) -> None:
+    """Raise ValueError naming the file and the missing splits the plan needs."""
+    need = {f"{settings.random_prefix}_seed{s}" for s in settings.seeds}
+    if settings.semantic_seeds:
+        need.add(settings.semantic_split)
+    missing = sorted(need - set(splits))
+    if missing:
+        raise ValueError(f"{settings.data}: no split(s) {missing}; the file has {sorted(splits)}")
+
+
+def choose_lambdas(results: list[dict], grids: dict[str, tuple[float, ...]]) -> dict[str, float]:
+    """Per search label: the λ with the best final all-facts val mAP (ties and NaN: smaller λ wins;
+    all NaN: the middle of the grid)."""
+    chosen = {}
+    for label, grid in grids.items():
+        scores = {r["reg_lambda"]: r["final_all"] for r in results if r["label"] == label}
+        if not scores:
+            continue
+        finite = {lam: s for lam, s in scores.items() if s is not None and np.isfinite(s)}
+        if finite:
+            best = max(finite.values())
+            chosen[label] = min(lam for lam, s in finite.items() if s == best)
+        else:
+            chosen[label] = sorted(grid)[len(grid) // 2]
+            log.warning("λ search of %s: no finite score; λ = %g (middle of the grid)", label,
+                        chosen[label])
+    return chosen
+
+
+# ---- workers ----------------------------------------------------------------------------------
+_DATA: Any = None
+
+
+def subsample_images(data: Any, fraction: float, seed: int = 0) -> Any:
+    """A copy of ``data`` keeping a random ``fraction`` of the images (the others leave every image
+    split and lose their pairs); for the quick smoke run only."""
+    if fraction >= 1.0:
+        return data
+    keep = np.random.default_rng(seed).random(len(data.image_split)) < fraction
+    split = np.where(keep, data.image_split, -1).astype(np.int8)
+    pairs = data.pairs[keep[data.pairs[:, 0]]]
+    return replace(data, image_split=split, pairs=pairs)
+
+
+def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
+    """Worker start: one torch thread, the dataset read once per process."""
+    global _DATA
+    import torch
+    from factmas.data.dataset import read_dataset
+    torch.set_num_threads(threads)
+    _DATA = subsample_images(read_dataset(data_path), fraction)
+
+
+def run_job(j: dict, base: dict) -> dict:
+    """Train one job (or read it back when its timing.json exists); returns its summary."""
+    from factmas.evaluation.report import read_results
+    from factmas.train import train
+    out = Path(j["out"])
+    timing = out / "timing.json"
+    d = {**base, "data": str(_DATA.path), "out": str(out)}
+    d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
+                  "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
+                  "omega_data": j["omega_data"], "threads": 1}
+    d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
+    cfg = RunConfig.from_dict(d)
+    if timing.is_file() and not same_run(out, cfg):
+        log.info("%s: finished with other settings or data (λ, epochs, base config, dataset); "
+                 "training it again", out)
+        timing.unlink()
+    if not timing.is_file():
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        train(cfg, command="python eval/paper_table.py", overwrite=True, progress=False, data=_DATA)
+        atomic_write_json(timing, {"seconds": time.perf_counter() - t0,
+                                   "cpu_seconds": cpu_seconds() - cpu0, "pid": os.getpid()})
+    res = read_results(out)
+    e = res["metrics"][res["headline"]]
+    t = json.loads(timing.read_text())
+    return {**j, "final": e["final"], "final_all": e["final_all"], "forgetting": e["forgetting"],
+            "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"]}
+
+
+def same_run(out: Path, cfg: RunConfig) -> bool:
+    """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
+    dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
+    from factmas.train import data_fingerprint
+    from factmas.run.rundir import same_fingerprint
+    try:
+        record = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    paths = ("data", "out")
+    old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}
+    new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
+    fp = record.get("data_fingerprint") or {}
+    return old == new and bool(fp.get("sha256")) and same_fingerprint(
+        fp, data_fingerprint(_DATA, cfg.train.split))
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
+    """Run ``jobs`` (in ``settings.jobs`` processes; 1: in this process) and return their summaries
+    in the order given. Raises the first run's error (TrainingError, ...)."""
+    if not jobs:
+        return []
+    if settings.jobs <= 1:
+        if _DATA is None or str(_DATA.path) != str(Path(settings.data)):
+            init_worker(settings.data, settings.image_fraction)
+        out = []
+        for i, j in enumerate(jobs, 1):
+            out.append(run_job(j, settings.base))
+            _log_done(out[-1], i, len(jobs))
+        return out
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=init_worker,
+                             initargs=(settings.data, settings.image_fraction)) as pool:
+        futures = [pool.submit(run_job, j, settings.base) for j in jobs]
+        out = []
+        try:
+            for i, f in enumerate(futures, 1):
+                out.append(f.result())
+                _log_done(out[-1], i, len(jobs))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)   # runs in progress finish, no new ones
+            raise
+        return out
+
+
+def _log_done(r: dict, i: int, n: int) -> None:
+    log.info("[%d/%d] %s %s %s seed %d λ=%g: all-facts mAP %s (%s images) in %.0f s (%.0f CPU s)",
+             i, n, r["kind"], r["label"], r["split"], r["seed"], r["reg_lambda"],
+             "–" if r["final_all"] is None else f"{100 * r['final_all']:.2f}%", r["image_split"],
+             r["seconds"], r["cpu_seconds"])

@@ -1,0 +1,10 @@
+"""A run directory: config.json, checkpoints, the lock, and loading a trained run.
+
+- ``rundir``: creating a run directory, reading and checking its config.json.
+- ``checkpoint``: writing and safely loading ``checkpoints/*.pt`` (weights_only).
+- ``lock``: one process per run directory.
+- ``load``: ``load_run`` (config, dataset, model with its weights): what every command uses to read a run.
+
+May import: ``factmas.config``, ``factmas.io``, ``factmas.data``, and for ``load`` only ``factmas.model``
+and ``factmas.device``. Never ``factmas.train`` (the trainer builds on this folder) or ``factmas.cli``.
+"""

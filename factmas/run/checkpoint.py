@@ -1,0 +1,166 @@
+"""Checkpoints of a continual run: ``RUN_DIR/checkpoints/task{s}.pt`` after each stage, and ``last.pt``.
+
+A checkpoint is a dict of tensors and plain containers only, so it loads with
+``torch.load(..., weights_only=True)``::
+
+    format "factmas-checkpoint", version 1
+    stage            int   index of the last completed training stage (a stage is one task, or all
+                           tasks at once for joint training)
+    completed_tasks  list[int]
+    model            model.state_dict()
+    optimizer        optimizer.state_dict() of the last stage (Adam moments)
+    method           method.state_dict() (e.g. MAS: 'omega.<name>', 'anchor.<name>')
+    method_name      str
+    config           RunConfig.to_dict()
+    history          list of evaluation rows (plain JSON data), "initial" first
+    metrics_lines    int   number of metrics.jsonl lines written when the stage ended
+
+Files are written to a temporary name and renamed (``factmas.io.atomic_path``), so a killed run
+never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from factmas.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "factmas-checkpoint"
+VERSION = 1
+REQUIRED = ("stage", "completed_tasks", "model", "optimizer", "method", "method_name", "config",
+            "history", "metrics_lines")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or not a factmas checkpoint; the message names the file."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/checkpoints``."""
+    return Path(run_dir) / "checkpoints"
+
+
+def stage_path(run_dir: str | Path, stage: int) -> Path:
+    """``RUN_DIR/checkpoints/task{stage}.pt``."""
+    return checkpoint_dir(run_dir) / f"task{stage}.pt"
+
+
+def last_path(run_dir: str | Path) -> Path:
+    """``RUN_DIR/checkpoints/last.pt``: a copy of the newest stage checkpoint."""
+    return checkpoint_dir(run_dir) / "last.pt"
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON-able Python (numpy/torch scalars and arrays → float/int/lists).
+
+    NaN and ±inf floats are kept (``torch.load(weights_only=True)`` reads them back).
+    """
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return plain(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint: {obj!r}")
+
+
+def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, method: Any, completed_tasks: list[int],
+                    config: dict, history: list, metrics_lines: int) -> Path:
+    """Write ``task{stage}.pt`` and ``last.pt`` atomically; returns the stage checkpoint's path.
+
+    Raises:
+        TypeError: ``history`` or ``config`` holds something that is not plain data.
+    """
+    state = {
+        "format": FORMAT, "version": VERSION, "stage": int(stage),
+        "completed_tasks": [int(t) for t in completed_tasks],
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "method": dict(method.state_dict()), "method_name": str(method.name),
+        "config": plain(config), "history": plain(history), "metrics_lines": int(metrics_lines),
+    }
+    path = stage_path(run_dir, stage)
+    for target in (path, last_path(run_dir)):
+        with atomic_path(target) as tmp:
+            torch.save(state, tmp)
+    log.info("checkpoint saved: %s (tasks done: %s)", path, state["completed_tasks"])
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True`` onto ``map_location``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a factmas checkpoint, of another
+            version, or lacks a key (the message names the file and the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types (pickle, zip, runtime errors)
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a factmas checkpoint (no format={FORMAT!r})")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}, expected {VERSION}")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks key {missing[0]!r}")
+    return state
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The stage checkpoint with the highest stage number in ``RUN_DIR/checkpoints``, or None.
+
+    ``last.pt`` is not trusted for this: the numbered files are each written atomically, and the
+    highest one is the last completed stage.
+    """
+    best, best_stage = None, -1
+    for p in checkpoint_dir(run_dir).glob("task*.pt"):
+        suffix = p.stem[len("task"):]
+        if suffix.isdigit() and int(suffix) > best_stage:
+            best, best_stage = p, int(suffix)
+    return best
+
+
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """True when ``RUN_DIR/checkpoints`` holds any ``.pt`` file."""
+    d = checkpoint_dir(run_dir)
+    return d.is_dir() and any(d.glob("*.pt"))
+
+
+def is_finite_state(state: dict[str, torch.Tensor]) -> bool:
+    """True when every floating tensor of a state dict is finite (no NaN or inf)."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values()
+               if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def dumps_line(record: dict) -> str:
+    """One metrics.jsonl line: ``record`` as compact JSON, NaN and ±inf written as null."""
+    return json.dumps(_finite_or_none(plain(record)))
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj

@@ -1,0 +1,202 @@
+"""The run directory: ``config.json`` (written once, atomically) and ``metrics.jsonl`` (one line per event).
+
+Layout::
+
+    RUN_DIR/config.json        {"config": RunConfig.to_dict(), "seed", "versions", "git_commit",
+                                "command", "data_provenance", "data_fingerprint", "created"}
+    RUN_DIR/metrics.jsonl      one JSON object per line: "event" is "initial", "epoch", "task_end"
+                               or "error"
+    RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.run.checkpoint``)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from factmas.config import ConfigError, RunConfig
+from factmas.data.dataset import FactData
+from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
+from factmas.run.checkpoint import checkpoint_dir, dumps_line, has_checkpoints
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (e.g. it holds a run and neither resume nor
+    overwrite was requested, or it is not a factmas run directory when resuming)."""
+
+
+# what a run writes into its directory; --overwrite removes all of it before anything new is written
+ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME)
+EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
+
+
+def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Raise RunDirError unless a new run may start in ``run_dir`` (reads only; called before any
+    work such as a feature cache, and again under the lock by ``prepare_run_dir``)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file; --out must be a directory")
+    held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
+    if held and not overwrite:
+        raise RunDirError(f"{run_dir} holds a run; continue it with "
+                          f"`factmas train --resume {run_dir}` or start over with --overwrite")
+
+
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
+                    data_provenance: dict | None = None, data_fingerprint: dict | None = None,
+                    overwrite: bool = False) -> Path:
+    """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
+
+    The caller holds the directory's lock (``factmas.run.lock.RunLock``).
+
+    Raises:
+        RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
+            ``overwrite`` is False.
+    With ``overwrite``, the old run's artefacts (results.json, results.md, plots, metrics.jsonl,
+    ``evaluations/``, checkpoints, config.json) are deleted first, so that a new run killed early
+    never sits beside the old run's results.
+    """
+    import shutil
+    run_dir = Path(run_dir)
+    check_run_dir_free(run_dir, overwrite)
+    if overwrite:
+        old = [run_dir / n for n in ARTEFACTS] + sorted(checkpoint_dir(run_dir).glob("*.pt"))
+        for p in old + [run_dir / CONFIG_NAME]:
+            if p.is_file():
+                log.info("overwrite: removing %s", p)
+                p.unlink()
+        if (run_dir / EVALUATIONS).is_dir():
+            log.info("overwrite: removing %s", run_dir / EVALUATIONS)
+            shutil.rmtree(run_dir / EVALUATIONS)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "config": cfg.to_dict(),
+        "seed": cfg.train.seed,
+        "versions": package_versions(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "command": command,
+        "data_provenance": data_provenance or {},
+        "data_fingerprint": data_fingerprint or {},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(run_dir / CONFIG_NAME, record)
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The ``RunConfig`` and the whole record of ``RUN_DIR/config.json``.
+
+    Raises:
+        RunDirError: no config.json, or it is not a factmas run record.
+        ConfigError: its "config" has unknown keys or wrong types (names the file and key).
+    """
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {CONFIG_NAME}; is this a factmas run directory?")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: cannot read: {e}") from e
+    if not isinstance(record, dict) or "config" not in record:
+        raise RunDirError(f"{path}: lacks the key 'config'")
+    try:
+        return RunConfig.from_dict(record["config"]), record
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def data_fingerprint(data: FactData, split: str) -> dict[str, Any]:
+    """Sizes and SHA-256s of what training depends on.
+
+    ``sha256``: image ids and image split, the fact table, vocabulary, pairs and the task split
+    ``split``. ``pixels_sha256`` (when the images are loaded): the CRC-32 of every image computed from
+    the pixels in memory, so a dataset whose pixels changed gets another fingerprint.
+
+    A resumed run compares it with the run's record, so that a dataset rebuilt since (other facts,
+    another vocabulary, other pixels) is refused with a clear message instead of a shape error deep in
+    torch or a silently different result.
+    """
+    from factmas.data.schema import image_checksums
+    h = hashlib.sha256()
+    for strings in (data.image_ids, data.subject, data.predicate, data.object, data.vocab):
+        h.update("\x1f".join(strings).encode("utf-8") + b"\x1e")
+    for arr in (data.image_split, data.order, data.tokens, data.pairs, data.task_of_facts(split)):
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
+    out = {"images": len(data.image_ids), "facts": data.num_facts, "pairs": int(len(data.pairs)),
+           "vocab": len(data.vocab), "split": split, "sha256": h.hexdigest()}
+    if len(data.images) == len(data.image_ids):
+        crc = image_checksums(data.images)
+        out["pixels_sha256"] = hashlib.sha256(crc.astype("<u4").tobytes()).hexdigest()
+    return out
+
+
+def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when two data fingerprints agree on everything both of them record (a run recorded before
+    fingerprints covered pixels is compared without them)."""
+    if old.get("sha256") != new.get("sha256"):
+        return False
+    return not (old.get("pixels_sha256") and new.get("pixels_sha256")
+                and old["pixels_sha256"] != new["pixels_sha256"])
+
+
+def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path) -> None:
+    """Raise RunDirError when ``data`` differs from the dataset the run in ``run_dir`` was started on.
+
+    A record without a fingerprint (an older run) is not checked.
+    """
+    old = record.get("data_fingerprint") or {}
+    if not old.get("sha256"):
+        return
+    new = data_fingerprint(data, split)
+    if not same_fingerprint(old, new):
+        diff = ", ".join(f"{k} {old.get(k)} → {new[k]}" for k in ("images", "facts", "pairs", "vocab")
+                         if old.get(k) != new[k])
+        if not diff:
+            diff = ("same sizes, other pixels" if old["sha256"] == new["sha256"]
+                    else "same sizes, other content")
+        raise RunDirError(f"{data.path}: not the dataset run {run_dir} was trained on ({diff}); "
+                          "resume with the original file (config.json's data_provenance says how "
+                          "it was built) or start a new run")
+
+
+class MetricsLog:
+    """Appends JSON lines to ``RUN_DIR/metrics.jsonl`` and counts them.
+
+    ``lines`` is stored in each checkpoint; on resume, ``truncate(lines)`` drops what a killed run
+    wrote after its last checkpoint, so a resumed run's file equals an uninterrupted run's.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
+        self.lines = 0
+
+    def append(self, record: dict) -> None:
+        """Write ``record`` as one line (NaN/inf → null) and flush."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(dumps_line(record) + "\n")
+        self.lines += 1
+
+    def truncate(self, lines: int) -> None:
+        """Keep only the first ``lines`` lines (atomic rewrite). Raises RunDirError if fewer exist."""
+        old = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
+        if len(old) < lines:
+            raise RunDirError(f"{self.path}: has {len(old)} lines, the checkpoint expects {lines}")
+        atomic_write_text(self.path, "".join(line + "\n" for line in old[:lines]))
+        self.lines = lines
+
+    def read(self) -> list[dict]:
+        """All records written so far."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
