@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from factmas.io import atomic_path
-from factmas.evaluation.report import LABELS, stage_label
+from factmas.evaluation.report import LABELS, draw_r, stage_label
 
 _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "v")]
 
@@ -68,16 +68,7 @@ def write_comparison_plots(results: list[dict], names: list[str], out_dir: str |
                              squeeze=False, layout="constrained")
     im = None
     for ax, name, (labels, A, _) in zip(axes[0], names, mats):
-        im = ax.imshow(A, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols)
-        ax.set_yticks(range(len(labels)), labels)
-        mid = (vmin + vmax) / 2
-        for i in range(A.shape[0]):
-            for j in range(A.shape[1]):
-                if np.isfinite(A[i, j]):
-                    ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                            color="k" if A[i, j] > mid else "w")
-        ax.set_xlabel("evaluated task")
+        im = draw_r(ax, A, labels, cols, vmin, vmax)
         ax.set_title(name)
     fig.colorbar(im, ax=list(axes[0]), label=f"{label} (%)", shrink=0.9)
     fig.suptitle(f"R: {label} (%) of each task after each training stage, one colour scale")

@@ -27,6 +27,8 @@ import dataclasses
 import json
 import logging
 import sys
+
+from factmas.cli.common import parse
 from pathlib import Path
 
 from factmas.run.load import RunLoadError, checkpoint_file, load_run
@@ -135,11 +137,9 @@ def metrics_table(metrics: dict, num_tasks: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas evaluate``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from factmas.evaluation.evaluator import Evaluator

@@ -24,6 +24,7 @@ import argparse
 import logging
 import sys
 
+from factmas.cli.common import at_least_one, parse
 from factmas.gallery import GalleryError, collect, load_runs
 from factmas.gallery_html import write_gallery
 
@@ -44,16 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas gallery``; returns the exit status (module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    for name in ("photos", "facts_per_task", "top_images"):
-        if getattr(args, name) < 1:
-            print(f"factmas gallery: error: --{name.replace('_', '-')} must be >= 1, got "
-                  f"{getattr(args, name)}", file=sys.stderr)
-            return 2
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    if at_least_one("factmas gallery", args, 'photos', 'facts_per_task', 'top_images'):
+        return 2
     logging.basicConfig(level=logging.WARNING)
     try:
         data, runs = load_runs(args.runs, args.data, args.device)

@@ -17,6 +17,8 @@ import argparse
 import logging
 import shlex
 import sys
+
+from factmas.cli.common import parse
 import time
 from pathlib import Path
 
@@ -120,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status."""
     from factmas.data.dataset import DatasetError, read_dataset
     from factmas.experiments.paper_report import write_outputs
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss"):

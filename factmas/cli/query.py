@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 
+from factmas.cli.common import at_least_one, parse
 from factmas.query import answer
 from factmas.run.load import RunLoadError, load_run
 
@@ -43,13 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas query``; returns the exit status (module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if args.k < 1:
-        print(f"factmas query: error: --k must be >= 1, got {args.k}", file=sys.stderr)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    if at_least_one("factmas query", args, 'k'):
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:

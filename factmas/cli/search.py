@@ -27,6 +27,7 @@ import json
 import logging
 import sys
 
+from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
 from factmas.search import DISTANCE_LABEL, SPLITS, SearchError, run_search
 
@@ -51,13 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas search``; returns the exit status (module docstring)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if args.k < 1:
-        print(f"factmas search: error: --k must be >= 1, got {args.k}", file=sys.stderr)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    if at_least_one("factmas search", args, 'k'):
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:

@@ -226,6 +226,25 @@ def results_markdown(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def draw_r(ax, A: np.ndarray, labels: list[str], cols: list[str], vmin: float | None = None,
+           vmax: float | None = None):
+    """Draw R (float [rows, tasks], %, NaN for none) as a heat map on ``ax``, each cell labelled, on
+    the colour scale [vmin, vmax] (None: R's own range); returns the image for a colour bar."""
+    im = ax.imshow(A, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(labels)), labels)
+    lo = np.nanmin(A) if vmin is None and np.isfinite(A).any() else (vmin or 0.0)
+    hi = np.nanmax(A) if vmax is None and np.isfinite(A).any() else (vmax or 0.0)
+    mid = (lo + hi) / 2
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if np.isfinite(A[i, j]):
+                ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="k" if A[i, j] > mid else "w")
+    ax.set_xlabel("evaluated task")
+    return im
+
+
 def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     """r_heatmap.png and map_per_task.png of the headline metric; returns their paths."""
     import matplotlib
@@ -239,16 +258,7 @@ def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     A = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float) * 100
     paths = []
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.6 * len(labels) + 1.8))
-    im = ax.imshow(A, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(labels)), labels)
-    mid = np.nanmean([np.nanmin(A), np.nanmax(A)]) if np.isfinite(A).any() else 0.0
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if np.isfinite(A[i, j]):
-                ax.text(j, i, f"{A[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="k" if A[i, j] > mid else "w")
-    ax.set_xlabel("evaluated task")
+    im = draw_r(ax, A, labels, cols)
     ax.set_title(f"{res['run_name']}: {LABELS[res['headline']]} (%)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
