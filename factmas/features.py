@@ -98,15 +98,16 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
 
 
 def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",
-                  progress: bool = True) -> np.ndarray:
+                  progress: bool = True, path: Path | None = None) -> np.ndarray:
     """The feature cache of ``model.image_stem`` on ``data``: read if present, else built and saved.
 
+    ``path``: ``cache_file(data, model)`` when the caller already has it (None: computed here).
     Returns:
         float16 [N, 2, C, h, w] (module docstring).
     Raises:
         ValueError: no dataset path, or a cache file that cannot be read (named; delete it to rebuild).
     """
-    path = cache_file(data, model)
+    path = path or cache_file(data, model)      # the caller may pass it (hashing pixels takes ~1 s)
     if path.exists():
         try:
             feats = np.load(path)

@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(cfg.model, len(data.vocab))
         if model.image_stem is None:
             raise UsageError(f"backbone {cfg.model.backbone} has no frozen stages: nothing to cache")
-        load_or_build(model, data, device, progress=not args.no_progress)
+        path = cache_file(data, model)
+        load_or_build(model, data, device, progress=not args.no_progress, path=path)
     except (ConfigError, DatasetError, UsageError, ValueError, OSError) as e:
         print(f"factmas features: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("factmas features: interrupted; no cache file was written", file=sys.stderr)
         return 130
-    print(cache_file(data, model))
+    print(path)
     return 0

@@ -158,9 +158,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def _cell(values: list[float] | None, signed: bool) -> str:
+def cell(values: list[float] | None, signed: bool = False, empty: str = "–") -> str:
+    """'m ± s' in % (2 decimals, signed for BWT/FWT); '–' when undefined; no '± s' for one seed;
+    ``empty`` when there are no values at all."""
     if not values:
-        return ""
+        return empty
     m, s = mean_std(values)
     if not np.isfinite(m):
         return "–"
@@ -177,7 +179,7 @@ def to_markdown(groups: list[dict], num_tasks: int, metric: str) -> str:
     cols = columns(num_tasks)
     head = ["method", "split", "seeds"] + [c if c != "average" else "avg" for c in cols]
     rows = [[g["method"], g["split"], str(len(g["seeds"]))] +
-            [_cell(g["values"].get(c), c in ("bwt", "fwt")) for c in cols] for g in groups]
+            [cell(g["values"].get(c), c in ("bwt", "fwt"), empty="") for c in cols] for g in groups]
     return (f"{metric} in %, at the end of the sequence; mean ± std over seeds\n\n"
             + markdown_table([h.upper() if h in ("bwt", "fwt") else h for h in head], rows) + "\n")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from factmas.experiments.compare import mean_std
+from factmas.experiments.compare import cell, mean_std
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 from factmas.experiments.paper_table import VARIANT, Settings
 from factmas.evaluation.report import markdown_table
@@ -52,17 +52,6 @@ def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
 def task_columns(rows: list[dict]) -> list[str]:
     n = max((sum(c.startswith("T") for c in r["values"]) for r in rows), default=0)
     return [f"T{j + 1}" for j in range(n)]
-
-
-def cell(values: list[float] | None, signed: bool = False) -> str:
-    """'m ± s' in % (2 decimals); '–' when undefined; no '± s' for one seed."""
-    if not values:
-        return "–"
-    m, s = mean_std(values)
-    if not np.isfinite(m):
-        return "–"
-    txt = f"{m * 100:+.2f}" if signed else f"{m * 100:.2f}"
-    return txt + (f" ± {s * 100:.2f}" if np.isfinite(s) else "")
 
 
 def table_markdown(rows: list[dict], fam: str) -> str:
