@@ -6,7 +6,9 @@ import pytest
 
 from factmas.evaluation import metrics as M
 from factmas.evaluation.evaluator import HEADLINE, METRICS
-from factmas.evaluation.report import (build_results, normalize_metrics, read_results, row_key, write_report)
+from factmas.evaluation.report import (build_results, is_complete, normalize_metrics, read_results, row_key,
+                                       stage_label, write_report)
+from factmas.run.rundir import RunDir
 
 T = 3
 R = np.array([[0.8, 0.1, 0.2], [0.6, 0.7, 0.3], [0.5, 0.4, 0.9]])
@@ -46,7 +48,8 @@ def test_build_results_R_and_summaries():
 
 def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     rows = {"initial": _row(B, 0.1), 0: _row(R[2], 0.5)}       # one stage (joint) over 3 tasks
-    res = build_results(rows, T, run={"method": "joint", "seed": 0})
+    res = build_results(rows, T, run={"method": "joint", "seed": 0}, stage_tasks=[[0, 1, 2]])
+    assert res["stage_tasks"] == [[0, 1, 2]] and res["complete"] is True
     e = res["metrics"][HEADLINE]
     assert e["final"] == pytest.approx(list(R[2]))
     assert e["forgetting"] is None and e["bwt"] is None and e["fwt"] is None
@@ -55,6 +58,11 @@ def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| after joint training | 50.00 | 40.00 | 90.00 | 50.00 |" in md
     assert "| – | – | – |" in md                                # forgetting, BWT, FWT undefined
+    legacy = {k: v for k, v in res.items() if k not in ("stage_tasks", "complete")}
+    assert stage_label(legacy, 0) == "after joint training" and is_complete(legacy)   # older files
+    seq = build_results(rows, T, run={"method": "mas", "seed": 0})      # one task per stage: unfinished
+    assert seq["stage_tasks"] == [[0], [1], [2]] and not seq["complete"] and not is_complete(seq)
+    assert stage_label(seq, 0) == "after T1"
 
 
 def test_write_report_files(tmp_path):
@@ -62,7 +70,7 @@ def test_write_report_files(tmp_path):
         {"config": {"train": {"method": "mas", "split": "random3_seed0", "reg_lambda": 2.0}}, "seed": 4}))
     rows = _rows()
     rows[0][HEADLINE][2] = float("nan")      # e.g. a task without test images; unused by F, BWT, FWT
-    paths = write_report(tmp_path, build_results(rows, T, run_name="mas_s4"))
+    paths = write_report(tmp_path, build_results(rows, T, run_name="mas_s4", run=RunDir(tmp_path).meta()))
     assert {p.name for p in paths} == {"results.json", "results.md", "r_heatmap.png", "map_per_task.png"}
     for p in paths:
         if p.suffix == ".png":
