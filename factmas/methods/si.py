@@ -14,7 +14,7 @@ and ω is reset. Training adds λ Σ Ω (θ − θ*)² (``QuadraticAnchor``). ξ
 that hardly moved; the paper uses ξ = 1e-3 (split MNIST) and 0.1 (split CIFAR); the default here is
 0.1, the paper's value for its convolutional network. Negative Ω (the net movement raised the loss,
 possible with Adam's momentum) is set to 0 (a penalty needs Ω ≥ 0). With plain gradient descent and
-small steps, Σ −g Δθ → L(θ_start) − L(θ_end) (tests/test_methods_si.py).
+small steps, Σ −g Δθ → L(θ_start) − L(θ_end) (tests/methods/test_methods_si.py).
 
 Memory: three extra copies of the parameters during a task (ω, θ at the task start, θ before the step).
 """

@@ -162,3 +162,21 @@ def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
     one = json.loads(capsys.readouterr().out)
     assert one[HEADLINE]["all"] == pytest.approx(saved["metrics"][HEADLINE]["all"][0])
     assert evaluate_cli.main([str(tmp_path), "-q"]) == 2
+
+
+def test_recorder_keeps_rows_apart_from_measuring(tmp_path):
+    """The Recorder replays rows that went through JSON, calls its baselines once, writes the report."""
+    from factmas.evaluation.recorder import Recorder
+    calls = []
+    rec = Recorder(T, "random3_seed0", baselines=lambda: calls.append(1) or {"frequency": _row(B, 0.1)},
+                   stage_tasks=[[0], [1], [2]])
+    for key, metrics in _rows().items():
+        rec.record(key if key == "initial" else f"task{key}", json.loads(json.dumps(metrics)))
+    res = rec.results("r")
+    assert res == build_results(_rows(), T, run_name="r", split="random3_seed0",
+                                baselines={"frequency": _row(B, 0.1)}, stage_tasks=[[0], [1], [2]])
+    paths = rec.write(tmp_path, run={"method": "mas"}, note="x")
+    assert calls == [1] and read_results(tmp_path)["note"] == "x" and len(paths) == 4
+    assert read_results(tmp_path)["run_name"] == tmp_path.name and res["complete"]
+    with pytest.raises(ValueError, match="evaluation row"):
+        rec.record("final", {})
