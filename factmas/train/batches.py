@@ -53,13 +53,16 @@ class Batcher:
             and orders are copied to the device once, and batches are gathered there (no per-step
             host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
         inputs: the image input source (``factmas.features.image_inputs``); default: pixels.
+        relevance: the dataset's ``PairIndex`` (the experiences' ``relevance``, built once per run);
+            default: built here from ``data.pairs``.
     """
 
-    def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None) -> None:
+    def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None,
+                 relevance: PairIndex | None = None) -> None:
         self.data = data
         self.device = torch.device(device)
         self.inputs = inputs if inputs is not None else PixelInputs(data, self.device)
-        self.index = PairIndex(data.pairs, data.num_facts)
+        self.index = relevance if relevance is not None else PairIndex(data.pairs, data.num_facts)
         self.tokens = self._to(torch.from_numpy(data.tokens.astype(np.int64)))
         self.order = self._to(torch.from_numpy(data.order.astype(np.int64)))
         self.candidates: np.ndarray | None = None    # sorted fact ids; set by the trainer per stage

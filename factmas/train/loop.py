@@ -134,7 +134,7 @@ class ContinualTrainer:
         self.tasks = tasks
         self.num_tasks = len(tasks)
         self.progress = progress
-        self.batcher = Batcher(data, device, inputs)
+        self.batcher = Batcher(data, device, inputs, tasks[0].relevance if tasks else None)
         self.pixel_input = getattr(model, "image_stem", None) is None
         self.hook = EvalHook(tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
