@@ -40,7 +40,7 @@ def test_shapes_and_contract(small):
     assert torch.equal(small.image_branch(x), phi)
     assert torch.equal(small.fact_branch(tokens, order), psi)
     cnn = build_model(ModelConfig(backbone="small_cnn"), VOCAB)
-    assert cnn.image_stem is None and cnn.image_branch(torch.randn(2, 3, 64, 64)).shape == (2, 3, 64)
+    assert cnn.image_stem is None and cnn.image_branch(torch.randn(2, 3, 64, 64)).shape == (2, 3, ModelConfig().embed_dim)
 
 
 def test_small_cnn_uses_only_hooked_layer_types():
