@@ -26,6 +26,10 @@ Estimators (same inputs, dict name → Ω shaped like the parameter):
   MAS code (batch size > 1), Avalanche and FACIL compute; ≤ the exact Ω elementwise.
 
 The model is put in eval mode while Ω is estimated (samples independent; modes restored after).
+
+Distributed (torchrun): each process sums over its share of the task's images and facts (the
+trainer's ``TaskContext`` hands each rank its share), ``factmas.distributed.reduce_sums`` adds the sums
+and the counts, Ω = sum / N on every rank: the one-process Ω up to the order of float additions.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from factmas.distributed import is_main, reduce_sums
 from factmas.methods.base import TaskContext
 from factmas.methods.quadratic import QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
@@ -81,9 +86,10 @@ def _mas(model: nn.Module, image_batches: Iterable[Any] | None, fact_batches: It
                 continue
             start = time.perf_counter()
             with tqdm(total=max_samples, unit=what, desc=f"MAS Ω ({what}s, {estimator})",
-                      disable=None, leave=False) as bar:
+                      disable=None if is_main() else True, leave=False) as bar:
                 sums, n = ESTIMATORS[estimator](model, loss_fn, batches, max_samples,
                                                 progress=bar.update)
+            sums, n = reduce_sums(sums, n)     # several processes: every rank's sums and counts
             if n == 0:
                 raise ValueError(f"MAS importance: no {what}s to estimate Ω from (empty batches)")
             for name, s in sums.items():

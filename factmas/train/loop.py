@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
+from factmas.distributed import is_main, shard, shard_bounds, size
+from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss
 from factmas.methods.base import Method, TaskContext
 from factmas.train.augment import augment_images
@@ -89,17 +91,18 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
 
 
 def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
-               cfg: RunConfig) -> tuple[float, dict, dict]:
+               cfg: RunConfig, forward: Callable = forward_loss) -> tuple[float, dict, dict]:
     """One training step on a pair batch: loss = task loss + method penalty + method extra loss,
     backward, ``method.before_step``, optimizer step, ``method.after_step``.
 
     Returns (total loss value, step parts {"total", "task", "penalty", "extra", "regression",
     "contrastive"} as floats, the task loss parts of ``fact_loss``). A non-finite total is returned
     before backward, with the model and optimizer untouched, so that the caller can stop.
+    ``forward``: ``forward_loss`` or, on several processes, ``factmas.distributed.step.DistributedForward``.
     ``bench/train_overhead.py`` times this function against a plain PyTorch loop.
     """
     optimizer.zero_grad(set_to_none=True)
-    task_loss, parts, out = forward_loss(model, batch, cfg)
+    task_loss, parts, out = forward(model, batch, cfg)
     penalty = method.penalty(model)
     extra = method.extra_loss(model, batch, out)
     loss = task_loss + penalty + extra
@@ -145,15 +148,18 @@ class ContinualTrainer:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model, self.method, self.device = model.to(device), method, device
         self.num_tasks = num_tasks
-        self.progress = progress
+        self.progress = progress and is_main()          # progress and logs from rank 0 only
         self.batcher = Batcher(data, device, inputs)
+        # several processes (torchrun): each loads and embeds its rows of the global batch, DDP
+        self.step_batcher = shard_batcher(self.batcher)
+        self.forward = DistributedForward(self.model, device) if size() > 1 else forward_loss
         self.pixel_input = getattr(model, "image_stem", None) is None
         self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
         self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
                                                                          cfg.loss),
                              cfg.train.batch_size, cfg.train.aux_batch_size, evaluator)
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir) if is_main() else _NoMetrics()
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -198,12 +204,13 @@ class ContinualTrainer:
             self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
                                  "stage_seconds": time.perf_counter() - t0})
             state.optimizer_state = optimizer.state_dict()
-            save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
-                            method=self.method, completed_tasks=state.completed_tasks,
-                            config=self.cfg.to_dict(), history=state.history,
-                            metrics_lines=self.metrics.lines)
+            if is_main():                                # every rank holds the same state
+                save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
+                                method=self.method, completed_tasks=state.completed_tasks,
+                                config=self.cfg.to_dict(), history=state.history,
+                                metrics_lines=self.metrics.lines)
             state.next_stage = stage.index + 1
-        for p in self.hook.write(self.run_dir):
+        for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
         return state
 
@@ -215,25 +222,41 @@ class ContinualTrainer:
         return opt
 
     def context(self, stage: Stage) -> TaskContext:
-        """The TaskContext of ``stage`` (image, fact and pair batches of its tasks)."""
+        """The TaskContext of ``stage`` (image, fact and pair batches of its tasks); on several
+        processes each rank's batches hold its share (``_share``) of the samples."""
         tc, split, b = self.cfg.train, self.cfg.train.split, self.batcher
-        facts = task_facts(self.data, split, stage.tasks)
+        facts = self._share(task_facts(self.data, split, stage.tasks))
         train_pairs = self.data.task_pairs(split, stage.tasks, "train")
         reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
         return TaskContext(
             task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
             device=self.device,
             image_batches=lambda which: _counted(b.image_batches(
-                task_images(self.data, split, stage.tasks, which), tc.aux_batch_size),
+                self._share(task_images(self.data, split, stage.tasks, which)), tc.aux_batch_size),
                 reads, "images", len),
             fact_batches=lambda: _counted(b.fact_batches(facts, tc.aux_batch_size),
                                           reads, "facts", lambda x: len(x[1])),
-            pair_batches=lambda: _counted(b.pair_batches(
-                train_pairs, tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+            pair_batches=lambda: _counted(self._pair_batches(
+                train_pairs, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
                 reads, "pairs", lambda x: len(x["fact_idx"])),
             loss_fn=self.loss_fn, config=self.cfg, max_samples=tc.omega_max_samples,
             extra={"stage": stage.index, "tasks": list(stage.tasks), "num_tasks": self.num_tasks,
                    "data": self.data, "split": split, "reads": reads})
+
+    def _share(self, items: np.ndarray) -> np.ndarray:
+        """One process: ``items``. Several: this rank's share of the first ``omega_max_samples``
+        (the methods' per-sample sums are then all-reduced: ``factmas.distributed.reduce_sums``)."""
+        if size() == 1:
+            return items
+        return shard(items[:self.cfg.train.omega_max_samples])
+
+    def _pair_batches(self, pairs: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
+        """The training pairs shuffled by ``rng`` in batches; several processes: this rank's share
+        (sums over pairs do not depend on how the pairs are batched)."""
+        if size() == 1:
+            return self.batcher.pair_batches(pairs, self.cfg.train.batch_size, rng)
+        return self.batcher.pair_batches(self._share(pairs[rng.permutation(len(pairs))]),
+                                         self.cfg.train.batch_size)
 
     def train_stage(self, stage: Stage, state: RunState) -> tuple[torch.optim.Optimizer, float]:
         """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
@@ -241,8 +264,8 @@ class ContinualTrainer:
         torch.manual_seed(stage_seed(tc.seed, stage.index))
         pairs = self.data.task_pairs(tc.split, stage.tasks, "train")
         name = self._name(stage)
-        self.batcher.candidates = (task_facts(self.data, tc.split, stage.tasks)
-                                   if self.cfg.loss.fact_softmax_weight > 0 else None)
+        self.batcher.candidates = self.step_batcher.candidates = (
+            task_facts(self.data, tc.split, stage.tasks) if self.cfg.loss.fact_softmax_weight > 0 else None)
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
@@ -282,10 +305,13 @@ class ContinualTrainer:
                    disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
-            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
+            for step, batch in enumerate(self.step_batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
                 if self.pixel_input and (tc.augment_shift or tc.augment_flip):
-                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip)
-                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
+                    B = len(batch["fact_idx"])      # the global batch; the images: this rank's rows
+                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip,
+                                                     total=B, start=shard_bounds(B)[0])
+                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg,
+                                                      self.forward)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
                 b = len(batch["fact_idx"])
@@ -314,6 +340,17 @@ class ContinualTrainer:
         self.metrics.append({"event": "error", "stage": stage.index, "epoch": epoch, "step": step,
                              "message": msg})
         raise TrainingError(msg)
+
+
+class _NoMetrics:
+    """metrics.jsonl on ranks other than 0: nothing is written (rank 0 writes the run's file)."""
+    lines = 0
+
+    def append(self, record: dict) -> None:
+        self.lines += 1
+
+    def truncate(self, lines: int) -> None:
+        self.lines = lines
 
 
 __all__ = ["ContinualTrainer", "RunState", "Stage", "TrainingError", "finite_mean", "forward_loss",
