@@ -79,6 +79,12 @@ def _on_sigterm_raise():
         return None
 
 
+def _dist_errors() -> type:
+    """torch.distributed's error of a failed collective (e.g. a peer that died or timed out)."""
+    import torch.distributed as dist
+    return dist.DistError
+
+
 def _join_process_group(args: argparse.Namespace) -> None:
     """Under torchrun, join the process group (NCCL when the run's device is CUDA, else gloo).
     Raises UsageError on a bad torchrun environment or a failed rendezvous."""
@@ -138,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (TrainingError, CheckpointError) as e:
         print(f"factmas train: training error: {e}", file=sys.stderr)
+        return 1
+    except (distributed.DistributedError, _dist_errors()) as e:
+        print(f"factmas train: process {distributed.rank()} of the run: another process failed or "
+              f"stopped answering ({type(e).__name__}: {str(e)[:300]}); its own message says why",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         where = args.resume or args.out or "RUN_DIR"

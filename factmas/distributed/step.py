@@ -83,8 +83,8 @@ class DistributedForward:
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         ids = [device.index] if device.type == "cuda" else None
-        # frozen BatchNorm: buffers never change, so they need no broadcast at each step
-        self.ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # frozen BatchNorm: buffers never change, so they are synced once (at init), not at each step
+        self.ddp = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def __call__(self, model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tensor, dict, dict]:
         B = len(batch["fact_idx"])

@@ -1,0 +1,44 @@
+"""A torchrun worker for tests/test_distributed.py (not a test module): trains one run per method
+on the process group torchrun describes, like ``factmas train`` would.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \
+        DATA.h5 CONFIG.json OUT_ROOT mas,ewc [--fail-rank R]
+
+``--fail-rank R``: rank R raises while the others wait in the all-reduce of Ω (a failing rank must
+stop the others instead of leaving them waiting).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("data")
+    p.add_argument("config")
+    p.add_argument("out_root")
+    p.add_argument("methods")
+    p.add_argument("--fail-rank", type=int)
+    args = p.parse_args()
+    from factmas import distributed
+    from factmas.config import RunConfig
+    from factmas.train import train
+    distributed.start_from_env("cpu")
+    if args.fail_rank is not None and distributed.rank() == args.fail_rank:
+        import factmas.methods.mas as mas
+
+        def fail(*a, **k):
+            raise RuntimeError(f"injected failure on rank {args.fail_rank}")
+        mas.ESTIMATORS["exact"] = fail
+    try:
+        for method in args.methods.split(","):
+            cfg = RunConfig.from_json(args.config)
+            cfg.data, cfg.out, cfg.train.method = args.data, str(Path(args.out_root) / method), method
+            train(cfg, progress=False)
+    finally:
+        distributed.stop()
+
+
+if __name__ == "__main__":
+    main()
