@@ -4,8 +4,9 @@ on the process group torchrun describes, like ``factmas train`` would.
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \
         DATA.h5 CONFIG.json OUT_ROOT mas,ewc [--fail-rank R]
 
-``--fail-rank R``: rank R raises while the others wait in the all-reduce of Ω (a failing rank must
-stop the others instead of leaving them waiting).
+``--fail-rank R``: rank R raises in the Ω of the second task (after the first task's checkpoint) while
+the others wait for it in the all-reduce of Ω (a failing rank must stop the others instead of leaving
+them waiting; the run is then resumed).
 """
 from __future__ import annotations
 
@@ -27,10 +28,14 @@ def main() -> None:
     distributed.start_from_env("cpu")
     if args.fail_rank is not None and distributed.rank() == args.fail_rank:
         import factmas.methods.mas as mas
+        exact, calls = mas.ESTIMATORS["exact"], []
 
-        def fail(*a, **k):
-            raise RuntimeError(f"injected failure on rank {args.fail_rank}")
-        mas.ESTIMATORS["exact"] = fail
+        def fail_in_task_2(*a, **k):          # calls 1 and 2: task 1's images and facts
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError(f"injected failure on rank {args.fail_rank}")
+            return exact(*a, **k)
+        mas.ESTIMATORS["exact"] = fail_in_task_2
     try:
         for method in args.methods.split(","):
             cfg = RunConfig.from_json(args.config)
