@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     from factmas import distributed
     from factmas.config import ModelConfig, RunConfig
     from factmas.methods.mas import mas_importance
-    from factmas.train import build_parts, build_trainer
+    from factmas.train import build_parts, build_trainer, shared_inputs
     from factmas.train.batches import make_rng
     from factmas.train.loop import Stage, train_step
 
@@ -58,7 +58,8 @@ def worker(args: argparse.Namespace) -> None:
     cfg.eval.enabled = False
     cfg.out = tempfile.mkdtemp(prefix="factmas_bench_dist_")
     parts = build_parts(cfg, data)
-    trainer, _ = distributed.main_first(lambda: build_trainer(cfg, data, torch.device("cpu"), False, parts))
+    inputs = shared_inputs(cfg, data, torch.device("cpu"), parts[0], False)   # rank 0 reads the cache first
+    trainer, _ = build_trainer(cfg, data, torch.device("cpu"), False, parts, inputs)
     model, method = trainer.model, trainer.method
     stage = Stage(0, [0])
     pairs = data.task_pairs(cfg.train.split, [0], "train")

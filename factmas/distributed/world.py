@@ -163,6 +163,8 @@ def main_first(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0, then (if it succeeded everywhere) on the other ranks; errors as ``agree``.
 
     For steps that write something the other ranks then read (the feature cache, the run directory).
+    ``fn`` must not itself run a collective (e.g. build a DistributedDataParallel): the ranks run it
+    at different times.
     """
     if not active():
         return fn()

@@ -118,7 +118,7 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
                   parts: tuple | None = None, inputs=None) -> tuple[ContinualTrainer, list[Stage]]:
     """The trainer and its stages: ``parts`` from ``build_parts`` (built here when None), the image
     ``inputs`` (None: a pretrained backbone's feature cache is read, or computed and written, here;
-    several processes: rank 0 first, ``_inputs``) and the evaluator."""
+    several processes: rank 0 first, ``shared_inputs``) and the evaluator."""
     from factmas.features import image_inputs
     model, method, num_tasks = parts if parts is not None else build_parts(cfg, data)
     if inputs is None:
@@ -132,7 +132,7 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     return trainer, plan_stages(cfg.train.method, num_tasks)
 
 
-def _inputs(cfg: RunConfig, data: FactData, device: torch.device, model: torch.nn.Module,
+def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: torch.nn.Module,
             progress: bool):
     """The image inputs (``factmas.features.image_inputs``); on several processes rank 0 reads or
     builds the feature cache first, then the others read it."""
@@ -182,7 +182,7 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
     data = data if data is not None else read_dataset(cfg.data)
     parts = build_parts(cfg, data)
     with _lock(cfg.out):
-        inputs = _inputs(cfg, data, device, parts[0], progress)
+        inputs = shared_inputs(cfg, data, device, parts[0], progress)
         trainer, stages = build_trainer(cfg, data, device, progress, parts, inputs)
         agree(lambda: prepare_run_dir(
             cfg.out, cfg, command=command, data_provenance=data.provenance,
@@ -223,7 +223,7 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     check_same_data(record, data, cfg.train.split, run_dir)
     parts = build_parts(cfg, data)
     with _lock(run_dir):
-        inputs = _inputs(cfg, data, dev, parts[0], progress)
+        inputs = shared_inputs(cfg, data, dev, parts[0], progress)
         trainer, stages = build_trainer(cfg, data, dev, progress, parts, inputs)
         last = latest_checkpoint(run_dir)
         if last is None:
@@ -237,4 +237,4 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
 
 
 __all__ = ["CheckpointError", "RunDirError", "RunState", "Stage", "TrainingError", "UsageError",
-           "build_trainer", "plan_stages", "resolve_device", "resume", "train"]
+           "build_trainer", "shared_inputs", "plan_stages", "resolve_device", "resume", "train"]
