@@ -44,7 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     from factmas.methods.mas import mas_importance
     from factmas.train import build_parts, build_trainer, shared_inputs
     from factmas.train.batches import make_rng
-    from factmas.train.loop import Stage, train_step
+    from factmas.train.loop import train_step
 
     distributed.start_from_env("cpu")
     data, desc = common.load_bench_data(args.data, synthetic=args.data is None and not
@@ -59,12 +59,11 @@ def worker(args: argparse.Namespace) -> None:
     cfg.out = tempfile.mkdtemp(prefix="factmas_bench_dist_")
     parts = build_parts(cfg, data)
     inputs = shared_inputs(cfg, data, torch.device("cpu"), parts[0], False)   # rank 0 reads the cache first
-    trainer, _ = build_trainer(cfg, data, torch.device("cpu"), False, parts, inputs)
+    trainer, stream = build_trainer(cfg, data, torch.device("cpu"), False, parts, inputs)
     model, method = trainer.model, trainer.method
-    stage = Stage(0, [0])
-    pairs = data.task_pairs(cfg.train.split, [0], "train")
-    from factmas.train.batches import task_facts
-    trainer.batcher.candidates = trainer.step_batcher.candidates = task_facts(data, cfg.train.split, [0])
+    stage = stream[0]                                          # task 1's experience
+    pairs = stage.pairs["train"]
+    trainer.batcher.candidates = trainer.step_batcher.candidates = stage.facts
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batches = trainer.step_batcher.pair_batches(pairs, cfg.train.batch_size, make_rng(0, 0, 0))
     model.train()
@@ -79,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     train_s = time.perf_counter() - t0
     model.eval()
-    ctx = trainer.context(stage)
+    ctx = trainer.context(stage, {"images": 0, "facts": 0, "pairs": 0})
     distributed.barrier()
     t0 = time.perf_counter()
     mas_importance(model, ctx.image_batches("train"), None, max_samples=args.omega_images)
@@ -90,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     mas_importance(model, None, ctx.fact_batches(), max_samples=args.omega_images)
     distributed.barrier()
     omega_fact_s = time.perf_counter() - t0
-    n_fact = min(args.omega_images, len(task_facts(data, cfg.train.split, [0])))
+    n_fact = min(args.omega_images, len(stage.facts))
     if distributed.is_main():
         Path(args.result).write_text(json.dumps({
             "world_size": distributed.size(), "data": desc, "backbone": cfg.model.backbone,

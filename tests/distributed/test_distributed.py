@@ -34,8 +34,8 @@ from factmas.distributed import gather_rows, reduce_sums, shard_bounds
 from factmas.train import UsageError, resume, train
 from factmas.train.augment import augment_images
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "distributed_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "worker.py"
 METHODS = ("mas", "ewc", "si")
 LAUNCH_TIMEOUT_S = 120
 CONFIG = {"model": {"backbone": "small_cnn", "pretrained": False, "width": 8, "embed_dim": 8,

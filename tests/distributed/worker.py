@@ -1,7 +1,7 @@
-"""A torchrun worker for tests/test_distributed.py (not a test module): trains one run per method
+"""A torchrun worker for tests/distributed/test_distributed.py (not a test module): trains one run per method
 on the process group torchrun describes, like ``factmas train`` would.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py \
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed/worker.py \
         DATA.h5 CONFIG.json OUT_ROOT mas,ewc [--fail-rank R]
 
 ``--fail-rank R``: rank R raises in the Ω of the second task (after the first task's checkpoint) while
@@ -27,15 +27,15 @@ def main() -> None:
     from factmas.train import train
     distributed.start_from_env("cpu")
     if args.fail_rank is not None and distributed.rank() == args.fail_rank:
-        import factmas.methods.mas as mas
-        exact, calls = mas.ESTIMATORS["exact"], []
+        from factmas.methods.mas import MAS
+        importance, calls = MAS.importance, []
 
-        def fail_in_task_2(*a, **k):          # calls 1 and 2: task 1's images and facts
+        def fail_in_task_2(*a, **k):          # call 1: task 1's Ω (images and facts)
             calls.append(1)
-            if len(calls) == 3:
+            if len(calls) == 2:
                 raise RuntimeError(f"injected failure on rank {args.fail_rank}")
-            return exact(*a, **k)
-        mas.ESTIMATORS["exact"] = fail_in_task_2
+            return importance(*a, **k)
+        MAS.importance = staticmethod(fail_in_task_2)
     try:
         for method in args.methods.split(","):
             cfg = RunConfig.from_json(args.config)
