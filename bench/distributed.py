@@ -22,6 +22,7 @@ with fewer idle cores than processes the efficiency is bounded by the idle cores
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -65,7 +66,10 @@ def worker(args: argparse.Namespace) -> None:
     pairs = stage.pairs["train"]
     trainer.batcher.candidates = trainer.step_batcher.candidates = stage.facts
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    batches = trainer.step_batcher.pair_batches(pairs, cfg.train.batch_size, make_rng(0, 0, 0))
+    def endless():                                             # epoch after epoch, as training does
+        for epoch in itertools.count():
+            yield from trainer.step_batcher.pair_batches(pairs, cfg.train.batch_size, make_rng(0, 0, epoch))
+    batches = endless()
     model.train()
     for _ in range(3):
         train_step(model, method, optimizer, next(batches), cfg, trainer.forward)
