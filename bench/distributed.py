@@ -16,8 +16,11 @@ of data/flickr8k.h5 when present, else a synthetic set with the small CNN), then
 
 Reported per repeat and as medians: the rates of 1 and W processes, speed-up = rate_W / rate_1 and
 scaling efficiency = speed-up / W, each ratio taken within one repeat (same load). On a shared CPU
-with fewer idle cores than processes the efficiency is bounded by the idle cores: see
-``loadavg_1_5_15`` in the result file.
+with fewer idle cores than processes the wall-clock efficiency is bounded by the idle cores (see
+``loadavg_1_5_15`` in the result file); the CPU time per image (``time.process_time`` summed over the
+processes, communication threads included) does not depend on how many cores are idle, and its
+ratio 1 process / W processes is the *work* efficiency: 1 when W processes do no more work in all
+than one (the gathers, all-reduces and duplicated batch building are the difference).
 """
 from __future__ import annotations
 
@@ -74,18 +77,20 @@ def worker(args: argparse.Namespace) -> None:
     for _ in range(3):
         train_step(model, method, optimizer, next(batches), cfg, trainer.forward)
     distributed.barrier()
-    t0, n = time.perf_counter(), 0
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
     for _ in range(args.steps):
         batch = next(batches)
         train_step(model, method, optimizer, batch, cfg, trainer.forward)
         n += len(batch["fact_idx"])
+    train_cpu = time.process_time() - c0
     distributed.barrier()
     train_s = time.perf_counter() - t0
     model.eval()
     ctx = trainer.context(stage, {"images": 0, "facts": 0, "pairs": 0})
     distributed.barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     mas_importance(model, ctx.image_batches("train"), None, max_samples=args.omega_images)
+    omega_img_cpu = time.process_time() - c0
     distributed.barrier()
     omega_img_s = time.perf_counter() - t0
     n_img = min(args.omega_images, len(np.unique(pairs[:, 0])))
@@ -94,13 +99,16 @@ def worker(args: argparse.Namespace) -> None:
     distributed.barrier()
     omega_fact_s = time.perf_counter() - t0
     n_fact = min(args.omega_images, len(stage.facts))
+    cpu, _ = distributed.reduce_sums({"cpu": torch.tensor([train_cpu, omega_img_cpu], dtype=torch.float64)}, 0)
     if distributed.is_main():
         Path(args.result).write_text(json.dumps({
             "world_size": distributed.size(), "data": desc, "backbone": cfg.model.backbone,
             "global_batch": cfg.train.batch_size, "steps": args.steps,
             "train_images_per_s": n / train_s, "omega_images": n_img,
             "omega_images_per_s": n_img / omega_img_s, "omega_facts": n_fact,
-            "omega_facts_per_s": n_fact / omega_fact_s}))
+            "omega_facts_per_s": n_fact / omega_fact_s,
+            "train_cpu_ms_per_image": 1000 * float(cpu["cpu"][0]) / n,
+            "omega_cpu_ms_per_image": 1000 * float(cpu["cpu"][1]) / n_img}))
     distributed.stop()
 
 
@@ -144,6 +152,9 @@ def main() -> None:
             row[f"{key}_1"], row[f"{key}_{args.nproc}"] = one[key], many[key]
             row[f"{key}_speedup"] = many[key] / one[key]
             row[f"{key}_efficiency"] = many[key] / one[key] / args.nproc
+        for key in ("train_cpu_ms_per_image", "omega_cpu_ms_per_image"):
+            row[f"{key}_1"], row[f"{key}_{args.nproc}"] = one[key], many[key]
+            row[f"{key}_efficiency"] = one[key] / many[key]     # 1: no extra work on W processes
         rows.append(row)
         print(f"repeat {r + 1}/{args.repeats}: training {one['train_images_per_s']:.1f} → "
               f"{many['train_images_per_s']:.1f} images/s, Ω {one['omega_images_per_s']:.1f} → "
@@ -154,6 +165,10 @@ def main() -> None:
               "speedup": median[f"{key}_speedup"], "eff": median[f"{key}_efficiency"]}
              for name, key in (("training images/s", "train_images_per_s"),
                                ("Ω images/s", "omega_images_per_s"), ("Ω facts/s", "omega_facts_per_s"))]
+    table += [{"what": name, "one": median[f"{key}_1"], "many": median[f"{key}_{W}"],
+               "eff": median[f"{key}_efficiency"]}
+              for name, key in (("training CPU ms/image", "train_cpu_ms_per_image"),
+                                ("Ω CPU ms/image", "omega_cpu_ms_per_image"))]
     print(f"\n{one['data']}, {one['backbone']}, global batch {one['global_batch']}, 1 thread per process; "
           f"medians of {args.repeats} repeats")
     common.print_table(table, [("what", "", ""), ("one", "1 process", ".1f"), ("many", f"{W} processes", ".1f"),
