@@ -137,16 +137,25 @@ class Evaluator:
 
     # ---- measuring --------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
-        """All metrics of ``model`` (module docstring layout). The model is put in eval mode."""
+        """All metrics of ``model`` (module docstring layout). The model is put in eval mode.
+
+        On several processes (``factmas.distributed``) each rank embeds its share of the images and
+        facts, the rows are gathered, rank 0 runs the search and the metrics and every rank returns
+        rank 0's result."""
+        from factmas.distributed import broadcast, gather_rows, is_main
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
         if self.inputs is not None:
-            phi = embed_inputs(model, self.inputs, self.image_ids, cfg.embed_batch)
+            phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch),
+                              self.image_ids)
         else:
-            phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
-        psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
-        return self.evaluate_embeddings(phi, psi, time.perf_counter() - t0)
+            phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
+                                                       self.device), self.image_ids)
+        psi = gather_rows(lambda ids: embed_facts(model, data.tokens[ids], data.order[ids],
+                                                  cfg.embed_batch, self.device), np.arange(data.num_facts))
+        result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
+        return broadcast(result)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
                             label: str = "evaluation") -> dict:

@@ -17,6 +17,9 @@ The estimator:
   (image x_k, its true fact f_k of order o_k). Empirical: the observed fact, not one sampled from a
   model distribution (this model has no likelihood). The contrastive term of the task loss couples the
   samples of a batch, so it has no per-sample gradient and is left out.
+
+Distributed (torchrun): each process sums (∂ℓ_k/∂θ)² over its share of the task's training pairs;
+``factmas.distributed.reduce_sums`` adds the sums and the counts (F = sum / N on every rank).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Callable, ClassVar, Iterable, Optional
 import torch
 from torch import nn
 
+from factmas.distributed import reduce_sums
 from factmas.loss import pair_regression_losses as loss_per_pair
 from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
@@ -69,6 +73,7 @@ def ewc_fisher(model: nn.Module, pair_batches: Iterable[PairBatch], max_samples:
     t0 = time.perf_counter()
     with eval_mode(model):
         sums, n = estimator(model, pair_regression_losses, pair_batches, max_samples, power=2)
+    sums, n = reduce_sums(sums, n)             # several processes: every rank's sums and counts
     if n == 0:
         raise ValueError("EWC Fisher: no training pairs to estimate it from (empty batches)")
     log.info("EWC Fisher from %d pairs: %.1f pairs/s", n, n / max(time.perf_counter() - t0, 1e-9))

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from factmas.distributed import reduce_sums
 from factmas.methods.mas import MAS
 from factmas.methods.quadratic import eval_mode
 from factmas.persample.hooks import DEFAULT_BUDGET, batch_size, capped, trainable
@@ -135,6 +136,7 @@ def local_mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor]
                     model.fact_branch(tokens, order)
                     hooks.add(B, sums, fact_slot_masks(model, (tokens, order)))
                 n += B
+            sums, n = reduce_sums(sums, n)     # several processes: every rank's sums and counts
             if n == 0:
                 raise ValueError(f"local MAS importance: no {what}s to estimate Ω from")
             for name, s in sums.items():

@@ -29,6 +29,10 @@ Each takes the per-sample routine as a function (``estimator``, default the hook
   MAS code (batch size > 1), Avalanche and FACIL compute; ≤ the exact Ω elementwise.
 
 The model is put in eval mode while Ω is estimated (samples independent; modes restored after).
+
+Distributed (torchrun): each process sums over its share of the task's images and facts (the
+trainer's ``TaskContext`` hands each rank its share), ``factmas.distributed.reduce_sums`` adds the sums
+and the counts, Ω = sum / N on every rank: the one-process Ω up to the order of float additions.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from factmas.distributed import is_main, reduce_sums
 from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
@@ -85,8 +90,9 @@ def mas_omega(model: nn.Module, image_batches: Iterable[Any] | None, fact_batche
                 continue
             start = time.perf_counter()
             with tqdm(total=max_samples, unit=what, desc=f"MAS Ω ({what}s, {label})",
-                      disable=None, leave=False) as bar:
+                      disable=None if is_main() else True, leave=False) as bar:
                 sums, n = estimator(model, loss_fn, batches, max_samples, progress=bar.update)
+            sums, n = reduce_sums(sums, n)     # several processes: every rank's sums and counts
             if n == 0:
                 raise ValueError(f"MAS importance: no {what}s to estimate Ω from (empty batches)")
             for name, s in sums.items():

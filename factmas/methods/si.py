@@ -17,6 +17,10 @@ possible with Adam's momentum) is set to 0 (a penalty needs Ω ≥ 0). With plai
 small steps, Σ −g Δθ → L(θ_start) − L(θ_end) (tests/methods/test_methods_si.py).
 
 Memory: three extra copies of the parameters during a task (ω, θ at the task start, θ before the step).
+
+Distributed (torchrun): nothing to reduce. ``p.grad`` read in ``before_step`` is already the gradient of
+the global batch that DistributedDataParallel all-reduced, and θ is the same on every rank, so every
+rank accumulates the same ω.
 """
 from __future__ import annotations
 

@@ -172,10 +172,11 @@ def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
 
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     data_provenance: dict | None = None, data_fingerprint: dict | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, extra: dict | None = None) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
-    The caller holds the directory's lock (``factmas.run.lock.RunLock``).
+    The caller holds the directory's lock (``factmas.run.lock.RunLock``). ``extra``: more top-level
+    keys of config.json (the trainer's ``"distributed"``: world size, global batch, lr).
 
     Raises:
         RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
@@ -207,6 +208,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
         "data_provenance": data_provenance or {},
         "data_fingerprint": data_fingerprint or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
     }
     atomic_write_json(run_dir / CONFIG_NAME, record)
     return run_dir

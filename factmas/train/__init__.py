@@ -15,6 +15,7 @@ Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from factmas.data.experience import Experience, experiences
 from factmas.evaluation.evaluator import Evaluator
 from factmas.evaluation.recorder import Recorder
 from factmas.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
+from factmas.distributed import agree, is_main, main_first, size
+from factmas.distributed.world import local_device
 from factmas.methods import METHODS, Method, foreign_options, make_method, options_for
 from factmas.run.checkpoint import CheckpointError
 from factmas.run.lock import RunLock
@@ -80,6 +83,10 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if not tc.lr > 0:
         raise UsageError(f"train.lr must be > 0, got {tc.lr}")
+    if size() > 1 and tc.omega_max_samples is not None and "+" in tc.omega_data:
+        raise UsageError(f"train.omega_max_samples = {tc.omega_max_samples} with omega_data "
+                         f"{tc.omega_data!r} on {size()} processes: the cap over several image splits "
+                         "is not sharded; use one image split, no cap, or one process")
     return int(data.task_of_facts(tc.split).max()) + 1
 
 
@@ -113,13 +120,14 @@ def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Method
 
 
 def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress: bool = True,
-                  parts: tuple | None = None) -> tuple[ContinualTrainer, list[Experience]]:
+                  parts: tuple | None = None, inputs=None) -> tuple[ContinualTrainer, list[Experience]]:
     """The trainer and its stream: ``parts`` from ``build_parts`` (built here when None), the image
-    inputs (a pretrained backbone's feature cache is read, or computed and written, here) and the
-    evaluator."""
+    ``inputs`` (None: a pretrained backbone's feature cache is read, or computed and written, here;
+    several processes: rank 0 first, ``shared_inputs``) and the evaluator."""
     from factmas.features import image_inputs
     model, method, tasks = parts if parts is not None else build_parts(cfg, data)
-    inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
+    if inputs is None:
+        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
     stream = plan_stages(method, tasks)
     evaluator = recorder = None
     if cfg.eval.enabled:
@@ -128,6 +136,40 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, tasks, evaluator,
                                progress=progress, inputs=inputs, recorder=recorder)
     return trainer, stream
+
+
+def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: torch.nn.Module,
+                  progress: bool):
+    """The image inputs (``factmas.features.image_inputs``); on several processes rank 0 reads or
+    builds the feature cache first, then the others read it."""
+    from factmas.features import image_inputs
+    return main_first(lambda: image_inputs(model, data, device, cache=cfg.train.feature_cache,
+                                           progress=progress and is_main()))
+
+
+@contextlib.contextmanager
+def _lock(run_dir: str | Path):
+    """``RunLock`` held by rank 0 (the only writer); a failure to take it is raised on every rank."""
+    lock = RunLock(run_dir) if is_main() else None
+    agree(lambda: lock.__enter__() if lock is not None else None)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def distributed_record(cfg: RunConfig) -> dict:
+    """What config.json says about the processes: world size, backend, the global batch (=
+    ``train.batch_size``, split over the processes) and the learning rate (not scaled: the global
+    batch is the same on any number of processes)."""
+    import torch.distributed as dist
+    world = size()
+    return {"world_size": world,
+            "backend": dist.get_backend() if world > 1 else None,
+            "global_batch_size": cfg.train.batch_size,
+            "per_process_batch_size": -(-cfg.train.batch_size // world),
+            "lr": cfg.train.lr}
 
 
 def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_tasks: int | None = None,
@@ -141,15 +183,18 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
     if not cfg.out:
         raise UsageError("no run directory: set out (--out RUN_DIR)")
     check_run_args(cfg, limit_tasks)
-    device = resolve_device(cfg.train.device)
+    device = local_device(resolve_device(cfg.train.device))
     run = RunDir(cfg.out)
-    run.check_free(overwrite)                           # before the feature cache is built
+    agree(lambda: run.check_free(overwrite))            # before the feature cache is built
     data = data if data is not None else read_dataset(cfg.data)
     parts = build_parts(cfg, data)
-    with RunLock(cfg.out):
-        trainer, stages = build_trainer(cfg, data, device, progress, parts)
-        run.prepare(cfg, command=command, data_provenance=data.provenance,
-                    data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
+    with _lock(cfg.out):
+        inputs = shared_inputs(cfg, data, device, parts[0], progress)
+        trainer, stages = build_trainer(cfg, data, device, progress, parts, inputs)
+        agree(lambda: run.prepare(
+            cfg, command=command, data_provenance=data.provenance,
+            data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite,
+            extra={"distributed": distributed_record(cfg)}) if is_main() else None)
         log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out,
                  cfg.train.method, cfg.train.reg_lambda, cfg.train.split, len(stages), device)
         return trainer.run(stages, limit=limit_tasks)
@@ -170,16 +215,24 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     run = RunDir(run_dir)
     cfg, record = run.read_config()
     cfg.out = str(run_dir)
+    trained_by = int((record.get("distributed") or {}).get("world_size", 1))
+    if trained_by != size():
+        how = (f"torchrun --nproc-per-node {trained_by} -m factmas.cli train --resume {run_dir}"
+               if trained_by > 1 else f"factmas train --resume {run_dir} (one process, no torchrun)")
+        raise UsageError(f"{run_dir} was trained by {trained_by} process(es), this resume has "
+                         f"{size()}; resume it with {trained_by}: {how} (a resumed run repeats the "
+                         "uninterrupted run bit for bit only on the same number of processes)")
     if threads is not None:          # bitwise equality with an uninterrupted run needs the same count
         cfg.train.threads = threads
     check_run_args(cfg, limit_tasks)
-    dev = resolve_device(device or cfg.train.device)
+    dev = local_device(resolve_device(device or cfg.train.device))
     data = data if data is not None else read_dataset(cfg.data)
     check_settings(cfg, data)
     run.check_same_data(record, data, cfg.train.split)
     parts = build_parts(cfg, data)
-    with RunLock(run_dir):
-        trainer, stages = build_trainer(cfg, data, dev, progress, parts)
+    with _lock(run_dir):
+        inputs = shared_inputs(cfg, data, dev, parts[0], progress)
+        trainer, stages = build_trainer(cfg, data, dev, progress, parts, inputs)
         last = run.latest_checkpoint()
         if last is None:
             trainer.metrics.truncate(0)      # a run killed during its first task starts over
@@ -192,4 +245,5 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
 
 
 __all__ = ["CheckpointError", "Experience", "RunDirError", "RunState", "TrainingError", "UsageError",
-           "build_method", "build_trainer", "plan_stages", "resolve_device", "resume", "train"]
+           "build_method", "build_trainer", "plan_stages", "resolve_device", "resume", "shared_inputs",
+           "train"]

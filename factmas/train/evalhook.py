@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from factmas.data.experience import Experience
+from factmas.distributed import gather_rows
 from factmas.evaluation.recorder import Recorder
 from factmas.run.checkpoint import plain
 from factmas.run.rundir import RunDir
@@ -76,8 +77,11 @@ class EvalHook:
         if not len(self.images):
             return [None] * len(self.val_pairs)
         b = self.batcher
-        phi = torch.cat([model.image_branch(x) for x in b.image_batches(self.images, self.embed_batch)])
-        psi = torch.cat([model.fact_branch(t, o) for t, o in b.fact_batches(self.facts, self.embed_batch)])
+        # several processes: each rank embeds its share, every rank gets all rows (factmas.distributed)
+        phi = gather_rows(lambda ids: torch.cat([model.image_branch(x) for x in b.image_batches(
+            ids, self.embed_batch)]), self.images)
+        psi = gather_rows(lambda ids: torch.cat([model.fact_branch(t, o) for t, o in b.fact_batches(
+            ids, self.embed_batch)]), self.facts)
         out: list[float | None] = []
         for pairs in self.val_pairs:
             if len(pairs) == 0:

@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
 from factmas.data.experience import Experience
+from factmas.distributed import is_main, shard, shard_bounds, size
+from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss
 from factmas.methods.base import Method, TaskContext
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -74,17 +76,18 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
 
 
 def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
-               cfg: RunConfig) -> tuple[float, dict, dict]:
+               cfg: RunConfig, forward: Callable = forward_loss) -> tuple[float, dict, dict]:
     """One training step on a pair batch: loss = task loss + method penalty + method extra loss,
     backward, ``method.before_step``, optimizer step, ``method.after_step``.
 
     Returns (total loss value, step parts {"total", "task", "penalty", "extra", "regression",
     "contrastive"} as floats, the task loss parts of ``fact_loss``). A non-finite total is returned
     before backward, with the model and optimizer untouched, so that the caller can stop.
+    ``forward``: ``forward_loss`` or, on several processes, ``factmas.distributed.step.DistributedForward``.
     ``bench/train_overhead.py`` times this function against a plain PyTorch loop.
     """
     optimizer.zero_grad(set_to_none=True)
-    task_loss, parts, out = forward_loss(model, batch, cfg)
+    task_loss, parts, out = forward(model, batch, cfg)
     penalty = method.penalty(model)
     extra = method.extra_loss(model, batch, out)
     loss = task_loss + penalty + extra
@@ -133,14 +136,17 @@ class ContinualTrainer:
         self.model, self.method, self.device = model.to(device), method, device
         self.tasks = tasks
         self.num_tasks = len(tasks)
-        self.progress = progress
+        self.progress = progress and is_main()          # progress and logs from rank 0 only
         self.batcher = Batcher(data, device, inputs, tasks[0].relevance if tasks else None)
+        # several processes (torchrun): each loads and embeds its rows of the global batch, DDP
+        self.step_batcher = shard_batcher(self.batcher)
+        self.forward = DistributedForward(self.model, device) if size() > 1 else forward_loss
         self.pixel_input = getattr(model, "image_stem", None) is None
         self.hook = EvalHook(tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
                                                                          cfg.loss),
                              cfg.train.batch_size, cfg.train.aux_batch_size, evaluator, recorder)
-        self.metrics = RunDir(self.run_dir).metrics_log()
+        self.metrics = RunDir(self.run_dir).metrics_log() if is_main() else _NoMetrics()
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -185,12 +191,13 @@ class ContinualTrainer:
             self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
                                  "stage_seconds": time.perf_counter() - t0})
             state.optimizer_state = optimizer.state_dict()
-            save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
-                            method=self.method, completed_tasks=state.completed_tasks,
-                            config=self.cfg.to_dict(), history=state.history,
-                            metrics_lines=self.metrics.lines)
+            if is_main():                                # every rank holds the same state
+                save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
+                                method=self.method, completed_tasks=state.completed_tasks,
+                                config=self.cfg.to_dict(), history=state.history,
+                                metrics_lines=self.metrics.lines)
             state.next_stage = stage.index + 1
-        for p in self.hook.write(self.run_dir):
+        for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
         return state
 
@@ -203,18 +210,34 @@ class ContinualTrainer:
 
     def context(self, stage: Experience, reads: dict[str, int]) -> TaskContext:
         """The TaskContext of ``stage``: image, fact and pair batches of its experience; what a
-        method reads through them is counted in ``reads`` ("images", "facts", "pairs") for the log."""
+        method reads through them is counted in ``reads`` ("images", "facts", "pairs") for the log; on
+        several processes each rank's batches hold its share (``_share``) of the samples."""
         tc, b = self.cfg.train, self.batcher
         return TaskContext(
             task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
             device=self.device,
             image_batches=lambda which: _counted(b.image_batches(
-                stage.images[which], tc.aux_batch_size), reads, "images", len),
-            fact_batches=lambda: _counted(b.fact_batches(stage.facts, tc.aux_batch_size),
+                self._share(stage.images[which]), tc.aux_batch_size), reads, "images", len),
+            fact_batches=lambda: _counted(b.fact_batches(self._share(stage.facts), tc.aux_batch_size),
                                           reads, "facts", lambda x: len(x[1])),
-            pair_batches=lambda: _counted(b.pair_batches(
-                stage.pairs["train"], tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+            pair_batches=lambda: _counted(self._pair_batches(
+                stage.pairs["train"], make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
                 reads, "pairs", lambda x: len(x["fact_idx"])))
+
+    def _share(self, items: np.ndarray) -> np.ndarray:
+        """One process: ``items``. Several: this rank's share of the first ``omega_max_samples``
+        (the methods' per-sample sums are then all-reduced: ``factmas.distributed.reduce_sums``)."""
+        if size() == 1:
+            return items
+        return shard(items[:self.cfg.train.omega_max_samples])
+
+    def _pair_batches(self, pairs: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
+        """The training pairs shuffled by ``rng`` in batches; several processes: this rank's share
+        (sums over pairs do not depend on how the pairs are batched)."""
+        if size() == 1:
+            return self.batcher.pair_batches(pairs, self.cfg.train.batch_size, rng)
+        return self.batcher.pair_batches(self._share(pairs[rng.permutation(len(pairs))]),
+                                         self.cfg.train.batch_size)
 
     def train_stage(self, stage: Experience, state: RunState) -> tuple[torch.optim.Optimizer, float]:
         """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
@@ -222,7 +245,8 @@ class ContinualTrainer:
         torch.manual_seed(stage_seed(tc.seed, stage.index))
         pairs = stage.pairs["train"]
         name = self._name(stage)
-        self.batcher.candidates = stage.facts if self.cfg.loss.fact_softmax_weight > 0 else None
+        self.batcher.candidates = self.step_batcher.candidates = (
+            stage.facts if self.cfg.loss.fact_softmax_weight > 0 else None)
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
@@ -262,10 +286,13 @@ class ContinualTrainer:
                    disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
-            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
+            for step, batch in enumerate(self.step_batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
                 if self.pixel_input and (tc.augment_shift or tc.augment_flip):
-                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip)
-                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
+                    B = len(batch["fact_idx"])      # the global batch; the images: this rank's rows
+                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip,
+                                                     total=B, start=shard_bounds(B)[0])
+                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg,
+                                                      self.forward)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
                 b = len(batch["fact_idx"])
@@ -293,6 +320,17 @@ class ContinualTrainer:
         self.metrics.append({"event": "error", "stage": stage.index, "epoch": epoch, "step": step,
                              "message": msg})
         raise TrainingError(msg)
+
+
+class _NoMetrics:
+    """metrics.jsonl on ranks other than 0: nothing is written (rank 0 writes the run's file)."""
+    lines = 0
+
+    def append(self, record: dict) -> None:
+        self.lines += 1
+
+    def truncate(self, lines: int) -> None:
+        self.lines = lines
 
 
 __all__ = ["ContinualTrainer", "RunState", "TrainingError", "finite_mean", "forward_loss", "train_step"]
