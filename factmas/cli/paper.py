@@ -139,8 +139,21 @@ def _disjoint_seeds(args: argparse.Namespace, seeds: list[int], splits: list[str
     return []
 
 
+QUIET_LOGGERS = ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; returns the exit status."""
+    """Run the comparison; returns the exit status. The per-epoch loggers are quiet meanwhile (one
+    line per run) and get their levels back at the end, so a caller's logging is left as it was."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    try:
+        return _main(argv)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _main(argv: list[str] | None) -> int:
     from factmas.data.dataset import DatasetError, read_dataset
     from factmas.experiments.paper_report import write_outputs
     args = parse(build_parser(), argv)
@@ -148,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     try:

@@ -11,7 +11,7 @@ from factmas.config import ModelConfig, TrainConfig
 
 T, M = TrainConfig(), ModelConfig()
 # the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that
-# no torch import is needed; tests/test_cli_help.py checks they are the registries' keys
+# no torch import is needed; tests/cli/test_cli_help.py checks they are the registries' keys
 METHOD_NAMES = ("finetune", "joint", "mas", "l-mas", "ewc", "si", "lwf")
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
                   "resnet50", "small_cnn", "resnet18_gn")

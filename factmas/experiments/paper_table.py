@@ -260,11 +260,9 @@ def run_summary(res: dict) -> dict:
 def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
     dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
-    from factmas.train import data_fingerprint
-    from factmas.run.rundir import same_fingerprint
-    try:
-        record = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
+    from factmas.run.rundir import RunDir, data_fingerprint, same_fingerprint
+    record = RunDir(out).record()
+    if not record:
         return False
     paths = ("data", "out")
     old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}

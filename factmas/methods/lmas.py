@@ -26,7 +26,6 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from factmas.methods.base import TaskContext
 from factmas.methods.mas import MAS
 from factmas.methods.quadratic import eval_mode
 from factmas.persample.hooks import DEFAULT_BUDGET, batch_size, capped, trainable
@@ -146,10 +145,6 @@ def local_mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor]
 
 
 class LocalMAS(MAS):
-    """ℓ-MAS; same options as ``MAS`` (``omega_data`` "train", "test", "train+test", ...)."""
+    """ℓ-MAS: ``MAS`` with ``local_mas_importance``; the same options (``MASOptions``)."""
     name = "l-mas"
-
-    def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """Local Ω of task ``ctx.task`` (module docstring) from its images and facts."""
-        cap = self.omega_max_samples if self.omega_max_samples is not None else ctx.max_samples
-        return local_mas_importance(model, self._images(ctx), ctx.fact_batches(), max_samples=cap)
+    importance = staticmethod(local_mas_importance)

@@ -44,8 +44,8 @@ class LwF(Method):
     """LwF on image embeddings; ``reg_lambda`` is the distillation weight λ (≥ 0)."""
     name = "lwf"
 
-    def __init__(self, reg_lambda: float = 1.0, **options: Any) -> None:
-        super().__init__(reg_lambda, **options)
+    def __init__(self, reg_lambda: float = 1.0, options: Any = None, **values: Any) -> None:
+        super().__init__(reg_lambda, options, **values)
         if self.reg_lambda < 0:
             raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
         self.old: nn.Module | None = None

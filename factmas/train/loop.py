@@ -1,9 +1,9 @@
 """The continual loop: training stages in order, each followed by the method's update, an evaluation
 and an atomic checkpoint.
 
-A *stage* is a list of tasks trained together: one task per stage for sequential continual learning
-(``sequential_stages``); joint training (the upper bound) is one stage holding every task. For each
-stage s, as ``factmas.methods.base`` describes::
+A *stage* is one experience of the method's stream (``factmas.data.experience``): one task per
+stage for sequential continual learning; joint training (the upper bound) is one experience holding
+every task. For each stage s, as ``factmas.methods.base`` describes::
 
     torch.manual_seed(stage_seed(seed, s))          # a resumed run draws what an uninterrupted one does
     method.on_task_start(model, ctx)
@@ -34,35 +34,20 @@ from tqdm.auto import tqdm
 
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
+from factmas.data.experience import Experience
 from factmas.loss import fact_loss
 from factmas.methods.base import Method, TaskContext
+from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
-from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
-from factmas.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
-from factmas.run.rundir import MetricsLog
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names task, epoch and step."""
-
-
-@dataclass
-class Stage:
-    """One training stage: ``tasks`` trained together; checkpoint ``task{index}.pt``."""
-    index: int
-    tasks: list[int]
-
-    @property
-    def label(self) -> str:
-        return f"task{self.index}"
-
-
-def sequential_stages(num_tasks: int) -> list[Stage]:
-    """One stage per task, in order: [Stage(0, [0]), Stage(1, [1]), ...]."""
-    return [Stage(t, [t]) for t in range(num_tasks)]
 
 
 @dataclass
@@ -134,26 +119,28 @@ class ContinualTrainer:
         cfg: the resolved run configuration.  data: the dataset in memory.  run_dir: output folder
         (its config.json is written by the caller).  model: built and seeded by the caller.
         method: a ``factmas.methods`` method.  device: where training happens.
+        tasks: the experience of each task of ``cfg.train.split`` (``factmas.data.experience``).
         evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
-        num_tasks: k, the number of tasks of ``cfg.train.split``.  progress: show tqdm bars.
+        recorder: the ``factmas.evaluation.recorder.Recorder`` of the evaluator's rows (None: a
+            default one).  progress: show tqdm bars.
         inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
 
     def __init__(self, cfg: RunConfig, data: FactData, run_dir: str | Path, model: nn.Module,
-                 method: Method, device: torch.device, num_tasks: int, evaluator: Any = None,
-                 progress: bool = True, inputs: Any = None) -> None:
+                 method: Method, device: torch.device, tasks: list[Experience], evaluator: Any = None,
+                 progress: bool = True, inputs: Any = None, recorder: Any = None) -> None:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model, self.method, self.device = model.to(device), method, device
-        self.num_tasks = num_tasks
+        self.tasks = tasks
+        self.num_tasks = len(tasks)
         self.progress = progress
-        self.batcher = Batcher(data, device, inputs)
+        self.batcher = Batcher(data, device, inputs, tasks[0].relevance if tasks else None)
         self.pixel_input = getattr(model, "image_stem", None) is None
-        self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
-        self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher,
+        self.hook = EvalHook(tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
                                                                          cfg.loss),
-                             cfg.train.batch_size, cfg.train.aux_batch_size, evaluator)
-        self.metrics = MetricsLog(self.run_dir)
+                             cfg.train.batch_size, cfg.train.aux_batch_size, evaluator, recorder)
+        self.metrics = RunDir(self.run_dir).metrics_log()
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -175,7 +162,7 @@ class ContinualTrainer:
                         metrics_lines=ckpt["metrics_lines"])
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run(self, stages: list[Stage], state: RunState | None = None,
+    def run(self, stages: list[Experience], state: RunState | None = None,
             limit: int | None = None) -> RunState:
         """Train ``stages[state.next_stage : limit]``; write the report when the loop ends.
 
@@ -214,47 +201,40 @@ class ContinualTrainer:
             opt.load_state_dict(state.optimizer_state)
         return opt
 
-    def context(self, stage: Stage) -> TaskContext:
-        """The TaskContext of ``stage`` (image, fact and pair batches of its tasks)."""
-        tc, split, b = self.cfg.train, self.cfg.train.split, self.batcher
-        facts = task_facts(self.data, split, stage.tasks)
-        train_pairs = self.data.task_pairs(split, stage.tasks, "train")
-        reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
+    def context(self, stage: Experience, reads: dict[str, int]) -> TaskContext:
+        """The TaskContext of ``stage``: image, fact and pair batches of its experience; what a
+        method reads through them is counted in ``reads`` ("images", "facts", "pairs") for the log."""
+        tc, b = self.cfg.train, self.batcher
         return TaskContext(
             task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
             device=self.device,
             image_batches=lambda which: _counted(b.image_batches(
-                task_images(self.data, split, stage.tasks, which), tc.aux_batch_size),
-                reads, "images", len),
-            fact_batches=lambda: _counted(b.fact_batches(facts, tc.aux_batch_size),
+                stage.images[which], tc.aux_batch_size), reads, "images", len),
+            fact_batches=lambda: _counted(b.fact_batches(stage.facts, tc.aux_batch_size),
                                           reads, "facts", lambda x: len(x[1])),
             pair_batches=lambda: _counted(b.pair_batches(
-                train_pairs, tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
-                reads, "pairs", lambda x: len(x["fact_idx"])),
-            loss_fn=self.loss_fn, config=self.cfg, max_samples=tc.omega_max_samples,
-            extra={"stage": stage.index, "tasks": list(stage.tasks), "num_tasks": self.num_tasks,
-                   "data": self.data, "split": split, "reads": reads})
+                stage.pairs["train"], tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+                reads, "pairs", lambda x: len(x["fact_idx"])))
 
-    def train_stage(self, stage: Stage, state: RunState) -> tuple[torch.optim.Optimizer, float]:
+    def train_stage(self, stage: Experience, state: RunState) -> tuple[torch.optim.Optimizer, float]:
         """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
         tc = self.cfg.train
         torch.manual_seed(stage_seed(tc.seed, stage.index))
-        pairs = self.data.task_pairs(tc.split, stage.tasks, "train")
+        pairs = stage.pairs["train"]
         name = self._name(stage)
-        self.batcher.candidates = (task_facts(self.data, tc.split, stage.tasks)
-                                   if self.cfg.loss.fact_softmax_weight > 0 else None)
+        self.batcher.candidates = stage.facts if self.cfg.loss.fact_softmax_weight > 0 else None
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
                  f"{len(np.unique(pairs[:, 0])):,}", f"{len(np.unique(pairs[:, 1])):,}")
-        ctx = self.context(stage)
+        reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
+        ctx = self.context(stage, reads)
         self.model.train()
         self.method.on_task_start(self.model, ctx)
         optimizer = self._optimizer(state)
         for epoch in range(tc.epochs):
             self._epoch(stage, epoch, pairs, optimizer, state)
         self.model.eval()
-        reads = ctx.extra["reads"]
         reads.update(images=0, facts=0, pairs=0)
         t0 = time.perf_counter()
         self.method.on_task_end(self.model, ctx)
@@ -265,12 +245,12 @@ class ContinualTrainer:
                      self.method.name.upper(), read, seconds)
         return optimizer, seconds
 
-    def _name(self, stage: Stage) -> str:
+    def _name(self, stage: Experience) -> str:
         if len(stage.tasks) == 1:
             return f"task {stage.tasks[0] + 1}/{self.num_tasks}"
         return f"stage {stage.index + 1} (tasks {', '.join(str(t + 1) for t in stage.tasks)})"
 
-    def _epoch(self, stage: Stage, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
+    def _epoch(self, stage: Experience, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
                state: RunState) -> None:
         tc, model, method = self.cfg.train, self.model, self.method
         name = self._name(stage)
@@ -304,8 +284,7 @@ class ContinualTrainer:
                              **{f"train_{k}": v for k, v in means.items()},
                              "seconds": seconds, "images_per_s": rate})
 
-    def _fail(self, stage: Stage, epoch: int, step: int, value: float, parts: dict) -> None:
-        from factmas.run.checkpoint import latest_checkpoint
+    def _fail(self, stage: Experience, epoch: int, step: int, value: float, parts: dict) -> None:
         last = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint {last} is kept" if last else "no task was completed yet"
         msg = (f"non-finite loss {value} in {self._name(stage)}, epoch {epoch + 1}/"
@@ -316,5 +295,4 @@ class ContinualTrainer:
         raise TrainingError(msg)
 
 
-__all__ = ["ContinualTrainer", "RunState", "Stage", "TrainingError", "finite_mean", "forward_loss",
-           "sequential_stages", "train_step"]
+__all__ = ["ContinualTrainer", "RunState", "TrainingError", "finite_mean", "forward_loss", "train_step"]

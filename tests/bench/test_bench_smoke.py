@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 SCRIPTS = ("train_overhead", "omega", "eval_scaling", "data_loading", "memory")
 
 
+@pytest.mark.slow           # the slowest test of the suite (about 9 s): five scripts in subprocesses
 def test_every_benchmark_runs_quick_and_writes_json(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "--out-dir",
                            str(tmp_path)], capture_output=True, text=True, timeout=600)

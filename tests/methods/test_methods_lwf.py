@@ -18,7 +18,7 @@ def ctx(task: int) -> TaskContext:
     def none(*a):
         raise AssertionError("LwF reads no data at task boundaries")
     return TaskContext(task=task, device=torch.device("cpu"), image_batches=none, fact_batches=none,
-                       pair_batches=none, loss_fn=none)
+                       pair_batches=none)
 
 
 def test_distillation_loss_against_a_naive_reference():

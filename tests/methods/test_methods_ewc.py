@@ -90,14 +90,14 @@ def _ctx(task, batch):
     def none(*a):
         raise AssertionError("EWC reads only the training pairs")
     return TaskContext(task=task, device=torch.device("cpu"), image_batches=none, fact_batches=none,
-                       pair_batches=lambda: iter(dicts), loss_fn=none, config=RunConfig())
+                       pair_batches=lambda: iter(dicts))
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.3])
 def test_ewc_sums_or_decays_the_fisher_over_tasks(gamma, tiny_model):
     model = tiny_model()
     b1, b2 = random_pairs(5, seed=3), random_pairs(5, seed=4)
-    method = make_method("ewc", 2.0, ewc_gamma=gamma, omega_data="train", omega_max_samples=None)
+    method = make_method("ewc", 2.0, gamma=gamma, max_samples=None)
     assert isinstance(method, EWC)
     method.on_task_end(model, _ctx(0, b1))
     f1 = naive_fisher(model, b1)
@@ -111,7 +111,7 @@ def test_ewc_sums_or_decays_the_fisher_over_tasks(gamma, tiny_model):
         assert torch.allclose(method.omega[n], expected, rtol=1e-7, atol=1e-12), n
         assert torch.equal(method.anchor[n], dict(model.named_parameters())[n].detach())
     with pytest.raises(ValueError, match="ewc_gamma"):
-        EWC(1.0, ewc_gamma=1.5)
+        EWC(1.0, gamma=1.5)
 
 
 def test_ewc_runs_two_tasks_through_the_trainer(tmp_path):

@@ -31,7 +31,7 @@ def ctx(task: int) -> TaskContext:
     def none(*a):
         raise AssertionError("SI reads no data")
     return TaskContext(task=task, device=torch.device("cpu"), image_batches=none, fact_batches=none,
-                       pair_batches=none, loss_fn=none)
+                       pair_batches=none)
 
 
 def run_task(model: Quadratic, method: SI, task: int, lr: float, steps: int, target=None) -> None:
@@ -55,7 +55,7 @@ def test_path_integral_of_gradient_descent_on_a_quadratic():
     a = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
     for lr, steps in ((0.1, 30), (1e-3, 3000)):
         model = Quadratic(theta0, a)
-        method = SI(reg_lambda=1.0, si_xi=0.1)
+        method = SI(reg_lambda=1.0, xi=0.1)
         run_task(model, method, 0, lr, steps)
         q = (1 - lr * a) ** 2
         exact = lr * a ** 2 * theta0 ** 2 * (1 - q ** steps) / (1 - q)
@@ -76,7 +76,7 @@ def test_second_task_uses_the_task_loss_gradient_only():
     a = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
     target = torch.randn(4, generator=g, dtype=torch.float64)
     model = Quadratic(theta0, a)
-    method = SI(reg_lambda=0.7, si_xi=0.1)
+    method = SI(reg_lambda=0.7, xi=0.1)
     run_task(model, method, 0, 0.1, 20)
     method.on_task_end(model, ctx(0))
     omega, anchor = method.omega["theta"].clone(), model.theta.detach().clone()
@@ -105,7 +105,7 @@ def test_si_importance_formula_and_errors():
     with pytest.raises(ValueError, match="different"):
         si_importance(w, {"y": d["x"]}, 0.1)
     with pytest.raises(ValueError, match="si_xi"):
-        make_method("si", 1.0, si_xi=-1.0)
+        make_method("si", 1.0, xi=-1.0)
     with pytest.raises(RuntimeError, match="on_task_start"):
         SI(1.0).on_task_end(Quadratic(torch.zeros(2), torch.ones(2)), ctx(0))
 

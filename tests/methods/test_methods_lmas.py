@@ -124,8 +124,8 @@ def test_lmas_method_uses_the_omega_data_images(tiny_model):
     def none(*a):
         raise AssertionError("not used")
     ctx = TaskContext(task=0, device=torch.device("cpu"), image_batches=image_batches,
-                      fact_batches=lambda: iter([(tokens, order)]), pair_batches=none, loss_fn=none)
-    method = make_method("l-mas", 1.0, omega_data="test")
+                      fact_batches=lambda: iter([(tokens, order)]), pair_batches=none)
+    method = make_method("l-mas", 1.0, data="test")
     assert isinstance(method, LocalMAS)
     method.on_task_end(model, ctx)
     assert asked == ["test"]
@@ -162,9 +162,9 @@ def test_omega_data_flag_reaches_the_method(data_path, tmp_path, method, caplog)
     saved = saved.get("config", saved)
     assert saved["train"]["omega_data"] == "train+test"
     from factmas.data.dataset import read_dataset
-    from factmas.train.batches import task_images
-    d = read_dataset(data_path)
-    n = len(task_images(d, "random2_seed0", [0], "train")) + len(task_images(d, "random2_seed0", [0], "test"))
+    from factmas.data.experience import experiences
+    first = experiences(read_dataset(data_path), "random2_seed0")[0]
+    n = len(first.images["train"]) + len(first.images["test"])
     assert f"read {n:,} images" in caplog.text
     rc = train_main(["--data", str(data_path), "--method", method, "--omega-data", "val+dev",
                      "--config", str(cfg), "--out", str(tmp_path / "bad"), "--no-progress"])

@@ -8,6 +8,7 @@ import numpy as np
 
 from factmas.config import RunConfig
 from factmas.data.dataset import read_dataset
+from factmas.data.experience import experiences
 from factmas.methods import Joint, make_method
 from factmas.evaluation.report import read_results
 from factmas.data.synthetic import make_synthetic_dataset
@@ -17,10 +18,20 @@ from factmas.run.checkpoint import last_path, load_checkpoint
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 
 
-def test_plan_stages_joint_is_one_stage_of_all_tasks():
-    assert [(s.index, s.tasks) for s in plan_stages("joint", 3)] == [(0, [0, 1, 2])]
-    assert [(s.index, s.tasks) for s in plan_stages("mas", 3)] == [(0, [0]), (1, [1]), (2, [2])]
+def test_plan_stages_joint_is_one_merged_experience_of_all_tasks(tmp_path):
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=80, image_size=16, num_tasks=3)
+    data = read_dataset(path)
+    tasks = experiences(data, "random3_seed0")
+    assert [(s.index, s.tasks) for s in plan_stages(make_method("joint"), tasks)] == [(0, [0, 1, 2])]
+    assert [(s.index, s.tasks) for s in plan_stages(make_method("mas"), tasks)] == [(0, [0]), (1, [1]), (2, [2])]
     assert type(make_method("joint", 5.0)) is Joint
+    joint = plan_stages(make_method("joint"), tasks)[0]
+    for which in ("train", "val", "test"):       # the merged experience is the one built for all tasks
+        assert np.array_equal(joint.pairs[which], data.task_pairs("random3_seed0", [0, 1, 2], which))
+        assert np.array_equal(joint.images[which], np.unique(joint.pairs[which][:, 0]))
+        for t in range(3):
+            assert np.array_equal(tasks[t].pairs[which], data.task_pairs("random3_seed0", t, which))
+    assert np.array_equal(joint.facts, np.sort(np.concatenate([t.facts for t in tasks])))
 
 
 def test_joint_trains_on_the_union_and_reports_one_row(tmp_path):

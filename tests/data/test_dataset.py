@@ -83,6 +83,13 @@ def test_disjoint_split_trains_each_image_with_one_task(tmp_path):
         # val and test images keep every fact of the task (evaluated as in the random split)
         for which in ("val", "test"):
             assert d.task_pairs(name, t, which).tolist() == d.task_pairs("random3_seed0", t, which).tolist()
+    # the experiences the trainer reads hold the same pairs (factmas.data.experience)
+    from factmas.data.experience import experiences, merge
+    exps = experiences(d, name)
+    for t in range(3):
+        assert exps[t].pairs["train"].tolist() == d.task_pairs(name, t, "train").tolist()
+        assert exps[t].pairs["test"].tolist() == d.task_pairs(name, t, "test").tolist()
+    assert len(merge(exps).pairs["train"]) == sum(len(d.task_pairs(name, t)) for t in range(3))
     # every training image in exactly one task
     seen = np.concatenate([np.unique(d.task_pairs(name, t, "train")[:, 0]) for t in range(3)])
     assert len(seen) == len(np.unique(seen)) == int((d.image_split == 0).sum())

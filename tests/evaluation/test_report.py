@@ -6,7 +6,9 @@ import pytest
 
 from factmas.evaluation import metrics as M
 from factmas.evaluation.evaluator import HEADLINE, METRICS
-from factmas.evaluation.report import (build_results, normalize_metrics, read_results, row_key, write_report)
+from factmas.evaluation.report import (build_results, is_complete, normalize_metrics, read_results, row_key,
+                                       stage_label, write_report)
+from factmas.run.rundir import RunDir
 
 T = 3
 R = np.array([[0.8, 0.1, 0.2], [0.6, 0.7, 0.3], [0.5, 0.4, 0.9]])
@@ -46,7 +48,8 @@ def test_build_results_R_and_summaries():
 
 def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     rows = {"initial": _row(B, 0.1), 0: _row(R[2], 0.5)}       # one stage (joint) over 3 tasks
-    res = build_results(rows, T, run={"method": "joint", "seed": 0})
+    res = build_results(rows, T, run={"method": "joint", "seed": 0}, stage_tasks=[[0, 1, 2]])
+    assert res["stage_tasks"] == [[0, 1, 2]] and res["complete"] is True
     e = res["metrics"][HEADLINE]
     assert e["final"] == pytest.approx(list(R[2]))
     assert e["forgetting"] is None and e["bwt"] is None and e["fwt"] is None
@@ -55,6 +58,11 @@ def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| after joint training | 50.00 | 40.00 | 90.00 | 50.00 |" in md
     assert "| – | – | – |" in md                                # forgetting, BWT, FWT undefined
+    legacy = {k: v for k, v in res.items() if k not in ("stage_tasks", "complete")}
+    assert stage_label(legacy, 0) == "after joint training" and is_complete(legacy)   # older files
+    seq = build_results(rows, T, run={"method": "mas", "seed": 0})      # one task per stage: unfinished
+    assert seq["stage_tasks"] == [[0], [1], [2]] and not seq["complete"] and not is_complete(seq)
+    assert stage_label(seq, 0) == "after T1"
 
 
 def test_write_report_files(tmp_path):
@@ -62,7 +70,7 @@ def test_write_report_files(tmp_path):
         {"config": {"train": {"method": "mas", "split": "random3_seed0", "reg_lambda": 2.0}}, "seed": 4}))
     rows = _rows()
     rows[0][HEADLINE][2] = float("nan")      # e.g. a task without test images; unused by F, BWT, FWT
-    paths = write_report(tmp_path, build_results(rows, T, run_name="mas_s4"))
+    paths = write_report(tmp_path, build_results(rows, T, run_name="mas_s4", run=RunDir(tmp_path).meta()))
     assert {p.name for p in paths} == {"results.json", "results.md", "r_heatmap.png", "map_per_task.png"}
     for p in paths:
         if p.suffix == ".png":
@@ -154,3 +162,21 @@ def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
     one = json.loads(capsys.readouterr().out)
     assert one[HEADLINE]["all"] == pytest.approx(saved["metrics"][HEADLINE]["all"][0])
     assert evaluate_cli.main([str(tmp_path), "-q"]) == 2
+
+
+def test_recorder_keeps_rows_apart_from_measuring(tmp_path):
+    """The Recorder replays rows that went through JSON, calls its baselines once, writes the report."""
+    from factmas.evaluation.recorder import Recorder
+    calls = []
+    rec = Recorder(T, "random3_seed0", baselines=lambda: calls.append(1) or {"frequency": _row(B, 0.1)},
+                   stage_tasks=[[0], [1], [2]])
+    for key, metrics in _rows().items():
+        rec.record(key if key == "initial" else f"task{key}", json.loads(json.dumps(metrics)))
+    res = rec.results("r")
+    assert res == build_results(_rows(), T, run_name="r", split="random3_seed0",
+                                baselines={"frequency": _row(B, 0.1)}, stage_tasks=[[0], [1], [2]])
+    paths = rec.write(tmp_path, run={"method": "mas"}, note="x")
+    assert calls == [1] and read_results(tmp_path)["note"] == "x" and len(paths) == 4
+    assert read_results(tmp_path)["run_name"] == tmp_path.name and res["complete"]
+    with pytest.raises(ValueError, match="evaluation row"):
+        rec.record("final", {})

@@ -228,7 +228,8 @@ def test_validation_loss_equals_a_per_batch_forward(data_path):
     torch.manual_seed(1)
     model = build_model(cfg.model, len(data.vocab)).eval()
     batcher = Batcher(data)
-    hook = EvalHook(data, "random2_seed0", 2, batcher,
+    from factmas.data.experience import experiences
+    hook = EvalHook(experiences(data, "random2_seed0"), batcher,
                     lambda phi, psi, order, pos: loop_module.fact_loss(phi, psi, order, pos, cfg.loss),
                     batch_size=16, embed_batch=7)
     got = hook.validation_loss(model)

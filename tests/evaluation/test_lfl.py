@@ -141,9 +141,11 @@ def test_evaluator_reports_lfl_and_all_equals_existing(setup):
     # "all" of the generalized mode is the existing over-all-facts value
     for k in ("top1", "top5", "map"):
         assert m[f"image_to_fact_{k}_generalized"]["all"] == pytest.approx(m[f"image_to_fact_{k}"]["all"])
-    ev.record("initial", m)
-    ev.record(0, m)
-    res = ev.results("r")
+    from factmas.evaluation.recorder import Recorder
+    rec = Recorder.for_evaluator(ev)
+    rec.record("initial", m)
+    rec.record(0, m)
+    res = rec.results("r")
     assert res["metrics"]["lfl_top5_standard"]["final"] == pytest.approx(
         [m["lfl_top5_standard"][t] for t in range(ev.num_tasks)])
     # the LFL README's "Mean" column: the mean of the per-task standard values

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from factmas.config import ModelConfig, RunConfig
+from factmas.config import ModelConfig, TrainConfig
 from factmas.methods.mas import mas_importance
 from factmas.methods import MAS, METHODS, Method, QuadraticAnchor, TaskContext, make_method
 from factmas.model import build_model
@@ -29,7 +29,7 @@ def ctx_for(task: int = 0, **kw) -> TaskContext:
     def none(*a):
         raise AssertionError("not used")
     return TaskContext(task=task, device=torch.device("cpu"), image_batches=kw.pop("images", none),
-                       fact_batches=kw.pop("facts", none), pair_batches=none, loss_fn=none, **kw)
+                       fact_batches=kw.pop("facts", none), pair_batches=none, **kw)
 
 
 def small_net(seed: int = 0) -> nn.Module:
@@ -67,7 +67,7 @@ def test_accumulation_over_tasks_sum_and_alpha():
     model = small_net()
     o1, o2 = random_omega(model, 1), random_omega(model, 2)
     summed = Fixed([o1, o2], reg_lambda=1.0)
-    blended = Fixed([o1, o2], reg_lambda=1.0, omega_accumulate="alpha", omega_alpha=0.3)
+    blended = Fixed([o1, o2], reg_lambda=1.0, accumulate="alpha", alpha=0.3)
     for task in range(2):
         summed.on_task_end(model, ctx_for(task))
         blended.on_task_end(model, ctx_for(task))
@@ -105,9 +105,9 @@ def test_bad_state_options_and_importance_raise():
     with pytest.raises(ValueError, match="unknown keys"):
         Fixed([]).load_state_dict({"omega.w": torch.ones(2), "anchor.w": torch.ones(2), "x": torch.ones(1)})
     with pytest.raises(ValueError, match="omega_accumulate"):
-        Fixed([], omega_accumulate="mean")
+        Fixed([], accumulate="mean")
     with pytest.raises(ValueError, match="omega_alpha"):
-        Fixed([], omega_alpha=2.0)
+        Fixed([], alpha=2.0)
     with pytest.raises(ValueError, match="reg_lambda"):
         Fixed([], reg_lambda=-1.0)
     with pytest.raises(ValueError, match="'nope'"):
@@ -122,15 +122,14 @@ def test_bad_state_options_and_importance_raise():
 
 def test_registry_and_make_method():
     assert METHODS["finetune"] is Method and METHODS["mas"] is MAS
-    assert type(make_method("finetune", 0.0, omega_data="train")) is Method
-    mas = make_method("mas", 3.0, omega_accumulate="alpha", omega_alpha=0.2, omega_data="train+test",
-                      omega_max_samples=4)
-    assert (mas.reg_lambda, mas.omega_accumulate, mas.omega_alpha, mas.image_splits) == \
+    assert type(make_method("finetune", 0.0)) is Method
+    mas = make_method("mas", 3.0, accumulate="alpha", alpha=0.2, data="train+test", max_samples=4)
+    assert (mas.reg_lambda, mas.options.accumulate, mas.options.alpha, mas.image_splits) == \
         (3.0, "alpha", 0.2, ["train", "test"])
     with pytest.raises(ValueError, match=r"unknown method 'nosuch'; valid: \[.*'finetune', .*'mas'"):
         make_method("nosuch", 1.0)
     with pytest.raises(ValueError, match="omega_data"):
-        make_method("mas", 1.0, omega_data="train+dev")
+        make_method("mas", 1.0, data="train+dev")
 
 
 def test_mas_on_task_end_uses_task_images_and_facts():
@@ -145,9 +144,8 @@ def test_mas_on_task_end_uses_task_images_and_facts():
         asked.append(which)
         return iter([images[which][:3], images[which][3:]])
 
-    ctx = ctx_for(images=image_batches, facts=lambda: iter([(tokens, order)]), config=RunConfig(),
-                  max_samples=4)
-    method = make_method("mas", 1.0, omega_data="train+test")
+    ctx = ctx_for(images=image_batches, facts=lambda: iter([(tokens, order)]))
+    method = make_method("mas", 1.0, data="train+test", max_samples=4)
     method.on_task_end(model, ctx)
     assert asked == ["train", "test"]
     expected = mas_importance(model, [images["train"][:4]], [(tokens[:4], order[:4])])
@@ -155,3 +153,32 @@ def test_mas_on_task_end_uses_task_images_and_facts():
         assert float((method.omega[n] - t).abs().max()) < 1e-5 * float(t.abs().max()), n
         assert torch.equal(method.anchor[n], dict(model.named_parameters())[n].detach())
     assert float(method.penalty(model).detach()) == 0.0
+
+
+def test_each_method_owns_its_typed_options_and_refuses_others():
+    from factmas.methods import EWCOptions, MASOptions, SIOptions, options_for
+    assert isinstance(make_method("ewc", 1.0, gamma=0.9).options, EWCOptions)
+    with pytest.raises(ValueError, match=r"method 'ewc': unknown option 'data'"):
+        make_method("ewc", 1.0, data="train")                  # MAS's option, not EWC's
+    with pytest.raises(ValueError, match=r"method 'mas': unknown option 'xi'"):
+        make_method("mas", 1.0, xi=0.1)
+    with pytest.raises(ValueError, match=r"method 'finetune': unknown option 'alpha'; its options: none"):
+        make_method("finetune", 0.0, alpha=0.1)
+    with pytest.raises(ValueError, match="give either"):
+        make_method("si", 1.0, MASOptions())                   # another method's options object
+    # the config keys route to the method that owns them (the config file format is unchanged)
+    tc = TrainConfig(omega_data="train+test", omega_max_samples=7, ewc_gamma=0.5, si_xi=0.2,
+                     omega_accumulate="alpha", omega_alpha=0.25)
+    assert options_for("mas", tc) == MASOptions("alpha", 0.25, "train+test", 7)
+    assert options_for("l-mas", tc) == MASOptions("alpha", 0.25, "train+test", 7)
+    assert options_for("ewc", tc) == EWCOptions("alpha", 0.25, 0.5, 7)
+    assert options_for("si", tc) == SIOptions("alpha", 0.25, 0.2)
+    assert options_for("lwf", tc) == options_for("finetune", tc)
+
+
+def test_a_foreign_option_is_named_in_a_warning(caplog):
+    from factmas.train import build_method
+    with caplog.at_level("WARNING"):
+        method = build_method(TrainConfig(method="mas", si_xi=0.3, ewc_gamma=1.0))
+    assert isinstance(method, MAS)
+    assert "train.si_xi = 0.3" in caplog.text and "ewc_gamma" not in caplog.text
