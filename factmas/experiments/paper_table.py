@@ -265,7 +265,11 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     if not record:
         return False
     paths = ("data", "out")
-    old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}
+    try:        # through RunConfig, so that a key added since (at its default) compares equal
+        resolved = RunConfig.from_dict(record.get("config") or {}).to_dict()
+    except (ValueError, TypeError):
+        return False
+    old = {k: v for k, v in resolved.items() if k not in paths}
     new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
     fp = record.get("data_fingerprint") or {}
     return old == new and bool(fp.get("sha256")) and same_fingerprint(
