@@ -62,6 +62,9 @@ class TrainConfig:
     batch_size: int = 64                 # 256 scored lower on val
     lr: float = 3e-4                     # 1e-3 scored lower on val (13.0% vs 18.6% joint)
     weight_decay: float = 0.0
+    optimizer: str = "adam"              # "adam", or "sgd" with momentum (the official MAS and LFL
+                                         # code); lr is not rescaled: SGD needs its own lr
+    momentum: float = 0.9                # SGD's momentum (optimizer "sgd" only)
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu" or "cuda"
     omega_accumulate: str = "sum"        # "sum" (the MAS code) or "alpha" (blend)

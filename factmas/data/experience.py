@@ -2,8 +2,9 @@
 
 ``experiences(data, split)`` gives one ``Experience`` per task of the task split ``split``: its facts,
 its (image, fact) pairs and its images per image split (train / val / test), and the relevance index
-of the whole dataset (which facts are true for which image). The trainer reads the training pairs and
-the Ω batches from it, the evaluation hook the validation pairs, the evaluator each task's test
+of the whole dataset (which facts are true for which image). For an image-disjoint split
+(``FactData.split_images``) a training image is in the training pairs of its own task only, as in
+``FactData.task_pairs``. The trainer reads the training pairs and the Ω batches from it, the evaluation hook the validation pairs, the evaluator each task's test
 images; nothing re-derives them.
 
 The *stream* is the list of experiences trained one after another. Sequential continual learning
@@ -78,11 +79,16 @@ def experience(data: FactData, split: str, tasks: Sequence[int], index: int,
                relevance: PairIndex | None = None) -> Experience:
     """The ``Experience`` of ``tasks`` of ``split``. Raises DatasetError on an unknown split."""
     tasks = [int(t) for t in tasks]
-    fact_ok = np.isin(data.task_of_facts(split), np.asarray(tasks))
+    task_of = data.task_of_facts(split)
+    fact_ok = np.isin(task_of, np.asarray(tasks))
     facts = np.flatnonzero(fact_ok).astype(np.int64)
+    # image-disjoint split: a training image keeps only its own task's facts (FactData.task_pairs)
+    image_task = data.split_images.get(split)
     rows, pairs, images = {}, {}, {}
     for code, which in enumerate(SPLIT_NAMES):
         keep = fact_ok[data.pairs[:, 1]] & (data.image_split[data.pairs[:, 0]] == code)
+        if which == "train" and image_task is not None:
+            keep &= image_task[data.pairs[:, 0]] == task_of[data.pairs[:, 1]]
         rows[which] = np.flatnonzero(keep).astype(np.int64)
         pairs[which] = data.pairs[rows[which]]
         images[which] = np.unique(pairs[which][:, 0]).astype(np.int64)

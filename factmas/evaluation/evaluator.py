@@ -10,7 +10,11 @@ What is measured (``Evaluator.evaluate``; metric names are the keys of the retur
 * ``image_to_fact_top1`` / ``image_to_fact_top5``: for each image, the facts ranked by distance; a hit
   when any of the image's true facts is in the top 1 / 5. ``image_to_fact_map``: AP of that ranking.
   Per task t, the candidates are the facts of task t and the queries the pool images that carry at
-  least one of them; for "all", every fact and every image with a fact.
+  least one of them (Lifelong Fact Learning's *standard* mode); for "all", every fact and every image
+  with a fact.
+* ``lfl_top5_standard`` / ``lfl_top5_generalized`` (Lifelong Fact Learning's headline metric in its
+  two modes) and ``image_to_fact_{top1,top5,map}_generalized`` (task t's images ranking every fact):
+  ``factmas.evaluation.lfl``, with ``"lfl_counts"`` (test pairs per task).
 
 Image pool (``EvalConfig.image_pool``) of the fact → image search: ``"all"`` (default, used in the
 tables): every image of the evaluated image split (test), so a fact competes against all test images;
@@ -42,6 +46,7 @@ from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
+from factmas.evaluation.lfl import evaluate_lfl
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.evaluation.retrieval import FactIndex, ImageIndex
 from factmas.model import preprocess
@@ -179,6 +184,9 @@ class Evaluator:
             i2f = self._image_to_fact(phi, psi, order, facts, timing)
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
+        t1 = time.perf_counter()
+        out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
+        timing["metrics_s"] += time.perf_counter() - t1
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",

@@ -16,6 +16,7 @@ results.json (``build_results``; format "factmas-results", version 1)::
          "all": [per stage],          # over all facts after each stage
          "final": [T], "final_all": float,    # the last stage (the end of the sequence)
          "average": ACC, "forgetting": F, "bwt": BWT, "fwt": FWT}},   # null where undefined
+     # also the keys of factmas.evaluation.lfl.LFL_METRICS (LFL's metric, the generalized mode)
      "counts": {...}, "timing": {row label: {"embed_s", "search_s", "metrics_s"}}}
 
 NaN (e.g. a task without test images) is written as null. Forgetting, BWT and FWT need a square R
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from factmas.evaluation import metrics as M
+from factmas.evaluation.lfl import LFL_METRICS
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -45,7 +47,12 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION = "factmas-results", 1
 LABELS = {"fact_to_image_map": "fact→image mAP", "fact_to_image_map_at_k": "fact→image mAP@k",
           "image_to_fact_top1": "image→fact top-1", "image_to_fact_top5": "image→fact top-5",
-          "image_to_fact_map": "image→fact mAP"}
+          "image_to_fact_map": "image→fact mAP",
+          # factmas.evaluation.lfl: Lifelong Fact Learning's metric and the generalized mode
+          "lfl_top5_standard": "LFL top-5 (standard)", "lfl_top5_generalized": "LFL top-5 (generalized)",
+          "image_to_fact_top1_generalized": "image→fact top-1 (generalized)",
+          "image_to_fact_top5_generalized": "image→fact top-5 (generalized)",
+          "image_to_fact_map_generalized": "image→fact mAP (generalized)"}
 
 
 def row_key(row: str | int) -> str | int:
@@ -69,7 +76,7 @@ def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
     out: dict[str, Any] = {}
     for name, value in metrics.items():
-        if name in METRICS:
+        if name in METRICS or name in LFL_METRICS:
             out[name] = {("all" if k == "all" else int(k)): _num(v) for k, v in value.items()}
         elif name == "counts":
             out[name] = {c: {("all" if k == "all" else int(k)): v for k, v in d.items()}
@@ -121,7 +128,9 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                                   _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
                                   for k in (["initial"] if init else []) + stages},
     }
-    for m in METRICS:
+    # LFL's metrics (factmas.evaluation.lfl) where every row has them (rows of older runs lack them)
+    present = tuple(m for m in LFL_METRICS if all(m in r for r in rows.values()))
+    for m in METRICS + present:
         R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
                      dtype=np.float64).reshape(len(stages), num_tasks)
         b = np.array([init[m].get(j, np.nan) for j in range(num_tasks)]) if init else None
@@ -135,7 +144,8 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
         res["metrics"][m] = entry
     res["baselines"] = {
         name: {m: {"final": [_clean(_num(met[m].get(j))) for j in range(num_tasks)],
-                   "final_all": _clean(_num(met[m].get("all")))} for m in METRICS}
+                   "final_all": _clean(_num(met[m].get("all")))}
+               for m in METRICS + tuple(x for x in present if x in met)}
         for name, met in (baselines or {}).items()}
     return res
 

@@ -10,7 +10,7 @@ every task. For each stage s, as ``factmas.methods.base`` describes::
     for epoch e, step i:  loss = fact_loss(φ, ψ, order, positive) + method.penalty(model)
                                  + method.extra_loss(model, batch, out)
                           (non-finite loss → TrainingError naming task, epoch and step)
-                          backward; method.before_step; Adam step; method.after_step
+                          backward; method.before_step; optimizer step (train.optimizer: Adam or SGD); method.after_step
     method.on_task_end(model, ctx)                  # model in eval mode; e.g. MAS: Ω += ..., θ* = θ
     evaluation row (val loss, retrieval R row); metrics.jsonl line; checkpoint task{s}.pt + last.pt
 
@@ -73,6 +73,18 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
         cand = None
     loss, parts = fact_loss(phi, psi, batch["order"], batch["positive"], cfg.loss, cand)
     return loss, parts, {"phi": phi, "psi": psi}
+
+
+def make_optimizer(params, tc) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer``: Adam (Kingma & Ba 2015; the default) or SGD with
+    momentum ``train.momentum`` (PyTorch's heavy-ball form v ← μv + g, θ ← θ − lr·v; SGD with
+    momentum 0.9 is what the official MAS (Aljundi et al. 2018) and Lifelong Fact Learning code
+    train with). Both with ``train.lr`` and ``train.weight_decay``. Raises ValueError on another name."""
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    raise ValueError(f"train.optimizer: {tc.optimizer!r}; valid: ['adam', 'sgd']")
 
 
 def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
@@ -203,7 +215,7 @@ class ContinualTrainer:
 
     def _optimizer(self, state: RunState) -> torch.optim.Optimizer:
         tc = self.cfg.train
-        opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = make_optimizer(self.model.parameters(), tc)
         if not tc.optimizer_reset and state.optimizer_state is not None:
             opt.load_state_dict(state.optimizer_state)
         return opt

@@ -70,6 +70,34 @@ def test_task_pairs_matches_loop(tmp_path):
         d.task_of_facts("nope")
 
 
+def test_disjoint_split_trains_each_image_with_one_task(tmp_path):
+    d = ds.read_dataset(make_synthetic_dataset(tmp_path / "s.h5", n_images=80, image_size=8, num_tasks=3))
+    name = "disjoint3_seed0"
+    task, image_task = d.task_of_facts(name), d.split_images[name]
+    assert d.split_attrs[name]["kind"] == "image_disjoint"
+    for t in range(3):
+        got = d.task_pairs(name, t, "train").tolist()
+        naive = [p for p in d.pairs.tolist() if task[p[1]] == t and d.image_split[p[0]] == 0
+                 and image_task[p[0]] == t]
+        assert got == naive and got
+        # val and test images keep every fact of the task (evaluated as in the random split)
+        for which in ("val", "test"):
+            assert d.task_pairs(name, t, which).tolist() == d.task_pairs("random3_seed0", t, which).tolist()
+    # the experiences the trainer reads hold the same pairs (factmas.data.experience)
+    from factmas.data.experience import experiences, merge
+    exps = experiences(d, name)
+    for t in range(3):
+        assert exps[t].pairs["train"].tolist() == d.task_pairs(name, t, "train").tolist()
+        assert exps[t].pairs["test"].tolist() == d.task_pairs(name, t, "test").tolist()
+    assert len(merge(exps).pairs["train"]) == sum(len(d.task_pairs(name, t)) for t in range(3))
+    # every training image in exactly one task
+    seen = np.concatenate([np.unique(d.task_pairs(name, t, "train")[:, 0]) for t in range(3)])
+    assert len(seen) == len(np.unique(seen)) == int((d.image_split == 0).sum())
+    # the random split with the same facts' tasks re-shows images: more training pairs
+    assert sum(len(d.task_pairs("random3_seed0", t)) for t in range(3)) > \
+        sum(len(d.task_pairs(name, t)) for t in range(3))
+
+
 def test_overwrite_refused_and_errors_leave_no_file(tmp_path):
     rng = np.random.default_rng(1)
     d = _random_dataset(rng)

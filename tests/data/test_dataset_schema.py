@@ -64,7 +64,31 @@ CASES = {
     "no vocab": (lambda h: h.__delitem__("vocab"), ["missing key 'vocab'"]),
     "splits a dataset": (lambda h: (h.__delitem__("splits"), h.create_dataset("splits", data=[1])),
                          ["'splits'"]),
+    "split_images shorter": (_shorter("split_images/disjoint2_seed0"),
+                             ["'split_images/disjoint2_seed0'", "N = 40"]),
+    "test image with a task": (lambda h: _image_task(h, 2, 0), ["'split_images/disjoint2_seed0'",
+                                                               "test image", "expected -1"]),
+    "training image, task of none of its facts": (
+        lambda h: _image_task(h, 0, None), ["'split_images/disjoint2_seed0'", "training image",
+                                            "none of its facts"]),
+    "split_images without its split": (
+        lambda h: (h.copy(h["split_images/disjoint2_seed0"], "split_images/other")),
+        ["'split_images/other'", "no task split"]),
 }
+
+
+def _image_task(h, which: int, task):
+    """Give the first image of image split ``which`` the task ``task`` (None: a task none of the
+    image's facts has) in split_images/disjoint2_seed0."""
+    key = "split_images/disjoint2_seed0"
+    a = h[key][()]
+    i = int(np.flatnonzero(h["image_split"][()] == which)[0])
+    if task is None:
+        pairs, fact_task = h["pairs"][()], h["splits/disjoint2_seed0"][()]
+        mine = set(fact_task[pairs[pairs[:, 0] == i, 1]].tolist())
+        task = min(set(range(8)) - mine)
+    a[i] = task
+    _replace(h, key, a)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

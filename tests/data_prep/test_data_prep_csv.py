@@ -96,7 +96,9 @@ def test_build_round_trip_with_corrupt_image(tmp_path, capsys):
     # every annotated pair of a usable image is stored (naive check)
     stored = {(d.image_ids[i], (d.subject[f], d.predicate[f], d.object[f])) for i, f in d.pairs}
     assert stored == {(r[0], r[1:]) for r in _rows(24) if r[0] != "im03.png"}
-    assert set(d.splits) == {"random2_seed0", "random2_seed1", "random2_seed2", "semantic2"}
+    assert set(d.splits) == {"random2_seed0", "random2_seed1", "random2_seed2", "semantic2",
+                             "disjoint2_seed0", "disjoint2_seed1", "disjoint2_seed2"}
+    assert set(d.split_images) == {"disjoint2_seed0", "disjoint2_seed1", "disjoint2_seed2"}
     assert d.provenance["skipped"][0]["image"] == "im03.png"
     assert d.provenance["counts"]["images_skipped"] == 1
 
@@ -106,6 +108,7 @@ def test_build_round_trip_with_corrupt_image(tmp_path, capsys):
     d2 = read_dataset(out2)
     assert (d2.subject, d2.predicate, d2.object) == (d.subject, d.predicate, d.object)
     assert all(np.array_equal(d.splits[k], d2.splits[k]) for k in d.splits)
+    assert all(np.array_equal(d.split_images[k], d2.split_images[k]) for k in d.split_images)
     assert np.array_equal(d.image_split, d2.image_split) and np.array_equal(d.pairs, d2.pairs)
 
     # --strict makes the corrupt image an error; an existing output needs --overwrite
@@ -127,7 +130,8 @@ def test_empty_result_says_which_setting(tmp_path, capsys):
 def test_implied_lower_orders(tmp_path):
     _images(tmp_path / "img", 2)
     csv = _write_csv(tmp_path / "a.csv", [("im00.png", "dog", "run through", "grass"), ("im01.png", "cat", "", "")])
-    assert from_csv.main(_args(tmp_path, csv, tmp_path / "a.h5", "--implied", "--num-tasks", "1")) == 0
+    assert from_csv.main(_args(tmp_path, csv, tmp_path / "a.h5", "--implied", "--num-tasks", "1",
+                                 "--threshold-images", "all", "--no-disjoint")) == 0
     d = read_dataset(tmp_path / "a.h5")
     got = {(d.image_ids[i], d.fact_text(f)) for i, f in d.pairs}
     assert got == {("im00.png", "<dog>"), ("im00.png", "<dog, run through>"),

@@ -66,7 +66,9 @@ def test_build_mines_thresholds_and_reports(folder, capsys):
     assert c["images_skipped"] == 2 and c["images_without_fact"] == 1 and c["images_kept"] == 12
     assert {s["image"] for s in d.provenance["skipped"]} == {"13.jpg", "14.jpg"}
     assert d.provenance["timings"]["captions_parsed"] == 13 * 5
-    assert set(d.splits) == {"random2_seed0", "random2_seed1", "random2_seed2", "semantic2"}
+    assert set(d.splits) == {"random2_seed0", "random2_seed1", "random2_seed2", "semantic2",
+                             "disjoint2_seed0", "disjoint2_seed1", "disjoint2_seed2"}
+    assert c["threshold_images"] == "train"
     sem = d.splits["semantic2"]
     assert len({sem[f] for f in range(6) if d.subject[f] == "dog"}) == 1  # semantic: by subject
 
@@ -81,9 +83,10 @@ def test_frequent_and_rare_facts_dropped(folder):
     assert _run(folder, out, "--max-image-frac", "0.45", "--min-images", "7", "--no-semantic",
                 "--split-seeds", "0") != 0  # every fact is in 6 images: none passes --min-images 7
     assert not out.exists()
+    # counted over all 9 images (as files built before --threshold-images): riders in 6 (> 0.45), dogs in 3
     assert _run(folder, out, "--max-image-frac", "0.45", "--limit-images", "9", "--min-images", "3",
-                "--no-semantic", "--split-seeds", "0") == 0
-    d = read_dataset(out)  # 9 images: riders in 6 (> 0.45), dogs in 3
+                "--no-semantic", "--split-seeds", "0", "--threshold-images", "all") == 0
+    d = read_dataset(out)
     assert set(d.subject) == {"dog"} and len(d.image_ids) == 3
 
 

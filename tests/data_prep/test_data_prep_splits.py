@@ -111,3 +111,51 @@ def test_check_tasks_names_the_setting():
         splits.check_tasks("random2_seed0", np.array([0, 1], np.int16), np.array([3, 0]), 2)
     with pytest.raises(splits.SplitError, match="no fact"):
         splits.check_tasks("x", np.array([0, 0], np.int16), np.array([3, 1]), 2)
+
+
+def _random_pairs(rng, n, f):
+    pairs = np.unique(np.stack([rng.integers(0, n, 6 * n), rng.integers(0, f, 6 * n)], 1), axis=0)
+    return pairs
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_disjoint_images_one_task_per_training_image(seed):
+    rng = np.random.default_rng(200 + seed)
+    n, f, k = 300, 30, 4
+    pairs = _random_pairs(rng, n, f)
+    split = splits.image_split(n, seed)
+    task = splits.random_split(splits.train_counts(pairs, split, f), k, seed)
+    img = splits.disjoint_images(pairs, split, task, k, seed)
+    assert img.shape == (n,) and img.dtype == np.int16
+    assert (img[split != 0] == -1).all()                              # val/test keep all their facts
+    for i in np.flatnonzero(split == 0):                              # naive: per image, its facts' tasks
+        mine = set(task[pairs[pairs[:, 0] == i, 1]].tolist())
+        assert (img[i] in mine) if mine else img[i] == -1
+    assert np.array_equal(img, splits.disjoint_images(pairs, split, task, k, seed))   # deterministic
+    # balanced: the kept training pairs per task closer than assigning each image to a random one of its tasks
+    kept = pairs[(split[pairs[:, 0]] == 0) & (img[pairs[:, 0]] == task[pairs[:, 1]])]
+    loads = np.bincount(task[kept[:, 1]], minlength=k)
+    naive_gaps = []
+    for s in range(10):
+        r = np.random.default_rng(s)
+        alt = np.full(n, -1)
+        for i in np.flatnonzero(split == 0):
+            mine = sorted(set(task[pairs[pairs[:, 0] == i, 1]].tolist()))
+            if mine:
+                alt[i] = r.choice(mine)
+        kept_alt = pairs[(split[pairs[:, 0]] == 0) & (alt[pairs[:, 0]] == task[pairs[:, 1]])]
+        la = np.bincount(task[kept_alt[:, 1]], minlength=k)
+        naive_gaps.append(la.max() - la.min())
+    assert loads.max() - loads.min() <= np.median(naive_gaps)
+
+
+def test_select_facts_counts_only_the_counted_images():
+    from data_prep.build import select_facts
+    a, b, c = ("a", "", ""), ("b", "", ""), ("c", "", "")
+    # a: 3 training images; b: 1 training + 3 test images; c: in every training image
+    image_facts = [{a, c}, {a, b, c}, {a, c}, {c}, {b}, {b}, {b}]
+    train = np.array([1, 1, 1, 1, 0, 0, 0], bool)
+    facts, counts, too_frequent = select_facts(image_facts, 2, 0.8, train)
+    assert facts == [a] and counts == {a: 3, b: 1, c: 4} and too_frequent == [(c, 4)]
+    facts_all, counts_all, _ = select_facts(image_facts, 2, 0.8)          # over all: the test images vote
+    assert facts_all == [a, b, c] and counts_all[b] == 4

@@ -55,23 +55,48 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
         assert run["image_split"] == "val" and r["split"] == "random4_seed0"
     finals = res["runs"]
     assert sorted((r["label"], r["split"]) for r in finals) == sorted(
-        (m, s) for m in ("finetune", "mas", "joint") for s in ("random4_seed0", "semantic4"))
+        (m, s) for m in ("finetune", "mas", "joint")
+        for s in ("random4_seed0", "semantic4", "disjoint4_seed0"))
     for r in finals:
         run = json.loads((tmp_path / r["out"] / "results.json").read_text())
         assert run["image_split"] == "test" and run["run"]["method"] == r["method"]
         assert (r["reg_lambda"] == res["chosen_lambda"]["mas"]) == (r["label"] == "mas")
     md = (out / "paper_table.md").read_text()
-    for text in ("## Random split", "## Semantic split", "| Finetune |", "| MAS |",
-                 "| Joint (upper bound) |", "## How λ was chosen", "◀"):
+    for text in ("## Random split", "## Semantic split", "## Image-disjoint split", "| Finetune |",
+                 "| MAS |", "| Joint (upper bound) |", "## How λ was chosen", "◀",
+                 "| Image-frequency ranking |", "| Untrained model |", "i→f top-5", "mean (standard)"):
         assert text in md
     rows = list(csv.DictReader((out / "paper_table.csv").open()))
-    assert len(rows) == 6 and {r["split"] for r in rows} == {"random", "semantic"}
+    # 3 methods and the 2 reference rows, for each of the 3 split families
+    assert len(rows) == 15 and {r["split"] for r in rows} == {"random", "semantic", "disjoint"}
+    for r in rows:                       # both directions and LFL's metric in every row
+        for c in ("fact_to_image_map.all_mean", "image_to_fact_map.all_mean",
+                  "image_to_fact_top5.all_mean", "lfl_top5_standard.mean_mean",
+                  "lfl_top5_generalized.mean_mean"):
+            assert r[c] != "", (r["label"], c)
+    fin = next(r for r in rows if r["label"] == "finetune" and r["split"] == "random")
+    run = next(x for x in finals if x["label"] == "finetune" and x["split"] == "random4_seed0")
+    one = json.loads((tmp_path / run["out"] / "results.json").read_text())["metrics"]
+    assert float(fin["image_to_fact_top5.forgetting_mean"]) == pytest.approx(
+        one["image_to_fact_top5"]["forgetting"])
+    assert float(fin["lfl_top5_standard.mean_mean"]) == pytest.approx(
+        np.mean(one["lfl_top5_standard"]["final"]))
+    untrained = next(r for r in rows if r["label"] == "untrained" and r["split"] == "random")
+    assert float(untrained["all_mean"]) == pytest.approx(one["fact_to_image_map"]["initial_all"])
+    assert untrained["forgetting_mean"] == ""
     joint = next(r for r in rows if r["label"] == "joint" and r["split"] == "random")
     assert joint["forgetting_mean"] == "" and float(joint["all_mean"]) > 0
     assert (out / "paper_table.png").stat().st_size > 1000
+    # a run recorded before a config key existed (here train.optimizer/momentum) is the same run when
+    # the key is at its default
+    for cfg_path in out.rglob("config.json"):
+        rec = json.loads(cfg_path.read_text())
+        for key in ("optimizer", "momentum"):
+            rec["config"]["train"].pop(key)
+        cfg_path.write_text(json.dumps(rec))
     # a second call finds every run complete and trains nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")}
-    assert len(stamps) == 8
+    assert len(stamps) == 11
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
     # other settings (here the learning rate) are not mistaken for a finished run: trained again
@@ -87,8 +112,19 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     (["--methods", "finetune,nosuch"], "unknown"),
     (["--seeds", "0,7"], "random4_seed7"),
     (["--grid", "mas=abc"], "--grid"),
+    (["--disjoint-seeds", "5"], "disjoint4_seed5"),
 ])
 def test_usage_errors(tmp_path, capsys, extra, message):
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=16, num_tasks=4)
     rc = main(["--data", str(data), "--out", str(tmp_path / "o"), "--quick"] + extra)
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_disjoint_default_follows_the_file():
+    from factmas.cli.paper import build_parser, settings_from_args
+    args = build_parser().parse_args(["--data", "x.h5", "--seeds", "1,2"])
+    assert settings_from_args(args, 100, ["random4_seed1", "disjoint4_seed1"]).disjoint_seeds == [1]
+    # a file built before the image-disjoint split: the table is made without it
+    assert settings_from_args(args, 100, ["random4_seed1", "semantic4"]).disjoint_seeds == []
+    args = build_parser().parse_args(["--data", "x.h5", "--disjoint-seeds", "0,1,2"])
+    assert settings_from_args(args, 100, []).disjoint_seeds == [0, 1, 2]
