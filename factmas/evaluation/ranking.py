@@ -113,14 +113,17 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
            else np.asarray(item_segment, np.int64).reshape(-1))
     if len(seg) != M:
         raise ValueError(f"item_segment has {len(seg)} entries for {M} items")
-    pairs = np.unique(np.asarray(pairs, np.int64).reshape(-1, 2), axis=0)     # sorted (query, item)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= Q or pairs[:, 1].max() >= M):
         raise ValueError(f"pair indexes out of range ({Q} queries, {M} items)")
+    key = np.sort(pairs[:, 0] * M + pairs[:, 1])                    # sorted (query, item), once
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    pairs = np.stack([key // M, key % M], axis=1)
     P = len(pairs)
     out = {k: np.zeros(P, np.int64) for k in
            ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
     neg = np.zeros(P, np.float32)
-    seg_ids = np.unique(seg)
+    seg_ids = np.sort(seg)[np.r_[True, np.diff(np.sort(seg)) != 0]] if M else seg
     dev = torch.device(device)
     threads = _threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -128,7 +131,10 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         # query groups: one per order (fact → image) or all queries at once (image → fact)
         groups = ([(o, np.flatnonzero(order == o)) for o in (1, 2, 3)] if query_order is not None
                   else [(None, np.arange(Q))])
+        has_pair = np.zeros(Q, bool)
+        has_pair[pairs[:, 0]] = True                     # a query without a relevant item has no rank
         for q_o, q_ids in groups:
+            q_ids = q_ids[has_pair[q_ids]]
             if not len(q_ids):
                 continue
             # segments: (segment, [(order, item ids)]) with the items of each order as one product
@@ -186,19 +192,30 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact) ->
         if len(mine):
             neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
     v = neg[bsel]
-    starts = np.searchsorted(row_of, np.arange(row_of[-1] + 2))
+    by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order:
+    vs, rows_s = v[by_value], row_of[by_value]         # numpy's binary search then narrows faster
+    starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
     for s, block, cols, srt in values:
         n = srt.shape[1]
+        right = np.empty(len(bsel), np.int64)
+        for r in range(rows_s[-1] + 1):
+            a, b = starts[r], starts[r + 1]
+            if a < b:
+                right[a:b] = np.searchsorted(srt[r], vs[a:b], "right")
+        # ties: the left end only where the value occurs in the row (always in the pair's segment)
+        eq = np.flatnonzero(right > 0)
+        eq = eq[srt[rows_s[eq], right[eq] - 1] == vs[eq]]
+        left = right.copy()
+        if len(eq):
+            e_starts = np.searchsorted(rows_s[eq], np.arange(rows_s[-1] + 2))
+            r_eq = rows_s[eq]                                       # sorted
+            for r in r_eq[np.r_[True, r_eq[1:] != r_eq[:-1]]]:
+                j = eq[e_starts[r]:e_starts[r + 1]]
+                left[j] = np.searchsorted(srt[r], vs[j], "left")
         below = np.empty(len(bsel), np.int64)
         ties = np.empty(len(bsel), np.int64)
-        for r in range(row_of[-1] + 1):
-            a, b = starts[r], starts[r + 1]
-            if a == b:
-                continue
-            left = np.searchsorted(srt[r], v[a:b], "left")
-            right = np.searchsorted(srt[r], v[a:b], "right")
-            below[a:b] = n - right                                   # −D strictly larger: closer
-            ties[a:b] = right - left
+        below[by_value] = n - right                                  # −D strictly larger: closer
+        ties[by_value] = right - left
         own = p_seg == s
         out["below"][bsel[own]] = below[own]
         out["ties"][bsel[own]] = ties[own]
@@ -206,8 +223,11 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact) ->
         out["ties_all"][bsel] += ties
         # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
         tied = np.flatnonzero((ties > own) & (below < k_exact))      # another item at −D exactly
-        for j in tied:
-            lower = int(((block[row_of[j]] == v[j]) & (cols < items[j])).sum())
-            if own[j]:
-                out["tie_lower"][bsel[j]] = lower
-            out["tie_lower_all"][bsel[j]] += lower
+        if len(tied):
+            lower = np.zeros(len(tied), np.int64)
+            for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
+                j = tied[c:c + 64]
+                hit = (block[row_of[j]] == v[j, None]) & (cols[None, :] < items[j, None])
+                lower[c:c + 64] = hit.sum(1)
+            out["tie_lower"][bsel[tied[own[tied]]]] = lower[own[tied]]
+            out["tie_lower_all"][bsel[tied]] += lower
