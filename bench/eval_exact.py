@@ -5,9 +5,9 @@ against the score matrix alone, in one run.
                                          [--tasks 4] [--old-budget 2e8] [--quick] [--out FILE]
 
 For each case (N test images × F facts) and thread count, on synthetic embeddings with a trained
-model's structure (``eval_scaling.Space``: slot vectors = concept prototype + noise; facts are
-distinct ⟨S⟩, ⟨S,P⟩, ⟨S,P,O⟩ tuples taken from the images' content, and random tuples no image shows
-when there are not enough), split into ``--tasks`` tasks:
+model's structure (``eval_scaling.Space``: slot vectors = concept prototype + noise; distinct facts
+⟨S⟩, ⟨S,P⟩, ⟨S,P,O⟩, each image showing 5 ⟨S,P,O⟩ facts of Zipf-like popularity and their prefixes:
+``make_case``), split into ``--tasks`` tasks:
 
 * **floor**: the N × F wildcard score matrix alone, computed by blocks of image rows with one matrix
   product per fact order (``block_elements`` entries per block, as the evaluator), nothing else;
@@ -42,38 +42,57 @@ from factmas.evaluation.retrieval import FactIndex, ImageIndex, prefix, require_
 K = EvalConfig().ap_k
 
 
+CONCEPTS_LARGE = (20000, 500, 20000)    # subjects, predicates, objects (distinct facts at F = 100k)
+FACTS_PER_IMAGE = 5                     # ⟨S,P,O⟩ facts of each image (a few captions' worth)
+
+
 def make_case(n: int, f: int, tasks: int, seed: int = 0):
-    """(phi, psi, order, pairs int [P, 2] (image, fact), task int [F]): distinct facts (module doc)."""
+    """(phi, psi, order int [F], pairs int [P, 2] (image, fact), task int [F]).
+
+    Facts: 10 % ⟨S⟩, 30 % ⟨S,P⟩ extending them, 60 % ⟨S,P,O⟩ extending those, all distinct. Each image
+    shows ``FACTS_PER_IMAGE`` ⟨S,P,O⟩ facts drawn with Zipf-like popularity (p ∝ 1/(rank + 10)); their
+    ⟨S,P⟩ and ⟨S⟩ prefixes are true for it too. Embeddings: ``eval_scaling.Space`` prototypes of the
+    concepts + noise (an image is embedded from its first fact)."""
+    rng = np.random.default_rng(seed)
     space = Space(seed)
-    img = space.images(n)
+    space.protos = [rng.standard_normal((c, 64)).astype(np.float32) for c in CONCEPTS_LARGE]
+    nS, nP, nO = CONCEPTS_LARGE
+    n1, n2 = int(0.1 * f), int(0.3 * f)
+    n3 = f - n1 - n2
+    s1 = rng.choice(nS, n1, replace=False)
+    k2 = np.unique(s1[rng.integers(0, n1, 2 * n2)] * nP + rng.integers(0, nP, 2 * n2))
+    k2 = rng.permutation(k2)[:n2]
+    k3 = np.unique(k2[rng.integers(0, len(k2), 2 * n3)] * nO + rng.integers(0, nO, 2 * n3))
+    k3 = rng.permutation(k3)[:n3]
+    ids = np.zeros((f, 3), np.int64)
+    ids[:n1, 0] = s1
+    ids[n1:n1 + len(k2), 0], ids[n1:n1 + len(k2), 1] = k2 // nP, k2 % nP
+    e = n1 + len(k2)
+    ids[e:e + len(k3), 0], ids[e:e + len(k3), 1], ids[e:e + len(k3), 2] = \
+        k3 // nO // nP, k3 // nO % nP, k3 % nO
+    order = np.r_[np.full(n1, 1), np.full(len(k2), 2), np.full(len(k3), 3)]
+    f = len(order)
+    prob = 1.0 / (np.arange(len(k3)) + 10.0)
+    shown = rng.choice(len(k3), (n, FACTS_PER_IMAGE), p=prob / prob.sum()) + e   # fact ids [n, 5]
+    img = ids[shown[:, 0]]
     phi = space.embed(img, 2.0)
-    rng = np.random.default_rng(seed + 1)
-    want = {1: int(0.1 * f), 2: int(0.3 * f)}
-    want[3] = f - want[1] - want[2]
-    fact_ids, order = [], []
-    for o in (1, 2, 3):
-        seen = np.unique(img[:, :o], axis=0)
-        seen = seen[rng.permutation(len(seen))][:want[o]]
-        extra = want[o] - len(seen)                          # tuples no test image shows
-        rand = np.stack([rng.integers(0, c, extra) for c in (2000, 200, 2000)[:o]], 1)
-        ids = np.zeros((want[o], 3), np.int64)
-        ids[:, :o] = np.concatenate([seen, rand])
-        fact_ids.append(ids)
-        order.append(np.full(want[o], o))
-    fact_ids, order = np.concatenate(fact_ids), np.concatenate(order)
-    perm = rng.permutation(f)
-    fact_ids, order = fact_ids[perm], order[perm]
-    psi = space.embed(fact_ids, 1.0)
+    psi = space.embed(ids, 1.0)
     psi[np.arange(3)[None, :] >= order[:, None]] = 0.0
-    pairs = []
-    for o in (1, 2, 3):
-        key_f = {tuple(k): j for j, k in zip(np.flatnonzero(order == o), fact_ids[order == o, :o])}
-        for i, k in enumerate(map(tuple, img[:, :o])):
-            j = key_f.get(k)
-            if j is not None:
-                pairs.append((i, j))
+    key1 = ids[:n1, 0]
+    key2_sorted = ids[n1:e, 0] * nP + ids[n1:e, 1]
+    s_of, p_of = ids[shown, 0], ids[shown, 1]
+    f1 = np.searchsorted(np.sort(key1), s_of)
+    f1 = np.argsort(key1)[f1]                                  # the ⟨S⟩ fact of each shown fact
+    o2 = np.argsort(key2_sorted)
+    f2 = n1 + o2[np.searchsorted(key2_sorted[o2], s_of * nP + p_of)]
+    rows = np.repeat(np.arange(n), FACTS_PER_IMAGE)
+    pairs = np.concatenate([np.stack([rows, x.ravel()], 1) for x in (shown, f1, f2)])
+    pairs = np.unique(pairs, axis=0)
+    perm = rng.permutation(f)                                  # fact ids in random order
+    inv = np.argsort(perm)
+    pairs[:, 1] = inv[pairs[:, 1]]
     task = rng.integers(0, tasks, f)
-    return phi, psi, order, np.array(pairs, np.int64).reshape(-1, 2), task
+    return phi, psi[perm], order[perm], pairs, task
 
 
 def fake_data(n: int, order, pairs, task) -> FactData:

@@ -165,11 +165,9 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                 for s, runs, mats, cols in segs:
                     parts = []
                     for (o, _), m in zip(runs, mats):
-                        ip = (q_t[o] @ m.T).cpu().numpy()
-                        np.multiply(ip, _scale(o), out=ip)          # −D = (2/o)·IP − 2, float32
-                        np.subtract(ip, np.float32(2.0), out=ip)
-                        parts.append(ip)
-                    block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+                        ip = q_t[o] @ m.T
+                        parts.append(ip.mul_(float(_scale(o))).sub_(2.0))   # −D = (2/o)·IP − 2
+                    block = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu().numpy()
                     values.append((s, block, cols, _sort_rows(block, pool, threads)))
                 _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact)
     finally:
