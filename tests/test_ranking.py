@@ -134,3 +134,25 @@ def test_bad_input_errors(rng):
         M.ap_at_k_from_ranks([0], [0], [0.0], [0], [0], 0, 1)
     with pytest.raises(ValueError, match="query indexes"):
         M.ap_from_ranks([3], [0.0], [0], [1], 2)
+
+
+def test_no_pairs_duplicate_pairs_and_negative_segment_ids(rng):
+    phi, psi, order, _ = _data(rng, False, n=5, f=6)
+    r = rank_pairs(psi, phi, np.zeros((0, 2), int), query_order=order)
+    assert len(r.query) == 0
+    assert np.isnan(M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, 6)).all()
+    seg = np.array([-1, 0, 0, 1, 1, -1])
+    r = rank_pairs(phi, psi, [[0, 1], [0, 1], [2, 5]], item_order=order, item_segment=seg)
+    np.testing.assert_array_equal(r.query, [0, 2])                 # the duplicate pair once
+    d = -np.stack([_neg_dist_row(phi[q], psi, order) for q in (0, 2)])
+    for j, (q, f) in enumerate([(0, 1), (2, 5)]):
+        assert r.below_all[j] == (d[j] < d[j, f]).sum()
+        assert r.below[j] == (d[j][seg == seg[f]] < d[j, f]).sum()
+        assert r.segment[j] == seg[f]
+
+
+def _neg_dist_row(x, psi, order):
+    """−D of one raw image x [3, d] to every fact, from factmas.space (float32)."""
+    from factmas.space import wildcard_distance
+    return -wildcard_distance(torch.as_tensor(x[None]), torch.as_tensor(psi),
+                              torch.as_tensor(order)).numpy()[0]

@@ -117,13 +117,13 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= Q or pairs[:, 1].max() >= M):
         raise ValueError(f"pair indexes out of range ({Q} queries, {M} items)")
     key = np.sort(pairs[:, 0] * M + pairs[:, 1])                    # sorted (query, item), once
-    key = key[np.r_[True, key[1:] != key[:-1]]]
+    key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
     pairs = np.stack([key // M, key % M], axis=1)
     P = len(pairs)
     out = {k: np.zeros(P, np.int64) for k in
            ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
     neg = np.zeros(P, np.float32)
-    seg_ids = np.sort(seg)[np.r_[True, np.diff(np.sort(seg)) != 0]] if M else seg
+    seg_ids = np.unique(seg)                     # a few segments
     dev = torch.device(device)
     threads = _threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
