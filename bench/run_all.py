@@ -6,7 +6,7 @@
 Default sizes write bench/results/<name>.json and bench/results/run_all.json (wall and CPU seconds
 of each script and in total; the issue asks for under 10 minutes on a 2-core CPU — on a shared CPU
 the CPU seconds tell what the wall time would be without the other load). ``--quick`` runs every
-script at its smallest size (the smoke test, ``tests/test_bench_smoke.py``); give it an
+script at its smallest size (the smoke test, ``tests/bench/test_bench_smoke.py``); give it an
 ``--out-dir`` so the recorded results are not overwritten.
 """
 from __future__ import annotations

@@ -1,5 +1,14 @@
 """From per-image fact sets to the HDF5 file: fact thresholds, image and task splits, provenance, write.
 
+Fact thresholds (``--min-images``, ``--max-image-frac``) are counted on the *training* images only
+(``--threshold-images train``, the default): the image split is drawn first over every usable image,
+then a fact is kept when at least ``min_images`` training images carry it and at most
+``max_image_frac`` of the training images do, then images left without a kept fact are dropped (so
+the kept images' fractions are close to, not exactly, 0.7/0.1/0.2). Counting over all images
+(``--threshold-images all``, how files were built before) lets the test images decide which facts
+exist, a leak; it is kept to rebuild those files exactly (their provenance has no
+``threshold_images`` option).
+
 Shared by ``data_prep.flickr8k`` (facts mined from captions) and ``data_prep.from_csv`` (annotated
 facts). The file is written only through ``factmas.data.dataset.write_dataset`` (atomic, schema v1).
 """
@@ -18,9 +27,13 @@ import numpy as np
 from factmas.data.dataset import write_dataset
 from factmas.io import provenance as run_provenance
 
-from .splits import IMAGE_FRACTIONS, check_tasks, image_split, random_split, semantic_split, train_counts
+from .splits import (IMAGE_FRACTIONS, check_tasks, disjoint_images, image_split, random_split,
+                     semantic_split, train_counts)
 
 log = logging.getLogger(__name__)
+
+
+THRESHOLD_IMAGES = ("train", "all")
 
 
 class BuildError(ValueError):
@@ -40,6 +53,8 @@ class BuildOptions:
     fractions: Sequence[float] = IMAGE_FRACTIONS
     strict: bool = False
     overwrite: bool = False
+    threshold_images: str = "train"      # "train": thresholds on training images; "all": older files
+    disjoint: bool = True                # also write disjoint{k}_seed{s} beside each random split
 
 
 def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac: float) -> None:
@@ -56,6 +71,11 @@ def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac:
     p.add_argument("--split-seeds", default="0,1,2",
                    help="seeds of the random{k}_seed{s} splits, comma-separated ('0,1,2'; '' for none)")
     p.add_argument("--no-semantic", action="store_true", help="do not write the semantic{k} split")
+    p.add_argument("--no-disjoint", action="store_true",
+                   help="do not write the image-disjoint disjoint{k}_seed{s} splits")
+    p.add_argument("--threshold-images", choices=THRESHOLD_IMAGES, default="train",
+                   help="images on which --min-images/--max-image-frac are counted: train (default) "
+                        "or all (files built before this option; lets test images choose the facts)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test image split (0)")
     p.add_argument("--strict", action="store_true", help="an unusable image is an error, not a skip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -79,7 +99,9 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
         raise BuildError("no split requested: give --split-seeds or drop --no-semantic")
     return BuildOptions(image_size=a.image_size, min_images=a.min_images, max_image_frac=a.max_image_frac,
                         num_tasks=a.num_tasks, split_seeds=seeds, semantic=not a.no_semantic,
-                        seed=a.seed, strict=a.strict, overwrite=a.overwrite)
+                        seed=a.seed, strict=a.strict, overwrite=a.overwrite,
+                        threshold_images=getattr(a, "threshold_images", "train"),
+                        disjoint=not getattr(a, "no_disjoint", False))
 
 
 def fact_sort_key(f: tuple[str, str, str]) -> tuple:
@@ -87,14 +109,19 @@ def fact_sort_key(f: tuple[str, str, str]) -> tuple:
     return tuple(f)
 
 
-def select_facts(image_facts: Sequence[set], min_images: int, max_image_frac: float):
-    """Facts seen in >= ``min_images`` and <= ``max_image_frac`` · N of the N images, sorted.
+def select_facts(image_facts: Sequence[set], min_images: int, max_image_frac: float,
+                 counted: np.ndarray | None = None):
+    """Facts seen in >= ``min_images`` and <= ``max_image_frac`` · N of the N counted images, sorted.
 
+    Args:
+        counted: bool [len(image_facts)], the images counted (the training images); None: all.
     Returns:
-        (facts: list of (S, P, O), counts: Counter fact → images, too_frequent: list of (fact, images)).
+        (facts: list of (S, P, O), counts: Counter fact → counted images, too_frequent: list of
+        (fact, images)).
     """
-    counts = Counter(f for fs in image_facts for f in set(fs))
-    limit = max_image_frac * len(image_facts)
+    sets = [fs for i, fs in enumerate(image_facts) if counted is None or counted[i]]
+    counts = Counter(f for fs in sets for f in set(fs))
+    limit = max_image_frac * len(sets)
     too_frequent = sorted(((f, c) for f, c in counts.items() if c > limit), key=lambda x: -x[1])
     facts = sorted((f for f, c in counts.items() if min_images <= c <= limit), key=fact_sort_key)
     return facts, counts, too_frequent
@@ -123,11 +150,19 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         FileExistsError: ``out`` exists and ``opts.overwrite`` is False.
     """
     n_in = len(image_ids)
-    facts, counts, too_frequent = select_facts(image_facts, opts.min_images, opts.max_image_frac)
+    if opts.threshold_images not in THRESHOLD_IMAGES:
+        raise BuildError(f"threshold_images {opts.threshold_images!r}; valid: {list(THRESHOLD_IMAGES)}")
+    split_all = None
+    if opts.threshold_images == "train":
+        split_all = image_split(n_in, opts.seed, opts.fractions)
+    counted = None if split_all is None else split_all == 0
+    facts, counts, too_frequent = select_facts(image_facts, opts.min_images, opts.max_image_frac, counted)
+    n_counted = n_in if counted is None else int(counted.sum())
     if not facts:
-        raise BuildError(f"no fact is seen in at least --min-images {opts.min_images} of {n_in} images "
-                         f"(and in at most --max-image-frac {opts.max_image_frac} of them); lower "
-                         "--min-images or use more images")
+        raise BuildError(f"no fact is seen in at least --min-images {opts.min_images} of {n_counted} "
+                         f"{'training ' if counted is not None else ''}images (and in at most "
+                         f"--max-image-frac {opts.max_image_frac} of them); lower --min-images or use "
+                         "more images")
     index = {f: i for i, f in enumerate(facts)}
     keep_img, pairs = [], []
     for i, fs in enumerate(image_facts):
@@ -138,19 +173,37 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
     pairs_arr = np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
     images = images[keep_img]
     ids_kept = [image_ids[i] for i in keep_img]
-    split = image_split(len(ids_kept), opts.seed, opts.fractions)
+    split = (image_split(len(ids_kept), opts.seed, opts.fractions) if split_all is None
+             else split_all[keep_img])
     load = train_counts(pairs_arr, split, len(facts))
     splits, attrs = {}, {}
     for s in opts.split_seeds:
         name = f"random{opts.num_tasks}_seed{s}"
         splits[name] = random_split(load, opts.num_tasks, s)
         attrs[name] = {"kind": "random", "seed": s, "num_tasks": opts.num_tasks}
+    image_tasks = {}
+    if opts.disjoint:
+        for s in opts.split_seeds:
+            source_name, name = f"random{opts.num_tasks}_seed{s}", f"disjoint{opts.num_tasks}_seed{s}"
+            splits[name] = splits[source_name].copy()
+            image_tasks[name] = disjoint_images(pairs_arr, split, splits[name], opts.num_tasks, s)
+            attrs[name] = {"kind": "image_disjoint", "seed": s, "num_tasks": opts.num_tasks,
+                           "facts_from": source_name}
     if opts.semantic:
         name = f"semantic{opts.num_tasks}"
         splits[name] = semantic_split([f[0] for f in facts], [f[1] for f in facts], load, opts.num_tasks)
         attrs[name] = {"kind": "semantic", "seed": -1, "num_tasks": opts.num_tasks}
+    disjoint_counts = {}
     for name, task in splits.items():
-        check_tasks(name, task, load, opts.num_tasks)
+        task_load = load
+        if name in image_tasks:       # training pairs kept: the image's task is the fact's task
+            own = image_tasks[name][pairs_arr[:, 0]] == task[pairs_arr[:, 1]]
+            task_load = train_counts(pairs_arr[own], split, len(facts))
+            disjoint_counts[name] = {
+                "train_pairs_kept": int(task_load.sum()), "train_pairs": int(load.sum()),
+                "facts_without_training_image": int(((task_load == 0) & (load > 0)).sum()),
+                "train_pairs_per_task": [int(task_load[task == t].sum()) for t in range(opts.num_tasks)]}
+        check_tasks(name, task, task_load, opts.num_tasks)
 
     order = Counter(1 + bool(f[1]) + bool(f[2]) for f in facts)
     report = BuildReport(skipped=[{"image": n, "reason": r} for n, r in skipped])
@@ -158,11 +211,13 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         "images_in": n_in + len(skipped), "images_skipped": len(skipped), "images_usable": n_in,
         "images_without_fact": n_in - len(keep_img), "images_kept": len(keep_img),
         "image_split": {k: int((split == v).sum()) for v, k in enumerate(("train", "val", "test"))},
+        "threshold_images": opts.threshold_images,
         "facts_before_thresholds": len(counts), "facts": len(facts),
         "facts_by_order": {str(k): order.get(k, 0) for k in (1, 2, 3)},
         "facts_too_rare": sum(1 for c in counts.values() if c < opts.min_images),
         "facts_too_frequent": [{"fact": list(f), "images": c} for f, c in too_frequent],
         "pairs": len(pairs_arr),
+        "disjoint": disjoint_counts,
     }
     report.splits = {name: [int((t == k).sum()) for k in range(opts.num_tasks)] for name, t in splits.items()}
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
@@ -170,7 +225,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
                            "options": options, "counts": report.counts, "timings": timings or {},
                            "skipped": report.skipped})
     write_dataset(out, images, ids_kept, split, facts, pairs_arr, splits, attrs, prov,
-                  overwrite=opts.overwrite)
+                  overwrite=opts.overwrite, split_images=image_tasks)
     log.info("wrote %s: %d images, %d facts, %d pairs, splits %s", out, len(ids_kept), len(facts),
              len(pairs_arr), sorted(splits))
     return report
@@ -209,3 +264,7 @@ def print_report(report: BuildReport, stream=None) -> None:
           f"{[tuple(x['fact']) for x in c['facts_too_frequent']]}; pairs: {c['pairs']}", file=stream)
     for name, n in report.splits.items():
         print(f"split {name}: facts per task {n}", file=stream)
+    for name, d in c.get("disjoint", {}).items():
+        print(f"split {name}: {d['train_pairs_kept']} of {d['train_pairs']} training pairs kept (each "
+              f"training image in one task), per task {d['train_pairs_per_task']}; "
+              f"{d['facts_without_training_image']} fact(s) left without a training image", file=stream)

@@ -15,6 +15,14 @@ Task splits give every fact one task in 0..k-1 (tasks are disjoint in facts and 
   ``person`` in Flickr8k) is divided by predicate, so the ⟨person, ride⟩ and ⟨person, ride, horse⟩
   facts stay together. Groups go, heaviest first, to the task with the lightest load so far (ties by
   task index; group order by load, then name), which needs no seed.
+* ``disjoint{k}_seed{s}`` (image-disjoint): the facts' tasks of ``random{k}_seed{s}``, and every
+  *training* image in exactly one task, for which it keeps only that task's facts (its other pairs are
+  not trained on) — the setting of Lifelong Fact Learning's 6DS, where no image is shown again in a
+  later task. Assignment (``disjoint_images``): the training images in a seeded random order, each to
+  the task, among those of its own facts, with the fewest training pairs kept so far (ties: the task
+  where the image has more facts, then the lower index), so the tasks' training pairs stay balanced.
+  Val and test images keep all their facts (-1: no task), so evaluation is the same as for
+  ``random{k}_seed{s}``. Stored beside the fact tasks as ``split_images/<name>`` int16 [N].
 """
 from __future__ import annotations
 
@@ -128,3 +136,33 @@ def check_tasks(name: str, task: np.ndarray, load: np.ndarray, num_tasks: int) -
         if load[members].sum() == 0:
             raise SplitError(f"split {name}: task {t} has no training image; lower --num-tasks, "
                              "lower --min-images or use more images")
+
+
+def disjoint_images(pairs: np.ndarray, image_split_: np.ndarray, fact_task: np.ndarray, num_tasks: int,
+                    seed: int) -> np.ndarray:
+    """int16 [N] task of each training image for the image-disjoint split (module docstring); -1 for
+    val/test images and training images without a fact.
+
+    Args:
+        pairs: int [P, 2] (image, fact).  image_split_: int [N] 0/1/2.  fact_task: int [F] task of
+        each fact.  num_tasks: k.  seed: order of the images (``np.random.default_rng(seed)``).
+    Returns:
+        image_task, with image_task[i] in the tasks of image i's facts for every training image i
+        that has a fact.
+    """
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    n = len(image_split_)
+    out = np.full(n, -1, dtype=np.int16)
+    train = pairs[np.asarray(image_split_)[pairs[:, 0]] == 0]
+    # per training image, its number of facts in each task: [N, k]
+    per_task = np.zeros((n, num_tasks), np.int64)
+    np.add.at(per_task, (train[:, 0], np.asarray(fact_task, np.int64)[train[:, 1]]), 1)
+    images = np.flatnonzero(per_task.sum(1) > 0)
+    load = np.zeros(num_tasks, np.int64)
+    for i in np.random.default_rng(seed).permutation(images):
+        cand = np.flatnonzero(per_task[i])
+        # fewest pairs so far, then more of this image's facts, then lower index (lexsort: last key first)
+        t = int(cand[np.lexsort((cand, -per_task[i, cand], load[cand]))[0]])
+        out[i] = t
+        load[t] += per_task[i, t]
+    return out

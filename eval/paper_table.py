@@ -1,12 +1,14 @@
 """The MAS paper's facts comparison on factmas data, in one command.
 
     python eval/paper_table.py --data data/flickr8k.h5 [--out runs/paper_table] [--quick]
-        [--seeds 0,1,2] [--semantic-seeds 0] [--methods finetune,mas,...] [--epochs 4]
+        [--seeds 0,1,2] [--semantic-seeds 0] [--disjoint-seeds 0] [--methods finetune,mas,...] [--epochs 4]
         [--search-epochs 2] [--jobs 2] [--config RUNCONFIG.json] [--grid mas=0.1,1,10]
 
 Methods (rows): finetune, lwf, ewc, si, mas, l-mas, mas_test (MAS with Ω from the task's unlabeled test
 images), mas_train+test, joint (all tasks together, the upper bound). Each runs on random4_seed{s}
-with seed s for every seed, and on semantic4 with the first seed (``--semantic-seeds`` for more), with
+with seed s for every seed, on semantic4 with the first seed (``--semantic-seeds`` for more), and on
+the image-disjoint disjoint4_seed{s} (every training image in one task only) with the first seed
+(``--disjoint-seeds``; skipped, with a warning, on a file built before that split), with
 ``--epochs`` epochs per task (default 4, fewer than the trainer's default of 12, to fit the 2-hour budget;
 every other setting is the trainer's default, or ``--config``'s).
 
@@ -17,7 +19,11 @@ the last task on the *val* image split, images of the training part held out fro
 (``EvalConfig.image_split = "val"``). The best λ is used in all final runs; mas_test and
 mas_train+test take MAS's λ. The search table is part of the output.
 
-Output in OUT: paper_table.md (the tables, the command, the commit, the λ search, the time),
+Output in OUT: paper_table.md (per split family: the fact→image mAP per task; both directions side
+by side — fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT; Lifelong Fact
+Learning's metric per task with its standard and generalized means; reference rows for the
+image-frequency ranking and the untrained model; mean ± std over seeds; the command, the commit, the
+λ search, the time),
 paper_table.csv, paper_table.png (all-facts mAP per method, mean ± std), results.json (everything,
 every run's summary and timing), and one run directory per run (search/…, runs/…). A run with a
 timing.json is complete and is not repeated, so re-running the command continues a killed experiment.

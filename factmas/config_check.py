@@ -17,7 +17,7 @@ from factmas.config import ConfigError, RunConfig
 OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
            "train.batch_size": "--batch-size", "train.seed": "--seed", "train.threads": "--threads",
            "train.omega_data": "--omega-data", "train.device": "--device", "train.split": "--split",
-           "train.method": "--method"}
+           "train.method": "--method", "train.optimizer": "--optimizer"}
 
 
 def _name(key: str) -> str:
@@ -94,6 +94,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "train.split": _nonempty_str, "train.method": _choice(_methods),
     "train.reg_lambda": _float(0), "train.epochs": POSITIVE, "train.batch_size": POSITIVE,
     "train.lr": _float(0, lo_open=True), "train.weight_decay": _float(0),
+    "train.optimizer": _choice(lambda: ["adam", "sgd"]), "train.momentum": _float(0, hi=1),
     "train.seed": _int_at_least(0), "train.device": _choice(lambda: ["auto", "cpu", "cuda"]),
     "train.omega_accumulate": _choice(lambda: ["sum", "alpha"]),
     "train.omega_alpha": _float(0, hi=1), "train.omega_data": _omega_data,

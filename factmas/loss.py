@@ -52,12 +52,20 @@ from factmas.config import LossConfig
 from factmas.space import paired_wildcard_distance, wildcard_distance
 
 
+def pair_regression_losses(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """The summands of L_reg, o_i · D(x_i, f_i) = Σ_{s < o_i} ‖φ̂_s(x_i) − ψ̂_s(f_i)‖², one per pair:
+    phi, psi float [B, 3, d] raw, order int [B] → float [B] (samples independent; EWC's per-pair
+    loss, ``factmas.methods.ewc``)."""
+    return order.to(phi.dtype) * paired_wildcard_distance(phi, psi, order)
+
+
 def regression_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """L_reg of the module docstring: phi, psi float [B, 3, d] raw, order int [B] → float scalar.
+    """L_reg of the module docstring: phi, psi float [B, 3, d] raw, order int [B] → float scalar,
+    the mean of ``pair_regression_losses``.
 
     Absent slots (s ≥ order) contribute neither loss nor gradient.
     """
-    return (order.to(phi.dtype) * paired_wildcard_distance(phi, psi, order)).mean()
+    return pair_regression_losses(phi, psi, order).mean()
 
 
 def contrastive_loss(distance: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -186,3 +186,22 @@ def test_all_facts_term_matches_a_per_image_loop():
     assert abs(float(with_all) - float(base) - 0.5 * want / B) < 1e-5 and abs(parts["all_facts"] - want / B) < 1e-5
     off, _ = fact_loss(phi, psi, order, pos_bb, LossConfig(temperature=tau, fact_softmax_weight=0.0), cand)
     assert float(off) == float(base)
+
+
+def test_one_wildcard_distance_for_loss_and_search(rng):
+    """space.distance_from_similarity is D of the loss (torch) and of the FAISS search (numpy)."""
+    import numpy as np
+    from factmas.evaluation.retrieval import FactIndex
+    from factmas.space import distance_from_similarity, normalize_slots, wildcard_distance
+    phi = torch.from_numpy(rng.standard_normal((5, 3, 4))).float()
+    psi = torch.from_numpy(rng.standard_normal((6, 3, 4))).float()
+    order = torch.from_numpy(rng.integers(1, 4, 6))
+    a, b = normalize_slots(phi), normalize_slots(psi)
+    naive = torch.tensor([[sum(float(((a[n, s] - b[m, s]) ** 2).sum()) for s in range(int(order[m])))
+                           / int(order[m]) for m in range(6)] for n in range(5)])
+    assert torch.allclose(wildcard_distance(phi, psi, order), naive, atol=1e-5)
+    sim = np.array([[float((a[n, :int(order[m])] * b[m, :int(order[m])]).sum()) for m in range(6)]
+                    for n in range(5)])
+    assert np.allclose(distance_from_similarity(sim, order.numpy()[None, :]), naive.numpy(), atol=1e-5)
+    d, i = FactIndex(psi, order).search(phi, 6)
+    assert np.allclose(d, np.take_along_axis(naive.numpy(), i, 1), atol=1e-5)

@@ -62,13 +62,13 @@ class EvaluateError(ValueError):
 
 def output_dir(args: argparse.Namespace, image_split: str, image_pool: str) -> Path:
     """Where the report goes; refuses (EvaluateError) what would replace results unasked."""
-    from factmas.run.rundir import EVALUATIONS
-    run = Path(args.run)
-    default = run / EVALUATIONS / (image_split + ("-task-pool" if image_pool == "task" else ""))
+    from factmas.run.rundir import RunDir
+    run = RunDir(args.run)
+    default = run.evaluations / (image_split + ("-task-pool" if image_pool == "task" else ""))
     out = Path(args.out) if args.out else default
     if out.exists() and not out.is_dir():
         raise EvaluateError(f"--out {out}: is a file; expected a directory")
-    is_run = out.resolve() == run.resolve() or (out / "config.json").is_file()
+    is_run = out.resolve() == run.path.resolve() or RunDir(out).holds_run()
     if is_run and not args.replace_results:
         raise EvaluateError(f"--out {out}: is a run directory; its results.json, results.md and plots "
                             "are the training run's. Write elsewhere (the default is "
@@ -112,13 +112,9 @@ def select_stages(run_dir: str | Path, planned: list[int], wanted: str | None) -
 
 
 def stage_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """[(stage, RUN_DIR/checkpoints/task{stage}.pt)] sorted by stage."""
-    out = []
-    for p in (Path(run_dir) / "checkpoints").glob("task*.pt"):
-        suffix = p.stem[len("task"):]
-        if suffix.isdigit():
-            out.append((int(suffix), p))
-    return sorted(out)
+    """[(stage, RUN_DIR/checkpoints/task{stage}.pt)] sorted by stage (``RunDir.stage_checkpoints``)."""
+    from factmas.run.rundir import RunDir
+    return RunDir(run_dir).stage_checkpoints()
 
 
 def metrics_table(metrics: dict, num_tasks: int) -> str:
@@ -142,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from factmas.data.experience import experiences
     from factmas.evaluation.evaluator import Evaluator
+    from factmas.evaluation.recorder import Recorder
+    from factmas.methods import method_class
     from factmas.model import build_model
-    from factmas.train import plan_stages
     from factmas.run.checkpoint import CheckpointError, load_checkpoint
     from factmas.run.lock import RunLock
-    from factmas.run.rundir import RunDirError
+    from factmas.run.rundir import RunDir, RunDirError
     try:
         cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint or _first(args.run),
                                        args.device, load_images=True)
@@ -157,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         from factmas.features import image_inputs
         inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache,
                               progress=not args.quiet)
-        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs)
+        tasks = experiences(data, cfg.train.split)
+        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs, tasks=tasks)
         if args.checkpoint:
             metrics = evaluator.evaluate(model)
             print(json.dumps(metrics, indent=2, default=str) if args.json
@@ -165,28 +164,29 @@ def main(argv: list[str] | None = None) -> int:
                        + metrics_table(metrics, evaluator.num_tasks))
             return 0
         out = output_dir(args, ecfg.image_split, ecfg.image_pool)
-        planned = [st.index for st in plan_stages(cfg.train.method, evaluator.num_tasks)]
+        stream = method_class(cfg.train.method)().stream(tasks)     # the run's training stages
+        planned = [st.index for st in stream]
         chosen = select_stages(args.run, planned, args.stages)
+        recorder = Recorder.for_evaluator(evaluator, [st.tasks for st in stream])
         import torch
         torch.manual_seed(cfg.train.seed)            # the initial model, as the trainer builds it
         initial = build_model(cfg.model, len(data.vocab)).to(device)
-        evaluator.record("initial", evaluator.evaluate(initial))
+        recorder.record("initial", evaluator.evaluate(initial))
         for stage, path in chosen:
             model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
             log.info("evaluating %s", path)
-            evaluator.record(stage, evaluator.evaluate(model))
-        from factmas.evaluation.report import read_run_meta, write_report
-        res = evaluator.results(Path(args.run).resolve().name)
-        res["run"] = read_run_meta(args.run)
-        res["complete"] = [s for s, _ in chosen] == planned
-        res["evaluated"] = {"by": "factmas evaluate", "run_dir": str(Path(args.run).resolve()),
-                            "checkpoints": [str(p) for _, p in chosen], "data": data.path,
-                            "image_split": ecfg.image_split, "image_pool": ecfg.image_pool}
-        if out.resolve() == Path(args.run).resolve() or (out / "config.json").is_file():
+            recorder.record(stage, evaluator.evaluate(model))
+        run = RunDir(args.run)
+        fields = {"complete": [s for s, _ in chosen] == planned,
+                  "evaluated": {"by": "factmas evaluate", "run_dir": str(run.path.resolve()),
+                                "checkpoints": [str(p) for _, p in chosen], "data": data.path,
+                                "image_split": ecfg.image_split, "image_pool": ecfg.image_pool}}
+        write = lambda: recorder.write(out, run.path.resolve().name, run=run.meta(), **fields)  # noqa: E731
+        if out.resolve() == run.path.resolve() or RunDir(out).holds_run():
             with RunLock(out):
-                paths = write_report(out, res)
+                paths = write()
         else:
-            paths = write_report(out, res)
+            paths = write()
     except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -4,12 +4,14 @@
 Usage::
 
     python eval/paper_table.py --data FILE.h5 [--out DIR] [--quick] [--seeds 0,1,2]
-        [--semantic-seeds 0] [--methods finetune,mas,...] [--epochs E] [--search-epochs E]
-        [--jobs N] [--config RUNCONFIG.json] [--grid mas=0.1,1,10 ...]
+        [--semantic-seeds 0] [--disjoint-seeds 0] [--methods finetune,mas,...] [--epochs E]
+        [--search-epochs E] [--jobs N] [--config RUNCONFIG.json] [--grid mas=0.1,1,10 ...]
 
 ``--quick``: a smoke check in a few minutes: 1 epoch (search too), seed 0 only (random and
 semantic), methods finetune, mas, joint, MAS's grid {1, 10}, and on data with more than 2,000 images
-a random 10% of the images (``--image-fraction``). Exit status: 0 done, 1 a run failed, 2 usage error.
+a random 10% of the images (``--image-fraction``). The image-disjoint split ``disjoint4_seed{s}`` runs
+for each ``--disjoint-seeds`` seed (default: the first of --seeds when the file has that split —
+files built before it have none, and the table is then made without it, saying so). Exit status: 0 done, 1 a run failed, 2 usage error.
 """
 from __future__ import annotations
 
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_ints, help="seeds of the random splits (default 0,1,2)")
     p.add_argument("--semantic-seeds", type=_ints,
                    help="seeds on the semantic split (default: the first of --seeds; '' for none)")
+    p.add_argument("--disjoint-seeds", type=_ints,
+                   help="seeds on the image-disjoint split disjoint4_seed{s} (default: the first of "
+                        "--seeds when the file has it; '' for none)")
     p.add_argument("--methods", help=f"comma-separated subset of {[v.label for v in VARIANTS]}")
     p.add_argument("--epochs", type=int, help=f"epochs per task (default {DEFAULT_EPOCHS})")
     p.add_argument("--search-epochs", type=int,
@@ -79,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="base RunConfig JSON (model, loss, train, eval settings)")
     p.add_argument("--random-prefix", default="random4", help="random splits are PREFIX_seed{s}")
     p.add_argument("--semantic-split", default="semantic4")
+    p.add_argument("--disjoint-prefix", default="disjoint4", help="image-disjoint splits are PREFIX_seed{s}")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
-def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
-    """Resolve the options (``--quick`` defaults first, explicit options win). Raises ValueError."""
+def settings_from_args(args: argparse.Namespace, num_images: int,
+                       splits: list[str] | None = None) -> Settings:
+    """Resolve the options (``--quick`` defaults first, explicit options win); ``splits``: the
+    dataset's split names (for the default of ``--disjoint-seeds``). Raises ValueError."""
     q = args.quick
     variants = (args.methods.split(",") if args.methods else
                 list(QUICK_VARIANTS) if q else [v.label for v in VARIANTS])
@@ -111,6 +119,8 @@ def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
                                  else seeds[:1]),
                  epochs=epochs, search_epochs=search_epochs, grids=grids, jobs=args.jobs,
                  random_prefix=args.random_prefix, semantic_split=args.semantic_split,
+                 disjoint_seeds=_disjoint_seeds(args, seeds, splits),
+                 disjoint_prefix=args.disjoint_prefix,
                  image_fraction=fraction, base=base)
     missing = [m for m in s.searches() if m not in grids]
     if missing:
@@ -118,8 +128,32 @@ def settings_from_args(args: argparse.Namespace, num_images: int) -> Settings:
     return s
 
 
+def _disjoint_seeds(args: argparse.Namespace, seeds: list[int], splits: list[str] | None) -> list[int]:
+    if args.disjoint_seeds is not None:
+        return args.disjoint_seeds
+    name = f"{args.disjoint_prefix}_seed{seeds[0]}"
+    if splits is None or name in splits:
+        return seeds[:1]
+    log.warning("the dataset has no image-disjoint split %s (files built before it): the table is "
+                "made without it; rebuild the file with data_prep to add it", name)
+    return []
+
+
+QUIET_LOGGERS = ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison; returns the exit status."""
+    """Run the comparison; returns the exit status. The per-epoch loggers are quiet meanwhile (one
+    line per run) and get their levels back at the end, so a caller's logging is left as it was."""
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    try:
+        return _main(argv)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _main(argv: list[str] | None) -> int:
     from factmas.data.dataset import DatasetError, read_dataset
     from factmas.experiments.paper_report import write_outputs
     args = parse(build_parser(), argv)
@@ -127,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for name in ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     try:
         data = read_dataset(args.data, load_images=False)
-        settings = settings_from_args(args, len(data.image_split))
+        settings = settings_from_args(args, len(data.image_split), sorted(data.splits))
         check_splits(settings, sorted(data.splits))
     except (ValueError, ConfigError, DatasetError) as e:
         print(f"paper_table: error: {e}", file=sys.stderr)

@@ -7,6 +7,10 @@ Usage::
                   [--omega-data train|test|train+test] [--threads N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
     factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
+    torchrun --nproc-per-node N -m factmas.cli train ...     # N processes, one run (factmas.distributed)
+
+Under torchrun (``WORLD_SIZE`` > 1 in the environment) the command joins the process group (NCCL on
+GPUs, one process per GPU; gloo on CPUs); rank 0 alone logs, shows progress and writes the run.
 
 Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
 error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -74,6 +79,33 @@ def _on_sigterm_raise():
         return None
 
 
+def _dist_errors() -> type:
+    """torch.distributed's error of a failed collective (e.g. a peer that died or timed out)."""
+    import torch.distributed as dist
+    return dist.DistError
+
+
+def _join_process_group(args: argparse.Namespace) -> None:
+    """Under torchrun, join the process group (NCCL when the run's device is CUDA, else gloo).
+    Raises UsageError on a bad torchrun environment or a failed rendezvous."""
+    from factmas import distributed
+    from factmas.distributed.world import env_world_size
+    try:
+        if env_world_size() <= 1:
+            return
+        device = args.device
+        if device is None and args.resume:
+            from factmas.run.rundir import read_run_config
+            device = read_run_config(args.resume)[0].train.device
+        elif device is None:
+            device = config_from_args(args).train.device
+        distributed.start_from_env(device)
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise UsageError(f"cannot join the torchrun process group: {e}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas train``; returns the exit status (0 ok, 1 training error, 2 usage error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:          # argparse: --help (0) or a usage error (2)
         return int(e.code or 0)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    main_rank = os.environ.get("RANK", "0") == "0"        # torchrun's rank; logs from rank 0 only
+    logging.basicConfig(level=logging.WARNING if args.quiet or not main_rank else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    progress = not args.no_progress
+    progress = not args.no_progress and main_rank
     previous = _on_sigterm_raise()
+    from factmas import distributed
     try:
         with logging_redirect_tqdm():
+            _join_process_group(args)
             if args.resume:
                 given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
                                      "batch_size", "lr", "seed", "config", "omega_data")
@@ -110,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError) as e:
         print(f"factmas train: training error: {e}", file=sys.stderr)
         return 1
+    except (distributed.DistributedError, _dist_errors()) as e:
+        print(f"factmas train: process {distributed.rank()} of the run: another process failed or "
+              f"stopped answering ({type(e).__name__}: {str(e)[:300]}); its own message says why",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         where = args.resume or args.out or "RUN_DIR"
         print(f"factmas train: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; the "
@@ -117,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
+        distributed.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if not main_rank:
+        return 0
     print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
     return 0
 

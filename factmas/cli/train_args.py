@@ -11,7 +11,7 @@ from factmas.config import ModelConfig, TrainConfig
 
 T, M = TrainConfig(), ModelConfig()
 # the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that
-# no torch import is needed; tests/test_cli_help.py checks they are the registries' keys
+# no torch import is needed; tests/cli/test_cli_help.py checks they are the registries' keys
 METHOD_NAMES = ("finetune", "joint", "mas", "l-mas", "ewc", "si", "lwf")
 BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
                   "resnet50", "small_cnn", "resnet18_gn")
@@ -19,7 +19,7 @@ BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
-                 "omega_data": "omega_data", "threads": "threads"}
+                 "omega_data": "omega_data", "threads": "threads", "optimizer": "optimizer"}
 # command-line option -> field of RunConfig.model
 MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
 
@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--epochs", type=int, help=f"epochs per task (default {T.epochs})")
     p.add_argument("--batch-size", type=int, help=f"image–fact pairs per step (default {T.batch_size})")
-    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {T.lr:g})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {T.lr:g}, chosen for Adam)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"],
+                   help=f"adam (default) or sgd with momentum {T.momentum:g} (the official MAS and "
+                        "LFL code; give it its own --lr)")
     p.add_argument("--seed", type=int, help=f"seed of model init and shuffling (default {T.seed})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda if present)")
     p.add_argument("--omega-data", help="images MAS / l-MAS estimate Ω on: image splits train, val, test "

@@ -4,6 +4,8 @@
 - ``schema``: the checks a dataset file must pass.
 - ``imageio``: reading an image file into RGB pixels.
 - ``synthetic``: ``make_synthetic_dataset`` for tests and benchmarks.
+- ``experience``: each task's data (facts, pairs and images per image split, relevance), built once
+  per run; ``merge`` for joint training.
 
 May import: ``factmas.io`` and ``factmas.space`` only.
 """

@@ -12,6 +12,9 @@ Layout (schema version 1)::
     vocab        str    [V]            words; id 0 is '<pad>'
     pairs        int32  [P, 2]         (image index, fact index), unique, sorted
     splits/<name> int16 [F]            task of each fact, 0..k-1; attrs kind, seed, num_tasks
+    split_images/<name> int16 [N]      (optional, image-disjoint splits) task of each training image,
+                                       -1 for val/test images: a training image is trained only with
+                                       the facts of its task (``FactData.task_pairs``)
     image_crc32  uint32 [N]            CRC-32 of each image's bytes (optional: files built before it
                                        lack it and are read without pixel verification)
 
@@ -53,6 +56,8 @@ class FactData:
         order: int8 [F].  tokens: int32 [F, 3, L].  vocab: list[str] (vocab[0] == '<pad>').
         pairs: int32 [P, 2] of (image index, fact index).
         splits: name -> int16 [F] task of each fact.  split_attrs: name -> attrs dict.
+        split_images: name -> int16 [N] task of each training image (-1: none) for the
+            image-disjoint splits (``data_prep.splits.disjoint_images``); absent for the others.
         provenance: dict.  path: the file read, if any.
         image_crc32: uint32 [N] checksums stored in the file, or None (a file built before them).
     """
@@ -68,6 +73,7 @@ class FactData:
     pairs: np.ndarray
     splits: dict = field(default_factory=dict)
     split_attrs: dict = field(default_factory=dict)
+    split_images: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     path: str = ""
     image_crc32: np.ndarray | None = None
@@ -93,11 +99,19 @@ class FactData:
         return self.splits[split]
 
     def task_pairs(self, split: str, task: int | Sequence[int], image_split: str = "train") -> np.ndarray:
-        """int32 [P_t, 2] pairs whose fact is in ``task`` (one or several) and image in ``image_split``."""
+        """int32 [P_t, 2] pairs whose fact is in ``task`` (one or several) and image in ``image_split``.
+
+        For an image-disjoint split (``split_images``) and ``image_split == "train"``, only the pairs
+        whose training image belongs to the task of the pair's fact (each training image is trained
+        with one task's facts); val and test images keep all their pairs.
+        """
         tasks = np.atleast_1d(np.asarray(task))
-        fact_ok = np.isin(self.task_of_facts(split), tasks)
+        fact_task = self.task_of_facts(split)
+        fact_ok = np.isin(fact_task, tasks)
         img_ok = self.image_split == SPLIT_NAMES.index(image_split)
         keep = fact_ok[self.pairs[:, 1]] & img_ok[self.pairs[:, 0]]
+        if image_split == "train" and split in self.split_images:
+            keep &= self.split_images[split][self.pairs[:, 0]] == fact_task[self.pairs[:, 1]]
         return self.pairs[keep]
 
 
@@ -123,7 +137,8 @@ def tokenize_facts(facts: Sequence[tuple[str, str, str]]) -> tuple[np.ndarray, l
 def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str],
                   image_split: np.ndarray, facts: Sequence[tuple[str, str, str]], pairs: np.ndarray,
                   splits: dict[str, np.ndarray], split_attrs: dict[str, dict] | None = None,
-                  provenance: dict[str, Any] | None = None, overwrite: bool = False) -> None:
+                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
+                  split_images: dict[str, np.ndarray] | None = None) -> None:
     """Write a schema-v1 dataset atomically (temporary file, then rename), with image checksums.
 
     Everything ``read_dataset`` checks is checked before the file is written, so a written file
@@ -136,6 +151,8 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
         pairs: int [P, 2] (image, fact); duplicates are removed and rows sorted.
         splits: name -> int [F] task per fact (tasks 0..K-1, each non-empty).
         split_attrs: name -> dict of attributes (``num_tasks`` fixes K).
+        split_images: name of a split -> int [N] task of each training image, -1 for the others
+            (image-disjoint splits; ``factmas.data.schema.check_split_images``).
     Raises:
         DatasetError: inconsistent shapes, a gap in a fact's slots, an out-of-range index or task,
             or an empty task.
@@ -161,10 +178,11 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
         split_arrays[name] = task.astype(np.int16)
     tokens, vocab = tokenize_facts(facts)
     attrs_all = split_attrs or {}
+    image_tasks = {k: np.asarray(v).astype(np.int16) for k, v in (split_images or {}).items()}
     check = FactData(images=images[:0], image_ids=list(image_ids), image_split=np.asarray(image_split),
                      subject=[f[0] for f in facts], predicate=[f[1] for f in facts],
                      object=[f[2] for f in facts], order=order, tokens=tokens, vocab=vocab,
-                     pairs=pairs, splits=split_arrays, split_attrs=attrs_all)
+                     pairs=pairs, splits=split_arrays, split_attrs=attrs_all, split_images=image_tasks)
     schema.check_values(path, check)
     crc = schema.image_checksums(images)
     h5py = _h5py()
@@ -188,6 +206,8 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
                 ds = h.create_dataset(f"splits/{name}", data=task)
                 for k, v in attrs_all.get(name, {}).items():
                     ds.attrs[k] = v
+            for name, image_task in image_tasks.items():
+                h.create_dataset(f"split_images/{name}", data=image_task)
 
 
 def _order(fact: tuple[str, str, str], i: int, path: Any) -> int:
@@ -260,6 +280,14 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
             splits[name] = get(f"splits/{name}")
             split_attrs[name] = {k: (v.item() if hasattr(v, "item") else v)
                                  for k, v in h[f"splits/{name}"].attrs.items()}
+        image_tasks = {}
+        group = h.get("split_images")
+        if group is not None and not isinstance(group, h5py.Group):
+            raise DatasetError(f"{path}: key 'split_images' must be a group of int [N] task arrays")
+        for name in group or []:
+            if not isinstance(group[name], h5py.Dataset):
+                raise DatasetError(f"{path}: key 'split_images/{name}' is a group; expected int [N]")
+            image_tasks[name] = get(f"split_images/{name}")
         try:
             provenance = json.loads(h.attrs.get("provenance", "{}"))
         except (TypeError, ValueError) as e:
@@ -271,7 +299,8 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
                         subject=strs("facts/subject"), predicate=strs("facts/predicate"),
                         object=strs("facts/object"), order=get("facts/order"),
                         tokens=get("facts/tokens"), vocab=strs("vocab"), pairs=get("pairs"),
-                        splits=splits, split_attrs=split_attrs, provenance=provenance,
+                        splits=splits, split_attrs=split_attrs, split_images=image_tasks,
+                        provenance=provenance,
                         path=str(path), image_crc32=crc)
     schema.check_values(path, data)
     if load_images and verify and crc is not None:
@@ -285,6 +314,9 @@ def _entries(h: Any, h5py: Any) -> dict[str, tuple[Any, tuple, bool]]:
     splits = h.get("splits")
     if splits is not None and isinstance(splits, h5py.Group):
         keys += [f"splits/{name}" for name in splits]
+    images = h.get("split_images")
+    if images is not None and isinstance(images, h5py.Group):
+        keys += [f"split_images/{name}" for name in images]
     out = {}
     for key in keys:
         obj = h.get(key)

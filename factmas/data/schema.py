@@ -21,6 +21,7 @@ import numpy as np
 
 CHECKSUM_KEY = "image_crc32"
 SPLIT_VALUES = (0, 1, 2)
+SPLIT_NAMES_ = ("train", "val", "test")
 
 # key -> (dtype kind, symbolic shape); kinds: "uint8", "uint32", "int" (any integer), "str"
 LAYOUT: dict[str, tuple[str, tuple]] = {
@@ -37,6 +38,7 @@ LAYOUT: dict[str, tuple[str, tuple]] = {
 }
 OPTIONAL = {CHECKSUM_KEY: ("uint32", ("N",))}
 SPLIT_LAYOUT = ("int", ("F",))
+SPLIT_IMAGES_LAYOUT = ("int", ("N",))   # split_images/<name>: image-disjoint splits
 
 
 class DatasetError(ValueError):
@@ -76,6 +78,7 @@ def check_layout(path: Any, entries: Mapping[str, tuple[Any, tuple, bool]]) -> d
     expected = dict(LAYOUT)
     expected.update({k: v for k, v in OPTIONAL.items() if k in entries})
     expected.update({k: SPLIT_LAYOUT for k in entries if k.startswith("splits/")})
+    expected.update({k: SPLIT_IMAGES_LAYOUT for k in entries if k.startswith("split_images/")})
     for key, (kind, shape) in expected.items():
         if key not in entries:
             raise _error(path, f"missing key {key!r} (schema v1: {kind} {list(shape)})")
@@ -136,6 +139,37 @@ def check_values(path: Any, data: Any) -> None:
                                f"0..{limit - 1} ({limit} {name}s)")
     for name, task in data.splits.items():
         check_split(path, name, np.asarray(task), data.split_attrs.get(name, {}))
+    for name, image_task in getattr(data, "split_images", {}).items():
+        check_split_images(path, name, np.asarray(image_task), data)
+
+
+def check_split_images(path: Any, name: str, image_task: np.ndarray, data: Any) -> None:
+    """``split_images/<name>`` of an image-disjoint split: int [N] with a split ``splits/<name>``
+    beside it; -1 for every val/test image; for a training image -1 or the task of one of its facts
+    (it is trained with that task's facts only).
+
+    Raises:
+        DatasetError: naming the key, the first offending image and what was expected.
+    """
+    key = f"split_images/{name}"
+    if name not in data.splits:
+        raise _error(path, f"key {key!r} has no task split 'splits/{name}' beside it")
+    n = len(data.image_ids)
+    if image_task.shape != (n,):
+        raise _error(path, f"key {key!r} has shape {image_task.shape}, expected [{n}] (N images)")
+    split = np.asarray(data.image_split)
+    bad = np.flatnonzero((split != 0) & (image_task != -1))
+    if len(bad):
+        raise _error(path, f"key {key!r} gives {SPLIT_NAMES_[split[bad[0]]]} image {bad[0]} task "
+                           f"{image_task[bad[0]]}; expected -1 (only training images have a task)")
+    pairs = np.asarray(data.pairs, np.int64).reshape(-1, 2)
+    task = np.asarray(data.splits[name], np.int64)
+    own = np.zeros(n, bool)
+    own[pairs[image_task[pairs[:, 0]] == task[pairs[:, 1]], 0]] = True
+    bad = np.flatnonzero((image_task != -1) & ~own)
+    if len(bad):
+        raise _error(path, f"key {key!r} gives training image {bad[0]} task {image_task[bad[0]]}, "
+                           "which none of its facts has; expected -1 or the task of one of its facts")
 
 
 def check_split(path: Any, name: str, task: np.ndarray, attrs: Mapping[str, Any]) -> None:

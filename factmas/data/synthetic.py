@@ -26,7 +26,9 @@ def make_synthetic_dataset(path: str | Path, n_images: int = 240, image_size: in
         n_images: number of images (about 70% train, 10% val, 20% test).
         image_size: H = W of the uint8 RGB images.
         num_tasks: the split ``random{num_tasks}_seed0`` assigns facts to tasks round-robin in a
-            seeded random order; ``semantic{k}`` with k = min(num_tasks, 4) groups facts by subject.
+            seeded random order; ``semantic{k}`` with k = min(num_tasks, 4) groups facts by subject;
+            ``disjoint{num_tasks}_seed0`` (image-disjoint) has the facts' tasks of the random split
+            and puts each training image in the task of its ⟨S,P,O⟩ fact (``split_images``).
     Returns:
         ``Path(path)``.
     """
@@ -63,7 +65,13 @@ def make_synthetic_dataset(path: str | Path, n_images: int = 240, image_size: in
     splits = {f"random{num_tasks}_seed0": random_split, f"semantic{k_sem}": semantic}
     attrs = {f"random{num_tasks}_seed0": {"kind": "random", "seed": 0, "num_tasks": num_tasks},
              f"semantic{k_sem}": {"kind": "semantic", "seed": 0, "num_tasks": k_sem}}
+    disjoint = f"disjoint{num_tasks}_seed0"
+    splits[disjoint] = random_split.copy()
+    attrs[disjoint] = {"kind": "image_disjoint", "seed": 0, "num_tasks": num_tasks,
+                       "facts_from": f"random{num_tasks}_seed0"}
+    spo = np.array(pairs)[2::3]                                  # each image's ⟨S,P,O⟩ pair
+    image_task = np.where(split == 0, random_split[spo[:, 1]], -1).astype(np.int16)
     write_dataset(path, images, [f"syn_{i:05d}.png" for i in range(n_images)], split, facts,
                   np.array(pairs), splits, attrs, {"source": "factmas.synthetic", "seed": seed},
-                  overwrite=overwrite)
+                  overwrite=overwrite, split_images={disjoint: image_task})
     return Path(path)

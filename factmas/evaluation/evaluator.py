@@ -1,6 +1,6 @@
 """Retrieval evaluation of a model on the test images, per task and over all facts.
 
-What is measured (``evaluate_tasks``; metric names are the keys of the returned dict):
+What is measured (``Evaluator.evaluate``; metric names are the keys of the returned dict):
 
 * ``fact_to_image_map`` (the headline, the accuracy matrix R of the tables): for each fact, the test
   images of the pool ranked by wildcard distance (full ranking, exact: computed from the ranks of the
@@ -11,44 +11,46 @@ What is measured (``evaluate_tasks``; metric names are the keys of the returned 
 * ``image_to_fact_top1`` / ``image_to_fact_top5``: for each image, the facts ranked by distance; a hit
   when any of the image's true facts is in the top 1 / 5. ``image_to_fact_map``: AP of that ranking.
   Per task t, the candidates are the facts of task t and the queries the pool images that carry at
-  least one of them; for "all", every fact and every image with a fact.
+  least one of them (Lifelong Fact Learning's *standard* mode); for "all", every fact and every image
+  with a fact.
+* ``lfl_top5_standard`` / ``lfl_top5_generalized`` (Lifelong Fact Learning's headline metric in its
+  two modes) and ``image_to_fact_{top1,top5,map}_generalized`` (task t's images ranking every fact):
+  ``factmas.evaluation.lfl``, with ``"lfl_counts"`` (test pairs per task).
 
 Image pool (``EvalConfig.image_pool``) of the fact → image search: ``"all"`` (default, used in the
 tables): every image of the evaluated image split (test), so a fact competes against all test images;
 ``"task"``: for task t only the images that carry a fact of task t. A fact (or image) with no true
 image (fact) in its pool has no AP and is left out of the means; the counts are in the result.
 
-Result of ``evaluate_tasks`` / ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
+Result of ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
 for each name in ``METRICS``, plus ``"counts": {"facts": {t: n}, "images": {t: n}}`` (facts and query
 images with an AP) and ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds).
 
-The trainer's API (``factmas.train``) — ``Evaluator``::
+The evaluator measures; recording the rows of R and writing the report is
+``factmas.evaluation.recorder.Recorder``'s::
 
     ev = Evaluator(data, split, cfg.eval, device)     # once per run
     metrics = ev.evaluate(model)                       # before task 0, then after each task
-    ev.record("initial" | "task{t}" | t, metrics)      # fills row "initial" or row t of every R
-    ev.write(run_dir, run_name=None)                   # results.json, results.md, PNG plots
-
-``record`` accepts metrics that went through JSON (task keys as strings, NaN as None), so a resumed
-run can replay the rows it saved. ``ev.results()`` gives the results.json content
-(``factmas.evaluation.report.build_results``).
+    rec = Recorder.for_evaluator(ev)                   # keeps the rows, writes results files
 """
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from factmas.evaluation import metrics as M
-from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
+from factmas.data.experience import Experience, experiences
+from factmas.evaluation import metrics as M
+from factmas.evaluation.lfl import evaluate_lfl
+from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.evaluation.ranking import rank_pairs
+from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,6 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch
     The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
     model with a frozen stem runs it (``TwoBranchModel.embed_pixels``).
     """
-    from factmas.model import preprocess
     embed = getattr(model, "embed_pixels", model.image_branch)
     out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(
         images[i:i + batch])).to(device))).float().cpu() for i in range(0, len(images), batch)]
@@ -102,36 +103,24 @@ def embed_facts(model: nn.Module, tokens: np.ndarray, order: np.ndarray, batch: 
     return torch.cat(out)
 
 
-class _Relevance:
-    """Which (image, fact) pairs are true: sorted int64 keys image·F + fact."""
-
-    def __init__(self, pairs: np.ndarray, num_facts: int):
-        self.f = int(num_facts)
-        self.keys = np.unique(pairs[:, 0].astype(np.int64) * self.f + pairs[:, 1])
-
-    def __call__(self, image: np.ndarray, fact: np.ndarray) -> np.ndarray:
-        q = np.asarray(image, np.int64) * self.f + np.asarray(fact, np.int64)
-        if not len(self.keys):
-            return np.zeros(q.shape, bool)
-        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-        return self.keys[pos] == q
-
-
 class Evaluator:
-    """Evaluates models on one dataset and task split, and keeps the rows of every R.
+    """Evaluates models on one dataset and task split (the measuring; ``Recorder`` records).
 
     Args:
         data: the dataset (images in memory).  split: task split name.  cfg: ``EvalConfig``.
         device: where the model runs.
         inputs: image input source (``factmas.features.image_inputs``, e.g. the feature cache);
             None: the dataset's pixels through ``embed_images``.
+        tasks: the experience of each task of ``split`` (``factmas.data.experience``; built here
+            when None): each task's images of the evaluated image split, the relevance index.
     Raises:
         DatasetError: unknown split.  ValueError: unknown image pool / image split, or no images in
         the evaluated image split.
     """
 
     def __init__(self, data: FactData, split: str, cfg: EvalConfig | None = None,
-                 device: torch.device | str = "cpu", inputs=None) -> None:
+                 device: torch.device | str = "cpu", inputs=None,
+                 tasks: list[Experience] | None = None) -> None:
         self.data, self.split, self.cfg = data, split, cfg or EvalConfig()
         self.inputs = inputs
         self.device = torch.device(device)
@@ -140,32 +129,39 @@ class Evaluator:
         if self.cfg.image_split not in SPLIT_NAMES:
             raise ValueError(f"eval.image_split: {self.cfg.image_split!r}; valid: {list(SPLIT_NAMES)}")
         self.task_of_fact = data.task_of_facts(split).astype(np.int64)
-        self.num_tasks = int(self.task_of_fact.max()) + 1 if len(self.task_of_fact) else 0
+        tasks = experiences(data, split) if tasks is None else tasks
+        self.num_tasks = len(tasks)
         self.image_ids = np.flatnonzero(data.image_split == SPLIT_NAMES.index(self.cfg.image_split))
         if not len(self.image_ids):
             raise ValueError(f"{data.path or 'dataset'}: no images in split {self.cfg.image_split!r}")
         in_pool = np.isin(data.pairs[:, 0], self.image_ids)
-        self.relevant = _Relevance(data.pairs[in_pool], data.num_facts)
+        self.relevant = tasks[0].relevance if tasks else None   # the queried images are all in the pool
         self.pool_pairs = pool_pairs = data.pairs[in_pool]
         self.n_true_images = np.bincount(pool_pairs[:, 1], minlength=data.num_facts)
         # per task: the pool images that carry a fact of the task
-        self.task_images = [np.intersect1d(self.image_ids, pool_pairs[
-            self.task_of_fact[pool_pairs[:, 1]] == t, 0]) for t in range(self.num_tasks)]
-        self.rows: dict[Any, dict] = {}
-        self._baselines: dict | None = None          # factmas.evaluation.baselines, computed once when written
+        self.task_images = [e.images[self.cfg.image_split] for e in tasks]
 
     # ---- measuring --------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict:
-        """All metrics of ``model`` (module docstring layout). The model is put in eval mode."""
+        """All metrics of ``model`` (module docstring layout). The model is put in eval mode.
+
+        On several processes (``factmas.distributed``) each rank embeds its share of the images and
+        facts, the rows are gathered, rank 0 runs the search and the metrics and every rank returns
+        rank 0's result."""
+        from factmas.distributed import broadcast, gather_rows, is_main
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
         if self.inputs is not None:
-            phi = embed_inputs(model, self.inputs, self.image_ids, cfg.embed_batch)
+            phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch),
+                              self.image_ids)
         else:
-            phi = embed_images(model, data.images[self.image_ids], cfg.embed_batch, self.device)
-        psi = embed_facts(model, data.tokens, data.order, cfg.embed_batch, self.device)
-        return self.evaluate_embeddings(phi, psi, time.perf_counter() - t0)
+            phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
+                                                       self.device), self.image_ids)
+        psi = gather_rows(lambda ids: embed_facts(model, data.tokens[ids], data.order[ids],
+                                                  cfg.embed_batch, self.device), np.arange(data.num_facts))
+        result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
+        return broadcast(result)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
                             label: str = "evaluation") -> dict:
@@ -190,6 +186,9 @@ class Evaluator:
             i2f = i2f_all[key]
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
+        t1 = time.perf_counter()
+        out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
+        timing["metrics_s"] += time.perf_counter() - t1
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
@@ -264,35 +263,3 @@ class Evaluator:
             out[key] = (float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps), n)
         timing["metrics_s"] += time.perf_counter() - t1
         return out
-
-    # ---- the rows of R ------------------------------------------------------------------------
-    def record(self, row: str | int, metrics: dict) -> None:
-        """Keep ``metrics`` as row ``row``: "initial", or the stage index t (int, "t" or "task{t}").
-
-        Raises:
-            ValueError: an unknown row label.
-        """
-        from factmas.evaluation.report import normalize_metrics, row_key
-        self.rows[row_key(row)] = normalize_metrics(metrics)
-
-    def results(self, run_name: str = "") -> dict:
-        """The results.json content of the rows recorded so far (``factmas.evaluation.report.build_results``)."""
-        from factmas.evaluation.baselines import frequency_baseline
-        from factmas.evaluation.report import build_results
-        if self._baselines is None:
-            self._baselines = {"frequency": frequency_baseline(self)}
-        return build_results(self.rows, self.num_tasks, run_name=run_name, split=self.split,
-                             image_pool=self.cfg.image_pool, ap_k=self.cfg.ap_k,
-                             image_split=self.cfg.image_split, baselines=self._baselines)
-
-    def write(self, run_dir: str | Path, run_name: str | None = None) -> list[Path]:
-        """Write results.json, results.md and the PNG plots into ``run_dir``; returns their paths."""
-        from factmas.evaluation.report import write_report
-        name = run_name or Path(run_dir).resolve().name
-        return write_report(run_dir, self.results(name))
-
-
-def evaluate_tasks(model: nn.Module, data: FactData, split: str, cfg: EvalConfig | None = None,
-                   device: torch.device | str = "cpu") -> dict:
-    """One evaluation of ``model`` (see the module docstring); ``Evaluator(...).evaluate(model)``."""
-    return Evaluator(data, split, cfg, device).evaluate(model)

@@ -7,6 +7,8 @@ results.json (``build_results``; format "factmas-results", version 1)::
      "split": str, "num_tasks": T, "columns": ["T1", ..., "TT"],
      "image_split": "test", "image_pool": "all" | "task", "ap_k": 100, "headline": "fact_to_image_map",
      "stages": [0, 1, ...]            # rows of R that were recorded (stage index = trained task)
+     "stage_tasks": [[0], [1], ...],  # the tasks each stage of the stream trains ([[0, 1, ...]]: joint)
+     "complete": bool,                # every stage of the stream recorded
      "metrics": {<metric>: {
          "initial": [T] | null,       # the untrained model (b, the forward-transfer baseline)
          "initial_all": float | null,
@@ -14,6 +16,7 @@ results.json (``build_results``; format "factmas-results", version 1)::
          "all": [per stage],          # over all facts after each stage
          "final": [T], "final_all": float,    # the last stage (the end of the sequence)
          "average": ACC, "forgetting": F, "bwt": BWT, "fwt": FWT}},   # null where undefined
+     # also the keys of factmas.evaluation.lfl.LFL_METRICS (LFL's metric, the generalized mode)
      "counts": {...}, "timing": {row label: {"embed_s", "search_s", "metrics_s"}}}
 
 NaN (e.g. a task without test images) is written as null. Forgetting, BWT and FWT need a square R
@@ -35,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from factmas.evaluation import metrics as M
+from factmas.evaluation.lfl import LFL_METRICS
+from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,12 @@ log = logging.getLogger(__name__)
 FORMAT, VERSION = "factmas-results", 1
 LABELS = {"fact_to_image_map": "fact→image mAP", "fact_to_image_map_at_k": "fact→image mAP@k",
           "image_to_fact_top1": "image→fact top-1", "image_to_fact_top5": "image→fact top-5",
-          "image_to_fact_map": "image→fact mAP"}
+          "image_to_fact_map": "image→fact mAP",
+          # factmas.evaluation.lfl: Lifelong Fact Learning's metric and the generalized mode
+          "lfl_top5_standard": "LFL top-5 (standard)", "lfl_top5_generalized": "LFL top-5 (generalized)",
+          "image_to_fact_top1_generalized": "image→fact top-1 (generalized)",
+          "image_to_fact_top5_generalized": "image→fact top-5 (generalized)",
+          "image_to_fact_map_generalized": "image→fact mAP (generalized)"}
 
 
 def row_key(row: str | int) -> str | int:
@@ -64,10 +74,9 @@ def _num(v: Any) -> float:
 
 def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
-    from factmas.evaluation.metrics import METRICS
     out: dict[str, Any] = {}
     for name, value in metrics.items():
-        if name in METRICS:
+        if name in METRICS or name in LFL_METRICS:
             out[name] = {("all" if k == "all" else int(k)): _num(v) for k, v in value.items()}
         elif name == "counts":
             out[name] = {c: {("all" if k == "all" else int(k)): v for k, v in d.items()}
@@ -96,18 +105,22 @@ def summarize(R: np.ndarray, b: np.ndarray | None) -> dict:
 
 def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "",
                   image_pool: str = "all", ap_k: int = 100, image_split: str = "test",
-                  run: dict | None = None, baselines: dict | None = None) -> dict:
+                  run: dict | None = None, baselines: dict | None = None,
+                  stage_tasks: list[list[int]] | None = None) -> dict:
     """results.json content (module docstring) from rows {"initial" | stage: metrics dict};
     ``baselines`` {name: metrics dict} (``factmas.evaluation.baselines``) become ``res["baselines"][name][metric]
-    = {"final": per-task values, "final_all": value}``."""
-    from factmas.evaluation.metrics import HEADLINE, METRICS
+    = {"final": per-task values, "final_all": value}``; ``stage_tasks``: the tasks of each stage of
+    the stream (None: one task per stage)."""
     stages = sorted(k for k in rows if k != "initial")
+    if stage_tasks is None:
+        stage_tasks = [[t] for t in range(num_tasks)]
     init = rows.get("initial")
     res: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "run_name": run_name, "run": run or {},
         "split": split, "num_tasks": num_tasks, "columns": [f"T{j + 1}" for j in range(num_tasks)],
         "image_split": image_split, "image_pool": image_pool, "ap_k": ap_k, "headline": HEADLINE,
-        "stages": stages, "metrics": {}, "counts": rows[stages[-1]].get("counts", {}) if stages else {},
+        "stages": stages, "stage_tasks": [[int(t) for t in ts] for ts in stage_tasks],
+        "complete": bool(stages) and stages == list(range(len(stage_tasks))), "metrics": {}, "counts": rows[stages[-1]].get("counts", {}) if stages else {},
         "timing": {("initial" if k == "initial" else f"task{k}"): rows[k].get("timing", {})
                    for k in (["initial"] if init else []) + stages},
         # mean pairwise cosine of the pool images' embeddings (1 = collapsed), per row
@@ -115,7 +128,9 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                                   _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
                                   for k in (["initial"] if init else []) + stages},
     }
-    for m in METRICS:
+    # LFL's metrics (factmas.evaluation.lfl) where every row has them (rows of older runs lack them)
+    present = tuple(m for m in LFL_METRICS if all(m in r for r in rows.values()))
+    for m in METRICS + present:
         R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
                      dtype=np.float64).reshape(len(stages), num_tasks)
         b = np.array([init[m].get(j, np.nan) for j in range(num_tasks)]) if init else None
@@ -129,38 +144,29 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
         res["metrics"][m] = entry
     res["baselines"] = {
         name: {m: {"final": [_clean(_num(met[m].get(j))) for j in range(num_tasks)],
-                   "final_all": _clean(_num(met[m].get("all")))} for m in METRICS}
+                   "final_all": _clean(_num(met[m].get("all")))}
+               for m in METRICS + tuple(x for x in present if x in met)}
         for name, met in (baselines or {}).items()}
     return res
 
 
-def read_run_meta(run_dir: str | Path) -> dict:
-    """{"method", "seed", "split", "reg_lambda", "data_sha256", "pixels_sha256"} from
-    RUN_DIR/config.json (the last two: the run's data fingerprint, absent for runs recorded before it);
-    {} when absent/unreadable."""
-    try:
-        rec = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-        cfg = rec.get("config", rec)
-        tr = cfg.get("train", {})
-        fp = rec.get("data_fingerprint") or {}
-        meta = {"method": tr.get("method"), "seed": rec.get("seed", tr.get("seed")),
-                "split": tr.get("split"), "reg_lambda": tr.get("reg_lambda")}
-        meta.update({k: fp[f] for k, f in (("data_sha256", "sha256"), ("pixels_sha256", "pixels_sha256"))
-                     if fp.get(f)})
-        return meta
-    except (OSError, ValueError, AttributeError):
-        return {}
+def stage_tasks(res: dict) -> list[list[int]]:
+    """The tasks of each stage of a results.json's stream: its "stage_tasks"; for files written
+    before it was recorded, from the run's method (joint: one stage of every task)."""
+    if res.get("stage_tasks") is not None:
+        return res["stage_tasks"]
+    t = int(res.get("num_tasks", 0))
+    legacy_joint = (res.get("run") or {}).get("method") == "joint"
+    return [list(range(t))] if legacy_joint else [[j] for j in range(t)]
 
 
 def is_complete(res: dict) -> bool:
-    """Whether a results.json covers the whole sequence: its "complete" field when present, else
-    stages 0..T-1 all recorded (one stage for a joint run)."""
+    """Whether a results.json covers the whole stream: its "complete" field when present, else every
+    stage of ``stage_tasks(res)`` recorded."""
     if "complete" in res:
         return bool(res["complete"])
-    stages, t = res.get("stages") or [], res.get("num_tasks", 0)
-    if (res.get("run") or {}).get("method") == "joint":
-        return stages == [0]
-    return stages == list(range(t)) and t > 0
+    stages, planned = res.get("stages") or [], stage_tasks(res)
+    return bool(planned) and stages == list(range(len(planned)))
 
 
 def fmt(x: float | None, scale: float = 100.0, signed: bool = False) -> str:
@@ -185,10 +191,13 @@ def final_row(entry: dict) -> list[str]:
 
 
 def stage_label(res: dict, stage: int) -> str:
-    """Row label of a stage: "after T{s+1}" (one task per stage), or "after joint training"."""
-    if (res.get("run") or {}).get("method") == "joint":
-        return "after joint training" if len(res["stages"]) == 1 else f"after stage {stage + 1}"
-    return f"after T{stage + 1}"
+    """Row label of a stage: "after T{t+1}" (a stage of one task t), "after joint training" (the
+    only stage, holding several tasks), else "after stage {s+1}"."""
+    planned = stage_tasks(res)
+    tasks = planned[stage] if stage < len(planned) else [stage]
+    if len(tasks) == 1:
+        return f"after T{tasks[0] + 1}"
+    return "after joint training" if len(planned) == 1 else f"after stage {stage + 1}"
 
 
 def results_markdown(res: dict) -> str:
@@ -289,13 +298,10 @@ def _save(fig, path: Path) -> Path:
 def write_report(run_dir: str | Path, res: dict) -> list[Path]:
     """Write results.json, results.md and the plots into ``run_dir``; returns the paths written.
 
-    ``res["run"]`` is filled from RUN_DIR/config.json when empty. Nothing but results.json is
-    written when no stage has been recorded.
+    Nothing but results.json is written when no stage has been recorded.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not res.get("run"):
-        res = {**res, "run": read_run_meta(run_dir)}
     atomic_write_json(run_dir / "results.json", res)
     paths = [run_dir / "results.json"]
     if res["stages"]:

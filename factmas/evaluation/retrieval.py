@@ -12,7 +12,8 @@ the fact has, averaged so that facts of different orders are comparable:
 with per-slot L2-normalized vectors (Sherlock, Elhoseiny et al. AAAI 2017, Sec. 4). For a fixed order
 o the ranking is an inner-product search over the prefix [S] (o = 1), [S|P] (o = 2) or [S|P|O] (o = 3)
 of the concatenated unit slot vectors, so each order gets its own exact ``IndexFlatIP`` over
-``o·d`` dimensions, and inner products are mapped to D = 2 − (2/o)·IP:
+``o·d`` dimensions, and inner products are mapped to D = 2 − (2/o)·IP by
+``factmas.space.distance_from_similarity`` (the loss's definition of D):
 
 * ``FactIndex`` (image → fact): the facts of each order in their own index; an image is searched in
   every index and the per-order top-k lists are merged by D (ties: lower fact id first).
@@ -32,7 +33,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from factmas.space import NUM_SLOTS, normalize_slots
+from factmas.space import NUM_SLOTS, distance_from_similarity, normalize_slots
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class FactIndex:
             for o, index in self.indexes.items():
                 ko = min(k, index.ntotal)
                 ip, loc = index.search(prefix(xb, o), ko)
-                ds.append(2.0 - (2.0 / o) * ip)
+                ds.append(distance_from_similarity(ip, o))
                 ids.append(self.ids[o][loc])
             d, i = np.concatenate(ds, axis=1), np.concatenate(ids, axis=1)
             sel = _merge_order(d, i)[:, :k]
@@ -198,7 +199,7 @@ class ImageIndex:
             for start in range(0, len(ids_o), step):
                 ids = ids_o[start:start + step]
                 ip, loc = self.indexes[o].search(prefix(f_hat[ids], o), k)
-                yield ids, 2.0 - (2.0 / o) * ip, loc
+                yield ids, distance_from_similarity(ip, o), loc
 
     def search(self, psi, order, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Top-k images of every fact, in fact-id order: (D float32 [M, k'], I int64 [M, k'])."""

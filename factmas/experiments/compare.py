@@ -56,10 +56,11 @@ def identity(run: Path, res: dict) -> dict:
     The fingerprint comes from results.json's "run" record, else from RUN_DIR/config.json; None
     when neither has one (runs recorded before fingerprints).
     """
-    from factmas.evaluation.report import is_complete, read_run_meta
+    from factmas.evaluation.report import is_complete
+    from factmas.run.rundir import RunDir
     meta = res.get("run") or {}
     if not meta.get("data_sha256"):
-        meta = {**read_run_meta(run), **{k: v for k, v in meta.items() if v is not None}}
+        meta = {**RunDir(run).meta(), **{k: v for k, v in meta.items() if v is not None}}
     data = meta.get("data_sha256")
     if data and meta.get("pixels_sha256"):
         data = f"{data[:12]}/{meta['pixels_sha256'][:12]}"

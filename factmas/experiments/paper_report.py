@@ -3,8 +3,14 @@
 Layout of the MAS paper's facts table (Aljundi et al., ECCV 2018, Table 2): one row per method, the
 fact→image mAP (%) of each task T1..Tk and over all facts at the end of the sequence; here as mean ±
 sample std (ddof 1) over seeds, plus forgetting (Chaudhry et al. 2018) and BWT (Lopez-Paz & Ranzato
-2017) from R. One table for the random split (over its seeds), one for the semantic split. Joint has a
-single row of R: forgetting and BWT are undefined ("–").
+2017) from R. One set of tables per split family (random, semantic, image-disjoint), over its seeds.
+Joint has a single row of R: forgetting and BWT are undefined ("–").
+
+Beside it, per family: both retrieval directions side by side (fact→image mAP, image→fact mAP and
+top-5 over all facts, each with forgetting and BWT), and Lifelong Fact Learning's metric per task with
+its mean (standard mode, as their README) and the generalized mean (``factmas.evaluation.lfl``). Every
+table has two reference rows: the image-frequency ranking and the untrained model (from the runs of
+the first method of the family, one per split and seed; forgetting and BWT undefined).
 """
 from __future__ import annotations
 
@@ -17,21 +23,51 @@ import numpy as np
 
 from factmas.experiments.compare import cell, mean_std
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
-from factmas.experiments.paper_table import VARIANT, Settings
+from factmas.experiments.paper_table import BASELINES, DIRECTIONS, LFL_KEYS, VARIANT, Settings
 from factmas.evaluation.report import markdown_table
 
 COLUMNS = ("all", "forgetting", "bwt")
+FAMILIES = ("random", "semantic", "disjoint")
+SHORT = {"fact_to_image_map": "f→i mAP", "image_to_fact_map": "i→f mAP",
+         "image_to_fact_top5": "i→f top-5"}
 
 
 def family(split: str, settings: Settings) -> str:
-    """"random" or "semantic" (the table a run belongs to)."""
-    return "semantic" if split == settings.semantic_split else "random"
+    """"random", "semantic" or "disjoint" (the table a run belongs to)."""
+    if split == settings.semantic_split:
+        return "semantic"
+    if split.startswith(f"{settings.disjoint_prefix}_seed"):
+        return "disjoint"
+    return "random"
+
+
+def side_columns(metrics: dict, reference: bool = False) -> dict:
+    """Columns "<metric>.all|forgetting|bwt" (DIRECTIONS) and "<lfl key>.T<j>|mean" (LFL_KEYS) of a
+    run summary's "metrics" (or, ``reference``, of one of its "baselines": no forgetting/BWT)."""
+    out: dict[str, Any] = {}
+    for m in DIRECTIONS:
+        e = metrics.get(m)
+        if e:
+            out[f"{m}.all"] = e["final_all"]
+            out[f"{m}.forgetting"] = None if reference else e["forgetting"]
+            out[f"{m}.bwt"] = None if reference else e["bwt"]
+    for m in LFL_KEYS:
+        e = metrics.get(m)
+        if e:
+            out.update({f"{m}.T{j + 1}": v for j, v in enumerate(e["final"] or [])})
+            out[f"{m}.mean"] = e["average"]
+    return out
+
+
+def _add(row: dict, cols: dict) -> None:
+    for c, v in cols.items():
+        row["values"].setdefault(c, []).append(np.nan if v is None else float(v))
 
 
 def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
     """Rows {family, label, title, reg_lambda, seeds, values: {column: [per seed]}} in table order."""
     rows: dict[tuple[str, str], dict] = {}
-    for fam in ("random", "semantic"):
+    for fam in FAMILIES:
         for label in settings.variants:
             for r in finals:
                 if r["label"] != label or family(r["split"], settings) != fam:
@@ -44,8 +80,28 @@ def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
                 row["seeds"].append(r["seed"])
                 cols = {f"T{j + 1}": v for j, v in enumerate(r["final"] or [])}
                 cols.update({c: r[f"final_{c}" if c == "all" else c] for c in COLUMNS})
-                for c, v in cols.items():
-                    row["values"].setdefault(c, []).append(np.nan if v is None else float(v))
+                cols.update(side_columns(r.get("metrics") or {}))
+                _add(row, cols)
+        # the reference rows, from the first method's runs of the family (one per split and seed)
+        first = next((lab for lab in settings.variants if any(
+            r["label"] == lab and family(r["split"], settings) == fam for r in finals)), None)
+        for name, title in BASELINES:
+            for r in finals:
+                if r["label"] != first or family(r["split"], settings) != fam:
+                    continue
+                b = (r.get("baselines") or {}).get(name) or {}
+                head = b.get("fact_to_image_map")
+                if not head:
+                    continue
+                row = rows.setdefault((fam, name), {
+                    "family": fam, "label": name, "title": title, "reg_lambda": None,
+                    "reference": True, "splits": [], "seeds": [], "values": {}})
+                row["splits"].append(r["split"])
+                row["seeds"].append(r["seed"])
+                cols = {f"T{j + 1}": v for j, v in enumerate(head["final"] or [])}
+                cols.update({"all": head["final_all"], "forgetting": None, "bwt": None})
+                cols.update(side_columns(b, reference=True))
+                _add(row, cols)
     return list(rows.values())
 
 
@@ -66,6 +122,35 @@ def table_markdown(rows: list[dict], fam: str) -> str:
     return markdown_table(head, body)
 
 
+def directions_markdown(rows: list[dict], fam: str) -> str:
+    """Both retrieval directions side by side for one family: over all facts at the end of the
+    sequence, each with forgetting and BWT."""
+    rows = [r for r in rows if r["family"] == fam]
+    head = ["method", "λ"]
+    for m in DIRECTIONS:
+        head += [SHORT[m], "forgetting", "BWT"]
+    body = []
+    for r in rows:
+        line = [r["title"], "–" if r["reg_lambda"] is None else f"{r['reg_lambda']:g}"]
+        for m in DIRECTIONS:
+            line += [cell(r["values"].get(f"{m}.all")), cell(r["values"].get(f"{m}.forgetting")),
+                     cell(r["values"].get(f"{m}.bwt"), signed=True)]
+        body.append(line + [",".join(map(str, r["seeds"]))])
+    return markdown_table(head + ["seeds"], body)
+
+
+def lfl_markdown(rows: list[dict], fam: str) -> str:
+    """Lifelong Fact Learning's metric for one family: per task and mean (standard mode, the layout
+    of their README), and the generalized mean."""
+    rows = [r for r in rows if r["family"] == fam]
+    tasks = task_columns(rows)
+    std, gen = LFL_KEYS
+    body = [[r["title"]] + [cell(r["values"].get(f"{std}.{t}")) for t in tasks]
+            + [cell(r["values"].get(f"{std}.mean")), cell(r["values"].get(f"{gen}.mean"))]
+            for r in rows]
+    return markdown_table(["method"] + tasks + ["mean (standard)", "mean (generalized)"], body)
+
+
 def search_markdown(search: list[dict], chosen: dict[str, float]) -> str:
     """The λ search: val mAP over all facts for each (method, λ), the chosen λ marked."""
     body = []
@@ -80,6 +165,7 @@ def search_markdown(search: list[dict], chosen: dict[str, float]) -> str:
 def to_csv(rows: list[dict]) -> str:
     """family, method, label, λ, n_seeds, seeds, then <column>_mean, <column>_std (fractions)."""
     cols = task_columns(rows) + list(COLUMNS)
+    cols += list(dict.fromkeys(c for r in rows for c in r["values"] if c not in cols))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["split", "method", "label", "reg_lambda", "n_seeds", "seeds"]
@@ -104,7 +190,7 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
 
     labels = list(dict.fromkeys(r["label"] for r in rows))
     titles = {r["label"]: r["title"] for r in rows}
-    fams = [f for f in ("random", "semantic") if any(r["family"] == f for r in rows)]
+    fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
     fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.5, 4.2))
     width = 0.8 / max(len(fams), 1)
     x = np.arange(len(labels))
@@ -145,10 +231,17 @@ def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, floa
           f"{meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",
           "fact→image mAP (%) on the test images after the last task: per task T1..Tk and over all "
           "facts, mean ± std over seeds; forgetting and BWT from the accuracy matrix R.", ""]
+    dseeds = ", ".join(map(str, settings.disjoint_seeds))
     for fam, name in (("random", f"Random split ({settings.random_prefix}_seed{{{seeds}}})"),
-                      ("semantic", f"Semantic split ({settings.semantic_split})")):
+                      ("semantic", f"Semantic split ({settings.semantic_split})"),
+                      ("disjoint", f"Image-disjoint split ({settings.disjoint_prefix}_seed{{{dseeds}}}: "
+                                   "every training image in one task only)")):
         if any(r["family"] == fam for r in rows):
-            md += [f"## {name}", "", table_markdown(rows, fam), ""]
+            md += [f"## {name}", "", table_markdown(rows, fam), "",
+                   "Both directions (%, over all facts after the last task; forgetting and BWT from "
+                   "each metric's R):", "", directions_markdown(rows, fam), "",
+                   "Lifelong Fact Learning's metric (%, `factmas/evaluation/lfl.py`; their published "
+                   "numbers on 6DS: `docs/results/lfl_reference/`):", "", lfl_markdown(rows, fam), ""]
     md += ["## How λ was chosen", "",
            "Held-out training images only, never the test set: for each regularized method, each λ "
            f"of its grid trained {settings.random_prefix}_seed{settings.seeds[0]} (seed "

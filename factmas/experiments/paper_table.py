@@ -11,7 +11,14 @@
    training). The best λ is kept (ties: the smaller λ). MAS with Ω from test or train+test images
    takes MAS's λ (same penalty, Ω is a per-sample mean either way; only the Ω data differ).
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
-   ``random4_seed{s}`` with seed s for each seed, and on ``semantic4`` for each semantic seed.
+   ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
+   image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
+   for each disjoint seed.
+
+Each final run's summary (``run_summary``) carries both retrieval directions (``DIRECTIONS``:
+fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT), Lifelong Fact Learning's
+metric (``LFL_KEYS``, ``factmas.evaluation.lfl``), and the two reference rows of its results.json: the
+image-frequency ranking and the untrained model (``BASELINES``).
 
 Every run is one ``factmas.train.train`` run directory under OUT (``search/…``, ``runs/…``) with its
 own results.json; a run whose ``timing.json`` exists is complete and is not run again when its
@@ -74,6 +81,11 @@ VARIANT = {v.label: v for v in VARIANTS}
 GRIDS = {"lwf": (0.3, 3.0, 30.0, 300.0), "ewc": (1e3, 1e4, 1e5, 1e6), "si": (1.0, 10.0, 100.0, 1000.0),
          "mas": (1.0, 10.0, 100.0, 1000.0), "l-mas": (0.03, 0.3, 3.0)}
 QUICK_GRIDS = {"mas": (1.0, 10.0)}
+# results.json metrics reported side by side (each with its forgetting and BWT), LFL's metric, and the
+# reference rows (label, title) every table carries
+DIRECTIONS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")
+LFL_KEYS = ("lfl_top5_standard", "lfl_top5_generalized")
+BASELINES = (("frequency", "Image-frequency ranking"), ("untrained", "Untrained model"))
 QUICK_VARIANTS = ("finetune", "mas", "joint")
 
 
@@ -90,6 +102,8 @@ class Settings:
     grids: dict[str, tuple[float, ...]]
     random_prefix: str = "random4"
     semantic_split: str = "semantic4"
+    disjoint_seeds: list[int] = field(default_factory=list)
+    disjoint_prefix: str = "disjoint4"
     jobs: int = 2
     image_fraction: float = 1.0             # --quick on real data: a random part of the images
     base: dict = field(default_factory=dict)   # RunConfig dict (model, loss, train defaults)
@@ -126,6 +140,7 @@ def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
     """Every variant on each random split / seed and on the semantic split per semantic seed."""
     plan = [(f"{settings.random_prefix}_seed{s}", s) for s in settings.seeds]
     plan += [(settings.semantic_split, s) for s in settings.semantic_seeds]
+    plan += [(f"{settings.disjoint_prefix}_seed{s}", s) for s in settings.disjoint_seeds]
     out = []
     for split, seed in plan:
         for label in settings.variants:
@@ -140,6 +155,7 @@ def check_splits(settings: Settings, splits: list[str]) -> None:
     need = {f"{settings.random_prefix}_seed{s}" for s in settings.seeds}
     if settings.semantic_seeds:
         need.add(settings.semantic_split)
+    need |= {f"{settings.disjoint_prefix}_seed{s}" for s in settings.disjoint_seeds}
     missing = sorted(need - set(splits))
     if missing:
         raise ValueError(f"{settings.data}: no split(s) {missing}; the file has {sorted(splits)}")
@@ -213,20 +229,47 @@ def run_job(j: dict, base: dict) -> dict:
     e = res["metrics"][res["headline"]]
     t = json.loads(timing.read_text())
     return {**j, "final": e["final"], "final_all": e["final_all"], "forgetting": e["forgetting"],
-            "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"]}
+            "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"],
+            **run_summary(res)}
+
+
+def run_summary(res: dict) -> dict:
+    """What the tables need from a run's results.json (``factmas.evaluation.report``), as plain data:
+    ``{"metrics": {m: {"final", "final_all", "average", "forgetting", "bwt"}} for m in DIRECTIONS +
+    LFL_KEYS present, "baselines": {"frequency" | "untrained": {m: {"final", "final_all",
+    "average"}}}}``; "untrained" is the run's "initial" row, "frequency" its image-frequency ranking.
+    Values are fractions, None where undefined."""
+    def mean(xs):
+        v = [x for x in xs or [] if x is not None]
+        return float(np.mean(v)) if v and len(v) == len(xs) else None
+    metrics, freq, init = {}, {}, {}
+    for m in DIRECTIONS + LFL_KEYS:
+        e = res["metrics"].get(m)
+        if e is None:
+            continue
+        metrics[m] = {k: e.get(k) for k in ("final", "final_all", "average", "forgetting", "bwt")}
+        b = ((res.get("baselines") or {}).get("frequency") or {}).get(m)
+        if b is not None:
+            freq[m] = {"final": b["final"], "final_all": b["final_all"], "average": mean(b["final"])}
+        if e.get("initial") is not None:
+            init[m] = {"final": e["initial"], "final_all": e["initial_all"],
+                       "average": mean(e["initial"])}
+    return {"metrics": metrics, "baselines": {"frequency": freq, "untrained": init}}
 
 
 def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
     dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
-    from factmas.train import data_fingerprint
-    from factmas.run.rundir import same_fingerprint
-    try:
-        record = json.loads((out / "config.json").read_text())
-    except (OSError, ValueError):
+    from factmas.run.rundir import RunDir, data_fingerprint, same_fingerprint
+    record = RunDir(out).record()
+    if not record:
         return False
     paths = ("data", "out")
-    old = {k: v for k, v in (record.get("config") or {}).items() if k not in paths}
+    try:        # through RunConfig, so that a key added since (at its default) compares equal
+        resolved = RunConfig.from_dict(record.get("config") or {}).to_dict()
+    except (ValueError, TypeError):
+        return False
+    old = {k: v for k, v in resolved.items() if k not in paths}
     new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
     fp = record.get("data_fingerprint") or {}
     return old == new and bool(fp.get("sha256")) and same_fingerprint(

@@ -10,13 +10,18 @@ The trainer (``factmas.train``) calls, for each task t in order::
 
 A method's state (Ω, θ*, ...) is a flat dict of tensors keyed by parameter name so that it is saved
 in checkpoints and loaded with ``torch.load(..., weights_only=True)``.
+
+Options: each method class names its own typed options, a frozen dataclass (``Method.Options``;
+``MethodOptions`` here: none). ``Method(reg_lambda, options)`` takes an instance, or keyword values
+of its fields (``EWC(1.0, gamma=0.5)``); a key the method does not have is a ``ValueError`` naming it.
+``CONFIG_KEYS`` maps each field to the ``TrainConfig`` key that sets it (``options_from_config``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,31 +39,71 @@ class TaskContext:
         pair_batches: callable() -> iterator of training batches (the trainer's batch dict: keys
             "images" float [B, 3, H, W], "tokens" int64 [B, 3, L], "order" int64 [B],
             "positive" bool [B, B]).
-        loss_fn: callable(model, batch) -> (scalar loss, dict of parts); the task loss.
-        config: the resolved run configuration (``factmas.config.RunConfig``).
-        max_samples: cap on samples for importance estimation (None: all).
     """
     task: int
     device: torch.device
     image_batches: Callable[[str], Iterator[torch.Tensor]]
     fact_batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
     pair_batches: Callable[[], Iterator[dict]]
-    loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, dict]]
-    config: Any = None
-    max_samples: int | None = None
-    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """A method's typed options: none here (finetune, joint, LwF). Subclasses add fields, check
+    their ranges in ``__post_init__`` (ValueError) and list in ``CONFIG_KEYS`` the ``TrainConfig``
+    key of each field."""
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {}
+
+
+def make_options(cls: type[MethodOptions], values: dict[str, Any], method: str) -> MethodOptions:
+    """``cls(**values)``, refusing a key ``cls`` lacks.
+
+    Raises:
+        ValueError: an unknown key (the message names it, the method and the method's options), or a
+            value out of range (``cls.__post_init__``).
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown option {unknown[0]!r}; its options: "
+                         f"{names if names else 'none'}")
+    return cls(**values)
+
+
+def options_from_config(cls: type[MethodOptions], train_config: Any) -> MethodOptions:
+    """The options of ``cls`` read from a ``TrainConfig`` (field ← ``train.<CONFIG_KEYS[field]>``)."""
+    return cls(**{name: getattr(train_config, key) for name, key in cls.CONFIG_KEYS.items()})
 
 
 class Method:
     """Finetune: the base method, which does nothing beyond the task loss.
 
     Subclasses override the hooks they need; every hook has a no-op default.
+
+    Args:
+        reg_lambda: λ (its meaning is the method's; unused by finetune and joint).
+        options: an instance of the class's ``Options`` (None: built from ``values``, the defaults
+            for the fields not given).
+    Raises:
+        ValueError: an option the method does not have, or an option out of range (named).
     """
     name = "finetune"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
-    def __init__(self, reg_lambda: float = 0.0, **options: Any) -> None:
+    def __init__(self, reg_lambda: float = 0.0, options: MethodOptions | None = None,
+                 **values: Any) -> None:
         self.reg_lambda = float(reg_lambda)
+        if options is None:
+            options = make_options(self.Options, values, self.name)
+        elif values or not isinstance(options, self.Options):
+            raise ValueError(f"method {self.name!r}: give either {self.Options.__name__} or keyword "
+                             f"options, got {type(options).__name__} and {sorted(values)}")
         self.options = options
+
+    def stream(self, experiences: list) -> list:
+        """The experiences trained one after another (``factmas.train.experience``): the tasks in
+        order here; joint training merges them into one."""
+        return list(experiences)
 
     def on_task_start(self, model: nn.Module, ctx: TaskContext) -> None:
         """Called before the first step of a task."""
@@ -86,8 +131,3 @@ class Method:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``state_dict`` returned."""
-
-
-def to_numpy(x: torch.Tensor) -> np.ndarray:
-    """Detach, move to CPU and convert to numpy."""
-    return x.detach().cpu().numpy()

@@ -13,24 +13,29 @@ The estimator:
 - ``ewc_fisher`` (Kirkpatrick et al., PNAS 2017, Eq. 3 and its supplement): the diagonal of the
   *empirical* Fisher, F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)², from exact per-sample gradients
   (``factmas.persample.hooks.abs_grad_sums`` with ``power=2``) of the per-pair loss ℓ_k = o_k · D(x_k, f_k),
-  the summand of Sherlock's wildcard regression (``factmas.loss.regression_loss``) for training pair k
+  the summand of Sherlock's wildcard regression (``factmas.loss.pair_regression_losses``) for training pair k
   (image x_k, its true fact f_k of order o_k). Empirical: the observed fact, not one sampled from a
   model distribution (this model has no likelihood). The contrastive term of the task loss couples the
   samples of a batch, so it has no per-sample gradient and is left out.
+
+Distributed (torchrun): each process sums (∂ℓ_k/∂θ)² over its share of the task's training pairs;
+``factmas.distributed.reduce_sums`` adds the sums and the counts (F = sum / N on every rank).
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, Optional
 
 import torch
 from torch import nn
 
-from factmas.methods.base import TaskContext
-from factmas.methods.quadratic import QuadraticAnchor, eval_mode
+from factmas.distributed import reduce_sums
+from factmas.loss import pair_regression_losses as loss_per_pair
+from factmas.methods.base import MethodOptions, TaskContext
+from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums
-from factmas.space import paired_wildcard_distance
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +43,10 @@ PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # images, tokens, 
 
 
 def pair_regression_losses(model: nn.Module, batch: PairBatch) -> torch.Tensor:
-    """ℓ_k = o_k · D(x_k, f_k) per pair: (images float [B,3,H,W], tokens int64 [B,3,L], order int64
-    [B]) → float [B] (the summands of ``factmas.loss.regression_loss``; samples independent)."""
+    """ℓ_k = o_k · D(x_k, f_k) per pair of the model's embeddings: (images float [B,3,H,W], tokens
+    int64 [B,3,L], order int64 [B]) → float [B] (``factmas.loss.pair_regression_losses``)."""
     images, tokens, order = batch
-    phi = model.image_branch(images)
-    psi = model.fact_branch(tokens, order)
-    return order.to(phi.dtype) * paired_wildcard_distance(phi, psi, order)
+    return loss_per_pair(model.image_branch(images), model.fact_branch(tokens, order), order)
 
 
 def as_pair_tuples(batches: Iterable[dict]) -> Iterable[PairBatch]:
@@ -70,39 +73,55 @@ def ewc_fisher(model: nn.Module, pair_batches: Iterable[PairBatch], max_samples:
     t0 = time.perf_counter()
     with eval_mode(model):
         sums, n = estimator(model, pair_regression_losses, pair_batches, max_samples, power=2)
+    sums, n = reduce_sums(sums, n)             # several processes: every rank's sums and counts
     if n == 0:
         raise ValueError("EWC Fisher: no training pairs to estimate it from (empty batches)")
     log.info("EWC Fisher from %d pairs: %.1f pairs/s", n, n / max(time.perf_counter() - t0, 1e-9))
     return {name: s / n for name, s in sums.items()}
 
 
+@dataclass(frozen=True)
+class EWCOptions(AnchorOptions):
+    """Options of EWC (and ``AnchorOptions``'s).
+
+    Attributes:
+        gamma: γ ∈ [0, 1], decay of the earlier tasks' Fisher before the new one is added (1: plain
+            sum over tasks; < 1: online EWC); config key ``train.ewc_gamma``.
+        max_samples: at most this many training pairs per task (None: all); ``train.omega_max_samples``.
+    Raises:
+        ValueError: γ outside [0, 1], ``max_samples`` < 1 (and see ``AnchorOptions``).
+    """
+    gamma: float = 1.0
+    max_samples: Optional[int] = None
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "gamma": "ewc_gamma",
+                                             "max_samples": "omega_max_samples"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= float(self.gamma) <= 1.0:
+            raise ValueError(f"ewc_gamma must be in [0, 1], got {self.gamma}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"omega_max_samples must be >= 1 or None, got {self.max_samples}")
+
+
 class EWC(QuadraticAnchor):
     """EWC with the exact diagonal empirical Fisher of the per-pair regression loss.
 
     Args:
-        reg_lambda: λ.  ewc_gamma: γ ∈ [0, 1], decay of the earlier tasks' Fisher before the new one is
-            added (1: plain sum over tasks; < 1: online EWC).
-        omega_max_samples: at most this many training pairs per task (None: the context's
-            ``max_samples``, else all).  Other options: see ``QuadraticAnchor``.
+        reg_lambda: λ.  options: ``EWCOptions`` (or its fields as keywords).
     Raises:
-        ValueError: γ outside [0, 1] (and see ``QuadraticAnchor``).
+        ValueError: an unknown option or one out of range (see ``EWCOptions``), λ < 0.
     """
     name = "ewc"
-
-    def __init__(self, reg_lambda: float = 1.0, ewc_gamma: float = 1.0,
-                 omega_max_samples: int | None = None, **options: Any) -> None:
-        super().__init__(reg_lambda, **options)
-        if not 0.0 <= float(ewc_gamma) <= 1.0:
-            raise ValueError(f"ewc_gamma must be in [0, 1], got {ewc_gamma}")
-        self.gamma, self.omega_max_samples = float(ewc_gamma), omega_max_samples
+    Options: ClassVar[type[MethodOptions]] = EWCOptions
 
     def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
         """The Fisher diagonal of task ``ctx.task`` from its training pairs."""
-        cap = self.omega_max_samples if self.omega_max_samples is not None else ctx.max_samples
-        return ewc_fisher(model, as_pair_tuples(ctx.pair_batches()), max_samples=cap)
+        return ewc_fisher(model, as_pair_tuples(ctx.pair_batches()), max_samples=self.options.max_samples)
 
     def on_task_end(self, model: nn.Module, ctx: TaskContext) -> None:
         """Online EWC: F ← γ F before the new task's Fisher is added (then as ``QuadraticAnchor``)."""
-        if self.gamma != 1.0:
-            self.omega = {n: self.gamma * t for n, t in self.omega.items()}
+        gamma = float(self.options.gamma)
+        if gamma != 1.0:
+            self.omega = {n: gamma * t for n, t in self.omega.items()}
         super().on_task_end(model, ctx)

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from factmas.methods.base import TaskContext
+from factmas.distributed import reduce_sums
 from factmas.methods.mas import MAS
 from factmas.methods.quadratic import eval_mode
 from factmas.persample.hooks import DEFAULT_BUDGET, batch_size, capped, trainable
@@ -136,6 +136,7 @@ def local_mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor]
                     model.fact_branch(tokens, order)
                     hooks.add(B, sums, fact_slot_masks(model, (tokens, order)))
                 n += B
+            sums, n = reduce_sums(sums, n)     # several processes: every rank's sums and counts
             if n == 0:
                 raise ValueError(f"local MAS importance: no {what}s to estimate Ω from")
             for name, s in sums.items():
@@ -146,10 +147,6 @@ def local_mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor]
 
 
 class LocalMAS(MAS):
-    """ℓ-MAS; same options as ``MAS`` (``omega_data`` "train", "test", "train+test", ...)."""
+    """ℓ-MAS: ``MAS`` with ``local_mas_importance``; the same options (``MASOptions``)."""
     name = "l-mas"
-
-    def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """Local Ω of task ``ctx.task`` (module docstring) from its images and facts."""
-        cap = self.omega_max_samples if self.omega_max_samples is not None else ctx.max_samples
-        return local_mas_importance(model, self._images(ctx), ctx.fact_batches(), max_samples=cap)
+    importance = staticmethod(local_mas_importance)

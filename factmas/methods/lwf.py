@@ -14,6 +14,10 @@ Memory: a full copy of the model (both branches) is held during every task after
 step runs one more forward pass of the image branch (no backward through the copy).
 No checkpoint state: the copy is the model as it is at the start of the task, which a resumed run
 restores from the previous task's checkpoint.
+
+Distributed (torchrun): nothing to reduce. Each process distills on its rows of the global batch (its
+``batch["images"]`` and ``out["phi"]``); DistributedDataParallel averages the gradients, which is the
+mean over the global batch when the processes hold equally many rows.
 """
 from __future__ import annotations
 
@@ -44,8 +48,8 @@ class LwF(Method):
     """LwF on image embeddings; ``reg_lambda`` is the distillation weight λ (≥ 0)."""
     name = "lwf"
 
-    def __init__(self, reg_lambda: float = 1.0, **options: Any) -> None:
-        super().__init__(reg_lambda, **options)
+    def __init__(self, reg_lambda: float = 1.0, options: Any = None, **values: Any) -> None:
+        super().__init__(reg_lambda, options, **values)
         if self.reg_lambda < 0:
             raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
         self.old: nn.Module | None = None

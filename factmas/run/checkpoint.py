@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from factmas.io import atomic_path
+from factmas.io import atomic_path, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +124,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def stage_of(path: str | Path) -> int | None:
+    """The stage s of a checkpoint file named ``task{s}.pt``; None for any other name (``last.pt``)."""
+    p = Path(path)
+    suffix = p.stem[len("task"):] if p.stem.startswith("task") and p.suffix == ".pt" else ""
+    return int(suffix) if suffix.isdigit() else None
+
+
+def stage_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """[(stage, RUN_DIR/checkpoints/task{stage}.pt)] of the stage checkpoints present, by stage."""
+    found = ((stage_of(p), p) for p in checkpoint_dir(run_dir).glob("task*.pt"))
+    return sorted((s, p) for s, p in found if s is not None)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The stage checkpoint with the highest stage number in ``RUN_DIR/checkpoints``, or None.
 
     ``last.pt`` is not trusted for this: the numbered files are each written atomically, and the
     highest one is the last completed stage.
     """
-    best, best_stage = None, -1
-    for p in checkpoint_dir(run_dir).glob("task*.pt"):
-        suffix = p.stem[len("task"):]
-        if suffix.isdigit() and int(suffix) > best_stage:
-            best, best_stage = p, int(suffix)
-    return best
+    stages = stage_checkpoints(run_dir)
+    return stages[-1][1] if stages else None
 
 
 def has_checkpoints(run_dir: str | Path) -> bool:
@@ -145,22 +153,6 @@ def has_checkpoints(run_dir: str | Path) -> bool:
     return d.is_dir() and any(d.glob("*.pt"))
 
 
-def is_finite_state(state: dict[str, torch.Tensor]) -> bool:
-    """True when every floating tensor of a state dict is finite (no NaN or inf)."""
-    return all(bool(torch.isfinite(v).all()) for v in state.values()
-               if isinstance(v, torch.Tensor) and v.is_floating_point())
-
-
 def dumps_line(record: dict) -> str:
     """One metrics.jsonl line: ``record`` as compact JSON, NaN and ±inf written as null."""
-    return json.dumps(_finite_or_none(plain(record)))
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+    return json.dumps(finite_or_none(plain(record)))

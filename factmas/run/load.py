@@ -20,15 +20,10 @@ class RunLoadError(RuntimeError):
 
 
 def checkpoint_file(run_dir: str | Path, name: str | None) -> Path:
-    """Path of checkpoint ``name`` of a run: "last.pt" (default), "task2.pt", "task2", "last", or a path."""
-    if not name:
-        name = "last.pt"
-    p = Path(name)
-    if p.is_file():
-        return p
-    if p.suffix != ".pt":
-        p = p.with_name(p.name + ".pt")
-    return Path(run_dir) / "checkpoints" / p.name
+    """Path of checkpoint ``name`` of a run: "last.pt" (default), "task2.pt", "task2", "last", or a
+    path (``RunDir.checkpoint``)."""
+    from factmas.run.rundir import RunDir
+    return RunDir(run_dir).checkpoint(name)
 
 
 def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str | None = None,
@@ -44,24 +39,25 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
     from factmas.model import build_model
     from factmas.device import UsageError, resolve_device
     from factmas.run.checkpoint import CheckpointError, load_checkpoint
-    from factmas.run.rundir import RunDirError, read_run_config
+    from factmas.run.rundir import RunDir, RunDirError
 
+    run = RunDir(run_dir)
     try:
-        cfg, record = read_run_config(run_dir)
+        cfg, record = run.read_config()
         data = read_dataset(data_path or cfg.data, load_images=load_images)
         if _content(record.get("data_provenance")) != _content(data.provenance):
             log.warning("%s differs from the dataset run %s was trained on (build options or counts "
                         "in config.json's data_provenance): facts, vocabulary or images may not match",
                         data.path, run_dir)
         dev = resolve_device(device)
-        ckpt = load_checkpoint(checkpoint_file(run_dir, checkpoint), map_location=dev)
+        ckpt = load_checkpoint(run.checkpoint(checkpoint), map_location=dev)
     except (RunDirError, ConfigError, DatasetError, CheckpointError, UsageError) as e:
         raise RunLoadError(str(e)) from e
     model = build_model(cfg.model, len(data.vocab))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise RunLoadError(f"{checkpoint_file(run_dir, checkpoint)}: weights do not fit the model of "
+        raise RunLoadError(f"{run.checkpoint(checkpoint)}: weights do not fit the model of "
                          f"config.json and dataset {data.path} ({len(data.vocab)} words): {e}") from e
     return cfg, data, model.to(dev).eval(), ckpt
 

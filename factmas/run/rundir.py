@@ -1,5 +1,9 @@
 """The run directory: ``config.json`` (written once, atomically) and ``metrics.jsonl`` (one line per event).
 
+``RunDir(path)`` is how every command reads and writes a run: its files' paths, config.json (write
+once, read, the short ``meta`` record), the checkpoints by stage (``factmas.run.checkpoint`` names
+them), the metrics log. The module functions below are the same operations by path.
+
 Layout::
 
     RUN_DIR/config.json        {"config": RunConfig.to_dict(), "seed", "versions", "git_commit",
@@ -22,7 +26,8 @@ import torch
 from factmas.config import ConfigError, RunConfig
 from factmas.data.dataset import FactData
 from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
-from factmas.run.checkpoint import checkpoint_dir, dumps_line, has_checkpoints
+from factmas.run.checkpoint import (checkpoint_dir, dumps_line, has_checkpoints, latest_checkpoint,
+                                    last_path, stage_checkpoints, stage_path)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,119 @@ ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", 
 EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
 
 
+class RunDir:
+    """One run directory (module docstring); every command reads and writes a run through it.
+
+    Args:
+        path: the directory (need not exist yet).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- paths --------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return checkpoint_dir(self.path)
+
+    @property
+    def evaluations(self) -> Path:
+        """``RUN_DIR/evaluations``: ``factmas evaluate``'s default output folder."""
+        return self.path / EVALUATIONS
+
+    def holds_run(self) -> bool:
+        """True when the directory has a config.json (a run was started in it)."""
+        return self.config_path.is_file()
+
+    # ---- config.json --------------------------------------------------------------------------
+    def check_free(self, overwrite: bool = False) -> None:
+        """``check_run_dir_free``: raise RunDirError unless a new run may start here."""
+        check_run_dir_free(self.path, overwrite)
+
+    def prepare(self, cfg: RunConfig, **kw: Any) -> Path:
+        """``prepare_run_dir``: create the directory and write config.json (caller holds the lock)."""
+        return prepare_run_dir(self.path, cfg, **kw)
+
+    def read_config(self) -> tuple[RunConfig, dict[str, Any]]:
+        """``read_run_config``: (RunConfig, config.json's whole record). Raises RunDirError, ConfigError."""
+        return read_run_config(self.path)
+
+    def record(self) -> dict[str, Any]:
+        """config.json's record as plain data; {} when absent or unreadable (no error)."""
+        try:
+            rec = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return rec if isinstance(rec, dict) else {}
+
+    def meta(self) -> dict[str, Any]:
+        """{"method", "seed", "split", "reg_lambda", "data_sha256", "pixels_sha256"} from
+        config.json (the last two: the run's data fingerprint, absent for runs recorded before it);
+        {} when config.json is absent or unreadable. results.json's "run" record."""
+        rec = self.record()
+        if not rec:
+            return {}
+        cfg = rec.get("config", rec)
+        tr = cfg.get("train", {}) if isinstance(cfg, dict) else {}
+        fp = rec.get("data_fingerprint") or {}
+        meta = {"method": tr.get("method"), "seed": rec.get("seed", tr.get("seed")),
+                "split": tr.get("split"), "reg_lambda": tr.get("reg_lambda")}
+        meta.update({k: fp[f] for k, f in (("data_sha256", "sha256"), ("pixels_sha256", "pixels_sha256"))
+                     if fp.get(f)})
+        return meta
+
+    def check_same_data(self, record: dict[str, Any], data: FactData, split: str) -> None:
+        """``check_same_data``: RunDirError when ``data`` is not the dataset the run was started on."""
+        check_same_data(record, data, split, self.path)
+
+    # ---- checkpoints and metrics --------------------------------------------------------------
+    def checkpoint(self, name: str | None = None) -> Path:
+        """Checkpoint ``name``: "last.pt" (default), "task2.pt", "task2", "last", or a file's path."""
+        p = Path(name or "last.pt")
+        if p.is_file():
+            return p
+        if p.suffix != ".pt":
+            p = p.with_name(p.name + ".pt")
+        return self.checkpoints / p.name
+
+    def stage_checkpoint(self, stage: int) -> Path:
+        """``RUN_DIR/checkpoints/task{stage}.pt``."""
+        return stage_path(self.path, stage)
+
+    def last_checkpoint(self) -> Path:
+        """``RUN_DIR/checkpoints/last.pt``."""
+        return last_path(self.path)
+
+    def stage_checkpoints(self) -> list[tuple[int, Path]]:
+        """[(stage, path)] of the stage checkpoints present, by stage."""
+        return stage_checkpoints(self.path)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The stage checkpoint of the highest stage, or None."""
+        return latest_checkpoint(self.path)
+
+    def has_checkpoints(self) -> bool:
+        return has_checkpoints(self.path)
+
+    def metrics_log(self) -> "MetricsLog":
+        """The ``MetricsLog`` of ``RUN_DIR/metrics.jsonl``."""
+        return MetricsLog(self.path)
+
+
 def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
     """Raise RunDirError unless a new run may start in ``run_dir`` (reads only; called before any
     work such as a feature cache, and again under the lock by ``prepare_run_dir``)."""
@@ -54,10 +172,11 @@ def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
 
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
                     data_provenance: dict | None = None, data_fingerprint: dict | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, extra: dict | None = None) -> Path:
     """Create ``run_dir`` for a new run and write its ``config.json`` atomically.
 
-    The caller holds the directory's lock (``factmas.run.lock.RunLock``).
+    The caller holds the directory's lock (``factmas.run.lock.RunLock``). ``extra``: more top-level
+    keys of config.json (the trainer's ``"distributed"``: world size, global batch, lr).
 
     Raises:
         RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
@@ -89,6 +208,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
         "data_provenance": data_provenance or {},
         "data_fingerprint": data_fingerprint or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
     }
     atomic_write_json(run_dir / CONFIG_NAME, record)
     return run_dir

@@ -5,7 +5,7 @@ Public API::
     train(cfg: RunConfig, *, command="", overwrite=False, limit_tasks=None, progress=True) -> RunState
     resume(run_dir, *, limit_tasks=None, device=None, threads=None, progress=True) -> RunState
     resolve_device("auto" | "cpu" | "cuda") -> torch.device
-    plan_stages(method_name, num_tasks) -> list[Stage]
+    plan_stages(method, tasks) -> list[Experience]
 
 Both write into ``cfg.out`` (the run directory; see ``factmas.run.rundir``): ``config.json``,
 ``metrics.jsonl``, ``checkpoints/task{s}.pt`` + ``last.pt`` and, at the end, the evaluator's report.
@@ -15,39 +15,48 @@ Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from factmas.config import ConfigError, RunConfig, TrainConfig
 from factmas.config_check import check_limit_tasks, validate_config
 from factmas.data.dataset import FactData, read_dataset
+from factmas.data.experience import Experience, experiences
+from factmas.evaluation.evaluator import Evaluator
+from factmas.evaluation.recorder import Recorder
 from factmas.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
-from factmas.run.checkpoint import CheckpointError, latest_checkpoint
+from factmas.distributed import agree, is_main, main_first, size
+from factmas.distributed.world import local_device
+from factmas.methods import METHODS, Method, foreign_options, make_method, options_for
+from factmas.run.checkpoint import CheckpointError
 from factmas.run.lock import RunLock
-from factmas.train.loop import ContinualTrainer, RunState, Stage, TrainingError, sequential_stages
-from factmas.run.rundir import (check_run_dir_free, RunDirError, check_same_data, data_fingerprint,
-                                prepare_run_dir, read_run_config)
+from factmas.run.rundir import RunDir, RunDirError, data_fingerprint
+from factmas.train.loop import ContinualTrainer, RunState, TrainingError
 
 log = logging.getLogger(__name__)
 
 
-def plan_stages(method_name: str, num_tasks: int) -> list[Stage]:
-    """The training stages of a method: one task per stage, in order; a method that
-    ``trains_jointly`` (``joint``) gets one stage holding every task."""
-    from factmas.methods import METHODS
-    if getattr(METHODS.get(method_name), "trains_jointly", False):
-        return [Stage(0, list(range(num_tasks)))]
-    return sequential_stages(num_tasks)
+def plan_stages(method: Method, tasks: list[Experience]) -> list[Experience]:
+    """The training stages (the stream) of ``method`` over the tasks' experiences: ``method.stream``
+    (the tasks in order; one merged experience for ``joint``)."""
+    return method.stream(tasks)
 
 
-def method_options(tc: TrainConfig) -> dict:
-    """Keyword options passed to ``make_method`` from the train configuration."""
-    return {"omega_accumulate": tc.omega_accumulate, "omega_alpha": tc.omega_alpha,
-            "omega_data": tc.omega_data, "omega_max_samples": tc.omega_max_samples,
-            "ewc_gamma": tc.ewc_gamma, "si_xi": tc.si_xi}
+def build_method(tc: TrainConfig) -> Method:
+    """The method of ``tc`` with λ and the options it owns (``factmas.methods.options_for``); a
+    non-default option of another method is ignored with a warning.
+
+    Raises:
+        ValueError: an unknown method or an option out of range.
+    """
+    ignored = foreign_options(tc.method, tc, TrainConfig())
+    if ignored:
+        log.warning("method %s ignores %s (options of other methods)", tc.method,
+                    ", ".join(f"train.{k} = {getattr(tc, k)!r}" for k in ignored))
+    return make_method(tc.method, tc.reg_lambda, options_for(tc.method, tc))
 
 
 def check_settings(cfg: RunConfig, data: FactData) -> int:
@@ -57,7 +66,6 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         UsageError: unknown split or method (the message lists the valid ones), or a bad batch size,
             epoch count or learning rate.
     """
-    from factmas.methods import METHODS
     tc = cfg.train
     if tc.split not in data.splits:
         raise UsageError(f"{data.path}: unknown split {tc.split!r}; valid: {sorted(data.splits)}")
@@ -75,6 +83,10 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if not tc.lr > 0:
         raise UsageError(f"train.lr must be > 0, got {tc.lr}")
+    if size() > 1 and tc.omega_max_samples is not None and "+" in tc.omega_data:
+        raise UsageError(f"train.omega_max_samples = {tc.omega_max_samples} with omega_data "
+                         f"{tc.omega_data!r} on {size()} processes: the cap over several image splits "
+                         "is not sharded; use one image split, no cap, or one process")
     return int(data.task_of_facts(tc.split).max()) + 1
 
 
@@ -87,41 +99,77 @@ def check_run_args(cfg: RunConfig, limit_tasks: int | None) -> None:
         raise UsageError(f"--out {cfg.out}: is a file; expected a run directory (new or existing)")
 
 
-def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Any, int]:
-    """Validate the settings, seed, and build (model, method, number of tasks): cheap, writes nothing.
+def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Method, list[Experience]]:
+    """Validate the settings, seed, and build (model, method, the tasks' experiences): cheap,
+    writes nothing.
 
     Raises:
         UsageError, ConfigError: a bad setting (named).
     """
-    from factmas.methods import make_method
     from factmas.model import build_model
-    num_tasks = check_settings(cfg, data)
+    check_settings(cfg, data)
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     try:
         model = build_model(cfg.model, len(data.vocab))
-        method = make_method(cfg.train.method, cfg.train.reg_lambda, **method_options(cfg.train))
+        method = build_method(cfg.train)
     except ValueError as e:          # e.g. model.norm_groups not dividing the channels
         raise ConfigError(f"{e}") from e
-    return model, method, num_tasks
+    return model, method, experiences(data, cfg.train.split)
 
 
 def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress: bool = True,
-                  parts: tuple | None = None) -> tuple[ContinualTrainer, list[Stage]]:
-    """The trainer and its stages: ``parts`` from ``build_parts`` (built here when None), the image
-    inputs (a pretrained backbone's feature cache is read, or computed and written, here) and the
-    evaluator."""
+                  parts: tuple | None = None, inputs=None) -> tuple[ContinualTrainer, list[Experience]]:
+    """The trainer and its stream: ``parts`` from ``build_parts`` (built here when None), the image
+    ``inputs`` (None: a pretrained backbone's feature cache is read, or computed and written, here;
+    several processes: rank 0 first, ``shared_inputs``) and the evaluator."""
     from factmas.features import image_inputs
-    model, method, num_tasks = parts if parts is not None else build_parts(cfg, data)
-    inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
-    evaluator = None
+    model, method, tasks = parts if parts is not None else build_parts(cfg, data)
+    if inputs is None:
+        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
+    stream = plan_stages(method, tasks)
+    evaluator = recorder = None
     if cfg.eval.enabled:
-        from factmas.evaluation.evaluator import Evaluator
-        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs)
-    trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, num_tasks, evaluator,
-                               progress=progress, inputs=inputs)
-    return trainer, plan_stages(cfg.train.method, num_tasks)
+        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs, tasks=tasks)
+        recorder = Recorder.for_evaluator(evaluator, [e.tasks for e in stream])
+    trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, tasks, evaluator,
+                               progress=progress, inputs=inputs, recorder=recorder)
+    return trainer, stream
+
+
+def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: torch.nn.Module,
+                  progress: bool):
+    """The image inputs (``factmas.features.image_inputs``); on several processes rank 0 reads or
+    builds the feature cache first, then the others read it."""
+    from factmas.features import image_inputs
+    return main_first(lambda: image_inputs(model, data, device, cache=cfg.train.feature_cache,
+                                           progress=progress and is_main()))
+
+
+@contextlib.contextmanager
+def _lock(run_dir: str | Path):
+    """``RunLock`` held by rank 0 (the only writer); a failure to take it is raised on every rank."""
+    lock = RunLock(run_dir) if is_main() else None
+    agree(lambda: lock.__enter__() if lock is not None else None)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def distributed_record(cfg: RunConfig) -> dict:
+    """What config.json says about the processes: world size, backend, the global batch (=
+    ``train.batch_size``, split over the processes) and the learning rate (not scaled: the global
+    batch is the same on any number of processes)."""
+    import torch.distributed as dist
+    world = size()
+    return {"world_size": world,
+            "backend": dist.get_backend() if world > 1 else None,
+            "global_batch_size": cfg.train.batch_size,
+            "per_process_batch_size": -(-cfg.train.batch_size // world),
+            "lr": cfg.train.lr}
 
 
 def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_tasks: int | None = None,
@@ -135,14 +183,18 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
     if not cfg.out:
         raise UsageError("no run directory: set out (--out RUN_DIR)")
     check_run_args(cfg, limit_tasks)
-    device = resolve_device(cfg.train.device)
-    check_run_dir_free(cfg.out, overwrite)              # before the feature cache is built
+    device = local_device(resolve_device(cfg.train.device))
+    run = RunDir(cfg.out)
+    agree(lambda: run.check_free(overwrite))            # before the feature cache is built
     data = data if data is not None else read_dataset(cfg.data)
     parts = build_parts(cfg, data)
-    with RunLock(cfg.out):
-        trainer, stages = build_trainer(cfg, data, device, progress, parts)
-        prepare_run_dir(cfg.out, cfg, command=command, data_provenance=data.provenance,
-                        data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite)
+    with _lock(cfg.out):
+        inputs = shared_inputs(cfg, data, device, parts[0], progress)
+        trainer, stages = build_trainer(cfg, data, device, progress, parts, inputs)
+        agree(lambda: run.prepare(
+            cfg, command=command, data_provenance=data.provenance,
+            data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite,
+            extra={"distributed": distributed_record(cfg)}) if is_main() else None)
         log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out,
                  cfg.train.method, cfg.train.reg_lambda, cfg.train.split, len(stages), device)
         return trainer.run(stages, limit=limit_tasks)
@@ -160,19 +212,28 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
         CheckpointError: an unreadable checkpoint, or one that does not fit the model.
         TrainingError: while training.
     """
-    cfg, record = read_run_config(run_dir)
+    run = RunDir(run_dir)
+    cfg, record = run.read_config()
     cfg.out = str(run_dir)
+    trained_by = int((record.get("distributed") or {}).get("world_size", 1))
+    if trained_by != size():
+        how = (f"torchrun --nproc-per-node {trained_by} -m factmas.cli train --resume {run_dir}"
+               if trained_by > 1 else f"factmas train --resume {run_dir} (one process, no torchrun)")
+        raise UsageError(f"{run_dir} was trained by {trained_by} process(es), this resume has "
+                         f"{size()}; resume it with {trained_by}: {how} (a resumed run repeats the "
+                         "uninterrupted run bit for bit only on the same number of processes)")
     if threads is not None:          # bitwise equality with an uninterrupted run needs the same count
         cfg.train.threads = threads
     check_run_args(cfg, limit_tasks)
-    dev = resolve_device(device or cfg.train.device)
+    dev = local_device(resolve_device(device or cfg.train.device))
     data = data if data is not None else read_dataset(cfg.data)
     check_settings(cfg, data)
-    check_same_data(record, data, cfg.train.split, run_dir)
+    run.check_same_data(record, data, cfg.train.split)
     parts = build_parts(cfg, data)
-    with RunLock(run_dir):
-        trainer, stages = build_trainer(cfg, data, dev, progress, parts)
-        last = latest_checkpoint(run_dir)
+    with _lock(run_dir):
+        inputs = shared_inputs(cfg, data, dev, parts[0], progress)
+        trainer, stages = build_trainer(cfg, data, dev, progress, parts, inputs)
+        last = run.latest_checkpoint()
         if last is None:
             trainer.metrics.truncate(0)      # a run killed during its first task starts over
             state = None
@@ -183,5 +244,6 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
         return trainer.run(stages, state, limit=limit_tasks)
 
 
-__all__ = ["CheckpointError", "RunDirError", "RunState", "Stage", "TrainingError", "UsageError",
-           "build_trainer", "plan_stages", "resolve_device", "resume", "train"]
+__all__ = ["CheckpointError", "Experience", "RunDirError", "RunState", "TrainingError", "UsageError",
+           "build_method", "build_trainer", "plan_stages", "resolve_device", "resume", "shared_inputs",
+           "train"]

@@ -21,12 +21,14 @@ resumed run draws exactly the batches an uninterrupted run draws.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from factmas.data.dataset import SPLIT_NAMES, FactData
+from factmas.data.dataset import FactData
+from factmas.data.experience import PairIndex
+from factmas.features import PixelInputs
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
@@ -42,47 +44,6 @@ def stage_seed(seed: int, stage: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(stage), 7919]).generate_state(1)[0])
 
 
-class PairIndex:
-    """Membership test "is fact f true for image i?" over all pairs of a dataset.
-
-    Args:
-        pairs: int [P, 2] (image, fact) pairs.  num_facts: F (the key is image * F + fact).
-    """
-
-    def __init__(self, pairs: np.ndarray, num_facts: int) -> None:
-        self.num_facts = int(num_facts)
-        self.keys = np.unique(pairs[:, 0].astype(np.int64) * self.num_facts + pairs[:, 1])
-
-    def contains(self, image_idx: np.ndarray, fact_idx: np.ndarray) -> np.ndarray:
-        """bool array of the broadcast shape of ``image_idx`` and ``fact_idx``."""
-        q = np.asarray(image_idx, np.int64) * self.num_facts + np.asarray(fact_idx, np.int64)
-        pos = np.searchsorted(self.keys, q)
-        pos = np.minimum(pos, len(self.keys) - 1)
-        return (self.keys[pos] == q) if len(self.keys) else np.zeros(q.shape, bool)
-
-    def positive_matrix(self, image_idx: np.ndarray, fact_idx: np.ndarray) -> np.ndarray:
-        """bool [B, B]: entry [i, j] is True when fact ``fact_idx[j]`` is true for image ``image_idx[i]``."""
-        return self.contains(np.asarray(image_idx)[:, None], np.asarray(fact_idx)[None, :])
-
-
-def task_facts(data: FactData, split: str, tasks: Sequence[int]) -> np.ndarray:
-    """int64 [F_t] ids of the facts of ``tasks`` in ``split`` (sorted). Raises DatasetError on a bad split."""
-    return np.flatnonzero(np.isin(data.task_of_facts(split), np.asarray(tasks))).astype(np.int64)
-
-
-def task_images(data: FactData, split: str, tasks: Sequence[int], image_split: str) -> np.ndarray:
-    """int64 sorted ids of the images in ``image_split`` that carry at least one fact of ``tasks``."""
-    pairs = data.task_pairs(split, list(tasks), image_split)
-    return np.unique(pairs[:, 0]).astype(np.int64)
-
-
-def image_split_code(name: str) -> int:
-    """0, 1, 2 for "train", "val", "test". Raises ValueError naming the valid names."""
-    if name not in SPLIT_NAMES:
-        raise ValueError(f"unknown image split {name!r}; valid: {list(SPLIT_NAMES)}")
-    return SPLIT_NAMES.index(name)
-
-
 class Batcher:
     """Makes the trainer's batches from an in-memory dataset.
 
@@ -92,14 +53,16 @@ class Batcher:
             and orders are copied to the device once, and batches are gathered there (no per-step
             host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
         inputs: the image input source (``factmas.features.image_inputs``); default: pixels.
+        relevance: the dataset's ``PairIndex`` (the experiences' ``relevance``, built once per run);
+            default: built here from ``data.pairs``.
     """
 
-    def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None) -> None:
-        from factmas.features import PixelInputs
+    def __init__(self, data: FactData, device: torch.device | str = "cpu", inputs=None,
+                 relevance: PairIndex | None = None) -> None:
         self.data = data
         self.device = torch.device(device)
         self.inputs = inputs if inputs is not None else PixelInputs(data, self.device)
-        self.index = PairIndex(data.pairs, data.num_facts)
+        self.index = relevance if relevance is not None else PairIndex(data.pairs, data.num_facts)
         self.tokens = self._to(torch.from_numpy(data.tokens.astype(np.int64)))
         self.order = self._to(torch.from_numpy(data.order.astype(np.int64)))
         self.candidates: np.ndarray | None = None    # sorted fact ids; set by the trainer per stage

@@ -5,8 +5,9 @@ Two measurements, both on data never trained on:
 - the **validation loss** of every task: the task loss (``factmas.loss.fact_loss``) on the task's
   pairs whose image is in the "val" image split (held-out training images; these are what a method's
   λ is chosen on, never the test set), in fixed unshuffled batches of the training batch size;
-- the **retrieval metrics** of ``factmas.evaluation.evaluator.Evaluator`` on the test images (fills the accuracy
-  matrix R and writes results.json / results.md / plots at the end), when ``cfg.eval.enabled``.
+- the **retrieval metrics** of ``factmas.evaluation.evaluator.Evaluator`` on the test images, when
+  ``cfg.eval.enabled``; a ``factmas.evaluation.recorder.Recorder`` keeps them as the rows of the
+  accuracy matrix R and writes results.json / results.md / plots at the end.
 
 Each evaluation returns one plain-data row ``{"label", "stage", "trained_tasks", "val_loss",
 "retrieval", "seconds"}``; the rows are kept in every checkpoint so that a resumed run can rebuild the
@@ -23,9 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from factmas.data.dataset import FactData
-from factmas.train.batches import Batcher, batch_bounds
+from factmas.data.experience import Experience
+from factmas.distributed import gather_rows
+from factmas.evaluation.recorder import Recorder
 from factmas.run.checkpoint import plain
+from factmas.run.rundir import RunDir
+from factmas.train.batches import Batcher, batch_bounds
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +38,27 @@ class EvalHook:
     """Validation loss per task, plus the retrieval Evaluator when given.
 
     Args:
-        data, split: the dataset and task split.  num_tasks: k.
+        tasks: the experience of each task (its "val" pairs are measured).
         batcher: makes the batches.
         embedding_loss: callable(phi, psi, order, positive) -> (loss, parts), the task loss on
             embeddings (``fact_loss`` with the run's LossConfig).
         batch_size: pairs per validation batch.  embed_batch: images or facts per forward pass.
         evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
+        recorder: keeps the evaluator's rows and writes the report (default
+            ``Recorder.for_evaluator(evaluator)``; unused without an evaluator).
     """
 
-    def __init__(self, data: FactData, split: str, num_tasks: int, batcher: Batcher,
+    def __init__(self, tasks: list[Experience], batcher: Batcher,
                  embedding_loss: Callable[..., tuple[torch.Tensor, dict]], batch_size: int,
-                 embed_batch: int = 256, evaluator: Any = None) -> None:
+                 embed_batch: int = 256, evaluator: Any = None, recorder: Recorder | None = None) -> None:
         self.embedding_loss = embedding_loss
         self.batcher = batcher
         self.batch_size, self.embed_batch = batch_size, embed_batch
         self.evaluator = evaluator
-        self.val_pairs = [data.task_pairs(split, t, "val") for t in range(num_tasks)]
+        if recorder is None and evaluator is not None:
+            recorder = Recorder.for_evaluator(evaluator)
+        self.recorder = recorder
+        self.val_pairs = [e.pairs["val"] for e in tasks]
         empty = [t for t, p in enumerate(self.val_pairs) if len(p) == 0]
         if empty:
             log.warning("tasks %s have no validation pairs: their val_loss is null", empty)
@@ -68,8 +77,11 @@ class EvalHook:
         if not len(self.images):
             return [None] * len(self.val_pairs)
         b = self.batcher
-        phi = torch.cat([model.image_branch(x) for x in b.image_batches(self.images, self.embed_batch)])
-        psi = torch.cat([model.fact_branch(t, o) for t, o in b.fact_batches(self.facts, self.embed_batch)])
+        # several processes: each rank embeds its share, every rank gets all rows (factmas.distributed)
+        phi = gather_rows(lambda ids: torch.cat([model.image_branch(x) for x in b.image_batches(
+            ids, self.embed_batch)]), self.images)
+        psi = gather_rows(lambda ids: torch.cat([model.fact_branch(t, o) for t, o in b.fact_batches(
+            ids, self.embed_batch)]), self.facts)
         out: list[float | None] = []
         for pairs in self.val_pairs:
             if len(pairs) == 0:
@@ -96,7 +108,7 @@ class EvalHook:
                                "val_loss": self.validation_loss(model), "retrieval": None}
         if self.evaluator is not None:
             result = self.evaluator.evaluate(model)
-            self.evaluator.record(label, result)
+            self.recorder.record(label, result)
             row["retrieval"] = plain(result)
         row["seconds"] = time.perf_counter() - t0
         when = "of the initial model" if stage < 0 else f"after stage {stage + 1} (row {label})"
@@ -111,13 +123,14 @@ class EvalHook:
             return
         for row in history:
             if row.get("retrieval") is not None:
-                self.evaluator.record(row["label"], row["retrieval"])
+                self.recorder.record(row["label"], row["retrieval"])
 
     def write(self, run_dir: str | Path) -> list[Path]:
-        """Write the evaluator's report (results.json, results.md, plots); [] without an evaluator."""
+        """Write the report (results.json, results.md, plots; "run" from the run's config.json);
+        [] without an evaluator."""
         if self.evaluator is None:
             return []
-        return list(self.evaluator.write(run_dir) or [])
+        return list(self.recorder.write(run_dir, run=RunDir(run_dir).meta()) or [])
 
 
 def finite_mean(values: list[float | None]) -> float:

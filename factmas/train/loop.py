@@ -1,16 +1,16 @@
 """The continual loop: training stages in order, each followed by the method's update, an evaluation
 and an atomic checkpoint.
 
-A *stage* is a list of tasks trained together: one task per stage for sequential continual learning
-(``sequential_stages``); joint training (the upper bound) is one stage holding every task. For each
-stage s, as ``factmas.methods.base`` describes::
+A *stage* is one experience of the method's stream (``factmas.data.experience``): one task per
+stage for sequential continual learning; joint training (the upper bound) is one experience holding
+every task. For each stage s, as ``factmas.methods.base`` describes::
 
     torch.manual_seed(stage_seed(seed, s))          # a resumed run draws what an uninterrupted one does
     method.on_task_start(model, ctx)
     for epoch e, step i:  loss = fact_loss(φ, ψ, order, positive) + method.penalty(model)
                                  + method.extra_loss(model, batch, out)
                           (non-finite loss → TrainingError naming task, epoch and step)
-                          backward; method.before_step; Adam step; method.after_step
+                          backward; method.before_step; optimizer step (train.optimizer: Adam or SGD); method.after_step
     method.on_task_end(model, ctx)                  # model in eval mode; e.g. MAS: Ω += ..., θ* = θ
     evaluation row (val loss, retrieval R row); metrics.jsonl line; checkpoint task{s}.pt + last.pt
 
@@ -34,35 +34,22 @@ from tqdm.auto import tqdm
 
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
+from factmas.data.experience import Experience
+from factmas.distributed import is_main, shard, shard_bounds, size
+from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss
 from factmas.methods.base import Method, TaskContext
+from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
-from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed, task_facts, task_images
-from factmas.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
-from factmas.run.rundir import MetricsLog
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names task, epoch and step."""
-
-
-@dataclass
-class Stage:
-    """One training stage: ``tasks`` trained together; checkpoint ``task{index}.pt``."""
-    index: int
-    tasks: list[int]
-
-    @property
-    def label(self) -> str:
-        return f"task{self.index}"
-
-
-def sequential_stages(num_tasks: int) -> list[Stage]:
-    """One stage per task, in order: [Stage(0, [0]), Stage(1, [1]), ...]."""
-    return [Stage(t, [t]) for t in range(num_tasks)]
 
 
 @dataclass
@@ -88,18 +75,31 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
     return loss, parts, {"phi": phi, "psi": psi}
 
 
+def make_optimizer(params, tc) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer``: Adam (Kingma & Ba 2015; the default) or SGD with
+    momentum ``train.momentum`` (PyTorch's heavy-ball form v ← μv + g, θ ← θ − lr·v; SGD with
+    momentum 0.9 is what the official MAS (Aljundi et al. 2018) and Lifelong Fact Learning code
+    train with). Both with ``train.lr`` and ``train.weight_decay``. Raises ValueError on another name."""
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    raise ValueError(f"train.optimizer: {tc.optimizer!r}; valid: ['adam', 'sgd']")
+
+
 def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
-               cfg: RunConfig) -> tuple[float, dict, dict]:
+               cfg: RunConfig, forward: Callable = forward_loss) -> tuple[float, dict, dict]:
     """One training step on a pair batch: loss = task loss + method penalty + method extra loss,
     backward, ``method.before_step``, optimizer step, ``method.after_step``.
 
     Returns (total loss value, step parts {"total", "task", "penalty", "extra", "regression",
     "contrastive"} as floats, the task loss parts of ``fact_loss``). A non-finite total is returned
     before backward, with the model and optimizer untouched, so that the caller can stop.
+    ``forward``: ``forward_loss`` or, on several processes, ``factmas.distributed.step.DistributedForward``.
     ``bench/train_overhead.py`` times this function against a plain PyTorch loop.
     """
     optimizer.zero_grad(set_to_none=True)
-    task_loss, parts, out = forward_loss(model, batch, cfg)
+    task_loss, parts, out = forward(model, batch, cfg)
     penalty = method.penalty(model)
     extra = method.extra_loss(model, batch, out)
     loss = task_loss + penalty + extra
@@ -134,26 +134,31 @@ class ContinualTrainer:
         cfg: the resolved run configuration.  data: the dataset in memory.  run_dir: output folder
         (its config.json is written by the caller).  model: built and seeded by the caller.
         method: a ``factmas.methods`` method.  device: where training happens.
+        tasks: the experience of each task of ``cfg.train.split`` (``factmas.data.experience``).
         evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
-        num_tasks: k, the number of tasks of ``cfg.train.split``.  progress: show tqdm bars.
+        recorder: the ``factmas.evaluation.recorder.Recorder`` of the evaluator's rows (None: a
+            default one).  progress: show tqdm bars.
         inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
 
     def __init__(self, cfg: RunConfig, data: FactData, run_dir: str | Path, model: nn.Module,
-                 method: Method, device: torch.device, num_tasks: int, evaluator: Any = None,
-                 progress: bool = True, inputs: Any = None) -> None:
+                 method: Method, device: torch.device, tasks: list[Experience], evaluator: Any = None,
+                 progress: bool = True, inputs: Any = None, recorder: Any = None) -> None:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.model, self.method, self.device = model.to(device), method, device
-        self.num_tasks = num_tasks
-        self.progress = progress
-        self.batcher = Batcher(data, device, inputs)
+        self.tasks = tasks
+        self.num_tasks = len(tasks)
+        self.progress = progress and is_main()          # progress and logs from rank 0 only
+        self.batcher = Batcher(data, device, inputs, tasks[0].relevance if tasks else None)
+        # several processes (torchrun): each loads and embeds its rows of the global batch, DDP
+        self.step_batcher = shard_batcher(self.batcher)
+        self.forward = DistributedForward(self.model, device) if size() > 1 else forward_loss
         self.pixel_input = getattr(model, "image_stem", None) is None
-        self.loss_fn = lambda m, b: forward_loss(m, b, cfg)[:2]
-        self.hook = EvalHook(data, cfg.train.split, num_tasks, self.batcher,
+        self.hook = EvalHook(tasks, self.batcher,
                              lambda phi, psi, order, positive: fact_loss(phi, psi, order, positive,
                                                                          cfg.loss),
-                             cfg.train.batch_size, cfg.train.aux_batch_size, evaluator)
-        self.metrics = MetricsLog(self.run_dir)
+                             cfg.train.batch_size, cfg.train.aux_batch_size, evaluator, recorder)
+        self.metrics = RunDir(self.run_dir).metrics_log() if is_main() else _NoMetrics()
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -175,7 +180,7 @@ class ContinualTrainer:
                         metrics_lines=ckpt["metrics_lines"])
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run(self, stages: list[Stage], state: RunState | None = None,
+    def run(self, stages: list[Experience], state: RunState | None = None,
             limit: int | None = None) -> RunState:
         """Train ``stages[state.next_stage : limit]``; write the report when the loop ends.
 
@@ -198,63 +203,74 @@ class ContinualTrainer:
             self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
                                  "stage_seconds": time.perf_counter() - t0})
             state.optimizer_state = optimizer.state_dict()
-            save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
-                            method=self.method, completed_tasks=state.completed_tasks,
-                            config=self.cfg.to_dict(), history=state.history,
-                            metrics_lines=self.metrics.lines)
+            if is_main():                                # every rank holds the same state
+                save_checkpoint(self.run_dir, stage.index, model=self.model, optimizer=optimizer,
+                                method=self.method, completed_tasks=state.completed_tasks,
+                                config=self.cfg.to_dict(), history=state.history,
+                                metrics_lines=self.metrics.lines)
             state.next_stage = stage.index + 1
-        for p in self.hook.write(self.run_dir):
+        for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
         return state
 
     def _optimizer(self, state: RunState) -> torch.optim.Optimizer:
         tc = self.cfg.train
-        opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        opt = make_optimizer(self.model.parameters(), tc)
         if not tc.optimizer_reset and state.optimizer_state is not None:
             opt.load_state_dict(state.optimizer_state)
         return opt
 
-    def context(self, stage: Stage) -> TaskContext:
-        """The TaskContext of ``stage`` (image, fact and pair batches of its tasks)."""
-        tc, split, b = self.cfg.train, self.cfg.train.split, self.batcher
-        facts = task_facts(self.data, split, stage.tasks)
-        train_pairs = self.data.task_pairs(split, stage.tasks, "train")
-        reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
+    def context(self, stage: Experience, reads: dict[str, int]) -> TaskContext:
+        """The TaskContext of ``stage``: image, fact and pair batches of its experience; what a
+        method reads through them is counted in ``reads`` ("images", "facts", "pairs") for the log; on
+        several processes each rank's batches hold its share (``_share``) of the samples."""
+        tc, b = self.cfg.train, self.batcher
         return TaskContext(
             task=stage.tasks[-1] if len(stage.tasks) == 1 else stage.index,
             device=self.device,
             image_batches=lambda which: _counted(b.image_batches(
-                task_images(self.data, split, stage.tasks, which), tc.aux_batch_size),
-                reads, "images", len),
-            fact_batches=lambda: _counted(b.fact_batches(facts, tc.aux_batch_size),
+                self._share(stage.images[which]), tc.aux_batch_size), reads, "images", len),
+            fact_batches=lambda: _counted(b.fact_batches(self._share(stage.facts), tc.aux_batch_size),
                                           reads, "facts", lambda x: len(x[1])),
-            pair_batches=lambda: _counted(b.pair_batches(
-                train_pairs, tc.batch_size, make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
-                reads, "pairs", lambda x: len(x["fact_idx"])),
-            loss_fn=self.loss_fn, config=self.cfg, max_samples=tc.omega_max_samples,
-            extra={"stage": stage.index, "tasks": list(stage.tasks), "num_tasks": self.num_tasks,
-                   "data": self.data, "split": split, "reads": reads})
+            pair_batches=lambda: _counted(self._pair_batches(
+                stage.pairs["train"], make_rng(tc.seed, stage.index, 0, PURPOSE_CONTEXT)),
+                reads, "pairs", lambda x: len(x["fact_idx"])))
 
-    def train_stage(self, stage: Stage, state: RunState) -> tuple[torch.optim.Optimizer, float]:
+    def _share(self, items: np.ndarray) -> np.ndarray:
+        """One process: ``items``. Several: this rank's share of the first ``omega_max_samples``
+        (the methods' per-sample sums are then all-reduced: ``factmas.distributed.reduce_sums``)."""
+        if size() == 1:
+            return items
+        return shard(items[:self.cfg.train.omega_max_samples])
+
+    def _pair_batches(self, pairs: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
+        """The training pairs shuffled by ``rng`` in batches; several processes: this rank's share
+        (sums over pairs do not depend on how the pairs are batched)."""
+        if size() == 1:
+            return self.batcher.pair_batches(pairs, self.cfg.train.batch_size, rng)
+        return self.batcher.pair_batches(self._share(pairs[rng.permutation(len(pairs))]),
+                                         self.cfg.train.batch_size)
+
+    def train_stage(self, stage: Experience, state: RunState) -> tuple[torch.optim.Optimizer, float]:
         """Train one stage; returns (optimizer, seconds of method.on_task_end)."""
         tc = self.cfg.train
         torch.manual_seed(stage_seed(tc.seed, stage.index))
-        pairs = self.data.task_pairs(tc.split, stage.tasks, "train")
+        pairs = stage.pairs["train"]
         name = self._name(stage)
-        self.batcher.candidates = (task_facts(self.data, tc.split, stage.tasks)
-                                   if self.cfg.loss.fact_softmax_weight > 0 else None)
+        self.batcher.candidates = self.step_batcher.candidates = (
+            stage.facts if self.cfg.loss.fact_softmax_weight > 0 else None)
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
                  f"{len(np.unique(pairs[:, 0])):,}", f"{len(np.unique(pairs[:, 1])):,}")
-        ctx = self.context(stage)
+        reads = {"images": 0, "facts": 0, "pairs": 0}     # what the method read, for the log
+        ctx = self.context(stage, reads)
         self.model.train()
         self.method.on_task_start(self.model, ctx)
         optimizer = self._optimizer(state)
         for epoch in range(tc.epochs):
             self._epoch(stage, epoch, pairs, optimizer, state)
         self.model.eval()
-        reads = ctx.extra["reads"]
         reads.update(images=0, facts=0, pairs=0)
         t0 = time.perf_counter()
         self.method.on_task_end(self.model, ctx)
@@ -265,12 +281,12 @@ class ContinualTrainer:
                      self.method.name.upper(), read, seconds)
         return optimizer, seconds
 
-    def _name(self, stage: Stage) -> str:
+    def _name(self, stage: Experience) -> str:
         if len(stage.tasks) == 1:
             return f"task {stage.tasks[0] + 1}/{self.num_tasks}"
         return f"stage {stage.index + 1} (tasks {', '.join(str(t + 1) for t in stage.tasks)})"
 
-    def _epoch(self, stage: Stage, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
+    def _epoch(self, stage: Experience, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
                state: RunState) -> None:
         tc, model, method = self.cfg.train, self.model, self.method
         name = self._name(stage)
@@ -282,10 +298,13 @@ class ContinualTrainer:
                    disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
-            for step, batch in enumerate(self.batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
+            for step, batch in enumerate(self.step_batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
                 if self.pixel_input and (tc.augment_shift or tc.augment_flip):
-                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip)
-                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg)
+                    B = len(batch["fact_idx"])      # the global batch; the images: this rank's rows
+                    batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip,
+                                                     total=B, start=shard_bounds(B)[0])
+                value, step_parts, parts = train_step(model, method, optimizer, batch, self.cfg,
+                                                      self.forward)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
                 b = len(batch["fact_idx"])
@@ -304,8 +323,7 @@ class ContinualTrainer:
                              **{f"train_{k}": v for k, v in means.items()},
                              "seconds": seconds, "images_per_s": rate})
 
-    def _fail(self, stage: Stage, epoch: int, step: int, value: float, parts: dict) -> None:
-        from factmas.run.checkpoint import latest_checkpoint
+    def _fail(self, stage: Experience, epoch: int, step: int, value: float, parts: dict) -> None:
         last = latest_checkpoint(self.run_dir)
         kept = f"the last good checkpoint {last} is kept" if last else "no task was completed yet"
         msg = (f"non-finite loss {value} in {self._name(stage)}, epoch {epoch + 1}/"
@@ -316,5 +334,15 @@ class ContinualTrainer:
         raise TrainingError(msg)
 
 
-__all__ = ["ContinualTrainer", "RunState", "Stage", "TrainingError", "finite_mean", "forward_loss",
-           "sequential_stages", "train_step"]
+class _NoMetrics:
+    """metrics.jsonl on ranks other than 0: nothing is written (rank 0 writes the run's file)."""
+    lines = 0
+
+    def append(self, record: dict) -> None:
+        self.lines += 1
+
+    def truncate(self, lines: int) -> None:
+        self.lines = lines
+
+
+__all__ = ["ContinualTrainer", "RunState", "TrainingError", "finite_mean", "forward_loss", "train_step"]

@@ -1,0 +1,241 @@
+"""Lifelong Fact Learning's image→fact metric and its two evaluation modes, standard and generalized.
+
+Source: Elhoseiny et al., *Exploring the Challenges towards Lifelong Fact Learning*, ACCV 2018, code
+github.com/Elhoseiny-VisionCAIR-Lab/lifelong_fact_learning (commit d23bc45), files
+``eval/GetResults_exact_metric1.py`` (the metric), ``eval/extract_results_mds_random.py`` (standard
+mode, the numbers of their README) and ``eval/extract_results_mds_random_generalized.py`` (generalized).
+
+**The metric** (``KnowledgeDetRatios_K5`` with ``flag_nodup=True``, as every one of their scripts
+calls it). A query is one test (image, fact) pair — their rows are pairs, an image with three facts is
+three rows with the same image embedding. The candidate facts are the distinct facts of the evaluated
+test pairs, ranked by distance to the image (their ``get_exact_cos``: top K = min(100, #facts)). The
+ground truth G(f) of the pair's fact f depends on f's order (their ``Is_FirstOrder`` etc. and the
+``FirstOrderGroups``/``SecondOrderGroups``/``ThirdOrderGroups`` lines):
+
+* ⟨S⟩:      every candidate with the same subject (⟨S⟩, ⟨S,P⟩, ⟨S,P,O⟩ alike);
+* ⟨S,P⟩:    every candidate with the same subject and predicate (⟨S,P⟩ and ⟨S,P,O⟩);
+* ⟨S,P,O⟩:  f itself.
+
+The pair is a hit when the best-ranked member of G(f) has 1-based rank r ≤ 5 + |G(f)| − 1 (their
+``ismemberAll_ind[j_gt] - offset + 1 <= 5 + len(gt_tuple_inds) - 1`` with offset 0 at the first
+member met) and r ≤ K = min(100, #candidates) (beyond their top-100 list a member is not found).
+The score of a task is the mean of the hits over its pairs (``KnowledgeMeanDetRatio_K5``), and their
+README's "Mean" column is the plain mean of the task scores (57.74 = mean(72.77, 40.31, 33.87, 84.02)).
+
+Modes (their README, "Evaluation"):
+
+* **standard** (``extract_results_mds_*.py``): task t's pairs ranked among the facts of task t's test
+  pairs only; G(f) within those candidates.
+* **generalized** (``*_generalized.py``): the pairs of all tasks at once, every fact of every task's
+  test pairs a candidate, G(f) over all of them; the score of task t is the mean over its pairs.
+
+What differs from their code, and the choices where it is ambiguous:
+
+* Distance: they rank by cosine distance of the whole embedding vector; here by this model's own
+  wildcard distance (``factmas.evaluation.retrieval``), the distance every other factmas metric uses.
+* Ties: their ``sklearn.neighbors.NearestNeighbors(algorithm="brute")`` orders equal distances
+  arbitrarily; here the FAISS ranking breaks ties by lower fact id (``FactIndex``), and the naive
+  references of the tests use a stable sort (the same rule).
+* Facts: they deduplicate facts by embedding (``np.unique(T_embedding, axis=0)``); factmas facts are
+  distinct rows already, so candidates are fact ids (two facts with equal embeddings stay two).
+* Candidates: exactly as theirs, only facts with at least one pair in the evaluated image pool (a
+  fact without a test image is not ranked), per task (standard) or over all tasks (generalized).
+* ``flag_nodup=False`` (ground truth = all the image's facts, an image-level ratio) is never run by
+  their scripts (and fails in Python: ``all_im_ind[mask]`` indexes a list); not implemented.
+
+Also here: the image-level metrics (top-1, top-5, mAP) in the **generalized** mode per task — query
+images carrying a fact of task t rank *all* facts, and only the image's true facts of task t count as
+relevant. The evaluator's existing ``image_to_fact_*`` per task are the standard mode (task t's facts
+only), and their "all" is both modes at once (every fact a candidate and relevant).
+
+May import: numpy, ``factmas.evaluation.metrics``, ``factmas.evaluation.retrieval``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from factmas.evaluation import metrics as M
+
+LFL_TOP = 5           # "top 5 + |G| - 1" (KnowledgeDetRatios_K5)
+LFL_MAX_RANK = 100    # their K: the retrieved list is the top 100 facts
+# the keys this module adds to the evaluator's metrics (each {task: value, "all": value})
+LFL_METRICS = ("lfl_top5_standard", "lfl_top5_generalized", "image_to_fact_top1_generalized",
+               "image_to_fact_top5_generalized", "image_to_fact_map_generalized")
+
+
+def group_keys(tokens: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer keys of each fact's subject and of its (subject, predicate): two int64 [F].
+
+    tokens int [F, 3, L] word ids of the S, P, O slots (0-padded); order int [F] in 1..3. Facts with
+    equal S tokens share ``s_key``; with equal S and P tokens (an absent P is all zeros) ``sp_key``.
+    """
+    tok = np.asarray(tokens).reshape(len(tokens), 3, -1)
+    _, s_key = np.unique(tok[:, 0, :], axis=0, return_inverse=True)
+    _, sp_key = np.unique(tok[:, :2, :].reshape(len(tok), -1), axis=0, return_inverse=True)
+    return s_key.reshape(-1).astype(np.int64), sp_key.reshape(-1).astype(np.int64)
+
+
+def group_member(fact: np.ndarray, cand: np.ndarray, s_key: np.ndarray, sp_key: np.ndarray,
+                 order: np.ndarray) -> np.ndarray:
+    """bool [Q, k]: candidate ``cand[q, j]`` (a fact id) is in the LFL ground truth G(``fact[q]``).
+
+    G(f) (module docstring): same subject for ⟨S⟩, same subject and predicate for ⟨S,P⟩, f itself
+    for ⟨S,P,O⟩. fact int [Q]; cand int [Q, k] or [k] (shared by all queries); keys/order int [F].
+    """
+    f = np.asarray(fact, np.int64)[:, None]
+    c = np.asarray(cand, np.int64)
+    c = np.broadcast_to(c, (len(f), c.shape[-1])) if c.ndim == 1 else c
+    o = np.asarray(order, np.int64)[f]
+    return ((c == f) | ((o == 1) & (s_key[c] == s_key[f]))
+            | ((o == 2) & (sp_key[c] == sp_key[f])))
+
+
+def group_size(fact: np.ndarray, candidates: np.ndarray, s_key: np.ndarray, sp_key: np.ndarray,
+               order: np.ndarray) -> np.ndarray:
+    """int64 [Q]: |G(fact[q])| among ``candidates`` int [C] (distinct fact ids); a fact that is not
+    among the candidates counts only the members that are."""
+    fact = np.asarray(fact, np.int64)
+    cand = np.unique(np.asarray(candidates, np.int64))
+    o = np.asarray(order, np.int64)[fact]
+    same = np.isin(fact, cand).astype(np.int64)
+    s_count = np.bincount(s_key[cand], minlength=len(s_key))
+    sp_count = np.bincount(sp_key[cand], minlength=len(sp_key))
+    return np.where(o == 1, s_count[s_key[fact]], np.where(o == 2, sp_count[sp_key[fact]], same))
+
+
+def lfl_hits(member_ranked: np.ndarray, size: np.ndarray, top: int = LFL_TOP,
+             max_rank: int = LFL_MAX_RANK) -> np.ndarray:
+    """bool [Q]: LFL hit of each query pair (their ``sum_isMember5`` with ``flag_nodup=True``).
+
+    Args:
+        member_ranked: bool [Q, k], column j true when the candidate at 0-based rank j is in G(f)
+            (the candidates of each row sorted by ascending distance, best first).
+        size: int [Q] |G(f)| among the candidates.  top: the 5 of "top 5".  max_rank: their K = 100.
+    Returns:
+        hit when the first member's 1-based rank r satisfies r ≤ top + size − 1 and r ≤ max_rank.
+    Raises:
+        ValueError: member_ranked not 2-D, or size of another length.
+    """
+    m = np.asarray(member_ranked, bool)
+    size = np.asarray(size, np.int64)
+    if m.ndim != 2 or len(size) != len(m):
+        raise ValueError(f"member_ranked must be [Q, k] and size [Q], got {m.shape} and {size.shape}")
+    m = m[:, :max_rank]
+    found = m.any(axis=1)
+    rank = np.argmax(m, axis=1) + 1
+    return found & (rank <= top + size - 1)
+
+
+def mean_or_nan(x: np.ndarray) -> float:
+    """Mean of a non-empty array, NaN when empty."""
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def task_means(values: np.ndarray, task: np.ndarray, num_tasks: int) -> dict:
+    """{t: mean of ``values`` over the queries of task t (NaN when none), "all": mean over all}."""
+    out = {t: mean_or_nan(values[task == t]) for t in range(num_tasks)}
+    out["all"] = mean_or_nan(values)
+    return out
+
+
+def _pool_rows(ev, image_ids: np.ndarray) -> np.ndarray:
+    """Rows of ``phi`` (positions in ``ev.image_ids``, sorted) of dataset image ids."""
+    return np.searchsorted(ev.image_ids, image_ids)
+
+
+def lfl_pair_hits(ev, phi, psi, pairs: np.ndarray, candidates: np.ndarray, s_key: np.ndarray,
+                  sp_key: np.ndarray) -> np.ndarray:
+    """bool [P]: LFL hit of each (image, fact) pair of ``pairs`` int [P, 2] (dataset ids), the images
+    ranking ``candidates`` int [C] (fact ids) by wildcard distance (FAISS, top min(100, C)).
+
+    ``ev`` is a ``factmas.evaluation.evaluator.Evaluator`` (its image pool, data and search batch);
+    phi float [N_pool, 3, d] and psi float [F, 3, d] raw embeddings (``Evaluator.evaluate_embeddings``).
+    """
+    from factmas.evaluation.retrieval import FactIndex
+    if not len(pairs) or not len(candidates):
+        return np.zeros(len(pairs), bool)
+    order = np.asarray(ev.data.order, np.int64)
+    cand = np.unique(np.asarray(candidates, np.int64))
+    size = group_size(pairs[:, 1], cand, s_key, sp_key, order)
+    images, pair_img = np.unique(pairs[:, 0], return_inverse=True)
+    rows = _pool_rows(ev, images)
+    index = FactIndex(psi[cand], order[cand])
+    hits = np.zeros(len(pairs), bool)
+    by_image = np.argsort(pair_img, kind="stable")
+    bounds = np.searchsorted(pair_img[by_image], np.arange(len(images) + 1))
+    for start, _, loc in index.search_batches(phi[rows], LFL_MAX_RANK, ev.cfg.search_batch):
+        ranked = cand[loc]                                               # [b, k] fact ids
+        sel = by_image[bounds[start]:bounds[start + len(loc)]]           # pairs of these images
+        member = group_member(pairs[sel, 1], ranked[pair_img[sel] - start], s_key, sp_key, order)
+        hits[sel] = lfl_hits(member, size[sel])
+    return hits
+
+
+def generalized_image_to_fact(ev, phi, psi) -> dict:
+    """Image-level image→fact metrics in LFL's generalized mode (module docstring): for each task t,
+    the pool images carrying a fact of t rank every fact; the image's true facts of task t are the
+    relevant ones. Returns {"image_to_fact_top1_generalized" | "..._top5_..." | "..._map_...":
+    {t: value, "all": value}} ("all": every true fact relevant, as ``image_to_fact_*["all"]``)."""
+    from factmas.evaluation.retrieval import FactIndex
+    data, T = ev.data, ev.num_tasks
+    order = np.asarray(data.order, np.int64)
+    keys = list(range(T)) + ["all"]
+    names = ("image_to_fact_top1_generalized", "image_to_fact_top5_generalized",
+             "image_to_fact_map_generalized")
+    out = {n: {k: float("nan") for k in keys} for n in names}
+    pairs = ev.pool_pairs
+    if not len(pairs) or not data.num_facts:
+        return out
+    images = np.unique(pairs[:, 0])
+    has = np.zeros((len(images), T), bool)                               # image carries a fact of t
+    has[np.searchsorted(images, pairs[:, 0]), ev.task_of_fact[pairs[:, 1]]] = True
+    rows = _pool_rows(ev, images)
+    index = FactIndex(psi, order)
+    acc = {k: ([], [], []) for k in keys}
+    for start, d, loc in index.search_batches(phi[rows], data.num_facts, ev.cfg.search_batch):
+        img = images[start:start + len(d)]
+        rel = ev.relevant(img[:, None], loc)                             # [b, F] in rank order
+        task_ranked = ev.task_of_fact[loc]
+        for k in keys:
+            q = np.ones(len(d), bool) if k == "all" else has[start:start + len(d), k]
+            if not q.any():
+                continue
+            r = rel[q] if k == "all" else rel[q] & (task_ranked[q] == k)
+            acc[k][0].append(r[:, :1].any(1))
+            acc[k][1].append(r[:, :5].any(1))
+            acc[k][2].append(M.average_precision(-d[q].astype(np.float64), r))
+    for k in keys:
+        if acc[k][0]:
+            for n, parts in zip(names, acc[k]):
+                v = np.concatenate(parts)
+                out[n][k] = M.mean_ap(v) if n.endswith("map_generalized") else float(v.mean())
+    return out
+
+
+def evaluate_lfl(ev, phi, psi) -> dict:
+    """Every key of ``LFL_METRICS`` ({task: value, "all": value}) plus ``"lfl_counts": {"pairs":
+    {t: n, "all": n}}`` for the evaluator ``ev`` and raw embeddings phi float [N_pool, 3, d] (the pool
+    images in ``ev.image_ids`` order) and psi float [F, 3, d].
+
+    ``lfl_top5_standard[t]``: task t's test pairs, candidates the facts of those pairs;
+    ``lfl_top5_generalized[t]``: task t's pairs, candidates the facts of every task's pairs; "all" of
+    both: every pair, every candidate (the generalized score of all pairs). Their README's "Mean" is
+    the mean of the per-task standard values (results.json: ``metrics[...]["average"]``).
+    """
+    s_key, sp_key = group_keys(ev.data.tokens, ev.data.order)
+    pairs = np.asarray(ev.pool_pairs, np.int64)
+    T = ev.num_tasks
+    pair_task = ev.task_of_fact[pairs[:, 1]] if len(pairs) else np.zeros(0, np.int64)
+    standard = {}
+    for t in range(T):
+        sel = pairs[pair_task == t]
+        standard[t] = mean_or_nan(lfl_pair_hits(ev, phi, psi, sel, sel[:, 1], s_key, sp_key))
+    hits = lfl_pair_hits(ev, phi, psi, pairs, pairs[:, 1], s_key, sp_key)
+    general = task_means(hits.astype(np.float64), pair_task, T)
+    standard["all"] = general["all"]
+    out = {"lfl_top5_standard": standard, "lfl_top5_generalized": general}
+    out.update(generalized_image_to_fact(ev, phi, psi))
+    counts = {t: int((pair_task == t).sum()) for t in range(T)}
+    counts["all"] = len(pairs)
+    out["lfl_counts"] = {"pairs": counts}
+    return out

@@ -1,0 +1,120 @@
+"""The Flickr8k builder end to end on a tiny captioned folder, and data_prep.inspect on its output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep import flickr8k, inspect, mining
+from factmas.data.dataset import read_dataset
+
+RIDE = "A man is riding a horse ."
+RUN = "A dog runs through the grass ."
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return mining.load_nlp()
+
+
+@pytest.fixture(autouse=True)
+def _cached_nlp(nlp, monkeypatch):
+    monkeypatch.setattr(mining, "load_nlp", lambda: nlp)  # load spaCy once per module
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """6 horse riders, 6 running dogs, 1 image without facts, 1 corrupt and 1 missing image."""
+    img = tmp_path / "images"
+    img.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["image,caption"]
+    for i in range(12):
+        name = f"{i:02d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img / name)
+        cap = RIDE if i < 6 else RUN
+        lines += [f"{name},{cap}"] * 4 + [f'{name},"A photo, taken outside ."']
+    Image.new("L", (32, 32), 9).save(img / "12.jpg")  # grayscale, no fact
+    lines += ["12.jpg,It is sunny ."] * 5
+    (img / "13.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    lines += [f"13.jpg,{RIDE}"] * 5
+    lines += [f"14.jpg,{RUN}"] * 5  # listed but missing
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def _run(folder, out, *extra, paths=True):
+    args = ["--out", str(out), "--image-size", "16", "--min-images", "3", "--max-image-frac", "1",
+            "--num-tasks", "2", "-q", *extra]
+    if paths:
+        args += ["--images", str(folder / "images"), "--captions", str(folder / "captions.txt")]
+    return flickr8k.main(args)
+
+
+def test_build_mines_thresholds_and_reports(folder, capsys):
+    out = folder / "f.h5"
+    assert _run(folder, out) == 0
+    err = capsys.readouterr().err
+    assert "13.jpg" in err and "14.jpg: missing file" in err
+    d = read_dataset(out)
+    assert set(zip(d.subject, d.predicate, d.object)) == {
+        ("dog", "", ""), ("dog", "run", ""), ("dog", "run through", "grass"),
+        ("person", "", ""), ("person", "ride", ""), ("person", "ride", "horse")}
+    assert d.image_ids == [f"{i:02d}.jpg" for i in range(12)]  # 12.jpg has no fact: dropped
+    assert len(d.pairs) == 12 * 3 and d.images.shape == (12, 16, 16, 3)
+    c = d.provenance["counts"]
+    assert c["images_skipped"] == 2 and c["images_without_fact"] == 1 and c["images_kept"] == 12
+    assert {s["image"] for s in d.provenance["skipped"]} == {"13.jpg", "14.jpg"}
+    assert d.provenance["timings"]["captions_parsed"] == 13 * 5
+    assert set(d.splits) == {"random2_seed0", "random2_seed1", "random2_seed2", "semantic2",
+                             "disjoint2_seed0", "disjoint2_seed1", "disjoint2_seed2"}
+    assert c["threshold_images"] == "train"
+    sem = d.splits["semantic2"]
+    assert len({sem[f] for f in range(6) if d.subject[f] == "dog"}) == 1  # semantic: by subject
+
+    assert inspect.main([str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "facts: 6 (order 1 ⟨S⟩: 2, order 2 ⟨S,P⟩: 2, order 3 ⟨S,P,O⟩: 2)" in text
+    assert "random2_seed0" in text and "semantic2" in text and "images: 12" in text
+
+
+def test_frequent_and_rare_facts_dropped(folder):
+    out = folder / "g.h5"
+    assert _run(folder, out, "--max-image-frac", "0.45", "--min-images", "7", "--no-semantic",
+                "--split-seeds", "0") != 0  # every fact is in 6 images: none passes --min-images 7
+    assert not out.exists()
+    # counted over all 9 images (as files built before --threshold-images): riders in 6 (> 0.45), dogs in 3
+    assert _run(folder, out, "--max-image-frac", "0.45", "--limit-images", "9", "--min-images", "3",
+                "--no-semantic", "--split-seeds", "0", "--threshold-images", "all") == 0
+    d = read_dataset(out)
+    assert set(d.subject) == {"dog"} and len(d.image_ids) == 3
+
+
+def test_env_folder_and_missing_input(folder, monkeypatch, capsys):
+    monkeypatch.setenv(flickr8k.ENV, str(folder))
+    assert _run(folder, folder / "e.h5", paths=False) == 0
+    monkeypatch.delenv(flickr8k.ENV)
+    assert _run(folder, folder / "e2.h5", paths=False) == 2
+    assert flickr8k.ENV in capsys.readouterr().err
+    assert flickr8k.main(["--out", str(folder / "e3.h5"), "--images", str(folder / "images")]) == 2
+
+
+def test_strict_and_bad_captions(folder, capsys):
+    assert _run(folder, folder / "s.h5", "--strict") == 2
+    assert "13.jpg" in capsys.readouterr().err
+    (folder / "bad.txt").write_text("file,text\na.jpg,hello\n")
+    with pytest.raises(flickr8k.CaptionsError, match=r"bad\.txt:1"):
+        flickr8k.read_captions(folder / "bad.txt")
+    (folder / "bad2.txt").write_text("image,caption\na.jpg,hello\nb.jpg\n")
+    with pytest.raises(flickr8k.CaptionsError, match=r"bad2\.txt:3"):
+        flickr8k.read_captions(folder / "bad2.txt")
+    caps = flickr8k.read_captions(folder / "captions.txt")
+    assert caps["00.jpg"][-1] == "A photo, taken outside ."
+
+
+def test_kaggle_layout_images_capitalized(folder, monkeypatch):
+    """The Kaggle copy spells the folder Images/: $FACTMAS_FLICKR8K finds it as well."""
+    (folder / "images").rename(folder / "Images")
+    monkeypatch.setenv(flickr8k.ENV, str(folder))
+    assert _run(folder, folder / "k.h5", paths=False) == 0
+    assert flickr8k.image_folder(folder) == folder / "Images"

@@ -1,0 +1,130 @@
+"""eval/paper_table.py: λ chosen on val images, the plan, the tables, resuming, on synthetic data."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from factmas.data.dataset import read_dataset
+from factmas.cli.paper import main
+from factmas.experiments.paper_table import choose_lambdas, subsample_images
+from factmas.data.synthetic import make_synthetic_dataset
+
+TINY = {"model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
+        "train": {"batch_size": 32}}
+
+
+def test_choose_lambdas_best_val_map_ties_to_the_smaller_and_skips_nan():
+    runs = [{"label": "mas", "reg_lambda": 1.0, "final_all": 0.5},
+            {"label": "mas", "reg_lambda": 0.1, "final_all": 0.5},
+            {"label": "mas", "reg_lambda": 10.0, "final_all": 0.4},
+            {"label": "si", "reg_lambda": 10.0, "final_all": None},
+            {"label": "si", "reg_lambda": 1.0, "final_all": 0.2},
+            {"label": "ewc", "reg_lambda": 1.0, "final_all": float("nan")},
+            {"label": "ewc", "reg_lambda": 10.0, "final_all": None}]
+    grids = {"mas": (0.1, 1.0, 10.0), "si": (1.0, 10.0), "ewc": (1.0, 10.0, 100.0), "lwf": (1.0,)}
+    assert choose_lambdas(runs, grids) == {"mas": 0.1, "si": 1.0, "ewc": 10.0}
+
+
+def test_subsample_images_drops_images_from_every_split_and_their_pairs(tmp_path):
+    data = read_dataset(make_synthetic_dataset(tmp_path / "s.h5", n_images=100, image_size=16))
+    sub = subsample_images(data, 0.3)
+    kept = sub.image_split >= 0
+    assert 10 < kept.sum() < 50 and np.array_equal(sub.image_split[kept], data.image_split[kept])
+    assert set(sub.pairs[:, 0]) <= set(np.flatnonzero(kept)) and len(sub.pairs) < len(data.pairs)
+    assert subsample_images(data, 1.0) is data
+
+
+def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=80, image_size=16, num_tasks=4)
+    cfg = tmp_path / "base.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "table"
+    argv = ["--data", str(data), "--out", str(out), "--quick", "--jobs", "1", "--config", str(cfg),
+            "--methods", "finetune,mas,joint", "--grid", "mas=0.5,5", "-q"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["chosen_lambda"]["mas"] in (0.5, 5.0)
+    best = max(r["final_all"] for r in res["lambda_search"])
+    assert [r["final_all"] for r in res["lambda_search"]
+            if r["reg_lambda"] == res["chosen_lambda"]["mas"]] == [best]
+    for r in res["lambda_search"]:                             # λ search: val images, never test
+        run = json.loads((tmp_path / r["out"] / "results.json").read_text())
+        assert run["image_split"] == "val" and r["split"] == "random4_seed0"
+    finals = res["runs"]
+    assert sorted((r["label"], r["split"]) for r in finals) == sorted(
+        (m, s) for m in ("finetune", "mas", "joint")
+        for s in ("random4_seed0", "semantic4", "disjoint4_seed0"))
+    for r in finals:
+        run = json.loads((tmp_path / r["out"] / "results.json").read_text())
+        assert run["image_split"] == "test" and run["run"]["method"] == r["method"]
+        assert (r["reg_lambda"] == res["chosen_lambda"]["mas"]) == (r["label"] == "mas")
+    md = (out / "paper_table.md").read_text()
+    for text in ("## Random split", "## Semantic split", "## Image-disjoint split", "| Finetune |",
+                 "| MAS |", "| Joint (upper bound) |", "## How λ was chosen", "◀",
+                 "| Image-frequency ranking |", "| Untrained model |", "i→f top-5", "mean (standard)"):
+        assert text in md
+    rows = list(csv.DictReader((out / "paper_table.csv").open()))
+    # 3 methods and the 2 reference rows, for each of the 3 split families
+    assert len(rows) == 15 and {r["split"] for r in rows} == {"random", "semantic", "disjoint"}
+    for r in rows:                       # both directions and LFL's metric in every row
+        for c in ("fact_to_image_map.all_mean", "image_to_fact_map.all_mean",
+                  "image_to_fact_top5.all_mean", "lfl_top5_standard.mean_mean",
+                  "lfl_top5_generalized.mean_mean"):
+            assert r[c] != "", (r["label"], c)
+    fin = next(r for r in rows if r["label"] == "finetune" and r["split"] == "random")
+    run = next(x for x in finals if x["label"] == "finetune" and x["split"] == "random4_seed0")
+    one = json.loads((tmp_path / run["out"] / "results.json").read_text())["metrics"]
+    assert float(fin["image_to_fact_top5.forgetting_mean"]) == pytest.approx(
+        one["image_to_fact_top5"]["forgetting"])
+    assert float(fin["lfl_top5_standard.mean_mean"]) == pytest.approx(
+        np.mean(one["lfl_top5_standard"]["final"]))
+    untrained = next(r for r in rows if r["label"] == "untrained" and r["split"] == "random")
+    assert float(untrained["all_mean"]) == pytest.approx(one["fact_to_image_map"]["initial_all"])
+    assert untrained["forgetting_mean"] == ""
+    joint = next(r for r in rows if r["label"] == "joint" and r["split"] == "random")
+    assert joint["forgetting_mean"] == "" and float(joint["all_mean"]) > 0
+    assert (out / "paper_table.png").stat().st_size > 1000
+    # a run recorded before a config key existed (here train.optimizer/momentum) is the same run when
+    # the key is at its default
+    for cfg_path in out.rglob("config.json"):
+        rec = json.loads(cfg_path.read_text())
+        for key in ("optimizer", "momentum"):
+            rec["config"]["train"].pop(key)
+        cfg_path.write_text(json.dumps(rec))
+    # a second call finds every run complete and trains nothing
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")}
+    assert len(stamps) == 11
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
+    # other settings (here the learning rate) are not mistaken for a finished run: trained again
+    cfg.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 0.01}}))
+    assert main([*argv[:argv.index("--methods")], "--methods", "finetune", "-q"]) == 0
+    changed = {p for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+    assert changed == {p for p in stamps if "finetune" in p.parts}
+    for p in changed:
+        assert json.loads((p.parent / "config.json").read_text())["config"]["train"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "finetune,nosuch"], "unknown"),
+    (["--seeds", "0,7"], "random4_seed7"),
+    (["--grid", "mas=abc"], "--grid"),
+    (["--disjoint-seeds", "5"], "disjoint4_seed5"),
+])
+def test_usage_errors(tmp_path, capsys, extra, message):
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=16, num_tasks=4)
+    rc = main(["--data", str(data), "--out", str(tmp_path / "o"), "--quick"] + extra)
+    assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_disjoint_default_follows_the_file():
+    from factmas.cli.paper import build_parser, settings_from_args
+    args = build_parser().parse_args(["--data", "x.h5", "--seeds", "1,2"])
+    assert settings_from_args(args, 100, ["random4_seed1", "disjoint4_seed1"]).disjoint_seeds == [1]
+    # a file built before the image-disjoint split: the table is made without it
+    assert settings_from_args(args, 100, ["random4_seed1", "semantic4"]).disjoint_seeds == []
+    args = build_parser().parse_args(["--data", "x.h5", "--disjoint-seeds", "0,1,2"])
+    assert settings_from_args(args, 100, []).disjoint_seeds == [0, 1, 2]
