@@ -1,6 +1,8 @@
 """Measuring a model (FAISS retrieval, the metrics, the evaluator) and recording it (R, report files).
 
-- ``retrieval``: exact FAISS indexes of facts and images (wildcard distance).
+- ``retrieval``: exact FAISS indexes of facts and images (wildcard distance), for top-k search.
+- ``ranking``: exact ranks of the true items in blocked score matrices (what the evaluator's full-ranking
+  metrics need, without sorting rankings).
 - ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
 - ``evaluator``: embeds a split's images and facts and measures every metric per task.
 - ``recorder``: ``Recorder``, the rows of every R of a run and the report written from them.

@@ -3,7 +3,8 @@
 What is measured (``Evaluator.evaluate``; metric names are the keys of the returned dict):
 
 * ``fact_to_image_map`` (the headline, the accuracy matrix R of the tables): for each fact, the test
-  images of the pool ranked by wildcard distance (full ranking, FAISS), AP with sklearn's tie
+  images of the pool ranked by wildcard distance (full ranking, exact: computed from the ranks of the
+  true images in blocked score matrices, ``factmas.evaluation.ranking``), AP with sklearn's tie
   handling (``factmas.evaluation.metrics.average_precision``); mean over the facts of a task, and over all facts.
 * ``fact_to_image_map_at_k``: the same with AP@k, k = ``EvalConfig.ap_k`` (100):
   (1/min(k, R)) Σ_{i≤k} P(i)·rel(i).
@@ -48,7 +49,7 @@ from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
 from factmas.evaluation.lfl import evaluate_lfl
 from factmas.evaluation.metrics import HEADLINE, METRICS
-from factmas.evaluation.retrieval import FactIndex, ImageIndex
+from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
@@ -175,13 +176,14 @@ class Evaluator:
         groups["all"] = np.arange(data.num_facts)
         out: dict[str, Any] = {m: {} for m in METRICS}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
+        i2f_all = self._image_to_fact(phi, psi, order, groups, timing)
         for key, facts in groups.items():
             t1 = time.perf_counter()
             out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
             out["fact_to_image_map_at_k"][key] = M.mean_ap(ap_k[facts])
             counts["facts"][key] = int((~np.isnan(ap[facts])).sum())
             timing["metrics_s"] += time.perf_counter() - t1
-            i2f = self._image_to_fact(phi, psi, order, facts, timing)
+            i2f = i2f_all[key]
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
         t1 = time.perf_counter()
@@ -195,30 +197,32 @@ class Evaluator:
         return out
 
     def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray]:
-        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image)."""
+        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image).
+
+        From the ranks of each fact's true images (``factmas.evaluation.ranking.rank_pairs``), not
+        from sorted rankings; equal to ``M.average_precision`` / ``M.ap_at_k`` on the full rows."""
         f = self.data.num_facts
         ap, ap_k = np.full(f, np.nan), np.full(f, np.nan)
         pools = ([(np.arange(f), self.image_ids)] if self.cfg.image_pool == "all" else
                  [(np.flatnonzero(self.task_of_fact == t), self.task_images[t])
                   for t in range(self.num_tasks)])
-        pos_in_pool = {int(i): j for j, i in enumerate(self.image_ids)}
         for facts, images in pools:
             if not len(facts) or not len(images):
                 continue
             t0 = time.perf_counter()
-            rows = torch.as_tensor([pos_in_pool[int(i)] for i in images], dtype=torch.long)
-            index = ImageIndex(phi[rows])
-            batches = index.search_batches(psi[facts], order[facts], len(images), self.cfg.search_batch)
-            for local, d, loc in batches:
-                t1 = time.perf_counter()
-                timing["search_s"] += t1 - t0
-                ids = facts[local]
-                rel = self.relevant(images[loc], ids[:, None])
-                ap[ids] = M.average_precision(-d, rel)
-                ap_k[ids] = M.ap_at_k_ranked(rel, self.n_pool(ids, images), self.cfg.ap_k)
-                t0 = time.perf_counter()
-                timing["metrics_s"] += t0 - t1
-            timing["search_s"] += time.perf_counter() - t0
+            rows = np.searchsorted(self.image_ids, images)             # positions in phi
+            pairs = self.pool_pairs[np.isin(self.pool_pairs[:, 1], facts)
+                                    & np.isin(self.pool_pairs[:, 0], images)]
+            local = np.stack([np.searchsorted(facts, pairs[:, 1]),
+                              np.searchsorted(images, pairs[:, 0])], axis=1)
+            r = rank_pairs(psi[facts], phi[torch.as_tensor(rows)], local, query_order=order[facts],
+                           k_exact=self.cfg.ap_k, max_rows=self.cfg.search_batch, device=self.device)
+            t1 = time.perf_counter()
+            timing["search_s"] += t1 - t0
+            ap[facts] = M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, len(facts))
+            ap_k[facts] = M.ap_at_k_from_ranks(r.query, r.item, r.neg_dist, r.below, r.tie_lower,
+                                               self.cfg.ap_k, len(facts))
+            timing["metrics_s"] += time.perf_counter() - t1
         return ap, ap_k
 
     def n_pool(self, facts: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -227,29 +231,35 @@ class Evaluator:
             return self.n_true_images[facts]
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
-    def _image_to_fact(self, phi, psi, order, facts, timing) -> tuple[float, float, float, int]:
-        """(top-1, top-5, mAP, number of query images) of images ranking the candidate ``facts``."""
+    def _image_to_fact(self, phi, psi, order, groups, timing) -> dict:
+        """{group: (top-1, top-5, mAP, number of query images)} of the pool images ranking the facts
+        of each group (a task: its facts; "all": every fact), from the ranks of each image's true
+        facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups)."""
         t0 = time.perf_counter()
-        pairs = self.pool_pairs[np.isin(self.pool_pairs[:, 1], facts)]
-        queries = np.flatnonzero(np.isin(self.image_ids, pairs[:, 0]))   # positions in the pool
-        if not len(queries) or not len(facts):
-            timing["metrics_s"] += time.perf_counter() - t0
-            return float("nan"), float("nan"), float("nan"), 0
-        index = FactIndex(psi[facts], order[facts])
-        hits1 = hits5 = 0
-        aps = []
+        pairs = np.unique(self.pool_pairs, axis=0)
+        queries = np.unique(pairs[:, 0])                                # image ids with a fact
+        local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
+        rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
+        r = rank_pairs(phi[rows], psi, local, item_order=order, item_segment=self.task_of_fact,
+                       k_exact=5, max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
-        timing["metrics_s"] += t1 - t0
-        for start, d, loc in index.search_batches(phi[queries], len(facts), self.cfg.search_batch):
-            t2 = time.perf_counter()
-            timing["search_s"] += t2 - t1
-            img = self.image_ids[queries[start:start + len(d)]]
-            rel = self.relevant(img[:, None], facts[loc])
-            hits1 += int(rel[:, :1].any(axis=1).sum())
-            hits5 += int(rel[:, :5].any(axis=1).sum())
-            aps.append(M.average_precision(-d, rel))
-            t1 = time.perf_counter()
-            timing["metrics_s"] += t1 - t2
-        timing["search_s"] += time.perf_counter() - t1
-        n = len(queries)
-        return hits1 / n, hits5 / n, M.mean_ap(np.concatenate(aps)), n
+        timing["search_s"] += t1 - t0
+        out, nq = {}, len(queries)
+        for key, facts in groups.items():
+            if key == "all":
+                sel = np.ones(len(r.query), bool)
+                below, ties, lower = r.below_all, r.ties_all, r.tie_lower_all
+            else:
+                sel = np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
+                below, ties, lower = r.below, r.ties, r.tie_lower
+            q, b, ti, lo = r.query[sel], below[sel], ties[sel], lower[sel]
+            n = len(np.unique(q))
+            if not n:
+                out[key] = (float("nan"), float("nan"), float("nan"), 0)
+                continue
+            top1 = M.topk_from_ranks(q, b, lo, 1, nq)
+            top5 = M.topk_from_ranks(q, b, lo, 5, nq)
+            aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
+            out[key] = (float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps), n)
+        timing["metrics_s"] += time.perf_counter() - t1
+        return out

@@ -164,6 +164,111 @@ def topk_accuracy(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     return float(np.take_along_axis(r[has], order, axis=1).any(axis=1).mean())
 
 
+# ---------------------------------------------------------------- from the ranks of the relevant items
+# The same metrics computed from counts instead of sorted rows (``factmas.evaluation.ranking``): for
+# each relevant (query, item) pair, ``below`` = items of the query's ranking strictly closer (higher
+# score), ``ties`` = items with exactly its score (itself included), ``tie_lower`` = those ties with a
+# lower item index. Pairs are given as flat arrays (one entry per pair, any order); every relevant item
+# of a query must have its pair (R = the number of pairs of the query).
+
+
+def _by_query(query: np.ndarray, n_queries: int) -> np.ndarray:
+    query = np.asarray(query, np.int64).reshape(-1)
+    if len(query) and (query.min() < 0 or query.max() >= n_queries):
+        raise ValueError(f"query indexes must lie in [0, {n_queries})")
+    return query
+
+
+def ap_from_ranks(query: np.ndarray, score: np.ndarray, below: np.ndarray, ties: np.ndarray,
+                  n_queries: int) -> np.ndarray:
+    """Full-ranking AP of each query from its relevant pairs' ranks, ties as one threshold (sklearn).
+
+    Equal to ``average_precision`` on the full rows: the group of items at the relevant item j's score
+    closes a threshold with precision TP_j / (below_j + ties_j), TP_j = relevant items scoring ≥ it, so
+    AP = (1/R) Σ_j TP_j / (below_j + ties_j) (Manning et al. 2008, Sec. 8.4, as ``average_precision``).
+
+    Args:
+        query: int [P] query of each pair.  score: float [P] the pair's score (higher = more relevant;
+            only compared for equality and order within a query).  below, ties: int [P].
+        n_queries: Q.
+    Returns:
+        float64 [Q]; NaN for a query without pairs.
+    Raises:
+        ValueError: a query index outside [0, Q).
+    """
+    query = _by_query(query, n_queries)
+    score = np.asarray(score, np.float64).reshape(-1)
+    ap = np.full(n_queries, np.nan)
+    if not len(query):
+        return ap
+    idx = np.lexsort((-score, query))                       # per query, best score first
+    q, s = query[idx], score[idx]
+    start = np.r_[True, q[1:] != q[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(q)), 0))
+    count = np.arange(len(q)) - first + 1                   # relevant items up to this one
+    end = np.r_[(q[1:] != q[:-1]) | (s[1:] != s[:-1]), True]
+    run = np.cumsum(np.r_[True, end[:-1]]) - 1              # group of equal (query, score)
+    tp = count[end][run]                                    # relevant items scoring ≥ this one
+    prec = tp / (np.asarray(below)[idx] + np.asarray(ties)[idx])
+    n_rel = np.bincount(q, minlength=n_queries)
+    total = np.bincount(q, weights=prec, minlength=n_queries)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, total / n_rel, np.nan)
+
+
+def _positions(query, item, score, below, tie_lower):
+    """Per pair (sorted by query, score desc., item): query, 1-based position in the strict ranking
+    (ties by lower item index), and 1-based rank among the query's relevant items."""
+    idx = np.lexsort((np.asarray(item, np.int64), -np.asarray(score, np.float64), query))
+    q = query[idx]
+    start = np.r_[True, q[1:] != q[:-1]]
+    first = np.maximum.accumulate(np.where(start, np.arange(len(q)), 0))
+    hits = np.arange(len(q)) - first + 1
+    pos = np.asarray(below)[idx] + np.asarray(tie_lower)[idx] + 1
+    return q, pos, hits
+
+
+def ap_at_k_from_ranks(query: np.ndarray, item: np.ndarray, score: np.ndarray, below: np.ndarray,
+                       tie_lower: np.ndarray, k: int, n_queries: int) -> np.ndarray:
+    """AP@k of each query from its relevant pairs' ranks; ties by lower item index (as ``ap_at_k``).
+
+    Item j sits at position pos_j = below_j + tie_lower_j + 1; with hits_j relevant items at
+    positions ≤ pos_j, AP@k = (1 / min(k, R)) Σ_{j: pos_j ≤ k} hits_j / pos_j (``ap_at_k_ranked``).
+
+    Args:
+        query, item: int [P].  score: float [P].  below, tie_lower: int [P].  k: ≥ 1.  n_queries: Q.
+    Returns:
+        float64 [Q]; NaN for a query without pairs.
+    Raises:
+        ValueError: k < 1 or a query index outside [0, Q).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    query = _by_query(query, n_queries)
+    out = np.full(n_queries, np.nan)
+    if not len(query):
+        return out
+    q, pos, hits = _positions(query, item, score, below, tie_lower)
+    seen = pos <= k
+    total = np.bincount(q[seen], weights=hits[seen] / pos[seen], minlength=n_queries)
+    n_rel = np.bincount(q, minlength=n_queries)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_rel > 0, total / np.minimum(k, n_rel), np.nan)
+
+
+def topk_from_ranks(query: np.ndarray, below: np.ndarray, tie_lower: np.ndarray, k: int,
+                    n_queries: int) -> np.ndarray:
+    """Per query: 1.0 when a relevant item is among the top k (ties by lower index, as
+    ``topk_accuracy``), 0.0 when none is, NaN without pairs. float64 [Q]."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    query = _by_query(query, n_queries)
+    pos = np.asarray(below) + np.asarray(tie_lower) + 1
+    n_rel = np.bincount(query, minlength=n_queries)
+    hit = np.bincount(query[pos <= k], minlength=n_queries) > 0
+    return np.where(n_rel > 0, hit.astype(np.float64), np.nan)
+
+
 # ---------------------------------------------------------------- accuracy matrix R
 
 

@@ -1,5 +1,9 @@
 """Exact FAISS search with Sherlock's wildcard distance, one flat index per fact order.
 
+Top-k search for ``factmas query`` / ``search`` and the benchmarks. The evaluator's full-ranking
+metrics do not sort rankings any more: they count ranks (``factmas.evaluation.ranking``, same
+distances, same tie rules, ≈ 60× faster at 50,000 images × 100,000 facts).
+
 The wildcard distance (``factmas.space``) of image x and fact f of order o compares only the o slots
 the fact has, averaged so that facts of different orders are comparable:
 

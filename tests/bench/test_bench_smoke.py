@@ -35,3 +35,16 @@ def test_every_benchmark_runs_quick_and_writes_json(tmp_path):
         (tmp_path / "omega.json").read_text())["results"]}
     assert omega[("image", "exact (hooks)")]["max_rel_err"] < 1e-4
     assert json.loads((tmp_path / "run_all.json").read_text())["total_s"] > 0
+
+
+def test_eval_exact_runs_quick_and_matches_the_old_path(tmp_path):
+    """bench/eval_exact.py (not in run_all: minutes at its default sizes) at its smoke size."""
+    out = tmp_path / "eval_exact.json"
+    done = subprocess.run([sys.executable, str(BENCH / "eval_exact.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "eval_exact" and res["quick"] is True and res["results"]
+    for row in res["results"]:
+        assert row["floor_s"] > 0 and row["new_s"] > 0 and row["old_s"] > 0
+        assert row["old_max_abs_ap_diff_f2i"] < 1e-4

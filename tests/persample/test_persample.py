@@ -257,3 +257,38 @@ def test_hooks_ignore_forwards_outside_add_batch():
         y.sum().backward()                                    # a plain backward still works
     assert model.weight.grad is not None
     assert F.linear(torch.ones(1, 3), model.weight).shape == (1, 2)
+
+
+class MBConvLike(nn.Module):
+    """EfficientNet's block on few positions: 1×1 expansion, depthwise 5×5 stride 2 (groups = C),
+    1×1 projection, each followed by a frozen-statistics BatchNorm; then a Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = nn.Conv2d(4, 12, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(12)
+        self.dw = nn.Conv2d(12, 12, 5, stride=2, padding=2, groups=12, bias=False)
+        self.bn2 = nn.BatchNorm2d(12)
+        self.pwl = nn.Conv2d(12, 6, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.relu6(self.bn1(self.pw(x)))
+        h = torch.nn.functional.relu6(self.bn2(self.dw(h)))
+        return self.fc(self.bn3(self.pwl(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("cache", [1 << 18, 30])
+def test_depthwise_and_pointwise_convolutions_match_loop(cache, monkeypatch):
+    """Depthwise convolutions take the grouped route at any number of positions, 1×1 ones skip the
+    unfold; both against the per-sample loop (and with cache tiles of a few elements)."""
+    monkeypatch.setattr(persample_layers, "CACHE_ELEMENTS", cache)
+    torch.manual_seed(3)
+    model = MBConvLike()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_()
+    check_exact(model.eval(), split(torch.randn(7, 4, 8, 8), [4, 3]))

@@ -1,0 +1,158 @@
+"""The rank-based exact evaluation (factmas.evaluation.ranking + metrics.*_from_ranks) against the old
+path: FAISS full rankings (retrieval.FactIndex / ImageIndex) scored by average_precision / ap_at_k /
+top-k of the sorted lists, on seeded random data with many exact ties and on continuous data."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+from factmas.evaluation import metrics as M
+from factmas.evaluation.ranking import rank_pairs
+from factmas.evaluation.retrieval import FactIndex, ImageIndex
+
+
+def _tied_vectors(rng, n, d=8, protos=4):
+    """float32 [n, 3, d]: slots drawn from a few prototypes with 4 entries ±1 (unit slots ±0.5, so
+    every inner product is exact in float32 and equal vectors give exactly equal distances)."""
+    p = np.zeros((protos, 3, d), np.float32)
+    for a in range(protos):
+        for s in range(3):
+            p[a, s, rng.choice(d, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
+    scale = rng.choice([1.0, 3.0], (n, 1, 1)).astype(np.float32)          # raw norms differ
+    return p[rng.integers(0, protos, (n, 3)), np.arange(3)[None, :]] * scale
+
+
+def _data(rng, ties: bool, n=60, f=45):
+    if ties:
+        phi, psi = _tied_vectors(rng, n), _tied_vectors(rng, f)
+    else:
+        phi = rng.standard_normal((n, 3, 8)).astype(np.float32)
+        psi = rng.standard_normal((f, 3, 8)).astype(np.float32)
+    order = rng.integers(1, 4, f)
+    order[:3] = [1, 2, 3]
+    psi[np.arange(3)[None, :] >= order[:, None]] = 0.0
+    rel = rng.random((n, f)) < 0.15
+    return phi, psi, order, rel
+
+
+def _old_fact_to_image(phi, psi, order, rel, k):
+    """Old path: ImageIndex full ranking (k = N) per fact, AP of the ranked list; the dense distance
+    matrix [F, N] it gives, for ap_at_k with the documented tie rule (lower image index first)."""
+    n, f = rel.shape
+    d, i = ImageIndex(phi, gpu=False).search(psi, order, n)
+    ap = M.average_precision(-d, rel.T[np.arange(f)[:, None], i])
+    dense = np.empty((f, n), np.float32)
+    dense[np.arange(f)[:, None], i] = d
+    return ap, M.ap_at_k(-dense, rel.T, k), dense
+
+
+@pytest.mark.parametrize("ties", [True, False])
+@pytest.mark.parametrize("block", [1 << 22, 50])
+def test_fact_to_image_equals_old_path(rng, ties, block):
+    phi, psi, order, rel = _data(rng, ties)
+    ap_old, apk_old, dense = _old_fact_to_image(phi, psi, order, rel, 10)
+    if ties:
+        assert sum(len(np.unique(r)) < len(r) for r in dense) > 30        # the data has ties
+    r = rank_pairs(psi, phi, np.argwhere(rel.T), query_order=order, k_exact=10, block_elements=block)
+    ap = M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, len(psi))
+    apk = M.ap_at_k_from_ranks(r.query, r.item, r.neg_dist, r.below, r.tie_lower, 10, len(psi))
+    np.testing.assert_array_equal(np.isnan(ap), np.isnan(ap_old))
+    np.testing.assert_allclose(ap, ap_old, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(apk, apk_old, rtol=1e-12, atol=0)
+    if ties:                                    # exact arithmetic: the very FAISS distances
+        np.testing.assert_array_equal(-r.neg_dist, dense[r.query, r.item])
+    else:                                       # torch's and FAISS's float32 products: last bits
+        np.testing.assert_allclose(-r.neg_dist, dense[r.query, r.item], rtol=0, atol=2e-6)
+    for q in np.flatnonzero(rel.T.any(1))[:10]:                            # and sklearn's AP
+        assert ap[q] == pytest.approx(average_precision_score(rel.T[q], -dense[q]), rel=1e-12)
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_image_to_fact_per_segment_and_all_equals_old_path(rng, ties):
+    phi, psi, order, rel = _data(rng, ties)
+    task = rng.integers(0, 3, len(psi))
+    r = rank_pairs(phi, psi, np.argwhere(rel), item_order=order, item_segment=task, k_exact=5,
+                   block_elements=200)
+    n = len(phi)
+    for t in (0, 1, 2, "all"):
+        facts = np.arange(len(psi)) if t == "all" else np.flatnonzero(task == t)
+        q = np.flatnonzero(rel[:, facts].any(1))
+        d, loc = FactIndex(psi[facts], order[facts], gpu=False).search(phi[q], len(facts))
+        ranked = rel[q][:, facts][np.arange(len(q))[:, None], loc]
+        if t == "all":
+            sel, b, ti, lo = np.ones(len(r.query), bool), r.below_all, r.ties_all, r.tie_lower_all
+        else:
+            sel, b, ti, lo = r.segment == t, r.below, r.ties, r.tie_lower
+        ap = M.ap_from_ranks(r.query[sel], r.neg_dist[sel], b[sel], ti[sel], n)
+        np.testing.assert_allclose(ap[q], M.average_precision(-d, ranked), rtol=1e-12, atol=0)
+        assert np.isnan(np.delete(ap, q)).all()
+        for k in (1, 5):
+            top = M.topk_from_ranks(r.query[sel], b[sel], lo[sel], k, n)
+            np.testing.assert_array_equal(top[q], ranked[:, :k].any(1).astype(float))
+
+
+def test_threads_blocks_and_ties_inside_top_k(rng):
+    """Two threads (rows sorted in a pool), one-row blocks, all items tied: positions by lower index."""
+    phi = np.ones((30, 3, 4), np.float32)
+    psi = np.ones((9, 3, 4), np.float32)
+    order = np.array([1, 2, 3] * 3)
+    rel = rng.random((30, 9)) < 0.3
+    rel[0] = False
+    rel[0, 8] = True
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = rank_pairs(psi, phi, np.argwhere(rel.T), query_order=order, block_elements=1)
+    finally:
+        torch.set_num_threads(threads)
+    apk = M.ap_at_k_from_ranks(r.query, r.item, r.neg_dist, r.below, r.tie_lower, 7, 9)
+    dense = np.zeros((9, 30))
+    np.testing.assert_allclose(apk, M.ap_at_k(dense, rel.T, 7), rtol=1e-12)
+    np.testing.assert_array_equal(r.below, 0)
+    np.testing.assert_array_equal(r.ties, 30)
+
+
+def test_from_ranks_on_hand_made_counts():
+    # one query, relevant items at distinct positions 1 and 3 of 4, then a tie group of 2 at 1-2
+    assert M.ap_from_ranks([0, 0], [0.9, 0.5], [0, 2], [1, 1], 1)[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert M.ap_from_ranks([0, 0], [0.9, 0.9], [0, 0], [2, 2], 1)[0] == pytest.approx(1.0)
+    assert M.ap_at_k_from_ranks([0, 0], [4, 7], [0.9, 0.5], [0, 2], [0, 0], 2, 1)[0] == pytest.approx(0.5)
+    assert np.isnan(M.topk_from_ranks([0], [0], [0], 1, 2)[1])
+
+
+def test_bad_input_errors(rng):
+    phi, psi, order, rel = _data(rng, False, n=5, f=4)
+    with pytest.raises(ValueError, match="exactly one"):
+        rank_pairs(psi, phi, np.argwhere(rel.T))
+    with pytest.raises(ValueError, match="1, 2 or 3"):
+        rank_pairs(psi, phi, np.argwhere(rel.T), query_order=order * 0)
+    with pytest.raises(ValueError, match="out of range"):
+        rank_pairs(psi, phi, [[0, 5]], query_order=order)
+    with pytest.raises(ValueError, match="item_segment"):
+        rank_pairs(phi, psi, [[0, 1]], item_order=order, item_segment=[0])
+    with pytest.raises(ValueError, match="k must be"):
+        M.ap_at_k_from_ranks([0], [0], [0.0], [0], [0], 0, 1)
+    with pytest.raises(ValueError, match="query indexes"):
+        M.ap_from_ranks([3], [0.0], [0], [1], 2)
+
+
+def test_no_pairs_duplicate_pairs_and_negative_segment_ids(rng):
+    phi, psi, order, _ = _data(rng, False, n=5, f=6)
+    r = rank_pairs(psi, phi, np.zeros((0, 2), int), query_order=order)
+    assert len(r.query) == 0
+    assert np.isnan(M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, 6)).all()
+    seg = np.array([-1, 0, 0, 1, 1, -1])
+    r = rank_pairs(phi, psi, [[0, 1], [0, 1], [2, 5]], item_order=order, item_segment=seg)
+    np.testing.assert_array_equal(r.query, [0, 2])                 # the duplicate pair once
+    d = -np.stack([_neg_dist_row(phi[q], psi, order) for q in (0, 2)])
+    for j, (q, f) in enumerate([(0, 1), (2, 5)]):
+        assert r.below_all[j] == (d[j] < d[j, f]).sum()
+        assert r.below[j] == (d[j][seg == seg[f]] < d[j, f]).sum()
+        assert r.segment[j] == seg[f]
+
+
+def _neg_dist_row(x, psi, order):
+    """−D of one raw image x [3, d] to every fact, from factmas.space (float32)."""
+    from factmas.space import wildcard_distance
+    return -wildcard_distance(torch.as_tensor(x[None]), torch.as_tensor(psi),
+                              torch.as_tensor(order)).numpy()[0]
