@@ -89,7 +89,7 @@ class EvalConfig:
     """Retrieval evaluation after every task (see ``factmas.evaluation.evaluator``)."""
     ap_k: int = 100                      # k of AP@k (Lifelong Fact Learning uses 100)
     image_pool: str = "all"              # "all" test images, or each "task"'s own test images
-    search_batch: int = 4096             # queries per FAISS search call (bounds memory)
+    search_batch: int = 4096             # query rows per score block / FAISS search call (bounds memory)
     enabled: bool = True
     embed_batch: int = 256               # images or facts per forward pass when embedding
     image_split: str = "test"            # images evaluated on: "test" (tables) or "val" (tuning λ)
