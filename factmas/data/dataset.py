@@ -270,24 +270,22 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
 
         images = (get("images") if load_images
                   else np.zeros((0, *h["images"].shape[1:]), np.uint8))  # still tells the size
-        splits, split_attrs = {}, {}
-        group = h.get("splits")
-        if group is not None and not isinstance(group, h5py.Group):
-            raise DatasetError(f"{path}: key 'splits' must be a group of int [F] task arrays")
-        for name in group or []:
-            if not isinstance(group[name], h5py.Dataset):
-                raise DatasetError(f"{path}: key 'splits/{name}' is a group; expected int [F]")
-            splits[name] = get(f"splits/{name}")
-            split_attrs[name] = {k: (v.item() if hasattr(v, "item") else v)
-                                 for k, v in h[f"splits/{name}"].attrs.items()}
-        image_tasks = {}
-        group = h.get("split_images")
-        if group is not None and not isinstance(group, h5py.Group):
-            raise DatasetError(f"{path}: key 'split_images' must be a group of int [N] task arrays")
-        for name in group or []:
-            if not isinstance(group[name], h5py.Dataset):
-                raise DatasetError(f"{path}: key 'split_images/{name}' is a group; expected int [N]")
-            image_tasks[name] = get(f"split_images/{name}")
+        def task_arrays(key: str, size: str) -> dict:
+            """The arrays of group ``key`` (one int [size] task array per split name)."""
+            group = h.get(key)
+            if group is not None and not isinstance(group, h5py.Group):
+                raise DatasetError(f"{path}: key '{key}' must be a group of int [{size}] task arrays")
+            arrays = {}
+            for name in group or []:
+                if not isinstance(group[name], h5py.Dataset):
+                    raise DatasetError(f"{path}: key '{key}/{name}' is a group; expected int [{size}]")
+                arrays[name] = get(f"{key}/{name}")
+            return arrays
+
+        splits = task_arrays("splits", "F")
+        split_attrs = {name: {k: (v.item() if hasattr(v, "item") else v)
+                              for k, v in h[f"splits/{name}"].attrs.items()} for name in splits}
+        image_tasks = task_arrays("split_images", "N")
         try:
             provenance = json.loads(h.attrs.get("provenance", "{}"))
         except (TypeError, ValueError) as e:
