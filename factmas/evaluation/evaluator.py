@@ -47,7 +47,7 @@ from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
-from factmas.evaluation.lfl import evaluate_lfl
+from factmas.evaluation.lfl import GENERALIZED_I2F, evaluate_lfl
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
@@ -186,6 +186,8 @@ class Evaluator:
             i2f = i2f_all[key]
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
+            for name, value in zip(GENERALIZED_I2F, i2f[4:]):
+                out.setdefault(name, {})[key] = value
         t1 = time.perf_counter()
         out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
         timing["metrics_s"] += time.perf_counter() - t1
@@ -232,9 +234,11 @@ class Evaluator:
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
     def _image_to_fact(self, phi, psi, order, groups, timing) -> dict:
-        """{group: (top-1, top-5, mAP, number of query images)} of the pool images ranking the facts
-        of each group (a task: its facts; "all": every fact), from the ranks of each image's true
-        facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups)."""
+        """{group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP)} of the
+        pool images ranking the facts of each group (a task: its facts; "all": every fact), from the
+        ranks of each image's true facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all
+        groups). The generalized mode (Lifelong Fact Learning; ``factmas.evaluation.lfl``): the same
+        images and true facts of the group, ranked among *all* facts (the ``*_all`` counts)."""
         t0 = time.perf_counter()
         pairs = np.unique(self.pool_pairs, axis=0)
         queries = np.unique(pairs[:, 0])                                # image ids with a fact
@@ -252,14 +256,18 @@ class Evaluator:
             else:
                 sel = np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
                 below, ties, lower = r.below, r.ties, r.tie_lower
-            q, b, ti, lo = r.query[sel], below[sel], ties[sel], lower[sel]
+            q = r.query[sel]
             n = len(np.unique(q))
             if not n:
-                out[key] = (float("nan"), float("nan"), float("nan"), 0)
+                out[key] = (float("nan"),) * 3 + (0,) + (float("nan"),) * 3
                 continue
-            top1 = M.topk_from_ranks(q, b, lo, 1, nq)
-            top5 = M.topk_from_ranks(q, b, lo, 5, nq)
-            aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
-            out[key] = (float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps), n)
+            scores = []
+            for b, ti, lo in ((below[sel], ties[sel], lower[sel]),
+                              (r.below_all[sel], r.ties_all[sel], r.tie_lower_all[sel])):
+                top1 = M.topk_from_ranks(q, b, lo, 1, nq)
+                top5 = M.topk_from_ranks(q, b, lo, 5, nq)
+                aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
+                scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
+            out[key] = scores[0] + (n,) + scores[1]
         timing["metrics_s"] += time.perf_counter() - t1
         return out

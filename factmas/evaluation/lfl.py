@@ -43,24 +43,26 @@ What differs from their code, and the choices where it is ambiguous:
 * ``flag_nodup=False`` (ground truth = all the image's facts, an image-level ratio) is never run by
   their scripts (and fails in Python: ``all_im_ind[mask]`` indexes a list); not implemented.
 
-Also here: the image-level metrics (top-1, top-5, mAP) in the **generalized** mode per task — query
-images carrying a fact of task t rank *all* facts, and only the image's true facts of task t count as
-relevant. The evaluator's existing ``image_to_fact_*`` per task are the standard mode (task t's facts
-only), and their "all" is both modes at once (every fact a candidate and relevant).
+The image-level metrics (top-1, top-5, mAP) in the **generalized** mode per task — query images
+carrying a fact of task t rank *all* facts, and only the image's true facts of task t count as
+relevant — are named here (``GENERALIZED_I2F``) but computed by the evaluator from the same exact
+ranks as the standard ones (``factmas.evaluation.ranking``: no second search, no sorted rows). The
+evaluator's ``image_to_fact_*`` per task are the standard mode (task t's facts only), and their "all"
+is both modes at once (every fact a candidate and relevant).
 
-May import: numpy, ``factmas.evaluation.metrics``, ``factmas.evaluation.retrieval``.
+May import: numpy, ``factmas.evaluation.retrieval``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from factmas.evaluation import metrics as M
 
 LFL_TOP = 5           # "top 5 + |G| - 1" (KnowledgeDetRatios_K5)
 LFL_MAX_RANK = 100    # their K: the retrieved list is the top 100 facts
 # the keys this module adds to the evaluator's metrics (each {task: value, "all": value})
-LFL_METRICS = ("lfl_top5_standard", "lfl_top5_generalized", "image_to_fact_top1_generalized",
-               "image_to_fact_top5_generalized", "image_to_fact_map_generalized")
+GENERALIZED_I2F = ("image_to_fact_top1_generalized", "image_to_fact_top5_generalized",
+                   "image_to_fact_map_generalized")
+LFL_METRICS = ("lfl_top5_standard", "lfl_top5_generalized") + GENERALIZED_I2F
 
 
 def group_keys(tokens: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,47 +173,6 @@ def lfl_pair_hits(ev, phi, psi, pairs: np.ndarray, candidates: np.ndarray, s_key
     return hits
 
 
-def generalized_image_to_fact(ev, phi, psi) -> dict:
-    """Image-level image→fact metrics in LFL's generalized mode (module docstring): for each task t,
-    the pool images carrying a fact of t rank every fact; the image's true facts of task t are the
-    relevant ones. Returns {"image_to_fact_top1_generalized" | "..._top5_..." | "..._map_...":
-    {t: value, "all": value}} ("all": every true fact relevant, as ``image_to_fact_*["all"]``)."""
-    from factmas.evaluation.retrieval import FactIndex
-    data, T = ev.data, ev.num_tasks
-    order = np.asarray(data.order, np.int64)
-    keys = list(range(T)) + ["all"]
-    names = ("image_to_fact_top1_generalized", "image_to_fact_top5_generalized",
-             "image_to_fact_map_generalized")
-    out = {n: {k: float("nan") for k in keys} for n in names}
-    pairs = ev.pool_pairs
-    if not len(pairs) or not data.num_facts:
-        return out
-    images = np.unique(pairs[:, 0])
-    has = np.zeros((len(images), T), bool)                               # image carries a fact of t
-    has[np.searchsorted(images, pairs[:, 0]), ev.task_of_fact[pairs[:, 1]]] = True
-    rows = _pool_rows(ev, images)
-    index = FactIndex(psi, order)
-    acc = {k: ([], [], []) for k in keys}
-    for start, d, loc in index.search_batches(phi[rows], data.num_facts, ev.cfg.search_batch):
-        img = images[start:start + len(d)]
-        rel = ev.relevant(img[:, None], loc)                             # [b, F] in rank order
-        task_ranked = ev.task_of_fact[loc]
-        for k in keys:
-            q = np.ones(len(d), bool) if k == "all" else has[start:start + len(d), k]
-            if not q.any():
-                continue
-            r = rel[q] if k == "all" else rel[q] & (task_ranked[q] == k)
-            acc[k][0].append(r[:, :1].any(1))
-            acc[k][1].append(r[:, :5].any(1))
-            acc[k][2].append(M.average_precision(-d[q].astype(np.float64), r))
-    for k in keys:
-        if acc[k][0]:
-            for n, parts in zip(names, acc[k]):
-                v = np.concatenate(parts)
-                out[n][k] = M.mean_ap(v) if n.endswith("map_generalized") else float(v.mean())
-    return out
-
-
 def evaluate_lfl(ev, phi, psi) -> dict:
     """Every key of ``LFL_METRICS`` ({task: value, "all": value}) plus ``"lfl_counts": {"pairs":
     {t: n, "all": n}}`` for the evaluator ``ev`` and raw embeddings phi float [N_pool, 3, d] (the pool
@@ -234,7 +195,6 @@ def evaluate_lfl(ev, phi, psi) -> dict:
     general = task_means(hits.astype(np.float64), pair_task, T)
     standard["all"] = general["all"]
     out = {"lfl_top5_standard": standard, "lfl_top5_generalized": general}
-    out.update(generalized_image_to_fact(ev, phi, psi))
     counts = {t: int((pair_task == t).sum()) for t in range(T)}
     counts["all"] = len(pairs)
     out["lfl_counts"] = {"pairs": counts}
