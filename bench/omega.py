@@ -230,7 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--paired-repeats", type=int, default=9,
                     help="back-to-back exact/batch pairs for the paired speed ratio")
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--lite-image-size", type=int, default=128, help="EfficientNet-Lite input size")
+    ap.add_argument("--lite-image-size", type=int, default=224,
+                    help="EfficientNet-Lite input size (224: the default dataset build)")
     ap.add_argument("--vocab", type=int, default=300)
     ap.add_argument("--skip", nargs="*", default=[], help="estimators to leave out, e.g. opacus")
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")

@@ -43,7 +43,7 @@ class BuildError(ValueError):
 @dataclass
 class BuildOptions:
     """Settings shared by the builders (the command-line options of the same names)."""
-    image_size: int = 128                # the default backbone's input (EfficientNet-Lite0 at 128×128)
+    image_size: int = 224                # the default backbone's input (EfficientNet-Lite0 at 224×224)
     min_images: int = 20
     max_image_frac: float = 0.3
     num_tasks: int = 4
@@ -60,9 +60,9 @@ class BuildOptions:
 def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac: float) -> None:
     """Add the options of :class:`BuildOptions` (with the builder's own threshold defaults)."""
     p.add_argument("--out", required=True, help="output .h5 file (written atomically)")
-    p.add_argument("--image-size", type=int, default=128,
-                   help="side of the stored square images (128: the input of the default backbone, "
-                        "efficientnet_lite0; 64 suits small_cnn)")
+    p.add_argument("--image-size", type=int, default=BuildOptions.image_size,
+                   help=f"side of the stored square images ({BuildOptions.image_size}: the input of the "
+                        "default backbone, efficientnet_lite0; 64 suits small_cnn)")
     p.add_argument("--min-images", type=int, default=min_images,
                    help=f"keep a fact seen in at least this many distinct images ({min_images})")
     p.add_argument("--max-image-frac", type=float, default=max_image_frac,

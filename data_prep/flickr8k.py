@@ -1,6 +1,6 @@
 """Build the factmas HDF5 file from Flickr8k images and captions, mining facts with spaCy.
 
-    python -m data_prep.flickr8k --images DIR --captions FILE --out FILE.h5 [--image-size 128]
+    python -m data_prep.flickr8k --images DIR --captions FILE --out FILE.h5 [--image-size 224]
         [--min-images 20] [--max-image-frac 0.3] [--num-tasks 4] [--split-seeds 0,1,2] [--seed 0]
         [--limit-images N] [--strict] [--overwrite]
 

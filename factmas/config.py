@@ -27,7 +27,8 @@ class ModelConfig:
                                          # package, ResNet: torchvision's weights API (downloads once)
     pretrained_path: Optional[str] = None  # a weights file instead (resnet18_gn: the only source)
     freeze_stages: Optional[int] = None  # stages frozen and cached; None: the backbone's default
-                                         # (Lite 5 of 7 block stages, chosen on val; ResNet 3 of 4)
+                                         # (Lite 6 of 7 block stages at 224 px, chosen on
+                                         # val; ResNet 3 of 4)
     embed_dim: int = 128                 # d: size of each of the S, P and O parts (128 beat 64 on val)
     width: int = 32                      # channels of the small CNN's first block
     word_dim: int = 64                   # word-embedding size of the fact branch

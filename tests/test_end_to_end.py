@@ -56,7 +56,7 @@ def test_flickr8k_subset_end_to_end(tmp_path: Path) -> None:
     assert "NaN" not in text
     ckpt = run / "checkpoints" / "last.pt"
     assert ckpt.is_file()
-    assert len(list(Path(f"{h5}.features").glob("efficientnet_lite0-f5-*.npy"))) == 1
+    assert len(list(Path(f"{h5}.features").glob("efficientnet_lite0-f6-*.npy"))) == 1
     assert results["baselines"]["frequency"]["image_to_fact_top5"]["final_all"] is not None
     assert 0 <= results["embedding_mean_cosine"]["task3"] < 1
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    factmas features --data FILE.h5 [--backbone efficientnet_lite0] [--freeze-stages 5]
+    factmas features --data FILE.h5 [--backbone efficientnet_lite0] [--freeze-stages 6]
                      [--config RUNCONFIG.json] [--threads N] [--device auto|cpu|cuda]
 
 ``factmas train`` builds the cache itself when it is missing; this command builds it once ahead of
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "stages on a dataset (reused by every run on it).")
     p.add_argument("--data", required=True, help="HDF5 dataset")
     p.add_argument("--backbone", help="default: the configuration's (efficientnet_lite0)")
-    p.add_argument("--freeze-stages", type=int, help="frozen block stages (default 5)")
+    p.add_argument("--freeze-stages", type=int,
+                   help="frozen block stages (default: the backbone's, 6 for EfficientNet-Lite)")
     p.add_argument("--config", help="a RunConfig JSON file (its model section is used)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

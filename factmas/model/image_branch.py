@@ -120,7 +120,7 @@ def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
 
 
 def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
-    """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: 5) of its 7 block stages (stem
+    """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: 6) of its 7 block stages (stem
     convolution included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
 
     Raises:
@@ -149,7 +149,7 @@ def _build_resnet(cfg: ModelConfig):
     return build_resnet(cfg)
 
 
-LITE_DEFAULT_FROZEN = 5                       # chosen on val (README, "Choosing the defaults")
+LITE_DEFAULT_FROZEN = 6     # with 224-px input; chosen on val (README, "Choosing the defaults")
 BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18_gn": ResNet18Branch,
              "resnet18": _build_resnet, "resnet50": _build_resnet,
              **{name: build_lite for name in LITE_MODELS}}
