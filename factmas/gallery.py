@@ -82,7 +82,8 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     for run in runs:
         model = run["model"]
         device = next(model.parameters()).device
-        ids, phi = dataset_embeddings(model, data, "test", device)
+        ids, phi = dataset_embeddings(model, data, "test", device,
+                                      flip_average=run["cfg"].eval.flip_average)
         with torch.no_grad():
             psi = embed_facts(model, data.tokens, order, 256, device)
         row = {int(i): r for r, i in enumerate(ids)}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:                     # torch loads only when a query runs (quic
 
 
 def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: torch.device,
-           batch: int = 64) -> list[dict]:
+           batch: int = 64, flip_average: bool = False) -> list[dict]:
     """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}."""
     import torch
     from factmas.evaluation.evaluator import embed_facts
@@ -37,7 +37,8 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
             out[i]["error"] = str(e)
     for lo in range(0, len(good), batch):
         with torch.no_grad():
-            phi = model.embed_pixels(preprocess(np.stack(pixels[lo:lo + batch])).to(device)).cpu()
+            phi = model.embed_pixels(preprocess(np.stack(pixels[lo:lo + batch])).to(device),
+                                     flip_average).cpu()
         dist, ids = index.search(phi, k)
         for i, d_row, f_row in zip(good[lo:lo + batch], dist, ids):
             out[i]["facts"] = [

@@ -98,7 +98,7 @@ def fact_id_of(data: Any, slots: list[str]) -> int | None:
 
 
 def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
-                       batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                       batch: int = 256, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images.
 
     Raises:
@@ -115,7 +115,7 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
         raise SearchError(f"--image-split {split}: the dataset {data.path} has no {split} images")
     inputs = image_inputs(model, data, device, progress=False)
     with torch.no_grad():
-        phi = [model.image_branch(inputs.get(ids[lo:lo + batch])).float().cpu().numpy()
+        phi = [model.embed_inputs(inputs, ids[lo:lo + batch], flip_average).float().cpu().numpy()
                for lo in range(0, len(ids), batch)]
     return ids.astype(np.int64), np.concatenate(phi)
 
@@ -144,8 +144,9 @@ def run_search(args: argparse.Namespace) -> dict:
     from factmas.search_index import folder_embeddings
 
     t0 = time.perf_counter()
-    _, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device,
-                                 load_images=args.images is None)
+    cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device,
+                                   load_images=args.images is None)
+    flip = cfg.eval.flip_average
     device = next(model.parameters()).device
     slots, tokens, order = parse_fact(args.fact, data.vocab, data.tokens.shape[2])
     out: dict = {"fact": "<" + ", ".join(slots) + ">", "order": order, "distance": DISTANCE_LABEL}
@@ -153,7 +154,7 @@ def run_search(args: argparse.Namespace) -> dict:
         try:
             paths, phi, failed, reused = folder_embeddings(
                 model, checkpoint_file(args.run, args.checkpoint), args.images,
-                int(data.images.shape[1]), device)
+                int(data.images.shape[1]), device, flip)
         except (ValueError, OSError) as e:
             raise SearchError(str(e)) from e
         out.update(source=str(args.images), index_reused=reused, unreadable=failed)
@@ -162,7 +163,7 @@ def run_search(args: argparse.Namespace) -> dict:
                           for r, (x, i) in enumerate(zip(d, rows))]
     else:
         try:
-            ids, phi = dataset_embeddings(model, data, args.image_split, device)
+            ids, phi = dataset_embeddings(model, data, args.image_split, device, flip_average=flip)
         except ValueError as e:
             raise SearchError(str(e)) from e
         f = fact_id_of(data, slots)

@@ -48,10 +48,10 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def run_key(checkpoint: str | Path, image_size: int) -> str:
-    """16 hex digits: BLAKE2b of the checkpoint file's bytes and the image size."""
+def run_key(checkpoint: str | Path, image_size: int, flip_average: bool = False) -> str:
+    """16 hex digits: BLAKE2b of the checkpoint file's bytes, the image size and the flip setting."""
     h = hashlib.blake2b(digest_size=8)
-    h.update(f"v1:{image_size}:".encode())
+    h.update(f"v1:{image_size}:".encode() + (b"flip:" if flip_average else b""))
     with open(checkpoint, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
@@ -69,7 +69,7 @@ def files_key(files: list[Path]) -> str:
 
 @torch.no_grad()
 def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: torch.device,
-                batch: int = 32) -> tuple[list[str], np.ndarray, list[str]]:
+                batch: int = 32, flip_average: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
     """Embed image files with ``model.embed_pixels``.
 
     Args:
@@ -81,7 +81,8 @@ def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: to
 
     def flush():
         if pixels:
-            chunks.append(model.embed_pixels(preprocess(np.stack(pixels)).to(device)).float().cpu().numpy())
+            chunks.append(model.embed_pixels(preprocess(np.stack(pixels)).to(device),
+                                             flip_average).float().cpu().numpy())
             names.extend(batch_names)
             pixels.clear()
             batch_names.clear()
@@ -101,7 +102,8 @@ def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: to
 
 
 def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: str | Path, size: int,
-                      device: torch.device) -> tuple[list[Path], np.ndarray, list[str], bool]:
+                      device: torch.device, flip_average: bool = False
+                      ) -> tuple[list[Path], np.ndarray, list[str], bool]:
     """The folder's image embeddings, from its saved index or computed and saved (module docstring).
 
     Returns:
@@ -114,7 +116,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
     """
     folder = Path(folder)
     files = image_files(folder)
-    rk = run_key(checkpoint, size)
+    rk = run_key(checkpoint, size, flip_average)
     path = folder / INDEX_DIR / f"{rk}-{files_key(files)}.npz"
     if path.exists():
         try:
@@ -125,7 +127,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
                 return [folder / n for n in names], phi, failed, True
         except (OSError, ValueError, KeyError) as e:
             log.warning("search index %s unreadable (%s); rebuilding it", path, e)
-    names, phi, failed = embed_files(model, files, size, device)
+    names, phi, failed = embed_files(model, files, size, device, flip_average=flip_average)
     if not names:
         raise ValueError(f"--images {folder}: none of {len(files)} image files could be read "
                          f"(first: {failed[0]})")

@@ -45,7 +45,8 @@ def run(tmp_path_factory):
 
 def _brute_force_topk(run, path, k):
     with torch.no_grad():
-        phi = run["model"].image_branch(preprocess(load_image_file(path, 24)[None]))
+        x = preprocess(load_image_file(path, 24)[None])      # mean with the mirror image (flip_average)
+        phi = (run["model"].image_branch(x) + run["model"].image_branch(torch.flip(x, dims=[3]))) / 2
         order = torch.as_tensor(run["data"].order.astype(np.int64))
         psi = run["model"].fact_branch(torch.as_tensor(run["data"].tokens.astype(np.int64)), order)
     d, i = torch.topk(wildcard_distance(phi, psi, order)[0], k, largest=False)

@@ -64,7 +64,8 @@ def test_dataset_search_equals_brute_force(run, capsys):
     test_ids = np.flatnonzero(data.image_split == 2)
     psi, order = _psi(run, ["dog", "run through", "grass"])
     with torch.no_grad():
-        phi = run["model"].embed_pixels(preprocess(data.images[test_ids]))
+        x = preprocess(data.images[test_ids])      # the run's default eval.flip_average: the mirror mean
+        phi = (run["model"].embed_pixels(x) + run["model"].embed_pixels(torch.flip(x, dims=[3]))) / 2
     d, i = torch.topk(wildcard_distance(phi, psi, order)[:, 0], 5, largest=False)
     assert [r["image_index"] for r in out["results"]] == test_ids[i.numpy()].tolist()
     np.testing.assert_allclose([r["distance"] for r in out["results"]], d.numpy(), atol=1e-5)
@@ -96,7 +97,8 @@ def test_folder_index_reused_and_rebuilt(run, capsys, monkeypatch):
     # brute force over the folder's photos
     files = sorted(run["photos"].glob("p*.png"))
     with torch.no_grad():
-        phi = run["model"].embed_pixels(preprocess(np.stack([load_image(p, 24) for p in files])))
+        x = preprocess(np.stack([load_image(p, 24) for p in files]))
+        phi = (run["model"].embed_pixels(x) + run["model"].embed_pixels(torch.flip(x, dims=[3]))) / 2
     psi, order = _psi(run, ["person", "ride"])
     d, i = torch.topk(wildcard_distance(phi, psi, order)[:, 0], 4, largest=False)
     assert [r["image"] for r in first["results"]] == [str(files[j]) for j in i.tolist()]

@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        _, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device)
+        cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device)
     except (RunLoadError, ImportError) as e:
         print(f"factmas query: error: {e}", file=sys.stderr)
         return 2
     device = next(model.parameters()).device
-    results = answer(model, data, args.images, args.k, device)
+    results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"factmas query: error: {r['error']}", file=sys.stderr)

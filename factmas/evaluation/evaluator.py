@@ -58,16 +58,22 @@ IMAGE_POOLS = ("all", "task")
 
 
 @torch.no_grad()
-def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str
-                 ) -> torch.Tensor:
+def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str,
+                 flip_average: bool = False) -> torch.Tensor:
     """Raw φ of uint8 images [N, H, W, 3] → float32 [N, 3, d] on the CPU (model in eval mode).
 
     The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
-    model with a frozen stem runs it (``TwoBranchModel.embed_pixels``).
+    model with a frozen stem runs it (``TwoBranchModel.embed_pixels``). ``flip_average``: the mean
+    of each image's and its mirror image's φ.
     """
-    embed = getattr(model, "embed_pixels", model.image_branch)
-    out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(
-        images[i:i + batch])).to(device))).float().cpu() for i in range(0, len(images), batch)]
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        if hasattr(model, "embed_pixels"):
+            return model.embed_pixels(x, flip_average)
+        phi = model.image_branch(x)                 # a bare model (tests): the same mean by hand
+        return 0.5 * (phi + model.image_branch(x.flip(-1))) if flip_average else phi
+
+    out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device)))
+           .float().cpu() for i in range(0, len(images), batch)]
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
@@ -84,10 +90,12 @@ def mean_pairwise_cosine(phi: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int) -> torch.Tensor:
+def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int,
+                 flip_average: bool = False) -> torch.Tensor:
     """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
-    (``factmas.features.image_inputs``: the feature cache or the pixels)."""
-    out = [model.image_branch(inputs.get(ids[i:i + batch])).float().cpu()
+    (``factmas.features.image_inputs``: the feature cache or the pixels); ``flip_average`` as
+    ``TwoBranchModel.embed_inputs``."""
+    out = [model.embed_inputs(inputs, ids[i:i + batch], flip_average).float().cpu()
            for i in range(0, len(ids), batch)]
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
@@ -153,11 +161,11 @@ class Evaluator:
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
         if self.inputs is not None:
-            phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch),
-                              self.image_ids)
+            phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch,
+                                                       cfg.flip_average), self.image_ids)
         else:
             phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
-                                                       self.device), self.image_ids)
+                                                       self.device, cfg.flip_average), self.image_ids)
         psi = gather_rows(lambda ids: embed_facts(model, data.tokens[ids], data.order[ids],
                                                   cfg.embed_batch, self.device), np.arange(data.num_facts))
         result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None

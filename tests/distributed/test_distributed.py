@@ -117,7 +117,11 @@ def test_two_processes_match_one(setup, method):
                 continue
             scale = float(t.abs().max()) or 1.0
             worst = max(worst, err / scale)
-            assert err <= 1e-4 * scale, (method, stage, name, err, scale)
+            # SI's ω sums g·Δθ over every step of the trajectory, so the two runs' rounding drift in θ
+            # (max |Δθ| ≤ 1e-4 above) enters it at first order: measured 8.1e-4 of max |Ω| on this
+            # machine. MAS and EWC read one θ and stay at float rounding.
+            rel = 2e-3 if method == "si" else 1e-4
+            assert err <= rel * scale, (method, stage, name, err, scale)
         print(f"{method} task {stage + 1}: max over parameters of max |ΔΩ| / max |Ω| {worst:.2e}")
     ra = dict(numbers(json.loads((one / "results.json").read_text())))
     rb = dict(numbers(json.loads((two / "results.json").read_text())))

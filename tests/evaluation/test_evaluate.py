@@ -43,10 +43,13 @@ def setup(tmp_path_factory):
     return data, TinyModel(len(data.vocab)).eval()
 
 
-def _brute_force(model, data, pool, k):
+def _brute_force(model, data, pool, k, flip):
     test = np.flatnonzero(data.image_split == 2)
     with torch.no_grad():
-        phi = model.image_branch(preprocess(data.images[test]))
+        x = preprocess(data.images[test])
+        phi = model.image_branch(x)
+        if flip:                                    # the mean with the mirror image's embedding
+            phi = (phi + model.image_branch(torch.flip(x, dims=[3]))) / 2
         order = torch.as_tensor(data.order.astype(np.int64))
         psi = model.fact_branch(torch.as_tensor(data.tokens.astype(np.int64)), order)
     dist = wildcard_distance(phi, psi, order).numpy().astype(np.float64)     # [N, F]
@@ -85,12 +88,12 @@ def _brute_force(model, data, pool, k):
     return out
 
 
-@pytest.mark.parametrize("pool,k", [("all", 100), ("task", 4)])
-def test_evaluator_equals_brute_force(setup, pool, k):
+@pytest.mark.parametrize("pool,k,flip", [("all", 100, True), ("task", 4, True), ("all", 100, False)])
+def test_evaluator_equals_brute_force(setup, pool, k, flip):
     data, model = setup
-    got = Evaluator(data, SPLIT, EvalConfig(image_pool=pool, ap_k=k, search_batch=7,
-                                            embed_batch=16)).evaluate(model)
-    ref = _brute_force(model, data, pool, k)
+    got = Evaluator(data, SPLIT, EvalConfig(image_pool=pool, ap_k=k, search_batch=7, embed_batch=16,
+                                            flip_average=flip)).evaluate(model)
+    ref = _brute_force(model, data, pool, k, flip)
     for m in METRICS:
         for key in [0, 1, 2, "all"]:
             assert got[m][key] == pytest.approx(ref[m][key], rel=1e-5), (m, key)

@@ -19,10 +19,10 @@ def test_run_dir_config_meta_and_checkpoints(tmp_path):
     with pytest.raises(RunDirError, match="no config.json"):
         run.read_config()
     cfg = RunConfig(data="d.h5", out=str(run.path))
-    cfg.train.method, cfg.train.seed = "ewc", 3
+    cfg.train.method, cfg.train.seed, cfg.train.reg_lambda = "ewc", 3, 2.5
     run.prepare(cfg, command="test", data_fingerprint={"sha256": "ab" * 32})
     assert run.holds_run() and run.read_config()[0].train.method == "ewc"
-    assert run.meta() == {"method": "ewc", "seed": 3, "split": "random4_seed0", "reg_lambda": 1.0,
+    assert run.meta() == {"method": "ewc", "seed": 3, "split": "random4_seed0", "reg_lambda": 2.5,
                           "data_sha256": "ab" * 32}
     with pytest.raises(RunDirError, match="holds a run"):
         run.check_free()
