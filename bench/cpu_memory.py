@@ -87,14 +87,24 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="16 images, 1 repeat, 1 thread")
+    ap.add_argument("--cases", nargs="+", metavar="WHAT:PX:FROZEN:BATCH",
+                    help="measure only these, e.g. cache:128:5:8 (default: all six)")
     ap.add_argument("--out", default=str(common.RESULTS / "cpu_memory.json"))
     args = ap.parse_args()
     if args.quick:
         args.images, args.repeats, args.threads = 16, 1, 1
     info = common.machine_info()
     threads = args.threads or info["usable_cores"]
+    cases = CASES
+    if args.cases:
+        try:
+            cases = [(w, int(px), int(fs), int(b)) for w, px, fs, b in (c.split(":") for c in args.cases)]
+        except ValueError:
+            ap.error("--cases: each as WHAT:PX:FROZEN:BATCH, e.g. cache:128:5:8 or train:224:6:64")
+        if any(w not in ("cache", "train") for w, *_ in cases):
+            ap.error("--cases: WHAT is cache or train")
     rows = []
-    for kind, size, fs, batch in CASES:
+    for kind, size, fs, batch in cases:
         runs = {"default": [], "keep": []}
         for _ in range(args.repeats):
             for mode in ("default", "keep"):

@@ -48,3 +48,18 @@ def test_eval_exact_runs_quick_and_matches_the_old_path(tmp_path):
     for row in res["results"]:
         assert row["floor_s"] > 0 and row["new_s"] > 0 and row["old_s"] > 0
         assert row["old_max_abs_ap_diff_f2i"] < 1e-4
+
+
+@pytest.mark.slow           # four fresh Python processes (about 15 s idle)
+def test_cpu_memory_runs_one_quick_case_and_writes_json(tmp_path):
+    out = tmp_path / "cpu_memory.json"
+    done = subprocess.run([sys.executable, str(BENCH / "cpu_memory.py"), "--quick",
+                           "--cases", "cache:32:5:2", "train:32:5:4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["what"], r["px"], r["batch"]) for r in rows] == [("cache", 32, 2), ("train", 32, 4)]
+    assert all(r["default_images_per_s"] > 0 and r["keep_images_per_s"] > 0 for r in rows)
+    bad = subprocess.run([sys.executable, str(BENCH / "cpu_memory.py"), "--cases", "cache:x"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "WHAT:PX:FROZEN:BATCH" in bad.stderr
