@@ -18,7 +18,10 @@ if TYPE_CHECKING:                     # torch loads only when a query runs (quic
 
 def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: torch.device,
            batch: int = 64, flip_average: bool = False) -> list[dict]:
-    """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}."""
+    """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}.
+
+    ``flip_average``: each image embedded as the mean of its and its mirror image's φ (the run's
+    ``eval.flip_average``, as in its evaluation)."""
     import torch
     from factmas.evaluation.evaluator import embed_facts
     from factmas.model import load_image_file, preprocess

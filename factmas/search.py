@@ -99,7 +99,8 @@ def fact_id_of(data: Any, slots: list[str]) -> int | None:
 
 def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
                        batch: int = 256, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images.
+    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images;
+    ``flip_average`` as ``TwoBranchModel.embed_inputs`` (the run's ``eval.flip_average``).
 
     Raises:
         SearchError: the split has no images.  ValueError: the feature cache cannot be used.

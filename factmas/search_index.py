@@ -105,6 +105,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
                       device: torch.device, flip_average: bool = False
                       ) -> tuple[list[Path], np.ndarray, list[str], bool]:
     """The folder's image embeddings, from its saved index or computed and saved (module docstring).
+    ``flip_average`` (the run's ``eval.flip_average``) is part of the index's key.
 
     Returns:
         (paths of the embedded images, raw φ float32 [N, 3, d], "name: reason" of unreadable
