@@ -66,6 +66,8 @@ class TrainConfig:
     optimizer: str = "adam"              # "adam", or "sgd" with momentum (the official MAS and LFL
                                          # code); lr is not rescaled: SGD needs its own lr
     momentum: float = 0.9                # SGD's momentum (optimizer "sgd" only)
+    lr_schedule: str = "constant"        # "constant", or "cosine": lr decays to 0 over each task's
+                                         # steps (factmas.train.loop.scheduled_lr)
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu" or "cuda"
     omega_accumulate: str = "sum"        # "sum" (the MAS code) or "alpha" (blend)

@@ -4,12 +4,15 @@
 (``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, MAS with Ω from test or train+test images, Joint):
 
 1. **λ search** (regularized methods only), on held-out *training* images, never the test set: each
-   λ of the method's grid (``GRIDS``, 3–4 values a decade apart) trains the first random split
+   λ of the method's grid (``GRIDS``: λ = 0 and values a decade apart) trains the first random split
    (``random4_seed{first seed}``, seed = first seed) for ``search_epochs`` epochs per task, and is
-   scored by the fact→image mAP over all facts at the end of the sequence, measured on the "val"
-   image split (``EvalConfig.image_split = "val"``: images of the training part held out from
-   training). The best λ is kept (ties: the smaller λ). MAS with Ω from test or train+test images
-   takes MAS's λ (same penalty, Ω is a per-sample mean either way; only the Ω data differ).
+   scored by one declared criterion that weighs both retrieval directions (``criterion``:
+   ½ (fact→image mAP + image→fact mAP), over all facts at the end of the sequence, on the "val"
+   image split: images of the training part held out from training). The best λ is kept (ties
+   within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,; one whose best is λ = 0 is extended downwards (smallest positive ÷ 10), each at most
+   ``MAX_EXTENSIONS`` times (``extend_grids``), so that the chosen λ is bracketed. MAS with Ω from
+   test or train+test images takes MAS's λ (same penalty, Ω is a per-sample mean either way; only
+   the Ω data differ).
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
    ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
    image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
@@ -78,9 +81,13 @@ VARIANT = {v.label: v for v in VARIANTS}
 # MAS (100), so those grids got a fourth value beyond that edge. The search at 4 epochs per task (the
 # default since) chose the smallest λ of EWC, SI, MAS and ℓ-MAS: on that data the val mAP rises as λ
 # falls towards Finetune (README, "The MAS paper's comparison").
-GRIDS = {"lwf": (0.3, 3.0, 30.0, 300.0), "ewc": (1e3, 1e4, 1e5, 1e6), "si": (1.0, 10.0, 100.0, 1000.0),
-         "mas": (1.0, 10.0, 100.0, 1000.0), "l-mas": (0.03, 0.3, 3.0)}
-QUICK_GRIDS = {"mas": (1.0, 10.0)}
+GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
+         "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0)}
+# The MAS grid at the 224-px default (docs/results/defaults/lambda_val.md, 2 tasks): 0 → 31.78,
+# 1 → 32.23, 10 → 32.65, 100 → 31.74 (criterion below): interior at 10.
+MAX_EXTENSIONS = 3
+TIE = 1e-4                  # criterion values closer than this (a fraction) tie: the smaller λ wins
+QUICK_GRIDS = {"mas": (0.0, 10.0)}
 # results.json metrics reported side by side (each with its forgetting and BWT), LFL's metric, and the
 # reference rows (label, title) every table carries
 DIRECTIONS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")
@@ -128,12 +135,14 @@ def job(settings: Settings, kind: str, label: str, method: str, split: str, seed
             "image_split": image_split, "out": str(out)}
 
 
-def search_jobs(settings: Settings) -> list[dict]:
-    """One job per (regularized method, λ of its grid) on the first random split, val images."""
+def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None = None) -> list[dict]:
+    """One job per (regularized method, λ of its grid) on the first random split, val images;
+    ``grids``: these values instead of ``settings.grids`` (an extension round)."""
     seed = settings.seeds[0]
     split = f"{settings.random_prefix}_seed{seed}"
+    grids = settings.grids if grids is None else grids
     return [job(settings, "search", m, m, split, seed, lam)
-            for m in settings.searches() for lam in settings.grids[m]]
+            for m in settings.searches() if m in grids for lam in grids[m]]
 
 
 def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
@@ -161,23 +170,50 @@ def check_splits(settings: Settings, splits: list[str]) -> None:
         raise ValueError(f"{settings.data}: no split(s) {missing}; the file has {sorted(splits)}")
 
 
+def criterion(summary: dict) -> float | None:
+    """The λ-search criterion of a run summary (``run_job``): ½ (fact→image mAP + image→fact mAP),
+    each over all facts at the end of the sequence (fractions); None when either is undefined.
+    Declared once here: the README's λ tables and ``choose_lambdas`` use it."""
+    m = summary.get("metrics") or {}
+    vals = [(m.get(k) or {}).get("final_all") for k in ("fact_to_image_map", "image_to_fact_map")]
+    if any(v is None or not np.isfinite(v) for v in vals):
+        return None
+    return 0.5 * (vals[0] + vals[1])
+
+
 def choose_lambdas(results: list[dict], grids: dict[str, tuple[float, ...]]) -> dict[str, float]:
-    """Per search label: the λ with the best final all-facts val mAP (ties and NaN: smaller λ wins;
-    all NaN: the middle of the grid)."""
+    """Per search label: the λ with the best ``criterion`` (ties within ``TIE`` and undefined scores:
+    the smaller λ wins; all undefined: the middle of the grid)."""
     chosen = {}
     for label, grid in grids.items():
-        scores = {r["reg_lambda"]: r["final_all"] for r in results if r["label"] == label}
+        scores = {r["reg_lambda"]: r.get("criterion") for r in results if r["label"] == label}
         if not scores:
             continue
         finite = {lam: s for lam, s in scores.items() if s is not None and np.isfinite(s)}
         if finite:
             best = max(finite.values())
-            chosen[label] = min(lam for lam, s in finite.items() if s == best)
+            chosen[label] = min(lam for lam, s in finite.items() if s >= best - TIE)
         else:
             chosen[label] = sorted(grid)[len(grid) // 2]
             log.warning("λ search of %s: no finite score; λ = %g (middle of the grid)", label,
                         chosen[label])
     return chosen
+
+
+def extend_grids(grids: dict[str, tuple[float, ...]], chosen: dict[str, float]
+                 ) -> dict[str, tuple[float, ...]]:
+    """The values to add so that each chosen λ is interior: {label: (new λ,)} for a label whose λ is
+    the grid's largest (×10) or is 0 (the smallest positive λ ÷ 10); labels already bracketed are
+    left out. Pure; the caller bounds the rounds (``MAX_EXTENSIONS``)."""
+    more = {}
+    for label, lam in chosen.items():
+        grid = sorted(grids[label])
+        positive = [g for g in grid if g > 0]
+        if lam == grid[-1] and lam > 0:
+            more[label] = (lam * 10.0,)
+        elif lam == 0 and positive:
+            more[label] = (positive[0] / 10.0,)
+    return more
 
 
 # ---- workers ----------------------------------------------------------------------------------
@@ -228,9 +264,10 @@ def run_job(j: dict, base: dict) -> dict:
     res = read_results(out)
     e = res["metrics"][res["headline"]]
     t = json.loads(timing.read_text())
+    summary = run_summary(res)
     return {**j, "final": e["final"], "final_all": e["final_all"], "forgetting": e["forgetting"],
             "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"],
-            **run_summary(res)}
+            "criterion": criterion(summary), **summary}
 
 
 def run_summary(res: dict) -> dict:

@@ -42,7 +42,7 @@ from factmas.methods.base import Method, TaskContext
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
-from factmas.train.batches import PURPOSE_CONTEXT, Batcher, make_rng, stage_seed
+from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,22 @@ def make_optimizer(params, tc) -> torch.optim.Optimizer:
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     raise ValueError(f"train.optimizer: {tc.optimizer!r}; valid: ['adam', 'sgd']")
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total: int) -> float:
+    """The learning rate of step ``step`` (0-based) of a task's ``total`` steps.
+
+    "constant": ``base``. "cosine": ``base · ½ (1 + cos(π · step / total))``, cosine annealing without
+    restarts (Loshchilov & Hutter, ICLR 2017, Eq. 5 with η_min = 0, T_cur = step, T_i = total), once per
+    task: each task starts again at ``base``. Raises ValueError on another schedule or total < 1.
+    """
+    if total < 1:
+        raise ValueError(f"scheduled_lr: total must be >= 1, got {total}")
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    raise ValueError(f"train.lr_schedule: {schedule!r}; valid: ['constant', 'cosine']")
 
 
 def train_step(model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, batch: dict,
@@ -298,7 +314,11 @@ class ContinualTrainer:
                    disable=None if self.progress else True)  # None: off when not a terminal
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
+            per_epoch = len(batch_bounds(len(pairs), tc.batch_size))
             for step, batch in enumerate(self.step_batcher.pair_batches(pairs, tc.batch_size, rng, flip), 1):
+                lr = scheduled_lr(tc.lr, tc.lr_schedule, epoch * per_epoch + step - 1, tc.epochs * per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 if self.pixel_input and (tc.augment_shift or tc.augment_flip):
                     B = len(batch["fact_idx"])      # the global batch; the images: this rank's rows
                     batch["images"] = augment_images(batch["images"], rng, tc.augment_shift, tc.augment_flip,

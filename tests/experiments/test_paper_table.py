@@ -9,23 +9,41 @@ import pytest
 
 from factmas.data.dataset import read_dataset
 from factmas.cli.paper import main
-from factmas.experiments.paper_table import choose_lambdas, subsample_images
+from factmas.experiments.paper_table import GRIDS, choose_lambdas, criterion, extend_grids, subsample_images
 from factmas.data.synthetic import make_synthetic_dataset
 
 TINY = {"model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
         "train": {"batch_size": 32}}
 
 
-def test_choose_lambdas_best_val_map_ties_to_the_smaller_and_skips_nan():
-    runs = [{"label": "mas", "reg_lambda": 1.0, "final_all": 0.5},
-            {"label": "mas", "reg_lambda": 0.1, "final_all": 0.5},
-            {"label": "mas", "reg_lambda": 10.0, "final_all": 0.4},
-            {"label": "si", "reg_lambda": 10.0, "final_all": None},
-            {"label": "si", "reg_lambda": 1.0, "final_all": 0.2},
-            {"label": "ewc", "reg_lambda": 1.0, "final_all": float("nan")},
-            {"label": "ewc", "reg_lambda": 10.0, "final_all": None}]
-    grids = {"mas": (0.1, 1.0, 10.0), "si": (1.0, 10.0), "ewc": (1.0, 10.0, 100.0), "lwf": (1.0,)}
-    assert choose_lambdas(runs, grids) == {"mas": 0.1, "si": 1.0, "ewc": 10.0}
+def _run(label, lam, f2i, i2f):
+    summary = {"metrics": {"fact_to_image_map": {"final_all": f2i}, "image_to_fact_map": {"final_all": i2f}}}
+    return {"label": label, "reg_lambda": lam, "criterion": criterion(summary)}
+
+
+def test_criterion_is_the_mean_of_both_directions_or_none():
+    rng = np.random.default_rng(7)
+    f2i, i2f = rng.random(2)
+    assert _run("mas", 1.0, f2i, i2f)["criterion"] == pytest.approx((f2i + i2f) / 2)
+    assert _run("mas", 1.0, None, i2f)["criterion"] is None
+    assert _run("mas", 1.0, f2i, float("nan"))["criterion"] is None
+
+
+def test_choose_lambdas_best_criterion_ties_to_the_smaller_and_skips_nan():
+    runs = [_run("mas", 1.0, 0.4, 0.6), _run("mas", 0.1, 0.6, 0.4),      # tie (0.5): the smaller
+            _run("mas", 10.0, 0.7, 0.1),                                   # best f→i, worse criterion
+            _run("si", 10.0, None, 0.3), _run("si", 1.0, 0.2, 0.2),
+            _run("ewc", 1.0, float("nan"), 0.1), _run("ewc", 10.0, None, 0.1),
+            _run("lwf", 0.0, 0.3, 0.3), _run("lwf", 3.0, 0.3 + 0.5e-4, 0.3)]   # within TIE: 0
+    grids = {"mas": (0.1, 1.0, 10.0), "si": (1.0, 10.0), "ewc": (1.0, 10.0, 100.0), "lwf": (0.0, 3.0)}
+    assert choose_lambdas(runs, grids) == {"mas": 0.1, "si": 1.0, "ewc": 10.0, "lwf": 0.0}
+
+
+def test_extend_grids_adds_a_value_beyond_an_edge_only():
+    grids = {"mas": (0.0, 1.0, 10.0), "si": (0.0, 1.0, 10.0), "ewc": (0.0, 1.0, 10.0), "lwf": (0.0,)}
+    chosen = {"mas": 10.0, "si": 1.0, "ewc": 0.0, "lwf": 0.0}
+    assert extend_grids(grids, chosen) == {"mas": (100.0,), "ewc": (0.1,)}
+    assert all(0.0 in g for g in GRIDS.values())               # every published grid has λ = 0
 
 
 def test_subsample_images_drops_images_from_every_split_and_their_pairs(tmp_path):
@@ -46,9 +64,10 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
             "--methods", "finetune,mas,joint", "--grid", "mas=0.5,5", "-q"]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["chosen_lambda"]["mas"] in (0.5, 5.0)
-    best = max(r["final_all"] for r in res["lambda_search"])
-    assert [r["final_all"] for r in res["lambda_search"]
+    searched = sorted(r["reg_lambda"] for r in res["lambda_search"])
+    assert {0.5, 5.0} <= set(searched) and res["chosen_lambda"]["mas"] in searched
+    best = max(r["criterion"] for r in res["lambda_search"])
+    assert [r["criterion"] for r in res["lambda_search"]
             if r["reg_lambda"] == res["chosen_lambda"]["mas"]] == [best]
     for r in res["lambda_search"]:                             # λ search: val images, never test
         run = json.loads((tmp_path / r["out"] / "results.json").read_text())
@@ -96,7 +115,7 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
         cfg_path.write_text(json.dumps(rec))
     # a second call finds every run complete and trains nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")}
-    assert len(stamps) == 11
+    assert len(stamps) == len(searched) + 9
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
     # other settings (here the learning rate) are not mistaken for a finished run: trained again
@@ -128,3 +147,25 @@ def test_disjoint_default_follows_the_file():
     assert settings_from_args(args, 100, ["random4_seed1", "semantic4"]).disjoint_seeds == []
     args = build_parser().parse_args(["--data", "x.h5", "--disjoint-seeds", "0,1,2"])
     assert settings_from_args(args, 100, []).disjoint_seeds == [0, 1, 2]
+
+
+def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch):
+    from factmas.cli import paper
+    from factmas.experiments.paper_table import Settings
+    peak = {"mas": 100.0, "ewc": 0.0}            # the criterion peaks at these λ (log scale)
+
+    def fake_run_all(jobs, settings):
+        out = []
+        for j in jobs:
+            lam = j["reg_lambda"]
+            score = 0.5 - 0.01 * abs(np.log10(lam + 1e-3) - np.log10(peak[j["label"]] + 1e-3))
+            out.append({**j, "criterion": score, "seconds": 1.0})
+        return out
+    monkeypatch.setattr(paper, "run_all", fake_run_all)
+    s = Settings(data="d.h5", out="o", variants=["mas", "ewc"], seeds=[0], semantic_seeds=[],
+                 epochs=1, search_epochs=1, grids={"mas": (0.0, 1.0, 10.0), "ewc": (0.0, 1.0, 10.0)})
+    searched, chosen = paper.bracketed_search(s, paper.search_jobs(s))
+    assert chosen == {"mas": 100.0, "ewc": 0.0}
+    assert s.grids["mas"] == (0.0, 1.0, 10.0, 100.0, 1000.0)        # two rounds: 100, then 1000
+    assert s.grids["ewc"] == (0.0, 0.001, 0.01, 0.1, 1.0, 10.0)     # λ = 0 wins: three rounds below
+    assert len(searched) == 5 + 6 and searched == sorted(searched, key=lambda r: (r["label"], r["reg_lambda"]))
