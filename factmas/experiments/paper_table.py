@@ -68,8 +68,8 @@ VARIANTS = (
     Variant("si", "si", "SI", lambda_from="si"),
     Variant("mas", "mas", "MAS", lambda_from="mas"),
     Variant("l-mas", "l-mas", "ℓ-MAS", lambda_from="l-mas"),
-    Variant("mas_test", "mas", "MAS (Ω: test)", "test", lambda_from="mas"),
-    Variant("mas_train+test", "mas", "MAS (Ω: train+test)", "train+test", lambda_from="mas"),
+    Variant("mas_test", "mas", "MAS (Ω: test images, transductive)", "test", lambda_from="mas"),
+    Variant("mas_train+test", "mas", "MAS (Ω: train+test images, transductive)", "train+test", lambda_from="mas"),
     Variant("joint", "joint", "Joint (upper bound)"),
 )
 VARIANT = {v.label: v for v in VARIANTS}
