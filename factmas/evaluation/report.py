@@ -254,35 +254,54 @@ def draw_r(ax, A: np.ndarray, labels: list[str], cols: list[str], vmin: float | 
     return im
 
 
+PLOT_METRICS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")   # both directions
+
+
+def _matrix(e: dict) -> tuple[np.ndarray, list[float]]:
+    """(R with the initial row first, float [rows, tasks] in %, NaN for none; the all-facts column)."""
+    rows = ([e["initial"]] if e["initial"] is not None else []) + e["R"]
+    alls = ([e["initial_all"]] if e["initial"] is not None else []) + e["all"]
+    A = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float) * 100
+    return A, [np.nan if v is None else v * 100 for v in alls]
+
+
 def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
-    """r_heatmap.png and map_per_task.png of the headline metric; returns their paths."""
+    """r_heatmap.png and map_per_task.png, one panel per retrieval direction (``PLOT_METRICS``
+    present in ``res``: fact→image mAP, image→fact mAP, image→fact top-5; the headline alone when
+    the others are missing); returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    e, cols = res["metrics"][res["headline"]], res["columns"]
-    labels = ((["initial"] if e["initial"] is not None else [])
+    cols = res["columns"]
+    metrics = [m for m in PLOT_METRICS if m in res["metrics"]] or [res["headline"]]
+    e0 = res["metrics"][metrics[0]]
+    labels = ((["initial"] if e0["initial"] is not None else [])
               + [stage_label(res, s) for s in res["stages"]])
-    rows = ([e["initial"]] if e["initial"] is not None else []) + e["R"]
-    A = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float) * 100
+    k = len(metrics)
     paths = []
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.6 * len(labels) + 1.8))
-    im = draw_r(ax, A, labels, cols)
-    ax.set_title(f"{res['run_name']}: {LABELS[res['headline']]} (%)")
-    fig.colorbar(im, ax=ax)
+    fig, axes = plt.subplots(1, k, figsize=(k * (1.2 * len(cols) + 2.5), 0.6 * len(labels) + 1.8),
+                             squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        A, _ = _matrix(res["metrics"][m])
+        im = draw_r(ax, A, labels if ax is axes[0][0] else [""] * len(labels), cols)
+        ax.set_title(f"{LABELS.get(m, m)} (%)")
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{res['run_name']}: R, row = after training, column = evaluated task")
     fig.tight_layout()
     paths.append(_save(fig, Path(run_dir) / "r_heatmap.png"))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = plt.subplots(1, k, figsize=(5.2 * k, 4), squeeze=False)
     x = np.arange(len(labels))
-    for j, c in enumerate(cols):
-        ax.plot(x, A[:, j], marker="o", label=c)
-    alls = ([e["initial_all"]] if e["initial"] is not None else []) + e["all"]
-    ax.plot(x, [np.nan if v is None else v * 100 for v in alls], "k--", marker="s", label="all")
-    ax.set_xticks(x, labels, rotation=20)
-    ax.set_ylabel(f"{LABELS[res['headline']]} (%)")
-    ax.set_title(f"{res['run_name']}: each task after each training step")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    for ax, m in zip(axes[0], metrics):
+        A, alls = _matrix(res["metrics"][m])
+        for j, c in enumerate(cols):
+            ax.plot(x, A[:, j], marker="o", label=c)
+        ax.plot(x, alls, "k--", marker="s", label="all")
+        ax.set_xticks(x, labels, rotation=20)
+        ax.set_ylabel(f"{LABELS.get(m, m)} (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{res['run_name']}: each task after each training step")
     fig.tight_layout()
     paths.append(_save(fig, Path(run_dir) / "map_per_task.png"))
     plt.close("all")

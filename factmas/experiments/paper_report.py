@@ -189,7 +189,8 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def bar_plot(rows: list[dict], path: Path) -> Path:
-    """Grouped bars: all-facts test mAP per method, random and semantic split, sample std over seeds as
+    """Grouped bars, one panel per retrieval direction (fact→image mAP, image→fact mAP, image→fact
+    top-5; all facts, test images): per method, one bar per split family, sample std over seeds as
     error bars (none for a single seed); the legend gives the number of seeds."""
     import matplotlib
     matplotlib.use("Agg")
@@ -198,25 +199,28 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     titles = {r["label"]: r["title"] for r in rows}
     fams = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
-    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2.5, 4.2))
+    panels = (("all", "fact→image mAP"), ("image_to_fact_map.all", "image→fact mAP"),
+              ("image_to_fact_top5.all", "image→fact top-5"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * (0.8 * len(labels) + 2.0), 4.4))
     width = 0.8 / max(len(fams), 1)
     x = np.arange(len(labels))
-    for i, fam in enumerate(fams):
-        ms = []
-        for lab in labels:
-            r = next((r for r in rows if r["label"] == lab and r["family"] == fam), None)
-            ms.append(mean_std(r["values"].get("all", [])) if r else (np.nan, np.nan))
-        m = np.array([a for a, _ in ms]) * 100
-        s = np.array([b for _, b in ms]) * 100
-        n = max(len(r["seeds"]) for r in rows if r["family"] == fam)
-        ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width,
-               yerr=s if np.isfinite(s).any() else None, capsize=3,
-               label=f"{fam} ({n} seed{'s' if n != 1 else ''})")
-    ax.set_xticks(x, [titles[lab] for lab in labels], rotation=25, ha="right")
-    ax.set_ylabel("fact→image mAP, all facts (%)")
-    ax.set_title("End of the sequence, test images (mean ± std over seeds)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (key, name) in zip(axes, panels):
+        for i, fam in enumerate(fams):
+            ms = []
+            for lab in labels:
+                r = next((r for r in rows if r["label"] == lab and r["family"] == fam), None)
+                ms.append(mean_std(r["values"].get(key, [])) if r else (np.nan, np.nan))
+            m = np.array([a for a, _ in ms]) * 100
+            s = np.array([b for _, b in ms]) * 100
+            n = max(len(r["seeds"]) for r in rows if r["family"] == fam)
+            ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width,
+                   yerr=s if np.isfinite(s).any() else None, capsize=3,
+                   label=f"{fam} ({n} seed{'s' if n != 1 else ''})")
+        ax.set_xticks(x, [titles[lab] for lab in labels], rotation=25, ha="right")
+        ax.set_ylabel(f"{name}, all facts (%)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("End of the sequence, test images (mean ± std over seeds)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

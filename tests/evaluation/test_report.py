@@ -180,3 +180,28 @@ def test_recorder_keeps_rows_apart_from_measuring(tmp_path):
     assert read_results(tmp_path)["run_name"] == tmp_path.name and res["complete"]
     with pytest.raises(ValueError, match="evaluation row"):
         rec.record("final", {})
+
+
+def test_plots_show_both_directions_one_panel_each(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from factmas.evaluation import report
+    titles, ylabels = [], []
+    real_save = report._save
+
+    def spy(fig, path):              # what each figure shows, read before it is written
+        titles.append([ax.get_title() for ax in fig.axes])
+        ylabels.append([ax.get_ylabel() for ax in fig.axes])
+        return real_save(fig, path)
+    monkeypatch.setattr(report, "_save", spy)
+    res = build_results(_rows(), T, run_name="mas_s0")
+    report.write_plots(res, tmp_path)
+    heat, lines = titles[0], ylabels[1]
+    for name in ("fact→image mAP (%)", "image→fact mAP (%)", "image→fact top-5 (%)"):
+        assert name in heat and name in lines
+    only = {**res, "metrics": {HEADLINE: res["metrics"][HEADLINE]}}       # headline only: one panel
+    titles.clear(), ylabels.clear()
+    report.write_plots(only, tmp_path)
+    assert [t for t in titles[0] if t] == ["fact→image mAP (%)"]
+    plt.close("all")
