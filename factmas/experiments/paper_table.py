@@ -146,10 +146,15 @@ def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None =
 
 
 def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
-    """Every variant on each random split / seed and on the semantic split per semantic seed."""
-    plan = [(f"{settings.random_prefix}_seed{s}", s) for s in settings.seeds]
-    plan += [(settings.semantic_split, s) for s in settings.semantic_seeds]
-    plan += [(f"{settings.disjoint_prefix}_seed{s}", s) for s in settings.disjoint_seeds]
+    """Every variant on each random split / seed, on the semantic split per semantic seed and on
+    the image-disjoint split per disjoint seed, seed-major: the first seed of every split family
+    comes before the second seed of any, so that an experiment stopped early (the runs are resumed
+    on the next call) already has one run of each family."""
+    families = [[(f"{settings.random_prefix}_seed{s}", s) for s in settings.seeds],
+                [(settings.semantic_split, s) for s in settings.semantic_seeds],
+                [(f"{settings.disjoint_prefix}_seed{s}", s) for s in settings.disjoint_seeds]]
+    depth = max(len(f) for f in families)
+    plan = [f[i] for i in range(depth) for f in families if i < len(f)]
     out = []
     for split, seed in plan:
         for label in settings.variants:

@@ -169,3 +169,15 @@ def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch
     assert s.grids["mas"] == (0.0, 1.0, 10.0, 100.0, 1000.0)        # two rounds: 100, then 1000
     assert s.grids["ewc"] == (0.0, 0.001, 0.01, 0.1, 1.0, 10.0)     # λ = 0 wins: three rounds below
     assert len(searched) == 5 + 6 and searched == sorted(searched, key=lambda r: (r["label"], r["reg_lambda"]))
+
+
+def test_final_jobs_are_seed_major_one_run_of_each_family_first():
+    from factmas.experiments.paper_table import Settings, final_jobs
+    s = Settings(data="d.h5", out="o", variants=["finetune", "mas"], seeds=[0, 1, 2], semantic_seeds=[0],
+                 epochs=1, search_epochs=1, grids={}, disjoint_seeds=[0, 1])
+    jobs = final_jobs(s, {"mas": 10.0})
+    splits = list(dict.fromkeys(j["split"] for j in jobs))
+    assert splits == ["random4_seed0", "semantic4", "disjoint4_seed0", "random4_seed1", "disjoint4_seed1",
+                      "random4_seed2"]
+    assert len(jobs) == 2 * 6 and {j["reg_lambda"] for j in jobs if j["label"] == "mas"} == {10.0}
+    assert {j["reg_lambda"] for j in jobs if j["label"] == "finetune"} == {0.0}
