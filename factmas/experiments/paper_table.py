@@ -9,14 +9,16 @@
    scored by one declared criterion that weighs both retrieval directions (``criterion``:
    ½ (fact→image mAP + image→fact mAP), over all facts at the end of the sequence, on the "val"
    image split: images of the training part held out from training). The best λ is kept (ties
-   within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,; one whose best is λ = 0 is extended downwards (smallest positive ÷ 10), each at most
-   ``MAX_EXTENSIONS`` times (``extend_grids``), so that the chosen λ is bracketed. MAS with Ω from
+   within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,
+   one whose best is λ = 0 downwards (its smallest positive λ ÷ 10), at most ``MAX_EXTENSIONS``
+   rounds (``extend_grids``; ``factmas.cli.paper.bracketed_search``), so that the chosen λ is
+   bracketed. MAS with Ω from
    test or train+test images takes MAS's λ (same penalty, Ω is a per-sample mean either way; only
    the Ω data differ).
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
    ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
    image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
-   for each disjoint seed.
+   for each disjoint seed, seed-major (``final_jobs``).
 
 Each final run's summary (``run_summary``) carries both retrieval directions (``DIRECTIONS``:
 fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT), Lifelong Fact Learning's
