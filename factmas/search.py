@@ -105,9 +105,8 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     Raises:
         SearchError: the split has no images.  ValueError: the feature cache cannot be used.
     """
-    import torch
-
     from factmas.data.dataset import SPLIT_NAMES
+    from factmas.evaluation.evaluator import embed_inputs
     from factmas.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
@@ -115,10 +114,7 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     if not len(ids):
         raise SearchError(f"--image-split {split}: the dataset {data.path} has no {split} images")
     inputs = image_inputs(model, data, device, progress=False)
-    with torch.no_grad():
-        phi = [model.embed_inputs(inputs, ids[lo:lo + batch], flip_average).float().cpu().numpy()
-               for lo in range(0, len(ids), batch)]
-    return ids.astype(np.int64), np.concatenate(phi)
+    return ids.astype(np.int64), embed_inputs(model, inputs, ids, batch, flip_average).numpy()
 
 
 def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,

@@ -12,9 +12,8 @@
    within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,
    one whose best is λ = 0 downwards (its smallest positive λ ÷ 10), at most ``MAX_EXTENSIONS``
    rounds (``extend_grids``; ``factmas.cli.paper.bracketed_search``), so that the chosen λ is
-   bracketed. MAS with Ω from
-   test or train+test images takes MAS's λ (same penalty, Ω is a per-sample mean either way; only
-   the Ω data differ).
+   bracketed. MAS with Ω from test or train+test images takes MAS's λ (same penalty, Ω is a
+   per-sample mean either way; only the Ω data differ).
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
    ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
    image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
@@ -85,8 +84,8 @@ VARIANT = {v.label: v for v in VARIANTS}
 # falls towards Finetune (README, "The MAS paper's comparison").
 GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
          "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0)}
-# The MAS grid at the 224-px default (docs/results/defaults/lambda_val.md, 2 tasks): 0 → 31.78,
-# 1 → 32.23, 10 → 32.65, 100 → 31.74 (criterion below): interior at 10.
+# The MAS grid at the current default (docs/results/defaults/lambda_val.md, 4 tasks, val): 0 → 24.85,
+# 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 MAX_EXTENSIONS = 3
 TIE = 1e-4                  # criterion values closer than this (a fraction) tie: the smaller λ wins
 QUICK_GRIDS = {"mas": (0.0, 10.0)}
