@@ -77,6 +77,8 @@ class TrainConfig:
     omega_alpha: float = 0.5             # weight of the old Ω when omega_accumulate == "alpha"
     omega_data: str = "train"            # images Ω is estimated on: "train", "test" or "train+test"
     omega_max_samples: Optional[int] = None  # cap on samples used for Ω (None: all)
+    omega_output: str = "raw"            # MAS Ω of the raw output (Eq. 2) or "normalized": the
+                                         # per-slot normalized output along random directions (ablation)
     num_workers: int = 0
     optimizer_reset: bool = True         # a fresh Adam at each task (False: keep its moments)
     aux_batch_size: int = 256            # batch size of the image/fact batches a method reads (Ω)

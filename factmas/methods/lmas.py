@@ -150,3 +150,9 @@ class LocalMAS(MAS):
     """ℓ-MAS: ``MAS`` with ``local_mas_importance``; the same options (``MASOptions``)."""
     name = "l-mas"
     importance = staticmethod(local_mas_importance)
+
+    def __init__(self, reg_lambda: float = 1.0, options=None, **values: Any) -> None:
+        super().__init__(reg_lambda, options, **values)
+        if self.options.output != "raw":
+            raise ValueError(f"omega_output: {self.options.output!r} is a MAS ablation; ℓ-MAS reads "
+                             f"each layer's own output (use 'raw')")

@@ -16,6 +16,18 @@ task's images (F = φ), fact-branch parameters from the task's facts (F = ψ, ab
 A parameter gets the sum of the two branch means; one that only a branch touches gets that branch's
 mean only. Raw, because after normalization ‖F̂‖² = 1 for every input and the gradient is zero.
 
+The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``) measures how the
+*per-slot normalized* output F̂ (what the distance D of ``factmas.space`` reads) moves instead. Its
+squared norm is 3 for every input, so Eq. 2's gradient is zero; it takes the sensitivity along a
+random direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator:
+
+    Ω_ij = (1/N) Σ_k | ∂ (u_k · F̂(x_k; θ)) / ∂θ_ij |,
+
+whose expectation over u is √(2/π) · (1/N) Σ_k ‖∂F̂(x_k)/∂θ_ij‖₂, the size of the Jacobian column of
+θ_ij, the quantity MAS's Eq. 1 sums over the outputs (a random-projection estimate in place of the
+3d backward passes per sample that Eq. 1 would take). Its scale differs from the raw Ω's: λ is
+searched apart.
+
 Estimators (same inputs, dict name → Ω shaped like the parameter):
 
 Each takes the per-sample routine as a function (``estimator``, default the hooks'
@@ -51,10 +63,13 @@ from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
 from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.space import normalize_slots
 
 log = logging.getLogger(__name__)
 
 IMAGE_SPLITS = ("train", "val", "test")
+OUTPUTS = ("raw", "normalized")
+DIRECTION_SEED = 20180908       # the random directions u_k of the normalized-output ablation
 
 
 def squared_norm(z: torch.Tensor) -> torch.Tensor:
@@ -75,15 +90,50 @@ def fact_norm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -
     return squared_norm(model.fact_branch(tokens.to(device), order.to(device)))
 
 
+def projected_image_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """u_k · φ̂(x_k) (module docstring, normalized output): (images float [B, 3, H, W], u float
+    [B, 3, d]) → float [B]; φ̂ = ``normalize_slots``(φ)."""
+    images, u = batch
+    device = next(model.parameters()).device
+    phi = normalize_slots(model.image_branch(images.to(device)))
+    return (u.to(device, phi.dtype) * phi).flatten(1).sum(1)
+
+
+def projected_fact_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """u_k · ψ̂(f_k): (tokens int [B, 3, L], order int [B], u float [B, 3, d]) → float [B]; absent
+    slots of ψ are zeros and stay zero after ``normalize_slots``."""
+    tokens, order, u = batch
+    device = next(model.parameters()).device
+    psi = normalize_slots(model.fact_branch(tokens.to(device), order.to(device)))
+    return (u.to(device, psi.dtype) * psi).flatten(1).sum(1)
+
+
+def with_directions(batches: Iterable[Any] | None, embed_dim: int,
+                    generator: torch.Generator) -> Iterator[tuple] | None:
+    """Each batch of ``batches`` (a tensor, or a tuple of tensors with samples along dim 0) with
+    u float32 [B, 3, embed_dim] ~ N(0, I) appended, drawn from ``generator`` batch after batch."""
+    if batches is None:
+        return None
+
+    def gen() -> Iterator[tuple]:
+        for batch in batches:
+            parts = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+            u = torch.randn(len(parts[0]), 3, embed_dim, generator=generator)
+            yield parts + (u,)
+    return gen()
+
+
 def mas_omega(model: nn.Module, image_batches: Iterable[Any] | None, fact_batches: Iterable[Any] | None,
-              max_samples: int | None = None, estimator: Callable = abs_grad_sums
+              max_samples: int | None = None, estimator: Callable = abs_grad_sums,
+              loss_fns: tuple[Callable, Callable] = (image_norm_loss, fact_norm_loss)
               ) -> dict[str, torch.Tensor]:
     """MAS Ω (module docstring) with ``estimator``, a per-sample routine with the signature of
-    ``factmas.persample.hooks.abs_grad_sums`` (or one of ``factmas.persample.reference``'s); the
-    arguments and the result are those of ``mas_importance``."""
+    ``factmas.persample.hooks.abs_grad_sums`` (or one of ``factmas.persample.reference``'s), and the
+    per-sample outputs ``loss_fns`` (image, fact; default ‖φ‖², ‖ψ‖²); the other arguments and the
+    result are those of ``mas_importance``."""
     label = estimator.__name__
     omega = {n: torch.zeros_like(p) for n, p in trainable(model).items()}
-    branches = (("image", image_norm_loss, image_batches), ("fact", fact_norm_loss, fact_batches))
+    branches = (("image", loss_fns[0], image_batches), ("fact", loss_fns[1], fact_batches))
     with eval_mode(model):
         for what, loss_fn, batches in branches:
             if batches is None:
@@ -137,6 +187,18 @@ def batch_approx_mas_importance(model: nn.Module, image_batches, fact_batches, m
     return mas_omega(model, image_batches, fact_batches, max_samples, batch_abs_grad_sums)
 
 
+def normalized_mas_importance(model: nn.Module, image_batches, fact_batches, max_samples=None,
+                              generator: torch.Generator | None = None,
+                              estimator: Callable = abs_grad_sums) -> dict[str, torch.Tensor]:
+    """Ω of the normalized output, (1/N) Σ_k |∂(u_k · F̂(x_k))/∂θ| (module docstring), exact per
+    sample for the drawn u_k. Same API as ``mas_importance``; ``generator`` draws u (None: seeded
+    with ``DIRECTION_SEED``); ``estimator`` as in ``mas_omega`` (a reference for tests)."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(DIRECTION_SEED)
+    d = model.fact_branch.embed_dim
+    return mas_omega(model, with_directions(image_batches, d, gen), with_directions(fact_batches, d, gen),
+                     max_samples, estimator, (projected_image_loss, projected_fact_loss))
+
+
 def parse_omega_data(which: str) -> list[str]:
     """'train', 'test', 'train+test', ... → the image splits to chain. Raises ValueError."""
     parts = which.split("+")
@@ -155,17 +217,24 @@ class MASOptions(AnchorOptions):
             config key ``train.omega_data``.
         max_samples: at most this many images and this many facts per task (None: all);
             ``train.omega_max_samples``.
+        output: "raw" (Eq. 2 on the raw output, the default) or "normalized" (the ablation on the
+            per-slot normalized output, module docstring); ``train.omega_output``. MAS only.
     Raises:
-        ValueError: a bad ``data``, ``max_samples`` < 1 (and see ``AnchorOptions``).
+        ValueError: a bad ``data``, ``max_samples`` < 1, an unknown ``output`` (and see
+            ``AnchorOptions``).
     """
     data: str = "train"
     max_samples: Optional[int] = None
+    output: str = "raw"
     CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "data": "omega_data",
-                                             "max_samples": "omega_max_samples"}
+                                             "max_samples": "omega_max_samples",
+                                             "output": "omega_output"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_omega_data(self.data)
+        if self.output not in OUTPUTS:
+            raise ValueError(f"omega_output: {self.output!r}; valid: {list(OUTPUTS)}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"omega_max_samples must be >= 1 or None, got {self.max_samples}")
 
@@ -193,5 +262,9 @@ class MAS(QuadraticAnchor):
     def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
         """Ω of task ``ctx.task`` by the class's ``importance`` function (MAS: exact, module
         docstring) from the task's images (``options.data``) and facts."""
+        if self.options.output == "normalized":
+            gen = torch.Generator().manual_seed(DIRECTION_SEED + ctx.task)
+            return normalized_mas_importance(model, self._images(ctx), ctx.fact_batches(),
+                                             self.options.max_samples, gen)
         return type(self).importance(model, self._images(ctx), ctx.fact_batches(),
                                      max_samples=self.options.max_samples)

@@ -1,0 +1,117 @@
+"""The normalized-output MAS ablation (``train.omega_output: normalized``): exact per sample against a
+naive autograd loop with the same directions, its expectation against the Jacobian column norms,
+and the option's checks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from factmas.methods.lmas import LocalMAS
+from factmas.methods.mas import (DIRECTION_SEED, MAS, MASOptions, loop_mas_importance,
+                                 normalized_mas_importance)
+from factmas.methods.quadratic import eval_mode
+from factmas.persample.reference import loop_abs_grad_sums
+from factmas.space import normalize_slots
+
+from test_importance import batches, random_facts, rel_err   # pytest puts tests/methods on the path
+
+
+def naive_normalized_omega(model, images, facts, sizes_i, sizes_f, seed):
+    """(1/N) Σ_k |∂(u_k · F̂(x_k))/∂θ| by autograd, one sample at a time, drawing u_k batch by
+    batch from the same seeded generator as the estimator (images first, then facts)."""
+    params = dict(model.named_parameters())
+    omega = {n: torch.zeros_like(p) for n, p in params.items()}
+    gen = torch.Generator().manual_seed(seed)
+    d = model.fact_branch.embed_dim
+    with eval_mode(model):
+        for branch, sizes in (("image", sizes_i), ("fact", sizes_f)):
+            start, total = 0, sum(sizes)
+            for b in sizes:
+                u = torch.randn(b, 3, d, generator=gen)
+                for k in range(b):
+                    i = start + k
+                    if branch == "image":
+                        f = normalize_slots(model.image_branch(images[i:i + 1]))
+                    else:
+                        f = normalize_slots(model.fact_branch(facts[0][i:i + 1], facts[1][i:i + 1]))
+                    out = (u[k:k + 1].to(f.dtype) * f).sum()
+                    grads = torch.autograd.grad(out, list(params.values()), allow_unused=True)
+                    for (n, _), g in zip(params.items(), grads):
+                        if g is not None:
+                            omega[n] += g.abs() / total
+                start += b
+    return omega
+
+
+@pytest.fixture()
+def data():
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=g), random_facts(7, seed=6)
+
+
+def test_normalized_omega_is_exact_per_sample(data, tiny_model):
+    images, facts = data
+    model = tiny_model()
+    seed = 11
+    omega = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]),
+                                      generator=torch.Generator().manual_seed(seed))
+    naive = naive_normalized_omega(model, images, facts, [4, 2], [3, 4], seed)
+    assert rel_err(omega, naive) < 1e-6
+    loop = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]),
+                                     generator=torch.Generator().manual_seed(seed),
+                                     estimator=loop_abs_grad_sums)
+    assert rel_err(omega, loop) < 1e-6
+    for name, t in omega.items():
+        if name != "fact_branch.words.weight":
+            assert float(t.sum()) > 0, f"Ω of {name} is all zero"
+    # not the raw-output Ω (a different quantity, not a rescaling of it)
+    raw = loop_mas_importance(model, [images], [facts])
+    ratios = torch.cat([(omega[n] / raw[n]).flatten() for n in raw])
+    ratios = ratios[torch.isfinite(ratios)]
+    assert float(ratios.max() / ratios.min()) > 2.0
+
+
+def test_normalized_omega_expectation_is_the_jacobian_column_norm(tiny_model):
+    """E_u |u · g| = √(2/π) ‖g‖ for u ~ N(0, I): one image repeated many times (fresh u each)."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(7)
+    image = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=g)
+    reps = 3000
+    omega = normalized_mas_importance(model, [image.expand(reps, -1, -1, -1).contiguous()], None,
+                                      generator=torch.Generator().manual_seed(8))
+    params = {n: p for n, p in model.named_parameters() if n.startswith("image_branch.")}
+    with eval_mode(model):
+        out = normalize_slots(model.image_branch(image)).flatten()
+        sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        for j in range(out.numel()):                       # Jacobian row by row
+            grads = torch.autograd.grad(out[j], list(params.values()), retain_graph=True,
+                                        allow_unused=True)
+            for (n, _), gr in zip(params.items(), grads):
+                if gr is not None:
+                    sq[n] += gr ** 2
+    for n in params:
+        want = math.sqrt(2 / math.pi) * sq[n].sqrt()
+        big = want > want.max() * 0.05
+        if big.any():
+            err = ((omega[n][big] - want[big]).abs() / want[big]).median()
+            assert float(err) < 0.06, f"{n}: median relative error {float(err):.3f}"
+
+
+def test_normalized_omega_output_option_is_checked():
+    with pytest.raises(ValueError, match="omega_output"):
+        MASOptions(output="unit")
+    assert MASOptions(output="normalized").output == "normalized"
+    assert MAS(1.0, output="normalized").options.output == "normalized"
+    with pytest.raises(ValueError, match="ℓ-MAS"):
+        LocalMAS(1.0, output="normalized")
+
+
+def test_default_direction_seed_is_reproducible(data, tiny_model):
+    images, facts = data
+    model = tiny_model()
+    a = normalized_mas_importance(model, [images], [facts])
+    b = normalized_mas_importance(model, [images], [facts],
+                                  generator=torch.Generator().manual_seed(DIRECTION_SEED))
+    assert rel_err(a, b) == 0.0
