@@ -28,7 +28,7 @@ from factmas.config import ConfigError, RunConfig, TrainConfig
 from factmas.io import git_commit
 from factmas.experiments.paper_table import (GRIDS, MAX_EXTENSIONS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT,
                                              VARIANTS, Settings, cpu_seconds, check_splits, choose_lambdas,
-                                             extend_grids, final_jobs, run_all, search_jobs)
+                                             extend_grids, final_jobs, run_all, search_jobs, share_zero)
 
 log = logging.getLogger("factmas.experiments.paper_table")
 
@@ -142,8 +142,8 @@ def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict]
     """Run the λ grids, then extend each grid whose best λ sits at an edge (``extend_grids``) and
     run the new values, at most ``MAX_EXTENSIONS`` rounds; ``settings.grids`` grows in place (the
     search table lists every value run). Returns (the search runs' summaries, the chosen λ)."""
-    searched = run_all(search, settings)
     needed = settings.searches()
+    searched = share_zero(run_all(search, settings), needed)
     chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
     for round_ in range(MAX_EXTENSIONS):
         more = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
@@ -154,7 +154,7 @@ def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict]
                  ", ".join(f"{m}: {v[0]:g}" for m, v in more.items()))
         for m, values in more.items():
             settings.grids[m] = tuple(sorted(settings.grids[m] + values))
-        searched += run_all(search_jobs(settings, more), settings)
+        searched = share_zero(searched + run_all(search_jobs(settings, more), settings), needed)
         chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
     else:
         edge = extend_grids({m: settings.grids[m] for m in chosen}, chosen)

@@ -54,14 +54,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: ``label`` (directory name), trainer method, Ω data, whose λ it uses."""
+    """One row of the table: ``label`` (directory name), trainer method, Ω data, whose λ it uses,
+    and ``train``: other ``TrainConfig`` values of the row ((key, value) pairs; an ablation's)."""
     label: str
     method: str
     title: str
     omega_data: str = "train"
     lambda_from: str | None = None          # a search label, or None: λ is not used
+    train: tuple[tuple[str, Any], ...] = ()
 
 
+# The SGD ablation's learning rate (momentum 0.9, as the official MAS and LFL code), chosen on val with
+# finetune over random4_seed0's 4 tasks (docs/results/defaults/sgd_val.md); λ is Adam-MAS's.
+SGD_LR = 0.03
 VARIANTS = (
     Variant("finetune", "finetune", "Finetune"),
     Variant("lwf", "lwf", "LwF", lambda_from="lwf"),
@@ -71,6 +76,12 @@ VARIANTS = (
     Variant("l-mas", "l-mas", "ℓ-MAS", lambda_from="l-mas"),
     Variant("mas_test", "mas", "MAS (Ω: test images, transductive)", "test", lambda_from="mas"),
     Variant("mas_train+test", "mas", "MAS (Ω: train+test images, transductive)", "train+test", lambda_from="mas"),
+    Variant("mas_normalized", "mas", "MAS (Ω of the normalized output, ablation)",
+            lambda_from="mas_normalized", train=(("omega_output", "normalized"),)),
+    Variant("finetune_sgd", "finetune", f"Finetune (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)",
+            train=(("optimizer", "sgd"), ("lr", SGD_LR))),
+    Variant("mas_sgd", "mas", f"MAS (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)", lambda_from="mas",
+            train=(("optimizer", "sgd"), ("lr", SGD_LR))),
     Variant("joint", "joint", "Joint (upper bound)"),
 )
 VARIANT = {v.label: v for v in VARIANTS}
@@ -83,7 +94,12 @@ VARIANT = {v.label: v for v in VARIANTS}
 # default since) chose the smallest λ of EWC, SI, MAS and ℓ-MAS: on that data the val mAP rises as λ
 # falls towards Finetune (README, "The MAS paper's comparison").
 GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
-         "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0)}
+         "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0),
+         "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
+# The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.96×,
+# fact branch 3.96× on the default MAS checkpoint after task 1), so its grid sits 3× higher.
+# At λ = 0 both MAS rows train the same model (no penalty): the λ = 0 run is shared (``SAME_AT_ZERO``).
+SAME_AT_ZERO = {"mas_normalized": "mas"}
 # The MAS grid at the current default (docs/results/defaults/lambda_val.md, 4 tasks, val): 0 → 24.85,
 # 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 MAX_EXTENSIONS = 3
@@ -123,8 +139,9 @@ class Settings:
 
 
 def job(settings: Settings, kind: str, label: str, method: str, split: str, seed: int,
-        reg_lambda: float, omega_data: str = "train") -> dict:
-    """The plain-data description of one run (what a worker needs)."""
+        reg_lambda: float, omega_data: str = "train", train: tuple = ()) -> dict:
+    """The plain-data description of one run (what a worker needs); ``train``: the variant's other
+    ``TrainConfig`` values."""
     if kind == "search":
         out = Path(settings.out) / "search" / f"{label}_lambda{reg_lambda:g}"
         epochs, image_split = settings.search_epochs, "val"
@@ -133,7 +150,7 @@ def job(settings: Settings, kind: str, label: str, method: str, split: str, seed
         epochs, image_split = settings.epochs, "test"
     return {"kind": kind, "label": label, "method": method, "split": split, "seed": seed,
             "reg_lambda": reg_lambda, "omega_data": omega_data, "epochs": epochs,
-            "image_split": image_split, "out": str(out)}
+            "image_split": image_split, "out": str(out), "train": dict(train)}
 
 
 def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None = None) -> list[dict]:
@@ -142,8 +159,26 @@ def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None =
     seed = settings.seeds[0]
     split = f"{settings.random_prefix}_seed{seed}"
     grids = settings.grids if grids is None else grids
-    return [job(settings, "search", m, m, split, seed, lam)
-            for m in settings.searches() if m in grids for lam in grids[m]]
+    searches = settings.searches()
+    out = []
+    for m in searches:
+        v = VARIANT[m]
+        for lam in grids.get(m, ()):
+            src = SAME_AT_ZERO.get(m)
+            if lam == 0 and src in searches and 0.0 in settings.grids.get(src, ()):
+                continue                          # the source's λ = 0 run (``share_zero``)
+            out.append(job(settings, "search", m, v.method, split, seed, lam, v.omega_data, v.train))
+    return out
+
+
+def share_zero(results: list[dict], labels: list[str]) -> list[dict]:
+    """``results`` plus, for each of ``labels`` in ``SAME_AT_ZERO`` without a λ = 0 run, its source's
+    λ = 0 run relabelled (the same trained model: a zero penalty makes the Ω definitions irrelevant)."""
+    have = {(r["label"], r["reg_lambda"]) for r in results}
+    extra = [{**r, "label": label, "shared_from": src} for label, src in SAME_AT_ZERO.items()
+             if label in labels for r in results if r["label"] == src and r["reg_lambda"] == 0.0
+             and (label, 0.0) not in have]
+    return results + extra
 
 
 def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
@@ -161,7 +196,8 @@ def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
         for label in settings.variants:
             v = VARIANT[label]
             lam = lambdas[v.lambda_from] if v.lambda_from else 0.0
-            out.append(job(settings, "final", label, v.method, split, seed, lam, v.omega_data))
+            out.append(job(settings, "final", label, v.method, split, seed, lam, v.omega_data,
+                           v.train))
     return out
 
 
@@ -255,7 +291,7 @@ def run_job(j: dict, base: dict) -> dict:
     d = {**base, "data": str(_DATA.path), "out": str(out)}
     d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
                   "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
-                  "omega_data": j["omega_data"], "threads": 1}
+                  "omega_data": j["omega_data"], "threads": 1, **j.get("train", {})}
     d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
     cfg = RunConfig.from_dict(d)
     if timing.is_file() and not same_run(out, cfg):

@@ -181,3 +181,32 @@ def test_final_jobs_are_seed_major_one_run_of_each_family_first():
                       "random4_seed2"]
     assert len(jobs) == 2 * 6 and {j["reg_lambda"] for j in jobs if j["label"] == "mas"} == {10.0}
     assert {j["reg_lambda"] for j in jobs if j["label"] == "finetune"} == {0.0}
+
+
+def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(monkeypatch):
+    from factmas.cli import paper
+    from factmas.experiments.paper_table import SGD_LR, Settings, final_jobs, search_jobs
+    s = Settings(data="d.h5", out="o", variants=["mas", "mas_normalized", "mas_sgd", "finetune_sgd"],
+                 seeds=[0], semantic_seeds=[], epochs=1, search_epochs=1,
+                 grids={"mas": (0.0, 1.0), "mas_normalized": (0.0, 3.0)})
+    jobs = search_jobs(s)
+    assert [(j["label"], j["reg_lambda"]) for j in jobs] == [("mas", 0.0), ("mas", 1.0),
+                                                             ("mas_normalized", 3.0)]
+    assert jobs[2]["method"] == "mas" and jobs[2]["train"] == {"omega_output": "normalized"}
+    assert jobs[0]["train"] == {}
+    # searched alone, the ablation runs its own λ = 0
+    alone = Settings(data="d.h5", out="o", variants=["mas_normalized"], seeds=[0], semantic_seeds=[],
+                     epochs=1, search_epochs=1, grids={"mas_normalized": (0.0, 3.0)})
+    assert [j["reg_lambda"] for j in search_jobs(alone)] == [0.0, 3.0]
+
+    scores = {("mas", 0.0): 0.30, ("mas", 1.0): 0.32, ("mas_normalized", 3.0): 0.29}
+    monkeypatch.setattr(paper, "run_all", lambda jobs, settings: [
+        {**j, "criterion": scores.get((j["label"], j["reg_lambda"]), 0.0)} for j in jobs])
+    searched, chosen = paper.bracketed_search(s, jobs)
+    shared = [r for r in searched if r["label"] == "mas_normalized" and r["reg_lambda"] == 0.0]
+    assert len(shared) == 1 and shared[0]["shared_from"] == "mas" and shared[0]["criterion"] == 0.30
+    assert chosen["mas_normalized"] == 0.0 and s.grids["mas_normalized"][0] == 0.0
+    finals = {j["label"]: j for j in final_jobs(s, {"mas": 1.0, "mas_normalized": 0.3})}
+    assert finals["mas_sgd"]["train"] == {"optimizer": "sgd", "lr": SGD_LR}
+    assert finals["mas_sgd"]["reg_lambda"] == 1.0 and finals["finetune_sgd"]["reg_lambda"] == 0.0
+    assert finals["mas_normalized"]["reg_lambda"] == 0.3
