@@ -98,8 +98,10 @@ GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 
          "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
 # The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.96×,
 # fact branch 3.96× on the default MAS checkpoint after task 1), so its grid sits 3× higher.
-# At λ = 0 both MAS rows train the same model (no penalty): the λ = 0 run is shared (``SAME_AT_ZERO``).
-SAME_AT_ZERO = {"mas_normalized": "mas"}
+# At λ = 0 every regularized method trains the same model as MAS at λ = 0 (the penalty and its
+# gradient are exactly zero, the batches and seeds the same): when MAS is searched too, the others
+# reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.
+SAME_AT_ZERO = {"mas_normalized": "mas", "l-mas": "mas", "ewc": "mas", "si": "mas", "lwf": "mas"}
 # The MAS grid at the current default (docs/results/defaults/lambda_val.md, 4 tasks, val): 0 → 24.85,
 # 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 MAX_EXTENSIONS = 3

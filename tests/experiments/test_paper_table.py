@@ -152,7 +152,7 @@ def test_disjoint_default_follows_the_file():
 def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch):
     from factmas.cli import paper
     from factmas.experiments.paper_table import Settings
-    peak = {"mas": 100.0, "ewc": 0.0}            # the criterion peaks at these λ (log scale)
+    peak = {"si": 100.0, "ewc": 0.0}     # the criterion peaks at these λ (log scale); no MAS: no shared λ = 0
 
     def fake_run_all(jobs, settings):
         out = []
@@ -162,11 +162,11 @@ def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch
             out.append({**j, "criterion": score, "seconds": 1.0})
         return out
     monkeypatch.setattr(paper, "run_all", fake_run_all)
-    s = Settings(data="d.h5", out="o", variants=["mas", "ewc"], seeds=[0], semantic_seeds=[],
-                 epochs=1, search_epochs=1, grids={"mas": (0.0, 1.0, 10.0), "ewc": (0.0, 1.0, 10.0)})
+    s = Settings(data="d.h5", out="o", variants=["si", "ewc"], seeds=[0], semantic_seeds=[],
+                 epochs=1, search_epochs=1, grids={"si": (0.0, 1.0, 10.0), "ewc": (0.0, 1.0, 10.0)})
     searched, chosen = paper.bracketed_search(s, paper.search_jobs(s))
-    assert chosen == {"mas": 100.0, "ewc": 0.0}
-    assert s.grids["mas"] == (0.0, 1.0, 10.0, 100.0, 1000.0)        # two rounds: 100, then 1000
+    assert chosen == {"si": 100.0, "ewc": 0.0}
+    assert s.grids["si"] == (0.0, 1.0, 10.0, 100.0, 1000.0)         # two rounds: 100, then 1000
     assert s.grids["ewc"] == (0.0, 0.001, 0.01, 0.1, 1.0, 10.0)     # λ = 0 wins: three rounds below
     assert len(searched) == 5 + 6 and searched == sorted(searched, key=lambda r: (r["label"], r["reg_lambda"]))
 

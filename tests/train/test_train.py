@@ -100,6 +100,18 @@ def test_resume_equals_uninterrupted_run(data_path, tmp_path):
     assert _strip(ra["metrics"]) == _strip(rb["metrics"]) and ra["stages"] == [0, 1]
 
 
+@pytest.mark.parametrize("method,extra", [("ewc", {}), ("si", {}), ("l-mas", {}), ("lwf", {}),
+                                          ("mas", {"omega_output": "normalized"})])
+def test_every_method_at_lambda_zero_trains_mas_lambda_zero_model(data_path, tmp_path, method, extra):
+    """What lets paper_table share MAS's λ = 0 search run (``SAME_AT_ZERO``): bit-identical weights."""
+    train(_cfg(data_path, tmp_path / "mas", reg_lambda=0.0), progress=False)
+    train(_cfg(data_path, tmp_path / "other", method=method, reg_lambda=0.0, **extra), progress=False)
+    a, b = load_checkpoint(last_path(tmp_path / "mas")), load_checkpoint(last_path(tmp_path / "other"))
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{method}: {k} differs"
+
+
 def test_resume_of_a_finished_run_changes_nothing(data_path, tmp_path):
     out = tmp_path / "run"
     train(_cfg(data_path, out), progress=False)
