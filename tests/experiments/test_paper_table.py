@@ -206,7 +206,11 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(mo
     shared = [r for r in searched if r["label"] == "mas_normalized" and r["reg_lambda"] == 0.0]
     assert len(shared) == 1 and shared[0]["shared_from"] == "mas" and shared[0]["criterion"] == 0.30
     assert chosen["mas_normalized"] == 0.0 and s.grids["mas_normalized"][0] == 0.0
-    finals = {j["label"]: j for j in final_jobs(s, {"mas": 1.0, "mas_normalized": 0.3})}
+    s.seeds, s.semantic_seeds, s.disjoint_seeds = [0, 1], [0], [0]
+    jobs = final_jobs(s, {"mas": 1.0, "mas_normalized": 0.3})
+    assert {(j["split"], j["seed"]) for j in jobs if j["label"] != "mas"} == {("random4_seed0", 0)}
+    assert len([j for j in jobs if j["label"] == "mas"]) == 4        # the method itself: every run
+    finals = {j["label"]: j for j in jobs if j["split"] == "random4_seed0"}
     assert finals["mas_sgd"]["train"] == {"optimizer": "sgd", "lr": SGD_LR}
     assert finals["mas_sgd"]["reg_lambda"] == 1.0 and finals["finetune_sgd"]["reg_lambda"] == 0.0
     assert finals["mas_normalized"]["reg_lambda"] == 0.3
