@@ -143,7 +143,7 @@ def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict]
     run the new values, at most ``MAX_EXTENSIONS`` rounds; ``settings.grids`` grows in place (the
     search table lists every value run). Returns (the search runs' summaries, the chosen λ)."""
     needed = settings.searches()
-    searched = share_zero(run_all(search, settings), needed)
+    searched = share_zero(run_all(search, settings), {m: settings.grids[m] for m in needed})
     chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
     for round_ in range(MAX_EXTENSIONS):
         more = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
@@ -154,7 +154,8 @@ def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict]
                  ", ".join(f"{m}: {v[0]:g}" for m, v in more.items()))
         for m, values in more.items():
             settings.grids[m] = tuple(sorted(settings.grids[m] + values))
-        searched = share_zero(searched + run_all(search_jobs(settings, more), settings), needed)
+        searched = share_zero(searched + run_all(search_jobs(settings, more), settings),
+                              {m: settings.grids[m] for m in needed})
         chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
     else:
         edge = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
@@ -209,7 +210,7 @@ def _main(argv: list[str] | None) -> int:
         log.exception("paper_table: a run failed")
         print(f"paper_table: run failed: {e}", file=sys.stderr)
         return 1
-    runs = searched + finals
+    runs = [r for r in searched if "shared_from" not in r] + finals      # each trained run once
     meta = {"command": "python eval/paper_table.py " + shlex.join(argv), "commit": git_commit(),
             "quick": args.quick, "seconds": time.perf_counter() - t0,
             "cpu_seconds": sum(r["cpu_seconds"] for r in runs),

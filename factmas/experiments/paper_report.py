@@ -82,8 +82,10 @@ def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
                 cols.update({c: r[f"final_{c}" if c == "all" else c] for c in COLUMNS})
                 cols.update(side_columns(r.get("metrics") or {}))
                 _add(row, cols)
-        # the reference rows, from the first method's runs of the family (one per split and seed)
-        first = next((lab for lab in settings.variants if any(
+        # the reference rows, from the first method's runs of the family (one per split and seed;
+        # an ablation row only when no other method ran there)
+        order = sorted(settings.variants, key=lambda v: VARIANT[v].ablation)
+        first = next((lab for lab in order if any(
             r["label"] == lab and family(r["split"], settings) == fam for r in finals)), None)
         for name, title in BASELINES:
             for r in finals:
@@ -159,11 +161,12 @@ def search_markdown(search: list[dict], chosen: dict[str, float]) -> str:
     body = []
     for r in search:
         mark = " ◀" if chosen.get(r["label"]) == r["reg_lambda"] else ""
+        shared = f" ({r['shared_from']}'s run)" if r.get("shared_from") else ""
         m = r.get("metrics") or {}
         f2i = (m.get("fact_to_image_map") or {}).get("final_all")
         i2f = (m.get("image_to_fact_map") or {}).get("final_all")
         top5 = (m.get("image_to_fact_top5") or {}).get("final_all")
-        body.append([r["label"], f"{r['reg_lambda']:g}", pct(f2i), pct(i2f), pct(top5),
+        body.append([r["label"], f"{r['reg_lambda']:g}{shared}", pct(f2i), pct(i2f), pct(top5),
                      pct(r.get("criterion")) + mark, f"{r['seconds']:.0f}"])
     return markdown_table(["method", "λ", "val fact→image mAP", "val image→fact mAP",
                            "val image→fact top-5", "criterion ½(f→i + i→f mAP)", "seconds"], body)
@@ -212,10 +215,11 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
                 ms.append(mean_std(r["values"].get(key, [])) if r else (np.nan, np.nan))
             m = np.array([a for a, _ in ms]) * 100
             s = np.array([b for _, b in ms]) * 100
-            n = max(len(r["seeds"]) for r in rows if r["family"] == fam)
+            ns = [len(r["seeds"]) for r in rows if r["family"] == fam]
+            lo, hi = min(ns), max(ns)
+            seeds = f"{lo}–{hi} seeds" if lo != hi else f"{hi} seed{'s' if hi != 1 else ''}"
             ax.bar(x + (i - (len(fams) - 1) / 2) * width, m, width,
-                   yerr=s if np.isfinite(s).any() else None, capsize=3,
-                   label=f"{fam} ({n} seed{'s' if n != 1 else ''})")
+                   yerr=s if np.isfinite(s).any() else None, capsize=3, label=f"{fam} ({seeds})")
         ax.set_xticks(x, [titles[lab] for lab in labels], rotation=25, ha="right")
         ax.set_ylabel(f"{name}, all facts (%)")
         ax.grid(axis="y", alpha=0.3)

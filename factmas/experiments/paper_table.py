@@ -1,7 +1,9 @@
 """The MAS paper's facts comparison on factmas data: plan, λ search on validation images, runs.
 
 ``python eval/paper_table.py --data FILE.h5`` (see ``factmas.cli.paper``) runs, for every method variant
-(``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, MAS with Ω from test or train+test images, Joint):
+(``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, Joint, and the ablation rows: MAS with Ω from
+test or train+test images (transductive), MAS with Ω of the normalized output, Finetune and MAS
+trained with SGD):
 
 1. **λ search** (regularized methods only), on held-out *training* images, never the test set: each
    λ of the method's grid (``GRIDS``: λ = 0 and values a decade apart) trains the first random split
@@ -13,11 +15,15 @@
    one whose best is λ = 0 downwards (its smallest positive λ ÷ 10), at most ``MAX_EXTENSIONS``
    rounds (``extend_grids``; ``factmas.cli.paper.bracketed_search``), so that the chosen λ is
    bracketed. MAS with Ω from test or train+test images takes MAS's λ (same penalty, Ω is a
-   per-sample mean either way; only the Ω data differ).
+   per-sample mean either way; only the Ω data differ), and so does MAS with SGD; MAS with Ω of
+   the normalized output has its own grid (its Ω has another scale). At λ = 0 every regularized
+   method trains MAS's λ = 0 model, so a search that includes MAS reuses that run for the others
+   (``SAME_AT_ZERO``, ``share_zero``).
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
    ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
    image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
-   for each disjoint seed, seed-major (``final_jobs``).
+   for each disjoint seed, seed-major (``final_jobs``); an ablation row (``Variant.ablation``) on the
+   first random split and seed only.
 
 Each final run's summary (``run_summary``) carries both retrieval directions (``DIRECTIONS``:
 fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT), Lifelong Fact Learning's
@@ -83,9 +89,9 @@ VARIANTS = (
     Variant("mas_normalized", "mas", "MAS (Ω of the normalized output, ablation)",
             lambda_from="mas_normalized", train=(("omega_output", "normalized"),), ablation=True),
     Variant("finetune_sgd", "finetune", f"Finetune (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)",
-            train=(("optimizer", "sgd"), ("lr", SGD_LR)), ablation=True),
+            train=(("optimizer", "sgd"), ("lr", SGD_LR), ("momentum", 0.9)), ablation=True),
     Variant("mas_sgd", "mas", f"MAS (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)", lambda_from="mas",
-            train=(("optimizer", "sgd"), ("lr", SGD_LR)), ablation=True),
+            train=(("optimizer", "sgd"), ("lr", SGD_LR), ("momentum", 0.9)), ablation=True),
     Variant("joint", "joint", "Joint (upper bound)"),
 )
 VARIANT = {v.label: v for v in VARIANTS}
@@ -177,13 +183,15 @@ def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None =
     return out
 
 
-def share_zero(results: list[dict], labels: list[str]) -> list[dict]:
-    """``results`` plus, for each of ``labels`` in ``SAME_AT_ZERO`` without a λ = 0 run, its source's
-    λ = 0 run relabelled (the same trained model: a zero penalty makes the Ω definitions irrelevant)."""
+def share_zero(results: list[dict], grids: dict[str, tuple[float, ...]]) -> list[dict]:
+    """``results`` plus, for each label of ``grids`` in ``SAME_AT_ZERO`` whose grid has λ = 0 and that
+    has no λ = 0 run, its source's λ = 0 run relabelled, with ``shared_from`` = the source (the same
+    trained model: a zero penalty makes the methods' Ω irrelevant). Its times are the source's: sum
+    run times over the rows without ``shared_from``."""
     have = {(r["label"], r["reg_lambda"]) for r in results}
     extra = [{**r, "label": label, "shared_from": src} for label, src in SAME_AT_ZERO.items()
-             if label in labels for r in results if r["label"] == src and r["reg_lambda"] == 0.0
-             and (label, 0.0) not in have]
+             if 0.0 in grids.get(label, ()) for r in results
+             if r["label"] == src and r["reg_lambda"] == 0.0 and (label, 0.0) not in have]
     return results + extra
 
 

@@ -147,7 +147,11 @@ def local_mas_importance(model: nn.Module, image_batches: Iterable[torch.Tensor]
 
 
 class LocalMAS(MAS):
-    """ℓ-MAS: ``MAS`` with ``local_mas_importance``; the same options (``MASOptions``)."""
+    """ℓ-MAS: ``MAS`` with ``local_mas_importance``; the same options (``MASOptions``).
+
+    Raises:
+        ValueError: as ``MAS``, and ``omega_output`` other than "raw" (a MAS-only ablation).
+    """
     name = "l-mas"
     importance = staticmethod(local_mas_importance)
 

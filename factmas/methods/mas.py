@@ -14,19 +14,23 @@ MAS (Eq. 2, with the squared ℓ2 norm of the output, Sec. 3 "global" variant)::
 with F the *raw* (not L2-normalized) embedding [B, 3, d] of a branch: image-branch parameters from the
 task's images (F = φ), fact-branch parameters from the task's facts (F = ψ, absent slots are zeros).
 A parameter gets the sum of the two branch means; one that only a branch touches gets that branch's
-mean only. Raw, because after normalization ‖F̂‖² = 1 for every input and the gradient is zero.
+mean only. Raw, because after per-slot normalization ‖F̂‖² is constant (3 for an image, the fact's
+order for a fact) and the gradient is zero.
 
 The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``) measures how the
 *per-slot normalized* output F̂ (what the distance D of ``factmas.space`` reads) moves instead. Its
-squared norm is 3 for every input, so Eq. 2's gradient is zero; it takes the sensitivity along a
-random direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator:
+squared norm is constant, so Eq. 2's gradient is zero; it takes the sensitivity along a random
+direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator (one per branch,
+keyed by task, so the facts' directions do not depend on how many images were read):
 
     Ω_ij = (1/N) Σ_k | ∂ (u_k · F̂(x_k; θ)) / ∂θ_ij |,
 
-whose expectation over u is √(2/π) · (1/N) Σ_k ‖∂F̂(x_k)/∂θ_ij‖₂, the size of the Jacobian column of
-θ_ij, the quantity MAS's Eq. 1 sums over the outputs (a random-projection estimate in place of the
-3d backward passes per sample that Eq. 1 would take). Its scale differs from the raw Ω's: λ is
-searched apart.
+whose expectation over u is √(2/π) · (1/N) Σ_k ‖∂F̂(x_k)/∂θ_ij‖₂ (E|u·g| = √(2/π)‖g‖ for a Gaussian
+u): the size of θ_ij's Jacobian column, i.e. MAS's Eq. 2 with the paper's per-output gradients
+g_ij (Eq. 1) before the squared-ℓ2 shortcut, by a random projection instead of the 3d backward
+passes per sample that the full Jacobian would take. Its scale differs from the raw Ω's: λ is
+searched apart. On several processes each rank draws its own directions, so Ω equals the
+one-process Ω in expectation over u, not up to float rounding as for the raw output.
 
 Estimators (same inputs, dict name → Ω shaped like the parameter):
 
@@ -54,11 +58,12 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from factmas.distributed import is_main, reduce_sums
+from factmas.distributed import is_main, rank, reduce_sums
 from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
@@ -187,15 +192,23 @@ def batch_approx_mas_importance(model: nn.Module, image_batches, fact_batches, m
     return mas_omega(model, image_batches, fact_batches, max_samples, batch_abs_grad_sums)
 
 
+def direction_generator(*key: int) -> torch.Generator:
+    """A torch CPU generator seeded from the integers ``key`` (numpy's SeedSequence: distinct keys
+    give independent streams)."""
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
 def normalized_mas_importance(model: nn.Module, image_batches, fact_batches, max_samples=None,
-                              generator: torch.Generator | None = None,
+                              key: tuple[int, ...] = (DIRECTION_SEED,),
                               estimator: Callable = abs_grad_sums) -> dict[str, torch.Tensor]:
     """Ω of the normalized output, (1/N) Σ_k |∂(u_k · F̂(x_k))/∂θ| (module docstring), exact per
-    sample for the drawn u_k. Same API as ``mas_importance``; ``generator`` draws u (None: seeded
-    with ``DIRECTION_SEED``); ``estimator`` as in ``mas_omega`` (a reference for tests)."""
-    gen = generator if generator is not None else torch.Generator().manual_seed(DIRECTION_SEED)
+    sample for the drawn u_k. Same API as ``mas_importance``; the images' u come from
+    ``direction_generator(*key, 0)``, the facts' from ``direction_generator(*key, 1)``, batch after
+    batch; ``estimator`` as in ``mas_omega`` (a reference for tests)."""
     d = model.fact_branch.embed_dim
-    return mas_omega(model, with_directions(image_batches, d, gen), with_directions(fact_batches, d, gen),
+    return mas_omega(model, with_directions(image_batches, d, direction_generator(*key, 0)),
+                     with_directions(fact_batches, d, direction_generator(*key, 1)),
                      max_samples, estimator, (projected_image_loss, projected_fact_loss))
 
 
@@ -260,11 +273,12 @@ class MAS(QuadraticAnchor):
         return chain.from_iterable(ctx.image_batches(which) for which in self.image_splits)
 
     def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """Ω of task ``ctx.task`` by the class's ``importance`` function (MAS: exact, module
-        docstring) from the task's images (``options.data``) and facts."""
+        """Ω of task ``ctx.task`` from the task's images (``options.data``) and facts: by the class's
+        ``importance`` function (MAS: exact, module docstring), or with ``options.output ==
+        "normalized"`` by ``normalized_mas_importance`` (directions keyed by task and rank)."""
         if self.options.output == "normalized":
-            gen = torch.Generator().manual_seed(DIRECTION_SEED + ctx.task)
             return normalized_mas_importance(model, self._images(ctx), ctx.fact_batches(),
-                                             self.options.max_samples, gen)
+                                             self.options.max_samples,
+                                             key=(DIRECTION_SEED, ctx.task, rank()))
         return type(self).importance(model, self._images(ctx), ctx.fact_batches(),
                                      max_samples=self.options.max_samples)

@@ -204,6 +204,9 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(mo
         {**j, "criterion": scores.get((j["label"], j["reg_lambda"]), 0.0)} for j in jobs])
     searched, chosen = paper.bracketed_search(s, jobs)
     shared = [r for r in searched if r["label"] == "mas_normalized" and r["reg_lambda"] == 0.0]
+    # a grid without λ = 0 gets no shared run (and so cannot choose 0 by it)
+    from factmas.experiments.paper_table import share_zero
+    assert share_zero(searched[:2], {"mas_normalized": (3.0,)}) == searched[:2]
     assert len(shared) == 1 and shared[0]["shared_from"] == "mas" and shared[0]["criterion"] == 0.30
     assert chosen["mas_normalized"] == 0.0 and s.grids["mas_normalized"][0] == 0.0
     s.seeds, s.semantic_seeds, s.disjoint_seeds = [0, 1], [0], [0]
@@ -211,6 +214,6 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(mo
     assert {(j["split"], j["seed"]) for j in jobs if j["label"] != "mas"} == {("random4_seed0", 0)}
     assert len([j for j in jobs if j["label"] == "mas"]) == 4        # the method itself: every run
     finals = {j["label"]: j for j in jobs if j["split"] == "random4_seed0"}
-    assert finals["mas_sgd"]["train"] == {"optimizer": "sgd", "lr": SGD_LR}
+    assert finals["mas_sgd"]["train"] == {"optimizer": "sgd", "lr": SGD_LR, "momentum": 0.9}
     assert finals["mas_sgd"]["reg_lambda"] == 1.0 and finals["finetune_sgd"]["reg_lambda"] == 0.0
     assert finals["mas_normalized"]["reg_lambda"] == 0.3

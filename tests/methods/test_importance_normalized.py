@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from factmas.methods.lmas import LocalMAS
-from factmas.methods.mas import (DIRECTION_SEED, MAS, MASOptions, loop_mas_importance,
-                                 normalized_mas_importance)
+from factmas.methods.mas import (DIRECTION_SEED, MAS, MASOptions, direction_generator,
+                                 loop_mas_importance, normalized_mas_importance)
 from factmas.methods.quadratic import eval_mode
 from factmas.persample.reference import loop_abs_grad_sums
 from factmas.space import normalize_slots
@@ -18,15 +18,15 @@ from factmas.space import normalize_slots
 from test_importance import batches, random_facts, rel_err   # pytest puts tests/methods on the path
 
 
-def naive_normalized_omega(model, images, facts, sizes_i, sizes_f, seed):
+def naive_normalized_omega(model, images, facts, sizes_i, sizes_f, key):
     """(1/N) Σ_k |∂(u_k · F̂(x_k))/∂θ| by autograd, one sample at a time, drawing u_k batch by
-    batch from the same seeded generator as the estimator (images first, then facts)."""
+    batch from each branch's generator (``direction_generator(*key, 0 | 1)``) as the estimator."""
     params = dict(model.named_parameters())
     omega = {n: torch.zeros_like(p) for n, p in params.items()}
-    gen = torch.Generator().manual_seed(seed)
     d = model.fact_branch.embed_dim
     with eval_mode(model):
-        for branch, sizes in (("image", sizes_i), ("fact", sizes_f)):
+        for b_index, (branch, sizes) in enumerate((("image", sizes_i), ("fact", sizes_f))):
+            gen = direction_generator(*key, b_index)
             start, total = 0, sum(sizes)
             for b in sizes:
                 u = torch.randn(b, 3, d, generator=gen)
@@ -54,13 +54,11 @@ def data():
 def test_normalized_omega_is_exact_per_sample(data, tiny_model):
     images, facts = data
     model = tiny_model()
-    seed = 11
-    omega = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]),
-                                      generator=torch.Generator().manual_seed(seed))
-    naive = naive_normalized_omega(model, images, facts, [4, 2], [3, 4], seed)
+    key = (11, 2)
+    omega = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]), key=key)
+    naive = naive_normalized_omega(model, images, facts, [4, 2], [3, 4], key)
     assert rel_err(omega, naive) < 1e-6
-    loop = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]),
-                                     generator=torch.Generator().manual_seed(seed),
+    loop = normalized_mas_importance(model, batches(images, [4, 2]), batches(facts, [3, 4]), key=key,
                                      estimator=loop_abs_grad_sums)
     assert rel_err(omega, loop) < 1e-6
     for name, t in omega.items():
@@ -80,7 +78,7 @@ def test_normalized_omega_expectation_is_the_jacobian_column_norm(tiny_model):
     image = torch.randn(1, 3, 16, 16, dtype=torch.float64, generator=g)
     reps = 3000
     omega = normalized_mas_importance(model, [image.expand(reps, -1, -1, -1).contiguous()], None,
-                                      generator=torch.Generator().manual_seed(8))
+                                      key=(8,))
     params = {n: p for n, p in model.named_parameters() if n.startswith("image_branch.")}
     with eval_mode(model):
         out = normalize_slots(model.image_branch(image)).flatten()
@@ -108,10 +106,16 @@ def test_normalized_omega_output_option_is_checked():
         LocalMAS(1.0, output="normalized")
 
 
-def test_default_direction_seed_is_reproducible(data, tiny_model):
+def test_directions_are_keyed_and_the_facts_do_not_depend_on_the_images(data, tiny_model):
     images, facts = data
     model = tiny_model()
     a = normalized_mas_importance(model, [images], [facts])
-    b = normalized_mas_importance(model, [images], [facts],
-                                  generator=torch.Generator().manual_seed(DIRECTION_SEED))
+    b = normalized_mas_importance(model, [images], [facts], key=(DIRECTION_SEED,))
     assert rel_err(a, b) == 0.0
+    c = normalized_mas_importance(model, [images], [facts], key=(DIRECTION_SEED, 1))
+    assert rel_err(a, c) > 1e-3                                   # another task: other directions
+    facts_only = normalized_mas_importance(model, None, [facts], max_samples=3, key=(5,))
+    capped = normalized_mas_importance(model, batches(images, [4, 2]), [facts], max_samples=3, key=(5,))
+    fact_params = [n for n in facts_only if n.startswith("fact_branch.")]
+    assert rel_err({n: capped[n] for n in fact_params}, {n: facts_only[n] for n in fact_params}) == 0.0
+    assert all(float(capped[n].abs().sum()) > 0 for n in capped if n.startswith("image_branch."))
