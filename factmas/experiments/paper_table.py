@@ -73,7 +73,7 @@ class Variant:
 
 
 # The SGD ablation's learning rate (momentum 0.9, as the official MAS and LFL code), chosen on val with
-# finetune over random4_seed0's 4 tasks (docs/results/defaults/sgd_val.md); λ is Adam-MAS's.
+# finetune over random4_seed0's 4 tasks (docs/results/defaults/ablations_val.md); λ is Adam-MAS's.
 SGD_LR = 0.03
 VARIANTS = (
     Variant("finetune", "finetune", "Finetune"),
@@ -106,8 +106,9 @@ VARIANT = {v.label: v for v in VARIANTS}
 GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
          "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0),
          "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
-# The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.96×,
-# fact branch 3.96× on the default MAS checkpoint after task 1), so its grid sits 3× higher.
+# The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.97×,
+# fact branch 3.95× on the default MAS checkpoint after task 1: bench/omega_scale.py,
+# docs/results/defaults/ablations_val.md), so its grid sits 3× higher.
 # At λ = 0 every regularized method trains the same model as MAS at λ = 0 (the penalty and its
 # gradient are exactly zero, the batches and seeds the same): when MAS is searched too, the others
 # reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.

@@ -63,3 +63,26 @@ def test_cpu_memory_runs_one_quick_case_and_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, str(BENCH / "cpu_memory.py"), "--cases", "cache:x"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "WHAT:PX:FROZEN:BATCH" in bad.stderr
+
+
+def test_omega_scale_runs_on_a_trained_run_and_refuses_a_missing_one(tmp_path):
+    """bench/omega_scale.py (not in run_all) on a one-task small_cnn run of synthetic data."""
+    from factmas.config import RunConfig
+    from factmas.data.synthetic import make_synthetic_dataset
+    from factmas.train import train
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=2)
+    cfg = RunConfig.from_dict({
+        "data": str(data), "out": str(tmp_path / "run"),
+        "model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16,
+                  "fact_hidden": 32, "norm_groups": 4},
+        "train": {"split": "random2_seed0", "method": "mas", "epochs": 1, "batch_size": 32},
+        "eval": {"enabled": False}})
+    train(cfg, progress=False, limit_tasks=1)
+    done = subprocess.run([sys.executable, str(BENCH / "omega_scale.py"), str(tmp_path / "run"),
+                           "--images", "20", "--facts", "10"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    ratios = [float(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines() if "raw ÷ normalized" in line]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    bad = subprocess.run([sys.executable, str(BENCH / "omega_scale.py"), str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "omega_scale:" in bad.stderr
