@@ -74,7 +74,7 @@ class Variant:
 
 # The SGD ablation's learning rate (momentum 0.9, as the official MAS and LFL code), chosen on val with
 # finetune over random4_seed0's 4 tasks (docs/results/defaults/ablations_val.md); λ is Adam-MAS's.
-SGD_LR = 0.03
+SGD_LR = 0.001
 VARIANTS = (
     Variant("finetune", "finetune", "Finetune"),
     Variant("lwf", "lwf", "LwF", lambda_from="lwf"),
