@@ -106,6 +106,8 @@ VARIANT = {v.label: v for v in VARIANTS}
 GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
          "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0),
          "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
+# The MAS grid at the current default (docs/results/defaults/lambda_val.md, 4 tasks, val): 0 → 24.85,
+# 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 # The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.97×,
 # fact branch 3.95× on the default MAS checkpoint after task 1: bench/omega_scale.py,
 # docs/results/defaults/ablations_val.md), so its grid sits 3× higher.
@@ -113,8 +115,6 @@ GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 
 # gradient are exactly zero, the batches and seeds the same): when MAS is searched too, the others
 # reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.
 SAME_AT_ZERO = {"mas_normalized": "mas", "l-mas": "mas", "ewc": "mas", "si": "mas", "lwf": "mas"}
-# The MAS grid at the current default (docs/results/defaults/lambda_val.md, 4 tasks, val): 0 → 24.85,
-# 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 MAX_EXTENSIONS = 3
 TIE = 1e-4                  # criterion values closer than this (a fraction) tie: the smaller λ wins
 QUICK_GRIDS = {"mas": (0.0, 10.0)}
