@@ -6,6 +6,7 @@ Usage::
     python eval/paper_table.py --data FILE.h5 [--out DIR] [--quick] [--seeds 0,1,2]
         [--semantic-seeds 0] [--disjoint-seeds 0] [--methods finetune,mas,...] [--epochs E]
         [--search-epochs E] [--jobs N] [--config RUNCONFIG.json] [--grid mas=0.1,1,10 ...]
+        [--one-run ewc,si,...]
 
 ``--quick``: a smoke check in a few minutes: 1 epoch (search too), seed 0 only (random and
 semantic), methods finetune, mas, joint, MAS's grid {1, 10}, and on data with more than 2,000 images
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds on the image-disjoint split disjoint4_seed{s} (default: the first of "
                         "--seeds when the file has it; '' for none)")
     p.add_argument("--methods", help=f"comma-separated subset of {[v.label for v in VARIANTS]}")
+    p.add_argument("--one-run", type=lambda t: [x for x in t.split(",") if x],
+                   default=[], metavar="METHODS",
+                   help="comma-separated methods of --methods that run on the first random split and "
+                        "seed only, like the ablation rows (their λ search is unchanged)")
     p.add_argument("--epochs", type=int, help=f"epochs per task (default {DEFAULT_EPOCHS})")
     p.add_argument("--search-epochs", type=int,
                    help="epochs per task in the λ search (default: --epochs)")
@@ -98,6 +103,9 @@ def settings_from_args(args: argparse.Namespace, num_images: int,
     bad = [v for v in variants if v not in VARIANT]
     if bad:
         raise ValueError(f"--methods: unknown {bad}; valid: {[v.label for v in VARIANTS]}")
+    stray = [v for v in args.one_run if v not in variants]
+    if stray:
+        raise ValueError(f"--one-run: {stray} not among --methods {variants}")
     seeds = args.seeds if args.seeds is not None else ([0] if q else [0, 1, 2])
     if not seeds:
         raise ValueError("--seeds: at least one seed")
@@ -120,7 +128,7 @@ def settings_from_args(args: argparse.Namespace, num_images: int,
                  random_prefix=args.random_prefix, semantic_split=args.semantic_split,
                  disjoint_seeds=_disjoint_seeds(args, seeds, splits),
                  disjoint_prefix=args.disjoint_prefix,
-                 image_fraction=fraction, base=base)
+                 image_fraction=fraction, base=base, one_run=list(args.one_run))
     missing = [m for m in s.searches() if m not in grids]
     if missing:
         raise ValueError(f"no λ grid for {missing}; give --grid {missing[0]}=...")

@@ -84,7 +84,7 @@ def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
                 _add(row, cols)
         # the reference rows, from the first method's runs of the family (one per split and seed;
         # an ablation row only when no other method ran there)
-        order = sorted(settings.variants, key=lambda v: VARIANT[v].ablation)
+        order = sorted(settings.variants, key=settings.first_run_only)
         first = next((lab for lab in order if any(
             r["label"] == lab and family(r["split"], settings) == fam for r in finals)), None)
         for name, title in BASELINES:
@@ -246,6 +246,10 @@ def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, floa
           f"{meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",
           "fact→image mAP (%) on the test images after the last task: per task T1..Tk and over all "
           "facts, mean ± std over seeds; forgetting and BWT from the accuracy matrix R.", ""]
+    single = [VARIANT[v].title for v in settings.variants if settings.first_run_only(v)]
+    if single:
+        md += [f"Run on the first random split and seed only ({settings.random_prefix}_seed"
+               f"{settings.seeds[0]}, seed {settings.seeds[0]}; no std): {'; '.join(single)}.", ""]
     dseeds = ", ".join(map(str, settings.disjoint_seeds))
     for fam, name in (("random", f"Random split ({settings.random_prefix}_seed{{{seeds}}})"),
                       ("semantic", f"Semantic split ({settings.semantic_split})"),

@@ -144,6 +144,12 @@ class Settings:
     jobs: int = 2
     image_fraction: float = 1.0             # --quick on real data: a random part of the images
     base: dict = field(default_factory=dict)   # RunConfig dict (model, loss, train defaults)
+    one_run: list[str] = field(default_factory=list)   # variants run on the first random run only
+
+    def first_run_only(self, label: str) -> bool:
+        """Whether variant ``label`` runs on the first random split and seed only: an ablation
+        row, or a method named in ``one_run`` (``--one-run``: a row too costly for every seed)."""
+        return VARIANT[label].ablation or label in self.one_run
 
     def searches(self) -> list[str]:
         """Search labels needed by the variants (their ``lambda_from``), in grid order."""
@@ -198,8 +204,8 @@ def share_zero(results: list[dict], grids: dict[str, tuple[float, ...]]) -> list
 
 def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
     """Every variant on each random split / seed, on the semantic split per semantic seed and on
-    the image-disjoint split per disjoint seed (an ablation variant on the first random split and
-    seed only), seed-major: the first seed of every split family
+    the image-disjoint split per disjoint seed (an ablation variant, or one in ``settings.one_run``,
+    on the first random split and seed only), seed-major: the first seed of every split family
     comes before the second seed of any, so that an experiment stopped early (the runs are resumed
     on the next call) already has one run of each family."""
     families = [[(f"{settings.random_prefix}_seed{s}", s) for s in settings.seeds],
@@ -212,8 +218,8 @@ def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
     for split, seed in plan:
         for label in settings.variants:
             v = VARIANT[label]
-            if v.ablation and (split, seed) != first:
-                continue                          # an ablation row: the first random run only
+            if settings.first_run_only(label) and (split, seed) != first:
+                continue                          # the first random run only
             lam = lambdas[v.lambda_from] if v.lambda_from else 0.0
             out.append(job(settings, "final", label, v.method, split, seed, lam, v.omega_data,
                            v.train))

@@ -217,3 +217,22 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(mo
     assert finals["mas_sgd"]["train"] == {"optimizer": "sgd", "lr": SGD_LR, "momentum": 0.9}
     assert finals["mas_sgd"]["reg_lambda"] == 1.0 and finals["finetune_sgd"]["reg_lambda"] == 0.0
     assert finals["mas_normalized"]["reg_lambda"] == 0.3
+
+
+def test_one_run_methods_run_on_the_first_random_run_only_and_must_be_among_the_methods():
+    import pytest
+    from factmas.cli.paper import build_parser, settings_from_args
+    from factmas.experiments.paper_table import final_jobs
+    args = build_parser().parse_args(["--data", "x.h5", "--methods", "finetune,ewc,si", "--one-run",
+                                      "ewc,si", "--seeds", "0,1", "--semantic-seeds", "3",
+                                      "--disjoint-seeds", "0"])
+    s = settings_from_args(args, 100, ["random4_seed0", "random4_seed1", "semantic4", "disjoint4_seed0"])
+    assert s.one_run == ["ewc", "si"] and not s.first_run_only("finetune")
+    jobs = final_jobs(s, {"ewc": 1e3, "si": 1.0})
+    runs = {lab: [(j["split"], j["seed"]) for j in jobs if j["label"] == lab] for lab in s.variants}
+    assert runs["ewc"] == runs["si"] == [("random4_seed0", 0)]
+    assert runs["finetune"] == [("random4_seed0", 0), ("semantic4", 3), ("disjoint4_seed0", 0),
+                                ("random4_seed1", 1)]
+    bad = build_parser().parse_args(["--data", "x.h5", "--methods", "finetune", "--one-run", "ewc"])
+    with pytest.raises(ValueError, match="--one-run.*'ewc'"):
+        settings_from_args(bad, 100, [])
