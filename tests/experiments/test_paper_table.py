@@ -118,6 +118,13 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     assert len(stamps) == len(searched) + 9
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
+    # --one-run: the same finished runs, MAS's row only on the first random split, and said so
+    assert md.count("| MAS |") == 9
+    assert main([*argv, "--one-run", "mas"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
+    md = (out / "paper_table.md").read_text()
+    assert md.count("| MAS |") == 3
+    assert "Run on the first random split and seed only (random4_seed0, seed 0; no std): MAS." in md
     # other settings (here the learning rate) are not mistaken for a finished run: trained again
     cfg.write_text(json.dumps({**TINY, "train": {**TINY["train"], "lr": 0.01}}))
     assert main([*argv[:argv.index("--methods")], "--methods", "finetune", "-q"]) == 0
@@ -132,6 +139,7 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     (["--seeds", "0,7"], "random4_seed7"),
     (["--grid", "mas=abc"], "--grid"),
     (["--disjoint-seeds", "5"], "disjoint4_seed5"),
+    (["--methods", "finetune", "--one-run", "mas"], "--one-run"),
 ])
 def test_usage_errors(tmp_path, capsys, extra, message):
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=16, num_tasks=4)
