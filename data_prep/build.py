@@ -44,7 +44,7 @@ class BuildError(ValueError):
 class BuildOptions:
     """Settings shared by the builders (the command-line options of the same names)."""
     image_size: int = 224                # the default backbone's input (EfficientNet-Lite0 at 224×224)
-    min_images: int = 20
+    min_images: int = 14                 # data_prep.flickr8k's default (training images; from_csv: 1)
     max_image_frac: float = 0.3
     num_tasks: int = 4
     split_seeds: Sequence[int] = (0, 1, 2)
@@ -64,9 +64,10 @@ def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac:
                    help=f"side of the stored square images ({BuildOptions.image_size}: the input of the "
                         "default backbone, efficientnet_lite0; 64 suits small_cnn)")
     p.add_argument("--min-images", type=int, default=min_images,
-                   help=f"keep a fact seen in at least this many distinct images ({min_images})")
+                   help=f"keep a fact seen in at least this many distinct images, counted on the "
+                        f"images of --threshold-images ({min_images})")
     p.add_argument("--max-image-frac", type=float, default=max_image_frac,
-                   help=f"drop a fact seen in more than this fraction of the images ({max_image_frac})")
+                   help=f"drop a fact seen in more than this fraction of those images ({max_image_frac})")
     p.add_argument("--num-tasks", type=int, default=4, help="tasks per split (4)")
     p.add_argument("--split-seeds", default="0,1,2",
                    help="seeds of the random{k}_seed{s} splits, comma-separated ('0,1,2'; '' for none)")

@@ -13,14 +13,16 @@ named in ``--one-run``. Each runs on ``random4_seed{s}`` with seed s, on ``seman
 seed; every setting not given is the trainer's default (``--config`` replaces them).
 
 λ is chosen on the val images, never the test set, by ½ (fact→image + image→fact mAP) over all facts
-after the last task; every grid includes λ = 0 and is extended until its best value is interior.
+after the last task; every default grid includes λ = 0, and a grid whose best value is at its edge is
+extended (at most 3 rounds) until that value is interior.
 What runs and how λ is chosen: ``factmas.experiments.paper_table``; the outputs (paper_table.md,
 .csv, .png, results.json, one run directory per run): ``factmas.experiments.paper_report``; the
 options: ``factmas.cli.paper``. A run with a timing.json is complete and is not repeated, so
 re-running the command continues a killed experiment.
 
 Cost, measured: on the pretrained default (data/flickr8k.h5, 224 px) one run takes 4–15 CPU-minutes
-of its single thread (finetune about 9, MAS about 13, joint about 8 on random4_seed{s}); the table in
+of its single thread (finetune about 9, MAS about 13, joint about 8 on random4_seed{s}; up to 19 for
+MAS on the semantic split and the ablations); the table in
 docs/results/paper_table/ took about 6 CPU-hours (see its README for the command).
 """
 import sys

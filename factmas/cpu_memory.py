@@ -8,7 +8,8 @@ the kernel: building the 224-px feature cache of EfficientNet-Lite0 spent 572 s 
 freed blocks stay in the process and are reused: 2.2–2.8× the images/s of that build
 (``bench/cpu_memory.py``). The price is a resident size that stays at its peak instead of shrinking.
 
-Imports: the standard library only. Called by the ``factmas`` command before any work.
+Imports: the standard library only. Called by the ``factmas`` command before any work, and by each
+worker process of the paper table (``factmas.experiments.paper_table.init_worker``).
 """
 from __future__ import annotations
 

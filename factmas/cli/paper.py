@@ -9,7 +9,7 @@ Usage::
         [--one-run ewc,si,...]
 
 ``--quick``: a smoke check in a few minutes: 1 epoch (search too), seed 0 only (random and
-semantic), methods finetune, mas, joint, MAS's grid {1, 10}, and on data with more than 2,000 images
+semantic), methods finetune, mas, joint, MAS's grid {0, 10}, and on data with more than 2,000 images
 a random 10% of the images (``--image-fraction``). The image-disjoint split ``disjoint4_seed{s}`` runs
 for each ``--disjoint-seeds`` seed (default: the first of --seeds when the file has that split —
 files built before it have none, and the table is then made without it, saying so). Exit status: 0 done, 1 a run failed, 2 usage error.
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds on the image-disjoint split disjoint4_seed{s} (default: the first of "
                         "--seeds when the file has it; '' for none)")
     p.add_argument("--methods", help=f"comma-separated subset of {[v.label for v in VARIANTS]}")
-    p.add_argument("--one-run", type=lambda t: [x for x in t.split(",") if x],
+    p.add_argument("--one-run", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
                    default=[], metavar="METHODS",
                    help="comma-separated methods of --methods that run on the first random split and "
                         "seed only, like the ablation rows (their λ search is unchanged)")

@@ -83,7 +83,7 @@ def aggregate(finals: list[dict], settings: Settings) -> list[dict]:
                 cols.update(side_columns(r.get("metrics") or {}))
                 _add(row, cols)
         # the reference rows, from the first method's runs of the family (one per split and seed;
-        # an ablation row only when no other method ran there)
+        # a first-run-only row (ablation, --one-run) only when no other method ran there)
         order = sorted(settings.variants, key=settings.first_run_only)
         first = next((lab for lab in order if any(
             r["label"] == lab and family(r["split"], settings) == fam for r in finals)), None)

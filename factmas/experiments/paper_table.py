@@ -22,8 +22,8 @@ trained with SGD):
 2. **Final runs** with the chosen λ, evaluated on the test images: every variant on
    ``random4_seed{s}`` with seed s for each seed, on ``semantic4`` for each semantic seed, and on the
    image-disjoint ``disjoint4_seed{s}`` (every training image in one task only; ``data_prep.splits``)
-   for each disjoint seed, seed-major (``final_jobs``); an ablation row (``Variant.ablation``) on the
-   first random split and seed only.
+   for each disjoint seed, seed-major (``final_jobs``); an ablation row (``Variant.ablation``), and a
+   method named in ``Settings.one_run`` (``--one-run``), on the first random split and seed only.
 
 Each final run's summary (``run_summary``) carries both retrieval directions (``DIRECTIONS``:
 fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT), Lifelong Fact Learning's
@@ -95,11 +95,11 @@ VARIANTS = (
     Variant("joint", "joint", "Joint (upper bound)"),
 )
 VARIANT = {v.label: v for v in VARIANTS}
-# λ grids, a decade apart from λ = 0 up. They were first centred on the from-scratch small CNN
-# (Flickr8k random4_seed0), where the regularizer's term after the first epoch of task 2 is about 0.3
-# (≈ 7% of the task loss) in the middle of each grid (measured at λ = 1: MAS 0.028, ℓ-MAS 0.81, EWC
-# 1.7e-5, SI 0.0034, LwF 0.0098); ``extend_grids`` moves a grid whose best value is at its edge, so
-# the starting values only decide how many rounds a search takes.
+# λ grids, λ = 0 and values a decade apart. Their positive values were placed on the from-scratch
+# small CNN (Flickr8k random4_seed0) from the regularizer's term after the first epoch of task 2 at
+# λ = 1 (MAS 0.028, ℓ-MAS 0.81, EWC 1.7e-5, SI 0.0034, LwF 0.0098; about 0.3, ≈ 7% of the task loss,
+# is reached inside every grid, at its top value for SI and LwF). ``extend_grids`` extends a grid
+# whose best value is at its edge (at most ``MAX_EXTENSIONS`` rounds).
 GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
          "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0),
          "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
@@ -224,11 +224,10 @@ def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
 
 
 def check_splits(settings: Settings, splits: list[str]) -> None:
-    """Raise ValueError naming the file and the missing splits the plan needs."""
-    need = {f"{settings.random_prefix}_seed{s}" for s in settings.seeds}
-    if settings.semantic_seeds:
-        need.add(settings.semantic_split)
-    need |= {f"{settings.disjoint_prefix}_seed{s}" for s in settings.disjoint_seeds}
+    """Raise ValueError naming the file and the missing splits the plan needs (the λ search's
+    first random split and every final run's split)."""
+    need = {f"{settings.random_prefix}_seed{settings.seeds[0]}"}
+    need |= {j["split"] for j in final_jobs(settings, {m: 0.0 for m in GRIDS})}
     missing = sorted(need - set(splits))
     if missing:
         raise ValueError(f"{settings.data}: no split(s) {missing}; the file has {sorted(splits)}")

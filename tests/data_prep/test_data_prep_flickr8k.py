@@ -118,3 +118,13 @@ def test_kaggle_layout_images_capitalized(folder, monkeypatch):
     monkeypatch.setenv(flickr8k.ENV, str(folder))
     assert _run(folder, folder / "k.h5", paths=False) == 0
     assert flickr8k.image_folder(folder) == folder / "Images"
+
+
+def test_flickr8k_default_counts_14_training_images(capsys):
+    """The default bar restates the earlier files' 20 images among all on the 0.7 that train."""
+    import data_prep.flickr8k as f8k
+    with pytest.raises(SystemExit):
+        f8k.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "counted on the images of --threshold-images (14)" in text
+    assert "--threshold-images {train,all}" in text and "fraction of those images (0.3)" in text
