@@ -30,11 +30,9 @@ if [ -f "$h5" ]; then
   echo "[main] dataset $h5 exists: reusing it (delete it to rebuild)"
 else
   echo "[main] building $h5 from $src"
-  # --threshold-images all --min-images 20: the fact set of the README's tables (350 facts, thresholds
-  # counted on all images, test included). The default, 14 training images, gives 361 facts chosen
-  # without test images; switch when the README's tables are rerun on it (issue 17).
-  "$py" -m data_prep.flickr8k --images "$images" --captions "$src/captions.txt" --out "$h5" \
-    --threshold-images all --min-images 20
+  # The default fact set: facts on at least 14 training images (thresholds counted without val and
+  # test images), 361 facts; the README's tables use it.
+  "$py" -m data_prep.flickr8k --images "$images" --captions "$src/captions.txt" --out "$h5"
 fi
 "$py" -m data_prep.inspect "$h5"
 t2=$(date +%s)
