@@ -23,7 +23,7 @@ re-running the command continues a killed experiment.
 Cost, measured: on the pretrained default (data/flickr8k.h5, 224 px) one run takes 4–19 CPU-minutes
 of its single thread (finetune about 9, MAS about 13, joint about 8 on random4_seed{s}; the most, 19,
 for MAS on the semantic split and the ablations); the table in
-docs/results/paper_table/ took about 6 CPU-hours (see its README for the command).
+docs/results/paper_table/ took 6.5 CPU-hours (see its README for the command).
 """
 import sys
 
