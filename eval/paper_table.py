@@ -20,9 +20,9 @@ What runs and how λ is chosen: ``factmas.experiments.paper_table``; the outputs
 options: ``factmas.cli.paper``. A run with a timing.json is complete and is not repeated, so
 re-running the command continues a killed experiment.
 
-Cost, measured: on the pretrained default (data/flickr8k.h5, 224 px) one run takes 4–19 CPU-minutes
-of its single thread (finetune about 9, MAS about 13, joint about 8 on random4_seed{s}; the most, 19,
-for MAS on the semantic split and the ablations); the table in
+Cost, measured: on the pretrained default (data/flickr8k.h5, 224 px) one run takes 4–13 CPU-minutes
+of its single thread (finetune about 9, MAS about 12, joint about 9 on random4_seed{s} and semantic4;
+4–6 on the image-disjoint split; its CPU seconds are in each run's timing.json); the table in
 docs/results/paper_table/ took 6.5 CPU-hours (see its README for the command).
 """
 import sys
