@@ -53,6 +53,9 @@ class LossConfig:
     fact_softmax_weight: float = 2.0     # L_all: each image against every fact of the task (2 beat 1
                                          # on val at 224 px, Lite0; 3 not run on Lite0)
     temperature: float = 0.1             # τ; 0.1 keeps val embeddings spread (cosine 0.35 vs 0.64 at 0.05)
+    sigmoid_weight: float = 0.0          # L_sig: balanced sigmoid loss of every (image, task fact)
+    sigmoid_margin: float = 1.0          # m of L_sig: true facts inside D < m, others outside
+    image_softmax_weight: float = 0.0    # L_img: each task fact against the batch's images
 
 
 @dataclass

@@ -39,6 +39,13 @@ as above (A'_ic = [c = c_i or fact c not true for image i], c_i the pair's own f
 — the softmax over the fact vocabulary of a classifier, with the fact branch's embeddings as class
 weights. Its cost is one fact-branch pass over the C candidates per step.
 
+Two optional terms on the same [B, C] distances (weights 0 by default; ``sigmoid_facts_loss`` and
+``all_images_loss`` give their formulas): L_sig, a balanced sigmoid loss asking every image to hold
+its true facts inside distance m and the other candidates outside (one threshold for all images,
+the comparison fact→image retrieval makes), and L_img, each candidate fact against the batch's images
+(the fact→image counterpart of L_all):
+    L = ... + sigmoid_weight · L_sig + image_softmax_weight · L_img
+
 At a collapsed embedding every ℓ_ij = 0, so L_con = mean log |{j: A_ij}| (log B without false
 negatives), above the value of any embedding that separates the pairs: collapse is not a minimum of L
 (it is a stationary point, all cosines at their maximum, that gradient descent leaves from any small
@@ -107,6 +114,61 @@ def all_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Te
     return (torch.logsumexp(logits, dim=1) - logits[rows, own]).mean()
 
 
+def sigmoid_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Tensor,
+                       margin: float, temperature: float) -> torch.Tensor:
+    """L_sig of the module docstring: balanced binary cross-entropy of every (image, candidate fact).
+
+    With z_ic = (m − D(x_i, c)) / τ and P_i the candidates true for image i (its own fact included),
+    N_i the others (sigmoid loss of SigLIP, Zhai et al., ICCV 2023, Eq. 1, here with a fixed margin m
+    in place of the learned bias and each row's positives and negatives averaged separately):
+        L_sig = (1 / B) Σ_i [ mean_{c ∈ P_i} log(1 + e^{−z_ic}) + mean_{c ∈ N_i} log(1 + e^{z_ic}) ]
+    Unlike the softmaxes, it asks every image to place its true facts inside distance m and the
+    others outside, one threshold for all images: the comparison fact→image retrieval makes.
+
+    Args:
+        distance: float [B, C], D(x_i, candidate c) ∈ [0, 4].  own: int [B], pair i's own fact column.
+        positive: bool [B, C], candidate c is true for image i.  margin: m.  temperature: τ > 0.
+    Returns:
+        float scalar (a row without negatives adds only its positive term).
+    """
+    rows = torch.arange(distance.shape[0], device=distance.device)
+    pos = positive.clone()
+    pos[rows, own] = True
+    z = (margin - distance) / temperature
+    p = pos.to(z.dtype)
+    n = 1.0 - p
+    lp = (torch.nn.functional.softplus(-z) * p).sum(1) / p.sum(1).clamp_min(1.0)
+    ln = (torch.nn.functional.softplus(z) * n).sum(1) / n.sum(1).clamp_min(1.0)
+    return (lp + ln).mean()
+
+
+def all_images_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """L_img of the module docstring: each candidate fact against the batch's images.
+
+    With ℓ_ic = −D(x_i, c) / τ and P_c the batch images for which fact c is true (pair i's own fact
+    counts for image i), over the C' candidates with P_c non-empty (the multi-positive L_in of
+    Khosla et al., NeurIPS 2020, Eq. 3, up to its constant log |P_c|):
+        L_img = (1 / C') Σ_{c: P_c ≠ ∅} [ log Σ_i exp ℓ_ic − log Σ_{i ∈ P_c} exp ℓ_ic ]
+
+    Args: as ``sigmoid_facts_loss`` (no margin).  Returns: float scalar.
+    """
+    rows = torch.arange(distance.shape[0], device=distance.device)
+    pos = positive.clone()
+    pos[rows, own] = True
+    logits = -distance / temperature
+    has = pos.any(0)
+    lse_all = torch.logsumexp(logits, dim=0)
+    lse_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=0)
+    return (lse_all - lse_pos)[has].mean()
+
+
+def uses_candidates(cfg: LossConfig) -> bool:
+    """Whether a term of ``cfg`` scores images against all of the task's facts (L_all, L_sig, L_img):
+    the trainer then passes ``candidates`` to ``fact_loss``."""
+    return cfg.fact_softmax_weight > 0 or cfg.sigmoid_weight > 0 or cfg.image_softmax_weight > 0
+
+
 def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
               cfg: LossConfig, candidates: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The task loss L = w_reg · L_reg + w_con · L_con on a batch of aligned pairs.
@@ -141,14 +203,25 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
     con = contrastive_loss(dist, positive, cfg.temperature)
     loss = cfg.regression_weight * reg + cfg.contrastive_weight * con
     every = None
-    if candidates is not None and cfg.fact_softmax_weight > 0:
+    sig = img = None
+    if candidates is not None and uses_candidates(cfg):
         d_all = wildcard_distance(phi, candidates["psi"], candidates["order"])
-        every = all_facts_loss(d_all, candidates["own"], candidates["positive"], cfg.temperature)
-        loss = loss + cfg.fact_softmax_weight * every
+        own, cpos = candidates["own"], candidates["positive"]
+        if cfg.fact_softmax_weight > 0:
+            every = all_facts_loss(d_all, own, cpos, cfg.temperature)
+            loss = loss + cfg.fact_softmax_weight * every
+        if cfg.sigmoid_weight > 0:
+            sig = sigmoid_facts_loss(d_all, own, cpos, cfg.sigmoid_margin, cfg.temperature)
+            loss = loss + cfg.sigmoid_weight * sig
+        if cfg.image_softmax_weight > 0:
+            img = all_images_loss(d_all, own, cpos, cfg.temperature)
+            loss = loss + cfg.image_softmax_weight * img
     with torch.no_grad():
         neg = ~positive & ~torch.eye(b, dtype=torch.bool, device=dist.device)
         parts = {"loss": float(loss), "regression": float(reg), "contrastive": float(con),
                  "all_facts": float(every) if every is not None else float("nan"),
+                 **({"sigmoid": float(sig)} if sig is not None else {}),
+                 **({"all_images": float(img)} if img is not None else {}),
                  "pos_distance": float(dist.diagonal().mean()),
                  "neg_distance": float(dist[neg].mean()) if bool(neg.any()) else float("nan")}
     return loss, parts

@@ -188,6 +188,73 @@ def test_all_facts_term_matches_a_per_image_loop():
     assert float(off) == float(base)
 
 
+def _candidate_batch(seed: int):
+    from factmas.space import wildcard_distance
+    g = torch.Generator().manual_seed(seed)
+    B, C, d = 6, 10, 4
+    phi, psi_c = torch.randn(B, 3, d, generator=g, dtype=torch.float64), torch.randn(C, 3, d, generator=g, dtype=torch.float64)
+    order_c = torch.randint(1, 4, (C,), generator=g)
+    own = torch.randint(0, C, (B,), generator=g)
+    positive = torch.rand(B, C, generator=g) < 0.3
+    return phi, psi_c, order_c, own, positive, wildcard_distance(phi, psi_c, order_c)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigmoid_term_matches_a_per_entry_loop(seed):
+    """L_sig = mean_i [mean_{true c} log(1 + e^{−z}) + mean_{other c} log(1 + e^{z})], z = (m − D) / τ,
+    the pair's own fact counted true; fact_loss adds it with its weight."""
+    from factmas.loss import sigmoid_facts_loss
+    phi, psi_c, order_c, own, positive, dist = _candidate_batch(seed)
+    B, C = dist.shape
+    m, tau = 1.3, 0.25
+    want = 0.0
+    for i in range(B):
+        true = [c for c in range(C) if bool(positive[i, c]) or c == int(own[i])]
+        other = [c for c in range(C) if c not in true]
+        z = [(m - _naive_distance(phi[i], psi_c[c], int(order_c[c]))) / tau for c in range(C)]
+        want += sum(math.log1p(math.exp(-z[c])) for c in true) / len(true)
+        want += sum(math.log1p(math.exp(z[c])) for c in other) / len(other) if other else 0.0
+    got = sigmoid_facts_loss(dist, own, positive, m, tau)
+    assert abs(float(got) - want / B) < 1e-9
+    before = positive.clone()
+    sigmoid_facts_loss(dist, own, positive, m, tau)
+    assert torch.equal(before, positive)
+    psi, order = psi_c[own], order_c[own]
+    pos_bb = positive[:, own] | torch.eye(B, dtype=torch.bool)
+    cand = {"psi": psi_c, "order": order_c, "own": own, "positive": positive}
+    cfg = dict(temperature=tau, fact_softmax_weight=0.0)
+    base, _ = fact_loss(phi, psi, order, pos_bb, LossConfig(**cfg), cand)
+    with_sig, parts = fact_loss(phi, psi, order, pos_bb, LossConfig(**cfg, sigmoid_weight=0.7, sigmoid_margin=m), cand)
+    assert abs(float(with_sig) - float(base) - 0.7 * want / B) < 1e-9 and abs(parts["sigmoid"] - want / B) < 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_all_images_term_matches_a_per_fact_loop(seed):
+    """L_img = mean over facts true for some batch image of
+    [log Σ_i exp ℓ_ic − log Σ_{i: c true for i} exp ℓ_ic], ℓ = −D / τ; facts true for no image skipped."""
+    from factmas.loss import all_images_loss
+    phi, psi_c, order_c, own, positive, dist = _candidate_batch(seed)
+    B, C = dist.shape
+    tau = 0.3
+    total, n = 0.0, 0
+    for c in range(C):
+        true = [i for i in range(B) if bool(positive[i, c]) or c == int(own[i])]
+        if not true:
+            continue
+        e = [math.exp(-_naive_distance(phi[i], psi_c[c], int(order_c[c])) / tau) for i in range(B)]
+        total += math.log(sum(e)) - math.log(sum(e[i] for i in true))
+        n += 1
+    got = all_images_loss(dist, own, positive, tau)
+    assert abs(float(got) - total / n) < 1e-9
+    psi, order = psi_c[own], order_c[own]
+    pos_bb = positive[:, own] | torch.eye(B, dtype=torch.bool)
+    cand = {"psi": psi_c, "order": order_c, "own": own, "positive": positive}
+    base, _ = fact_loss(phi, psi, order, pos_bb, LossConfig(temperature=tau, fact_softmax_weight=0.0), cand)
+    with_img, parts = fact_loss(phi, psi, order, pos_bb,
+                                LossConfig(temperature=tau, fact_softmax_weight=0.0, image_softmax_weight=2.0), cand)
+    assert abs(float(with_img) - float(base) - 2.0 * total / n) < 1e-9 and abs(parts["all_images"] - total / n) < 1e-9
+
+
 def test_one_wildcard_distance_for_loss_and_search(rng):
     """space.distance_from_similarity is D of the loss (torch) and of the FAISS search (numpy)."""
     import numpy as np
@@ -205,3 +272,14 @@ def test_one_wildcard_distance_for_loss_and_search(rng):
     assert np.allclose(distance_from_similarity(sim, order.numpy()[None, :]), naive.numpy(), atol=1e-5)
     d, i = FactIndex(psi, order).search(phi, 6)
     assert np.allclose(d, np.take_along_axis(naive.numpy(), i, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("key,value", [("sigmoid_weight", -1.0), ("sigmoid_margin", 4.5),
+                                       ("image_softmax_weight", -0.1)])
+def test_bad_candidate_term_settings_are_config_errors(key, value):
+    from factmas.config import RunConfig
+    from factmas.config_check import ConfigError, validate_config
+    cfg = RunConfig()
+    setattr(cfg.loss, key, value)
+    with pytest.raises(ConfigError, match=f"loss.{key}"):
+        validate_config(cfg)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from factmas.distributed.world import active, shard_bounds, size
-from factmas.loss import fact_loss
+from factmas.loss import fact_loss, uses_candidates
 
 
 class RowShare:
@@ -90,7 +90,7 @@ class DistributedForward:
         B = len(batch["fact_idx"])
         lo, hi = shard_bounds(B)
         tokens, order = batch["tokens"][lo:hi], batch["order"][lo:hi]
-        cand = batch.get("candidates") if cfg.loss.fact_softmax_weight > 0 else None
+        cand = batch.get("candidates") if uses_candidates(cfg.loss) else None
         if cand is not None:
             C = len(cand["order"])
             clo, chi = shard_bounds(C)

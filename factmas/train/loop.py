@@ -37,7 +37,7 @@ from factmas.data.dataset import FactData
 from factmas.data.experience import Experience
 from factmas.distributed import is_main, shard, shard_bounds, size
 from factmas.distributed.step import DistributedForward, shard_batcher
-from factmas.loss import fact_loss
+from factmas.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from factmas.run.rundir import RunDir
@@ -67,7 +67,7 @@ def forward_loss(model: nn.Module, batch: dict, cfg: RunConfig) -> tuple[torch.T
     phi = model.image_branch(batch["images"])
     psi = model.fact_branch(batch["tokens"], batch["order"])
     cand = batch.get("candidates")
-    if cand is not None and cfg.loss.fact_softmax_weight > 0:
+    if cand is not None and uses_candidates(cfg.loss):
         cand = {**cand, "psi": model.fact_branch(cand["tokens"], cand["order"])}
     else:
         cand = None
@@ -274,7 +274,7 @@ class ContinualTrainer:
         pairs = stage.pairs["train"]
         name = self._name(stage)
         self.batcher.candidates = self.step_batcher.candidates = (
-            stage.facts if self.cfg.loss.fact_softmax_weight > 0 else None)
+            stage.facts if uses_candidates(self.cfg.loss) else None)
         if len(pairs) == 0:
             raise TrainingError(f"{name} of split {tc.split!r} has no training pairs")
         log.info("%s: %s training pairs, %s images, %s facts", name, f"{len(pairs):,}",
