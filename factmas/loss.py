@@ -114,6 +114,13 @@ def all_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Te
     return (torch.logsumexp(logits, dim=1) - logits[rows, own]).mean()
 
 
+def _with_own(positive: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """bool [B, C]: ``positive`` with each row's own fact (column ``own[i]``) set True (a copy)."""
+    pos = positive.clone()
+    pos[torch.arange(positive.shape[0], device=positive.device), own] = True
+    return pos
+
+
 def sigmoid_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.Tensor,
                        margin: float, temperature: float) -> torch.Tensor:
     """L_sig of the module docstring: balanced binary cross-entropy of every (image, candidate fact).
@@ -131,9 +138,7 @@ def sigmoid_facts_loss(distance: torch.Tensor, own: torch.Tensor, positive: torc
     Returns:
         float scalar (a row without negatives adds only its positive term).
     """
-    rows = torch.arange(distance.shape[0], device=distance.device)
-    pos = positive.clone()
-    pos[rows, own] = True
+    pos = _with_own(positive, own)
     z = (margin - distance) / temperature
     p = pos.to(z.dtype)
     n = 1.0 - p
@@ -153,9 +158,7 @@ def all_images_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.T
 
     Args: as ``sigmoid_facts_loss`` (no margin).  Returns: float scalar.
     """
-    rows = torch.arange(distance.shape[0], device=distance.device)
-    pos = positive.clone()
-    pos[rows, own] = True
+    pos = _with_own(positive, own)
     logits = -distance / temperature
     has = pos.any(0)
     lse_all = torch.logsumexp(logits, dim=0)
@@ -171,7 +174,8 @@ def uses_candidates(cfg: LossConfig) -> bool:
 
 def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
               cfg: LossConfig, candidates: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The task loss L = w_reg · L_reg + w_con · L_con on a batch of aligned pairs.
+    """The task loss L = w_reg · L_reg + w_con · L_con (+ the candidate terms L_all, L_sig, L_img
+    whose weights are > 0) on a batch of aligned pairs.
 
     Args:
         phi: float [B, 3, d] raw image embeddings (image of pair i in row i).
@@ -179,9 +183,10 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
         order: int [B] order (1..3) of each fact.
         positive: bool [B, B], positive[i, j] = fact j is true for image i (diagonal True).
         cfg: ``regression_weight``, ``contrastive_weight``, ``fact_softmax_weight``, ``temperature`` τ.
-        candidates: for L_all (used when ``cfg.fact_softmax_weight`` > 0): {"psi": float [C, 3, d]
-            raw embeddings of the task's facts, "order": int [C], "own": int [B] column of each
-            pair's fact, "positive": bool [B, C]}; None: L_all is left out.
+        candidates: for L_all, L_sig and L_img (used when ``uses_candidates(cfg)``):
+            {"psi": float [C, 3, d] raw embeddings of the task's facts, "order": int [C], "own":
+            int [B] column of each pair's fact, "positive": bool [B, C]}; None: those terms are
+            left out.
     Returns:
         (loss float scalar with gradient, parts) where parts holds floats ``loss``, ``regression``
         (L_reg), ``contrastive`` (L_con), ``pos_distance`` (mean D over the pairs) and
