@@ -130,7 +130,9 @@ def test_generalized_image_to_fact_matches_brute_force(setup):
                 continue
             row = int(np.searchsorted(ev.image_ids, i))
             rel = np.isin(np.arange(data.num_facts), rel_facts)
-            coarse = np.round(dist[row] / grid)
+            order = np.argsort(dist[row], kind="stable")        # tie groups: gaps below ``grid``
+            coarse = np.empty(len(order), np.int64)
+            coarse[order] = np.concatenate([[0], np.cumsum(np.diff(dist[row][order]) >= grid)])
             for bound, first in ((lo, ~rel), (hi, rel)):
                 ranked = np.lexsort((~first, coarse))          # near-ties: ``first`` facts first
                 r = rel[ranked]
