@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker.py"
 METHODS = ("mas", "ewc", "si")
 LAUNCH_TIMEOUT_S = 120
+ABORT = "terminate called without an active exception"      # see ``setup``
 CONFIG = {"model": {"backbone": "small_cnn", "pretrained": False, "width": 8, "embed_dim": 8,
                     "word_dim": 8, "fact_hidden": 16},
           "train": {"split": "random2_seed0", "epochs": 2, "batch_size": 16, "threads": 1,
@@ -68,6 +71,13 @@ def setup(tmp_path_factory):
     config = root / "config.json"
     config.write_text(json.dumps(CONFIG))
     p = run(torchrun(str(WORKER), str(data), str(config), str(root / "two"), ",".join(METHODS)))
+    if p.returncode != 0 and ABORT in p.stdout + p.stderr:
+        # Intermittent (about 1 launch in 40 seen, never reproduced on demand): a rank dies in C++
+        # std::terminate (SIGABRT) inside gloo/c10d, not in factmas code. Launched once more from
+        # scratch so that it does not fail CI; a launch that fails twice, or otherwise, still fails.
+        warnings.warn(f"2-process launch aborted ({ABORT!r}); launched again")
+        shutil.rmtree(root / "two", ignore_errors=True)
+        p = run(torchrun(str(WORKER), str(data), str(config), str(root / "two"), ",".join(METHODS)))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return root, data, config
 
