@@ -107,8 +107,14 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
     Returns:
         float16 [N, 2, C, h, w] (module docstring).
     Raises:
-        ValueError: no dataset path, or a cache file that cannot be read (named; delete it to rebuild).
+        ValueError: no dataset path, a dataset read without its pixels (``load_images=False``: the
+            key would not cover them), or a cache file that cannot be read (named; delete it to
+            rebuild).
     """
+    if len(data.images) != len(data.image_split):
+        raise ValueError(f"{data.path or 'dataset'}: the feature cache needs the dataset's pixels "
+                         f"({len(data.images)} of {len(data.image_split)} images loaded; read it "
+                         "with load_images=True)")
     path = path or cache_file(data, model)      # the caller may pass it (hashing pixels takes ~1 s)
     if path.exists():
         try:

@@ -91,6 +91,13 @@ def test_unreadable_cache_names_the_file(data, model):
         load_or_build(model, data, progress=False)
 
 
+def test_a_dataset_read_without_pixels_is_refused_and_writes_nothing(data, model):
+    bare = read_dataset(data.path, load_images=False)
+    with pytest.raises(ValueError, match="needs the dataset's pixels \\(0 of 40 images loaded"):
+        image_inputs(model, bare, progress=False)
+    assert not cache_file(data, model).parent.exists()
+
+
 def test_pixel_models_read_pixels(data):
     cnn = build_model(ModelConfig(backbone="small_cnn", width=8, embed_dim=8), 50)
     inputs = image_inputs(cnn, data)
