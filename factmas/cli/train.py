@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress and main_rank
     previous = _on_sigterm_raise()
     from factmas import distributed
+    finished = False                   # every rank that gets here waits for the others (stop)
     try:
         with logging_redirect_tqdm():
             _join_process_group(args)
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = train(cfg, command=command, overwrite=args.overwrite,
                               limit_tasks=args.limit_tasks, progress=progress)
                 run_dir = cfg.out
+        finished = True
     except (UsageError, RunDirError, ConfigError, DatasetError) as e:
         print(f"factmas train: error: {e}", file=sys.stderr)
         return 2
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     finally:
-        distributed.stop()
+        distributed.stop(clean=finished)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if not main_rank:

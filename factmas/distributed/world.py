@@ -92,10 +92,26 @@ def start_from_env(device: str = "auto") -> bool:
     return True
 
 
-def stop() -> None:
-    """Leave the process group (if any)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def stop(clean: bool = True) -> None:
+    """Leave the process group (if any).
+
+    ``clean``: this rank finished without an error, so every rank is expected here too: wait for
+    all of them (a barrier) before the group is destroyed, so that no rank tears down its gloo
+    connections while a peer still completes its last collective (an intermittent SIGABRT,
+    "terminate called without an active exception", seen in tests/distributed; the barrier before
+    destroy is what mosaicml/streaming#186 does). A barrier that fails (a peer has died) is logged
+    and the group is destroyed anyway. ``clean=False`` (an error on this rank): no barrier, which
+    could wait for ranks that never come (pytorch/torchtitan#1342).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean and size() > 1:
+        try:
+            dist.barrier()
+        except Exception as e:            # noqa: BLE001 - leaving anyway; the peer's error says why
+            log.warning("process group: barrier before leaving failed (%s: %s)", type(e).__name__,
+                        str(e)[:200])
+    dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -36,13 +36,15 @@ def main() -> None:
                 raise RuntimeError(f"injected failure on rank {args.fail_rank}")
             return importance(*a, **k)
         MAS.importance = staticmethod(fail_in_task_2)
+    finished = False
     try:
         for method in args.methods.split(","):
             cfg = RunConfig.from_json(args.config)
             cfg.data, cfg.out, cfg.train.method = args.data, str(Path(args.out_root) / method), method
             train(cfg, progress=False)
+        finished = True
     finally:
-        distributed.stop()
+        distributed.stop(clean=finished)
 
 
 if __name__ == "__main__":
