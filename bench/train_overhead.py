@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import common
+from factmas.cpu_memory import keep_freed_memory
 from factmas.config import ModelConfig, RunConfig
 from factmas.loss import fact_loss
 from factmas.methods import make_method
@@ -116,6 +117,9 @@ def main(argv=None) -> int:
         args.threads = 1
     torch.set_num_threads(args.threads)
     info = common.machine_info()
+    # as the factmas command does before any work (factmas/cpu_memory.py), so the figures are the
+    # ones training and Ω get; bench/cpu_memory.py measures the difference
+    info["keep_freed_memory"] = keep_freed_memory()
     data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
                                         synthetic_images=120)
     cfg = RunConfig()
