@@ -23,7 +23,7 @@ re-running the command continues a killed experiment.
 Cost, measured: on the pretrained default (data/flickr8k.h5, 224 px) one run takes 4–13 CPU-minutes
 of its single thread (finetune about 9, MAS about 12, joint about 9 on random4_seed{s} and semantic4;
 4–6 on the image-disjoint split; its CPU seconds are in each run's timing.json); the table in
-docs/results/paper_table/ took 8.9 CPU-hours (see its README for the command).
+docs/results/paper_table/ took 9.8 CPU-hours (see its README for the command).
 """
 import sys
 
