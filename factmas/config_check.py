@@ -104,7 +104,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "train.omega_output": _choice(lambda: ["raw", "normalized"]), "train.num_workers": _int_at_least(0),
     "train.aux_batch_size": POSITIVE, "train.threads": _int_at_least(1, optional=True),
     "train.ewc_gamma": _float(0, lo_open=True, hi=1), "train.si_xi": _float(0, lo_open=True),
-    "train.augment_shift": _int_at_least(0),
+    "train.augment_shift": _int_at_least(0), "train.swa_start_epoch": _int_at_least(1, optional=True),
     "eval.ap_k": POSITIVE, "eval.image_pool": _choice(lambda: ["all", "task"]),
     "eval.search_batch": POSITIVE, "eval.embed_batch": POSITIVE,
     "eval.image_split": _choice(lambda: ["test", "val"]),
@@ -124,6 +124,10 @@ def validate_config(cfg: RunConfig) -> None:
     for key, rule in RULES.items():
         section, name = key.split(".")
         rule(key, getattr(getattr(cfg, section), name))
+    swa = cfg.train.swa_start_epoch
+    if swa is not None and swa > cfg.train.epochs:
+        raise _fail("train.swa_start_epoch", swa, f"an epoch of the task, 1..train.epochs "
+                    f"({cfg.train.epochs})")
 
 
 def check_limit_tasks(limit: Any) -> None:

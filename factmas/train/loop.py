@@ -11,6 +11,8 @@ every task. For each stage s, as ``factmas.methods.base`` describes::
                                  + method.extra_loss(model, batch, out)
                           (non-finite loss → TrainingError naming task, epoch and step)
                           backward; method.before_step; optimizer step (train.optimizer: Adam or SGD); method.after_step
+                          [train.swa_start_epoch: the weights added to a running mean, factmas.train.average]
+    [train.swa_start_epoch: the model takes the mean of the averaged steps' weights (SWA)]
     method.on_task_end(model, ctx)                  # model in eval mode; e.g. MAS: Ω += ..., θ* = θ
     evaluation row (val loss, retrieval R row); metrics.jsonl line; checkpoint task{s}.pt + last.pt
 
@@ -42,6 +44,7 @@ from factmas.methods.base import Method, TaskContext
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
+from factmas.train.average import WeightAverage
 from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
 
@@ -284,8 +287,12 @@ class ContinualTrainer:
         self.model.train()
         self.method.on_task_start(self.model, ctx)
         optimizer = self._optimizer(state)
+        average = WeightAverage(self.model, tc.swa_start_epoch) if tc.swa_start_epoch else None
         for epoch in range(tc.epochs):
-            self._epoch(stage, epoch, pairs, optimizer, state)
+            self._epoch(stage, epoch, pairs, optimizer, state, average)
+        if average is not None:
+            log.info("%s: weights averaged over the %s steps of epochs %d-%d (SWA)", name,
+                     f"{average.apply(self.model):,}", tc.swa_start_epoch, tc.epochs)
         self.model.eval()
         reads.update(images=0, facts=0, pairs=0)
         t0 = time.perf_counter()
@@ -303,7 +310,7 @@ class ContinualTrainer:
         return f"stage {stage.index + 1} (tasks {', '.join(str(t + 1) for t in stage.tasks)})"
 
     def _epoch(self, stage: Experience, epoch: int, pairs: np.ndarray, optimizer: torch.optim.Optimizer,
-               state: RunState) -> None:
+               state: RunState, average: WeightAverage | None = None) -> None:
         tc, model, method = self.cfg.train, self.model, self.method
         name = self._name(stage)
         rng = make_rng(tc.seed, stage.index, epoch)
@@ -327,6 +334,8 @@ class ContinualTrainer:
                                                       self.forward)
                 if not math.isfinite(value):
                     self._fail(stage, epoch, step, value, parts)
+                if average is not None and average.averaging(epoch):
+                    average.update(model)
                 b = len(batch["fact_idx"])
                 n_seen += b
                 for k, v in step_parts.items():
