@@ -230,7 +230,25 @@ class ContinualTrainer:
             state.next_stage = stage.index + 1
         for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
+        if is_main() and self.cfg.eval.enabled and self.cfg.eval.calibrate:
+            self.calibrate()
         return state
+
+    def calibrate(self) -> Path | None:
+        """Fit P(fact true | D) and the abstention threshold of the current weights on the val
+        images and write ``RUN_DIR/calibration.json`` (``factmas.calibrate``); None (with a
+        warning) when the dataset has no val images."""
+        from factmas.calibrate import describe, fit_run_calibration
+        from factmas.evaluation.calibration import CalibrationError, save_calibrator
+        try:
+            cal = fit_run_calibration(self.model, self.data, self.batcher.inputs, self.device,
+                                      self.cfg, checkpoint="last.pt")
+        except CalibrationError as e:
+            log.warning("no calibration.json: %s", e)
+            return None
+        path = save_calibrator(RunDir(self.run_dir).calibration_path, cal)
+        log.info("wrote %s: %s", path, describe(cal))
+        return path
 
     def _optimizer(self, state: RunState) -> torch.optim.Optimizer:
         tc = self.cfg.train
