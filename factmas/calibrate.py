@@ -97,7 +97,7 @@ def calibrate_run(run_dir: str | Path, checkpoint: str | None = None, data_path:
     from factmas.run.lock import RunLock
     from factmas.run.rundir import RunDir
 
-    cfg, data, model, _ = load_run(run_dir, data_path, checkpoint, device)
+    cfg, data, model, _ = load_run(run_dir, data_path, checkpoint, device, load_images=True)
     dev = next(model.parameters()).device
     inputs = image_inputs(model, data, dev, cache=cfg.train.feature_cache, progress=False)
     cal = fit_run_calibration(model, data, inputs, dev, cfg, checkpoint=checkpoint or "last.pt",

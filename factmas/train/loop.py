@@ -213,6 +213,7 @@ class ContinualTrainer:
             state.history.append(row)
             self.metrics.append({"event": "initial", **row})
         end = len(stages) if limit is None else min(limit, len(stages))
+        trained = state.next_stage < end
         for stage in stages[state.next_stage:end]:
             t0 = time.perf_counter()
             optimizer, end_seconds = self.train_stage(stage, state)
@@ -230,7 +231,8 @@ class ContinualTrainer:
             state.next_stage = stage.index + 1
         for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
-        if is_main() and self.cfg.eval.enabled and self.cfg.eval.calibrate:
+        if (is_main() and self.cfg.eval.enabled and self.cfg.eval.calibrate
+                and (trained or not RunDir(self.run_dir).calibration_path.is_file())):
             self.calibrate()
         return state
 
