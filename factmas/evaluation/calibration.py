@@ -6,8 +6,8 @@ fact is closer, not how likely a fact is to be true. The calibrator maps D to th
     p(D) = P(y = 1 | D),   fitted by isotonic regression of y on D, non-increasing in D
 
 (Zadrozny & Elkan, KDD 2002, "Transforming classifier scores into accurate multiclass probability
-estimates", Sec. 3; the pool-adjacent-violators fit of scikit-learn's ``IsotonicRegression`` with
-``increasing=False, out_of_bounds='clip'``). Here y = 1 when the fact is one of the image's facts
+estimates": calibration by isotonic regression, fitted by pool-adjacent-violators; here scikit-learn's
+``IsotonicRegression`` with ``increasing=False, out_of_bounds='clip'``). Here y = 1 when the fact is one of the image's facts
 in the dataset, over candidate pairs (image, fact) of held-out images (``factmas.evaluation.
 calibration_fit`` draws them: the top-k facts of every val image).
 
@@ -179,9 +179,9 @@ def shown_stats(p: np.ndarray, is_true: np.ndarray, image: np.ndarray, threshold
 
 
 def reliability(p: np.ndarray, is_true: np.ndarray, bins: int = 10) -> dict:
-    """Reliability of probabilities: the Brier score mean (p − y)², the expected calibration error
-    ECE = Σ_b (n_b / N) |mean y_b − mean p_b| over ``bins`` equal-width bins of p (Naeini et al.,
-    AAAI 2015, Eq. 1; Guo et al., ICML 2017, Eq. 3), and the bins themselves.
+    """Reliability of probabilities: the Brier score mean (p − y)² (Brier 1950), the expected
+    calibration error ECE = Σ_b (n_b / N) |mean y_b − mean p_b| over ``bins`` equal-width bins of p
+    (Naeini et al., AAAI 2015; Guo et al., ICML 2017, Sec. 2), and the bins themselves.
 
     p float [N] in [0, 1]; is_true bool [N]. Returns {"brier", "ece", "bins": [{"lo", "hi", "n",
     "mean_p", "frequency"}]} (empty bins left out); N = 0 gives None values.
