@@ -13,7 +13,6 @@ rather than the last task's.
 """
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ from factmas.evaluation.calibration import (CalibrationError, Calibrator, load_c
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 
 def val_images(data: Any) -> np.ndarray:
