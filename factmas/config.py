@@ -109,6 +109,12 @@ class EvalConfig:
     image_split: str = "test"            # images evaluated on: "test" (tables) or "val" (tuning λ)
     flip_average: bool = True            # an image's φ = mean of its and its mirror image's (val:
                                          # criterion +0.13, top-5 +0.76); also query, search, gallery
+    calibrate: bool = True               # at the end of training, fit P(fact true | distance D) on
+                                         # the val images (RUN_DIR/calibration.json; factmas.calibrate)
+    calibration_k: int = 5               # candidate facts per val image the calibrator is fitted on
+                                         # (the top-k of each, as factmas query shows by default)
+    calibration_precision: float = 0.5   # target precision on val of the answers shown; the
+                                         # abstention threshold p* is the smallest p reaching it
 
 
 @dataclass

@@ -108,6 +108,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "eval.ap_k": POSITIVE, "eval.image_pool": _choice(lambda: ["all", "task"]),
     "eval.search_batch": POSITIVE, "eval.embed_batch": POSITIVE,
     "eval.image_split": _choice(lambda: ["test", "val"]),
+    "eval.calibration_k": POSITIVE, "eval.calibration_precision": _float(0, lo_open=True, hi=1),
 }
 
 

@@ -20,11 +20,14 @@ class GalleryError(ValueError):
 
 
 def load_runs(run_dirs: list[str], data_path: str | None, device: str) -> tuple[Any, list[dict]]:
-    """(dataset with images, [{"dir", "name", "cfg", "model", "results"}]) of the runs.
+    """(dataset with images, [{"dir", "name", "cfg", "model", "results", "calibrator"}]) of the runs
+    ("calibrator": ``factmas.calibrate.run_calibrator``'s, None with a logged warning when the run
+    has no usable calibration.json).
 
     Raises:
         GalleryError: a run cannot be loaded, runs of different datasets/splits, a missing results.json.
     """
+    from factmas.calibrate import run_calibrator
     from factmas.run.load import RunLoadError, load_run
     from factmas.evaluation.report import read_results
 
@@ -45,7 +48,11 @@ def load_runs(run_dirs: list[str], data_path: str | None, device: str) -> tuple[
         except ValueError as e:
             raise GalleryError(f"{d}: {e}") from e
         name = Path(d).resolve().name
-        runs.append({"dir": d, "name": name, "cfg": cfg, "model": model, "results": res})
+        cal, why = run_calibrator(d, model.state_dict())
+        if why:
+            log.warning("%s: no probabilities: %s", name, why)
+        runs.append({"dir": d, "name": name, "cfg": cfg, "model": model, "results": res,
+                     "calibrator": cal})
     return data, runs
 
 
@@ -53,8 +60,9 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
             seed: int) -> dict:
     """What the page shows (samples, each run's retrievals with ✓/✗); plain lists and dicts.
 
-    Returns: {"photos": [{"image": i, "truth": [fact texts], "runs": [[(text, D, right)] per run]}],
-    "tasks": [{"task": t, "facts": [{"fact": f, "text", "runs": [[(image, D, right)] per run]}]}]}
+    Returns: {"photos": [{"image": i, "truth": [fact texts], "runs": [[(text, D, right, p)] per run]}],
+    "tasks": [{"task": t, "facts": [{"fact": f, "text", "runs": [[(image, D, right, p)] per run]}]}]}
+    with p = P(true | D) from the run's "calibrator" (None without one).
     """
     import torch
 
@@ -80,6 +88,8 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
                        "runs": []} for i in photos], "tasks": tasks}
     order = data.order.astype(np.int64)
     for run in runs:
+        cal = run.get("calibrator")
+        prob = (lambda x: None) if cal is None else (lambda x: float(cal.predict(x)))
         model = run["model"]
         device = next(model.parameters()).device
         ids, phi = dataset_embeddings(model, data, "test", device,
@@ -89,8 +99,8 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
         row = {int(i): r for r, i in enumerate(ids)}
         d, f = FactIndex(psi, order, gpu=False).search(phi[[row[i] for i in photos]], 5)
         for p, d_row, f_row in zip(out["photos"], d, f):
-            p["runs"].append([(data.fact_text(int(x)), float(y), (p["image"], int(x)) in truth)
-                              for y, x in zip(d_row, f_row)])
+            p["runs"].append([(data.fact_text(int(x)), float(y), (p["image"], int(x)) in truth,
+                               prob(y)) for y, x in zip(d_row, f_row)])
         index = ImageIndex(phi, gpu=False)
         for t in tasks:
             if not t["facts"]:
@@ -98,6 +108,6 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
             fs = np.array([x["fact"] for x in t["facts"]])
             d, im = index.search(psi[fs], order[fs], top_images)
             for x, d_row, i_row in zip(t["facts"], d, im):
-                x["runs"].append([(int(ids[i]), float(y), (int(ids[i]), x["fact"]) in truth)
-                                  for y, i in zip(d_row, i_row)])
+                x["runs"].append([(int(ids[i]), float(y), (int(ids[i]), x["fact"]) in truth,
+                                   prob(y)) for y, i in zip(d_row, i_row)])
     return out

@@ -46,6 +46,21 @@ def _save_image(out: Path, data: Any, i: int, done: set) -> str:
     return rel
 
 
+def _dp(d: float, p: float | None) -> str:
+    """The distance, and the probability when the run has a calibrator: "0.412 · p 0.63"."""
+    return f"{d:.3f}" if p is None else f"{d:.3f} · p {p:.2f}"
+
+
+def _calibration_note(runs: list[dict]) -> str:
+    """What p is, and each run's abstention threshold p* (or that it has no calibrator)."""
+    parts = [f"{html.escape(r['name'])}: p* = {r['calibrator'].threshold:.2f}"
+             if r.get("calibrator") is not None else f"{html.escape(r['name'])}: no calibration.json"
+             for r in runs]
+    return ("<p class='note'>p = the probability that the fact is true of the photo at that distance, "
+            "fitted on the val images of the run (factmas calibrate); factmas query shows only facts "
+            "with p ≥ p* (" + "; ".join(parts) + ").</p>")
+
+
 def _run_header(runs: list[dict]) -> str:
     rows = []
     for r in runs:
@@ -70,7 +85,7 @@ def render(data: Any, runs: list[dict], page: dict, image_path) -> str:
            "<p class='note'>Distances are the wildcard distance D ∈ [0, 4] (smaller = closer). "
            f"{_mark(True)} = a true fact of the photo in the dataset {html.escape(Path(data.path).name)}, "
            f"{_mark(False)} = not among its facts (the mined facts are incomplete, so some ✗ are "
-           "plausible).</p>",
+           "plausible).</p>", _calibration_note(runs),
            "<h2>(a) Test photos → top-5 facts</h2><div class='cards'>"]
     for p in page["photos"]:
         i = p["image"]
@@ -79,9 +94,9 @@ def render(data: Any, runs: list[dict], page: dict, image_path) -> str:
                    + f"</tr><tr><td><img class='photo' src='{image_path(i)}' alt='test image {i}'>"
                    f"<div class='truth'>{html.escape(data.image_ids[i])}<br>true: {truth}</div></td>")
         for facts in p["runs"]:
-            items = "".join(f"<li>{_mark(ok)}{html.escape(t)} <span class='d'>{d:.3f}</span></li>"
-                            for t, d, ok in facts)
-            n_ok = sum(ok for _, _, ok in facts)
+            items = "".join(f"<li>{_mark(ok)}{html.escape(t)} <span class='d'>{_dp(d, p)}</span></li>"
+                            for t, d, ok, p in facts)
+            n_ok = sum(ok for _, _, ok, _ in facts)
             out.append(f"<td><ol>{items}</ol><div class='d'>{n_ok}/{len(facts)} right</div></td>")
         out.append("</tr></table>")
     out.append("</div><h2>(b) Facts of each task → top test images</h2>")
@@ -93,8 +108,8 @@ def render(data: Any, runs: list[dict], page: dict, image_path) -> str:
             for imgs in f["runs"]:
                 cells = "".join(
                     f"<div class='cell {'right' if ok else 'wrong'}'><img src='{image_path(i)}' "
-                    f"alt='test image {i}'>{_mark(ok)}<span class='d'>{d:.3f}</span></div>"
-                    for i, d, ok in imgs)
+                    f"alt='test image {i}'>{_mark(ok)}<span class='d'>{_dp(d, p)}</span></div>"
+                    for i, d, ok, p in imgs)
                 out.append(f"<td><div class='strip'>{cells}</div></td>")
             out.append("</tr>")
         out.append("</table>")

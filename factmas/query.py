@@ -5,6 +5,11 @@ Embeds every fact of the dataset and answers each image with an exact FAISS sear
 file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK, any size) is converted to RGB and resized
 to the dataset's image size as in training (``factmas.model.load_image_file``, ``preprocess``).
 The command line is ``factmas.cli.query``; a run is loaded by ``factmas.run.load.load_run``.
+
+With a calibrator (``factmas.calibrate.run_calibrator``: ``RUN_DIR/calibration.json``, fitted on the
+val images), each fact also gets ``probability``: P(the fact is true of the image | its distance), and
+each image the abstention threshold p* and ``abstain`` (True when no fact of its top-k reaches p*:
+"no known fact fits this photo"). Without one these are None.
 """
 from __future__ import annotations
 
@@ -17,11 +22,18 @@ if TYPE_CHECKING:                     # torch loads only when a query runs (quic
 
 
 def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: torch.device,
-           batch: int = 64, flip_average: bool = False) -> list[dict]:
-    """Top-k facts of each image file: a list of {"image", "facts": [...]} or {"image", "error"}.
+           batch: int = 64, flip_average: bool = False, calibrator: Any = None) -> list[dict]:
+    """Top-k facts of each image file: a list of {"image", "facts": [...], "threshold", "abstain"}
+    or {"image", "error"}.
+
+    Each fact: {"rank", "fact_id", "text", "subject", "predicate", "object", "order", "distance" (D),
+    "probability" (P(true | D) from ``calibrator``, None without one)}; "threshold": the
+    calibrator's p* (None without one); "abstain": True when every fact's probability is below p*
+    (None without a calibrator).
 
     ``flip_average``: each image embedded as the mean of its and its mirror image's φ (the run's
-    ``eval.flip_average``, as in its evaluation)."""
+    ``eval.flip_average``, as in its evaluation). ``calibrator``: a
+    ``factmas.evaluation.calibration.Calibrator`` or None."""
     import torch
     from factmas.evaluation.evaluator import embed_facts
     from factmas.model import load_image_file, preprocess
@@ -48,6 +60,17 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
                 {"rank": r + 1, "fact_id": int(f), "text": data.fact_text(int(f)),
                  "subject": data.subject[int(f)], "predicate": data.predicate[int(f)],
                  "object": data.object[int(f)],
-                 "order": int(data.order[f]), "distance": float(d)}
+                 "order": int(data.order[f]), "distance": float(d),
+                 "probability": None if calibrator is None else float(calibrator.predict(d))}
                 for r, (d, f) in enumerate(zip(d_row, f_row))]
+            out[i].update(abstention(out[i]["facts"], calibrator))
     return out
+
+
+def abstention(facts: list[dict], calibrator: Any) -> dict:
+    """{"threshold": p*, "abstain": no fact with probability ≥ p*} of one image's answered facts
+    (both None without a calibrator)."""
+    if calibrator is None:
+        return {"threshold": None, "abstain": None}
+    t = float(calibrator.threshold)
+    return {"threshold": t, "abstain": not any(f["probability"] >= t for f in facts)}

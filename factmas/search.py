@@ -5,7 +5,8 @@ lemmas via lemminflect as the dataset's facts were mined, people words → perso
 folder (``factmas.search_index``) or of a dataset split (``dataset_embeddings``) are ranked by exact
 FAISS search (``factmas.evaluation.retrieval.ImageIndex``) with the wildcard distance D ∈ [0, 4] of
 ``factmas.space``. ``run_search`` does a whole search from the command's arguments; the command line
-is ``factmas.cli.search``.
+is ``factmas.cli.search``. With the run's calibrator (``factmas.calibrate.run_calibrator``) each result
+also gets ``probability``, P(the fact is true of that image | D), fitted on the val images.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DISTANCE_LABEL = "wildcard distance D in [0, 4], smaller = closer"
+PROBABILITY_LABEL = "P(the fact is true of the image | D), fitted on the run's val images"
 SPLITS = ("train", "val", "test", "all")
 
 
@@ -137,6 +139,7 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
 
 def run_search(args: argparse.Namespace) -> dict:
     """The search of parsed arguments → the JSON-able result. Raises SearchError, RunLoadError."""
+    from factmas.calibrate import run_calibrator
     from factmas.run.load import checkpoint_file, load_run
     from factmas.search_index import folder_embeddings
 
@@ -146,7 +149,12 @@ def run_search(args: argparse.Namespace) -> dict:
     flip = cfg.eval.flip_average
     device = next(model.parameters()).device
     slots, tokens, order = parse_fact(args.fact, data.vocab, data.tokens.shape[2])
-    out: dict = {"fact": "<" + ", ".join(slots) + ">", "order": order, "distance": DISTANCE_LABEL}
+    cal, why = run_calibrator(args.run, model.state_dict(), getattr(args, "calibration", None))
+    out: dict = {"fact": "<" + ", ".join(slots) + ">", "order": order, "distance": DISTANCE_LABEL,
+                 "probability": PROBABILITY_LABEL if cal is not None else None,
+                 "threshold": None if cal is None else cal.threshold}
+    if why:
+        out["calibration_note"] = why
     if args.images:
         try:
             paths, phi, failed, reused = folder_embeddings(
@@ -171,5 +179,7 @@ def run_search(args: argparse.Namespace) -> dict:
                            int(ids[i]), "distance": float(x)}
                           | ({} if f is None else {"true": int(ids[i]) in true})
                           for r, (x, i) in enumerate(zip(d, rows))]
+    for r in out["results"]:
+        r["probability"] = None if cal is None else float(cal.predict(r["distance"]))
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out

@@ -82,8 +82,27 @@ def test_marks_agree_with_the_dataset(page):
     ids = {data.fact_text(f): f for f in range(data.num_facts)}
     for p in got["photos"]:
         for facts in p["runs"]:
-            assert [ok for *_, ok in facts] == [(p["image"], ids[t]) in truth for t, *_ in facts]
-            assert [d for _, d, _ in facts] == sorted(d for _, d, _ in facts)
+            assert [ok for _, _, ok, _ in facts] == [(p["image"], ids[t]) in truth for t, *_ in facts]
+            assert [d for _, d, _, _ in facts] == sorted(d for _, d, _, _ in facts)
+
+
+def test_training_calibrates_and_the_page_shows_p(page):
+    """The trainer wrote calibration.json after the last task, for the weights of last.pt; the page
+    shows p = the calibrator's P(true | D) beside each distance."""
+    from factmas.calibrate import run_calibrator
+    from factmas.gallery import collect, load_runs
+    data, runs = load_runs(page["runs"], None, "cpu")
+    for r in runs:
+        cal, why = run_calibrator(r["dir"], r["model"].state_dict())
+        assert why is None and r["calibrator"] is not None
+        assert cal.meta["fitted_on"]["images"] == int((data.image_split == 1).sum())
+    got = collect(data, runs, 4, 2, 3, 0)
+    for p in got["photos"]:
+        for facts, r in zip(p["runs"], runs):
+            np.testing.assert_allclose([x[3] for x in facts],
+                                       r["calibrator"].predict([x[1] for x in facts]))
+    text = (page["out"] / "index.html").read_text(encoding="utf-8")
+    assert text.count(" · p ") == 4 * 2 * 5 + 2 * 2 * 2 * 3 and "p* = " in text
 
 
 def test_bad_inputs_exit_2(page, tmp_path, capsys):

@@ -131,3 +131,26 @@ def test_unwritable_folder_still_searched(run, tmp_path, capsys, monkeypatch):
     out = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in out["results"]] == [str(photos / "a.png")]
     assert not list(photos.glob(".factmas-index/*.npz"))
+
+
+def test_search_shows_probabilities_with_a_calibrator(run, capsys):
+    from factmas.cli import calibrate
+    from factmas.evaluation.calibration import load_calibrator
+    assert search_cli.main(["--run", run["run"], "dog", "--k", "3", "--json"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["probability"] is None and all(r["probability"] is None for r in out["results"])
+    assert "no calibration" in cap.err
+    assert calibrate.main(["--run", run["run"]]) == 0
+    cal = load_calibrator(f"{run['run']}/calibration.json")
+    capsys.readouterr()
+    assert search_cli.main(["--run", run["run"], "dog", "--k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == cal.threshold and "val images" in out["probability"]
+    np.testing.assert_allclose([r["probability"] for r in out["results"]],
+                               cal.predict([r["distance"] for r in out["results"]]))
+    assert search_cli.main(["--run", run["run"], "dog", "--k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "p:" in lines[1] and len(lines) == 5
+    p_text = lines[2].split()[2]
+    assert p_text == f"{out['results'][0]['probability']:4.2f}".strip()

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "gallery": ("factmas.cli.gallery", "a static HTML page comparing what runs retrieve"),
     "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
     "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
+    "calibrate": ("factmas.cli.calibrate", "fit a run's answer probabilities and threshold on val"),
 }
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         lines = [f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
-        print("usage: factmas {train,query,search,gallery,evaluate,features} ...\n\n" + "\n".join(lines))
+        print("usage: factmas {" + ",".join(SUBCOMMANDS) + "} ...\n\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nfactmas: unknown subcommand {argv[0]!r}", file=sys.stderr)
             return 2

@@ -2,8 +2,8 @@
 
 Usage::
 
-    factmas query --run RUN_DIR IMAGE [IMAGE ...] [--k 5] [--json] [--data FILE.h5]
-                  [--checkpoint last.pt] [--device auto|cpu|cuda]
+    factmas query --run RUN_DIR IMAGE [IMAGE ...] [--k 5] [--json] [--all] [--data FILE.h5]
+                  [--checkpoint last.pt] [--calibration FILE] [--device auto|cpu|cuda]
 
 Reads RUN_DIR/config.json (the run configuration and the dataset path, which ``--data`` overrides:
 the facts and their vocabulary come from the dataset), the checkpoint (``last.pt`` by default) with
@@ -12,6 +12,14 @@ search (``factmas.query.answer``, ``factmas.evaluation.retrieval.FactIndex``, wi
 D ∈ [0, 4], smaller = closer). Any image file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK,
 any size) is converted to RGB and resized to the dataset's image size as in training
 (``factmas.model.load_image_file``, ``preprocess``).
+
+Confidence: with the run's calibrator (``RUN_DIR/calibration.json``, written at the end of training or
+by ``factmas calibrate``; ``--calibration FILE`` names another), each fact gets p = P(true | D),
+fitted on the val images, and only the facts with p ≥ p* (the threshold chosen on val) are shown; an
+image whose top-k has none is answered "no known fact fits this photo (best: ⟨…⟩, p = …)". ``--all``
+shows every fact of the top-k with its p. ``--json`` carries every fact with "probability", and per
+image "threshold" and "abstain". Without a usable calibrator the facts are shown with D only and
+stderr says why (no file, an invalid file, or one fitted for other weights).
 
 Exit status: 0 every image answered; 1 some image could not be read (each such image is named on
 stderr, and in ``--json`` output as {"image", "error"}; the others are still answered); 2 the run,
@@ -24,6 +32,7 @@ import json
 import logging
 import sys
 
+from factmas.calibrate import run_calibrator
 from factmas.cli.common import at_least_one, parse
 from factmas.query import answer
 from factmas.run.load import RunLoadError, load_run
@@ -38,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--data", help="dataset file (default: the one in RUN_DIR/config.json)")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint name in RUN_DIR/checkpoints")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration file (default RUN_DIR/calibration.json; factmas calibrate)")
+    p.add_argument("--all", action="store_true",
+                   help="show every fact of the top-k, also those below the threshold p*")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return p
 
@@ -55,26 +68,50 @@ def main(argv: list[str] | None = None) -> int:
     except (RunLoadError, ImportError) as e:
         print(f"factmas query: error: {e}", file=sys.stderr)
         return 2
+    calibrator, why = run_calibrator(args.run, model.state_dict(), args.calibration)
+    if why:
+        print(f"factmas query: note: {why}", file=sys.stderr)
     device = next(model.parameters()).device
-    results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average)
+    results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average,
+                     calibrator=calibrator)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"factmas query: error: {r['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
-        if any("facts" in r for r in results):
-            print("(the number is the wildcard distance D in [0, 4]: smaller = closer)")
-        for r in results:
-            if "facts" not in r:
-                continue
-            print(r["image"])
-            for f in r["facts"]:
-                print(f"  {f['rank']:>3}. {f['text']:<40} {f['distance']:.4f}")
+        print_text(results, calibrator, args.all)
     if failed:
         print(f"factmas query: {len(failed)} of {len(results)} images could not be read",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_text(results: list[dict], calibrator, show_all: bool = False) -> None:
+    """The answers as text: each image, then its facts with D (and p, with a calibrator: only those
+    with p ≥ p* unless ``show_all``; none → "no known fact fits this photo")."""
+    if not any("facts" in r for r in results):
+        return
+    if calibrator is None:
+        print("(the number is the wildcard distance D in [0, 4]: smaller = closer)")
+    else:
+        hidden = "" if show_all else f"; facts with p < {calibrator.threshold:.2f} are not shown"
+        print("(D: the wildcard distance in [0, 4], smaller = closer; p: the probability that the fact "
+              f"is true at that distance, fitted on the run's val images{hidden})")
+    for r in results:
+        if "facts" not in r:
+            continue
+        print(r["image"])
+        for f in r["facts"]:
+            if calibrator is None:
+                print(f"  {f['rank']:>3}. {f['text']:<40} {f['distance']:.4f}")
+            elif show_all or f["probability"] >= r["threshold"]:
+                print(f"  {f['rank']:>3}. {f['text']:<40} D = {f['distance']:.4f}  "
+                      f"p = {f['probability']:.2f}")
+        if r["abstain"] and r["facts"]:
+            best = r["facts"][0]
+            print(f"  no known fact fits this photo (best: {best['text']}, "
+                  f"p = {best['probability']:.2f})")
 
 
 if __name__ == "__main__":

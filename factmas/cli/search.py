@@ -15,7 +15,9 @@ Searched images: ``--images DIR`` = the image files of a folder, embedded once w
 files are unchanged); otherwise the images of ``--image-split`` (default test) of the dataset
 (``--data``, default the run's), read through the feature cache (``factmas.features.image_inputs``).
 Ranking: exact FAISS search (``factmas.evaluation.retrieval.ImageIndex``) by the wildcard distance
-D ∈ [0, 4] of ``factmas.space`` (smaller = closer). When searching a dataset and the fact is one of
+D ∈ [0, 4] of ``factmas.space`` (smaller = closer). With the run's calibrator (RUN_DIR/calibration.json,
+or ``--calibration FILE``; ``factmas calibrate``) each image also gets p = P(the fact is true of it | D),
+fitted on the val images ("probability" in ``--json``; stderr says why when there is none). When searching a dataset and the fact is one of
 its facts, each result says whether the fact is true of that image (``true``; ✓ in text output).
 
 Exit status: 0 answered; 2 bad fact, unknown words, or a run/dataset/folder that cannot be used.
@@ -29,7 +31,7 @@ import sys
 
 from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
-from factmas.search import DISTANCE_LABEL, SPLITS, SearchError, run_search
+from factmas.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError, run_search
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="images shown (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--checkpoint", default="last.pt", help="checkpoint in RUN_DIR/checkpoints (default last.pt)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration file (default RUN_DIR/calibration.json; factmas calibrate)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     return p
 
@@ -65,15 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for msg in out.get("unreadable", []):
         print(f"factmas search: skipped unreadable image {msg}", file=sys.stderr)
+    if out.get("calibration_note"):
+        print(f"factmas search: note: {out['calibration_note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     print(f"{out['fact']} in {out['source']}"
           + (" (index reused)" if out.get("index_reused") else ""))
-    print(f"  rank  distance  image    ({DISTANCE_LABEL})")
+    calibrated = out.get("probability") is not None
+    if calibrated:
+        print(f"  rank  distance     p  image    ({DISTANCE_LABEL}; p: {PROBABILITY_LABEL})")
+    else:
+        print(f"  rank  distance  image    ({DISTANCE_LABEL})")
     for r in out["results"]:
         mark = {True: "  ✓", False: "  ✗"}.get(r.get("true"), "")
-        print(f"  {r['rank']:>4}  {r['distance']:8.4f}  {r['image']}{mark}")
+        p = f"  {r['probability']:4.2f}" if calibrated else ""
+        print(f"  {r['rank']:>4}  {r['distance']:8.4f}{p}  {r['image']}{mark}")
     if out.get("fact_id") is None and "fact_id" in out:
         print("  (not a fact of the dataset: no ✓/✗ marks)")
     return 0

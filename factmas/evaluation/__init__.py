@@ -8,6 +8,8 @@
 - ``recorder``: ``Recorder``, the rows of every R of a run and the report written from them.
 - ``report``: results.json, the R matrix, Markdown tables and plots of a run.
 - ``baselines``: the untrained model's numbers next to a run's.
+- ``calibration``: P(fact true | distance) by isotonic regression, the abstention threshold, its JSON;
+  ``calibration_fit``: the candidate pairs of held-out images it is fitted on.
 
 May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``.
 Never ``factmas.train``, ``factmas.cli`` or ``factmas.experiments``.

@@ -11,6 +11,8 @@ Layout::
     RUN_DIR/metrics.jsonl      one JSON object per line: "event" is "initial", "epoch", "task_end"
                                or "error"
     RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.run.checkpoint``)
+    RUN_DIR/calibration.json   P(fact true | distance) and the abstention threshold, fitted on the val
+                               images for the weights it names (``factmas.calibrate``)
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
+CALIBRATION_NAME = "calibration.json"
 
 
 class RunDirError(RuntimeError):
@@ -41,7 +44,8 @@ class RunDirError(RuntimeError):
 
 
 # what a run writes into its directory; --overwrite removes all of it before anything new is written
-ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME)
+ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME,
+             CALIBRATION_NAME)
 EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
 
 
@@ -69,6 +73,11 @@ class RunDir:
     @property
     def results_path(self) -> Path:
         return self.path / "results.json"
+
+    @property
+    def calibration_path(self) -> Path:
+        """``RUN_DIR/calibration.json`` (``factmas.calibrate``)."""
+        return self.path / CALIBRATION_NAME
 
     @property
     def checkpoints(self) -> Path:

@@ -213,6 +213,7 @@ class ContinualTrainer:
             state.history.append(row)
             self.metrics.append({"event": "initial", **row})
         end = len(stages) if limit is None else min(limit, len(stages))
+        trained = state.next_stage < end
         for stage in stages[state.next_stage:end]:
             t0 = time.perf_counter()
             optimizer, end_seconds = self.train_stage(stage, state)
@@ -230,7 +231,26 @@ class ContinualTrainer:
             state.next_stage = stage.index + 1
         for p in (self.hook.write(self.run_dir) if is_main() else []):
             log.info("wrote %s", p)
+        if (is_main() and self.cfg.eval.enabled and self.cfg.eval.calibrate
+                and (trained or not RunDir(self.run_dir).calibration_path.is_file())):
+            self.calibrate()
         return state
+
+    def calibrate(self) -> Path | None:
+        """Fit P(fact true | D) and the abstention threshold of the current weights on the val
+        images and write ``RUN_DIR/calibration.json`` (``factmas.calibrate``); None (with a
+        warning) when the dataset has no val images."""
+        from factmas.calibrate import describe, fit_run_calibration
+        from factmas.evaluation.calibration import CalibrationError, save_calibrator
+        try:
+            cal = fit_run_calibration(self.model, self.data, self.batcher.inputs, self.device,
+                                      self.cfg, checkpoint="last.pt")
+        except CalibrationError as e:
+            log.warning("no calibration.json: %s", e)
+            return None
+        path = save_calibrator(RunDir(self.run_dir).calibration_path, cal)
+        log.info("wrote %s: %s", path, describe(cal))
+        return path
 
     def _optimizer(self, state: RunState) -> torch.optim.Optimizer:
         tc = self.cfg.train

@@ -23,7 +23,7 @@ def test_train_help_lists_defaults_and_choices():
 
 def test_help_loads_no_torch():
     code = ("import sys, contextlib, io\nfrom factmas.cli import main\n"
-            "for cmd in ('train', 'query', 'evaluate', 'features', 'search', 'gallery'):\n"
+            "for cmd in ('train', 'query', 'evaluate', 'features', 'search', 'gallery', 'calibrate'):\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"
             "        try:\n            main([cmd, '--help'])\n"
             "        except SystemExit:\n            pass\n"

@@ -114,10 +114,12 @@ def test_every_method_at_lambda_zero_trains_mas_lambda_zero_model(data_path, tmp
 
 def test_resume_of_a_finished_run_changes_nothing(data_path, tmp_path):
     out = tmp_path / "run"
-    train(_cfg(data_path, out), progress=False)
+    train(_cfg(data_path, out, eval_enabled=True), progress=False)
     before = last_path(out).read_bytes()
+    calibration = (out / "calibration.json").read_bytes()      # fitted after the last task
     state = resume(out, progress=False)
     assert state.completed_tasks == [0, 1] and last_path(out).read_bytes() == before
+    assert (out / "calibration.json").read_bytes() == calibration
 
 
 def test_non_finite_loss_stops_naming_task_epoch_step(data_path, tmp_path, monkeypatch, capsys):
