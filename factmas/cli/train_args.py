@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal; in a log a line with rate and time left every 30 s)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p

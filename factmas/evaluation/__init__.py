@@ -9,6 +9,7 @@
 - ``report``: results.json, the R matrix, Markdown tables and plots of a run.
 - ``baselines``: the untrained model's numbers next to a run's.
 
-May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``.
+May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``,
+``factmas.progress``.
 Never ``factmas.train``, ``factmas.cli`` or ``factmas.experiments``.
 """

@@ -32,7 +32,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
@@ -41,6 +40,7 @@ from factmas.distributed import is_main, shard, shard_bounds, size
 from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
+from factmas.progress import progress_bar
 from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
@@ -156,7 +156,8 @@ class ContinualTrainer:
         tasks: the experience of each task of ``cfg.train.split`` (``factmas.data.experience``).
         evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
         recorder: the ``factmas.evaluation.recorder.Recorder`` of the evaluator's rows (None: a
-            default one).  progress: show tqdm bars.
+            default one).  progress: show progress (``factmas.progress``: a bar on a terminal, a line
+            every 30 s in a log).
         inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
 
@@ -316,9 +317,8 @@ class ContinualTrainer:
         rng = make_rng(tc.seed, stage.index, epoch)
         sums: dict[str, float] = {}
         n_seen, t0 = 0, time.perf_counter()
-        bar = tqdm(total=len(pairs), unit="img", unit_scale=True, leave=False,
-                   desc=f"{name} epoch {epoch + 1}/{tc.epochs}",
-                   disable=None if self.progress else True)  # None: off when not a terminal
+        bar = progress_bar(total=len(pairs), unit="img", unit_scale=True, leave=False,
+                           desc=f"{name} epoch {epoch + 1}/{tc.epochs}", enabled=self.progress)
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
             per_epoch = len(batch_bounds(len(pairs), tc.batch_size))
