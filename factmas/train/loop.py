@@ -47,6 +47,7 @@ from factmas.train.augment import augment_images
 from factmas.train.average import WeightAverage
 from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,8 @@ class ContinualTrainer:
                                                                          cfg.loss),
                              cfg.train.batch_size, cfg.train.aux_batch_size, evaluator, recorder)
         self.metrics = RunDir(self.run_dir).metrics_log() if is_main() else _NoMetrics()
+        self.tb: TensorBoardLog | None = None           # train.tensorboard: opened by run()
+        self.global_step = 0                             # optimizer steps over the stream (TensorBoard)
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -209,10 +212,33 @@ class ContinualTrainer:
                 the completed stages are kept untouched.
         """
         state = state or RunState()
+        self.global_step = self.steps_before(stages, state.next_stage)
+        if self.cfg.train.tensorboard and is_main():
+            self.tb = TensorBoardLog(self.run_dir, steps_done=self.global_step)
+        try:
+            return self._run(stages, state, limit)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
+
+    def steps_before(self, stages: list[Experience], index: int) -> int:
+        """Optimizer steps of ``stages[:index]`` (epochs × batches of each stage's training pairs)."""
+        tc = self.cfg.train
+        return sum(tc.epochs * len(batch_bounds(len(s.pairs["train"]), tc.batch_size))
+                   for s in stages[:index])
+
+    def _log_evaluation(self, row: dict, history: list[dict], tasks_trained: int) -> None:
+        if self.tb is not None:
+            from factmas.evaluation.metrics import HEADLINE
+            self.tb.evaluation(row, history, tasks_trained, self.num_tasks, HEADLINE)
+
+    def _run(self, stages: list[Experience], state: RunState, limit: int | None) -> RunState:
         if not state.history:
             row = self.hook.evaluate(self.model, "initial", -1, [])
             state.history.append(row)
             self.metrics.append({"event": "initial", **row})
+            self._log_evaluation(row, state.history, 0)
         end = len(stages) if limit is None else min(limit, len(stages))
         for stage in stages[state.next_stage:end]:
             t0 = time.perf_counter()
@@ -220,6 +246,7 @@ class ContinualTrainer:
             state.completed_tasks += stage.tasks
             row = self.hook.evaluate(self.model, stage.label, stage.index, state.completed_tasks)
             state.history.append(row)
+            self._log_evaluation(row, state.history, stage.index + 1)
             self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
                                  "stage_seconds": time.perf_counter() - t0})
             state.optimizer_state = optimizer.state_dict()
@@ -338,6 +365,9 @@ class ContinualTrainer:
                     average.update(model)
                 b = len(batch["fact_idx"])
                 n_seen += b
+                self.global_step += 1
+                if self.tb is not None:
+                    self.tb.step(self.global_step, step_parts)
                 for k, v in step_parts.items():
                     sums[k] = sums.get(k, 0.0) + v * b
                 bar.update(b)
@@ -347,6 +377,8 @@ class ContinualTrainer:
         rate = n_seen / seconds if seconds > 0 else float("nan")
         log.info("%s epoch %d/%d: train loss %.4f (task %.4f, penalty %.4g), %.0f images/s",
                  name, epoch + 1, tc.epochs, means["total"], means["task"], means["penalty"], rate)
+        if self.tb is not None:
+            self.tb.epoch(self.global_step, means, rate)
         self.metrics.append({"event": "epoch", "stage": stage.index, "tasks": stage.tasks,
                              "epoch": epoch, "steps": step, "pairs": n_seen,
                              **{f"train_{k}": v for k, v in means.items()},
