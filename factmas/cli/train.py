@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     if not main_rank:
         return 0
-    print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
+    from factmas.run.checkpoint import task_names
+    print(f"factmas train: tasks {task_names(state.completed_tasks)} done; run directory {run_dir}")
     return 0
 
 

@@ -200,6 +200,12 @@ def stage_label(res: dict, stage: int) -> str:
     return "after joint training" if len(planned) == 1 else f"after stage {stage + 1}"
 
 
+def _row_name(res: dict, key: str) -> str:
+    """A results.json row key ("initial", "task{s}" with s the 0-based stage) as results.md names the
+    rows of R ("initial", "after T1", ...)."""
+    return key if key == "initial" else stage_label(res, row_key(key))
+
+
 def results_markdown(res: dict) -> str:
     """results.md text (module docstring)."""
     cols, head = res["columns"], res["headline"]
@@ -226,7 +232,7 @@ def results_markdown(res: dict) -> str:
     cos = {k: v for k, v in res.get("embedding_mean_cosine", {}).items() if v is not None}
     if cos:
         out += ["", "Mean pairwise cosine of the evaluated images' embeddings (each slot L2-normalized; "
-                "1 = collapsed): " + ", ".join(f"{k} {v:.3f}" for k, v in cos.items()) + "."]
+                "1 = collapsed): " + ", ".join(f"{_row_name(res, k)} {v:.3f}" for k, v in cos.items()) + "."]
     t = res["timing"]
     if t:
         last = t[list(t)[-1]]

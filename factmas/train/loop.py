@@ -41,7 +41,8 @@ from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
 from factmas.progress import progress_bar
-from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from factmas.run.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                   task_names)
 from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
 from factmas.train.average import WeightAverage
@@ -197,7 +198,7 @@ class ContinualTrainer:
             raise CheckpointError(f"{path}: does not fit this run's model or method: {e}") from e
         self.metrics.truncate(ckpt["metrics_lines"])
         self.hook.restore(ckpt["history"])
-        log.info("resuming from %s: tasks %s done", path, ckpt["completed_tasks"])
+        log.info("resuming from %s: tasks %s done", path, task_names(ckpt["completed_tasks"]))
         return RunState(next_stage=ckpt["stage"] + 1, completed_tasks=list(ckpt["completed_tasks"]),
                         history=list(ckpt["history"]), optimizer_state=ckpt["optimizer"],
                         metrics_lines=ckpt["metrics_lines"])
