@@ -58,6 +58,9 @@ def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| after joint training | 50.00 | 40.00 | 90.00 | 50.00 |" in md
     assert "| – | – | – |" in md                                # forgetting, BWT, FWT undefined
+    # image→fact's "all" ranks all facts, a task only its own: said under the metrics table
+    assert "a task's test images rank only that task's facts" in md
+    assert 'in "all" every test image ranks all facts of every task' in md
     legacy = {k: v for k, v in res.items() if k not in ("stage_tasks", "complete")}
     assert stage_label(legacy, 0) == "after joint training" and is_complete(legacy)   # older files
     seq = build_results(rows, T, run={"method": "mas", "seed": 0})      # one task per stage: unfinished
