@@ -15,14 +15,28 @@ May import: tqdm, and nothing of factmas, so that every folder (and ``data_prep`
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
 #: seconds between two lines of a stage when the output is not a terminal (tests set it small)
 LOG_INTERVAL = 30.0
+_switched_off = 0                   # > 0 inside ``switched_off``: every bar is disabled
+
+
+@contextlib.contextmanager
+def switched_off(off: bool = True) -> Iterator[None]:
+    """Within the block, ``progress_bar`` shows nothing when ``off`` (e.g. a run with
+    ``--no-progress``: the bars of code that has no progress flag of its own, such as MAS Ω)."""
+    global _switched_off
+    _switched_off += int(off)
+    try:
+        yield
+    finally:
+        _switched_off -= int(off)
 
 
 
@@ -104,7 +118,8 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
     Args:
         iterable: wrapped like ``tqdm(iterable)`` (None: call ``update`` by hand).
         total, desc, unit, and ``kwargs`` (e.g. ``unit_scale``, ``leave``): tqdm's.
-        enabled: False: nothing is shown (a disabled tqdm, e.g. ``--no-progress`` or rank > 0).
+        enabled: False: nothing is shown (a disabled tqdm, e.g. ``--no-progress`` or rank > 0); also
+            nothing inside ``switched_off()``.
         interval: seconds between two log lines (None: ``LOG_INTERVAL``, 30 s).
         file: the stream (None: ``sys.stderr`` at the time of the call).
     Returns:
@@ -116,7 +131,7 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
     if interval < 0:
         raise ValueError(f"progress interval must be >= 0 seconds, got {interval}")
     stream = sys.stderr if file is None else file
-    if not enabled:
+    if not enabled or _switched_off:
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True, file=stream, **kwargs)
     if _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, **kwargs)
@@ -124,4 +139,4 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
     return LogLines(iterable, total=total, desc=desc, unit=unit, file=stream, interval=interval, **kwargs)
 
 
-__all__ = ["LOG_INTERVAL", "LogLines", "progress_bar"]
+__all__ = ["LOG_INTERVAL", "LogLines", "progress_bar", "switched_off"]

@@ -130,9 +130,10 @@ def test_redirected_training_without_progress_prints_none(tmp_path, capsys, monk
     cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),
                     model=ModelConfig(backbone="small_cnn", embed_dim=8, width=8, word_dim=8,
                                       fact_hidden=16, norm_groups=4))
-    cfg.train.split, cfg.train.epochs, cfg.train.batch_size, cfg.train.device = "random2_seed0", 1, 8, "cpu"
+    cfg.train.split, cfg.train.method, cfg.train.epochs = "random2_seed0", "mas", 1
+    cfg.train.batch_size, cfg.train.device = 8, "cpu"
     train(cfg, progress=False)
-    assert not [x for x in capsys.readouterr().err.splitlines() if LINE.match(x) and "epoch" in x]
+    assert not [x for x in capsys.readouterr().err.splitlines() if LINE.match(x)]      # Ω, evaluation too
 
 
 def test_feature_cache_prints_progress_when_redirected(capsys, monkeypatch):
@@ -145,3 +146,13 @@ def test_feature_cache_prints_progress_when_redirected(capsys, monkeypatch):
     lines = [x for x in capsys.readouterr().err.splitlines() if LINE.match(x)]
     assert lines and all(LINE.match(x)["desc"] == "feature cache" for x in lines)
     assert LINE.match(lines[-1])["total"] == "40"
+
+
+def test_switched_off_silences_bars_within_the_block_only():
+    f = io.StringIO()
+    with progress.switched_off():
+        with progress.switched_off(False):
+            assert progress_bar(total=3, interval=0, file=f).disable
+    assert not progress_bar(total=3, interval=0, file=f).disable
+    with progress.switched_off(False):
+        assert not progress_bar(total=3, interval=0, file=f).disable

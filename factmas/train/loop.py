@@ -40,7 +40,7 @@ from factmas.distributed import is_main, shard, shard_bounds, size
 from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
-from factmas.progress import progress_bar
+from factmas.progress import progress_bar, switched_off
 from factmas.run.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
                                    task_names)
 from factmas.run.rundir import RunDir
@@ -217,7 +217,8 @@ class ContinualTrainer:
         if self.cfg.train.tensorboard and is_main():
             self.tb = TensorBoardLog(self.run_dir, steps_done=self.global_step)
         try:
-            return self._run(stages, state, limit)
+            with switched_off(not self.progress):         # also the methods' bars (MAS Ω, ...)
+                return self._run(stages, state, limit)
         finally:
             if self.tb is not None:
                 self.tb.close()

@@ -1,6 +1,8 @@
 """The Flickr8k builder end to end on a tiny captioned folder, and data_prep.inspect on its output."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -140,6 +142,8 @@ def test_redirected_build_logs_progress_of_decoding_and_parsing(folder, capsys, 
             "--captions", str(folder / "captions.txt")]
     assert flickr8k.main(args) == 0
     err = capsys.readouterr().err.splitlines()
+    assert any(" parsing captions done: 65 cap in " in x for x in err) or any(
+        re.search(r" parsing captions: 65/65 cap \(100%\)", x) for x in err), err
     for stage, unit in (("decoding images", "img"), ("parsing captions", "cap")):
         assert any(f" {stage}: " in x and f" {unit}/s" in x and " left" in x for x in err), (stage, err)
     assert not any("\r" in x for x in err)
