@@ -39,7 +39,6 @@ def switched_off(off: bool = True) -> Iterator[None]:
         _switched_off -= int(off)
 
 
-
 class LogLines(tqdm):
     """A tqdm that writes one full line (newline-ended, no carriage return) at most every
     ``interval`` seconds instead of redrawing a bar: for logs. Every tqdm argument is accepted;
