@@ -82,7 +82,7 @@ def image_folder(root: Path) -> Path:
 def build(args: argparse.Namespace):
     """Run the build for parsed arguments; returns the BuildReport."""
     from .mining import load_nlp, mine_captions
-    from tqdm import tqdm
+    from factmas.progress import progress_bar
 
     opts = options_from_args(args)
     if args.limit_images is not None and args.limit_images < 1:
@@ -112,8 +112,9 @@ def build(args: argparse.Namespace):
     image_facts = [set() for _ in usable]
     t0 = time.perf_counter()
     stream = mine_captions(nlp, (c for _, c in texts), batch_size=args.batch_size)
-    for (i, _), fs in zip(texts, tqdm(stream, total=len(texts), desc="parsing captions", unit="cap",
-                                      disable=True if args.quiet else None, mininterval=1.0)):
+    # the bar wraps the captions (zip's first argument), so its count reaches the total at the end
+    for (i, _), fs in zip(progress_bar(texts, desc="parsing captions", unit="cap", enabled=not args.quiet,
+                                       mininterval=1.0), stream):
         image_facts[i] |= fs
     parse_s = time.perf_counter() - t0
     log.info("parsed %d captions in %.1f s (%.0f captions/s)", len(texts), parse_s,

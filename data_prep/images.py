@@ -70,13 +70,13 @@ def load_images(paths: Sequence[str | Path], size: int, strict: bool = False,
     Raises:
         StrictImageError: ``strict`` and a file cannot be used (the message names it and the reason).
     """
-    from tqdm import tqdm
+    from factmas.progress import progress_bar
 
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept, skipped = [], []
     t0 = time.perf_counter()
-    for i, p in enumerate(tqdm(paths, desc="decoding images", unit="img", disable=None if progress else True,
-                               mininterval=1.0)):
+    for i, p in enumerate(progress_bar(paths, desc="decoding images", unit="img", enabled=progress,
+                                       mininterval=1.0)):
         try:
             out[len(kept)] = load_rgb(p, size)
         except ImageSkip as e:

@@ -71,7 +71,7 @@ def summary(data: FactData, top_facts: int = 10) -> str:
         lines.append("    task  facts  (o1/o2/o3)   train img  val img  test img  train pairs")
         for r in task_table(data, name):
             o = "/".join(map(str, r["by_order"]))
-            lines.append(f"    {r['task']:>4}  {r['facts']:>5}  ({o:>9})  {r['train_images']:>9}  "
+            lines.append(f"    {'T' + str(r['task'] + 1):>4}  {r['facts']:>5}  ({o:>9})  {r['train_images']:>9}  "
                          f"{r['val_images']:>7}  {r['test_images']:>8}  {r['train_pairs']:>11}")
     return "\n".join(lines)
 

@@ -96,6 +96,8 @@ class TrainConfig:
                                          # backbones only; the README's small_cnn runs used 4)
     feature_cache: bool = True           # a pretrained backbone's frozen stages read from the
                                          # on-disk cache (factmas.features); False: computed live
+    tensorboard: bool = False            # TensorBoard events in RUN_DIR/tensorboard (loss parts,
+                                         # images/s, metrics per task, R); needs factmas[tb]
 
 
 @dataclass

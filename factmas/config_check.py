@@ -17,7 +17,8 @@ from factmas.config import ConfigError, RunConfig
 OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
            "train.batch_size": "--batch-size", "train.seed": "--seed", "train.threads": "--threads",
            "train.omega_data": "--omega-data", "train.device": "--device", "train.split": "--split",
-           "train.method": "--method", "train.optimizer": "--optimizer"}
+           "train.method": "--method", "train.optimizer": "--optimizer",
+           "train.tensorboard": "--tensorboard"}
 
 
 def _name(key: str) -> str:
@@ -77,6 +78,17 @@ def _omega_data(key: str, v: Any) -> None:
             from None
 
 
+def _tensorboard(key: str, v: Any) -> None:
+    """A bool; true needs the tensorboard package (an optional dependency, extra ``tb``)."""
+    import importlib.util
+    if not isinstance(v, bool):
+        raise _fail(key, v, "true or false")
+    if v and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"{_name(key)}: TensorBoard logging needs the tensorboard package, which is "
+                          "not installed; install it with pip install 'factmas[tb]' (or pip install "
+                          "tensorboard), or leave TensorBoard off")
+
+
 def _nonempty_str(key: str, v: Any) -> None:
     if not isinstance(v, str) or not v:
         raise _fail(key, v, "a non-empty name")
@@ -105,6 +117,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "train.aux_batch_size": POSITIVE, "train.threads": _int_at_least(1, optional=True),
     "train.ewc_gamma": _float(0, lo_open=True, hi=1), "train.si_xi": _float(0, lo_open=True),
     "train.augment_shift": _int_at_least(0), "train.swa_start_epoch": _int_at_least(1, optional=True),
+    "train.tensorboard": _tensorboard,
     "eval.ap_k": POSITIVE, "eval.image_pool": _choice(lambda: ["all", "task"]),
     "eval.search_batch": POSITIVE, "eval.embed_batch": POSITIVE,
     "eval.image_split": _choice(lambda: ["test", "val"]),

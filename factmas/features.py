@@ -16,7 +16,7 @@ inputs agree to one float16 step (the convolutions' summation order depends on t
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
 through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.
 
-May import: numpy, torch, tqdm, ``factmas.data.dataset``, ``factmas.io``, ``factmas.model``.
+May import: numpy, torch, ``factmas.data.dataset``, ``factmas.io``, ``factmas.model``, ``factmas.progress``.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from factmas.data.dataset import FactData
 from factmas.io import atomic_path
 from factmas.model import preprocess
+from factmas.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
     """
     stem = stem.to(device).eval()
     out = None
-    bar = tqdm(total=2 * len(images), unit="img", unit_scale=True, desc="feature cache",
-               disable=None if progress else True)
+    bar = progress_bar(total=2 * len(images), unit="img", unit_scale=True, desc="feature cache",
+                       enabled=progress)
     with bar:
         for lo in range(0, len(images), batch):
             x = preprocess(torch.from_numpy(np.ascontiguousarray(images[lo:lo + batch])).to(device))

@@ -26,7 +26,8 @@ img.photo{width:128px;height:128px;display:block} .truth{color:#555;font-size:11
 .cell img{width:96px;height:96px;display:block;border:3px solid #ddd}
 .cell.right img{border-color:#1a7f37} .cell.wrong img{border-color:#c62828}
 img.plot{max-width:100%;border:1px solid #eee}
-.cards{display:flex;flex-wrap:wrap;gap:8px} .card{width:676px;table-layout:fixed} .card th:first-child{width:136px} .card li{white-space:normal} .truth{max-width:128px;overflow-wrap:anywhere}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,600px),1fr));gap:8px}
+.card{width:100%;table-layout:fixed} .card th:first-child{width:136px} .card li{white-space:normal} .truth{max-width:128px;overflow-wrap:anywhere}
 """
 
 

@@ -54,7 +54,8 @@ t_cache=$(date +%s)
 # thread each (two 1-thread runs deliver more images/s than one 2-thread run, and a 1-thread run
 # does not collapse when something else wants a core). FACTMAS_THREADS overrides the thread count.
 # Each run's full log goes to $out/<method>.log; its progress lines (per task and epoch: loss and
-# images/s, evaluations, Ω) are shown here with the method's name in front.
+# images/s, evaluations, Ω; every 30 s within a long stage: count, rate and time left, from
+# factmas.progress) are shown here with the method's name in front.
 cores=$(nproc 2>/dev/null || echo 1)
 threads="${FACTMAS_THREADS:-$(( cores >= 2 ? cores / 2 : 1 ))}"
 pids=()
@@ -62,9 +63,9 @@ for method in finetune mas; do
   echo "[main] training $method on random4_seed0 ($threads thread(s)) → $out/$method (log: $out/$method.log)"
   rm -f "$out/$method.status"
   { "$py" -m factmas.cli train --data "$h5" --split random4_seed0 --method "$method" --out "$out/$method" \
-        --threads "$threads" --no-progress 2>&1; echo $? > "$out/$method.status"; } \
+        --threads "$threads" 2>&1; echo $? > "$out/$method.status"; } \
     | tee "$out/$method.log" \
-    | grep --line-buffered -E "epoch [0-9]+/|evaluation:|Ω updated|feature cache|^factmas|Traceback" \
+    | grep --line-buffered -E "epoch [0-9]+/|evaluation:|Ω updated|MAS Ω|feature cache|^factmas|Traceback" \
     | sed -u "s/^/[$method] /" &
   pids+=($!)
   [ "$cores" -ge 2 ] || wait "${pids[-1]}"
@@ -77,7 +78,8 @@ for method in finetune mas; do
 done
 [ "$status" -eq 0 ] || exit "$status"
 t3=$(date +%s)
-"$py" eval/compare.py "$out/finetune" "$out/mas" --out "$out/table"
+# the headline (fact→image) table is shown once, at the very end; the other two as they are written
+"$py" eval/compare.py "$out/finetune" "$out/mas" --out "$out/table" > /dev/null
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_map --out "$out/table_image_to_fact_map"
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_top5 --out "$out/table_image_to_fact_top5"
 # What the two runs retrieve, side by side (static HTML, open $out/gallery/index.html in a browser)
@@ -90,5 +92,7 @@ cat <<MSG
 [main] tables:       $out/table.md (fact→image mAP), $out/table_image_to_fact_map.md, $out/table_image_to_fact_top5.md (and .csv)
 [main] per run:      $out/{finetune,mas}/results.json, results.md, *.png
 [main] gallery:      $out/gallery/index.html (top facts and images of both runs, one colour scale)
+
+[main] fact→image mAP (%, $out/table.md):
 MSG
 cat "$out/table.md"

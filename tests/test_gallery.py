@@ -1,6 +1,7 @@
 """``factmas gallery`` on two tiny trained runs: the HTML's images exist, marks are right, Chromium renders it."""
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -112,14 +113,63 @@ def test_bad_inputs_exit_2(page, tmp_path, capsys):
     assert "--photos" in capsys.readouterr().err
 
 
+def _shot(page, tmp_path, width: int, height: int) -> np.ndarray:
+    """The gallery rendered by headless Chromium in a width × height window: uint8 [height, width, 3]
+    as int."""
+    shot = tmp_path / f"shot{width}.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", f"--screenshot={shot}",
+                    f"--window-size={width},{height}", (page["out"] / "index.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+
+def _near(a: np.ndarray, c) -> float:
+    """Fraction of the pixels of ``a`` within 90 (L1 over RGB) of colour ``c``."""
+    return (np.abs(a - np.array(c)).sum(-1) < 90).mean()
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_chromium_renders_thumbnails(page, tmp_path):
-    shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1200,1400", (page["out"] / "index.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    a = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    a = _shot(page, tmp_path, 1200, 1400)
     # the synthetic photos' blue (0,130,200) and orange (245,130,48) bands must show up rendered
-    near = lambda c: (np.abs(a - np.array(c)).sum(-1) < 90).mean()
+    near = lambda c: _near(a, c)
     assert near((0, 130, 200)) + near((245, 130, 48)) > 0.005
     assert near((26, 127, 55)) > 0 or near((198, 40, 40)) > 0          # ✓/✗ colours or borders
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_chromium_photo_cards_two_columns_beside_a_scrollbar(page, tmp_path):
+    """Section (a) keeps two columns of photo cards in a 1,400-px window whose page is taller than
+    the window (Chromium draws a scrollbar, ~15 px): the first row of cards has a photo in the right
+    half too. The cards once had a fixed width of 676 px, two of which needed 1,392 px of the
+    1,385 left, and fell to one column with the right half empty."""
+    a = _shot(page, tmp_path, 1400, 900)
+    assert (a[400:600, -15:] != 255).any(), "no scrollbar drawn: the page no longer overflows"
+    row = a[150:450]                                   # the first row of cards, below the header
+    # any of the synthetic photos' band colours (factmas.data.synthetic._COLOURS)
+    photo = lambda part: sum(_near(part, c) for c in ((230, 25, 75), (60, 180, 75), (0, 130, 200),
+                                                      (245, 130, 48)))
+    assert photo(row[:, :600]) > 0.01
+    assert photo(row[:, 700:]) > 0.01, "section (a) fell to one column"
+
+
+SCREENSHOT = Path(__file__).resolve().parent.parent / "scripts" / "screenshot_gallery.py"
+
+
+def test_screenshot_script_refuses_a_folder_without_a_gallery(tmp_path):
+    r = subprocess.run([sys.executable, str(SCREENSHOT), str(tmp_path), "--out", str(tmp_path / "s.png")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "index.html: not found" in r.stderr
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+def test_screenshot_script_writes_the_png(page, tmp_path):
+    out = tmp_path / "docs" / "gallery.png"
+    r = subprocess.run([sys.executable, str(SCREENSHOT), str(page["out"]), "--out", str(out),
+                        "--height", "700"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.size == (1400, 700)
+    assert [p.name for p in out.parent.iterdir()] == ["gallery.png"]      # no temporary left

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache,
                               progress=not args.quiet)
         tasks = experiences(data, cfg.train.split)
-        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs, tasks=tasks)
+        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs, tasks=tasks,
+                              progress=not args.quiet)
         if args.checkpoint:
             metrics = evaluator.evaluate(model)
             print(json.dumps(metrics, indent=2, default=str) if args.json

@@ -6,6 +6,7 @@ Usage::
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
                   [--omega-data train|test|train+test] [--threads N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
+                  [--tensorboard]
     factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
     torchrun --nproc-per-node N -m factmas.cli train ...     # N processes, one run (factmas.distributed)
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             _join_process_group(args)
             if args.resume:
                 given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
-                                     "batch_size", "lr", "seed", "config", "omega_data")
+                                     "batch_size", "lr", "seed", "config", "omega_data", "tensorboard")
                          if getattr(args, o) is not None]
                 if given or args.overwrite:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
     if not main_rank:
         return 0
-    print(f"factmas train: tasks {state.completed_tasks} done; run directory {run_dir}")
+    from factmas.run.checkpoint import task_names
+    print(f"factmas train: tasks {task_names(state.completed_tasks)} done; run directory {run_dir}")
     return 0
 
 

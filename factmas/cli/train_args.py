@@ -19,7 +19,8 @@ BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
-                 "omega_data": "omega_data", "threads": "threads", "optimizer": "optimizer"}
+                 "omega_data": "omega_data", "threads": "threads", "optimizer": "optimizer",
+                 "tensorboard": "tensorboard"}
 # command-line option -> field of RunConfig.model
 MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
 
@@ -54,10 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-stages", type=int, help="stages kept frozen and read from the feature "
                                                      "cache (default: the backbone's, 5 for "
                                                      "EfficientNet-Lite, 3 for ResNet)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard events to RUN_DIR/tensorboard (loss parts, images/s, metrics "
+                        "after every task, the R matrix; needs pip install 'factmas[tb]')")
     p.add_argument("--config", help="a RunConfig JSON file; command-line options override it")
     p.add_argument("--limit-tasks", type=int, metavar="N", help="stop after the first N tasks")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --out first")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (a bar on a terminal; in a log a line with rate and time left every 30 s)")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     return p

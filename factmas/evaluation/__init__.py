@@ -11,6 +11,7 @@
 - ``calibration``: P(fact true | distance) by isotonic regression, the abstention threshold, its JSON;
   ``calibration_fit``: the candidate pairs of held-out images it is fitted on.
 
-May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``.
+May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``,
+``factmas.progress``.
 Never ``factmas.train``, ``factmas.cli`` or ``factmas.experiments``.
 """

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from factmas.evaluation.lfl import GENERALIZED_I2F, evaluate_lfl
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
+from factmas.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ IMAGE_POOLS = ("all", "task")
 
 @torch.no_grad()
 def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str,
-                 flip_average: bool = False) -> torch.Tensor:
+                 flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
     """Raw φ of uint8 images [N, H, W, 3] → float32 [N, 3, d] on the CPU (model in eval mode).
 
     The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
     model with a frozen stem runs it (``TwoBranchModel.embed_pixels``). ``flip_average``: the mean
-    of each image's and its mirror image's φ.
+    of each image's and its mirror image's φ. ``update``: called with each batch's size (progress).
     """
     def embed(x: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "embed_pixels"):
@@ -72,8 +73,12 @@ def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch
         phi = model.image_branch(x)                 # a bare model (tests): the same mean by hand
         return 0.5 * (phi + model.image_branch(x.flip(-1))) if flip_average else phi
 
-    out = [embed(preprocess(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device)))
-           .float().cpu() for i in range(0, len(images), batch)]
+    out = []
+    for i in range(0, len(images), batch):
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device))
+        out.append(embed(x).float().cpu())
+        if update is not None:
+            update(len(x))
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
@@ -91,12 +96,15 @@ def mean_pairwise_cosine(phi: torch.Tensor) -> float:
 
 @torch.no_grad()
 def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int,
-                 flip_average: bool = False) -> torch.Tensor:
+                 flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
     """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
     (``factmas.features.image_inputs``: the feature cache or the pixels); ``flip_average`` as
-    ``TwoBranchModel.embed_inputs``."""
-    out = [model.embed_inputs(inputs, ids[i:i + batch], flip_average).float().cpu()
-           for i in range(0, len(ids), batch)]
+    ``TwoBranchModel.embed_inputs``; ``update``: called with each batch's size (progress)."""
+    out = []
+    for i in range(0, len(ids), batch):
+        out.append(model.embed_inputs(inputs, ids[i:i + batch], flip_average).float().cpu())
+        if update is not None:
+            update(len(ids[i:i + batch]))
     return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
@@ -119,6 +127,7 @@ class Evaluator:
         device: where the model runs.
         inputs: image input source (``factmas.features.image_inputs``, e.g. the feature cache);
             None: the dataset's pixels through ``embed_images``.
+        progress: show the embedding's progress (``factmas.progress``; rank 0 only).
         tasks: the experience of each task of ``split`` (``factmas.data.experience``; built here
             when None): each task's images of the evaluated image split, the relevance index.
     Raises:
@@ -128,8 +137,9 @@ class Evaluator:
 
     def __init__(self, data: FactData, split: str, cfg: EvalConfig | None = None,
                  device: torch.device | str = "cpu", inputs=None,
-                 tasks: list[Experience] | None = None) -> None:
+                 tasks: list[Experience] | None = None, progress: bool = False) -> None:
         self.data, self.split, self.cfg = data, split, cfg or EvalConfig()
+        self.progress = progress
         self.inputs = inputs
         self.device = torch.device(device)
         if self.cfg.image_pool not in IMAGE_POOLS:
@@ -156,16 +166,21 @@ class Evaluator:
         On several processes (``factmas.distributed``) each rank embeds its share of the images and
         facts, the rows are gathered, rank 0 runs the search and the metrics and every rank returns
         rank 0's result."""
-        from factmas.distributed import broadcast, gather_rows, is_main
+        from factmas.distributed import broadcast, gather_rows, is_main, size
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
-        if self.inputs is not None:
-            phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch,
-                                                       cfg.flip_average), self.image_ids)
-        else:
-            phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
-                                                       self.device, cfg.flip_average), self.image_ids)
+        bar = progress_bar(total=len(self.image_ids) if size() == 1 else None, unit="img", leave=False,
+                           desc=f"evaluation: embedding the {cfg.image_split} images",
+                           enabled=self.progress and is_main())
+        with bar:
+            if self.inputs is not None:
+                phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch,
+                                                           cfg.flip_average, bar.update), self.image_ids)
+            else:
+                phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
+                                                           self.device, cfg.flip_average, bar.update),
+                                  self.image_ids)
         psi = gather_rows(lambda ids: embed_facts(model, data.tokens[ids], data.order[ids],
                                                   cfg.embed_batch, self.device), np.arange(data.num_facts))
         result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None

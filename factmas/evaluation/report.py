@@ -200,6 +200,12 @@ def stage_label(res: dict, stage: int) -> str:
     return "after joint training" if len(planned) == 1 else f"after stage {stage + 1}"
 
 
+def _row_name(res: dict, key: str) -> str:
+    """A results.json row key ("initial", "task{s}" with s the 0-based stage) as results.md names the
+    rows of R ("initial", "after T1", ...)."""
+    return key if key == "initial" else stage_label(res, row_key(key))
+
+
 def results_markdown(res: dict) -> str:
     """results.md text (module docstring)."""
     cols, head = res["columns"], res["headline"]
@@ -223,10 +229,11 @@ def results_markdown(res: dict) -> str:
     out.append(markdown_table(["metric"] + summary_cols,
                               [[LABELS[m].replace("@k", f"@{res['ap_k']}")] + final_row(e2)
                                for m, e2 in res["metrics"].items()]))
+    out += ["", I2F_ALL_NOTE]
     cos = {k: v for k, v in res.get("embedding_mean_cosine", {}).items() if v is not None}
     if cos:
         out += ["", "Mean pairwise cosine of the evaluated images' embeddings (each slot L2-normalized; "
-                "1 = collapsed): " + ", ".join(f"{k} {v:.3f}" for k, v in cos.items()) + "."]
+                "1 = collapsed): " + ", ".join(f"{_row_name(res, k)} {v:.3f}" for k, v in cos.items()) + "."]
     t = res["timing"]
     if t:
         last = t[list(t)[-1]]
@@ -255,6 +262,11 @@ def draw_r(ax, A: np.ndarray, labels: list[str], cols: list[str], vmin: float | 
 
 
 PLOT_METRICS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")   # both directions
+# what "all" means for image→fact (factmas.evaluation.evaluator): a harder ranking than a task's
+I2F_ALL_NOTE = ("image→fact: in T1…Tk a task's test images rank only that task's facts (Lifelong Fact "
+                "Learning's standard mode); in \"all\" every test image ranks all facts of every task, a "
+                "harder ranking, so \"all\" sits below the tasks (the generalized rows: a task's images "
+                "ranking all facts).")
 
 
 def _matrix(e: dict) -> tuple[np.ndarray, list[float]]:
@@ -294,13 +306,18 @@ def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     x = np.arange(len(labels))
     for ax, m in zip(axes[0], metrics):
         A, alls = _matrix(res["metrics"][m])
+        i2f = m.startswith("image_to_fact")
         for j, c in enumerate(cols):
-            ax.plot(x, A[:, j], marker="o", label=c)
-        ax.plot(x, alls, "k--", marker="s", label="all")
+            ax.plot(x, A[:, j], marker="o", label=f"{c}: among its own facts" if i2f and j == 0 else c)
+        ax.plot(x, alls, "k--", marker="s", label="all: among all facts" if i2f else "all")
         ax.set_xticks(x, labels, rotation=20)
         ax.set_ylabel(f"{LABELS.get(m, m)} (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        if i2f or ax is axes[0][0]:
+            ax.legend(fontsize=7)
+        if i2f:
+            ax.set_title("a task's images rank its own facts; all: every image ranks all facts",
+                         fontsize=8)
     fig.suptitle(f"{res['run_name']}: each task after each training step")
     fig.tight_layout()
     paths.append(_save(fig, Path(run_dir) / "map_per_task.png"))

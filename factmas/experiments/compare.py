@@ -175,13 +175,24 @@ def columns(num_tasks: int) -> list[str]:
     return [f"T{j + 1}" for j in range(num_tasks)] + list(SUMMARY)
 
 
+def seeds_note(groups: list[dict]) -> str:
+    """What the cells are over: "mean ± std over seeds" when every row has several seeds, "one seed
+    per row (no std)" when none has, and both said when the rows differ."""
+    n = [len(g["seeds"]) for g in groups] or [1]
+    if max(n) <= 1:
+        return "one seed per row (no std)"
+    if min(n) > 1:
+        return "mean ± std over seeds"
+    return "mean ± std over seeds (a row of one seed has no ± std)"
+
+
 def to_markdown(groups: list[dict], num_tasks: int, metric: str) -> str:
-    """The Markdown table (values in %, mean ± std over seeds)."""
+    """The Markdown table (values in %; mean ± std over seeds, said as ``seeds_note``)."""
     cols = columns(num_tasks)
     head = ["method", "split", "seeds"] + [c if c != "average" else "avg" for c in cols]
     rows = [[g["method"], g["split"], str(len(g["seeds"]))] +
             [cell(g["values"].get(c), c in ("bwt", "fwt"), empty="") for c in cols] for g in groups]
-    return (f"{metric} in %, at the end of the sequence; mean ± std over seeds\n\n"
+    return (f"{metric} in %, at the end of the sequence; {seeds_note(groups)}\n\n"
             + markdown_table([h.upper() if h in ("bwt", "fwt") else h for h in head], rows) + "\n")
 
 

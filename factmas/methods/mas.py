@@ -61,13 +61,13 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from factmas.distributed import is_main, rank, reduce_sums
 from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
 from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
+from factmas.progress import progress_bar
 from factmas.space import normalize_slots
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ def mas_omega(model: nn.Module, image_batches: Iterable[Any] | None, fact_batche
             if batches is None:
                 continue
             start = time.perf_counter()
-            with tqdm(total=max_samples, unit=what, desc=f"MAS Ω ({what}s, {label})",
-                      disable=None if is_main() else True, leave=False) as bar:
+            with progress_bar(total=max_samples, unit=what, desc=f"MAS Ω ({what}s, {label})",
+                              enabled=is_main(), leave=False) as bar:
                 sums, n = estimator(model, loss_fn, batches, max_samples, progress=bar.update)
             sums, n = reduce_sums(sums, n)     # several processes: every rank's sums and counts
             if n == 0:

@@ -77,6 +77,11 @@ def plain(obj: Any) -> Any:
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint: {obj!r}")
 
 
+def task_names(tasks: list[int]) -> str:
+    """0-based task indices as a user reads them, 1-based: [0, 1] → "T1, T2" ("none" if empty)."""
+    return ", ".join(f"T{int(t) + 1}" for t in tasks) or "none"
+
+
 def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, method: Any, completed_tasks: list[int],
                     config: dict, history: list, metrics_lines: int) -> Path:
@@ -96,7 +101,7 @@ def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
     for target in (path, last_path(run_dir)):
         with atomic_path(target) as tmp:
             torch.save(state, tmp)
-    log.info("checkpoint saved: %s (tasks done: %s)", path, state["completed_tasks"])
+    log.info("checkpoint saved: %s (tasks done: %s)", path, task_names(state["completed_tasks"]))
     return path
 
 

@@ -47,6 +47,7 @@ class RunDirError(RuntimeError):
 ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME,
              CALIBRATION_NAME)
 EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
+TENSORBOARD = "tensorboard"          # TensorBoard events (train.tensorboard; factmas.train.tensorboard)
 
 
 class RunDir:
@@ -191,7 +192,7 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
         RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
             ``overwrite`` is False.
     With ``overwrite``, the old run's artefacts (results.json, results.md, plots, metrics.jsonl,
-    ``evaluations/``, checkpoints, config.json) are deleted first, so that a new run killed early
+    ``evaluations/``, ``tensorboard/``, checkpoints, config.json) are deleted first, so that a new run killed early
     never sits beside the old run's results.
     """
     import shutil
@@ -203,9 +204,10 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
             if p.is_file():
                 log.info("overwrite: removing %s", p)
                 p.unlink()
-        if (run_dir / EVALUATIONS).is_dir():
-            log.info("overwrite: removing %s", run_dir / EVALUATIONS)
-            shutil.rmtree(run_dir / EVALUATIONS)
+        for folder in (EVALUATIONS, TENSORBOARD):
+            if (run_dir / folder).is_dir():
+                log.info("overwrite: removing %s", run_dir / folder)
+                shutil.rmtree(run_dir / folder)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "config": cfg.to_dict(),

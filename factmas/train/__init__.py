@@ -131,7 +131,8 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     stream = plan_stages(method, tasks)
     evaluator = recorder = None
     if cfg.eval.enabled:
-        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs, tasks=tasks)
+        evaluator = Evaluator(data, cfg.train.split, cfg.eval, device, inputs, tasks=tasks,
+                              progress=progress)
         recorder = Recorder.for_evaluator(evaluator, [e.tasks for e in stream])
     trainer = ContinualTrainer(cfg, data, cfg.out, model, method, device, tasks, evaluator,
                                progress=progress, inputs=inputs, recorder=recorder)

@@ -61,7 +61,8 @@ class EvalHook:
         self.val_pairs = [e.pairs["val"] for e in tasks]
         empty = [t for t, p in enumerate(self.val_pairs) if len(p) == 0]
         if empty:
-            log.warning("tasks %s have no validation pairs: their val_loss is null", empty)
+            log.warning("tasks %s have no validation pairs: their val_loss is null",
+                        ", ".join(f"T{t + 1}" for t in empty))
         allp = np.concatenate(self.val_pairs) if self.val_pairs else np.zeros((0, 2), np.int32)
         self.images = np.unique(allp[:, 0]).astype(np.int64)
         self.facts = np.unique(allp[:, 1]).astype(np.int64)
@@ -111,7 +112,7 @@ class EvalHook:
             self.recorder.record(label, result)
             row["retrieval"] = plain(result)
         row["seconds"] = time.perf_counter() - t0
-        when = "of the initial model" if stage < 0 else f"after stage {stage + 1} (row {label})"
+        when = "of the initial model" if stage < 0 else f"after stage {stage + 1}"
         val = [None if v is None else round(v, 4) for v in row["val_loss"]]
         log.info("evaluation %s: validation loss of tasks 1..%d %s (%.1f s)", when, len(val), val,
                  row["seconds"])

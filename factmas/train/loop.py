@@ -32,7 +32,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from factmas.config import RunConfig
 from factmas.data.dataset import FactData
@@ -41,12 +40,15 @@ from factmas.distributed import is_main, shard, shard_bounds, size
 from factmas.distributed.step import DistributedForward, shard_batcher
 from factmas.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
-from factmas.run.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from factmas.progress import progress_bar, switched_off
+from factmas.run.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                   task_names)
 from factmas.run.rundir import RunDir
 from factmas.train.augment import augment_images
 from factmas.train.average import WeightAverage
 from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,8 @@ class ContinualTrainer:
         tasks: the experience of each task of ``cfg.train.split`` (``factmas.data.experience``).
         evaluator: a ``factmas.evaluation.evaluator.Evaluator`` or None (validation loss only).
         recorder: the ``factmas.evaluation.recorder.Recorder`` of the evaluator's rows (None: a
-            default one).  progress: show tqdm bars.
+            default one).  progress: show progress (``factmas.progress``: a bar on a terminal, a line
+            every 30 s in a log).
         inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
     """
 
@@ -178,6 +181,8 @@ class ContinualTrainer:
                                                                          cfg.loss),
                              cfg.train.batch_size, cfg.train.aux_batch_size, evaluator, recorder)
         self.metrics = RunDir(self.run_dir).metrics_log() if is_main() else _NoMetrics()
+        self.tb: TensorBoardLog | None = None           # train.tensorboard: opened by run()
+        self.global_step = 0                             # optimizer steps over the stream (TensorBoard)
 
     # ---- resume -------------------------------------------------------------------------------
     def restore(self, path: str | Path) -> RunState:
@@ -193,7 +198,7 @@ class ContinualTrainer:
             raise CheckpointError(f"{path}: does not fit this run's model or method: {e}") from e
         self.metrics.truncate(ckpt["metrics_lines"])
         self.hook.restore(ckpt["history"])
-        log.info("resuming from %s: tasks %s done", path, ckpt["completed_tasks"])
+        log.info("resuming from %s: tasks %s done", path, task_names(ckpt["completed_tasks"]))
         return RunState(next_stage=ckpt["stage"] + 1, completed_tasks=list(ckpt["completed_tasks"]),
                         history=list(ckpt["history"]), optimizer_state=ckpt["optimizer"],
                         metrics_lines=ckpt["metrics_lines"])
@@ -208,10 +213,34 @@ class ContinualTrainer:
                 the completed stages are kept untouched.
         """
         state = state or RunState()
+        self.global_step = self.steps_before(stages, state.next_stage)
+        if self.cfg.train.tensorboard and is_main():
+            self.tb = TensorBoardLog(self.run_dir, steps_done=self.global_step)
+        try:
+            with switched_off(not self.progress):         # also the methods' bars (MAS Ω, ...)
+                return self._run(stages, state, limit)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+                self.tb = None
+
+    def steps_before(self, stages: list[Experience], index: int) -> int:
+        """Optimizer steps of ``stages[:index]`` (epochs × batches of each stage's training pairs)."""
+        tc = self.cfg.train
+        return sum(tc.epochs * len(batch_bounds(len(s.pairs["train"]), tc.batch_size))
+                   for s in stages[:index])
+
+    def _log_evaluation(self, row: dict, history: list[dict], tasks_trained: int) -> None:
+        if self.tb is not None:
+            from factmas.evaluation.metrics import HEADLINE
+            self.tb.evaluation(row, history, tasks_trained, self.num_tasks, HEADLINE)
+
+    def _run(self, stages: list[Experience], state: RunState, limit: int | None) -> RunState:
         if not state.history:
             row = self.hook.evaluate(self.model, "initial", -1, [])
             state.history.append(row)
             self.metrics.append({"event": "initial", **row})
+            self._log_evaluation(row, state.history, 0)
         end = len(stages) if limit is None else min(limit, len(stages))
         trained = state.next_stage < end
         for stage in stages[state.next_stage:end]:
@@ -220,6 +249,7 @@ class ContinualTrainer:
             state.completed_tasks += stage.tasks
             row = self.hook.evaluate(self.model, stage.label, stage.index, state.completed_tasks)
             state.history.append(row)
+            self._log_evaluation(row, state.history, stage.index + 1)
             self.metrics.append({"event": "task_end", **row, "task_end_seconds": end_seconds,
                                  "stage_seconds": time.perf_counter() - t0})
             state.optimizer_state = optimizer.state_dict()
@@ -336,9 +366,8 @@ class ContinualTrainer:
         rng = make_rng(tc.seed, stage.index, epoch)
         sums: dict[str, float] = {}
         n_seen, t0 = 0, time.perf_counter()
-        bar = tqdm(total=len(pairs), unit="img", unit_scale=True, leave=False,
-                   desc=f"{name} epoch {epoch + 1}/{tc.epochs}",
-                   disable=None if self.progress else True)  # None: off when not a terminal
+        bar = progress_bar(total=len(pairs), unit="img", unit_scale=True, leave=False,
+                           desc=f"{name} epoch {epoch + 1}/{tc.epochs}", enabled=self.progress)
         with bar:
             flip = tc.augment_flip and not self.pixel_input     # stem models: cached mirror images
             per_epoch = len(batch_bounds(len(pairs), tc.batch_size))
@@ -358,6 +387,9 @@ class ContinualTrainer:
                     average.update(model)
                 b = len(batch["fact_idx"])
                 n_seen += b
+                self.global_step += 1
+                if self.tb is not None:
+                    self.tb.step(self.global_step, step_parts)
                 for k, v in step_parts.items():
                     sums[k] = sums.get(k, 0.0) + v * b
                 bar.update(b)
@@ -367,6 +399,8 @@ class ContinualTrainer:
         rate = n_seen / seconds if seconds > 0 else float("nan")
         log.info("%s epoch %d/%d: train loss %.4f (task %.4f, penalty %.4g), %.0f images/s",
                  name, epoch + 1, tc.epochs, means["total"], means["task"], means["penalty"], rate)
+        if self.tb is not None:
+            self.tb.epoch(self.global_step, means, rate)
         self.metrics.append({"event": "epoch", "stage": stage.index, "tasks": stage.tasks,
                              "epoch": epoch, "steps": step, "pairs": n_seen,
                              **{f"train_{k}": v for k, v in means.items()},

@@ -1,6 +1,8 @@
 """The Flickr8k builder end to end on a tiny captioned folder, and data_prep.inspect on its output."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -128,3 +130,20 @@ def test_flickr8k_default_counts_14_training_images(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "counted on the images of --threshold-images (14)" in text
     assert "--threshold-images {train,all}" in text and "fraction of those images (0.3)" in text
+
+
+def test_redirected_build_logs_progress_of_decoding_and_parsing(folder, capsys, monkeypatch):
+    """Without -q and with stderr not a terminal, the two long stages print lines with their rate
+    (every 30 s in a real build; every update here)."""
+    from factmas import progress
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    args = ["--out", str(folder / "p.h5"), "--image-size", "16", "--min-images", "3",
+            "--max-image-frac", "1", "--num-tasks", "2", "--images", str(folder / "images"),
+            "--captions", str(folder / "captions.txt")]
+    assert flickr8k.main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert any(" parsing captions done: 65 cap in " in x for x in err) or any(
+        re.search(r" parsing captions: 65/65 cap \(100%\)", x) for x in err), err
+    for stage, unit in (("decoding images", "img"), ("parsing captions", "cap")):
+        assert any(f" {stage}: " in x and f" {unit}/s" in x and " left" in x for x in err), (stage, err)
+    assert not any("\r" in x for x in err)

@@ -58,6 +58,9 @@ def test_joint_or_unfinished_run_has_no_forgetting(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| after joint training | 50.00 | 40.00 | 90.00 | 50.00 |" in md
     assert "| – | – | – |" in md                                # forgetting, BWT, FWT undefined
+    # image→fact's "all" ranks all facts, a task only its own: said under the metrics table
+    assert "a task's test images rank only that task's facts" in md
+    assert 'in "all" every test image ranks all facts of every task' in md
     legacy = {k: v for k, v in res.items() if k not in ("stage_tasks", "complete")}
     assert stage_label(legacy, 0) == "after joint training" and is_complete(legacy)   # older files
     seq = build_results(rows, T, run={"method": "mas", "seed": 0})      # one task per stage: unfinished
@@ -129,6 +132,7 @@ def test_compare_mean_std_over_seeds(tmp_path, capsys):
     t1 = np.array([0.5, 0.3]) * 100
     assert f"| mas λ=1 | random3_seed0 | 2 | {t1.mean():.2f} ± {t1.std(ddof=1):.2f} |" in md
     assert "| finetune | random3_seed0 | 1 | 50.00 | 40.00 | 90.00 |" in md
+    assert "; mean ± std over seeds (a row of one seed has no ± std)" in md.splitlines()[0]
     rows = (tmp_path / "cmp.csv").read_text().splitlines()
     assert rows[0].startswith("method,split,n_seeds,seeds,T1_mean,T1_std")
     mas = next(r.split(",") for r in rows if r.startswith("mas"))
@@ -137,6 +141,20 @@ def test_compare_mean_std_over_seeds(tmp_path, capsys):
     assert (tmp_path / "cmp.md").read_text() == md.split("wrote")[0]
     assert compare_cli.main([str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_compare_heading_of_one_seed_per_row_promises_no_std(tmp_path, capsys):
+    _write_run(tmp_path / "runs" / "ft_s0", "finetune", 0, R[2])
+    _write_run(tmp_path / "runs" / "mas_s0", "mas", 0, R[1])
+    assert compare_cli.main([str(tmp_path / "runs")]) == 0
+    md = capsys.readouterr().out
+    assert md.splitlines()[0].endswith("; one seed per row (no std)")
+    assert "±" not in md
+    for s in (0, 1):
+        _write_run(tmp_path / "runs2" / f"mas_s{s}", "mas", s, R[2])
+    assert compare_cli.main([str(tmp_path / "runs2")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "mean ± std over seeds" in first                 # references (one value) may join
 
 
 def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
