@@ -25,8 +25,8 @@ import logging
 import sys
 
 from factmas.cli.common import at_least_one, parse
-from factmas.query import answer
-from factmas.run.load import RunLoadError, load_run
+from factmas.api.run import load_run
+from factmas.run.load import RunLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device)
+        run = load_run(args.run, data=args.data, checkpoint=args.checkpoint, device=args.device)
+        run.model                                    # load now: a bad run exits 2 before any image
     except (RunLoadError, ImportError) as e:
         print(f"factmas query: error: {e}", file=sys.stderr)
         return 2
-    device = next(model.parameters()).device
-    results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average)
+    results = run.query_records(args.images, args.k)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"factmas query: error: {r['error']}", file=sys.stderr)

@@ -247,3 +247,18 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
 __all__ = ["CheckpointError", "Experience", "RunDirError", "RunState", "TrainingError", "UsageError",
            "build_method", "build_trainer", "plan_stages", "resolve_device", "resume", "shared_inputs",
            "train"]
+
+
+class _CallableTrainPackage(type(contextlib)):
+    """This package's module class: ``factmas.train(config | **overrides) -> Run`` calls the public
+    ``factmas.api.train`` (the package and the API function share the name ``factmas.train``; Python
+    binds the attribute to the package whenever it is first imported, so the package forwards)."""
+
+    def __call__(self, config=None, /, **kwargs):
+        from factmas.api.training import train as api_train
+        return api_train(config, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableTrainPackage
