@@ -7,7 +7,7 @@ Each measurement is a fresh Python process (``python -m factmas.cli --help``, ``
 ``PYTHONPATH`` set to the checkout's root; the checkouts alternate repeat by repeat, so that a change
 of load hits both. ``--baseline DIR``: a folder holding another version's ``factmas/`` package (e.g.
 ``git archive COMMIT factmas | tar -x -C DIR``). The table gives medians; the ratio is this checkout's
-median ÷ the baseline's.
+time ÷ the baseline's, repeat by repeat (median).
 """
 from __future__ import annotations
 
@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in roots:
             ok = [t for t in times[r][name] if t is not None]
             row[r] = statistics.median(ok) if len(ok) == args.repeats else None
-        if "baseline" in roots and row["this"] and row["baseline"]:
-            row["ratio"] = row["this"] / row["baseline"]
+        pairs = list(zip(times["this"][name], times.get("baseline", {}).get(name, [])))
+        if pairs and all(a and b for a, b in pairs):
+            row["ratio"] = statistics.median(a / b for a, b in pairs)     # repeat by repeat
         rows.append(row)
     cols = [("command", "command", "")] + [(r, f"{r} median s", ".3f") for r in roots]
     if "baseline" in roots:
-        cols.append(("ratio", "this ÷ baseline", ".2f"))
+        cols.append(("ratio", "median of this ÷ baseline per repeat", ".2f"))
     for row in rows:
         for k, v in list(row.items()):
             if v is None:

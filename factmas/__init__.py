@@ -10,31 +10,49 @@ The public API (``factmas.api``; walk-through in docs/api.md)::
     run.search("dog, run through, grass", k=10)      # [Hit(image, distance, true), ...]
     run.evaluate(image_split="val")                  # Results; writes nothing into the run
 
-``import factmas`` loads neither torch nor numpy; they load when a function needs them.
+``import factmas`` imports nothing else: each public name is looked up in the plain dict ``API``
+(name → module) the first time it is used, so ``factmas --help`` starts as quickly as before the API
+existed (bench/cli_startup.py).
 
 ``factmas.train`` is both the trainer's package (``factmas.train.loop``, ...) and, called, the API's
 ``factmas.api.train``: the package's module class forwards a call (``factmas/train/__init__.py``), so
 that ``factmas.train(...)`` works however the package was imported first.
 """
-from factmas.api import (Answer, CheckpointMetrics, Comparison, Embeddings, EvaluateError, Hit, Results,
-                         Run, build_feature_cache, compare, load_run, make_config, make_gallery,
-                         read_dataset, resume)
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False                   # typing.TYPE_CHECKING, without importing typing (start-up time)
 
 __version__ = "0.1.0"
 
-__all__ = ["Answer", "CheckpointMetrics", "Comparison", "Embeddings", "EvaluateError", "Hit", "Results",
-           "Run", "__version__", "build_feature_cache", "compare", "load_run", "make_config",
-           "make_gallery", "read_dataset", "resume", "train"]
+# public name -> the module that defines it (the API of docs/api.md; tests/api/test_api.py checks it)
+API = {name: "factmas.api.records" for name in
+       ("Answer", "CheckpointMetrics", "Comparison", "Embeddings", "Hit", "Results")}
+API |= {"EvaluateError": "factmas.api.evaluate", "Run": "factmas.api.run", "load_run": "factmas.api.run",
+        "build_feature_cache": "factmas.api.tools", "compare": "factmas.api.tools",
+        "make_gallery": "factmas.api.tools", "read_dataset": "factmas.api.tools",
+        "make_config": "factmas.api.training", "resume": "factmas.api.training"}
+
+__all__ = sorted(API) + ["__version__", "train"]
+
+if TYPE_CHECKING:                       # what static checkers and IDEs see
+    from factmas.api import (Answer, CheckpointMetrics, Comparison, Embeddings,  # noqa: F401
+                             EvaluateError, Hit, Results, Run, build_feature_cache, compare,
+                             load_run, make_config, make_gallery, read_dataset, resume, train)
 
 
-def __getattr__(name: str):
-    """``factmas.train``: the trainer package, callable as ``factmas.api.train`` (loads torch on
-    first use; module docstring)."""
+def __getattr__(name: str) -> object:
+    """A public name of ``API`` (imported on first use), or ``train``: the trainer package, callable
+    as ``factmas.api.train`` (loads torch)."""
     if name == "train":
-        import importlib
         return importlib.import_module("factmas.train")
+    if name in API:
+        value = getattr(importlib.import_module(API[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'factmas' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"train"})
+    return sorted(set(globals()) | set(__all__))

@@ -27,7 +27,6 @@ import json
 import logging
 import sys
 
-from factmas.api.evaluate import EvaluateError, select_stages, stage_checkpoints  # noqa: F401 (moved)
 from factmas.cli.common import parse
 from factmas.run.load import RunLoadError
 

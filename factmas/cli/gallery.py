@@ -25,7 +25,6 @@ import logging
 import sys
 
 from factmas.cli.common import at_least_one, parse
-from factmas.api.tools import make_gallery
 from factmas.gallery import GalleryError
 
 
@@ -51,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if at_least_one("factmas gallery", args, 'photos', 'facts_per_task', 'top_images'):
         return 2
     logging.basicConfig(level=logging.WARNING)
+    from factmas.api.tools import make_gallery
     try:
         index = make_gallery(args.runs, args.out, args.photos, args.facts_per_task, args.top_images,
                              args.seed, args.data, args.device)

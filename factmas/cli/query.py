@@ -25,7 +25,6 @@ import logging
 import sys
 
 from factmas.cli.common import at_least_one, parse
-from factmas.api.run import load_run
 from factmas.run.load import RunLoadError
 
 
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if at_least_one("factmas query", args, 'k'):
         return 2
     logging.basicConfig(level=logging.WARNING)
+    from factmas.api.run import load_run
     try:
         run = load_run(args.run, data=args.data, checkpoint=args.checkpoint, device=args.device)
         run.model                                    # load now: a bad run exits 2 before any image
