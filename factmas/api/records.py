@@ -96,6 +96,13 @@ class Embeddings:
     ids: tuple
     order: np.ndarray | None = None
 
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """``numpy.asarray(embeddings)`` is ``vectors`` [N, 3·d]."""
+        return self.vectors if dtype is None else self.vectors.astype(dtype)
+
     @property
     def dim(self) -> int:
         """d, the width of one slot."""

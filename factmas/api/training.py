@@ -90,7 +90,7 @@ def train(config: Any = None, /, *, overwrite: bool = False, limit_tasks: int | 
     cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))
     state = _train(cfg, command=command, overwrite=overwrite, limit_tasks=limit_tasks,
                    progress=progress)
-    return _run_of(cfg.out, state)
+    return _run_of(cfg.out, state, cfg)
 
 
 def train_config(cfg: RunConfig, *, command: str = "", overwrite: bool = False,
@@ -99,7 +99,7 @@ def train_config(cfg: RunConfig, *, command: str = "", overwrite: bool = False,
     from factmas.train import train as _train
     state = _train(cfg, command=command, overwrite=overwrite, limit_tasks=limit_tasks,
                    progress=progress)
-    return _run_of(cfg.out, state)
+    return _run_of(cfg.out, state, cfg)
 
 
 def resume(path: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
@@ -119,8 +119,18 @@ def resume(path: str | Path, *, limit_tasks: int | None = None, device: str | No
     return _run_of(path, state)
 
 
-def _run_of(path: str | Path, state: Any) -> Run:
-    """The ``Run`` of a directory just trained, holding the trainer's state."""
-    run = Run(path)
+def _run_of(path: str | Path, state: Any, cfg: RunConfig | None = None) -> Run:
+    """The ``Run`` of a directory just trained, holding the trainer's state. A process other than
+    rank 0 of a distributed run may not see config.json (rank 0 alone writes, maybe on another
+    machine): its ``Run`` then holds ``cfg`` as its configuration."""
+    from factmas.run.load import RunLoadError
+    try:
+        run = Run(path)
+    except RunLoadError:
+        if cfg is None:
+            raise
+        run = Run.__new__(Run)
+        run.path, run.data_path, run.checkpoint, run.device = Path(path), None, "last.pt", "auto"
+        run._config, run.record, run._loaded, run._with_images = cfg, {}, None, False
     run.state = state
     return run

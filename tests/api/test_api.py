@@ -109,6 +109,7 @@ def test_query_equals_the_naive_ranking_of_its_embeddings_and_the_cli(api_runs, 
     phi, psi = run.embed_images(photos), run.embed_facts()
     d = phi.dim
     assert phi.vectors.shape == (3, 3 * d) and psi.vectors.shape == (api_runs["dataset"].num_facts, 3 * d)
+    assert np.asarray(phi) is phi.vectors and len(psi) == api_runs["dataset"].num_facts
     assert phi.slots == {"S": slice(0, d), "P": slice(d, 2 * d), "O": slice(2 * d, 3 * d)}
     D = _naive_wildcard(phi, psi)
     for n, p in enumerate(photos):
