@@ -4,15 +4,15 @@ A typed fact "S", "S, P" or "S, P, O" is parsed into the run's vocabulary (``par
 lemmas via lemminflect as the dataset's facts were mined, people words → person); the images of a
 folder (``factmas.search_index``) or of a dataset split (``dataset_embeddings``) are ranked by exact
 FAISS search (``factmas.evaluation.retrieval.ImageIndex``) with the wildcard distance D ∈ [0, 4] of
-``factmas.space``. ``run_search`` does a whole search from the command's arguments; the command line
-is ``factmas.cli.search``. With the run's calibrator (``factmas.calibrate.run_calibrator``) each result
-also gets ``probability``, P(the fact is true of that image | D), fitted on the val images.
+``factmas.space``. ``search_run`` does a whole search of a loaded run (``factmas.Run.search`` calls it);
+the command line is ``factmas.cli.search``. With the run's calibrator (``factmas.calibrate.run_calibrator``)
+each result also gets ``probability``, P(the fact is true of that image | D), fitted on the val images.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,44 +137,55 @@ def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
     return d[0], i[0]
 
 
-def run_search(args: argparse.Namespace) -> dict:
-    """The search of parsed arguments → the JSON-able result. Raises SearchError, RunLoadError."""
-    from factmas.calibrate import run_calibrator
-    from factmas.run.load import checkpoint_file, load_run
+def search_run(cfg: Any, data: Any, model: Any, checkpoint: str | Path, fact: str,
+               images: str | Path | None = None, image_split: str = "test", k: int = 10,
+               calibrator: Any = None, calibration_note: str | None = None) -> dict:
+    """One search of a loaded run (``factmas.run.load.load_run``) → the JSON-able result of
+    ``factmas search --json``: {"fact", "order", "distance", "probability", "threshold", "source",
+    "results": [{"rank", "image", "distance", "probability", ...}], "seconds", ...}.
+
+    Args:
+        cfg, data, model: the run's RunConfig, dataset (with its images unless ``images`` is given)
+            and model.  checkpoint: the checkpoint file the model's weights came from (the folder
+            index's key).  fact: "S", "S, P" or "S, P, O".  images: a folder of photos to search
+            (indexed once, ``factmas.search_index``); None: the dataset's ``image_split`` images
+            ("train", "val", "test" or "all").  k: images returned.  calibrator: the run's
+            ``Calibrator`` (``factmas.calibrate.run_calibrator``) or None (then every probability is
+            None); calibration_note: why there is none, recorded as "calibration_note".
+    Raises:
+        SearchError: a fact outside the vocabulary, an unusable folder or an empty image split.
+    """
     from factmas.search_index import folder_embeddings
 
     t0 = time.perf_counter()
-    cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device,
-                                   load_images=args.images is None)
     flip = cfg.eval.flip_average
     device = next(model.parameters()).device
-    slots, tokens, order = parse_fact(args.fact, data.vocab, data.tokens.shape[2])
-    cal, why = run_calibrator(args.run, model.state_dict(), getattr(args, "calibration", None))
+    slots, tokens, order = parse_fact(fact, data.vocab, data.tokens.shape[2])
+    cal = calibrator
     out: dict = {"fact": "<" + ", ".join(slots) + ">", "order": order, "distance": DISTANCE_LABEL,
                  "probability": PROBABILITY_LABEL if cal is not None else None,
                  "threshold": None if cal is None else cal.threshold}
-    if why:
-        out["calibration_note"] = why
-    if args.images:
+    if calibration_note:
+        out["calibration_note"] = calibration_note
+    if images:
         try:
             paths, phi, failed, reused = folder_embeddings(
-                model, checkpoint_file(args.run, args.checkpoint), args.images,
-                int(data.images.shape[1]), device, flip)
+                model, checkpoint, images, int(data.images.shape[1]), device, flip)
         except (ValueError, OSError) as e:
             raise SearchError(str(e)) from e
-        out.update(source=str(args.images), index_reused=reused, unreadable=failed)
-        d, rows = search(model, tokens, order, phi, args.k)
+        out.update(source=str(images), index_reused=reused, unreadable=failed)
+        d, rows = search(model, tokens, order, phi, k)
         out["results"] = [{"rank": r + 1, "image": str(paths[i]), "distance": float(x)}
                           for r, (x, i) in enumerate(zip(d, rows))]
     else:
         try:
-            ids, phi = dataset_embeddings(model, data, args.image_split, device, flip_average=flip)
+            ids, phi = dataset_embeddings(model, data, image_split, device, flip_average=flip)
         except ValueError as e:
             raise SearchError(str(e)) from e
         f = fact_id_of(data, slots)
         true = set() if f is None else set(data.pairs[data.pairs[:, 1] == f, 0].tolist())
-        out.update(source=f"{data.path} ({args.image_split} images)", fact_id=f)
-        d, rows = search(model, tokens, order, phi, args.k)
+        out.update(source=f"{data.path} ({image_split} images)", fact_id=f)
+        d, rows = search(model, tokens, order, phi, k)
         out["results"] = [{"rank": r + 1, "image": data.image_ids[int(ids[i])], "image_index":
                            int(ids[i]), "distance": float(x)}
                           | ({} if f is None else {"true": int(ids[i]) in true})

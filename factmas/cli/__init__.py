@@ -4,7 +4,8 @@ Each subcommand lives in its own module with a ``main(argv) -> int`` function; t
 dispatches (a plain dict, no import magic).
 
 The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
-The work is done by library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
+The work is done by the public API (``factmas.api``: train, load_run, Run.evaluate/query/search, compare,
+make_gallery, build_feature_cache) and library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
 ``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
 import from here. A command module never imports another command module.
 """

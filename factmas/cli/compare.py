@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from factmas.api.tools import compare as compare_runs
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.experiments import compare
 from factmas.io import atomic_write_text
@@ -29,17 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out and Path(f"{args.out}.md").is_dir():
             raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
-        runs = compare.find_runs(args.runs)
-        groups, num_tasks = compare.collect(runs, args.metric, args.allow_mixed)
-        groups += compare.reference_groups(runs, args.metric)
+        table = compare_runs(args.runs, args.metric, args.allow_mixed)
     except ValueError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    md = compare.to_markdown(groups, num_tasks, args.metric)
+    md = table.markdown()
     print(md, end="")
     if args.out:
         atomic_write_text(f"{args.out}.md", md)
-        atomic_write_text(f"{args.out}.csv", compare.to_csv(groups, num_tasks))
+        atomic_write_text(f"{args.out}.csv", table.csv())
         print(f"wrote {args.out}.md, {args.out}.csv")
     return 0
 

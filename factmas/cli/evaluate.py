@@ -23,15 +23,12 @@ the run, a checkpoint, the dataset or an option cannot be used (nothing is writt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 
 from factmas.cli.common import parse
-from pathlib import Path
-
-from factmas.run.load import RunLoadError, checkpoint_file, load_run
+from factmas.run.load import RunLoadError
 
 log = logging.getLogger(__name__)
 
@@ -56,67 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class EvaluateError(ValueError):
-    """An option or the run cannot be used as asked; the message names which."""
-
-
-def output_dir(args: argparse.Namespace, image_split: str, image_pool: str) -> Path:
-    """Where the report goes; refuses (EvaluateError) what would replace results unasked."""
-    from factmas.run.rundir import RunDir
-    run = RunDir(args.run)
-    default = run.evaluations / (image_split + ("-task-pool" if image_pool == "task" else ""))
-    out = Path(args.out) if args.out else default
-    if out.exists() and not out.is_dir():
-        raise EvaluateError(f"--out {out}: is a file; expected a directory")
-    is_run = out.resolve() == run.path.resolve() or RunDir(out).holds_run()
-    if is_run and not args.replace_results:
-        raise EvaluateError(f"--out {out}: is a run directory; its results.json, results.md and plots "
-                            "are the training run's. Write elsewhere (the default is "
-                            f"{default}) or pass --replace-results to replace them")
-    if (out / "results.json").is_file() and not (args.overwrite or is_run):
-        raise EvaluateError(f"--out {out}: already holds results.json; pass --overwrite to replace "
-                            "it or choose another --out")
-    return out
-
-
-def select_stages(run_dir: str | Path, planned: list[int], wanted: str | None) -> list[tuple[int, Path]]:
-    """The (stage, checkpoint) pairs to evaluate.
-
-    Raises:
-        EvaluateError: without ``wanted``, when the present checkpoints are not exactly the planned
-            stages (names the missing ones); with ``wanted``, a malformed list or a stage whose
-            checkpoint is missing.
-    """
-    present = dict(stage_checkpoints(run_dir))
-    if wanted is None:
-        missing = [s for s in planned if s not in present]
-        extra = [s for s in present if s not in planned]
-        if missing or extra:
-            what = (f"lacks {', '.join(f'task{s}.pt' for s in missing)}" if missing
-                    else f"has checkpoints of stages {extra} beyond the planned {planned}")
-            raise EvaluateError(f"{Path(run_dir) / 'checkpoints'} {what} (the run has "
-                                f"{len(planned)} stages; present: {sorted(present) or 'none'}); "
-                                "finish it with factmas train --resume, or evaluate the present "
-                                f"stages on purpose with --stages {','.join(map(str, sorted(present))) or 'N'}")
-        return sorted(present.items())
-    try:
-        stages = sorted({int(x) for x in wanted.split(",") if x.strip()})
-    except ValueError:
-        raise EvaluateError(f"--stages: expected stage numbers separated by commas, got {wanted!r}") \
-            from None
-    absent = [s for s in stages if s not in present]
-    if not stages or absent:
-        raise EvaluateError(f"--stages {wanted}: no checkpoint for stage(s) {absent or '(none given)'}; "
-                            f"present: {sorted(present) or 'none'}")
-    return [(s, present[s]) for s in stages]
-
-
-def stage_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """[(stage, RUN_DIR/checkpoints/task{stage}.pt)] sorted by stage (``RunDir.stage_checkpoints``)."""
-    from factmas.run.rundir import RunDir
-    return RunDir(run_dir).stage_checkpoints()
-
-
 def metrics_table(metrics: dict, num_tasks: int) -> str:
     """Markdown table of one evaluation: rows = metrics, columns T1..Tk, all (values in %)."""
     from factmas.evaluation.evaluator import METRICS
@@ -138,68 +74,30 @@ def main(argv: list[str] | None = None) -> int:
         return args
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from factmas.data.experience import experiences
-    from factmas.evaluation.evaluator import Evaluator
-    from factmas.evaluation.recorder import Recorder
-    from factmas.methods import method_class
-    from factmas.model import build_model
-    from factmas.run.checkpoint import CheckpointError, load_checkpoint
-    from factmas.run.lock import RunLock
-    from factmas.run.rundir import RunDir, RunDirError
+    from factmas.api.evaluate import evaluation_dir, write_evaluation
+    from factmas.api.run import load_run
+    from factmas.run.checkpoint import CheckpointError
+    from factmas.run.rundir import RunDirError
     try:
-        cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint or _first(args.run),
-                                       args.device, load_images=True)
-        device = next(model.parameters()).device
-        ecfg = dataclasses.replace(cfg.eval, **{k: v for k, v in (
-            ("image_pool", args.image_pool), ("image_split", args.image_split)) if v})
-        from factmas.features import image_inputs
-        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache,
-                              progress=not args.quiet)
-        tasks = experiences(data, cfg.train.split)
-        evaluator = Evaluator(data, cfg.train.split, ecfg, device, inputs, tasks=tasks,
-                              progress=not args.quiet)
+        run = load_run(args.run, data=args.data, device=args.device)
         if args.checkpoint:
-            metrics = evaluator.evaluate(model)
-            print(json.dumps(metrics, indent=2, default=str) if args.json
-                  else f"{checkpoint_file(args.run, args.checkpoint)}\n\n"
-                       + metrics_table(metrics, evaluator.num_tasks))
+            one = run.evaluate_checkpoint(args.checkpoint, image_split=args.image_split,
+                                          image_pool=args.image_pool, progress=not args.quiet)
+            print(json.dumps(one.metrics, indent=2, default=str) if args.json
+                  else f"{one.checkpoint}\n\n" + metrics_table(one.metrics, one.num_tasks))
             return 0
-        out = output_dir(args, ecfg.image_split, ecfg.image_pool)
-        stream = method_class(cfg.train.method)().stream(tasks)     # the run's training stages
-        planned = [st.index for st in stream]
-        chosen = select_stages(args.run, planned, args.stages)
-        recorder = Recorder.for_evaluator(evaluator, [st.tasks for st in stream])
-        import torch
-        torch.manual_seed(cfg.train.seed)            # the initial model, as the trainer builds it
-        initial = build_model(cfg.model, len(data.vocab)).to(device)
-        recorder.record("initial", evaluator.evaluate(initial))
-        for stage, path in chosen:
-            model.load_state_dict(load_checkpoint(path, map_location=device)["model"])
-            log.info("evaluating %s", path)
-            recorder.record(stage, evaluator.evaluate(model))
-        run = RunDir(args.run)
-        fields = {"complete": [s for s, _ in chosen] == planned,
-                  "evaluated": {"by": "factmas evaluate", "run_dir": str(run.path.resolve()),
-                                "checkpoints": [str(p) for _, p in chosen], "data": data.path,
-                                "image_split": ecfg.image_split, "image_pool": ecfg.image_pool}}
-        write = lambda: recorder.write(out, run.path.resolve().name, run=run.meta(), **fields)  # noqa: E731
-        if out.resolve() == run.path.resolve() or RunDir(out).holds_run():
-            with RunLock(out):
-                paths = write()
-        else:
-            paths = write()
+        ecfg = run.config.eval
+        out = evaluation_dir(args.run, args.out, args.image_split or ecfg.image_split,
+                             args.image_pool or ecfg.image_pool, args.overwrite, args.replace_results)
+        results = run.evaluate(image_split=args.image_split, image_pool=args.image_pool,
+                               stages=args.stages, progress=not args.quiet)
+        paths = write_evaluation(results, out)
     except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)
         return 2
     print((out / "results.md").read_text(encoding="utf-8") if (out / "results.md").is_file() else "")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
-
-
-def _first(run_dir: str) -> str:
-    """A checkpoint to load the model shape from: the first stage's, else last.pt."""
-    stages = stage_checkpoints(run_dir)
-    return str(stages[0][1]) if stages else "last.pt"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from factmas.config import ConfigError, RunConfig
+from factmas.config import ConfigError
 from factmas.data.dataset import DatasetError
 
 
@@ -39,30 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``factmas features``; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    import torch
-
-    from factmas.data.dataset import read_dataset
-    from factmas.features import cache_file, load_or_build
-    from factmas.model import build_model
-    from factmas.device import UsageError, resolve_device
+    from factmas.api.tools import build_feature_cache
+    from factmas.device import UsageError
     try:
-        cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
-        if args.backbone:
-            cfg.model.backbone = args.backbone
-        if args.freeze_stages is not None:
-            cfg.model.freeze_stages = args.freeze_stages
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        data = read_dataset(args.data)
-        torch.manual_seed(cfg.train.seed)           # as the trainer builds the model
-        model = build_model(cfg.model, len(data.vocab))
-        if model.image_stem is None:
-            raise UsageError(f"backbone {cfg.model.backbone} has no frozen stages: nothing to cache")
-        path = cache_file(data, model)
-        load_or_build(model, data, device, progress=not args.no_progress, path=path)
+        path = build_feature_cache(args.data, args.config, args.backbone, args.freeze_stages,
+                                   args.threads, args.device, progress=not args.no_progress)
     except (ConfigError, DatasetError, UsageError, ValueError, OSError) as e:
         print(f"factmas features: {e}", file=sys.stderr)
         return 2

@@ -25,8 +25,7 @@ import logging
 import sys
 
 from factmas.cli.common import at_least_one, parse
-from factmas.gallery import GalleryError, collect, load_runs
-from factmas.gallery_html import write_gallery
+from factmas.gallery import GalleryError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if at_least_one("factmas gallery", args, 'photos', 'facts_per_task', 'top_images'):
         return 2
     logging.basicConfig(level=logging.WARNING)
+    from factmas.api.tools import make_gallery
     try:
-        data, runs = load_runs(args.runs, args.data, args.device)
-        page = collect(data, runs, args.photos, args.facts_per_task, args.top_images, args.seed)
-        index = write_gallery(args.out, data, runs, page)
+        index = make_gallery(args.runs, args.out, args.photos, args.facts_per_task, args.top_images,
+                             args.seed, args.data, args.device)
     except (GalleryError, ImportError) as e:
         print(f"factmas gallery: error: {e}", file=sys.stderr)
         return 2

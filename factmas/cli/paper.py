@@ -27,9 +27,10 @@ from pathlib import Path
 
 from factmas.config import ConfigError, RunConfig, TrainConfig
 from factmas.io import git_commit
-from factmas.experiments.paper_table import (GRIDS, MAX_EXTENSIONS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT,
-                                             VARIANTS, Settings, cpu_seconds, check_splits, choose_lambdas,
-                                             extend_grids, final_jobs, run_all, search_jobs, share_zero)
+from factmas.experiments import paper_run
+from factmas.experiments.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT,  # noqa: F401
+                                             VARIANTS, Settings, cpu_seconds, check_splits, final_jobs,
+                                             run_all, search_jobs)
 
 log = logging.getLogger("factmas.experiments.paper_table")
 
@@ -147,31 +148,12 @@ def _disjoint_seeds(args: argparse.Namespace, seeds: list[int], splits: list[str
 
 
 def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict], dict[str, float]]:
-    """Run the λ grids, then extend each grid whose best λ sits at an edge (``extend_grids``) and
-    run the new values, at most ``MAX_EXTENSIONS`` rounds; ``settings.grids`` grows in place (the
-    search table lists every value run). Returns (the search runs' summaries, the chosen λ)."""
-    needed = settings.searches()
-    searched = share_zero(run_all(search, settings), {m: settings.grids[m] for m in needed})
-    chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
-    for round_ in range(MAX_EXTENSIONS):
-        more = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
-        if not more:
-            break
-        log.info("λ search round %d: %s at the edge of the grid; adding %s", round_ + 2,
-                 ", ".join(f"{m} (λ = {chosen[m]:g})" for m in more),
-                 ", ".join(f"{m}: {v[0]:g}" for m, v in more.items()))
-        for m, values in more.items():
-            settings.grids[m] = tuple(sorted(settings.grids[m] + values))
-        searched = share_zero(searched + run_all(search_jobs(settings, more), settings),
-                              {m: settings.grids[m] for m in needed})
-        chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
-    else:
-        edge = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
-        if edge:
-            log.warning("λ search: still at the edge of the grid after %d extensions: %s",
-                        MAX_EXTENSIONS, ", ".join(f"{m} λ = {chosen[m]:g}" for m in edge))
-    searched.sort(key=lambda r: (r["label"], r["reg_lambda"]))
-    return searched, chosen
+    """``factmas.experiments.paper_run.bracketed_search`` with this module's ``run_all``."""
+    return paper_run.bracketed_search(settings, search, _run_all)
+
+
+def _run_all(jobs: list[dict], settings: Settings) -> list[dict]:
+    return run_all(jobs, settings)          # looked up at call time (tests replace run_all)
 
 
 QUIET_LOGGERS = ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
@@ -190,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from factmas.data.dataset import DatasetError, read_dataset
-    from factmas.experiments.paper_report import write_outputs
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
@@ -206,26 +187,14 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, ConfigError, DatasetError) as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2
-    search = search_jobs(settings)
-    log.info("paper table: %d λ-search runs, then %d final runs (%s), %d worker(s); output %s",
-             len(search), len(final_jobs(settings, {m: 0.0 for m in GRIDS})),
-             ", ".join(settings.variants), settings.jobs, settings.out)
     try:
-        searched, chosen = bracketed_search(settings, search)
-        log.info("λ chosen on val images: %s", chosen or "none needed")
-        finals = run_all(final_jobs(settings, chosen), settings)
+        runs = paper_run.train_paper_runs(settings, _run_all)
     except Exception as e:                                    # a run failed: say which, exit 1
         log.exception("paper_table: a run failed")
         print(f"paper_table: run failed: {e}", file=sys.stderr)
         return 1
-    runs = [r for r in searched if "shared_from" not in r] + finals      # each trained run once
-    meta = {"command": "python eval/paper_table.py " + shlex.join(argv), "commit": git_commit(),
-            "quick": args.quick, "seconds": time.perf_counter() - t0,
-            "cpu_seconds": sum(r["cpu_seconds"] for r in runs),
-            "run_seconds": sum(r["seconds"] for r in runs),
-            "data_note": (f" (a random {settings.image_fraction:.0%} of the images)"
-                          if settings.image_fraction < 1 else "")}
-    for p in write_outputs(settings, searched, chosen, finals, meta):
+    for p in paper_run.write_paper_table(settings, runs, "python eval/paper_table.py " + shlex.join(argv),
+                                         git_commit(), args.quick, time.perf_counter() - t0):
         print(f"wrote {p}")
     print((Path(settings.out) / "paper_table.md").read_text(encoding="utf-8"))
     return 0

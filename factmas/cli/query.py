@@ -32,10 +32,8 @@ import json
 import logging
 import sys
 
-from factmas.calibrate import run_calibrator
 from factmas.cli.common import at_least_one, parse
-from factmas.query import answer
-from factmas.run.load import RunLoadError, load_run
+from factmas.run.load import RunLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,17 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     if at_least_one("factmas query", args, 'k'):
         return 2
     logging.basicConfig(level=logging.WARNING)
+    from factmas.api.run import load_run
     try:
-        cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint, args.device)
+        run = load_run(args.run, data=args.data, checkpoint=args.checkpoint, device=args.device)
+        run.model                                    # load now: a bad run exits 2 before any image
     except (RunLoadError, ImportError) as e:
         print(f"factmas query: error: {e}", file=sys.stderr)
         return 2
-    calibrator, why = run_calibrator(args.run, model.state_dict(), args.calibration)
+    calibrator, why = run.calibrator(args.calibration)
     if why:
         print(f"factmas query: note: {why}", file=sys.stderr)
-    device = next(model.parameters()).device
-    results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average,
-                     calibrator=calibrator)
+    results = run.query_records(args.images, args.k, calibrator=calibrator)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"factmas query: error: {r['error']}", file=sys.stderr)

@@ -31,7 +31,7 @@ import sys
 
 from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
-from factmas.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError, run_search
+from factmas.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
-        out = run_search(args)
+        from factmas.api.run import load_run
+        run = load_run(args.run, data=args.data, checkpoint=args.checkpoint, device=args.device)
+        out = run.search_record(args.fact, args.images, args.k, args.image_split,
+                                calibration=args.calibration)
     except (SearchError, RunLoadError, ImportError) as e:
         print(f"factmas search: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from factmas.config import ConfigError, RunConfig
 from factmas.data.dataset import DatasetError
-from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError, resume, train
+from factmas.api.training import resume, train_config
+from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError
 
 log = logging.getLogger("factmas.train")
 
@@ -133,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
                                      f"--device, --threads and --limit-tasks may be given with it, not {given or '--overwrite'}")
                 state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
-                               threads=args.threads, progress=progress)
+                               threads=args.threads, progress=progress).state
                 run_dir = args.resume
             else:
                 cfg = config_from_args(args)
                 command = "factmas train " + shlex.join(argv)
-                state = train(cfg, command=command, overwrite=args.overwrite,
-                              limit_tasks=args.limit_tasks, progress=progress)
+                state = train_config(cfg, command=command, overwrite=args.overwrite,
+                                     limit_tasks=args.limit_tasks, progress=progress).state
                 run_dir = cfg.out
         finished = True
     except (UsageError, RunDirError, ConfigError, DatasetError) as e:

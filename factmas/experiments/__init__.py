@@ -1,6 +1,7 @@
 """Experiments built from runs: the MAS paper's facts comparison and the table of methods × seeds.
 
 - ``paper_table``: λ search on val images, the plan of runs, running them.
+- ``paper_run``: the whole comparison: λ search bracketed by grid extensions, final runs, report.
 - ``paper_report``: the paper-style tables, CSV, plot and results.json.
 - ``compare``: one table of runs, mean ± std over seeds (command line ``factmas.cli.compare``,
   ``python eval/compare.py``).

@@ -13,7 +13,7 @@ trained with SGD):
    image split: images of the training part held out from training). The best λ is kept (ties
    within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,
    one whose best is λ = 0 downwards (its smallest positive λ ÷ 10), at most ``MAX_EXTENSIONS``
-   rounds (``extend_grids``; ``factmas.cli.paper.bracketed_search``), so that the chosen λ is
+   rounds (``extend_grids``; ``factmas.experiments.paper_run.bracketed_search``), so that the chosen λ is
    bracketed. MAS with Ω from test or train+test images takes MAS's λ (same penalty, Ω is a
    per-sample mean either way; only the Ω data differ), and so does MAS with SGD; MAS with Ω of
    the normalized output has its own grid (its Ω has another scale). At λ = 0 every regularized
