@@ -12,9 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+from factmas.errors import FactmasError
 
 
-class ConfigError(ValueError):
+class ConfigError(FactmasError, ValueError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 

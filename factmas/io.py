@@ -55,6 +55,44 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             tmp_path.unlink()
 
 
+def check_room(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ``OSError`` (ENOSPC or EFBIG, naming ``path``) when a file of about ``nbytes`` bytes
+    cannot be written beside ``path``: less free space on its file system, or a file-size limit
+    (``ulimit -f``) below it. For writers that fail badly on a full disk (h5py can end in a
+    segmentation fault; torch's zip writer reports only "unexpected pos"); a check, not a promise,
+    since the space can be taken between the check and the write."""
+    import errno
+    import resource
+    import shutil
+    final = Path(path)
+    where = final.parent if final.parent.exists() else Path(".")
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    if free is not None and nbytes > free:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {nbytes / 1e6:.1f} MB, "
+                      f"{free / 1e6:.1f} MB free)", str(final))
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} (needs about {nbytes} bytes, the limit "
+                      f"is {soft})", str(final))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with Python's own file calls, so that a full disk or a
+    file-size limit surfaces as an ``OSError`` naming the file (ENOSPC, EFBIG)."""
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(final)) from e
+
+
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
     """Hold Ctrl-C (SIGINT) back while the body runs, then raise ``KeyboardInterrupt`` at its end.

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ DISTANCE_LABEL = "wildcard distance D in [0, 4], smaller = closer"
 SPLITS = ("train", "val", "test", "all")
 
 
-class SearchError(ValueError):
+class SearchError(FactmasError, ValueError):
     """A fact or setting that cannot be searched; the message names it."""
 
 

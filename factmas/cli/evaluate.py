@@ -32,6 +32,7 @@ from factmas.cli.common import parse
 from pathlib import Path
 
 from factmas.run.load import RunLoadError, checkpoint_file, load_run
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class EvaluateError(ValueError):
+class EvaluateError(FactmasError, ValueError):
     """An option or the run cannot be used as asked; the message names which."""
 
 
@@ -202,4 +203,5 @@ def _first(run_dir: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas evaluate", main))

@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 
+from factmas.errors import printable
 from factmas.cli.common import at_least_one, parse
 from factmas.query import answer
 from factmas.run.load import RunLoadError, load_run
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     results = answer(model, data, args.images, args.k, device, flip_average=cfg.eval.flip_average)
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"factmas query: error: {r['error']}", file=sys.stderr)
+        print(f"factmas query: error: {printable(r['error'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             if "facts" not in r:
                 continue
-            print(r["image"])
+            print(printable(r["image"]))                # a name cannot drive the terminal
             for f in r["facts"]:
-                print(f"  {f['rank']:>3}. {f['text']:<40} {f['distance']:.4f}")
+                print(f"  {f['rank']:>3}. {printable(f['text']):<40} {f['distance']:.4f}")
     if failed:
         print(f"factmas query: {len(failed)} of {len(results)} images could not be read",
               file=sys.stderr)
@@ -78,4 +79,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas query", main))

@@ -18,6 +18,7 @@ import zlib
 from typing import Any, Mapping
 
 import numpy as np
+from factmas.errors import FactmasError
 
 CHECKSUM_KEY = "image_crc32"
 SPLIT_VALUES = (0, 1, 2)
@@ -41,7 +42,7 @@ SPLIT_LAYOUT = ("int", ("F",))
 SPLIT_IMAGES_LAYOUT = ("int", ("N",))   # split_images/<name>: image-disjoint splits
 
 
-class DatasetError(ValueError):
+class DatasetError(FactmasError, ValueError):
     """The dataset file is missing, of another schema version, or inconsistent; names file and key."""
 
 

@@ -20,6 +20,7 @@ never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from factmas.io import atomic_path, finite_or_none
+from factmas.io import atomic_write_bytes, finite_or_none
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ REQUIRED = ("stage", "completed_tasks", "model", "optimizer", "method", "method_
             "history", "metrics_lines")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FactmasError, RuntimeError):
     """A checkpoint is missing, unreadable, or not a factmas checkpoint; the message names the file."""
 
 
@@ -93,9 +95,11 @@ def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
         "config": plain(config), "history": plain(history), "metrics_lines": int(metrics_lines),
     }
     path = stage_path(run_dir, stage)
+    buf = io.BytesIO()            # serialized in memory, so that a full disk or a file-size limit is an
+    torch.save(state, buf)        # OSError naming the file (torch's zip writer says "unexpected pos")
+    data = buf.getvalue()
     for target in (path, last_path(run_dir)):
-        with atomic_path(target) as tmp:
-            torch.save(state, tmp)
+        atomic_write_bytes(target, data)
     log.info("checkpoint saved: %s (tasks done: %s)", path, state["completed_tasks"])
     return path
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from factmas.errors import FactmasError
 
 if TYPE_CHECKING:
     import torch
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class RunLoadError(RuntimeError):
+class RunLoadError(FactmasError, RuntimeError):
     """The run directory, its checkpoint or its dataset cannot be used; the message names which."""
 
 

@@ -28,6 +28,7 @@ from factmas.data.dataset import FactData
 from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
 from factmas.run.checkpoint import (checkpoint_dir, dumps_line, has_checkpoints, latest_checkpoint,
                                     last_path, stage_checkpoints, stage_path)
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(FactmasError, RuntimeError):
     """The run directory cannot be used as asked (e.g. it holds a run and neither resume nor
     overwrite was requested, or it is not a factmas run directory when resuming)."""
 

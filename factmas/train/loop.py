@@ -47,12 +47,15 @@ from factmas.train.augment import augment_images
 from factmas.train.average import WeightAverage
 from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FactmasError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names task, epoch and step."""
+
+    exit_code = 1
 
 
 @dataclass

@@ -332,3 +332,121 @@ def test_interrupt_during_the_hdf5_write_leaves_nothing_and_exits_130(env, monke
 def test_case_count():
     assert len(CASES) >= 60
     print(f"{len(CASES) + 1} bad-input cases")
+
+
+# ---- issue 30: one error base class, caught once at the command line ---------------------------------
+
+def _cli(argv):
+    from factmas.cli import main
+    return main(argv)
+
+
+def _no_temp_files(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*.tmp")]
+
+
+def test_traceback_error_classes_share_one_base_with_exit_2():
+    from factmas.config import ConfigError
+    from factmas.data.schema import DatasetError
+    from factmas.device import UsageError as OldName
+    from factmas.errors import FactmasError, UsageError, user_message
+    from factmas.run.checkpoint import CheckpointError
+    from factmas.run.load import RunLoadError
+    from factmas.run.rundir import RunDirError
+    from factmas.search import SearchError
+    from factmas.train.loop import TrainingError
+    assert OldName is UsageError and issubclass(UsageError, ValueError)     # old names still work
+    for cls in (ConfigError, DatasetError, UsageError, CheckpointError, RunLoadError, RunDirError,
+                SearchError):
+        assert issubclass(cls, FactmasError) and user_message(cls("x.json: bad"))[0] == 2, cls
+    assert user_message(TrainingError("non-finite loss"))[0] == 1
+    assert user_message(KeyError("bug")) is None and user_message(ZeroDivisionError()) is None
+
+
+def test_traceback_disk_full_while_writing_a_checkpoint(env, tmp_path, monkeypatch, capsys):
+    """ENOSPC from the checkpoint write (reported at fsync, as a file system with delayed allocation
+    does): one line naming the file, exit 2, no temporary file left."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "full_run"
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(out), "--split", "random2_seed0",
+                   "--no-progress", "-q", "--epochs", "1", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "no space left" in err and ".pt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not _no_temp_files(tmp_path)
+
+
+def test_traceback_read_only_output_folder(env, tmp_path, monkeypatch, capsys):
+    """EROFS when the run folder is created (a read-only mount; chmod does not stop root)."""
+    import errno
+    real = Path.mkdir
+
+    def ro(self, *a, **k):
+        if "ro_run" in str(self):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", ro)
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(tmp_path / "ro_run"), "--split",
+                   "random2_seed0", "--no-progress", "-q", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2 and "read-only" in err.lower() and "ro_run" in err and "Traceback" not in err, err
+
+
+def test_traceback_file_size_limit_in_a_subprocess(env, tmp_path):
+    """RLIMIT_FSIZE (ulimit -f): the write fails with EFBIG (Python ignores SIGXFSZ); one line, exit 2."""
+    import resource
+    import subprocess
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    out = tmp_path / "big_run"
+    cfg = _tiny_config(tmp_path, model={**TINY_MODEL, "width": 16, "embed_dim": 64})
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "factmas.cli", "train", "--data", str(env["data"]),
+                        "--out", str(out), "--split", "random2_seed0", "--no-progress", "-q",
+                        "--config", str(cfg)], capture_output=True, text=True, preexec_fn=limit,
+                       env=env_vars, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "file too large" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not _no_temp_files(tmp_path)
+
+
+def test_traceback_dead_torchrun_peer_names_the_rank(monkeypatch, capsys):
+    """gloo's RuntimeError of a peer that died is a line naming this process's rank, exit 1."""
+    import factmas.cli.train as cli_train
+
+    def dead(argv):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
+                           "by peer [127.0.0.1]:29500")
+    monkeypatch.setattr(cli_train, "main", dead)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _cli(["train", "--resume", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "process 1" in err and "Connection closed by peer" in err and "Traceback" not in err
+    monkeypatch.setenv("WORLD_SIZE", "1")          # outside torchrun a RuntimeError is a bug
+    with pytest.raises(RuntimeError):
+        _cli(["train", "--resume", "x"])
+
+
+def test_silent_wrong_terminal_escapes_in_names_are_escaped(env, tmp_path, capsys):
+    from factmas.errors import printable
+    assert printable("a\x1b[2Jb\nc\rd\x9b\x7f.png") == "a\\x1b[2Jb\\nc\\rd\\x9b\\x7f.png"
+    assert printable("café ✓ 犬.png") == "café ✓ 犬.png"
+    evil = tmp_path / "x\x1b[31mred\x07.png"
+    shutil.copy(env["good"], evil)
+    assert _cli(["query", "--run", str(env["run"]), str(evil), "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[31mred\\x07.png" in out
+
+
+def _tiny_config(tmp_path, model=None):
+    p = tmp_path / "tiny.json"
+    p.write_text(json.dumps({"model": model or TINY_MODEL, "train": {"epochs": 1, "batch_size": 32}}))
+    return p
