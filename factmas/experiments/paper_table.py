@@ -385,6 +385,20 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def claim_out(out: str | Path) -> Path:
+    """Make ``out`` the experiment's folder (``factmas.outdir.claim``): refused when it is a file,
+    holds a link, or holds files that are not a paper table's; a table's folder written before
+    manifests (runs/, search/, paper_table.md) is taken as one, so a killed experiment continues.
+
+    Raises:
+        factmas.outdir.OutputError: the folder cannot be used (the message names it).
+    """
+    from factmas import outdir
+    out = Path(out)
+    legacy = out.is_dir() and any((out / n).exists() for n in ("runs", "search", "paper_table.md"))
+    return outdir.claim(out, "paper_table", legacy=legacy)
+
+
 def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
     """Run ``jobs`` (in ``settings.jobs`` processes; 1: in this process) and return their summaries
     in the order given. Raises the first run's error (TrainingError, ...)."""

@@ -140,6 +140,34 @@ def env(tmp_path_factory):
     p["bomb"] = _png_header_only(root / "bomb.png", 100_000, 100_000)
     p["exists"] = root / "exists.h5"
     p["exists"].write_bytes(b"keep me")
+    # ---- issue 30: folders with links inside, folders of the user's own files
+    for name in ("elsewhere", "elsewhere2", "elsewhere3"):
+        (root / name).mkdir()
+        (root / name / "victim.pt").write_bytes(b"the user's file")
+    p["linked_new"] = root / "linked_new"                 # a new run folder whose checkpoints/ is a link
+    p["linked_new"].mkdir()
+    (p["linked_new"] / "checkpoints").symlink_to(root / "elsewhere")
+    p["linked_run"] = root / "linked_run"                 # a run whose checkpoints/ was replaced by a link
+    shutil.copytree(p["run"], p["linked_run"])
+    shutil.rmtree(p["linked_run"] / "checkpoints")
+    (p["linked_run"] / "checkpoints").symlink_to(root / "elsewhere2")
+    p["linked_imgs"] = root / "linked_imgs"               # photos whose .factmas-index is a link
+    shutil.copytree(imgs, p["linked_imgs"])
+    (p["linked_imgs"] / ".factmas-index").symlink_to(root / "elsewhere3")
+    p["userdir"] = root / "userdir"                        # the user's own results, not a run
+    p["userdir"].mkdir()
+    (p["userdir"] / "results.json").write_text('{"mine": 1}')
+    (p["userdir"] / "metrics.jsonl").write_text('{"mine": 1}\n')
+    (p["userdir"] / "sub").mkdir()
+    (p["userdir"] / "sub" / "keep.txt").write_text("keep")
+    p["edited"] = root / "edited"                          # a cut run whose config.json was edited since
+    shutil.copytree(p["cut"], p["edited"])
+    rec = json.loads((p["edited"] / "config.json").read_text())
+    rec["config"]["train"]["lr"] = rec["config"]["train"]["lr"] * 10
+    rec["config"]["train"]["epochs"] = 2
+    (p["edited"] / "config.json").write_text(json.dumps(rec))
+    p["compare_old"] = root / "table"
+    (root / "table.md").write_text("my table")
     return p
 
 
@@ -152,6 +180,12 @@ def _main(command):
         from factmas.cli.compare import main
     elif command == "query":
         from factmas.cli.query import main
+    elif command == "search":
+        from factmas.cli.search import main
+    elif command == "gallery":
+        from factmas.cli.gallery import main
+    elif command == "paper_table":
+        from factmas.cli.paper import main
     elif command == "inspect":
         from data_prep.inspect import main
     elif command == "from_csv":
@@ -245,6 +279,54 @@ CASES = [
      ["none.png", "missing file"]),
     ("query k zero", "query", ["--run", "{run}", "{good}", "--k", "0"], 2, ["--k"]),
     ("query not a run", "query", ["--run", "{imgs}", "{good}"], 2, ["config.json"]),
+    # ---- issue 30: writes outside the folder asked for (through a link inside it)
+    ("write outside folder: symlinked checkpoints", "train",
+     ["--data", "{data}", "--out", "{linked_new}", "--split", "random2_seed0", "-q", "--no-progress"],
+     2, ["checkpoints", "symbolic link"]),
+    ("write outside folder: overwrite through a linked checkpoints", "train",
+     ["--data", "{data}", "--out", "{linked_run}", "--split", "random2_seed0", "--overwrite", "-q",
+      "--no-progress"], 2, ["checkpoints", "symbolic link"]),
+    ("write outside folder: search index is a link", "search",
+     ["--run", "{run}", "--images", "{linked_imgs}", "dog"], 2, [".factmas-index", "symbolic link"]),
+    # ---- issue 30: user data lost
+    ("user data lost: train into a folder of the user's files", "train",
+     ["--data", "{data}", "--out", "{userdir}", "--split", "random2_seed0", "-q", "--no-progress"], 2,
+     ["userdir", "not a factmas run", "results.json"]),
+    ("user data lost: overwrite a folder that holds no run", "train",
+     ["--data", "{data}", "--out", "{userdir}", "--split", "random2_seed0", "--overwrite", "-q",
+      "--no-progress"], 2, ["userdir", "not a factmas run"]),
+    ("user data lost: compare into a run", "compare", ["{run}", "--out", "{run}/results"], 2,
+     ["results.md", "run"]),
+    ("user data lost: compare over a file", "compare", ["{run}", "--out", "{compare_old}"], 2,
+     ["table.md", "--overwrite"]),
+    ("user data lost: gallery into a run", "gallery", ["{run}", "--out", "{run}"], 2,
+     ["--out", "holds a factmas run"]),
+    ("user data lost: evaluate into the user's folder", "evaluate", ["{run}", "--out", "{userdir}",
+                                                                     "-q"], 2, ["userdir"]),
+    ("user data lost: paper_table into the user's folder", "paper_table",
+     ["--data", "{data}", "--out", "{userdir}", "--random-prefix", "random2", "--seeds", "0",
+      "--semantic-seeds", "", "--disjoint-seeds", "", "--methods", "finetune", "-q"], 2,
+     ["userdir", "did not write"]),
+    ("traceback: paper_table --out is a file", "paper_table",
+     ["--data", "{data}", "--out", "{afile}", "--random-prefix", "random2", "--seeds", "0",
+      "--semantic-seeds", "", "--disjoint-seeds", "", "--methods", "finetune", "-q"], 2,
+     ["afile.txt", "is a file"]),
+    # ---- issue 30: results that do not say what they were computed on
+    ("silent wrong: evaluate on another dataset", "evaluate", ["{run}", "--data", "{other}", "-q"], 2,
+     ["other.h5", "not the dataset", "--other-data"]),
+    ("silent wrong: resume after config.json was edited", "train", ["--resume", "{edited}", "-q",
+                                                                   "--no-progress"], 2,
+     ["config.json", "train.lr", "train.epochs", "task0.pt"]),
+    # ---- issue 30: options silently ignored
+    ("silent wrong: evaluate --json without --checkpoint", "evaluate", ["{run}", "--json", "-q"], 2,
+     ["--json", "--checkpoint"]),
+    ("silent wrong: --limit-tasks with joint", "train", T + ["--method", "joint", "--limit-tasks", "1"],
+     2, ["--limit-tasks", "joint"]),
+    ("silent wrong: paper_table --image-fraction 0", "paper_table",
+     ["--data", "{data}", "--out", "{root}/pt", "--image-fraction", "0", "-q"], 2,
+     ["--image-fraction", "got 0"]),
+    ("silent wrong: paper_table --epochs 0", "paper_table",
+     ["--data", "{data}", "--out", "{root}/pt", "--epochs", "0", "-q"], 2, ["--epochs", "got 0"]),
     # ---- inspect
     ("inspect inconsistent", "inspect", ["{short_split}"], 2, ["'image_split'"]),
     ("inspect task outside", "inspect", ["{far_task}"], 2, ["task 50"]),
@@ -450,3 +532,61 @@ def _tiny_config(tmp_path, model=None):
     p = tmp_path / "tiny.json"
     p.write_text(json.dumps({"model": model or TINY_MODEL, "train": {"epochs": 1, "batch_size": 32}}))
     return p
+
+
+def test_user_data_lost_overwrite_deletes_only_what_factmas_wrote(env, tmp_path, capsys):
+    """--overwrite on a run: the files its manifest lists are deleted, the user's own are kept."""
+    out = tmp_path / "own_run"
+    cfg = ["--data", str(env["data"]), "--split", "random2_seed0", "--no-progress", "-q",
+           "--config", str(_tiny_config(tmp_path))]
+    assert _cli(["train", "--out", str(out)] + cfg) == 0
+    manifest = (out / ".factmas-written").read_text().splitlines()
+    assert manifest[0].startswith("# factmas run") and "checkpoints/task1.pt" in manifest
+    assert "config.json" in manifest and "metrics.jsonl" in manifest and "results.json" in manifest
+    (out / "my_notes.txt").write_text("mine")
+    (out / "checkpoints" / "my_best.pt").write_bytes(b"mine")
+    old_created = json.loads((out / "config.json").read_text())["created"]
+    assert _cli(["train", "--out", str(out), "--overwrite"] + cfg) == 0
+    assert (out / "my_notes.txt").read_text() == "mine"
+    assert (out / "checkpoints" / "my_best.pt").read_bytes() == b"mine"
+    assert (out / "checkpoints" / "task1.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["created"] >= old_created
+    capsys.readouterr()
+
+
+def test_unclear_orphaned_temp_files_are_removed_on_resume(env, tmp_path, capsys):
+    """A write killed half-way leaves .NAME.XXXXXXXX.tmp; the next resume (which holds the lock)
+    removes it. Files that only look alike (no 8-character tag) are kept."""
+    run = tmp_path / "cut"
+    shutil.copytree(env["cut"], run)
+    orphan = run / "checkpoints" / ".task1.pt.ab12cd34.tmp"
+    orphan.write_bytes(b"half")
+    keep = run / "checkpoints" / "notes.tmp"
+    keep.write_text("mine")
+    assert _cli(["train", "--resume", str(run), "-q", "--no-progress"]) == 0
+    assert not orphan.exists() and keep.read_text() == "mine"
+    assert (run / "checkpoints" / "task1.pt").is_file()
+    capsys.readouterr()
+
+
+def test_write_outside_folder_manifest_naming_outside_paths_deletes_nothing(tmp_path):
+    from factmas import outdir
+    root = outdir.claim(tmp_path / "r", "run")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    with open(root / outdir.MANIFEST, "a") as f:
+        f.write("../victim.txt\n")
+    with pytest.raises(outdir.OutputError, match="outside"):
+        outdir.remove_written(root)
+    assert victim.read_text() == "mine"
+
+
+def test_silent_wrong_evaluate_other_data_on_purpose_records_its_fingerprint(env, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert _cli(["evaluate", str(env["run"]), "--data", str(env["other"]), "--other-data", "--out",
+                 str(out), "-q"]) == 0
+    ev = json.loads((out / "results.json").read_text())["evaluated"]
+    run_fp = json.loads((env["run"] / "config.json").read_text())["data_fingerprint"]
+    assert ev["other_data_fingerprint"]["sha256"] != run_fp["sha256"]
+    assert ev["data"] == str(env["other"].resolve()) or ev["data"].endswith("other.h5")
+    capsys.readouterr()
