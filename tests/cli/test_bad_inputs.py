@@ -85,6 +85,46 @@ def env(tmp_path_factory):
                      ("flipped", lambda h: h["images"].__setitem__((5, 1, 1, 0),
                                                                    h["images"][5, 1, 1, 0] ^ 0xFF))):
         p[name] = _edit(shutil.copy(data, root / f"{name}.h5"), fn)
+    def same_fact(h):                                   # fact 1 made a copy of fact 0
+        for key in ("facts/subject", "facts/predicate", "facts/object"):
+            vals = [x.decode() if isinstance(x, bytes) else x for x in h[key][()]]
+            vals[1] = vals[0]
+            del h[key]
+            h.create_dataset(key, data=vals, dtype=h5py.string_dtype("utf-8"))
+        for key in ("facts/order", "facts/tokens"):
+            a = h[key][()]
+            a[1] = a[0]
+            _replace(h, key, a)
+
+    def swapped_tokens(h):                              # fact 0's words under fact 1's text
+        a = h["facts/tokens"][()]
+        j = next(i for i in range(1, len(a)) if (a[i] != a[0]).any() and
+                 h["facts/order"][i] == h["facts/order"][0])
+        a[[0, j]] = a[[j, 0]]
+        _replace(h, "facts/tokens", a)
+
+    def dot_slash(h):                                   # image 1 named ./<image 0>
+        ids = [x.decode() if isinstance(x, bytes) else x for x in h["image_ids"][()]]
+        ids[1] = "./" + ids[0]
+        del h["image_ids"]
+        h.create_dataset("image_ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+
+    def no_images(h):
+        for key in ("images", CHECKSUM_KEY, "image_split", "pairs"):
+            a = h[key][()]
+            _replace(h, key, a[:0])
+        del h["image_ids"]
+        h.create_dataset("image_ids", data=[], dtype=h5py.string_dtype("utf-8"))
+        for name in list(h.get("split_images", {})):
+            _replace(h, f"split_images/{name}", h[f"split_images/{name}"][()][:0])
+
+    def pair_twice(h):
+        a = h["pairs"][()]
+        a[1] = a[0]
+        _replace(h, "pairs", a)
+    for name, fn in (("dup_fact", same_fact), ("swapped_tokens", swapped_tokens),
+                     ("dot_slash", dot_slash), ("no_images", no_images), ("dup_pair", pair_twice)):
+        p[name] = _edit(shutil.copy(data, root / f"{name}.h5"), fn)
     (root / "junk.h5").write_text("not hdf5")
     p["junk"] = root / "junk.h5"
     p["run"] = _run(data, root / "run")
@@ -132,6 +172,9 @@ def env(tmp_path_factory):
     p["good"] = imgs / "0.png"
     p["csv_ok"] = root / "facts.csv"
     p["csv_ok"].write_text("image,S,P,O\n" + "".join(f"{i}.png,dog,run,\n" for i in range(4)))
+    p["csv_dotslash"] = root / "dotslash.csv"
+    p["csv_dotslash"].write_text("image,S,P,O\n" + "".join(f"{i}.png,dog,run,\n" for i in range(4))
+                                 + "./0.png,cat,sit,\n")
     p["csv_latin1"] = root / "latin1.csv"
     p["csv_latin1"].write_bytes(b"image,S,P,O\n0.png,dog,,\n1.png,caf\xe9,,\n")
     (root / "caps").mkdir()
@@ -317,6 +360,18 @@ CASES = [
     ("silent wrong: resume after config.json was edited", "train", ["--resume", "{edited}", "-q",
                                                                    "--no-progress"], 2,
      ["config.json", "train.lr", "train.epochs", "task0.pt"]),
+    ("silent wrong: duplicate facts", "train", ["--data", "{dup_fact}", "--out", "{root}/new_run"], 2,
+     ["dup_fact.h5", "rows 0 and 1 are the same fact"]),
+    ("silent wrong: duplicate pairs", "train", ["--data", "{dup_pair}", "--out", "{root}/new_run"], 2,
+     ["dup_pair.h5", "'pairs'", "same pair"]),
+    ("silent wrong: tokens disagree with the text", "train",
+     ["--data", "{swapped_tokens}", "--out", "{root}/new_run"], 2,
+     ["swapped_tokens.h5", "'facts/tokens' row 0", "the fact's text says"]),
+    ("silent wrong: a.jpg beside ./a.jpg", "train", ["--data", "{dot_slash}", "--out", "{root}/new_run"],
+     2, ["dot_slash.h5", "rows 0 and 1 name the same image", "./syn_00000.png"]),
+    ("traceback: a dataset of 0 images", "train", ["--data", "{no_images}", "--out", "{root}/new_run"],
+     2, ["no_images.h5", "0 images"]),
+    ("traceback: inspect a dataset of 0 images", "inspect", ["{no_images}"], 2, ["0 images"]),
     # ---- issue 30: options silently ignored
     ("silent wrong: evaluate --json without --checkpoint", "evaluate", ["{run}", "--json", "-q"], 2,
      ["--json", "--checkpoint"]),
@@ -337,6 +392,9 @@ CASES = [
                                    "{root}/built.h5"], 2, ["latin1.csv:3", "UTF-8"]),
     ("captions not utf-8", "flickr8k", ["--captions", "{captions_latin1}", "--images", "{imgs}",
                                         "--out", "{root}/built.h5"], 2, ["captions.txt:3", "UTF-8"]),
+    ("silent wrong: csv names a.jpg and ./a.jpg", "from_csv",
+     ["--csv", "{csv_dotslash}", "--image-root", "{imgs}", "--out", "{root}/built.h5", "-q",
+      "--split-seeds", "0", "--num-tasks", "1", "--no-semantic"], 2, ["0.png", "same image"]),
     ("build out is a dir", "from_csv", BUILD[:4] + ["--out", "{imgs}"], 2, ["is a directory"]),
     ("build out exists", "from_csv", BUILD[:4] + ["--out", "{exists}"], 2, ["exists", "--overwrite"]),
     ("build seed negative", "from_csv", BUILD + ["--seed", "-1"], 2, ["--seed"]),
