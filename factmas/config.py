@@ -136,6 +136,9 @@ class RunConfig:
         """Read a config.json. Raises ConfigError naming the file on bad JSON or keys."""
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                              "expected a JSON file in UTF-8") from e
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read configuration: {e}") from e
         try:

@@ -13,10 +13,14 @@ May import: the standard library only (every package of factmas imports from her
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+from typing import Iterator
 
-__all__ = ["FactmasError", "UsageError", "printable", "os_error_line", "user_message"]
+__all__ = ["FactmasError", "Terminated", "UsageError", "guarded_main", "os_error_line", "printable",
+           "sigterm_raises", "user_message"]
 
 
 class FactmasError(Exception):
@@ -109,6 +113,28 @@ def user_message(e: BaseException) -> tuple[int, str] | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (``sigterm_raises``), handled like Ctrl-C; exit status 143."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block SIGTERM raises ``Terminated`` in the main thread (a batch scheduler's stop
+    then runs the same cleanup as Ctrl-C); the previous handler is put back at the end. Outside the
+    main thread it does nothing."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded_main(prog: str, main, argv: list[str] | None = None) -> int:
     """``main(argv)``'s exit status, with any error a user can cause (``user_message``) printed as
     "PROG: error: LINE" on stderr and its exit status returned instead of a traceback. Every command's
@@ -117,6 +143,10 @@ def guarded_main(prog: str, main, argv: list[str] | None = None) -> int:
     import sys
     try:
         return int(main(argv) or 0)
+    except KeyboardInterrupt as e:    # Ctrl-C or Terminated, not handled by the command itself
+        print(f"{prog}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; nothing "
+              "half-written was kept", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:
         known = user_message(e)
         if known is None:

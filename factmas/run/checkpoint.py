@@ -104,6 +104,26 @@ def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
     return path
 
 
+def mismatch_message(path: str | Path, ckpt: dict, model_cfg: dict, error: Exception) -> str:
+    """One readable line for weights that do not fit a model: the checkpoint's recorded backbone
+    (and other differing ``model`` settings) against the run's, e.g. "this checkpoint is small_cnn,
+    the run is efficientnet_lite0", instead of torch's list of every key (kilobytes)."""
+    recorded = ((ckpt.get("config") or {}).get("model") or {}) if isinstance(ckpt, dict) else {}
+    diff = [k for k in sorted(set(recorded) | set(model_cfg))
+            if k in recorded and k in model_cfg and recorded[k] != model_cfg[k]]
+    if "backbone" in diff:
+        return (f"{path}: this checkpoint is {recorded['backbone']}, the run is "
+                f"{model_cfg['backbone']}; use a checkpoint of this run")
+    if diff:
+        shown = ", ".join(f"model.{k} {recorded[k]!r} in the checkpoint, {model_cfg[k]!r} in the run"
+                          for k in diff[:4])
+        return f"{path}: the checkpoint's model differs from the run's ({shown})"
+    first = str(error).strip().splitlines()
+    text = " ".join(line.strip() for line in first[:3])
+    return (f"{path}: the weights do not fit the run's model ({text[:300]}"
+            f"{' ...' if len(text) > 300 or len(first) > 3 else ''})")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True`` onto ``map_location``.
 
@@ -114,6 +134,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e.strerror or e}") from e
+    if head != b"PK\x03\x04":     # torch.save writes a zip archive; anything else is not ours
+        raise CheckpointError(f"{path}: not a factmas checkpoint (a checkpoint is the zip archive "
+                              f"torch.save writes; this file starts with {head!r}); name one of the "
+                              "run's checkpoints, e.g. last.pt or task0")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types (pickle, zip, runtime errors)

@@ -193,7 +193,8 @@ class ContinualTrainer:
             self.model.load_state_dict(ckpt["model"])
             self.method.load_state_dict(ckpt["method"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: does not fit this run's model or method: {e}") from e
+            from factmas.run.checkpoint import mismatch_message
+            raise CheckpointError(mismatch_message(path, ckpt, self.cfg.to_dict()["model"], e)) from e
         self.metrics.truncate(ckpt["metrics_lines"])
         self.hook.restore(ckpt["history"])
         log.info("resuming from %s: tasks %s done", path, ckpt["completed_tasks"])

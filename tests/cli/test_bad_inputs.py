@@ -209,6 +209,26 @@ def env(tmp_path_factory):
     rec["config"]["train"]["lr"] = rec["config"]["train"]["lr"] * 10
     rec["config"]["train"]["epochs"] = 2
     (p["edited"] / "config.json").write_text(json.dumps(rec))
+    p["bad_results"] = root / "bad_results"               # a finished run whose results.json is mangled
+    shutil.copytree(p["run"], p["bad_results"])
+    res = json.loads((p["bad_results"] / "results.json").read_text())
+    res["metrics"] = ["oops"]
+    (p["bad_results"] / "results.json").write_text(json.dumps(res))
+    p["wider"] = root / "wider"                            # config.json's model edited after training
+    shutil.copytree(p["run"], p["wider"])
+    rec = json.loads((p["wider"] / "config.json").read_text())
+    rec["config"]["model"]["width"] = 16
+    (p["wider"] / "config.json").write_text(json.dumps(rec))
+    p["cfg_latin1"] = root / "cfg_latin1.json"
+    p["cfg_latin1"].write_bytes(b'{"train": {"method": "caf\xe9"}}')
+    import fractions
+
+    import torch
+    p["pickled"] = root / "pickled.pt"                     # a pickled object, not a state dict
+    torch.save({"w": fractions.Fraction(1, 2)}, p["pickled"])
+    p["cfg_pickled"] = root / "cfg_pickled.json"
+    p["cfg_pickled"].write_text(json.dumps({"model": {"backbone": "resnet18", "embed_dim": 8,
+                                                      "pretrained_path": str(p["pickled"])}}))
     p["compare_old"] = root / "table"
     (root / "table.md").write_text("my table")
     return p
@@ -372,6 +392,18 @@ CASES = [
     ("traceback: a dataset of 0 images", "train", ["--data", "{no_images}", "--out", "{root}/new_run"],
      2, ["no_images.h5", "0 images"]),
     ("traceback: inspect a dataset of 0 images", "inspect", ["{no_images}"], 2, ["0 images"]),
+    ("traceback: --config not UTF-8", "train", T + ["--config", "{cfg_latin1}"], 2,
+     ["cfg_latin1.json", "UTF-8"]),
+    ("traceback: pretrained_path not a state dict", "train", T + ["--config", "{cfg_pickled}"], 2,
+     ["pickled.pt", "weights-only"]),
+    # ---- issue 30: unclear messages
+    ("unclear: malformed results.json is not an unfinished run", "compare", ["{run}", "{bad_results}"],
+     2, ["bad_results", "malformed", "metrics"]),
+    ("unclear: --checkpoint ../../etc/passwd", "evaluate", ["{run}", "--checkpoint",
+                                                           "../../../../../../etc/passwd", "-q"], 2,
+     ["etc/passwd", "not a factmas checkpoint"]),
+    ("unclear: checkpoint of another model", "evaluate", ["{wider}", "-q"], 2,
+     ["model.width 8 in the checkpoint, 16 in the run"]),
     # ---- issue 30: options silently ignored
     ("silent wrong: evaluate --json without --checkpoint", "evaluate", ["{run}", "--json", "-q"], 2,
      ["--json", "--checkpoint"]),
@@ -648,3 +680,61 @@ def test_silent_wrong_evaluate_other_data_on_purpose_records_its_fingerprint(env
     assert ev["other_data_fingerprint"]["sha256"] != run_fp["sha256"]
     assert ev["data"] == str(env["other"].resolve()) or ev["data"].endswith("other.h5")
     capsys.readouterr()
+
+
+def test_unclear_checkpoint_of_another_backbone_says_which():
+    from factmas.run.checkpoint import mismatch_message
+    msg = mismatch_message("run/checkpoints/last.pt", {"config": {"model": {"backbone": "small_cnn"}}},
+                           {"backbone": "efficientnet_lite0"}, RuntimeError("Missing key(s) " + "x" * 11000))
+    assert msg == ("run/checkpoints/last.pt: this checkpoint is small_cnn, the run is "
+                   "efficientnet_lite0; use a checkpoint of this run")
+    long = mismatch_message("p.pt", {}, {"backbone": "small_cnn"}, RuntimeError("k" * 11000))
+    assert len(long) < 400
+
+
+def test_unclear_compare_runs_that_differ_only_in_split_says_split(env, tmp_path, capsys):
+    cfg = RunConfig.from_dict({"data": str(env["data"]), "out": str(tmp_path / "sem"), "model": TINY_MODEL,
+                               "train": {"split": "disjoint2_seed0", "method": "finetune", "epochs": 1,
+                                         "batch_size": 32}})
+    train(cfg, progress=False)
+    from factmas.cli.compare import main as compare
+    capsys.readouterr()
+    assert compare([str(env["run"]), str(tmp_path / "sem")]) == 2
+    err = capsys.readouterr().err
+    assert "differ in split" in err and "differ in dataset" not in err, err
+
+
+def test_silent_wrong_sigterm_to_paper_table_stops_its_workers(tmp_path):
+    """SIGTERM to paper_table is passed on to its worker processes, which it waits for: none trains
+    on after the parent has exited (exit 143)."""
+    import re
+    import subprocess
+    import time
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=80, image_size=16, num_tasks=4)
+    cfg = tmp_path / "base.json"
+    cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 32}}))
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).resolve().parents[2] / "eval" / "paper_table.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--data", str(data), "--out",
+                             str(tmp_path / "table"), "--quick", "--jobs", "2", "--config", str(cfg),
+                             "--methods", "finetune,mas,joint", "--grid", "mas=0.5,5,50"],
+                            stderr=subprocess.PIPE, text=True, env=env_vars)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while "λ-search runs" not in line and time.time() < deadline:
+            line = proc.stderr.readline()
+        time.sleep(6)                         # the two workers are started (importing or training)
+        proc.send_signal(signal.SIGTERM)
+        err = line + proc.stderr.read()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143, err[-2000:]
+    m = re.search(r"SIGTERM sent to worker\(s\) ([0-9, ]+);", err)
+    assert m, err[-2000:]
+    for pid in map(int, m.group(1).split(", ")):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)                   # gone (and reaped) before the parent exited
+    assert "Traceback" not in err and "terminated" in err

@@ -75,6 +75,9 @@ def test_load_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt: not a factmas checkpoint .*starts with b'not '"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"PK\x03\x04 a damaged zip")             # looks like one, cannot be read
     with pytest.raises(CheckpointError, match="garbage.pt: cannot read"):
         load_checkpoint(bad)
     other = tmp_path / "other.pt"
