@@ -29,6 +29,10 @@ class FactmasError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # messages embed file names, which may hold terminal escape sequences: printed as escapes
+        return printable(super().__str__())
+
 
 class UsageError(FactmasError, ValueError):
     """A setting names something that does not exist (split, method, device); lists the valid ones."""

@@ -56,6 +56,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, final)
         outdir.record_written(final, root)  # in that folder's manifest (--overwrite deletes only those)
+    except OSError as e:
+        if e.filename in (None, str(tmp_path), tmp_path) and e.errno is not None:
+            # a full disk or a file-size limit hit while writing the temporary file: name the file
+            # the user asked for (the temporary one is removed below)
+            raise OSError(e.errno, e.strerror, str(final)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -124,13 +124,6 @@ def written(root: str | os.PathLike) -> list[str]:
     return [ln for ln in lines[1:] if ln and not ln.startswith("#")]
 
 
-def user_files(root: Path) -> list[str]:
-    """Names of the entries of ``root`` that factmas did not write (neither in the manifest nor the
-    manifest or lock themselves), sorted."""
-    ours = {r.split("/")[0] for r in written(root)} | IGNORED
-    return sorted(p.name for p in root.iterdir() if p.name not in ours)
-
-
 def claim(root: str | os.PathLike, kind: str, *, legacy: bool = False) -> Path:
     """Make ``root`` a factmas folder of ``kind`` (create it and its manifest) or refuse.
 
@@ -155,6 +148,8 @@ def claim(root: str | os.PathLike, kind: str, *, legacy: bool = False) -> Path:
         if have is not None and have != kind:
             raise OutputError(f"{printable(given)} holds a factmas {have} (see its {MANIFEST}); "
                               f"choose another folder for this {kind}")
+        if have is not None:
+            clean_temps(root)                  # killed writes' temporaries, 10 minutes old or more
         if have is None:
             present = sorted(p.name for p in root.iterdir() if p.name not in IGNORED)
             if present and not legacy:
@@ -246,8 +241,7 @@ def check_output(out: str | os.PathLike, kind: str) -> None:
         raise OutputError(f"{printable(out)} is a file; a folder is needed here")
     root = _enclosing(out)
     if root is not None:
-        link = link_inside(root, _abs(out)) if _abs(out).exists() or out.is_symlink() else None
-        link = link or _first_link_above(root, out)
+        link = _first_link_above(root, out)
         if link is not None:
             raise OutputError(f"{printable(link)} is a symbolic link; factmas does not write through "
                               f"links inside {printable(root)}")

@@ -738,3 +738,44 @@ def test_silent_wrong_sigterm_to_paper_table_stops_its_workers(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)                   # gone (and reaped) before the parent exited
     assert "Traceback" not in err and "terminated" in err
+
+
+def test_traceback_disk_full_while_writing_a_png_names_the_png(env, tmp_path, monkeypatch, capsys):
+    """ENOSPC inside matplotlib's PNG write (at the end of training): one line naming the PNG."""
+    import errno
+
+    import matplotlib.figure
+
+    def full(self, fname, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(tmp_path / "png_run"), "--split",
+                   "random2_seed0", "--no-progress", "-q", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2 and "no space left" in err and ".png" in err and ".tmp" not in err, err
+    assert not _no_temp_files(tmp_path)
+
+
+def test_silent_wrong_escape_sequences_in_error_messages(tmp_path, capsys):
+    evil = tmp_path / "r\x1b]0;pwned\x07"
+    evil.write_text("a file")
+    assert _cli(["train", "--data", str(evil), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;pwned\\x07" in err, err
+
+
+def test_write_outside_folder_through_a_linked_subfolder_of_a_run(tmp_path):
+    """Any write under a factmas folder (evaluate's default RUN/evaluations/..., a plot, a results
+    file) is refused when a link lies on the way; nothing lands in the link's target."""
+    from factmas import outdir
+    from factmas.io import atomic_write_text
+    root = outdir.claim(tmp_path / "run", "run")
+    (tmp_path / "else").mkdir()
+    (root / "evaluations").symlink_to(tmp_path / "else")
+    with pytest.raises(outdir.OutputError, match="evaluations is a symbolic link"):
+        outdir.prepare_output(root / "evaluations" / "test", "evaluation")
+    with pytest.raises(outdir.OutputError, match="symbolic link"):
+        atomic_write_text(root / "evaluations" / "test" / "results.json", "x")
+    assert not any((tmp_path / "else").iterdir())
+    atomic_write_text(root / "results.md", "ok")                # a plain write is recorded
+    assert "results.md" in outdir.written(root)
