@@ -230,7 +230,7 @@ def _enclosing(out: Path) -> Path | None:
     return None if root is None or root == _abs(out) else root
 
 
-def check_output(out: str | os.PathLike, kind: str) -> None:
+def check_output(out: str | os.PathLike, kind: str, legacy: bool = False) -> None:
     """Raise OutputError when ``prepare_output(out, kind)`` would refuse; writes nothing.
 
     Inside a factmas folder (e.g. ``RUN/evaluations/test``): no link on the way down, and ``out``
@@ -254,7 +254,7 @@ def check_output(out: str | os.PathLike, kind: str) -> None:
         if have is not None and have != kind:
             raise OutputError(f"{printable(out)} holds a factmas {have} (see its {MANIFEST}); choose "
                               f"another folder for this {kind}")
-        if have is None:
+        if have is None and not legacy:
             present = sorted(p.name for p in out.iterdir() if p.name not in IGNORED)
             if present:
                 shown = ", ".join(printable(n) for n in present[:4]) + (" ..." if len(present) > 4 else "")
@@ -274,15 +274,16 @@ def _first_link_above(root: Path, out: Path) -> Path | None:
     return None
 
 
-def prepare_output(out: str | os.PathLike, kind: str) -> Path:
+def prepare_output(out: str | os.PathLike, kind: str, legacy: bool = False) -> Path:
     """``check_output``, then create ``out``: inside a factmas folder as a plain folder (its files go
-    in that folder's manifest), elsewhere ``claim``ed with a manifest of its own. Returns ``out``."""
-    check_output(out, kind)
+    in that folder's manifest), elsewhere ``claim``ed with a manifest of its own. ``legacy``: ``out``
+    holds factmas output written before manifests (see ``claim``). Returns ``out``."""
+    check_output(out, kind, legacy)
     out = Path(out)
     if _enclosing(out) is not None:
         out.mkdir(parents=True, exist_ok=True)
         return out
-    return claim(out, kind)
+    return claim(out, kind, legacy=legacy)
 
 
 def check_new_file(path: str | os.PathLike, overwrite: bool, option: str = "--out") -> None:

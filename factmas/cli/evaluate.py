@@ -81,9 +81,10 @@ def output_dir(args: argparse.Namespace, image_split: str, image_pool: str) -> P
         raise EvaluateError(f"--out {out}: already holds results.json; pass --overwrite to replace "
                             "it or choose another --out")
     if not is_run:                        # no link inside, not someone else's folder (issue 30)
+        from factmas.evaluation.report import is_results_file
         from factmas.outdir import OutputError, check_output
-        try:
-            check_output(out, "evaluation")
+        try:            # an evaluation folder written before manifests holds a factmas results.json
+            check_output(out, "evaluation", legacy=is_results_file(out / "results.json"))
         except OutputError as e:
             raise EvaluateError(f"--out: {e}") from e
     return out
@@ -204,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             with RunLock(out):
                 paths = write()
         else:
+            from factmas.evaluation.report import is_results_file
             from factmas.outdir import prepare_output
-            prepare_output(out, "evaluation")
+            prepare_output(out, "evaluation", legacy=is_results_file(out / "results.json"))
             paths = write()
     except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)

@@ -330,6 +330,15 @@ def write_report(run_dir: str | Path, res: dict) -> list[Path]:
     return paths
 
 
+def is_results_file(path: str | Path) -> bool:
+    """True when ``path`` is a readable results.json that factmas wrote (its "format" field)."""
+    try:
+        res = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and res.get("format") == FORMAT
+
+
 def read_results(path: str | Path) -> dict:
     """Read a results.json (a run directory or the file). Raises ValueError naming the file."""
     p = Path(path)

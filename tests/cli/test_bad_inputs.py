@@ -779,3 +779,19 @@ def test_write_outside_folder_through_a_linked_subfolder_of_a_run(tmp_path):
     assert not any((tmp_path / "else").iterdir())
     atomic_write_text(root / "results.md", "ok")                # a plain write is recorded
     assert "results.md" in outdir.written(root)
+
+
+def test_user_data_lost_evaluate_overwrite_replaces_only_a_factmas_results_file(env, tmp_path, capsys):
+    """--overwrite replaces an evaluation folder factmas wrote before manifests existed (its
+    results.json has factmas's format), never a folder whose results.json is the user's."""
+    old = tmp_path / "old_eval"
+    old.mkdir()
+    shutil.copy(env["run"] / "results.json", old / "results.json")
+    assert _cli(["evaluate", str(env["run"]), "--out", str(old), "--overwrite", "-q"]) == 0
+    assert "results.json" in (old / ".factmas-written").read_text()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"mine": 1}')
+    assert _cli(["evaluate", str(env["run"]), "--out", str(mine), "--overwrite", "-q"]) == 2
+    assert (mine / "results.json").read_text() == '{"mine": 1}' and sorted(os.listdir(mine)) == ["results.json"]
+    capsys.readouterr()
