@@ -795,3 +795,20 @@ def test_user_data_lost_evaluate_overwrite_replaces_only_a_factmas_results_file(
     assert _cli(["evaluate", str(env["run"]), "--out", str(mine), "--overwrite", "-q"]) == 2
     assert (mine / "results.json").read_text() == '{"mine": 1}' and sorted(os.listdir(mine)) == ["results.json"]
     capsys.readouterr()
+
+
+def test_traceback_disk_full_before_an_hdf5_write(env, tmp_path, monkeypatch, capsys):
+    """h5py can crash on a full disk, so the dataset builder checks the room first: one line naming
+    the file, exit 2, nothing written."""
+    import collections
+
+    from data_prep import from_csv
+    from factmas.errors import guarded_main
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 9_000, 1_000))
+    out = tmp_path / "built.h5"
+    argv = [a.format(**env) for a in BUILD[:5]] + [str(out)] + BUILD[6:]
+    assert guarded_main("data_prep.from_csv", from_csv.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "built.h5" in err and "no space left" in err.lower() and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
