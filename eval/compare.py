@@ -7,7 +7,8 @@ the options.
 """
 import sys
 
+from factmas.errors import guarded_main
 from factmas.cli.compare import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(guarded_main("compare", main, sys.argv[1:]))

@@ -6,7 +6,8 @@ The same as ``factmas evaluate`` (see ``factmas.cli.evaluate`` for every option)
 """
 import sys
 
+from factmas.errors import guarded_main
 from factmas.cli.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(guarded_main("factmas evaluate", main, sys.argv[1:]))

@@ -27,7 +27,8 @@ docs/results/paper_table/ took 9.8 CPU-hours (see its README for the command).
 """
 import sys
 
+from factmas.errors import guarded_main
 from factmas.cli.paper import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(guarded_main("paper_table", main, sys.argv[1:]))

@@ -12,9 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+from factmas.errors import FactmasError
 
 
-class ConfigError(ValueError):
+class ConfigError(FactmasError, ValueError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 
@@ -143,6 +144,9 @@ class RunConfig:
         """Read a config.json. Raises ConfigError naming the file on bad JSON or keys."""
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                              "expected a JSON file in UTF-8") from e
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot read configuration: {e}") from e
         try:

@@ -1,17 +1,15 @@
 """Choosing the torch device of a run or a command, and the error for a setting that names nothing.
 
 ``resolve_device("auto" | "cpu" | "cuda") -> torch.device``; ``UsageError`` (also raised by the trainer
-for an unknown split or method). Used by ``factmas.train``, ``factmas.run.load`` and the commands.
+for an unknown split or method; defined in ``factmas.errors``, importable from here by its old name). Used by ``factmas.train``, ``factmas.run.load`` and the commands.
 """
 from __future__ import annotations
 
 import torch
 
+from factmas.errors import UsageError  # noqa: F401 (its old home; factmas.errors is the new)
+
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class UsageError(ValueError):
-    """A setting names something that does not exist (split, method, device); lists the valid ones."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,7 +16,8 @@ inputs agree to one float16 step (the convolutions' summation order depends on t
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
 through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.
 
-May import: numpy, torch, ``factmas.data.dataset``, ``factmas.io``, ``factmas.model``, ``factmas.progress``.
+May import: numpy, torch, ``factmas.data.dataset``, ``factmas.errors``, ``factmas.io``, ``factmas.model``,
+``factmas.progress``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from factmas.data.dataset import FactData
+from factmas.errors import FactmasError
 from factmas.io import atomic_path
 from factmas.model import preprocess
 from factmas.progress import progress_bar
@@ -99,6 +101,21 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
     return out
 
 
+class FeatureCacheError(FactmasError, ValueError):
+    """A feature cache file that cannot be used (unreadable, truncated, of another shape); names it."""
+
+
+def stem_output_shape(model: torch.nn.Module, data: FactData) -> tuple[int, ...] | None:
+    """(C, h, w) the model's frozen stem gives for one of the dataset's images (None without a
+    stem or images): what every row of a feature cache must hold."""
+    stem = getattr(model, "image_stem", None)
+    if stem is None or not len(data.images):
+        return None
+    device = next(stem.parameters(), torch.zeros(0)).device
+    with torch.no_grad():
+        return tuple(stem(preprocess(data.images[:1]).to(device)).shape[1:])
+
+
 def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",
                   progress: bool = True, path: Path | None = None) -> np.ndarray:
     """The feature cache of ``model.image_stem`` on ``data``: read if present, else built and saved.
@@ -107,9 +124,9 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
     Returns:
         float16 [N, 2, C, h, w] (module docstring).
     Raises:
-        ValueError: no dataset path, a dataset read without its pixels (``load_images=False``: the
-            key would not cover them), or a cache file that cannot be read (named; delete it to
-            rebuild).
+        ValueError: no dataset path, or a dataset read without its pixels (``load_images=False``:
+            the key would not cover them).  FeatureCacheError (a ValueError): a cache file that
+            cannot be read, is truncated or of another shape (named; delete it to rebuild).
     """
     if len(data.images) != len(data.image_split):
         raise ValueError(f"{data.path or 'dataset'}: the feature cache needs the dataset's pixels "
@@ -118,12 +135,19 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
     path = path or cache_file(data, model)      # the caller may pass it (hashing pixels takes ~1 s)
     if path.exists():
         try:
-            feats = np.load(path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: unreadable feature cache ({e}); delete it to rebuild") from e
-        if feats.shape[:2] != (len(data.images), 2) or feats.dtype != np.float16:
-            raise ValueError(f"{path}: feature cache of shape {feats.shape} {feats.dtype}, expected "
-                             f"[{len(data.images)}, 2, ...] float16; delete it to rebuild")
+            feats = np.load(path, allow_pickle=False)
+        except Exception as e:          # numpy raises OSError, ValueError, EOFError, ... by damage
+            raise FeatureCacheError(f"{path}: unreadable feature cache ({type(e).__name__}: "
+                                    f"{str(e)[:200]}); delete it to rebuild") from e
+        want = stem_output_shape(model, data)
+        if (not isinstance(feats, np.ndarray) or feats.dtype != np.float16
+                or feats.shape[:2] != (len(data.images), 2)
+                or (want is not None and tuple(feats.shape[2:]) != want)):
+            raise FeatureCacheError(
+                f"{path}: feature cache of shape {getattr(feats, 'shape', '?')} "
+                f"{getattr(feats, 'dtype', type(feats).__name__)}, expected "
+                f"[{len(data.images)}, 2, {', '.join(map(str, want or ('...',)))}] float16; delete it "
+                "to rebuild")
         log.info("feature cache: %s (%.0f MB, reused)", path, path.stat().st_size / 2**20)
         return feats
     log.info("feature cache: computing %s's frozen stages (%s) for %s images (+ mirrored) → %s",

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
 
-class GalleryError(ValueError):
+class GalleryError(FactmasError, ValueError):
     """A run, dataset or setting the gallery cannot use; the message names it."""
 
 

@@ -120,17 +120,43 @@ def render(data: Any, runs: list[dict], page: dict, image_path) -> str:
     return "\n".join(out)
 
 
-def write_gallery(out_dir: str | Path, data: Any, runs: list[dict], page: dict) -> Path:
+def _old_gallery(out: Path) -> bool:
+    """A gallery folder written before manifests: index.html with the gallery's own title."""
+    try:
+        return "factmas" in (out / "index.html").read_text(encoding="utf-8")[:2000]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_out(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse (GalleryError) an ``out_dir`` that is a file, holds a link, is a run's or someone
+    else's folder, or holds a gallery already and ``overwrite`` is False; writes nothing."""
+    from factmas.gallery import GalleryError
+    from factmas.outdir import OutputError, check_output
+    out = Path(out_dir)
+    try:                # a gallery written before manifests: its index.html is factmas's
+        check_output(out, "gallery", legacy=_old_gallery(out))
+    except OutputError as e:
+        raise GalleryError(f"--out: {e}") from e
+    if (out / "index.html").exists() and not overwrite:
+        raise GalleryError(f"--out {out}: holds a gallery already; pass --overwrite to replace it or "
+                           "choose another folder")
+
+
+def write_gallery(out_dir: str | Path, data: Any, runs: list[dict], page: dict,
+                  overwrite: bool = False) -> Path:
     """Write the gallery folder (module docstring); returns the path of index.html.
 
     Raises:
         OSError: ``out_dir`` cannot be written.  ValueError (GalleryError from plots): runs whose
-            results cannot share a plot.
+            results cannot share a plot.  GalleryError: ``check_out`` refuses ``out_dir``.
     """
     from factmas.gallery import GalleryError
     from factmas.gallery_plots import write_comparison_plots
 
-    out = Path(out_dir)
+    from factmas.outdir import prepare_output
+    check_out(out_dir, overwrite)
+    out = prepare_output(out_dir, "gallery", legacy=_old_gallery(Path(out_dir)))
     (out / "img").mkdir(parents=True, exist_ok=True)
     try:
         write_comparison_plots([r["results"] for r in runs], [r["name"] for r in runs], out)

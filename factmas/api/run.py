@@ -108,7 +108,7 @@ class Run:
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, data: str | Path | None = None, image_split: str | None = "test", *,
                  image_pool: str | None = None, stages: Sequence[int] | str | None = None,
-                 progress: bool = False) -> Results:
+                 progress: bool = False, other_data: bool = False) -> Results:
         """Measure the initial model and every stage checkpoint again; writes nothing into the run.
 
         Args:
@@ -116,6 +116,8 @@ class Run:
             image_split: the images evaluated, "test" or "val" (None: the run's ``eval.image_split``).
             image_pool: "all" or "task" (None: the run's ``eval.image_pool``).
             stages: evaluate only these stages (default: all, which must all have checkpoints).
+            other_data: ``data`` is a dataset other than the run's on purpose (refused otherwise;
+                its fingerprint is recorded in the results' "evaluated").
         Returns:
             ``Results`` (R matrices as arrays; ``Results.write(folder)`` saves the report).
         Raises:
@@ -125,17 +127,17 @@ class Run:
         """
         from factmas.api.evaluate import evaluate_run
         return evaluate_run(self.path, str(data) if data else self.data_path, image_split, image_pool,
-                            stages, self.device, progress)
+                            stages, self.device, progress, other_data)
 
     def evaluate_checkpoint(self, checkpoint: str | None = None, data: str | Path | None = None,
                             image_split: str | None = "test", *, image_pool: str | None = None,
-                            progress: bool = False) -> CheckpointMetrics:
+                            progress: bool = False, other_data: bool = False) -> CheckpointMetrics:
         """Every metric of one checkpoint (default: the run's ``checkpoint``); writes nothing.
-        Raises RunLoadError, ValueError."""
+        ``other_data`` as in ``evaluate``. Raises RunLoadError, RunDirError, ValueError."""
         from factmas.api.evaluate import evaluate_checkpoint
         return evaluate_checkpoint(self.path, checkpoint or self.checkpoint,
                                    str(data) if data else self.data_path, image_split, image_pool,
-                                   self.device, progress)
+                                   self.device, progress, other_data)
 
     # ---- image → fact, fact → image --------------------------------------------------------------
     def calibrator(self, path: str | Path | None = None) -> tuple[Any, str | None]:

@@ -52,23 +52,26 @@ def compare(runs: Sequence[str | Path], metric: str = HEADLINE, allow_mixed: boo
 
 def make_gallery(runs: Sequence[str | Path], out: str | Path, photos: int = 8, facts_per_task: int = 3,
                  top_images: int = 5, seed: int = 0, data: str | Path | None = None,
-                 device: str = "auto") -> Path:
+                 device: str = "auto", overwrite: bool = False) -> Path:
     """A static HTML page of what runs retrieve side by side (``factmas gallery``); returns the path
     of ``out/index.html``.
 
     Args:
         runs: run directories of one dataset and split.  photos: sample test photos (top-5 facts
             each).  facts_per_task: sample facts per task.  top_images: images per fact.  seed: of
-            the samples.  data: a dataset file (default: the first run's).
+            the samples.  data: a dataset file (default: the first run's).  overwrite: replace a
+            gallery already in ``out`` (only the files factmas wrote there).
     Raises:
-        GalleryError: a run or the dataset cannot be used, or runs of different splits.
+        GalleryError: a run or the dataset cannot be used, runs of different splits, or ``out`` is
+            refused (a file, a link inside, someone else's files, a gallery without ``overwrite``).
         OSError: ``out`` cannot be written.
     """
     from factmas.gallery import collect, load_runs
-    from factmas.gallery_html import write_gallery
+    from factmas.gallery_html import check_out, write_gallery
+    check_out(out, overwrite)                    # before the work
     fd, loaded = load_runs([str(r) for r in runs], None if data is None else str(data), device)
     page = collect(fd, loaded, photos, facts_per_task, top_images, seed)
-    return write_gallery(out, fd, loaded, page)
+    return write_gallery(out, fd, loaded, page, overwrite=overwrite)
 
 
 def build_feature_cache(data: str | Path, config: Any = None, backbone: str | None = None,

@@ -7,7 +7,10 @@ The folder holds every command line of factmas, thin: argument parsing, messages
 The work is done by the public API (``factmas.api``: train, load_run, Run.evaluate/query/search, compare,
 make_gallery, build_feature_cache) and library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
 ``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
-import from here. A command module never imports another command module.
+import from here. A command module never imports another command module. Every error a user can cause
+(``factmas.errors.FactmasError``, a full disk, a read-only folder, the file-size limit, a dead peer
+process under torchrun) that a command did not report itself is caught once, in ``main`` below, and
+printed as one line (exit 2, or 1 for a training error or a dead peer).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import os
 import sys
 
 from factmas.cpu_memory import keep_freed_memory
+from factmas.errors import guarded_main
 
 SUBCOMMANDS = {
     "train": ("factmas.cli.train", "train the tasks of a split in order (finetune, MAS, ...)"),
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(QUICK_HELP[argv[0]]).build_parser().print_help()
         return 0
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    return guarded_main(f"factmas {argv[0]}", module.main, argv[1:])   # the one catch (factmas.errors)
 
 
 if __name__ == "__main__":

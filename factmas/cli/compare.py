@@ -12,6 +12,7 @@ from pathlib import Path
 from factmas.api.tools import compare as compare_runs
 from factmas.evaluation.metrics import HEADLINE, METRICS
 from factmas.experiments import compare
+from factmas.errors import FactmasError
 from factmas.io import atomic_write_text
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
     p.add_argument("--allow-mixed", action="store_true",
                    help="compare runs of different datasets, splits, image splits or unfinished runs")
+    p.add_argument("--overwrite", action="store_true", help="replace PREFIX.md and PREFIX.csv if present")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
@@ -30,8 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out and Path(f"{args.out}.md").is_dir():
             raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
+        if args.out:                     # not into a run, not over a file unasked (issue 30)
+            from factmas.outdir import check_new_file
+            for suffix in (".md", ".csv"):
+                check_new_file(f"{args.out}{suffix}", args.overwrite)
         table = compare_runs(args.runs, args.metric, args.allow_mixed)
-    except ValueError as e:
+    except (ValueError, FactmasError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
     md = table.markdown()
@@ -44,4 +50,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas compare", main))

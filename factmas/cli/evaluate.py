@@ -28,6 +28,7 @@ import logging
 import sys
 
 from factmas.cli.common import parse
+from factmas.errors import FactmasError
 from factmas.run.load import RunLoadError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow --out RUN_DIR: replace the run's own results.json/results.md/plots")
     p.add_argument("--json", action="store_true", help="with --checkpoint: print the metrics as JSON")
     p.add_argument("--data", help="dataset file (default: the one in RUN_DIR/config.json)")
+    p.add_argument("--other-data", action="store_true",
+                   help="evaluate on a dataset other than the run's on purpose (refused otherwise); "
+                        "its fingerprint is recorded in the evaluation's results.json")
     p.add_argument("--image-pool", choices=["all", "task"], help="override eval.image_pool")
     p.add_argument("--image-split", choices=["test", "val"], help="override eval.image_split")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
+    if args.json and not args.checkpoint:            # was silently ignored (issue 30)
+        print("factmas evaluate: error: --json prints one checkpoint's metrics and needs --checkpoint; "
+              "an evaluation of every stage writes results.json in --out", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from factmas.api.evaluate import evaluation_dir, write_evaluation
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.run, data=args.data, device=args.device)
         if args.checkpoint:
             one = run.evaluate_checkpoint(args.checkpoint, image_split=args.image_split,
-                                          image_pool=args.image_pool, progress=not args.quiet)
+                                          image_pool=args.image_pool, progress=not args.quiet,
+                                          other_data=args.other_data)
             print(json.dumps(one.metrics, indent=2, default=str) if args.json
                   else f"{one.checkpoint}\n\n" + metrics_table(one.metrics, one.num_tasks))
             return 0
@@ -90,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         out = evaluation_dir(args.run, args.out, args.image_split or ecfg.image_split,
                              args.image_pool or ecfg.image_pool, args.overwrite, args.replace_results)
         results = run.evaluate(image_split=args.image_split, image_pool=args.image_pool,
-                               stages=args.stages, progress=not args.quiet)
+                               stages=args.stages, progress=not args.quiet,
+                               other_data=args.other_data)
         paths = write_evaluation(results, out)
-    except (RunLoadError, CheckpointError, RunDirError, ValueError) as e:
+    except (RunLoadError, CheckpointError, RunDirError, ValueError, FactmasError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)
         return 2
     print((out / "results.md").read_text(encoding="utf-8") if (out / "results.md").is_file() else "")
@@ -101,4 +111,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas evaluate", main))

@@ -26,6 +26,7 @@ import sys
 
 from factmas.cli.common import at_least_one, parse
 from factmas.gallery import GalleryError
+from factmas.gallery_html import check_out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default 0)")
     p.add_argument("--data", metavar="FILE.h5", help="dataset (default: the first run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the gallery already in --out")
     return p
 
 
@@ -52,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from factmas.api.tools import make_gallery
     try:
+        check_out(args.out, args.overwrite)          # before the work (issue 30)
         index = make_gallery(args.runs, args.out, args.photos, args.facts_per_task, args.top_images,
-                             args.seed, args.data, args.device)
+                             args.seed, args.data, args.device, overwrite=args.overwrite)
     except (GalleryError, ImportError) as e:
         print(f"factmas gallery: error: {e}", file=sys.stderr)
         return 2
@@ -65,4 +68,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas gallery", main))

@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 
 from factmas.config import ConfigError, RunConfig, TrainConfig
+from factmas.errors import FactmasError
 from factmas.io import git_commit
 from factmas.experiments import paper_run
-from factmas.experiments.paper_table import (GRIDS, QUICK_GRIDS, QUICK_VARIANTS, VARIANT,  # noqa: F401
-                                             VARIANTS, Settings, cpu_seconds, check_splits, final_jobs,
-                                             run_all, search_jobs)
+from factmas.experiments.paper_table import (GRIDS, MAX_EXTENSIONS, QUICK_GRIDS, QUICK_VARIANTS,  # noqa: F401
+                                             VARIANT, VARIANTS, Settings, check_splits, choose_lambdas,
+                                             claim_out, cpu_seconds, extend_grids, final_jobs, run_all,
+                                             search_jobs, share_zero)
 
 log = logging.getLogger("factmas.experiments.paper_table")
 
@@ -110,13 +112,16 @@ def settings_from_args(args: argparse.Namespace, num_images: int,
     seeds = args.seeds if args.seeds is not None else ([0] if q else [0, 1, 2])
     if not seeds:
         raise ValueError("--seeds: at least one seed")
-    epochs = args.epochs or (1 if q else DEFAULT_EPOCHS)
-    search_epochs = args.search_epochs or epochs
+    # `is None`, not `or`: an explicit 0 is refused below, never taken for "not given" (issue 30)
+    epochs = args.epochs if args.epochs is not None else (1 if q else DEFAULT_EPOCHS)
+    search_epochs = args.search_epochs if args.search_epochs is not None else epochs
     if epochs < 1 or search_epochs < 1 or args.jobs < 1:
-        raise ValueError("--epochs, --search-epochs and --jobs must be >= 1")
+        raise ValueError(f"--epochs, --search-epochs and --jobs must be >= 1, got {epochs}, "
+                         f"{search_epochs} and {args.jobs}")
     grids = dict(QUICK_GRIDS if q else GRIDS)
     grids.update(dict(args.grid))
-    fraction = args.image_fraction or (QUICK_FRACTION if q and num_images > QUICK_MIN_IMAGES else 1.0)
+    fraction = (args.image_fraction if args.image_fraction is not None
+                else QUICK_FRACTION if q and num_images > QUICK_MIN_IMAGES else 1.0)
     if not 0 < fraction <= 1:
         raise ValueError(f"--image-fraction must be in (0, 1], got {fraction}")
     base = RunConfig.from_json(args.config).to_dict() if args.config else RunConfig().to_dict()
@@ -184,7 +189,8 @@ def _main(argv: list[str] | None) -> int:
         data = read_dataset(args.data, load_images=False)
         settings = settings_from_args(args, len(data.image_split), sorted(data.splits))
         check_splits(settings, sorted(data.splits))
-    except (ValueError, ConfigError, DatasetError) as e:
+        claim_out(settings.out)
+    except (ValueError, ConfigError, DatasetError, FactmasError) as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2
     try:

@@ -32,6 +32,7 @@ import json
 import logging
 import sys
 
+from factmas.errors import printable
 from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run.query_records(args.images, args.k, calibrator=calibrator)
     failed = [r for r in results if "error" in r]
     for r in failed:
-        print(f"factmas query: error: {r['error']}", file=sys.stderr)
+        print(f"factmas query: error: {printable(r['error'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     else:
@@ -99,18 +100,19 @@ def print_text(results: list[dict], calibrator, show_all: bool = False) -> None:
     for r in results:
         if "facts" not in r:
             continue
-        print(r["image"])
+        print(printable(r["image"]))                # a name cannot drive the terminal
         for f in r["facts"]:
             if calibrator is None:
-                print(f"  {f['rank']:>3}. {f['text']:<40} {f['distance']:.4f}")
+                print(f"  {f['rank']:>3}. {printable(f['text']):<40} {f['distance']:.4f}")
             elif show_all or f["probability"] >= r["threshold"]:
-                print(f"  {f['rank']:>3}. {f['text']:<40} D = {f['distance']:.4f}  "
+                print(f"  {f['rank']:>3}. {printable(f['text']):<40} D = {f['distance']:.4f}  "
                       f"p = {f['probability']:.2f}")
         if r["abstain"] and r["facts"]:
             best = r["facts"][0]
-            print(f"  no known fact fits this photo (best: {best['text']}, "
+            print(f"  no known fact fits this photo (best: {printable(best['text'])}, "
                   f"p = {best['probability']:.2f})")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas query", main))

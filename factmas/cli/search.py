@@ -29,6 +29,7 @@ import json
 import logging
 import sys
 
+from factmas.errors import printable
 from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
 from factmas.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"factmas search: error: {e}", file=sys.stderr)
         return 2
     for msg in out.get("unreadable", []):
-        print(f"factmas search: skipped unreadable image {msg}", file=sys.stderr)
+        print(f"factmas search: skipped unreadable image {printable(msg)}", file=sys.stderr)
     if out.get("calibration_note"):
         print(f"factmas search: note: {out['calibration_note']}", file=sys.stderr)
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    print(f"{out['fact']} in {out['source']}"
+    print(f"{printable(out['fact'])} in {printable(out['source'])}"
           + (" (index reused)" if out.get("index_reused") else ""))
     calibrated = out.get("probability") is not None
     if calibrated:
@@ -87,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in out["results"]:
         mark = {True: "  ✓", False: "  ✗"}.get(r.get("true"), "")
         p = f"  {r['probability']:4.2f}" if calibrated else ""
-        print(f"  {r['rank']:>4}  {r['distance']:8.4f}{p}  {r['image']}{mark}")
+        print(f"  {r['rank']:>4}  {r['distance']:8.4f}{p}  {printable(r['image'])}{mark}")
     if out.get("fact_id") is None and "fact_id" in out:
         print("  (not a fact of the dataset: no ✓/✗ marks)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas search", main))

@@ -7,5 +7,5 @@
 - ``experience``: each task's data (facts, pairs and images per image split, relevance), built once
   per run; ``merge`` for joint training.
 
-May import: ``factmas.io`` and ``factmas.space`` only.
+May import: ``factmas.io``, ``factmas.errors`` and ``factmas.space`` only.
 """

@@ -32,7 +32,7 @@ import numpy as np
 
 from factmas.data import schema
 from factmas.data.schema import DatasetError
-from factmas.io import atomic_path, deferred_sigint
+from factmas.io import atomic_path, check_room, deferred_sigint
 
 SCHEMA_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
@@ -187,6 +187,8 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
     crc = schema.image_checksums(images)
     h5py = _h5py()
     str_dt = h5py.string_dtype("utf-8")
+    check_room(path, np.asarray(images).nbytes + 64 * len(image_ids) + np.asarray(pairs).nbytes
+               + np.asarray(tokens).nbytes + (1 << 20))     # h5py can crash on a full disk
     with atomic_path(path, overwrite=overwrite) as tmp, deferred_sigint():
         with h5py.File(tmp, "w") as h:
             h.attrs["schema_version"] = SCHEMA_VERSION

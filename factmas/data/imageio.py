@@ -21,12 +21,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from factmas.errors import FactmasError
 
 MAX_PIXELS = 50_000_000
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-class ImageError(ValueError):
+class ImageError(FactmasError, ValueError):
     """An image file that cannot be used. ``reason`` is the short cause ("missing file",
     "not an image (unidentified format)", "truncated: ...", "corrupt: ...", "too large: ...");
     ``str(e)`` is ``"{path}: {reason}"``."""

@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,10 @@ T = TypeVar("T")
 TIMEOUT_ENV = "FACTMAS_DIST_TIMEOUT_S"
 
 
-class DistributedError(RuntimeError):
+class DistributedError(FactmasError, RuntimeError):
     """Another rank failed (the message names the rank and its error)."""
+
+    exit_code = 1
 
 
 def active() -> bool:

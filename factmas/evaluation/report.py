@@ -347,6 +347,15 @@ def write_report(run_dir: str | Path, res: dict) -> list[Path]:
     return paths
 
 
+def is_results_file(path: str | Path) -> bool:
+    """True when ``path`` is a readable results.json that factmas wrote (its "format" field)."""
+    try:
+        res = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(res, dict) and res.get("format") == FORMAT
+
+
 def read_results(path: str | Path) -> dict:
     """Read a results.json (a run directory or the file). Raises ValueError naming the file."""
     p = Path(path)
@@ -357,4 +366,18 @@ def read_results(path: str | Path) -> dict:
         raise ValueError(f"{p}: cannot read results: {e}") from e
     if not isinstance(res, dict) or res.get("format") != FORMAT:
         raise ValueError(f"{p}: not a factmas results file (format {FORMAT!r})")
+    for key, kind in RESULT_KEYS.items():   # a malformed file is said to be one, not "unfinished"
+        if key in res and not isinstance(res[key], kind):
+            raise ValueError(f"{p}: malformed results file: key {key!r} is a {type(res[key]).__name__}, "
+                             f"expected {'an object' if kind is dict else 'a ' + kind.__name__}")
+    if not isinstance(res.get("metrics"), dict):
+        raise ValueError(f"{p}: malformed results file: key 'metrics' is missing")
+    bad = [m for m, e in res["metrics"].items() if not isinstance(e, dict)]
+    if bad:
+        raise ValueError(f"{p}: malformed results file: metrics[{bad[0]!r}] is not an object")
     return res
+
+
+# top-level keys of results.json and their JSON types (checked when present)
+RESULT_KEYS = {"metrics": dict, "stages": list, "stage_tasks": list, "complete": bool, "run": dict,
+               "baselines": dict, "num_tasks": int, "split": str, "headline": str}

@@ -7,6 +7,6 @@
   ``python eval/compare.py``).
 
 May import: ``factmas.train``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``,
-``factmas.cpu_memory``.
+``factmas.cpu_memory``, ``factmas.errors``, ``factmas.outdir``.
 Never ``factmas.cli``.
 """

@@ -73,7 +73,9 @@ def check_comparable(runs: list[Path], results: list[dict]) -> None:
     """Raise ValueError naming the first property the runs differ in (with each run's value), or an
     unfinished run."""
     ids = [identity(r, res) for r, res in zip(runs, results)]
-    for key in ("dataset", "split", "image split"):
+    # split first: the dataset fingerprint covers the task split, so runs that differ only in split
+    # also differ in it, and "split" is what the user needs to hear
+    for key in ("split", "image split", "dataset"):
         values = {i[key] for i in ids}
         if len(values) > 1:
             each = "; ".join(f"{r}: {i[key]}" for r, i in zip(runs, ids))

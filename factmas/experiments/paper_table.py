@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from factmas.config import RunConfig
+from factmas.errors import Terminated, sigterm_raises
 from factmas.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -385,6 +387,20 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def claim_out(out: str | Path) -> Path:
+    """Make ``out`` the experiment's folder (``factmas.outdir.claim``): refused when it is a file,
+    holds a link, or holds files that are not a paper table's; a table's folder written before
+    manifests (runs/, search/, paper_table.md) is taken as one, so a killed experiment continues.
+
+    Raises:
+        factmas.outdir.OutputError: the folder cannot be used (the message names it).
+    """
+    from factmas import outdir
+    out = Path(out)
+    legacy = out.is_dir() and any((out / n).exists() for n in ("runs", "search", "paper_table.md"))
+    return outdir.claim(out, "paper_table", legacy=legacy)
+
+
 def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
     """Run ``jobs`` (in ``settings.jobs`` processes; 1: in this process) and return their summaries
     in the order given. Raises the first run's error (TrainingError, ...)."""
@@ -400,17 +416,41 @@ def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
         return out
     ctx = get_context("spawn")
     with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=init_worker,
-                             initargs=(settings.data, settings.image_fraction)) as pool:
+                             initargs=(settings.data, settings.image_fraction)) as pool, \
+            sigterm_raises():
         futures = [pool.submit(run_job, j, settings.base) for j in jobs]
         out = []
         try:
             for i, f in enumerate(futures, 1):
                 out.append(f.result())
                 _log_done(out[-1], i, len(jobs))
+        except KeyboardInterrupt as e:      # Ctrl-C or SIGTERM: passed on to the workers, then waited for
+            forward_signal(pool, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)   # runs in progress finish, no new ones
             raise
         return out
+
+
+def forward_signal(pool: ProcessPoolExecutor, signum: int) -> list[int]:
+    """Send ``signum`` to every live worker process of ``pool`` (SIGTERM or SIGINT the parent got),
+    so that no worker trains on after the parent has gone; returns their pids. Each worker's run
+    keeps its completed tasks' checkpoints (written atomically), and re-running the command continues
+    the experiment."""
+    sent = []
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signum)
+                sent.append(proc.pid)
+            except ProcessLookupError:
+                continue
+    if sent:
+        log.warning("paper_table: %s sent to worker(s) %s; waiting for them to stop",
+                    signal.Signals(signum).name, ", ".join(map(str, sent)))
+    return sent
 
 
 def _log_done(r: dict, i: int, n: int) -> None:

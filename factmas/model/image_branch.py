@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 
 import torch
 from torch import nn
@@ -82,8 +83,10 @@ class ResNet18Branch(nn.Module):
         if cfg.pretrained_path:
             try:
                 state = torch.load(cfg.pretrained_path, map_location="cpu", weights_only=True)
-            except (OSError, RuntimeError, ValueError) as e:
-                raise ValueError(f"{cfg.pretrained_path}: cannot load resnet18 weights: {e}") from e
+            except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as e:
+                raise ValueError(f"{cfg.pretrained_path}: cannot load resnet18 weights: not a "
+                                 f"weights-only state dict file ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
             if not isinstance(state, dict):
                 raise ValueError(f"{cfg.pretrained_path}: not a torchvision resnet18 state dict "
                                  f"(a {type(state).__name__})")

@@ -5,6 +5,7 @@ May import: torch.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ def load_state_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot load {what}: {e}") from e
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        # UnpicklingError: weights_only refused the file (e.g. a pickled object, not a state dict)
+        raise ValueError(f"{path}: cannot load {what}: not a weights-only state dict file "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict of {what} (a {type(state).__name__})")
     return state

@@ -20,6 +20,7 @@ never leaves a half-written checkpoint.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from factmas.io import atomic_path, finite_or_none
+from factmas.io import atomic_write_bytes, finite_or_none
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ REQUIRED = ("stage", "completed_tasks", "model", "optimizer", "method", "method_
             "history", "metrics_lines")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FactmasError, RuntimeError):
     """A checkpoint is missing, unreadable, or not a factmas checkpoint; the message names the file."""
 
 
@@ -98,11 +100,33 @@ def save_checkpoint(run_dir: str | Path, stage: int, *, model: torch.nn.Module,
         "config": plain(config), "history": plain(history), "metrics_lines": int(metrics_lines),
     }
     path = stage_path(run_dir, stage)
+    buf = io.BytesIO()            # serialized in memory, so that a full disk or a file-size limit is an
+    torch.save(state, buf)        # OSError naming the file (torch's zip writer says "unexpected pos")
+    data = buf.getvalue()
     for target in (path, last_path(run_dir)):
-        with atomic_path(target) as tmp:
-            torch.save(state, tmp)
+        atomic_write_bytes(target, data)
     log.info("checkpoint saved: %s (tasks done: %s)", path, task_names(state["completed_tasks"]))
     return path
+
+
+def mismatch_message(path: str | Path, ckpt: dict, model_cfg: dict, error: Exception) -> str:
+    """One readable line for weights that do not fit a model: the checkpoint's recorded backbone
+    (and other differing ``model`` settings) against the run's, e.g. "this checkpoint is small_cnn,
+    the run is efficientnet_lite0", instead of torch's list of every key (kilobytes)."""
+    recorded = ((ckpt.get("config") or {}).get("model") or {}) if isinstance(ckpt, dict) else {}
+    diff = [k for k in sorted(set(recorded) | set(model_cfg))
+            if k in recorded and k in model_cfg and recorded[k] != model_cfg[k]]
+    if "backbone" in diff:
+        return (f"{path}: this checkpoint is {recorded['backbone']}, the run is "
+                f"{model_cfg['backbone']}; use a checkpoint of this run")
+    if diff:
+        shown = ", ".join(f"model.{k} {recorded[k]!r} in the checkpoint, {model_cfg[k]!r} in the run"
+                          for k in diff[:4])
+        return f"{path}: the checkpoint's model differs from the run's ({shown})"
+    first = str(error).strip().splitlines()
+    text = " ".join(line.strip() for line in first[:3])
+    return (f"{path}: the weights do not fit the run's model ({text[:300]}"
+            f"{' ...' if len(text) > 300 or len(first) > 3 else ''})")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -115,6 +139,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {e.strerror or e}") from e
+    if head != b"PK\x03\x04":     # torch.save writes a zip archive; anything else is not ours
+        raise CheckpointError(f"{path}: not a factmas checkpoint (a checkpoint is the zip archive "
+                              f"torch.save writes; this file starts with {head!r}); name one of the "
+                              "run's checkpoints, e.g. last.pt or task0")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types (pickle, zip, runtime errors)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from factmas.errors import FactmasError
 
 if TYPE_CHECKING:
     import torch
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class RunLoadError(RuntimeError):
+class RunLoadError(FactmasError, RuntimeError):
     """The run directory, its checkpoint or its dataset cannot be used; the message names which."""
 
 
@@ -57,8 +58,9 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise RunLoadError(f"{run.checkpoint(checkpoint)}: weights do not fit the model of "
-                         f"config.json and dataset {data.path} ({len(data.vocab)} words): {e}") from e
+        from factmas.run.checkpoint import mismatch_message
+        raise RunLoadError(mismatch_message(run.checkpoint(checkpoint), ckpt, cfg.to_dict()["model"], e)
+                           + f" (config.json, dataset {data.path}: {len(data.vocab)} words)") from e
     return cfg, data, model.to(dev).eval(), ckpt
 
 

@@ -27,9 +27,11 @@ import torch
 
 from factmas.config import ConfigError, RunConfig
 from factmas.data.dataset import FactData
+from factmas import outdir
 from factmas.io import atomic_write_json, atomic_write_text, git_commit, package_versions
 from factmas.run.checkpoint import (checkpoint_dir, dumps_line, has_checkpoints, latest_checkpoint,
                                     last_path, stage_checkpoints, stage_path)
+from factmas.errors import FactmasError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ METRICS_NAME = "metrics.jsonl"
 CALIBRATION_NAME = "calibration.json"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(FactmasError, RuntimeError):
     """The run directory cannot be used as asked (e.g. it holds a run and neither resume nor
     overwrite was requested, or it is not a factmas run directory when resuming)."""
 
@@ -130,6 +132,10 @@ class RunDir:
                      if fp.get(f)})
         return meta
 
+    def reclaim(self) -> None:
+        """``reclaim_run_dir``: before a resumed run writes (links refused, killed writes' temps removed)."""
+        reclaim_run_dir(self.path)
+
     def check_same_data(self, record: dict[str, Any], data: FactData, split: str) -> None:
         """``check_same_data``: RunDirError when ``data`` is not the dataset the run was started on."""
         check_same_data(record, data, split, self.path)
@@ -174,10 +180,27 @@ def check_run_dir_free(run_dir: str | Path, overwrite: bool = False) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file; --out must be a directory")
+    if run_dir.is_dir():
+        try:
+            outdir.check_no_links(run_dir)       # writes and --overwrite's deletions stay inside
+        except outdir.OutputError as e:
+            raise RunDirError(str(e)) from e
     held = has_checkpoints(run_dir) or (run_dir / CONFIG_NAME).is_file()
     if held and not overwrite:
         raise RunDirError(f"{run_dir} holds a run; continue it with "
                           f"`factmas train --resume {run_dir}` or start over with --overwrite")
+    if not run_dir.is_dir():
+        return
+    kind = outdir.kind_of(run_dir)
+    if kind not in (None, "run"):
+        raise RunDirError(f"{run_dir} holds a factmas {kind}, not a run; choose another --out")
+    if not held and kind is None:
+        present = [n for n in sorted(p.name for p in run_dir.iterdir()) if n not in outdir.IGNORED]
+        if present:
+            shown = ", ".join(present[:4]) + (" ..." if len(present) > 4 else "")
+            raise RunDirError(f"{run_dir} already holds files that are not a factmas run ({shown}); "
+                              "choose a new or empty folder for --out (--overwrite deletes only what "
+                              "factmas wrote, so it does not help here; nothing was changed)")
 
 
 def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
@@ -191,24 +214,35 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
     Raises:
         RunDirError: ``run_dir`` is a file, or already holds a run (a config.json or checkpoints) and
             ``overwrite`` is False.
-    With ``overwrite``, the old run's artefacts (results.json, results.md, plots, metrics.jsonl,
-    ``evaluations/``, ``tensorboard/``, checkpoints, config.json) are deleted first, so that a new run killed early
-    never sits beside the old run's results.
+    With ``overwrite``, the old run's files are deleted first, so that a new run killed early never
+    sits beside the old run's results: exactly those listed in the folder's manifest
+    (``factmas.outdir``), or for a run written before manifests its artefacts by name (results.json,
+    results.md, plots, metrics.jsonl, ``evaluations/``, ``tensorboard/``, checkpoints, config.json). A folder with a
+    symbolic link inside, or with files that are not a run's, is refused (RunDirError).
     """
-    import shutil
     run_dir = Path(run_dir)
     check_run_dir_free(run_dir, overwrite)
-    if overwrite:
+    legacy = (run_dir / CONFIG_NAME).is_file() or has_checkpoints(run_dir)
+    if overwrite and legacy and outdir.kind_of(run_dir) is None:
+        # a run written before manifests: its own files, by name (links were refused above)
         old = [run_dir / n for n in ARTEFACTS] + sorted(checkpoint_dir(run_dir).glob("*.pt"))
         for p in old + [run_dir / CONFIG_NAME]:
             if p.is_file():
                 log.info("overwrite: removing %s", p)
                 p.unlink()
+        import shutil
         for folder in (EVALUATIONS, TENSORBOARD):
             if (run_dir / folder).is_dir():
                 log.info("overwrite: removing %s", run_dir / folder)
                 shutil.rmtree(run_dir / folder)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif overwrite and outdir.kind_of(run_dir) == "run":
+        for p in outdir.remove_written(run_dir):  # exactly what factmas wrote (its manifest)
+            log.info("overwrite: removed %s", p)
+    try:
+        outdir.claim(run_dir, "run", legacy=legacy and not overwrite)
+    except outdir.OutputError as e:
+        raise RunDirError(str(e)) from e
+    outdir.clean_temps(run_dir, min_age_s=0)      # the caller holds the run's lock
     record = {
         "config": cfg.to_dict(),
         "seed": cfg.train.seed,
@@ -223,6 +257,22 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig, *, command: str,
     }
     atomic_write_json(run_dir / CONFIG_NAME, record)
     return run_dir
+
+
+def reclaim_run_dir(run_dir: str | Path) -> None:
+    """Before a resumed run writes (the caller holds the lock): refuse a symbolic link inside
+    ``run_dir``, give a run written before manifests its manifest (its present files), and delete the
+    temporary files of writes that were killed.
+
+    Raises:
+        RunDirError: a link inside, or the folder holds a factmas folder of another kind.
+    """
+    try:
+        outdir.claim(run_dir, "run", legacy=True)
+    except outdir.OutputError as e:
+        raise RunDirError(str(e)) from e
+    for p in outdir.clean_temps(run_dir, min_age_s=0):
+        log.info("removed %s, left by a write that was killed", p)
 
 
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -281,10 +331,12 @@ def same_fingerprint(old: dict[str, Any], new: dict[str, Any]) -> bool:
                 and old["pixels_sha256"] != new["pixels_sha256"])
 
 
-def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path) -> None:
+def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path,
+                    hint: str | None = None) -> None:
     """Raise RunDirError when ``data`` differs from the dataset the run in ``run_dir`` was started on.
 
-    A record without a fingerprint (an older run) is not checked.
+    A record without a fingerprint (an older run) is not checked. ``hint``: what the message tells
+    the user to do (default: resume with the original file or start a new run).
     """
     old = record.get("data_fingerprint") or {}
     if not old.get("sha256"):
@@ -297,8 +349,68 @@ def check_same_data(record: dict[str, Any], data: FactData, split: str, run_dir:
             diff = ("same sizes, other pixels" if old["sha256"] == new["sha256"]
                     else "same sizes, other content")
         raise RunDirError(f"{data.path}: not the dataset run {run_dir} was trained on ({diff}); "
-                          "resume with the original file (config.json's data_provenance says how "
-                          "it was built) or start a new run")
+                          + (hint or "resume with the original file (config.json's data_provenance "
+                                     "says how it was built) or start a new run"))
+
+
+def check_eval_data(record: dict[str, Any], data: FactData, split: str, run_dir: str | Path,
+                    other_data: bool = False) -> dict[str, Any] | None:
+    """For ``factmas evaluate``: refuse (RunDirError) a dataset other than the run's, or with
+    ``other_data`` accept it and return its fingerprint, which the evaluation's results.json records
+    beside the run's (None when the data is the run's own)."""
+    if not other_data:
+        check_same_data(record, data, split, run_dir,
+                        hint="evaluate with the run's own dataset, or pass --other-data to evaluate "
+                             "on this one on purpose (its fingerprint is then recorded in the "
+                             "evaluation's results.json)")
+        return None
+    new = data_fingerprint(data, split)
+    old = record.get("data_fingerprint") or {}
+    return None if old.get("sha256") and same_fingerprint(old, new) else new
+
+
+# keys a resumed run may change on purpose (--device, --threads) or that name places, not settings
+RESUME_FREE_KEYS = ("data", "out", "train.device", "train.threads")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       ignore: tuple[str, ...] = RESUME_FREE_KEYS) -> list[tuple[str, Any, Any]]:
+    """[(dotted key, old value, new value)] where two config dicts (``RunConfig.to_dict()``) differ,
+    sorted by key, leaving out ``ignore``."""
+    a, b = _flat(old), _flat(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
+def check_config_matches(run_dir: str | Path, cfg: RunConfig) -> None:
+    """Raise RunDirError when ``cfg`` (config.json as it is now) differs from the config recorded in
+    the run's latest checkpoint, naming the keys: a resumed run would train its remaining tasks with
+    the edited values and report them for the whole run (issue 30). Without checkpoints nothing is
+    checked (the run starts over with config.json)."""
+    from factmas.run.checkpoint import load_checkpoint
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return
+    recorded = load_checkpoint(last).get("config") or {}
+    try:      # through RunConfig, so that a key added since (at its default) compares equal
+        recorded = RunConfig.from_dict(recorded).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        pass
+    diff = config_differences(recorded, cfg.to_dict())
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} in {last.name}, {b!r} in {CONFIG_NAME}" for k, a, b in diff[:6])
+        raise RunDirError(f"{Path(run_dir) / CONFIG_NAME} no longer matches the config its checkpoints "
+                          f"were trained with ({shown}{' ...' if len(diff) > 6 else ''}); put the "
+                          "recorded values back to resume, or start a new run with the new ones")
 
 
 class MetricsLog:
@@ -313,7 +425,13 @@ class MetricsLog:
         self.lines = 0
 
     def append(self, record: dict) -> None:
-        """Write ``record`` as one line (NaN/inf → null) and flush."""
+        """Write ``record`` as one line (NaN/inf → null) and flush. Never through a link."""
+        if not getattr(self, "_guarded", False):
+            if self.path.is_symlink():
+                raise RunDirError(f"{self.path} is a symbolic link; factmas does not append through it")
+            root = outdir.guard_write(self.path)
+            outdir.record_written(self.path, root)
+            self._guarded = True
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(dumps_line(record) + "\n")
         self.lines += 1

@@ -38,7 +38,7 @@ from factmas.distributed.world import local_device
 from factmas.methods import METHODS, Method, foreign_options, make_method, options_for
 from factmas.run.checkpoint import CheckpointError
 from factmas.run.lock import RunLock
-from factmas.run.rundir import RunDir, RunDirError, data_fingerprint
+from factmas.run.rundir import RunDir, RunDirError, check_config_matches, data_fingerprint
 from factmas.train.loop import ContinualTrainer, RunState, TrainingError
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,10 @@ def check_run_args(cfg: RunConfig, limit_tasks: int | None) -> None:
     a file. Raises ConfigError or UsageError naming the setting, before anything is read or written."""
     validate_config(cfg)
     check_limit_tasks(limit_tasks)
+    if limit_tasks is not None and cfg.train.method == "joint":
+        raise UsageError(f"--limit-tasks {limit_tasks}: joint trains all tasks at once, in one stage, "
+                         "so there are no tasks to stop after; leave --limit-tasks out (or train the "
+                         "first tasks' facts with another split)")
     if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UsageError(f"--out {cfg.out}: is a file; expected a run directory (new or existing)")
 
@@ -220,6 +224,7 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     """
     run = RunDir(run_dir)
     cfg, record = run.read_config()
+    check_config_matches(run_dir, cfg)      # config.json edited since the checkpoints: refused
     cfg.out = str(run_dir)
     trained_by = int((record.get("distributed") or {}).get("world_size", 1))
     if trained_by != size():
@@ -237,6 +242,7 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     run.check_same_data(record, data, cfg.train.split)
     parts = build_parts(cfg, data)
     with _lock(run_dir):
+        agree(lambda: run.reclaim() if is_main() else None)     # no link inside, no orphaned temps
         inputs = shared_inputs(cfg, data, dev, parts[0], progress)
         trainer, stages = build_trainer(cfg, data, dev, progress, parts, inputs)
         last = run.latest_checkpoint()

@@ -48,13 +48,16 @@ from factmas.train.augment import augment_images
 from factmas.train.average import WeightAverage
 from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
 from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.errors import FactmasError
 from factmas.train.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FactmasError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message names task, epoch and step."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -195,7 +198,8 @@ class ContinualTrainer:
             self.model.load_state_dict(ckpt["model"])
             self.method.load_state_dict(ckpt["method"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: does not fit this run's model or method: {e}") from e
+            from factmas.run.checkpoint import mismatch_message
+            raise CheckpointError(mismatch_message(path, ckpt, self.cfg.to_dict()["model"], e)) from e
         self.metrics.truncate(ckpt["metrics_lines"])
         self.hook.restore(ckpt["history"])
         log.info("resuming from %s: tasks %s done", path, task_names(ckpt["completed_tasks"]))

@@ -139,7 +139,13 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
+        """Close the writer and list its event files in the run's manifest (``factmas.outdir``), so
+        that ``--overwrite`` deletes them with the rest of the run."""
+        from factmas.outdir import record_written
         self.writer.close()
+        for p in sorted(self.dir.rglob("*")):
+            if p.is_file():
+                record_written(p)
 
 
 __all__ = ["TB_DIR", "TensorBoardError", "TensorBoardLog", "r_matrix"]

@@ -85,6 +85,46 @@ def env(tmp_path_factory):
                      ("flipped", lambda h: h["images"].__setitem__((5, 1, 1, 0),
                                                                    h["images"][5, 1, 1, 0] ^ 0xFF))):
         p[name] = _edit(shutil.copy(data, root / f"{name}.h5"), fn)
+    def same_fact(h):                                   # fact 1 made a copy of fact 0
+        for key in ("facts/subject", "facts/predicate", "facts/object"):
+            vals = [x.decode() if isinstance(x, bytes) else x for x in h[key][()]]
+            vals[1] = vals[0]
+            del h[key]
+            h.create_dataset(key, data=vals, dtype=h5py.string_dtype("utf-8"))
+        for key in ("facts/order", "facts/tokens"):
+            a = h[key][()]
+            a[1] = a[0]
+            _replace(h, key, a)
+
+    def swapped_tokens(h):                              # fact 0's words under fact 1's text
+        a = h["facts/tokens"][()]
+        j = next(i for i in range(1, len(a)) if (a[i] != a[0]).any() and
+                 h["facts/order"][i] == h["facts/order"][0])
+        a[[0, j]] = a[[j, 0]]
+        _replace(h, "facts/tokens", a)
+
+    def dot_slash(h):                                   # image 1 named ./<image 0>
+        ids = [x.decode() if isinstance(x, bytes) else x for x in h["image_ids"][()]]
+        ids[1] = "./" + ids[0]
+        del h["image_ids"]
+        h.create_dataset("image_ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+
+    def no_images(h):
+        for key in ("images", CHECKSUM_KEY, "image_split", "pairs"):
+            a = h[key][()]
+            _replace(h, key, a[:0])
+        del h["image_ids"]
+        h.create_dataset("image_ids", data=[], dtype=h5py.string_dtype("utf-8"))
+        for name in list(h.get("split_images", {})):
+            _replace(h, f"split_images/{name}", h[f"split_images/{name}"][()][:0])
+
+    def pair_twice(h):
+        a = h["pairs"][()]
+        a[1] = a[0]
+        _replace(h, "pairs", a)
+    for name, fn in (("dup_fact", same_fact), ("swapped_tokens", swapped_tokens),
+                     ("dot_slash", dot_slash), ("no_images", no_images), ("dup_pair", pair_twice)):
+        p[name] = _edit(shutil.copy(data, root / f"{name}.h5"), fn)
     (root / "junk.h5").write_text("not hdf5")
     p["junk"] = root / "junk.h5"
     p["run"] = _run(data, root / "run")
@@ -132,6 +172,9 @@ def env(tmp_path_factory):
     p["good"] = imgs / "0.png"
     p["csv_ok"] = root / "facts.csv"
     p["csv_ok"].write_text("image,S,P,O\n" + "".join(f"{i}.png,dog,run,\n" for i in range(4)))
+    p["csv_dotslash"] = root / "dotslash.csv"
+    p["csv_dotslash"].write_text("image,S,P,O\n" + "".join(f"{i}.png,dog,run,\n" for i in range(4))
+                                 + "./0.png,cat,sit,\n")
     p["csv_latin1"] = root / "latin1.csv"
     p["csv_latin1"].write_bytes(b"image,S,P,O\n0.png,dog,,\n1.png,caf\xe9,,\n")
     (root / "caps").mkdir()
@@ -140,6 +183,54 @@ def env(tmp_path_factory):
     p["bomb"] = _png_header_only(root / "bomb.png", 100_000, 100_000)
     p["exists"] = root / "exists.h5"
     p["exists"].write_bytes(b"keep me")
+    # ---- issue 30: folders with links inside, folders of the user's own files
+    for name in ("elsewhere", "elsewhere2", "elsewhere3"):
+        (root / name).mkdir()
+        (root / name / "victim.pt").write_bytes(b"the user's file")
+    p["linked_new"] = root / "linked_new"                 # a new run folder whose checkpoints/ is a link
+    p["linked_new"].mkdir()
+    (p["linked_new"] / "checkpoints").symlink_to(root / "elsewhere")
+    p["linked_run"] = root / "linked_run"                 # a run whose checkpoints/ was replaced by a link
+    shutil.copytree(p["run"], p["linked_run"])
+    shutil.rmtree(p["linked_run"] / "checkpoints")
+    (p["linked_run"] / "checkpoints").symlink_to(root / "elsewhere2")
+    p["linked_imgs"] = root / "linked_imgs"               # photos whose .factmas-index is a link
+    shutil.copytree(imgs, p["linked_imgs"])
+    (p["linked_imgs"] / ".factmas-index").symlink_to(root / "elsewhere3")
+    p["userdir"] = root / "userdir"                        # the user's own results, not a run
+    p["userdir"].mkdir()
+    (p["userdir"] / "results.json").write_text('{"mine": 1}')
+    (p["userdir"] / "metrics.jsonl").write_text('{"mine": 1}\n')
+    (p["userdir"] / "sub").mkdir()
+    (p["userdir"] / "sub" / "keep.txt").write_text("keep")
+    p["edited"] = root / "edited"                          # a cut run whose config.json was edited since
+    shutil.copytree(p["cut"], p["edited"])
+    rec = json.loads((p["edited"] / "config.json").read_text())
+    rec["config"]["train"]["lr"] = rec["config"]["train"]["lr"] * 10
+    rec["config"]["train"]["epochs"] = 2
+    (p["edited"] / "config.json").write_text(json.dumps(rec))
+    p["bad_results"] = root / "bad_results"               # a finished run whose results.json is mangled
+    shutil.copytree(p["run"], p["bad_results"])
+    res = json.loads((p["bad_results"] / "results.json").read_text())
+    res["metrics"] = ["oops"]
+    (p["bad_results"] / "results.json").write_text(json.dumps(res))
+    p["wider"] = root / "wider"                            # config.json's model edited after training
+    shutil.copytree(p["run"], p["wider"])
+    rec = json.loads((p["wider"] / "config.json").read_text())
+    rec["config"]["model"]["width"] = 16
+    (p["wider"] / "config.json").write_text(json.dumps(rec))
+    p["cfg_latin1"] = root / "cfg_latin1.json"
+    p["cfg_latin1"].write_bytes(b'{"train": {"method": "caf\xe9"}}')
+    import fractions
+
+    import torch
+    p["pickled"] = root / "pickled.pt"                     # a pickled object, not a state dict
+    torch.save({"w": fractions.Fraction(1, 2)}, p["pickled"])
+    p["cfg_pickled"] = root / "cfg_pickled.json"
+    p["cfg_pickled"].write_text(json.dumps({"model": {"backbone": "resnet18", "embed_dim": 8,
+                                                      "pretrained_path": str(p["pickled"])}}))
+    p["compare_old"] = root / "table"
+    (root / "table.md").write_text("my table")
     return p
 
 
@@ -152,6 +243,12 @@ def _main(command):
         from factmas.cli.compare import main
     elif command == "query":
         from factmas.cli.query import main
+    elif command == "search":
+        from factmas.cli.search import main
+    elif command == "gallery":
+        from factmas.cli.gallery import main
+    elif command == "paper_table":
+        from factmas.cli.paper import main
     elif command == "inspect":
         from data_prep.inspect import main
     elif command == "from_csv":
@@ -245,6 +342,78 @@ CASES = [
      ["none.png", "missing file"]),
     ("query k zero", "query", ["--run", "{run}", "{good}", "--k", "0"], 2, ["--k"]),
     ("query not a run", "query", ["--run", "{imgs}", "{good}"], 2, ["config.json"]),
+    # ---- issue 30: writes outside the folder asked for (through a link inside it)
+    ("write outside folder: symlinked checkpoints", "train",
+     ["--data", "{data}", "--out", "{linked_new}", "--split", "random2_seed0", "-q", "--no-progress"],
+     2, ["checkpoints", "symbolic link"]),
+    ("write outside folder: overwrite through a linked checkpoints", "train",
+     ["--data", "{data}", "--out", "{linked_run}", "--split", "random2_seed0", "--overwrite", "-q",
+      "--no-progress"], 2, ["checkpoints", "symbolic link"]),
+    ("write outside folder: search index is a link", "search",
+     ["--run", "{run}", "--images", "{linked_imgs}", "dog"], 2, [".factmas-index", "symbolic link"]),
+    # ---- issue 30: user data lost
+    ("user data lost: train into a folder of the user's files", "train",
+     ["--data", "{data}", "--out", "{userdir}", "--split", "random2_seed0", "-q", "--no-progress"], 2,
+     ["userdir", "not a factmas run", "results.json"]),
+    ("user data lost: overwrite a folder that holds no run", "train",
+     ["--data", "{data}", "--out", "{userdir}", "--split", "random2_seed0", "--overwrite", "-q",
+      "--no-progress"], 2, ["userdir", "not a factmas run"]),
+    ("user data lost: compare into a run", "compare", ["{run}", "--out", "{run}/results"], 2,
+     ["results.md", "run"]),
+    ("user data lost: compare over a file", "compare", ["{run}", "--out", "{compare_old}"], 2,
+     ["table.md", "--overwrite"]),
+    ("user data lost: gallery into a run", "gallery", ["{run}", "--out", "{run}"], 2,
+     ["--out", "holds a factmas run"]),
+    ("user data lost: evaluate into the user's folder", "evaluate", ["{run}", "--out", "{userdir}",
+                                                                     "-q"], 2, ["userdir"]),
+    ("user data lost: paper_table into the user's folder", "paper_table",
+     ["--data", "{data}", "--out", "{userdir}", "--random-prefix", "random2", "--seeds", "0",
+      "--semantic-seeds", "", "--disjoint-seeds", "", "--methods", "finetune", "-q"], 2,
+     ["userdir", "did not write"]),
+    ("traceback: paper_table --out is a file", "paper_table",
+     ["--data", "{data}", "--out", "{afile}", "--random-prefix", "random2", "--seeds", "0",
+      "--semantic-seeds", "", "--disjoint-seeds", "", "--methods", "finetune", "-q"], 2,
+     ["afile.txt", "is a file"]),
+    # ---- issue 30: results that do not say what they were computed on
+    ("silent wrong: evaluate on another dataset", "evaluate", ["{run}", "--data", "{other}", "-q"], 2,
+     ["other.h5", "not the dataset", "--other-data"]),
+    ("silent wrong: resume after config.json was edited", "train", ["--resume", "{edited}", "-q",
+                                                                   "--no-progress"], 2,
+     ["config.json", "train.lr", "train.epochs", "task0.pt"]),
+    ("silent wrong: duplicate facts", "train", ["--data", "{dup_fact}", "--out", "{root}/new_run"], 2,
+     ["dup_fact.h5", "rows 0 and 1 are the same fact"]),
+    ("silent wrong: duplicate pairs", "train", ["--data", "{dup_pair}", "--out", "{root}/new_run"], 2,
+     ["dup_pair.h5", "'pairs'", "same pair"]),
+    ("silent wrong: tokens disagree with the text", "train",
+     ["--data", "{swapped_tokens}", "--out", "{root}/new_run"], 2,
+     ["swapped_tokens.h5", "'facts/tokens' row 0", "the fact's text says"]),
+    ("silent wrong: a.jpg beside ./a.jpg", "train", ["--data", "{dot_slash}", "--out", "{root}/new_run"],
+     2, ["dot_slash.h5", "rows 0 and 1 name the same image", "./syn_00000.png"]),
+    ("traceback: a dataset of 0 images", "train", ["--data", "{no_images}", "--out", "{root}/new_run"],
+     2, ["no_images.h5", "0 images"]),
+    ("traceback: inspect a dataset of 0 images", "inspect", ["{no_images}"], 2, ["0 images"]),
+    ("traceback: --config not UTF-8", "train", T + ["--config", "{cfg_latin1}"], 2,
+     ["cfg_latin1.json", "UTF-8"]),
+    ("traceback: pretrained_path not a state dict", "train", T + ["--config", "{cfg_pickled}"], 2,
+     ["pickled.pt", "weights-only"]),
+    # ---- issue 30: unclear messages
+    ("unclear: malformed results.json is not an unfinished run", "compare", ["{run}", "{bad_results}"],
+     2, ["bad_results", "malformed", "metrics"]),
+    ("unclear: --checkpoint ../../etc/passwd", "evaluate", ["{run}", "--checkpoint",
+                                                           "../../../../../../etc/passwd", "-q"], 2,
+     ["etc/passwd", "not a factmas checkpoint"]),
+    ("unclear: checkpoint of another model", "evaluate", ["{wider}", "-q"], 2,
+     ["model.width 8 in the checkpoint, 16 in the run"]),
+    # ---- issue 30: options silently ignored
+    ("silent wrong: evaluate --json without --checkpoint", "evaluate", ["{run}", "--json", "-q"], 2,
+     ["--json", "--checkpoint"]),
+    ("silent wrong: --limit-tasks with joint", "train", T + ["--method", "joint", "--limit-tasks", "1"],
+     2, ["--limit-tasks", "joint"]),
+    ("silent wrong: paper_table --image-fraction 0", "paper_table",
+     ["--data", "{data}", "--out", "{root}/pt", "--image-fraction", "0", "-q"], 2,
+     ["--image-fraction", "got 0"]),
+    ("silent wrong: paper_table --epochs 0", "paper_table",
+     ["--data", "{data}", "--out", "{root}/pt", "--epochs", "0", "-q"], 2, ["--epochs", "got 0"]),
     # ---- inspect
     ("inspect inconsistent", "inspect", ["{short_split}"], 2, ["'image_split'"]),
     ("inspect task outside", "inspect", ["{far_task}"], 2, ["task 50"]),
@@ -255,6 +424,9 @@ CASES = [
                                    "{root}/built.h5"], 2, ["latin1.csv:3", "UTF-8"]),
     ("captions not utf-8", "flickr8k", ["--captions", "{captions_latin1}", "--images", "{imgs}",
                                         "--out", "{root}/built.h5"], 2, ["captions.txt:3", "UTF-8"]),
+    ("silent wrong: csv names a.jpg and ./a.jpg", "from_csv",
+     ["--csv", "{csv_dotslash}", "--image-root", "{imgs}", "--out", "{root}/built.h5", "-q",
+      "--split-seeds", "0", "--num-tasks", "1", "--no-semantic"], 2, ["0.png", "same image"]),
     ("build out is a dir", "from_csv", BUILD[:4] + ["--out", "{imgs}"], 2, ["is a directory"]),
     ("build out exists", "from_csv", BUILD[:4] + ["--out", "{exists}"], 2, ["exists", "--overwrite"]),
     ("build seed negative", "from_csv", BUILD + ["--seed", "-1"], 2, ["--seed"]),
@@ -332,3 +504,311 @@ def test_interrupt_during_the_hdf5_write_leaves_nothing_and_exits_130(env, monke
 def test_case_count():
     assert len(CASES) >= 60
     print(f"{len(CASES) + 1} bad-input cases")
+
+
+# ---- issue 30: one error base class, caught once at the command line ---------------------------------
+
+def _cli(argv):
+    from factmas.cli import main
+    return main(argv)
+
+
+def _no_temp_files(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*.tmp")]
+
+
+def test_traceback_error_classes_share_one_base_with_exit_2():
+    from factmas.config import ConfigError
+    from factmas.data.schema import DatasetError
+    from factmas.device import UsageError as OldName
+    from factmas.errors import FactmasError, UsageError, user_message
+    from factmas.run.checkpoint import CheckpointError
+    from factmas.run.load import RunLoadError
+    from factmas.run.rundir import RunDirError
+    from factmas.search import SearchError
+    from factmas.train.loop import TrainingError
+    assert OldName is UsageError and issubclass(UsageError, ValueError)     # old names still work
+    for cls in (ConfigError, DatasetError, UsageError, CheckpointError, RunLoadError, RunDirError,
+                SearchError):
+        assert issubclass(cls, FactmasError) and user_message(cls("x.json: bad"))[0] == 2, cls
+    assert user_message(TrainingError("non-finite loss"))[0] == 1
+    assert user_message(KeyError("bug")) is None and user_message(ZeroDivisionError()) is None
+
+
+def test_traceback_disk_full_while_writing_a_checkpoint(env, tmp_path, monkeypatch, capsys):
+    """ENOSPC from the checkpoint write (reported at fsync, as a file system with delayed allocation
+    does): one line naming the file, exit 2, no temporary file left."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "full_run"
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(out), "--split", "random2_seed0",
+                   "--no-progress", "-q", "--epochs", "1", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "no space left" in err and ".pt" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not _no_temp_files(tmp_path)
+
+
+def test_traceback_read_only_output_folder(env, tmp_path, monkeypatch, capsys):
+    """EROFS when the run folder is created (a read-only mount; chmod does not stop root)."""
+    import errno
+    real = Path.mkdir
+
+    def ro(self, *a, **k):
+        if "ro_run" in str(self):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", ro)
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(tmp_path / "ro_run"), "--split",
+                   "random2_seed0", "--no-progress", "-q", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2 and "read-only" in err.lower() and "ro_run" in err and "Traceback" not in err, err
+
+
+def test_traceback_file_size_limit_in_a_subprocess(env, tmp_path):
+    """RLIMIT_FSIZE (ulimit -f): the write fails with EFBIG (Python ignores SIGXFSZ); one line, exit 2."""
+    import resource
+    import subprocess
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+    out = tmp_path / "big_run"
+    cfg = _tiny_config(tmp_path, model={**TINY_MODEL, "width": 16, "embed_dim": 64})
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "factmas.cli", "train", "--data", str(env["data"]),
+                        "--out", str(out), "--split", "random2_seed0", "--no-progress", "-q",
+                        "--config", str(cfg)], capture_output=True, text=True, preexec_fn=limit,
+                       env=env_vars, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "file too large" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not _no_temp_files(tmp_path)
+
+
+def test_traceback_dead_torchrun_peer_names_the_rank(monkeypatch, capsys):
+    """gloo's RuntimeError of a peer that died is a line naming this process's rank, exit 1."""
+    import factmas.cli.train as cli_train
+
+    def dead(argv):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
+                           "by peer [127.0.0.1]:29500")
+    monkeypatch.setattr(cli_train, "main", dead)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _cli(["train", "--resume", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "process 1" in err and "Connection closed by peer" in err and "Traceback" not in err
+    monkeypatch.setenv("WORLD_SIZE", "1")          # outside torchrun a RuntimeError is a bug
+    with pytest.raises(RuntimeError):
+        _cli(["train", "--resume", "x"])
+
+
+def test_silent_wrong_terminal_escapes_in_names_are_escaped(env, tmp_path, capsys):
+    from factmas.errors import printable
+    assert printable("a\x1b[2Jb\nc\rd\x9b\x7f.png") == "a\\x1b[2Jb\\nc\\rd\\x9b\\x7f.png"
+    assert printable("café ✓ 犬.png") == "café ✓ 犬.png"
+    evil = tmp_path / "x\x1b[31mred\x07.png"
+    shutil.copy(env["good"], evil)
+    assert _cli(["query", "--run", str(env["run"]), str(evil), "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b[31mred\\x07.png" in out
+
+
+def _tiny_config(tmp_path, model=None):
+    p = tmp_path / "tiny.json"
+    p.write_text(json.dumps({"model": model or TINY_MODEL, "train": {"epochs": 1, "batch_size": 32}}))
+    return p
+
+
+def test_user_data_lost_overwrite_deletes_only_what_factmas_wrote(env, tmp_path, capsys):
+    """--overwrite on a run: the files its manifest lists are deleted, the user's own are kept."""
+    out = tmp_path / "own_run"
+    cfg = ["--data", str(env["data"]), "--split", "random2_seed0", "--no-progress", "-q",
+           "--config", str(_tiny_config(tmp_path))]
+    assert _cli(["train", "--out", str(out)] + cfg) == 0
+    manifest = (out / ".factmas-written").read_text().splitlines()
+    assert manifest[0].startswith("# factmas run") and "checkpoints/task1.pt" in manifest
+    assert "config.json" in manifest and "metrics.jsonl" in manifest and "results.json" in manifest
+    (out / "my_notes.txt").write_text("mine")
+    (out / "checkpoints" / "my_best.pt").write_bytes(b"mine")
+    old_created = json.loads((out / "config.json").read_text())["created"]
+    assert _cli(["train", "--out", str(out), "--overwrite"] + cfg) == 0
+    assert (out / "my_notes.txt").read_text() == "mine"
+    assert (out / "checkpoints" / "my_best.pt").read_bytes() == b"mine"
+    assert (out / "checkpoints" / "task1.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["created"] >= old_created
+    capsys.readouterr()
+
+
+def test_unclear_orphaned_temp_files_are_removed_on_resume(env, tmp_path, capsys):
+    """A write killed half-way leaves .NAME.XXXXXXXX.tmp; the next resume (which holds the lock)
+    removes it. Files that only look alike (no 8-character tag) are kept."""
+    run = tmp_path / "cut"
+    shutil.copytree(env["cut"], run)
+    orphan = run / "checkpoints" / ".task1.pt.ab12cd34.tmp"
+    orphan.write_bytes(b"half")
+    keep = run / "checkpoints" / "notes.tmp"
+    keep.write_text("mine")
+    assert _cli(["train", "--resume", str(run), "-q", "--no-progress"]) == 0
+    assert not orphan.exists() and keep.read_text() == "mine"
+    assert (run / "checkpoints" / "task1.pt").is_file()
+    capsys.readouterr()
+
+
+def test_write_outside_folder_manifest_naming_outside_paths_deletes_nothing(tmp_path):
+    from factmas import outdir
+    root = outdir.claim(tmp_path / "r", "run")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    with open(root / outdir.MANIFEST, "a") as f:
+        f.write("../victim.txt\n")
+    with pytest.raises(outdir.OutputError, match="outside"):
+        outdir.remove_written(root)
+    assert victim.read_text() == "mine"
+
+
+def test_silent_wrong_evaluate_other_data_on_purpose_records_its_fingerprint(env, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert _cli(["evaluate", str(env["run"]), "--data", str(env["other"]), "--other-data", "--out",
+                 str(out), "-q"]) == 0
+    ev = json.loads((out / "results.json").read_text())["evaluated"]
+    run_fp = json.loads((env["run"] / "config.json").read_text())["data_fingerprint"]
+    assert ev["other_data_fingerprint"]["sha256"] != run_fp["sha256"]
+    assert ev["data"] == str(env["other"].resolve()) or ev["data"].endswith("other.h5")
+    capsys.readouterr()
+
+
+def test_unclear_checkpoint_of_another_backbone_says_which():
+    from factmas.run.checkpoint import mismatch_message
+    msg = mismatch_message("run/checkpoints/last.pt", {"config": {"model": {"backbone": "small_cnn"}}},
+                           {"backbone": "efficientnet_lite0"}, RuntimeError("Missing key(s) " + "x" * 11000))
+    assert msg == ("run/checkpoints/last.pt: this checkpoint is small_cnn, the run is "
+                   "efficientnet_lite0; use a checkpoint of this run")
+    long = mismatch_message("p.pt", {}, {"backbone": "small_cnn"}, RuntimeError("k" * 11000))
+    assert len(long) < 400
+
+
+def test_unclear_compare_runs_that_differ_only_in_split_says_split(env, tmp_path, capsys):
+    cfg = RunConfig.from_dict({"data": str(env["data"]), "out": str(tmp_path / "sem"), "model": TINY_MODEL,
+                               "train": {"split": "disjoint2_seed0", "method": "finetune", "epochs": 1,
+                                         "batch_size": 32}})
+    train(cfg, progress=False)
+    from factmas.cli.compare import main as compare
+    capsys.readouterr()
+    assert compare([str(env["run"]), str(tmp_path / "sem")]) == 2
+    err = capsys.readouterr().err
+    assert "differ in split" in err and "differ in dataset" not in err, err
+
+
+def test_silent_wrong_sigterm_to_paper_table_stops_its_workers(tmp_path):
+    """SIGTERM to paper_table is passed on to its worker processes, which it waits for: none trains
+    on after the parent has exited (exit 143)."""
+    import re
+    import subprocess
+    import time
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=80, image_size=16, num_tasks=4)
+    cfg = tmp_path / "base.json"
+    cfg.write_text(json.dumps({"model": TINY_MODEL, "train": {"batch_size": 32}}))
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).resolve().parents[2] / "eval" / "paper_table.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--data", str(data), "--out",
+                             str(tmp_path / "table"), "--quick", "--jobs", "2", "--config", str(cfg),
+                             "--methods", "finetune,mas,joint", "--grid", "mas=0.5,5,50"],
+                            stderr=subprocess.PIPE, text=True, env=env_vars)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while "λ-search runs" not in line and time.time() < deadline:
+            line = proc.stderr.readline()
+        time.sleep(6)                         # the two workers are started (importing or training)
+        proc.send_signal(signal.SIGTERM)
+        err = line + proc.stderr.read()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143, err[-2000:]
+    m = re.search(r"SIGTERM sent to worker\(s\) ([0-9, ]+);", err)
+    assert m, err[-2000:]
+    for pid in map(int, m.group(1).split(", ")):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)                   # gone (and reaped) before the parent exited
+    assert "Traceback" not in err and "terminated" in err
+
+
+def test_traceback_disk_full_while_writing_a_png_names_the_png(env, tmp_path, monkeypatch, capsys):
+    """ENOSPC inside matplotlib's PNG write (at the end of training): one line naming the PNG."""
+    import errno
+
+    import matplotlib.figure
+
+    def full(self, fname, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    status = _cli(["train", "--data", str(env["data"]), "--out", str(tmp_path / "png_run"), "--split",
+                   "random2_seed0", "--no-progress", "-q", "--config", str(_tiny_config(tmp_path))])
+    err = capsys.readouterr().err
+    assert status == 2 and "no space left" in err and ".png" in err and ".tmp" not in err, err
+    assert not _no_temp_files(tmp_path)
+
+
+def test_silent_wrong_escape_sequences_in_error_messages(tmp_path, capsys):
+    evil = tmp_path / "r\x1b]0;pwned\x07"
+    evil.write_text("a file")
+    assert _cli(["train", "--data", str(evil), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;pwned\\x07" in err, err
+
+
+def test_write_outside_folder_through_a_linked_subfolder_of_a_run(tmp_path):
+    """Any write under a factmas folder (evaluate's default RUN/evaluations/..., a plot, a results
+    file) is refused when a link lies on the way; nothing lands in the link's target."""
+    from factmas import outdir
+    from factmas.io import atomic_write_text
+    root = outdir.claim(tmp_path / "run", "run")
+    (tmp_path / "else").mkdir()
+    (root / "evaluations").symlink_to(tmp_path / "else")
+    with pytest.raises(outdir.OutputError, match="evaluations is a symbolic link"):
+        outdir.prepare_output(root / "evaluations" / "test", "evaluation")
+    with pytest.raises(outdir.OutputError, match="symbolic link"):
+        atomic_write_text(root / "evaluations" / "test" / "results.json", "x")
+    assert not any((tmp_path / "else").iterdir())
+    atomic_write_text(root / "results.md", "ok")                # a plain write is recorded
+    assert "results.md" in outdir.written(root)
+
+
+def test_user_data_lost_evaluate_overwrite_replaces_only_a_factmas_results_file(env, tmp_path, capsys):
+    """--overwrite replaces an evaluation folder factmas wrote before manifests existed (its
+    results.json has factmas's format), never a folder whose results.json is the user's."""
+    old = tmp_path / "old_eval"
+    old.mkdir()
+    shutil.copy(env["run"] / "results.json", old / "results.json")
+    assert _cli(["evaluate", str(env["run"]), "--out", str(old), "--overwrite", "-q"]) == 0
+    assert "results.json" in (old / ".factmas-written").read_text()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"mine": 1}')
+    assert _cli(["evaluate", str(env["run"]), "--out", str(mine), "--overwrite", "-q"]) == 2
+    assert (mine / "results.json").read_text() == '{"mine": 1}' and sorted(os.listdir(mine)) == ["results.json"]
+    capsys.readouterr()
+
+
+def test_traceback_disk_full_before_an_hdf5_write(env, tmp_path, monkeypatch, capsys):
+    """h5py can crash on a full disk, so the dataset builder checks the room first: one line naming
+    the file, exit 2, nothing written."""
+    import collections
+
+    from data_prep import from_csv
+    from factmas.errors import guarded_main
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 9_000, 1_000))
+    out = tmp_path / "built.h5"
+    argv = [a.format(**env) for a in BUILD[:5]] + [str(out)] + BUILD[6:]
+    assert guarded_main("data_prep.from_csv", from_csv.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "built.h5" in err and "no space left" in err.lower() and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())

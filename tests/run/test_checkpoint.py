@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -74,6 +75,9 @@ def test_load_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt: not a factmas checkpoint .*starts with b'not '"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"PK\x03\x04 a damaged zip")             # looks like one, cannot be read
     with pytest.raises(CheckpointError, match="garbage.pt: cannot read"):
         load_checkpoint(bad)
     other = tmp_path / "other.pt"
@@ -92,14 +96,21 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 0, **args)
     before = last_path(tmp_path).read_bytes()
 
-    def broken_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"half")
+    def broken_save(obj, f):            # serializing fails half-way (into memory since issue 30)
+        f.write(b"half")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, 1, **args)
+    monkeypatch.undo()
+
+    def full(fd):                        # the file write fails: the error names the checkpoint
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space") as e:
+        save_checkpoint(tmp_path, 1, **args)
+    assert e.value.errno == 28 and e.value.filename == str(stage_path(tmp_path, 1))
     assert last_path(tmp_path).read_bytes() == before
     assert not stage_path(tmp_path, 1).exists()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "task0.pt"]

@@ -97,7 +97,9 @@ def test_overwrite_removes_the_old_runs_artefacts_first(data_path, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(data_path, run), progress=False, overwrite=True)
     left = sorted(p.name for p in run.rglob("*"))
-    assert left == ["checkpoints", "config.json"], left   # only the new run's config
+    # only the new run's config, its manifest, and the folder x that factmas did not make (issue 30:
+    # --overwrite deletes only the files the manifest lists)
+    assert left == [".factmas-written", "config.json", "evaluations", "x"], left
 
 
 def test_a_run_without_checkpoints_is_still_a_run(data_path, tmp_path, capsys):
