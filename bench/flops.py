@@ -33,7 +33,8 @@ loop-computed convolution and its gradients (groups 1, 2 and depthwise), and bot
 The report (``main``): GFLOP per image of (1) a training step on cached features (Lite0, 6 frozen
 stages, 224 px, batch 64: image and fact branch forward, loss, backward), (2) exact MAS Ω of the image
 branch (``abs_grad_sums``, batch 256: FLOPs as executed, the per-sample gradient products included),
-(3) the frozen-stage cache forward (one image); measured images/s of each at ``--threads`` and the
+(3) the frozen-stage cache forward (batch 8, torch; timed in ONNX Runtime too when installed, the
+work counted from torch); measured images/s of each at ``--threads`` and the
 fraction of ``torch.mm`` 2048² at the same threads. Writes bench/results/flops.json.
 """
 from __future__ import annotations
@@ -219,14 +220,28 @@ def main(argv=None) -> int:
         with eval_mode(model):
             return abs_grad_sums(model, image_norm_loss, [feats[:b]])
 
-    def cache(b=args.cache_batch):
-        return model.image_stem(pixels[:b])
+    stem = model.image_stem
 
+    def cache(b=args.cache_batch, engine="torch"):
+        stem.engine = engine           # "auto": ONNX Runtime when installed (FlopCounterMode sees none)
+        try:
+            return stem(pixels[:b])
+        finally:
+            stem.engine = "torch"
+
+    stem.engine = "torch"
     stages = {"train step (cached features)": (train_step, args.train_batch),
               "exact Ω, image branch": (omega, args.omega_batch),
-              "cache forward (frozen stages)": (cache, args.cache_batch)}
+              "cache forward (frozen stages), torch": (cache, args.cache_batch)}
+    from factmas.model.stem_engine import ort_available
+    if ort_available():
+        stages["cache forward (frozen stages), onnxruntime"] = (
+            lambda: cache(args.cache_batch, "auto"), args.cache_batch)
     rows = []
     for name, (fn, b) in stages.items():
+        if name.endswith("onnxruntime"):                  # the same work as the torch form
+            rows.append({**{k: v for k, v in rows[-1].items() if k != "stage"}, "stage": name})
+            continue
         fixed, per_op, _ = count_flops(fn)
         torch_total = torch_count_flops(fn)
         with module_flops(model) as hooks:

@@ -77,9 +77,13 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
 
     Args:
         stem: a ``FrozenStem`` (pixels → float16-rounded features).
-        images: uint8 [N, H, W, 3].  device: where the stem runs.  batch: images per forward (8:
-            small activations stay in the allocator's reuse; 2.4× the images/s of 64 at 128 px with
-            glibc's default thresholds, 1.1× with ``keep_freed_memory``; bench/cpu_memory.py).
+        images: uint8 [N, H, W, 3].  device: where the stem runs (on the CPU through ONNX Runtime
+            when installed: ``FrozenStem``'s engine, 1.3-1.5× torch's images/s at 1 thread, same
+            features to float16 rounding; bench/cache_speed.py).  batch: images per forward (8:
+            small activations stay in the caches and the allocator's reuse; 2.4× the images/s of 64
+            at 128 px with glibc's default thresholds, 1.1× with ``keep_freed_memory``,
+            bench/cpu_memory.py; at 224 px still the fastest batch in torch and in ONNX Runtime,
+            1.3× torch's batch 48, bench/cache_speed.py).
     Returns:
         float16 [N, 2, C, h, w]: [:, 0] of the image, [:, 1] of the image flipped left-right.
     """
