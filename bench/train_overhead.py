@@ -22,9 +22,11 @@ loss (``factmas.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
   λ Σ Ω (θ − θ*)² and its gradient are in every step.
 
 The loops alternate within each repeat; the ratio factmas / plain is taken repeat by repeat (same CPU
-load) and its median is reported against the target ≥ 0.9. Achieved GFLOP/s = FLOPs of one step
-(``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix products of forward and
-backward) × steps / seconds, against the measured rate of ``torch.mm`` on 2048² float32 matrices.
+load) and its median is reported against the target ≥ 0.9. The same ratio of process CPU
+seconds (``× plain (CPU s)``) is reported beside it: at 1 thread it moves less with other processes'
+load than wall time does. Achieved GFLOP/s = FLOPs of one step
+(``bench/flops.py``'s ``count_flops``: convolutions, right for depthwise ones, and matrix products
+of forward and backward) × steps / seconds, against the measured rate of ``torch.mm`` on 2048² float32 matrices.
 
 ``--backbone efficientnet_lite0`` (the default model: 6 frozen stages, feature cache): both loops read
 the frozen stages' output from the feature cache (``factmas.features.load_or_build`` of a synthetic
@@ -176,21 +178,21 @@ def main(argv=None) -> int:
         model_f.train()
         opt = torch.optim.Adam(model_f.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         order = np.random.default_rng(1)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for batch in itertools.islice(batcher.pair_batches(run_pairs, args.batch, order, flip=lite),
                                       args.steps):
             train_step(model_f, method, opt, batch, cfg)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def run_plain(loop: PlainLoop) -> float:
         model_p.load_state_dict(init)
         model_p.train()
         opt = torch.optim.Adam(model_p.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         perm = np.random.default_rng(1).permutation(len(run_pairs))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for lo in range(0, args.steps * args.batch, args.batch):
             loop.step(model_p, opt, run_pairs[perm[lo:lo + args.batch]])
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     runners = {"plain PyTorch": lambda: run_plain(plain),
                **({} if plain_cl is None else {"plain, channels_last": lambda: run_plain(plain_cl)}),
@@ -199,10 +201,13 @@ def main(argv=None) -> int:
         fn()
     mm = [common.matmul_gflops(args.mm_size, repeats=3)]
     seconds = {k: [] for k in runners}
+    cpu = {k: [] for k in runners}             # process CPU seconds: at 1 thread, less load-sensitive
     names = list(runners)
     for r in range(args.repeats):
         for k in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            seconds[k].append(runners[k]())
+            wall, used = runners[k]()
+            seconds[k].append(wall)
+            cpu[k].append(used)
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
             f"{k} {need / seconds[k][-1]:.0f} img/s" for k in names), flush=True)
     mm.append(common.matmul_gflops(args.mm_size, repeats=3))
@@ -214,8 +219,12 @@ def main(argv=None) -> int:
     for k in names:
         med = statistics.median(seconds[k])
         ratios = [p / s for s, p in zip(seconds[k], seconds["plain PyTorch"])]
+        cpu_ratios = [p / s for s, p in zip(cpu[k], cpu["plain PyTorch"])]
         rows.append({"loop": k, "images_per_s": need / med, "ms_per_step": 1e3 * med / args.steps,
                      "vs_plain": statistics.median(ratios), "ratios": ratios, "seconds": seconds[k],
+                     "images_per_cpu_s": need / statistics.median(cpu[k]),
+                     "vs_plain_cpu": statistics.median(cpu_ratios), "cpu_ratios": cpu_ratios,
+                     "cpu_seconds": cpu[k],
                      "gflops": flops * args.steps / med / 1e9,
                      "fraction_of_matmul": flops * args.steps / med / 1e9 / peak_mm})
         if k.startswith("factmas"):
@@ -224,6 +233,7 @@ def main(argv=None) -> int:
           f"median of {args.repeats}; target factmas ≥ {TARGET} × plain")
     common.print_table(rows, [("loop", "loop", ""), ("images_per_s", "images/s", ".0f"),
                               ("ms_per_step", "ms/step", ".1f"), ("vs_plain", "× plain", ".3f"),
+                              ("vs_plain_cpu", "× plain (CPU s)", ".3f"),
                               ("gflops", "GFLOP/s", ".2f"), ("fraction_of_matmul", "of mm", ".1%")])
     print(f"step: {flops / 1e9:.3f} GFLOP (forward + backward; torch's FlopCounterMode: "
           f"{torch_flops / 1e9:.3f}); torch.mm {args.mm_size}² float32: "
