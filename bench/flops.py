@@ -235,12 +235,16 @@ def main(argv=None) -> int:
               "cache forward (frozen stages), torch": (cache, args.cache_batch)}
     from factmas.model.stem_engine import ort_available
     if ort_available():
-        stages["cache forward (frozen stages), onnxruntime"] = (
-            lambda: cache(args.cache_batch, "auto"), args.cache_batch)
+        from factmas.features import default_batch
+        stem.engine = "auto"
+        b_ort = default_batch(stem, "cpu")           # the cache's batch in ONNX Runtime (2)
+        stem.engine = "torch"
+        stages["cache forward (frozen stages), onnxruntime"] = (lambda: cache(b_ort, "auto"), b_ort)
     rows = []
     for name, (fn, b) in stages.items():
-        if name.endswith("onnxruntime"):                  # the same work as the torch form
-            rows.append({**{k: v for k, v in rows[-1].items() if k != "stage"}, "stage": name})
+        if name.endswith("onnxruntime"):                  # the same work per image as the torch form
+            rows.append({**{k: v for k, v in rows[-1].items() if k not in ("stage", "batch")},
+                         "stage": name, "batch": b})
             continue
         fixed, per_op, _ = count_flops(fn)
         torch_total = torch_count_flops(fn)

@@ -123,7 +123,7 @@ def build_cache(model, data, device: torch.device, batch: int, compare: int) -> 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, feats)
-    cpu = compute_features(copy.deepcopy(stem).cpu(), data.images[:compare], "cpu", batch=8, progress=False)
+    cpu = compute_features(copy.deepcopy(stem).cpu(), data.images[:compare], "cpu", progress=False)
     here = feats[:compare].astype(np.float32)
     ref = cpu.astype(np.float32)
     # in units of one float16 step near 1 (2e-3 + 2e-3·|ref|: the rule of tests/test_features.py)

@@ -113,9 +113,14 @@ class FrozenStem(nn.Module):
     def _weights_version(self) -> int:
         return sum(t._version for t in self.body.state_dict(keep_vars=True).values())
 
+    def uses_onnxruntime(self, device: torch.device) -> bool:
+        """Whether a float32 input on ``device`` runs through ONNX Runtime (engine "auto", the CPU,
+        the packages installed, no earlier failure)."""
+        return (self.engine == "auto" and not self._ort_failed and torch.device(device).type == "cpu"
+                and ort_available())
+
     def _ort_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        if (self.engine != "auto" or self._ort_failed or x.device.type != "cpu"
-                or x.dtype != torch.float32 or not ort_available()):
+        if x.dtype != torch.float32 or not self.uses_onnxruntime(x.device):
             return None
         try:
             version = self._weights_version()

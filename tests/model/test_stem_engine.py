@@ -86,3 +86,13 @@ def test_gradient_free_and_non_float32_inputs_stay_on_torch(stem):
     s = copy.deepcopy(stem).double()
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     assert s(x).dtype == torch.float32 and s._ort is None
+
+
+def test_cache_batch_follows_the_engine(stem):
+    from factmas.features import default_batch
+    s = copy.deepcopy(stem)
+    assert default_batch(s, "cpu") == 2                 # ONNX Runtime's fastest batch
+    assert default_batch(s, torch.device("cuda")) == 8  # torch on a GPU (no GPU needed to ask)
+    s.engine = "torch"
+    assert default_batch(s, "cpu") == 8
+    assert default_batch(torch.nn.Identity(), "cpu") == 8
