@@ -17,7 +17,7 @@ becomes a plain ``nn.Sequential`` of the same arithmetic: ``[SamePad2d, Conv2d]`
 ``[BatchNorm2d, drop, act]``.
 
 On the CPU, ``FrozenStem`` runs its body through ONNX Runtime when the optional packages are
-installed (``factmas.model.stem_engine``; several times faster at the same float16-rounded features),
+installed (``factmas.model.stem_engine``; about 2× torch at the same float16-rounded features),
 so the feature cache, live stem inputs and ``embed_pixels`` (query, search, evaluation without the
 cache) take the same path.
 

@@ -2,8 +2,8 @@
 
 A frozen stem (``factmas.model.frozen.FrozenStem``) never trains, so it can run outside torch. On the
 default model's 6 frozen Lite0 stages, ONNX Runtime (BatchNorm folded into the convolutions, fused
-depthwise kernels) runs the cache several times faster than torch's eager CPU path at 1 thread, with
-the same features to the cache's float16 tolerance (bench/cache_speed.py, docs/benchmarks.md
+depthwise kernels) runs the cache 2.0-2.1× as fast as torch's eager CPU path at 1 thread (batch 2
+against torch's batch 8), with the same features to the cache's float16 tolerance (bench/cache_speed.py, docs/benchmarks.md
 "Feature cache"). Used when the optional PyPI packages ``onnxruntime`` and ``onnx`` (the exporter's
 serializer) are installed (``pip install factmas[fast-cache]``); otherwise, on a GPU, with gradients
 or when it fails to export, the stem runs in torch as before.
