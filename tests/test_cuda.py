@@ -87,8 +87,10 @@ def test_faiss_gpu_index_gives_the_cpu_ranking():
         pytest.skip("FAISS sees no GPU (faiss-cpu installed; factmas[gpu] gives faiss-gpu)")
     from factmas.evaluation import retrieval
     g = torch.Generator().manual_seed(5)
-    phi, psi = torch.randn(50, 3, 8, generator=g), torch.randn(40, 3, 8, generator=g)
-    order = torch.randint(1, 4, (40,), generator=g).numpy()
+    phi, psi = torch.randn(50, 3, 8, generator=g) * 3, torch.randn(40, 3, 8, generator=g)
+    order = torch.randint(1, 4, (40,), generator=g)
+    order[:3] = torch.tensor([1, 2, 3])                      # every order present
+    psi[torch.arange(3)[None, :] >= order[:, None]] = 0.0    # absent slots are zeros, as the model gives
     dc, ic = retrieval.FactIndex(psi, order, gpu=False).search(phi, 10)
     dg, ig = retrieval.FactIndex(psi, order, gpu=True).search(phi, 10)
     np.testing.assert_allclose(dg, dc, rtol=1e-5, atol=1e-5)
