@@ -15,6 +15,12 @@ Measured here (data/flickr8k.h5 if present, else a synthetic file):
 * Batcher (the trainer's loader): whole pair batches from memory; median and 95th-percentile ms/batch.
 * The step: ``train_step`` (finetune) on ready batches, images/s.
 
+``--backbone efficientnet_lite0`` (the default model): the trainer reads the frozen stages' output from
+the feature cache (``factmas.features``; built here for a synthetic 224-px dataset of ``--lite-images``
+images, or ``--data``), so the Batcher rows are ``CachedInputs`` batches with random mirror images
+(``pair_batches(flip=True)``), the step is the Lite0 trainable part, and a row gives the cache file's
+one-time ``np.load``.
+
 The loader is never what the step waits for when its rate is well above the step's: the table gives
 rate ÷ step rate and the share of each training step spent making its batch (Batcher / (Batcher +
 step)), which is what the trainer's single thread pays.
@@ -54,9 +60,10 @@ def hdf5_stream(path, batch: int, batches: int, seed: int = 0) -> list[float]:
     return out
 
 
-def batcher_times(batcher: Batcher, pairs: np.ndarray, batch: int, batches: int) -> tuple[list, list]:
+def batcher_times(batcher: Batcher, pairs: np.ndarray, batch: int, batches: int,
+                  flip: bool = False) -> tuple[list, list]:
     """(seconds per batch, the batches) of the trainer's Batcher.pair_batches over ``pairs``."""
-    gen = batcher.pair_batches(pairs, batch, np.random.default_rng(0))
+    gen = batcher.pair_batches(pairs, batch, np.random.default_rng(0), flip=flip)
     times, made = [], []
     for _ in range(batches):
         t0 = time.perf_counter()
@@ -76,6 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="training steps timed per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--backbone", choices=["small_cnn", "efficientnet_lite0"], default="small_cnn",
+                    help="efficientnet_lite0: batches from the feature cache (the default model)")
+    ap.add_argument("--lite-images", type=int, default=300, help="synthetic 224-px images (Lite0)")
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
     ap.add_argument("--out", default=str(common.RESULTS / "data_loading.json"))
     args = ap.parse_args(argv)
@@ -84,8 +94,13 @@ def main(argv=None) -> int:
         args.threads = 1
     torch.set_num_threads(args.threads)
     info = common.machine_info()
-    data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
-                                        synthetic_images=120)
+    lite = args.backbone == "efficientnet_lite0"
+    if lite:
+        data, desc = common.load_bench_data(args.data, synthetic=args.data is None,
+                                            synthetic_images=args.lite_images, image_size=224)
+    else:
+        data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
+                                            synthetic_images=120)
     path = data.path
     size_mb = os.path.getsize(path) / 1e6
 
@@ -94,17 +109,26 @@ def main(argv=None) -> int:
     stream = [t for _ in range(args.repeats) for t in hdf5_stream(path, args.batch, args.batches)]
 
     cfg = RunConfig()
-    cfg.model.backbone = "small_cnn"          # measures pixel batches
+    cfg.model.backbone = args.backbone        # small_cnn: pixel batches; Lite0: feature-cache batches
     cfg.train.split = common.first_split(data, cfg.train.split)
     pairs = data.task_pairs(cfg.train.split, 0, "train")
-    batcher = Batcher(data)
-    loader, ready = [], []
-    for _ in range(args.repeats):
-        times, made = batcher_times(batcher, pairs, args.batch, args.batches)
-        loader += times
-        ready = made
     torch.manual_seed(0)
     model = build_model(cfg.model, len(data.vocab)).train()
+    cache_rows = []
+    if lite:
+        from factmas.features import CachedInputs, cache_file, load_or_build
+        feats = load_or_build(model, data, progress=False)
+        cpath = cache_file(data, model)
+        load_s, _ = common.median_seconds(lambda: np.load(cpath), args.repeats, warmup=1)
+        cache_rows.append(("feature cache np.load (once per run)", [load_s], len(feats)))
+        batcher = Batcher(data, inputs=CachedInputs(feats))
+    else:
+        batcher = Batcher(data)
+    loader, ready = [], []
+    for _ in range(args.repeats):
+        times, made = batcher_times(batcher, pairs, args.batch, args.batches, flip=lite)
+        loader += times
+        ready = made
     method = make_method("finetune")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     train_step(model, method, opt, ready[0], cfg)                           # warm-up
@@ -120,6 +144,7 @@ def main(argv=None) -> int:
     rows = []
     for name, secs, per in (("HDF5 read_dataset (once per run)", [read_s], n_img),
                             ("HDF5 streaming + preprocess", stream, args.batch),
+                            *cache_rows,
                             ("Batcher.pair_batches (trainer)", loader, args.batch)):
         med = statistics.median(secs)
         rows.append({"source": name, "images_per_s": per / med, "ms_per_batch": 1e3 * med * args.batch / per,
@@ -128,7 +153,7 @@ def main(argv=None) -> int:
     rows.append({"source": "train_step consumes (finetune)", "images_per_s": step_rate,
                  "ms_per_batch": step_ms, "p95_ms_per_batch": 1e3 * float(np.percentile(step, 95)),
                  "vs_step": 1.0})
-    trainer_ms = rows[2]["ms_per_batch"]
+    trainer_ms = next(r for r in rows if r["source"].startswith("Batcher"))["ms_per_batch"]
     share = trainer_ms / (trainer_ms + step_ms)
     print(f"\nData loading, {desc}, {size_mb:.0f} MB file, batch {args.batch}, "
           f"{len(loader)} loader batches, {len(step)} steps")
@@ -140,7 +165,7 @@ def main(argv=None) -> int:
     print(common.load_line(info))
     common.write_results(args.out, {
         "benchmark": "data_loading", "machine": info, "loadavg_end": list(os.getloadavg()),
-        "data": desc, "file_mb": size_mb, "batch": args.batch, "batches": args.batches,
+        "data": desc, "backbone": args.backbone, "file_mb": size_mb, "batch": args.batch, "batches": args.batches,
         "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "quick": args.quick,
         "read_dataset_runs_s": read_runs, "loader_share_of_step": share, "results": rows})
     return 0

@@ -34,7 +34,9 @@ from torch import nn
 
 import common
 
-SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18_gn": {"n_images": 40, "batch": 16}}
+SYNTHETIC = {"small_cnn": {"n_images": 600, "batch": 64}, "resnet18_gn": {"n_images": 40, "batch": 16},
+             # the default model at its 224-px input, reading the feature cache (built in each child)
+             "efficientnet_lite0": {"n_images": 80, "batch": 32}}
 
 
 def held_tensors(obj, model_ptrs: set, seen: set | None = None, depth: int = 0) -> int:
@@ -122,7 +124,8 @@ def load(args):
         data = read_dataset(args.data)
         return data, common.first_split(data)
     path = Path(tempfile.mkdtemp(prefix="factmas_mem_data_")) / "synthetic.h5"
-    make_synthetic_dataset(path, n_images=args.images, image_size=64, num_tasks=2)
+    size = 224 if args.backbone == "efficientnet_lite0" else 64
+    make_synthetic_dataset(path, n_images=args.images, image_size=size, num_tasks=2)
     return read_dataset(path), "random2_seed0"
 
 
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     from factmas.methods import METHODS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="default: all of METHODS")
-    ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18_gn"])
+    ap.add_argument("--backbones", nargs="+", default=["small_cnn", "resnet18_gn"],
+                    choices=sorted(SYNTHETIC))
     ap.add_argument("--data", help="HDF5 dataset (default: a synthetic one per backbone)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--quick", action="store_true", help="one child, tiny data (smoke test)")

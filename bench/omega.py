@@ -154,8 +154,9 @@ def run_model(backbone: str, args) -> list[dict]:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone), vocab_size=args.vocab)
-    samples = args.samples if backbone == "small_cnn" else args.resnet_samples
-    batch = args.batch if backbone == "small_cnn" else args.resnet_batch
+    lite = backbone == "efficientnet_lite0"
+    samples = args.samples if backbone == "small_cnn" else args.lite_samples if lite else args.resnet_samples
+    batch = args.batch if backbone == "small_cnn" else args.lite_batch if lite else args.resnet_batch
     size = args.image_size if backbone != "efficientnet_lite0" else args.lite_image_size
     images = torch.randn(samples, 3, size, size, generator=g)
     if model.image_stem is not None:            # the branch's input: the frozen stem's feature map
@@ -226,6 +227,9 @@ def main(argv=None) -> int:
                     help="samples per batch (small_cnn; default: the trainer's aux_batch_size)")
     ap.add_argument("--resnet-batch", type=int, default=32,
                     help="samples per batch (resnet18; vmap and Opacus hold B per-sample gradients)")
+    ap.add_argument("--lite-samples", type=int, default=256, help="images and facts per run (Lite0)")
+    ap.add_argument("--lite-batch", type=int, default=TrainConfig().aux_batch_size,
+                    help="samples per batch (Lite0; default: the trainer's aux_batch_size, 256)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paired-repeats", type=int, default=9,
@@ -271,6 +275,7 @@ def main(argv=None) -> int:
         "benchmark": "omega", "machine": info, "loadavg_end": list(os.getloadavg()),
         "models": args.models, "image_size": args.image_size, "samples": args.samples,
         "resnet_samples": args.resnet_samples, "batch": args.batch, "resnet_batch": args.resnet_batch,
+        "lite_samples": args.lite_samples, "lite_batch": args.lite_batch,
         "threads": args.threads,
         "repeats": args.repeats, "vocab": args.vocab, "quick": args.quick, "targets": TARGETS,
         "results": rows})

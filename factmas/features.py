@@ -72,20 +72,33 @@ def cache_file(data: FactData, model: torch.nn.Module) -> Path:
     return Path(f"{data.path}.features") / f"{cfg.backbone}-f{stages}-{key}.npy"
 
 
+def default_batch(stem: torch.nn.Module, device: torch.device | str) -> int:
+    """Images per forward of the cache: 2 when the stem runs through ONNX Runtime (2.09× torch at
+    batch 8, against 1.75× for ONNX Runtime at batch 8; 224 px, 1 thread), else 8 (torch's fastest
+    eager NCHW batch: 2.4× batch 64 at 128 px, 1.0× batch 4, 1.09× batch 2; docs/benchmarks.md § 7
+    and § 8.6)."""
+    uses_ort = getattr(stem, "uses_onnxruntime", None)
+    return 2 if uses_ort is not None and uses_ort(torch.device(device)) else 8
+
+
 @torch.no_grad()
 def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
-                     batch: int = 8, progress: bool = True) -> np.ndarray:
+                     batch: int | None = None, progress: bool = True) -> np.ndarray:
     """The stem's output for every image and its mirror image.
 
     Args:
         stem: a ``FrozenStem`` (pixels → float16-rounded features).
-        images: uint8 [N, H, W, 3].  device: where the stem runs.  batch: images per forward (8:
-            small activations stay in the allocator's reuse; 2.4× the images/s of 64 at 128 px with
-            glibc's default thresholds, 1.1× with ``keep_freed_memory``; bench/cpu_memory.py).
+        images: uint8 [N, H, W, 3].  device: where the stem runs (on the CPU through ONNX Runtime
+            when installed: ``FrozenStem``'s engine, 1.5-2.1× torch's images/s at 1 thread, same
+            features to float16 rounding; bench/cache_speed.py, docs/benchmarks.md § 8.6).
+            batch: images per forward; None: ``default_batch`` (small batches keep the
+            activations in the CPU caches and the allocator's reuse; bench/cpu_memory.py,
+            bench/cache_speed.py).
     Returns:
         float16 [N, 2, C, h, w]: [:, 0] of the image, [:, 1] of the image flipped left-right.
     """
     stem = stem.to(device).eval()
+    batch = batch or default_batch(stem, device)
     out = None
     bar = progress_bar(total=2 * len(images), unit="img", unit_scale=True, desc="feature cache",
                        enabled=progress)

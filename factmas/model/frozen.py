@@ -16,16 +16,26 @@ A pretrained image branch is cut in two (``factmas.model.image_branch``):
 becomes a plain ``nn.Sequential`` of the same arithmetic: ``[SamePad2d, Conv2d]`` and
 ``[BatchNorm2d, drop, act]``.
 
-May import: torch only (timm's classes are recognized by name, so timm is not needed here).
+On the CPU, ``FrozenStem`` runs its body through ONNX Runtime when the optional packages are
+installed (``factmas.model.stem_engine``; about 2× torch at the same float16-rounded features),
+so the feature cache, live stem inputs and ``embed_pixels`` (query, search, evaluation without the
+cache) take the same path.
+
+May import: torch, ``.stem_engine`` (timm's classes are recognized by name, so timm is not needed here).
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from factmas.model.stem_engine import OrtStem, ort_available
+
+log = logging.getLogger(__name__)
 
 
 class FrozenBatchNormMixin(nn.Module):
@@ -68,24 +78,67 @@ class FrozenStem(nn.Module):
 
     Args:
         body: the lower stages (e.g. ``nn.Sequential(renormalize, conv_stem, bn, blocks[:k])``).
+        engine: "auto" (a float32 CPU input runs through ONNX Runtime when ``onnxruntime`` and
+            ``onnx`` are installed, else torch) or "torch" (always torch).
     ``forward(x)``: x float32 [B, 3, H, W] (``preprocess`` output) → float32 [B, C, h, w], each value
     rounded to the nearest float16 (the feature cache's storage type). Always in eval mode; its
-    parameters have ``requires_grad = False`` and are never in Ω or the optimizer's updates.
+    parameters have ``requires_grad = False`` and are never in Ω or the optimizer's updates. The two
+    engines agree to the cache's float16 tolerance (tests/model/test_stem_engine.py); if ONNX Runtime
+    fails (export or session), a warning says why and the stem stays on torch. A session follows the
+    body's weights (rebuilt when a parameter or buffer is written, e.g. by ``load_state_dict``).
     """
 
-    def __init__(self, body: nn.Module) -> None:
+    ENGINES = ("auto", "torch")
+
+    def __init__(self, body: nn.Module, engine: str = "auto") -> None:
         super().__init__()
+        if engine not in self.ENGINES:
+            raise ValueError(f"FrozenStem engine {engine!r}; valid: {list(self.ENGINES)}")
         self.body = body
+        self.engine = engine
+        self._ort: tuple[int, OrtStem] | None = None    # (weights version, sessions)
+        self._ort_failed = False
         for p in self.body.parameters():
             p.requires_grad_(False)
         self.eval()
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_ort"] = None                            # sessions are rebuilt, never copied
+        return state
+
     def train(self, mode: bool = True) -> "FrozenStem":
         return super().train(False)
 
+    def _weights_version(self) -> int:
+        return sum(t._version for t in self.body.state_dict(keep_vars=True).values())
+
+    def uses_onnxruntime(self, device: torch.device) -> bool:
+        """Whether a float32 input on ``device`` runs through ONNX Runtime (engine "auto", the CPU,
+        the packages installed, no earlier failure)."""
+        return (self.engine == "auto" and not self._ort_failed and torch.device(device).type == "cpu"
+                and ort_available())
+
+    def _ort_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        if x.dtype != torch.float32 or not self.uses_onnxruntime(x.device):
+            return None
+        try:
+            version = self._weights_version()
+            if self._ort is None or self._ort[0] != version:
+                self._ort = (version, OrtStem(self.body))
+            return self._ort[1](x)
+        except Exception as e:                          # any exporter/runtime failure: stay on torch
+            self._ort_failed = True
+            log.warning("frozen stem: ONNX Runtime unavailable (%s: %s); running it in torch",
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            return None
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).to(torch.float16).to(torch.float32)
+        y = self._ort_forward(x)
+        if y is None:
+            y = self.body(x)
+        return y.to(torch.float16).to(torch.float32)
 
 
 class SamePad2d(nn.Module):

@@ -1,0 +1,98 @@
+"""The frozen stem's ONNX Runtime path (factmas.model.stem_engine): the same float16-rounded features
+as torch to the cache's tolerance, sessions that follow the weights, a copyable stem, and a clear
+fallback to torch when ONNX Runtime fails."""
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+
+import pytest
+import torch
+
+from factmas.config import ModelConfig
+from factmas.model import build_model
+from factmas.model import stem_engine
+from factmas.model.frozen import FrozenStem
+
+pytestmark = pytest.mark.skipif(not stem_engine.ort_available(),
+                                reason="onnxruntime and onnx not installed (pip install factmas[fast-cache])")
+
+TOL = 2e-3          # one float16 step near 1: the rule tests/test_features.py gives cached vs live
+
+
+@pytest.fixture(scope="module")
+def stem():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="efficientnet_lite0", embed_dim=8), 20).image_stem
+
+
+def _torch(stem: FrozenStem, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return stem.body(x).to(torch.float16).float()
+
+
+def test_onnxruntime_gives_the_torch_features_to_float16_rounding(stem):
+    g = torch.Generator().manual_seed(1)
+    for size, batch in ((64, 3), (96, 5)):          # a session per input size; any batch size
+        x = torch.randn(batch, 3, size, size, generator=g)
+        got = stem(x)
+        assert stem._ort is not None and not stem._ort_failed          # the fast path ran
+        ref = _torch(stem, x)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert torch.equal(got, got.to(torch.float16).float())         # float16-rounded
+        assert torch.allclose(got, ref, rtol=TOL, atol=TOL)
+        assert not torch.allclose(got, _torch(stem, x.flip(-1)), rtol=TOL, atol=TOL)   # can fail
+
+
+def test_engine_torch_is_the_body_and_bad_engines_are_refused(stem):
+    plain = copy.deepcopy(stem)
+    plain.engine = "torch"
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(plain(x), _torch(stem, x)) and plain._ort is None
+    with pytest.raises(ValueError, match="engine 'onnx'; valid"):
+        FrozenStem(torch.nn.Identity(), engine="onnx")
+
+
+def test_session_follows_weights_and_copies_start_without_sessions(stem):
+    s = copy.deepcopy(stem)
+    assert s._ort is None
+    x = torch.randn(2, 3, 64, 64)
+    before = s(x)
+    with torch.no_grad():
+        for p in s.body.parameters():
+            p.mul_(1.1)                         # as load_state_dict would write new weights
+            break
+    after = s(x)
+    assert torch.allclose(after, _torch(s, x), rtol=TOL, atol=TOL)
+    assert not torch.allclose(after, before, rtol=TOL, atol=TOL)
+    assert pickle.loads(pickle.dumps(s))._ort is None
+
+
+def test_failure_falls_back_to_torch_with_a_warning(stem, monkeypatch, caplog):
+    s = copy.deepcopy(stem)
+
+    def broken(self, shape):
+        raise RuntimeError("no exporter here")
+    monkeypatch.setattr(stem_engine.OrtStem, "_session", broken)
+    x = torch.randn(2, 3, 64, 64)
+    with caplog.at_level(logging.WARNING):
+        got = s(x)
+    assert torch.equal(got, _torch(s, x)) and s._ort_failed
+    assert "ONNX Runtime unavailable (RuntimeError: no exporter here)" in caplog.text
+
+
+def test_gradient_free_and_non_float32_inputs_stay_on_torch(stem):
+    s = copy.deepcopy(stem).double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    assert s(x).dtype == torch.float32 and s._ort is None
+
+
+def test_cache_batch_follows_the_engine(stem):
+    from factmas.features import default_batch
+    s = copy.deepcopy(stem)
+    assert default_batch(s, "cpu") == 2                 # ONNX Runtime's fastest batch
+    assert default_batch(s, torch.device("cuda")) == 8  # torch on a GPU (no GPU needed to ask)
+    s.engine = "torch"
+    assert default_batch(s, "cpu") == 8
+    assert default_batch(torch.nn.Identity(), "cpu") == 8
