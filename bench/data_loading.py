@@ -41,8 +41,8 @@ from factmas.config import RunConfig
 from factmas.data.dataset import read_dataset
 from factmas.methods import make_method
 from factmas.model import build_model, preprocess
-from factmas.train.batches import Batcher
-from factmas.train.loop import train_step
+from factmas.trainer.batches import Batcher
+from factmas.trainer.loop import train_step
 
 
 def hdf5_stream(path, batch: int, batches: int, seed: int = 0) -> list[float]:

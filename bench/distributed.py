@@ -8,7 +8,7 @@ W = 1 and W = ``--nproc`` in turn (one process per core, ``threads`` 1 each). A 
 of the default configuration (``RunConfig()``: the README's model, loss and batch 64; the feature cache
 of data/flickr8k.h5 when present, else a synthetic set with the small CNN), then times, between barriers:
 
-* **training**: ``--steps`` steps of task 1 (``factmas.train.loop.train_step`` on the global batch of
+* **training**: ``--steps`` steps of task 1 (``factmas.trainer.loop.train_step`` on the global batch of
   64, DDP when W > 1), after 3 warm-up steps → training images (pairs) per second, all processes
   together;
 * **Ω**: exact MAS Ω (``factmas.methods.mas.mas_importance``, every rank its share, sums all-reduced) of
@@ -46,9 +46,9 @@ def worker(args: argparse.Namespace) -> None:
     from factmas import distributed
     from factmas.config import ModelConfig, RunConfig
     from factmas.methods.mas import mas_importance
-    from factmas.train import build_parts, build_trainer, shared_inputs
-    from factmas.train.batches import make_rng
-    from factmas.train.loop import train_step
+    from factmas.trainer import build_parts, build_trainer, shared_inputs
+    from factmas.trainer.batches import make_rng
+    from factmas.trainer.loop import train_step
 
     distributed.start_from_env("cpu")
     data, desc = common.load_bench_data(args.data, synthetic=args.data is None and not

@@ -30,8 +30,8 @@ def worker(args: argparse.Namespace) -> None:
     from factmas.config import RunConfig
     from factmas.data.dataset import read_dataset
     from factmas.methods.mas import mas_importance
-    from factmas.train import build_parts, build_trainer, shared_inputs
-    from factmas.train.batches import make_rng
+    from factmas.trainer import build_parts, build_trainer, shared_inputs
+    from factmas.trainer.batches import make_rng
 
     distributed.start_from_env("cpu")
     data = read_dataset(args.data)

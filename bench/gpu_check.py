@@ -12,13 +12,13 @@ others still run; the JSON is rewritten after every section, so a run cut short 
 2. ``cache``: the default model's frozen stages (EfficientNet-Lite0, 6 frozen stages) over a synthetic
    224-px dataset and its mirror images on the device, images/s; the features of the first images
    against the CPU's (largest |difference| / (2e-3 + 2e-3·|cpu|), the cache's float16 tolerance).
-3. ``train_step``: images/s of ``factmas.train.loop.train_step`` (finetune and MAS with an Ω) on the
+3. ``train_step``: images/s of ``factmas.trainer.loop.train_step`` (finetune and MAS with an Ω) on the
    cached features at the trainer's batch (64), synchronized timing.
 4. ``omega``: exact MAS Ω (``factmas.methods.mas.mas_importance``) at the trainer's batch (256) on the
    device, images/s and facts/s, and its largest relative difference from the CPU's Ω at the same
    weights: max over parameters of max|Ω_dev − Ω_cpu| / max|Ω_cpu|; with cuDNN's TF32 as torch sets
    it (what the trainer gets) and with TF32 off.
-5. ``task``: one task of the default configuration (MAS, 3 epochs) trained by ``factmas.train.train``
+5. ``task``: one task of the default configuration (MAS, 3 epochs) trained by ``factmas.trainer.train``
    on the device, evaluated with FAISS (on the GPU when ``faiss.get_num_gpus() > 0``, as the
    evaluator chooses): wall seconds, the trainer's images/s per epoch, evaluation seconds, metrics.
 
@@ -145,8 +145,8 @@ def train_steps(model, data, feats, device: torch.device, cfg, steps: int, batch
     """images/s of ``train_step`` on cached features, finetune and MAS (Ω and θ* set), medians."""
     from factmas.features import CachedInputs
     from factmas.methods import make_method
-    from factmas.train.batches import Batcher
-    from factmas.train.loop import train_step
+    from factmas.trainer.batches import Batcher
+    from factmas.trainer.loop import train_step
     model = copy.deepcopy(model).to(device).train()
     batcher = Batcher(data, device, inputs=CachedInputs(feats, device))
     pairs = data.task_pairs(cfg.train.split, 0, "train")
@@ -232,9 +232,9 @@ def omega_check(model, data, feats, device: torch.device, samples: int, batch: i
 
 
 def one_task(data_path: Path, device: torch.device, epochs: int, out_dir: Path) -> dict:
-    """``factmas.train.train`` of the default configuration (MAS) for one task on ``device``."""
+    """``factmas.trainer.train`` of the default configuration (MAS) for one task on ``device``."""
     from factmas.config import RunConfig
-    from factmas.train import train
+    from factmas.trainer import train
     cfg = RunConfig(data=str(data_path), out=str(out_dir))
     cfg.train.device = device.type
     cfg.train.epochs = epochs

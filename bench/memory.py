@@ -66,7 +66,7 @@ def held_tensors(obj, model_ptrs: set, seen: set | None = None, depth: int = 0) 
 def run_method(method_name: str, backbone: str, data, split: str, batch: int, limit: int) -> dict:
     """Train ``limit`` tasks with ``method_name``; returns the figures of this process."""
     from factmas.config import RunConfig
-    from factmas.train import build_trainer
+    from factmas.trainer import build_trainer
     from factmas.run.rundir import prepare_run_dir
 
     out = tempfile.mkdtemp(prefix=f"factmas_mem_{method_name}_")

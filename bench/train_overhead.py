@@ -15,8 +15,8 @@ loss (``factmas.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
 * **plain, channels_last**: the same without making the images contiguous, so they stay in the
   NHWC layout of the uint8 array; oneDNN convolutions then take another path (informative: it is
   a memory-format choice, faster or slower depending on the model, not an overhead).
-* **factmas finetune**: ``factmas.train.batches.Batcher.pair_batches`` (preprocess, dataset-wide
-  positive matrix) + ``factmas.train.loop.train_step`` (method hooks, penalty, loss parts as floats):
+* **factmas finetune**: ``factmas.trainer.batches.Batcher.pair_batches`` (preprocess, dataset-wide
+  positive matrix) + ``factmas.trainer.loop.train_step`` (method hooks, penalty, loss parts as floats):
   exactly what ``factmas train`` runs per step.
 * **factmas MAS**: the same with MAS holding Ω and θ* (as from task 2 on), so the penalty
   λ Σ Ω (θ − θ*)² and its gradient are in every step.
@@ -54,8 +54,8 @@ from factmas.config import ModelConfig, RunConfig
 from factmas.loss import fact_loss
 from factmas.methods import make_method
 from factmas.model import IMAGENET_MEAN, IMAGENET_STD, build_model
-from factmas.train.batches import Batcher
-from factmas.train.loop import train_step
+from factmas.trainer.batches import Batcher
+from factmas.trainer.loop import train_step
 
 TARGET = 0.9
 

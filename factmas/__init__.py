@@ -14,9 +14,7 @@ The public API (``factmas.api``; walk-through in docs/api.md)::
 (name → module) the first time it is used, so ``factmas --help`` starts as quickly as before the API
 existed (bench/cli_startup.py).
 
-``factmas.train`` is both the trainer's package (``factmas.train.loop``, ...) and, called, the API's
-``factmas.api.train``: the package's module class forwards a call (``factmas/train/__init__.py``), so
-that ``factmas.train(...)`` works however the package was imported first.
+The trainer itself is the package ``factmas.trainer``; ``factmas.train`` is the API's function.
 """
 from __future__ import annotations
 
@@ -32,9 +30,10 @@ API = {name: "factmas.api.records" for name in
 API |= {"EvaluateError": "factmas.api.evaluate", "Run": "factmas.api.run", "load_run": "factmas.api.run",
         "build_feature_cache": "factmas.api.tools", "compare": "factmas.api.tools",
         "make_gallery": "factmas.api.tools", "read_dataset": "factmas.api.tools",
-        "make_config": "factmas.api.training", "resume": "factmas.api.training"}
+        "make_config": "factmas.api.training", "resume": "factmas.api.training",
+        "train": "factmas.api.training"}
 
-__all__ = sorted(API) + ["__version__", "train"]
+__all__ = sorted(API) + ["__version__"]
 
 if TYPE_CHECKING:                       # what static checkers and IDEs see
     from factmas.api import (Answer, CheckpointMetrics, Comparison, Embeddings,  # noqa: F401
@@ -43,10 +42,7 @@ if TYPE_CHECKING:                       # what static checkers and IDEs see
 
 
 def __getattr__(name: str) -> object:
-    """A public name of ``API`` (imported on first use), or ``train``: the trainer package, callable
-    as ``factmas.api.train`` (loads torch)."""
-    if name == "train":
-        return importlib.import_module("factmas.train")
+    """A public name of ``API``, imported on first use (``train`` loads torch)."""
     if name in API:
         value = getattr(importlib.import_module(API[name]), name)
         globals()[name] = value

@@ -61,7 +61,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """The continual trainer (see ``factmas.train``)."""
+    """The continual trainer (see ``factmas.trainer``)."""
     split: str = "random4_seed0"
     method: str = "mas"
     reg_lambda: float = 1.0              # MAS λ, chosen on val over 4 tasks with both directions on the
@@ -74,9 +74,9 @@ class TrainConfig:
                                          # code); lr is not rescaled: SGD needs its own lr
     momentum: float = 0.9                # SGD's momentum (optimizer "sgd" only)
     lr_schedule: str = "constant"        # "constant", or "cosine": lr decays to 0 over each task's
-                                         # steps (factmas.train.loop.scheduled_lr)
+                                         # steps (factmas.trainer.loop.scheduled_lr)
     swa_start_epoch: Optional[int] = None  # SWA: each task ends with the mean of the weights after
-                                         # every step of epochs k..epochs (factmas.train.average);
+                                         # every step of epochs k..epochs (factmas.trainer.average);
                                          # None: off. 2 scored +1.06 on val (joint), not yet a default
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu" or "cuda"

@@ -1,7 +1,7 @@
 """Choosing the torch device of a run or a command, and the error for a setting that names nothing.
 
 ``resolve_device("auto" | "cpu" | "cuda") -> torch.device``; ``UsageError`` (also raised by the trainer
-for an unknown split or method; defined in ``factmas.errors``, importable from here by its old name). Used by ``factmas.train``, ``factmas.run.load`` and the commands.
+for an unknown split or method; defined in ``factmas.errors``, importable from here by its old name). Used by ``factmas.trainer``, ``factmas.run.load`` and the commands.
 """
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ def test_faiss_gpu_index_gives_the_cpu_ranking():
 
 def test_one_task_on_cuda_writes_a_finite_evaluation(tmp_path):
     from factmas.data.synthetic import make_synthetic_dataset
-    from factmas.train import train
+    from factmas.trainer import train
     path = make_synthetic_dataset(tmp_path / "d.h5", n_images=120, image_size=16, num_tasks=2)
     cfg = RunConfig.from_dict({
         "data": str(path), "out": str(tmp_path / "run"),

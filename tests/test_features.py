@@ -14,7 +14,7 @@ from factmas.data.dataset import read_dataset
 from factmas.features import CachedInputs, PixelInputs, cache_file, image_inputs, load_or_build
 from factmas.model import build_model, preprocess
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import resume, train
+from factmas.trainer import resume, train
 
 LITE = {"backbone": "efficientnet_lite0", "embed_dim": 8, "word_dim": 8, "fact_hidden": 16,
         "freeze_stages": 5}
@@ -161,7 +161,7 @@ def test_mas_run_on_the_default_backbone_trains_evaluates_and_resumes(tmp_path):
 
 
 def test_pixel_shifts_are_refused_for_a_cached_backbone(tmp_path):
-    from factmas.train import UsageError
+    from factmas.trainer import UsageError
     path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=24, image_size=32, num_tasks=2)
     with pytest.raises(UsageError, match="augment_shift = 4.*pixel-input backbones"):
         train(_cfg(path, tmp_path / "run", augment_shift=4), progress=False)

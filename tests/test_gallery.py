@@ -13,7 +13,7 @@ from factmas.cli import gallery as gallery_cli
 from factmas.config import ModelConfig, RunConfig
 from factmas.data.dataset import read_dataset
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 
 
 @pytest.fixture(scope="module")

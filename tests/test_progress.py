@@ -106,7 +106,7 @@ def test_redirected_training_run_prints_progress_of_epochs_omega_and_evaluation(
                                                                                   monkeypatch):
     from factmas.config import ModelConfig, RunConfig
     from factmas.data.synthetic import make_synthetic_dataset
-    from factmas.train import train
+    from factmas.trainer import train
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)       # every update
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=16, num_tasks=2)
     cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),
@@ -124,7 +124,7 @@ def test_redirected_training_run_prints_progress_of_epochs_omega_and_evaluation(
 def test_redirected_training_without_progress_prints_none(tmp_path, capsys, monkeypatch):
     from factmas.config import ModelConfig, RunConfig
     from factmas.data.synthetic import make_synthetic_dataset
-    from factmas.train import train
+    from factmas.trainer import train
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=30, image_size=16, num_tasks=2)
     cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),

@@ -1,6 +1,6 @@
 """Training from Python: ``train(config | **overrides) -> Run`` and ``resume(path) -> Run``.
 
-Both call the continual trainer (``factmas.train.train`` / ``factmas.train.resume``) and return the
+Both call the continual trainer (``factmas.trainer.train`` / ``factmas.trainer.resume``) and return the
 run directory as a ``Run``. ``make_config`` turns a config (a ``RunConfig``, a dict as in config.json,
 or a JSON file) and keyword overrides into a checked ``RunConfig``.
 """
@@ -79,11 +79,11 @@ def train(config: Any = None, /, *, overwrite: bool = False, limit_tasks: int | 
         ConfigError, UsageError, RunDirError, DatasetError: a bad setting, a run already in ``out``,
             a bad dataset — before anything is written.  TrainingError, CheckpointError: while
             training (the completed tasks' checkpoints are kept).
-    Source: the trainer, ``factmas.train`` (MAS: Aljundi et al., ECCV 2018; model: Elhoseiny et
+    Source: the trainer, ``factmas.trainer`` (MAS: Aljundi et al., ECCV 2018; model: Elhoseiny et
     al., AAAI 2017).
     """
-    from factmas.train import UsageError
-    from factmas.train import train as _train
+    from factmas.trainer import UsageError
+    from factmas.trainer import train as _train
     cfg = make_config(config, **overrides)
     if not cfg.data or not cfg.out:
         raise UsageError("data (the dataset file) and out (the run directory) are required")
@@ -96,7 +96,7 @@ def train(config: Any = None, /, *, overwrite: bool = False, limit_tasks: int | 
 def train_config(cfg: RunConfig, *, command: str = "", overwrite: bool = False,
                  limit_tasks: int | None = None, progress: bool = True) -> Run:
     """``train`` of a ready ``RunConfig`` as is (``factmas train`` resolves its options into one)."""
-    from factmas.train import train as _train
+    from factmas.trainer import train as _train
     state = _train(cfg, command=command, overwrite=overwrite, limit_tasks=limit_tasks,
                    progress=progress)
     return _run_of(cfg.out, state, cfg)
@@ -114,7 +114,7 @@ def resume(path: str | Path, *, limit_tasks: int | None = None, device: str | No
         RunDirError: not a run, or its dataset changed.  UsageError, ConfigError: bad settings.
         CheckpointError, TrainingError: a checkpoint that cannot be used, or while training.
     """
-    from factmas.train import resume as _resume
+    from factmas.trainer import resume as _resume
     state = _resume(path, limit_tasks=limit_tasks, device=device, threads=threads, progress=progress)
     return _run_of(path, state)
 

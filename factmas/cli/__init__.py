@@ -5,7 +5,7 @@ dispatches (a plain dict, no import magic).
 
 The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
 The work is done by the public API (``factmas.api``: train, load_run, Run.evaluate/query/search, compare,
-make_gallery, build_feature_cache) and library modules (``factmas.train``, ``factmas.query``, ``factmas.search``,
+make_gallery, build_feature_cache) and library modules (``factmas.trainer``, ``factmas.query``, ``factmas.search``,
 ``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
 import from here. A command module never imports another command module. Every error a user can cause
 (``factmas.errors.FactmasError``, a full disk, a read-only folder, the file-size limit, a dead peer

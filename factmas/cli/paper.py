@@ -161,7 +161,7 @@ def _run_all(jobs: list[dict], settings: Settings) -> list[dict]:
     return run_all(jobs, settings)          # looked up at call time (tests replace run_all)
 
 
-QUIET_LOGGERS = ("factmas.train", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
+QUIET_LOGGERS = ("factmas.trainer", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
 
 
 def main(argv: list[str] | None = None) -> int:

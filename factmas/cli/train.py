@@ -34,9 +34,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from factmas.config import ConfigError, RunConfig
 from factmas.data.dataset import DatasetError
 from factmas.api.training import resume, train_config
-from factmas.train import CheckpointError, RunDirError, TrainingError, UsageError
+from factmas.trainer import CheckpointError, RunDirError, TrainingError, UsageError
 
-log = logging.getLogger("factmas.train")
+log = logging.getLogger("factmas.trainer")
 
 from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
 

@@ -19,7 +19,7 @@ With one process (no torchrun, or ``--nproc-per-node 1``) every function here is
 obvious one-process answer, so the trainer calls them unconditionally.
 
 May import: torch, numpy, ``factmas.loss`` (the loss of the gathered batch), ``factmas.errors`` and
-nothing else of factmas; ``factmas.train``, ``factmas.methods`` and ``factmas.evaluation`` import from here, never the
+nothing else of factmas; ``factmas.trainer``, ``factmas.methods`` and ``factmas.evaluation`` import from here, never the
 reverse.
 """
 from factmas.distributed.collect import gather_rows, reduce_sums

@@ -44,7 +44,7 @@ class RowShare:
 
 
 def shard_batcher(batcher: Any) -> Any:
-    """A shallow copy of a ``factmas.train.batches.Batcher`` whose pair batches hold the global
+    """A shallow copy of a ``factmas.trainer.batches.Batcher`` whose pair batches hold the global
     batch's tokens, orders, positives and candidates but only this rank's images (``RowShare``).
     One process: ``batcher`` itself."""
     if not active():
@@ -71,7 +71,7 @@ def gather_with_grad(local: torch.Tensor, total: int) -> torch.Tensor:
 
 
 class DistributedForward:
-    """The trainer's forward (``factmas.train.loop.forward_loss``'s signature) on W processes.
+    """The trainer's forward (``factmas.trainer.loop.forward_loss``'s signature) on W processes.
 
     Args:
         model: the ``TwoBranchModel`` on this rank's device; wrapped here in

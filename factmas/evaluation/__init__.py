@@ -13,5 +13,5 @@
 
 May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``,
 ``factmas.progress``.
-Never ``factmas.train``, ``factmas.cli`` or ``factmas.experiments``.
+Never ``factmas.trainer``, ``factmas.cli`` or ``factmas.experiments``.
 """

@@ -6,7 +6,7 @@
 - ``compare``: one table of runs, mean ± std over seeds (command line ``factmas.cli.compare``,
   ``python eval/compare.py``).
 
-May import: ``factmas.train``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``,
+May import: ``factmas.trainer``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``,
 ``factmas.cpu_memory``, ``factmas.errors``, ``factmas.outdir``.
 Never ``factmas.cli``.
 """

@@ -30,7 +30,7 @@ fact→image mAP, image→fact mAP and top-5, each with forgetting and BWT), Lif
 metric (``LFL_KEYS``, ``factmas.evaluation.lfl``), and the two reference rows of its results.json: the
 image-frequency ranking and the untrained model (``BASELINES``).
 
-Every run is one ``factmas.train.train`` run directory under OUT (``search/…``, ``runs/…``) with its
+Every run is one ``factmas.trainer.train`` run directory under OUT (``search/…``, ``runs/…``) with its
 own results.json; a run whose ``timing.json`` exists is complete and is not run again when its
 ``config.json`` holds the same settings and dataset fingerprint (a changed λ, ``--epochs`` or
 ``--config`` trains it again), so a killed experiment continues where it stopped. Runs go to
@@ -312,7 +312,7 @@ def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
     from factmas.evaluation.report import read_results
-    from factmas.train import train
+    from factmas.trainer import train
     out = Path(j["out"])
     timing = out / "timing.json"
     d = {**base, "data": str(_DATA.path), "out": str(out)}

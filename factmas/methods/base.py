@@ -1,6 +1,6 @@
 """The interface between the continual trainer and a continual-learning method.
 
-The trainer (``factmas.train``) calls, for each task t in order::
+The trainer (``factmas.trainer``) calls, for each task t in order::
 
     method.on_task_start(model, ctx)
     for each step:  loss = task_loss + method.penalty(model) + method.extra_loss(model, batch, out)
@@ -101,7 +101,7 @@ class Method:
         self.options = options
 
     def stream(self, experiences: list) -> list:
-        """The experiences trained one after another (``factmas.train.experience``): the tasks in
+        """The experiences trained one after another (``factmas.trainer.experience``): the tasks in
         order here; joint training merges them into one."""
         return list(experiences)
 

@@ -49,7 +49,7 @@ class RunDirError(FactmasError, RuntimeError):
 ARTEFACTS = ("results.json", "results.md", "r_heatmap.png", "map_per_task.png", METRICS_NAME,
              CALIBRATION_NAME)
 EVALUATIONS = "evaluations"          # ``factmas evaluate``'s default output folder
-TENSORBOARD = "tensorboard"          # TensorBoard events (train.tensorboard; factmas.train.tensorboard)
+TENSORBOARD = "tensorboard"          # TensorBoard events (train.tensorboard; factmas.trainer.tensorboard)
 
 
 class RunDir:

@@ -36,10 +36,11 @@ def test_import_loads_no_torch_or_numpy():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_train_is_callable_however_the_trainer_was_imported():
-    import factmas.train.loop as loop                 # binds factmas.train to the package
-    assert callable(factmas.train) and loop.ContinualTrainer
-    from factmas.train import train as low_level       # the trainer's own function is still there
+def test_train_is_the_api_function_after_the_trainer_is_imported():
+    import factmas.trainer.loop as loop               # the trainer's package has its own name
+    from factmas.api.training import train as api_train
+    assert factmas.train is api_train and loop.ContinualTrainer
+    from factmas.trainer import train as low_level     # the trainer's own function
     assert low_level is not factmas.train
 
 

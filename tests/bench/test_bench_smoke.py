@@ -69,7 +69,7 @@ def test_omega_scale_runs_on_a_trained_run_and_refuses_a_missing_one(tmp_path):
     """bench/omega_scale.py (not in run_all) on a one-task small_cnn run of synthetic data."""
     from factmas.config import RunConfig
     from factmas.data.synthetic import make_synthetic_dataset
-    from factmas.train import train
+    from factmas.trainer import train
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=2)
     cfg = RunConfig.from_dict({
         "data": str(data), "out": str(tmp_path / "run"),

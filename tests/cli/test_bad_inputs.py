@@ -23,7 +23,7 @@ from PIL import Image
 from factmas.config import RunConfig
 from factmas.data.schema import CHECKSUM_KEY, image_checksums
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16, "norm_groups": 4}
 
@@ -526,7 +526,7 @@ def test_traceback_error_classes_share_one_base_with_exit_2():
     from factmas.run.load import RunLoadError
     from factmas.run.rundir import RunDirError
     from factmas.search import SearchError
-    from factmas.train.loop import TrainingError
+    from factmas.trainer.loop import TrainingError
     assert OldName is UsageError and issubclass(UsageError, ValueError)     # old names still work
     for cls in (ConfigError, DatasetError, UsageError, CheckpointError, RunLoadError, RunDirError,
                 SearchError):

@@ -33,8 +33,8 @@ import torch
 from factmas.config import RunConfig
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.distributed import gather_rows, reduce_sums, shard_bounds
-from factmas.train import UsageError, resume, train
-from factmas.train.augment import augment_images
+from factmas.trainer import UsageError, resume, train
+from factmas.trainer.augment import augment_images
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker.py"

@@ -24,7 +24,7 @@ def main() -> None:
     args = p.parse_args()
     from factmas import distributed
     from factmas.config import RunConfig
-    from factmas.train import train
+    from factmas.trainer import train
     distributed.start_from_env("cpu")
     if args.fail_rank is not None and distributed.rank() == args.fail_rank:
         from factmas.methods.mas import MAS

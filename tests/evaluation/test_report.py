@@ -162,7 +162,7 @@ def test_evaluate_cli_recomputes_a_trained_run(tmp_path, capsys):
     from factmas.cli import evaluate as evaluate_cli
     from factmas.config import ModelConfig, RunConfig
     from factmas.data.synthetic import make_synthetic_dataset
-    from factmas.train import train
+    from factmas.trainer import train
 
     data = make_synthetic_dataset(tmp_path / "s.h5", n_images=60, image_size=12, num_tasks=2)
     cfg = RunConfig(data=str(data), out=str(tmp_path / "run"),

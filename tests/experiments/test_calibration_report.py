@@ -12,7 +12,7 @@ import pytest
 from factmas.config import ModelConfig, RunConfig
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.evaluation.calibration import load_calibrator, save_calibrator
-from factmas.train import train
+from factmas.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -11,7 +11,7 @@ from factmas.cli import evaluate as evaluate_cli
 from factmas.cli import compare as compare_cli
 from factmas.config import RunConfig
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 
 TINY_MODEL = {"width": 4, "embed_dim": 4, "word_dim": 4, "fact_hidden": 8, "norm_groups": 2}
 

@@ -12,7 +12,7 @@ from factmas.data.experience import experiences
 from factmas.methods import Joint, make_method
 from factmas.evaluation.report import read_results
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import plan_stages, resume, train
+from factmas.trainer import plan_stages, resume, train
 from factmas.run.checkpoint import last_path, load_checkpoint
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}

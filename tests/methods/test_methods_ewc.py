@@ -10,7 +10,7 @@ from factmas.methods import EWC, TaskContext, make_method
 from factmas.persample.reference import loop_abs_grad_sums
 from factmas.space import normalize_slots
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 
 VOCAB = 20
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}

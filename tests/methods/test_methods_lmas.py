@@ -11,7 +11,7 @@ from factmas.config import RunConfig
 from factmas.methods.lmas import local_mas_importance
 from factmas.methods import LocalMAS, TaskContext, make_method
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 from factmas.cli.train import main as train_main
 
 VOCAB = 20

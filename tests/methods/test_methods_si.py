@@ -10,7 +10,7 @@ from factmas.config import RunConfig
 from factmas.methods.si import si_importance
 from factmas.methods import SI, TaskContext, make_method
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import train
+from factmas.trainer import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4}
 

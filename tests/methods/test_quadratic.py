@@ -177,7 +177,7 @@ def test_each_method_owns_its_typed_options_and_refuses_others():
 
 
 def test_a_foreign_option_is_named_in_a_warning(caplog):
-    from factmas.train import build_method
+    from factmas.trainer import build_method
     with caplog.at_level("WARNING"):
         method = build_method(TrainConfig(method="mas", si_xi=0.3, ewc_gamma=1.0))
     assert isinstance(method, MAS)

@@ -12,7 +12,7 @@ import torch
 from factmas.data.dataset import read_dataset
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.data.experience import PairIndex
-from factmas.train.batches import Batcher, batch_bounds, make_rng, stage_seed
+from factmas.trainer.batches import Batcher, batch_bounds, make_rng, stage_seed
 from factmas.run.checkpoint import (CheckpointError, last_path, latest_checkpoint, load_checkpoint,
                                     plain, save_checkpoint, stage_path)
 from factmas.run.rundir import MetricsLog, RunDirError

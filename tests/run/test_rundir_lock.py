@@ -11,7 +11,7 @@ import pytest
 
 from factmas.config import RunConfig
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import RunDirError, train
+from factmas.trainer import RunDirError, train
 from factmas.cli.train import main
 from factmas.run.lock import LOCK_NAME, RunLock, pid_alive
 
@@ -89,7 +89,7 @@ def test_overwrite_removes_the_old_runs_artefacts_first(data_path, tmp_path, mon
     old = {p.name for p in run.iterdir()}
     assert {"results.json", "results.md", "r_heatmap.png", "map_per_task.png", "metrics.jsonl",
             "config.json", "checkpoints", "evaluations"} <= old
-    import factmas.train.loop as loop
+    import factmas.trainer.loop as loop
 
     def killed(self, *a, **k):          # the new run is killed before its first task ends
         raise KeyboardInterrupt

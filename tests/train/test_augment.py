@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from factmas.train.augment import augment_images
+from factmas.trainer.augment import augment_images
 
 
 def _reference(x: np.ndarray, flip: bool, dy: int, dx: int, s: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``train.swa_start_epoch``: stochastic weight averaging within a task (factmas.train.average),
+"""``train.swa_start_epoch``: stochastic weight averaging within a task (factmas.trainer.average),
 checked against the plain mean of the weights recorded after each averaged step."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from factmas.config import RunConfig
 from factmas.config_check import ConfigError, validate_config
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.run.checkpoint import stage_path
-from factmas.train import train
-from factmas.train.average import WeightAverage
+from factmas.trainer import train
+from factmas.trainer.average import WeightAverage
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32,
               "norm_groups": 4}

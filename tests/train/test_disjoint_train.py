@@ -11,7 +11,7 @@ from factmas.config import RunConfig
 from factmas.data.dataset import read_dataset
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.evaluation.lfl import LFL_METRICS
-from factmas.train import train
+from factmas.trainer import train
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32,
               "norm_groups": 4}

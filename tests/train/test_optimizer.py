@@ -11,10 +11,10 @@ from factmas.config import RunConfig, TrainConfig
 from factmas.config_check import ConfigError, validate_config
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.run.checkpoint import last_path
-from factmas.train import train
+from factmas.trainer import train
 import numpy as np
 
-from factmas.train.loop import make_optimizer, scheduled_lr
+from factmas.trainer.loop import make_optimizer, scheduled_lr
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32,
               "norm_groups": 4}

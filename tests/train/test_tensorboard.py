@@ -16,8 +16,8 @@ from factmas import config_check  # noqa: E402
 from factmas.cli.train import main  # noqa: E402
 from factmas.config import ConfigError, RunConfig  # noqa: E402
 from factmas.data.synthetic import make_synthetic_dataset  # noqa: E402
-from factmas.train import resume, train  # noqa: E402
-from factmas.train.tensorboard import r_matrix  # noqa: E402
+from factmas.trainer import resume, train  # noqa: E402
+from factmas.trainer.tensorboard import r_matrix  # noqa: E402
 
 TINY_MODEL = {"backbone": "small_cnn", "width": 8, "embed_dim": 8, "word_dim": 8, "fact_hidden": 16,
               "norm_groups": 4}

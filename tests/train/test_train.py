@@ -1,4 +1,4 @@
-"""The continual trainer and ``factmas train`` (factmas.train) on tiny synthetic datasets."""
+"""The continual trainer and ``factmas train`` (factmas.trainer) on tiny synthetic datasets."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,12 @@ import h5py
 import pytest
 import torch
 
-import factmas.train.loop as loop_module
+import factmas.trainer.loop as loop_module
 from factmas.config import RunConfig
 from factmas.data.synthetic import make_synthetic_dataset
-from factmas.train import resume, train
+from factmas.trainer import resume, train
 from factmas.data.dataset import read_dataset
-from factmas.train.batches import batch_bounds
+from factmas.trainer.batches import batch_bounds
 from factmas.run.checkpoint import last_path, load_checkpoint, stage_path
 from factmas.cli.train import main
 
@@ -233,9 +233,9 @@ def test_validation_loss_equals_a_per_batch_forward(data_path):
     """EvalHook embeds each validation image and fact once; the naive reference runs the model on
     every pair batch, as training does."""
     from factmas.model import build_model
-    from factmas.train.batches import Batcher
-    from factmas.train.evalhook import EvalHook
-    from factmas.train.loop import forward_loss
+    from factmas.trainer.batches import Batcher
+    from factmas.trainer.evalhook import EvalHook
+    from factmas.trainer.loop import forward_loss
 
     data = read_dataset(data_path)
     cfg = _cfg(data_path, "")

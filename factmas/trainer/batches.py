@@ -107,7 +107,7 @@ class Batcher:
 
         ``flip``: each image mirrored with probability 1/2, drawn from ``rng`` after the permutation
         (the augmentation of models whose input is a cached stem output; pixel models are augmented
-        by ``factmas.train.augment`` instead). The last batch may be smaller than ``batch_size``; a
+        by ``factmas.trainer.augment`` instead). The last batch may be smaller than ``batch_size``; a
         final batch of one pair is merged into the batch before it (a contrastive term needs at
         least two candidates).
         """

@@ -7,9 +7,6 @@ Public API::
     resolve_device("auto" | "cpu" | "cuda") -> torch.device
     plan_stages(method, tasks) -> list[Experience]
 
-Called, the package is the public ``factmas.api.train`` (``factmas.train(config | **overrides) -> Run``;
-its module class forwards the call).
-
 Both write into ``cfg.out`` (the run directory; see ``factmas.run.rundir``): ``config.json``,
 ``metrics.jsonl``, ``checkpoints/task{s}.pt`` + ``last.pt`` and, at the end, the evaluator's report.
 Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run is already there),
@@ -20,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-import types
 from pathlib import Path
 
 import torch
@@ -39,7 +34,7 @@ from factmas.methods import METHODS, Method, foreign_options, make_method, optio
 from factmas.run.checkpoint import CheckpointError
 from factmas.run.lock import RunLock
 from factmas.run.rundir import RunDir, RunDirError, check_config_matches, data_fingerprint
-from factmas.train.loop import ContinualTrainer, RunState, TrainingError
+from factmas.trainer.loop import ContinualTrainer, RunState, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -259,18 +254,3 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
 __all__ = ["CheckpointError", "Experience", "RunDirError", "RunState", "TrainingError", "UsageError",
            "build_method", "build_trainer", "plan_stages", "resolve_device", "resume", "shared_inputs",
            "train"]
-
-
-
-class _CallableTrainPackage(types.ModuleType):
-    """This package's module class: ``factmas.train(config | **overrides) -> Run`` calls the public
-    ``factmas.api.train`` (the package and the API function share the name ``factmas.train``; Python
-    binds the attribute to the package whenever it is first imported, so the package forwards)."""
-
-    def __call__(self, config=None, /, **kwargs):
-        """``factmas.api.training.train(config, **kwargs)``: train a run and return it (a ``Run``)."""
-        from factmas.api.training import train as api_train
-        return api_train(config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableTrainPackage

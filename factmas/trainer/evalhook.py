@@ -29,7 +29,7 @@ from factmas.distributed import gather_rows
 from factmas.evaluation.recorder import Recorder
 from factmas.run.checkpoint import plain
 from factmas.run.rundir import RunDir
-from factmas.train.batches import Batcher, batch_bounds
+from factmas.trainer.batches import Batcher, batch_bounds
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ dependency (``pip install 'factmas[tb]'``); ``factmas.config_check`` refuses the
 Tags (x axis in brackets):
 
 * ``loss/total``, ``loss/task``, ``loss/penalty``, ``loss/extra``, ``loss/regression``,
-  ``loss/contrastive``: the parts of each training step's loss (``factmas.train.loop.train_step``)
+  ``loss/contrastive``: the parts of each training step's loss (``factmas.trainer.loop.train_step``)
   [optimizer step, counted over the whole stream].
 * ``epoch/loss_total``, ``epoch/loss_task``, ``epoch/penalty``: an epoch's means, and
   ``speed/images_per_s``: its training images per second [optimizer step at the epoch's end].
@@ -46,7 +46,7 @@ def _value(d: dict, key: Any) -> float | None:
 
 
 def r_matrix(history: list[dict], metric: str, num_tasks: int) -> np.ndarray:
-    """The accuracy matrix R of ``metric`` from evaluation rows (``factmas.train.evalhook``): float64
+    """The accuracy matrix R of ``metric`` from evaluation rows (``factmas.trainer.evalhook``): float64
     [stages evaluated, num_tasks], R[i, j] = metric of task j after stage i (NaN where missing); the
     row "initial" (stage -1) is left out."""
     rows = [r for r in history if r.get("stage", -1) >= 0 and r.get("retrieval")]

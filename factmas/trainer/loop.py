@@ -11,7 +11,7 @@ every task. For each stage s, as ``factmas.methods.base`` describes::
                                  + method.extra_loss(model, batch, out)
                           (non-finite loss → TrainingError naming task, epoch and step)
                           backward; method.before_step; optimizer step (train.optimizer: Adam or SGD); method.after_step
-                          [train.swa_start_epoch: the weights added to a running mean, factmas.train.average]
+                          [train.swa_start_epoch: the weights added to a running mean, factmas.trainer.average]
     [train.swa_start_epoch: the model takes the mean of the averaged steps' weights (SWA)]
     method.on_task_end(model, ctx)                  # model in eval mode; e.g. MAS: Ω += ..., θ* = θ
     evaluation row (val loss, retrieval R row); metrics.jsonl line; checkpoint task{s}.pt + last.pt
@@ -44,12 +44,12 @@ from factmas.progress import progress_bar, switched_off
 from factmas.run.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
                                    task_names)
 from factmas.run.rundir import RunDir
-from factmas.train.augment import augment_images
-from factmas.train.average import WeightAverage
-from factmas.train.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
-from factmas.train.evalhook import EvalHook, finite_mean
+from factmas.trainer.augment import augment_images
+from factmas.trainer.average import WeightAverage
+from factmas.trainer.batches import PURPOSE_CONTEXT, Batcher, batch_bounds, make_rng, stage_seed
+from factmas.trainer.evalhook import EvalHook, finite_mean
 from factmas.errors import FactmasError
-from factmas.train.tensorboard import TensorBoardLog
+from factmas.trainer.tensorboard import TensorBoardLog
 
 log = logging.getLogger(__name__)
 
