@@ -13,6 +13,11 @@ What is measured (``Evaluator.evaluate``; metric names are the keys of the retur
   Per task t, the candidates are the facts of task t and the queries the pool images that carry at
   least one of them (Lifelong Fact Learning's *standard* mode); for "all", every fact and every image
   with a fact.
+* ``fact_to_image_recall_at_{1,5,10}`` / ``image_to_fact_recall_at_{1,5,10}`` (``RECALL_METRICS``):
+  Recall@K of each direction (``factmas.evaluation.metrics.recall_at_k``: the fraction of queries —
+  facts with a true image, resp. images with a true fact — whose first true item is in the top K),
+  per task (the same queries and candidates as the direction's other metrics) and over all facts;
+  from the same exact ranks, ties by lower index. Image → fact R@1 / R@5 equal top-1 / top-5.
 * ``lfl_top5_standard`` / ``lfl_top5_generalized`` (Lifelong Fact Learning's headline metric in its
   two modes) and ``image_to_fact_{top1,top5,map}_generalized`` (task t's images ranking every fact):
   ``factmas.evaluation.lfl``, with ``"lfl_counts"`` (test pairs per task).
@@ -23,7 +28,8 @@ tables): every image of the evaluated image split (test), so a fact competes aga
 image (fact) in its pool has no AP and is left out of the means; the counts are in the result.
 
 Result of ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
-for each name in ``METRICS``, plus ``"counts": {"facts": {t: n}, "images": {t: n}}`` (facts and query
+for each name in ``METRICS`` and ``RECALL_METRICS``, plus ``"counts": {"facts": {t: n}, "images":
+{t: n}}`` (facts and query
 images with an AP) and ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds).
 
 The evaluator measures; recording the rows of R and writing the report is
@@ -48,7 +54,7 @@ from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
 from factmas.evaluation.lfl import GENERALIZED_I2F, evaluate_lfl
-from factmas.evaluation.metrics import HEADLINE, METRICS
+from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
 
@@ -179,10 +185,10 @@ class Evaluator:
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
-        ap, ap_k = self._fact_to_image(phi, psi, order, timing)
+        ap, ap_k, f2i_hits = self._fact_to_image(phi, psi, order, timing)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
-        out: dict[str, Any] = {m: {} for m in METRICS}
+        out: dict[str, Any] = {m: {} for m in METRICS + RECALL_METRICS}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
         i2f_all = self._image_to_fact(phi, psi, order, groups, timing)
         for key, facts in groups.items():
@@ -190,12 +196,18 @@ class Evaluator:
             out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
             out["fact_to_image_map_at_k"][key] = M.mean_ap(ap_k[facts])
             counts["facts"][key] = int((~np.isnan(ap[facts])).sum())
+            for k in RECALL_KS:                          # mean over the facts with a true image
+                hits = f2i_hits[k][facts]
+                out[f"fact_to_image_recall_at_{k}"][key] = (float(np.nanmean(hits))
+                                                            if (~np.isnan(hits)).any() else float("nan"))
             timing["metrics_s"] += time.perf_counter() - t1
             i2f = i2f_all[key]
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
-            for name, value in zip(GENERALIZED_I2F, i2f[4:]):
+            for name, value in zip(GENERALIZED_I2F, i2f[4:7]):
                 out.setdefault(name, {})[key] = value
+            for k, value in zip(RECALL_KS, i2f[7]):
+                out[f"image_to_fact_recall_at_{k}"][key] = value
         t1 = time.perf_counter()
         out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
         timing["metrics_s"] += time.perf_counter() - t1
@@ -206,13 +218,16 @@ class Evaluator:
                  timing["metrics_s"])
         return out
 
-    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray]:
-        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image).
+    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray, dict]:
+        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image), and
+        {K: float64 [F]} for K in ``RECALL_KS``: 1.0 where a true image is in the fact's top K, 0.0
+        where none is, NaN without a true image (Recall@K's per-query hits).
 
         From the ranks of each fact's true images (``factmas.evaluation.ranking.rank_pairs``), not
         from sorted rankings; equal to ``M.average_precision`` / ``M.ap_at_k`` on the full rows."""
         f = self.data.num_facts
         ap, ap_k = np.full(f, np.nan), np.full(f, np.nan)
+        hits = {k: np.full(f, np.nan) for k in RECALL_KS}
         pools = ([(np.arange(f), self.image_ids)] if self.cfg.image_pool == "all" else
                  [(np.flatnonzero(self.task_of_fact == t), self.task_images[t])
                   for t in range(self.num_tasks)])
@@ -226,14 +241,17 @@ class Evaluator:
             local = np.stack([np.searchsorted(facts, pairs[:, 1]),
                               np.searchsorted(images, pairs[:, 0])], axis=1)
             r = rank_pairs(psi[facts], phi[torch.as_tensor(rows)], local, query_order=order[facts],
-                           k_exact=self.cfg.ap_k, max_rows=self.cfg.search_batch, device=self.device)
+                           k_exact=max(self.cfg.ap_k, max(RECALL_KS)), max_rows=self.cfg.search_batch,
+                           device=self.device)
             t1 = time.perf_counter()
             timing["search_s"] += t1 - t0
             ap[facts] = M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, len(facts))
             ap_k[facts] = M.ap_at_k_from_ranks(r.query, r.item, r.neg_dist, r.below, r.tie_lower,
                                                self.cfg.ap_k, len(facts))
+            for k in RECALL_KS:
+                hits[k][facts] = M.topk_from_ranks(r.query, r.below, r.tie_lower, k, len(facts))
             timing["metrics_s"] += time.perf_counter() - t1
-        return ap, ap_k
+        return ap, ap_k, hits
 
     def n_pool(self, facts: np.ndarray, images: np.ndarray) -> np.ndarray:
         """int [len(facts)]: true images of each fact within ``images``."""
@@ -242,7 +260,8 @@ class Evaluator:
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
     def _image_to_fact(self, phi, psi, order, groups, timing) -> dict:
-        """{group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP)} of the
+        """{group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
+        (Recall@K for K in ``RECALL_KS``))} of the
         pool images ranking the facts of each group (a task: its facts; "all": every fact), from the
         ranks of each image's true facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all
         groups). The generalized mode (Lifelong Fact Learning; ``factmas.evaluation.lfl``): the same
@@ -253,7 +272,7 @@ class Evaluator:
         local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
         rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
         r = rank_pairs(phi[rows], psi, local, item_order=order, item_segment=self.task_of_fact,
-                       k_exact=5, max_rows=self.cfg.search_batch, device=self.device)
+                       k_exact=max(5, max(RECALL_KS)), max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
         out, nq = {}, len(queries)
@@ -267,7 +286,8 @@ class Evaluator:
             q = r.query[sel]
             n = len(np.unique(q))
             if not n:
-                out[key] = (float("nan"),) * 3 + (0,) + (float("nan"),) * 3
+                nan = float("nan")
+                out[key] = (nan,) * 3 + (0,) + (nan,) * 3 + ((nan,) * len(RECALL_KS),)
                 continue
             scores = []
             for b, ti, lo in ((below[sel], ties[sel], lower[sel]),
@@ -276,6 +296,8 @@ class Evaluator:
                 top5 = M.topk_from_ranks(q, b, lo, 5, nq)
                 aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
                 scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
-            out[key] = scores[0] + (n,) + scores[1]
+            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, below[sel], lower[sel], k, nq)))
+                           for k in RECALL_KS)
+            out[key] = scores[0] + (n,) + scores[1] + (recall,)
         timing["metrics_s"] += time.perf_counter() - t1
         return out

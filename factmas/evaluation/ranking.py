@@ -23,7 +23,7 @@ May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefi
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ import torch
 from factmas.evaluation.retrieval import prefix, unit_slots
 
 BLOCK_ELEMENTS = 1 << 22     # score entries per block of rows (16 MiB of float32, twice: block + sorted)
+# a block's rows are sorted only where more than this fraction of its entries reach the smallest
+# relevant score of their row (an untrained model); else those entries alone are selected and sorted
+SELECT_FRACTION = 0.25
 
 
 @dataclass
@@ -43,7 +46,9 @@ class PairRanks:
     ``below`` items strictly closer, ``ties`` items at exactly the same distance (the item
     included), ``tie_lower`` of those ties with a lower item index. ``below_all``, ``ties_all``,
     ``tie_lower_all``: the same over all items. ``tie_lower*`` is exact where ``below* < k_exact``
-    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere.
+    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere. ``blocks``: how many
+    (block, segment) matrices were counted by selection and by sorting (``selected_blocks``,
+    ``sorted_blocks``).
     """
     query: np.ndarray
     item: np.ndarray
@@ -55,6 +60,7 @@ class PairRanks:
     below_all: np.ndarray
     ties_all: np.ndarray
     tie_lower_all: np.ndarray
+    blocks: dict = field(default_factory=dict)
 
 
 def _scale(o: int) -> np.float32:
@@ -79,7 +85,8 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int)
 
 def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=None,
                item_segment: np.ndarray | None = None, k_exact: int = 100,
-               block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None, device: torch.device | str = "cpu") -> PairRanks:
+               block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
+               device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -95,6 +102,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         block_elements: score entries per block of query rows (bounds memory).
         max_rows: at most this many query rows per block (None: no limit but ``block_elements``).
         device: where the matrix products run (the counting runs on the CPU).
+        select_fraction: a block's rows are sorted where more than this fraction of its entries
+            reach their row's smallest relevant score (≤ 0: always sorted); the counts are the same.
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
@@ -123,6 +132,7 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     out = {k: np.zeros(P, np.int64) for k in
            ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
     neg = np.zeros(P, np.float32)
+    stats = {"selected_blocks": 0, "sorted_blocks": 0}
     seg_ids = np.unique(seg)                     # a few segments
     dev = torch.device(device)
     threads = _threads()
@@ -168,48 +178,101 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         ip = q_t[o] @ m.T
                         parts.append(ip.mul_(float(_scale(o))).sub_(2.0))   # −D = (2/o)·IP − 2
                     block = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu().numpy()
-                    values.append((s, block, cols, _sort_rows(block, pool, threads)))
-                _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact)
+                    values.append((s, block, cols))
+                _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool,
+                             threads, select_fraction, stats)
     finally:
         if pool is not None:
             pool.shutdown()
     return PairRanks(query=pairs[:, 0], item=pairs[:, 1], neg_dist=neg, segment=seg[pairs[:, 1]],
-                     **out)
+                     **out, blocks=stats)
 
 
-def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact) -> None:
+def _float_keys(x: np.ndarray) -> np.ndarray:
+    """uint64 [n]: order-preserving integer keys of float32 ``x`` (a < b ⇔ key(a) < key(b), equal
+    floats equal keys; −0.0 counts as +0.0; no NaN)."""
+    u = (np.asarray(x, np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000)).astype(np.uint64)
+
+
+def _count_rows_select(block: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, starts: np.ndarray,
+                       select_fraction: float):
+    """(right, left) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value)
+    against the rows of ``block`` float32 [r, n] — ``right`` = entries ≤ the needle, ``left`` =
+    entries < it, as ``np.searchsorted`` of a sorted row would give — without sorting the rows, or
+    None where too many entries reach the smallest needle of their row (then sorting is cheaper).
+
+    Only entries ≥ the row's smallest needle can be above or equal to a needle: one comparison pass
+    selects them; they and the needles become keys (row, float order) and the few selected keys are
+    sorted and searched for the needles."""
+    r, n = block.shape
+    if select_fraction <= 0:
+        return None
+    low = np.full(r, np.inf, np.float32)                     # smallest needle of each row
+    first = starts[:-1][starts[:-1] < starts[1:]]            # needles sorted by row, then value
+    low[rows_s[first]] = vs[first]
+    hit = block >= low[:, None]
+    n_sel = int(np.count_nonzero(hit))
+    if n_sel > select_fraction * block.size:
+        return None
+    sr, sc = np.nonzero(hit)
+    keys = np.sort((sr.astype(np.uint64) << np.uint64(32)) | _float_keys(block[sr, sc]))
+    needle = (rows_s.astype(np.uint64) << np.uint64(32)) | _float_keys(vs)
+    above_ge = np.searchsorted(keys, needle, "left")         # selected keys before the needle
+    above_gt = np.searchsorted(keys, needle, "right")
+    row_end = np.searchsorted(keys, (rows_s.astype(np.uint64) + np.uint64(1)) << np.uint64(32), "left")
+    # entries ≥ v in the row: row_end − above_ge; entries > v: row_end − above_gt
+    return n - (row_end - above_gt), n - (row_end - above_ge)
+
+
+def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, starts: np.ndarray):
+    """(right, left) as ``_count_rows_select`` from the sorted rows ``srt`` float32 [r, n] (binary
+    search; the left end searched only where the value occurs in the row)."""
+    right = np.empty(len(vs), np.int64)
+    for r in range(rows_s[-1] + 1):
+        a, b = starts[r], starts[r + 1]
+        if a < b:
+            right[a:b] = np.searchsorted(srt[r], vs[a:b], "right")
+    eq = np.flatnonzero(right > 0)
+    eq = eq[srt[rows_s[eq], right[eq] - 1] == vs[eq]]
+    left = right.copy()
+    if len(eq):
+        e_starts = np.searchsorted(rows_s[eq], np.arange(rows_s[-1] + 2))
+        r_eq = rows_s[eq]                                       # sorted
+        for r in r_eq[np.r_[True, r_eq[1:] != r_eq[:-1]]]:
+            j = eq[e_starts[r]:e_starts[r + 1]]
+            left[j] = np.searchsorted(srt[r], vs[j], "left")
+    return right, left
+
+
+def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool, threads,
+                 select_fraction, stats) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
-    segments ``values``: (segment, −D float32 [r, n], item of each column, sorted rows)."""
+    segments ``values``: (segment, −D float32 [r, n], item of each column). Each segment's rows
+    are counted by selection (``_count_rows_select``), or sorted where selection would keep more
+    than ``select_fraction`` of the entries (or ``select_fraction`` ≤ 0); both give the same counts."""
     if not len(bsel):
         return
     items = pairs[bsel, 1]
     p_seg = seg[items]
     # each pair's own −D, read from the block of its segment (the very value the rows hold)
-    for s, block, cols, _ in values:
+    for s, block, cols in values:
         mine = np.flatnonzero(p_seg == s)
         if len(mine):
             neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
     v = neg[bsel]
-    by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order:
-    vs, rows_s = v[by_value], row_of[by_value]         # numpy's binary search then narrows faster
+    by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
+    vs, rows_s = v[by_value], row_of[by_value]
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
-    for s, block, cols, srt in values:
-        n = srt.shape[1]
-        right = np.empty(len(bsel), np.int64)
-        for r in range(rows_s[-1] + 1):
-            a, b = starts[r], starts[r + 1]
-            if a < b:
-                right[a:b] = np.searchsorted(srt[r], vs[a:b], "right")
-        # ties: the left end only where the value occurs in the row (always in the pair's segment)
-        eq = np.flatnonzero(right > 0)
-        eq = eq[srt[rows_s[eq], right[eq] - 1] == vs[eq]]
-        left = right.copy()
-        if len(eq):
-            e_starts = np.searchsorted(rows_s[eq], np.arange(rows_s[-1] + 2))
-            r_eq = rows_s[eq]                                       # sorted
-            for r in r_eq[np.r_[True, r_eq[1:] != r_eq[:-1]]]:
-                j = eq[e_starts[r]:e_starts[r + 1]]
-                left[j] = np.searchsorted(srt[r], vs[j], "left")
+    for s, block, cols in values:
+        n = block.shape[1]
+        got = _count_rows_select(block, rows_s, vs, starts, select_fraction)
+        if got is None:
+            got = _count_rows_sorted(_sort_rows(block, pool, threads), rows_s, vs, starts)
+            stats["sorted_blocks"] += 1
+        else:
+            stats["selected_blocks"] += 1
+        right, left = got
         below = np.empty(len(bsel), np.int64)
         ties = np.empty(len(bsel), np.int64)
         below[by_value] = n - right                                  # −D strictly larger: closer
