@@ -53,7 +53,7 @@ from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
-from factmas.evaluation.lfl import GENERALIZED_I2F, evaluate_lfl
+from factmas.evaluation.lfl import GENERALIZED_I2F, LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
@@ -190,7 +190,7 @@ class Evaluator:
         groups["all"] = np.arange(data.num_facts)
         out: dict[str, Any] = {m: {} for m in METRICS + RECALL_METRICS}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
-        i2f_all = self._image_to_fact(phi, psi, order, groups, timing)
+        i2f_all, lfl = self._image_to_fact(phi, psi, order, groups, timing)
         for key, facts in groups.items():
             t1 = time.perf_counter()
             out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
@@ -208,9 +208,7 @@ class Evaluator:
                 out.setdefault(name, {})[key] = value
             for k, value in zip(RECALL_KS, i2f[7]):
                 out[f"image_to_fact_recall_at_{k}"][key] = value
-        t1 = time.perf_counter()
-        out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
-        timing["metrics_s"] += time.perf_counter() - t1
+        out.update(lfl)                               # LFL's metric, standard/generalized modes
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
@@ -259,30 +257,44 @@ class Evaluator:
             return self.n_true_images[facts]
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
-    def _image_to_fact(self, phi, psi, order, groups, timing) -> dict:
-        """{group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
-        (Recall@K for K in ``RECALL_KS``))} of the
-        pool images ranking the facts of each group (a task: its facts; "all": every fact), from the
-        ranks of each image's true facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all
-        groups). The generalized mode (Lifelong Fact Learning; ``factmas.evaluation.lfl``): the same
-        images and true facts of the group, ranked among *all* facts (the ``*_all`` counts)."""
+    def _image_to_fact(self, phi, psi, order, groups, timing) -> tuple[dict, dict]:
+        """({group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
+        (Recall@K for K in ``RECALL_KS``))}, LFL's metrics) of the pool images ranking the facts of
+        each group (a task: its facts; "all": every fact), from the ranks of each image's true facts
+        (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups and for LFL's metric:
+        the ranks of the members of LFL's ground truths come from the same score blocks,
+        ``factmas.evaluation.lfl.lfl_from_ranks``). The generalized mode (Lifelong Fact Learning;
+        ``factmas.evaluation.lfl``): the same images and true facts of the group, ranked among *all*
+        facts (the ``*_all`` counts)."""
         t0 = time.perf_counter()
+        lfl_in = lfl_inputs(self)
         pairs = np.unique(self.pool_pairs, axis=0)
-        queries = np.unique(pairs[:, 0])                                # image ids with a fact
+        queries = lfl_in["queries"]                                     # image ids with a fact
         local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
         rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
-        r = rank_pairs(phi[rows], psi, local, item_order=order, item_segment=self.task_of_fact,
-                       k_exact=max(5, max(RECALL_KS)), max_rows=self.cfg.search_batch, device=self.device)
+        r = rank_pairs(phi[rows], psi, np.concatenate([local, lfl_in["rank_pairs"]]), item_order=order,
+                       item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
+                       max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
+        f = self.data.num_facts
+        true = np.isin(r.query * f + r.item, local[:, 0] * f + local[:, 1])   # not LFL's members
+        # counts within the item's task: the sum over its two segments (2·task + candidate)
+        below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
+        seg_task = r.segments // 2
+        item_task = self.task_of_fact[r.item]
+        for t in np.unique(seg_task):
+            mine, cols = item_task == t, np.flatnonzero(seg_task == t)
+            for acc, per_seg in ((below, r.below_seg), (ties, r.ties_seg), (lower, r.tie_lower_seg)):
+                acc[mine] = per_seg[mine][:, cols].sum(1, dtype=np.int64)
         out, nq = {}, len(queries)
         for key, facts in groups.items():
             if key == "all":
-                sel = np.ones(len(r.query), bool)
-                below, ties, lower = r.below_all, r.ties_all, r.tie_lower_all
+                sel = true.copy()
+                b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
             else:
-                sel = np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
-                below, ties, lower = r.below, r.ties, r.tie_lower
+                sel = true & np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
+                b_k, ti_k, lo_k = below, ties, lower
             q = r.query[sel]
             n = len(np.unique(q))
             if not n:
@@ -290,14 +302,15 @@ class Evaluator:
                 out[key] = (nan,) * 3 + (0,) + (nan,) * 3 + ((nan,) * len(RECALL_KS),)
                 continue
             scores = []
-            for b, ti, lo in ((below[sel], ties[sel], lower[sel]),
+            for b, ti, lo in ((b_k[sel], ti_k[sel], lo_k[sel]),
                               (r.below_all[sel], r.ties_all[sel], r.tie_lower_all[sel])):
                 top1 = M.topk_from_ranks(q, b, lo, 1, nq)
                 top5 = M.topk_from_ranks(q, b, lo, 5, nq)
                 aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
                 scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
-            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, below[sel], lower[sel], k, nq)))
+            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, b_k[sel], lo_k[sel], k, nq)))
                            for k in RECALL_KS)
             out[key] = scores[0] + (n,) + scores[1] + (recall,)
+        lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
-        return out
+        return out, lfl

@@ -46,7 +46,11 @@ class PairRanks:
     ``below`` items strictly closer, ``ties`` items at exactly the same distance (the item
     included), ``tie_lower`` of those ties with a lower item index. ``below_all``, ``ties_all``,
     ``tie_lower_all``: the same over all items. ``tie_lower*`` is exact where ``below* < k_exact``
-    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere. ``blocks``: how many
+    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere. ``segments`` int64 [S]: the
+    distinct segment ids, sorted; ``below_seg``, ``ties_seg``, ``tie_lower_seg`` int32 [P, S]: the
+    counts within each segment (column j: ``segments[j]``), so that any union U of segments has
+    below_U = Σ_{j∈U} below_seg[:, j] (and the same for ties and, where below_U < k_exact,
+    tie_lower). ``blocks``: how many
     (block, segment) matrices were counted by selection and by sorting (``selected_blocks``,
     ``sorted_blocks``).
     """
@@ -60,6 +64,10 @@ class PairRanks:
     below_all: np.ndarray
     ties_all: np.ndarray
     tie_lower_all: np.ndarray
+    segments: np.ndarray | None = None
+    below_seg: np.ndarray | None = None
+    ties_seg: np.ndarray | None = None
+    tie_lower_seg: np.ndarray | None = None
     blocks: dict = field(default_factory=dict)
 
 
@@ -134,6 +142,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     neg = np.zeros(P, np.float32)
     stats = {"selected_blocks": 0, "sorted_blocks": 0}
     seg_ids = np.unique(seg)                     # a few segments
+    for k in ("below_seg", "ties_seg", "tie_lower_seg"):
+        out[k] = np.zeros((P, len(seg_ids)), np.int32)
     dev = torch.device(device)
     threads = _threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -178,14 +188,14 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         ip = q_t[o] @ m.T
                         parts.append(ip.mul_(float(_scale(o))).sub_(2.0))   # −D = (2/o)·IP − 2
                     block = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu().numpy()
-                    values.append((s, block, cols))
+                    values.append((s, block, cols, int(np.searchsorted(seg_ids, s))))
                 _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool,
                              threads, select_fraction, stats)
     finally:
         if pool is not None:
             pool.shutdown()
     return PairRanks(query=pairs[:, 0], item=pairs[:, 1], neg_dist=neg, segment=seg[pairs[:, 1]],
-                     **out, blocks=stats)
+                     segments=seg_ids, **out, blocks=stats)
 
 
 def _float_keys(x: np.ndarray) -> np.ndarray:
@@ -248,7 +258,8 @@ def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, star
 def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool, threads,
                  select_fraction, stats) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
-    segments ``values``: (segment, −D float32 [r, n], item of each column). Each segment's rows
+    segments ``values``: (segment, −D float32 [r, n], item of each column, segment's column in
+    the ``*_seg`` counts). Each segment's rows
     are counted by selection (``_count_rows_select``), or sorted where selection would keep more
     than ``select_fraction`` of the entries (or ``select_fraction`` ≤ 0); both give the same counts."""
     if not len(bsel):
@@ -256,7 +267,7 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, po
     items = pairs[bsel, 1]
     p_seg = seg[items]
     # each pair's own −D, read from the block of its segment (the very value the rows hold)
-    for s, block, cols in values:
+    for s, block, cols, _ in values:
         mine = np.flatnonzero(p_seg == s)
         if len(mine):
             neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
@@ -264,7 +275,7 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, po
     by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
     vs, rows_s = v[by_value], row_of[by_value]
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
-    for s, block, cols in values:
+    for s, block, cols, si in values:
         n = block.shape[1]
         got = _count_rows_select(block, rows_s, vs, starts, select_fraction)
         if got is None:
@@ -282,6 +293,8 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, po
         out["ties"][bsel[own]] = ties[own]
         out["below_all"][bsel] += below
         out["ties_all"][bsel] += ties
+        out["below_seg"][bsel, si] = below
+        out["ties_seg"][bsel, si] = ties
         # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
         tied = np.flatnonzero((ties > own) & (below < k_exact))      # another item at −D exactly
         if len(tied):
@@ -292,3 +305,4 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, po
                 lower[c:c + 64] = hit.sum(1)
             out["tie_lower"][bsel[tied[own[tied]]]] = lower[own[tied]]
             out["tie_lower_all"][bsel[tied]] += lower
+            out["tie_lower_seg"][bsel[tied], si] = lower
