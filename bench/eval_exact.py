@@ -97,15 +97,19 @@ def make_case(n: int, f: int, tasks: int, seed: int = 0):
     inv = np.argsort(perm)
     pairs[:, 1] = inv[pairs[:, 1]]
     task = rng.integers(0, tasks, f)
-    return phi, psi[perm], order[perm], pairs, task
+    # word ids of each slot (one word per concept; 0 = absent slot): LFL's ⟨S⟩ / ⟨S,P⟩ groups
+    tokens = np.where(np.arange(3)[None, :] < order[:, None], ids + 1 + np.r_[0, nS, nS + nP], 0)
+    return phi, psi[perm], order[perm], pairs, task, tokens[perm, :, None].astype(np.int32)
 
 
-def fake_data(n: int, order, pairs, task) -> FactData:
-    """A FactData holding only what the evaluator reads (every image in the test split)."""
+def fake_data(n: int, order, pairs, task, tokens=None) -> FactData:
+    """A FactData holding only what the evaluator reads (every image in the test split); ``tokens``
+    int [F, 3, L] (None: all facts share one word, so LFL's groups hold every fact of an order)."""
     f = len(order)
+    tokens = np.zeros((f, 3, 1), np.int32) if tokens is None else tokens
     return FactData(images=np.zeros((n, 1, 1, 3), np.uint8), image_ids=[], image_split=np.full(n, 2, np.int8),
                     subject=[""] * f, predicate=[""] * f, object=[""] * f, order=order.astype(np.int8),
-                    tokens=np.zeros((f, 3, 1), np.int32), vocab=["<pad>"], pairs=pairs.astype(np.int32),
+                    tokens=tokens, vocab=["<pad>"], pairs=pairs.astype(np.int32),
                     splits={"bench": task.astype(np.int16)})
 
 
@@ -194,8 +198,8 @@ def main(argv=None) -> int:
     rows = []
     for case in args.cases:
         n, f = (int(x) for x in case.lower().split("x"))
-        phi, psi, order, pairs, task = make_case(n, f, args.tasks)
-        data = fake_data(n, order, pairs, task)
+        phi, psi, order, pairs, task, tokens = make_case(n, f, args.tasks)
+        data = fake_data(n, order, pairs, task, tokens)
         for threads in args.threads:
             torch.set_num_threads(threads)
             require_faiss().omp_set_num_threads(threads)

@@ -34,6 +34,7 @@ BLOCK_ELEMENTS = 1 << 22     # score entries per block of rows (16 MiB of float3
 # a block's rows are sorted only where more than this fraction of its entries reach the smallest
 # relevant score of their row (an untrained model); else those entries alone are selected and sorted
 SELECT_FRACTION = 0.25
+SAMPLE_STRIDE = 16
 
 
 @dataclass
@@ -46,7 +47,7 @@ class PairRanks:
     ``below`` items strictly closer, ``ties`` items at exactly the same distance (the item
     included), ``tie_lower`` of those ties with a lower item index. ``below_all``, ``ties_all``,
     ``tie_lower_all``: the same over all items. ``tie_lower*`` is exact where ``below* < k_exact``
-    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere. ``segments`` int64 [S]: the
+    (the ranks that a cut-off k ≤ k_exact can see), and at most the true count elsewhere. ``segments`` int64 [S]: the
     distinct segment ids, sorted; ``below_seg``, ``ties_seg``, ``tie_lower_seg`` int32 [P, S]: the
     counts within each segment (column j: ``segments[j]``), so that any union U of segments has
     below_U = Σ_{j∈U} below_seg[:, j] (and the same for ties and, where below_U < k_exact,
@@ -157,19 +158,22 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             q_ids = q_ids[has_pair[q_ids]]
             if not len(q_ids):
                 continue
-            # segments: (segment, [(order, item ids)]) with the items of each order as one product
-            segs = []
-            colpos = np.zeros(M, np.int64)                          # column of each item in its segment
+            # parts: the items of one segment and one fact order, one matrix product each; the
+            # counts are sums over columns, so each part is counted on its own (no concatenation)
+            parts = []
+            colpos = np.zeros(M, np.int64)                          # column of each item in its part
+            part_of = np.zeros(M, np.int64)
             for s in seg_ids:
                 ids_s = np.flatnonzero(seg == s)
                 runs = ([(q_o, ids_s)] if q_o is not None else
                         [(o, ids_s[order[ids_s] == o]) for o in (1, 2, 3)])
-                runs = [(o, ids) for o, ids in runs if len(ids)]
-                mats = [torch.from_numpy(prefix(x_hat[ids], o)).to(dev) for o, ids in runs]
-                cols = np.concatenate([ids for _, ids in runs])
-                colpos[cols] = np.arange(len(cols))
-                segs.append((s, runs, mats, cols))
-            width = max(len(c) for *_, c in segs)
+                for o, ids in runs:
+                    if len(ids):
+                        colpos[ids] = np.arange(len(ids))
+                        part_of[ids] = len(parts)
+                        parts.append((s, o, torch.from_numpy(prefix(x_hat[ids], o)).to(dev), ids,
+                                      int(np.searchsorted(seg_ids, s))))
+            width = max(int((seg == s_).sum()) for s_ in seg_ids)   # widest segment, as bounded before
             step = max(1, block_elements // max(1, width))
             if max_rows is not None:
                 step = max(1, min(step, int(max_rows)))
@@ -182,15 +186,12 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                 row_of = np.searchsorted(qb, pairs[bsel, 0])
                 q_t = {o: torch.from_numpy(prefix(q_hat[qb], o)).to(dev) for o in (1, 2, 3)}
                 values = []
-                for s, runs, mats, cols in segs:
-                    parts = []
-                    for (o, _), m in zip(runs, mats):
-                        ip = q_t[o] @ m.T
-                        parts.append(ip.mul_(float(_scale(o))).sub_(2.0))   # −D = (2/o)·IP − 2
-                    block = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu().numpy()
-                    values.append((s, block, cols, int(np.searchsorted(seg_ids, s))))
-                _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool,
-                             threads, select_fraction, stats)
+                for pi, (s, o, m, cols, si) in enumerate(parts):
+                    ip = q_t[o] @ m.T
+                    block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
+                    values.append((pi, s, block, cols, si))
+                _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
+                             pool, threads, select_fraction, stats)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -221,6 +222,9 @@ def _count_rows_select(block: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, st
     low = np.full(r, np.inf, np.float32)                     # smallest needle of each row
     first = starts[:-1][starts[:-1] < starts[1:]]            # needles sorted by row, then value
     low[rows_s[first]] = vs[first]
+    sample = block[:, ::SAMPLE_STRIDE]                       # a look at every 16th column first
+    if np.count_nonzero(sample >= low[:, None]) > 1.5 * select_fraction * sample.size:
+        return None
     hit = block >= low[:, None]
     n_sel = int(np.count_nonzero(hit))
     if n_sel > select_fraction * block.size:
@@ -235,47 +239,59 @@ def _count_rows_select(block: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, st
     return n - (row_end - above_gt), n - (row_end - above_ge)
 
 
+def _bisect_rows(flat: np.ndarray, n: int, base: np.ndarray, vs: np.ndarray, strict: bool) -> np.ndarray:
+    """int64 [len(vs)]: ``np.searchsorted(row, v, "left" if strict else "right")`` of each needle v
+    in its sorted row ``flat[base : base + n]``, all at once (⌈log2(n+1)⌉ vectorized steps)."""
+    lo = np.zeros(len(vs), np.int64)
+    hi = np.full(len(vs), n, np.int64)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        x = flat[base + np.minimum(mid, n - 1)]
+        go_right = active & ((x < vs) if strict else (x <= vs))
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where(active & ~go_right, mid, hi)
+
+
 def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, starts: np.ndarray):
     """(right, left) as ``_count_rows_select`` from the sorted rows ``srt`` float32 [r, n] (binary
-    search; the left end searched only where the value occurs in the row)."""
-    right = np.empty(len(vs), np.int64)
-    for r in range(rows_s[-1] + 1):
-        a, b = starts[r], starts[r + 1]
-        if a < b:
-            right[a:b] = np.searchsorted(srt[r], vs[a:b], "right")
-    eq = np.flatnonzero(right > 0)
-    eq = eq[srt[rows_s[eq], right[eq] - 1] == vs[eq]]
+    search of every needle in its row at once; the left end searched only where the value occurs
+    in the row)."""
+    n = srt.shape[1]
+    flat = srt.reshape(-1)
+    base = rows_s.astype(np.int64) * n
+    right = _bisect_rows(flat, n, base, vs, strict=False)
     left = right.copy()
+    eq = np.flatnonzero(right > 0)
+    eq = eq[flat[base[eq] + right[eq] - 1] == vs[eq]]
     if len(eq):
-        e_starts = np.searchsorted(rows_s[eq], np.arange(rows_s[-1] + 2))
-        r_eq = rows_s[eq]                                       # sorted
-        for r in r_eq[np.r_[True, r_eq[1:] != r_eq[:-1]]]:
-            j = eq[e_starts[r]:e_starts[r + 1]]
-            left[j] = np.searchsorted(srt[r], vs[j], "left")
+        left[eq] = _bisect_rows(flat, n, base[eq], vs[eq], strict=True)
     return right, left
 
 
-def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, pool, threads,
-                 select_fraction, stats) -> None:
+def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact, pool,
+                 threads, select_fraction, stats) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
-    segments ``values``: (segment, −D float32 [r, n], item of each column, segment's column in
-    the ``*_seg`` counts). Each segment's rows
+    parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
+    the ``*_seg`` counts); each item lies in one part (``part_of``, at column ``colpos``). Each segment's rows
     are counted by selection (``_count_rows_select``), or sorted where selection would keep more
     than ``select_fraction`` of the entries (or ``select_fraction`` ≤ 0); both give the same counts."""
     if not len(bsel):
         return
     items = pairs[bsel, 1]
-    p_seg = seg[items]
-    # each pair's own −D, read from the block of its segment (the very value the rows hold)
-    for s, block, cols, _ in values:
-        mine = np.flatnonzero(p_seg == s)
+    p_seg, p_part = seg[items], part_of[items]
+    # each pair's own −D, read from the block of its part (the very value the rows hold)
+    for pi, s, block, cols, _ in values:
+        mine = np.flatnonzero(p_part == pi)
         if len(mine):
             neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
     v = neg[bsel]
     by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
     vs, rows_s = v[by_value], row_of[by_value]
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
-    for s, block, cols, si in values:
+    for pi, s, block, cols, si in values:
         n = block.shape[1]
         got = _count_rows_select(block, rows_s, vs, starts, select_fraction)
         if got is None:
@@ -289,20 +305,21 @@ def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact, po
         below[by_value] = n - right                                  # −D strictly larger: closer
         ties[by_value] = right - left
         own = p_seg == s
-        out["below"][bsel[own]] = below[own]
-        out["ties"][bsel[own]] = ties[own]
+        out["below"][bsel[own]] += below[own]
+        out["ties"][bsel[own]] += ties[own]
         out["below_all"][bsel] += below
         out["ties_all"][bsel] += ties
-        out["below_seg"][bsel, si] = below
-        out["ties_seg"][bsel, si] = ties
+        out["below_seg"][bsel, si] += below.astype(np.int32)
+        out["ties_seg"][bsel, si] += ties.astype(np.int32)
         # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
-        tied = np.flatnonzero((ties > own) & (below < k_exact))      # another item at −D exactly
+        # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
+        tied = np.flatnonzero((ties > (p_part == pi)) & (below < k_exact))   # another item at −D
         if len(tied):
             lower = np.zeros(len(tied), np.int64)
             for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
                 j = tied[c:c + 64]
                 hit = (block[row_of[j]] == v[j, None]) & (cols[None, :] < items[j, None])
                 lower[c:c + 64] = hit.sum(1)
-            out["tie_lower"][bsel[tied[own[tied]]]] = lower[own[tied]]
+            out["tie_lower"][bsel[tied[own[tied]]]] += lower[own[tied]]
             out["tie_lower_all"][bsel[tied]] += lower
-            out["tie_lower_seg"][bsel[tied], si] = lower
+            out["tie_lower_seg"][bsel[tied], si] += lower.astype(np.int32)

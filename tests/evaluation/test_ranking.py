@@ -202,8 +202,15 @@ def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, selec
     got = np.stack([r.below, r.ties, r.tie_lower, r.below_all, r.ties_all, r.tie_lower_all], 1)
     want = _brute_counts(dense, np.stack([r.query, r.item], 1), s, 6)
     assert (want[:, 1] > 1).sum() > 20                     # many exact ties
-    far = want[:, 3] >= 6                                  # tie_lower_all only matters (and is
-    got[far, 5] = want[far, 5] = 0                         # exact) where below_all < k_exact
+    for b, lo in ((0, 2), (3, 5)):                         # tie_lower only matters (and is exact)
+        far = want[:, b] >= 6                              # where below < k_exact
+        got[far, lo] = want[far, lo] = 0
+    # the per-segment counts: their sums are the counts over all, the own segment's the own counts
+    cols = np.searchsorted(r.segments, s[r.item])
+    np.testing.assert_array_equal(r.below_seg.sum(1), r.below_all)
+    np.testing.assert_array_equal(r.ties_seg.sum(1), r.ties_all)
+    np.testing.assert_array_equal(r.below_seg[np.arange(len(cols)), cols], r.below)
+    np.testing.assert_array_equal(r.ties_seg[np.arange(len(cols)), cols], r.ties)
     np.testing.assert_array_equal(r.neg_dist, dense[r.query, r.item])
     np.testing.assert_array_equal(got, want)
     if select_fraction == 1.0:
