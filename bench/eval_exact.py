@@ -12,14 +12,18 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
 * **floor**: the N × F wildcard score matrix alone, computed by blocks of image rows with one matrix
   product per fact order (``block_elements`` entries per block, as the evaluator), nothing else;
 * **new**: ``Evaluator.evaluate_embeddings`` (what ``factmas train`` runs after every task): fact →
-  image AP and AP@100 of every fact, image → fact top-1, top-5 and AP of every image, per task and
-  over all facts, all exact; measured in full, never extrapolated;
+  image AP, AP@100 and Recall@1/5/10 of every fact, image → fact top-1, top-5, AP and Recall@K of
+  every image, per task and over all facts, LFL's metric in both modes, all exact; measured in full,
+  never extrapolated (``new_over_floor``: its time over the mean of the floor before and after);
 * **old**: the previous evaluator code (FAISS ``ImageIndex`` full ranking per fact + AP and AP@k of
   the ranked list; ``FactIndex`` full ranking per image, once per task and once over all facts, merged
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Writes bench/results/eval_exact.json.
+Also recorded: the CPU model (``lscpu``'s "Model name") and numpy's float32 row-sort speed (ns per
+entry: the evaluator sorts the rows of a block only where a model ranks its true items so low that
+selecting the entries above them would keep more than a quarter of the block), since the ratio
+depends on it. Writes bench/results/eval_exact.json.
 """
 from __future__ import annotations
 
@@ -113,6 +117,34 @@ def fake_data(n: int, order, pairs, task, tokens=None) -> FactData:
                     splits={"bench": task.astype(np.int16)})
 
 
+def lscpu_model() -> str:
+    """The CPU's "Model name" as ``lscpu`` prints it ("" when lscpu is missing)."""
+    import subprocess
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def numpy_sort_ns(rows: int = 64, n: int = 100_000, repeats: int = 5) -> dict:
+    """numpy's float32 row sort on this CPU: median ns per entry of sorting a copy of a [rows, n]
+    standard-normal matrix along its rows (what the evaluator falls back on), and of the copy alone."""
+    x = np.random.default_rng(0).standard_normal((rows, n)).astype(np.float32)
+    buf = np.empty_like(x)
+
+    def sort():
+        np.copyto(buf, x)
+        buf.sort(axis=1)
+    med, runs = common.median_seconds(sort, repeats)
+    copy, _ = common.median_seconds(lambda: np.copyto(buf, x), repeats)
+    return {"ns_per_entry": (med - copy) / x.size * 1e9, "copy_ns_per_entry": copy / x.size * 1e9,
+            "rows": rows, "n": n, "runs_s": runs}
+
+
 def floor_seconds(phi, psi, order) -> float:
     """Seconds of the N × F score matrix alone, nothing else: blocks of ``BLOCK_ELEMENTS`` entries,
     one matrix product per fact order; the faster of the two orientations (blocks of image rows ×
@@ -194,6 +226,11 @@ def main(argv=None) -> int:
         args.cases, args.threads, args.old_budget = ["300x500"], [1], 2e4
     require_faiss()
     info = common.machine_info()
+    info["lscpu_model_name"] = lscpu_model()
+    torch.set_num_threads(1)
+    sort_speed = numpy_sort_ns()
+    print(f"CPU: {info['lscpu_model_name'] or info['cpu']}; numpy float32 sort "
+          f"{sort_speed['ns_per_entry']:.1f} ns per entry", flush=True)
     t_start = time.perf_counter()
     rows = []
     for case in args.cases:
@@ -237,6 +274,7 @@ def main(argv=None) -> int:
         "benchmark": "eval_exact", "machine": info, "loadavg_end": list(os.getloadavg()),
         "cases": args.cases, "threads": args.threads, "tasks": args.tasks, "k": K,
         "block_elements": BLOCK_ELEMENTS, "old_budget": args.old_budget, "quick": args.quick,
+        "cpu_model": info["lscpu_model_name"] or info["cpu"], "numpy_sort_float32": sort_speed,
         "results": rows, "wall_s": time.perf_counter() - t_start})
     return 0
 

@@ -80,10 +80,15 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int) -> np.ndarray:
+def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int,
+               buf: np.ndarray | None = None) -> np.ndarray:
     """Sorted copy of each row of ``block`` float32 [r, n] (rows split over ``threads`` threads;
-    numpy's sort releases the GIL)."""
-    out = block.copy()
+    numpy's sort releases the GIL), in ``buf`` float32 [≥ r, n] when given (no new pages)."""
+    if buf is None:
+        out = block.copy()
+    else:
+        out = buf[:len(block)]
+        np.copyto(out, block)
     if pool is None or len(out) < 2:
         out.sort(axis=1)
         return out
@@ -158,6 +163,7 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             q_ids = q_ids[has_pair[q_ids]]
             if not len(q_ids):
                 continue
+            bufs: dict = {}                                         # reused per query group
             # parts: the items of one segment and one fact order, one matrix product each; the
             # counts are sums over columns, so each part is counted on its own (no concatenation)
             parts = []
@@ -187,11 +193,16 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                 q_t = {o: torch.from_numpy(prefix(q_hat[qb], o)).to(dev) for o in (1, 2, 3)}
                 values = []
                 for pi, (s, o, m, cols, si) in enumerate(parts):
-                    ip = q_t[o] @ m.T
+                    if dev.type == "cpu":                # products into kept buffers (no new pages)
+                        if pi not in bufs:
+                            bufs[pi] = torch.empty(min(step, len(q_ids)), len(cols))
+                        ip = torch.mm(q_t[o], m.T, out=bufs[pi][:len(qb)])
+                    else:
+                        ip = q_t[o] @ m.T
                     block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
                     values.append((pi, s, block, cols, si))
                 _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
-                             pool, threads, select_fraction, stats)
+                             pool, threads, select_fraction, stats, bufs)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -272,7 +283,7 @@ def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, star
 
 
 def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact, pool,
-                 threads, select_fraction, stats) -> None:
+                 threads, select_fraction, stats, bufs) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
     parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
     the ``*_seg`` counts); each item lies in one part (``part_of``, at column ``colpos``). Each segment's rows
@@ -293,9 +304,17 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
     for pi, s, block, cols, si in values:
         n = block.shape[1]
-        got = _count_rows_select(block, rows_s, vs, starts, select_fraction)
+        # selection where it paid off for this part's last block, else retried every 8th block
+        tries = bufs.setdefault("select", {}).setdefault(pi, [0, 0])    # [blocks, failures in a row]
+        tries[0] += 1
+        got = (_count_rows_select(block, rows_s, vs, starts, select_fraction)
+               if tries[1] == 0 or tries[0] % 8 == 0 else None)
+        tries[1] = 0 if got is not None else tries[1] + 1
         if got is None:
-            got = _count_rows_sorted(_sort_rows(block, pool, threads), rows_s, vs, starts)
+            if bufs.get("sort") is None or bufs["sort"].size < block.size:
+                bufs["sort"] = np.empty(block.size, np.float32)
+            buf = bufs["sort"][:block.size].reshape(block.shape)
+            got = _count_rows_sorted(_sort_rows(block, pool, threads, buf), rows_s, vs, starts)
             stats["sorted_blocks"] += 1
         else:
             stats["selected_blocks"] += 1
