@@ -8,15 +8,28 @@ position inside a tie under the stable "lower index first" order of ``factmas.ev
 ``ap_at_k_from_ranks``, ``topk_from_ranks``) with the same tie handling as the sorting functions.
 
 How (``rank_pairs``): the queries go in blocks of rows; for each block the inner products with every
-candidate are one matrix product per fact order (torch, multi-threaded, on ``device``), mapped to
-the wildcard distance exactly as ``factmas.evaluation.retrieval`` maps FAISS's inner products,
-in float32: D = 2 − (2/o)·IP (Sherlock, Elhoseiny et al. AAAI 2017, Sec. 4; ``factmas.space``). Each
-row of the block is sorted (numpy's vectorized sort, rows split over threads) and the relevant
-pairs' distances are located in it by binary search: no per-row argsort, no merge of per-order
-lists. Memory is bounded by ``block_elements`` (the block, its sorted copy and one product).
+candidate are one matrix product per (segment, fact order) "part" (torch, multi-threaded, on
+``device``, into kept buffers), mapped to the wildcard distance exactly as
+``factmas.evaluation.retrieval`` maps FAISS's inner products, in float32: D = 2 − (2/o)·IP (Sherlock,
+Elhoseiny et al. AAAI 2017, Sec. 4; ``factmas.space``). The counts are sums over columns, so each
+part is counted on its own, with every relevant pair of the block's rows as a needle:
+
+* **selection** (``_count_rows_select``): only entries at or above a row's smallest needle can be
+  above or equal to any of its needles; one comparison pass selects them, and they and the needles
+  become integer keys (row, float order), of which only the selected ones are sorted and searched —
+  no row is sorted;
+* **sorted rows** (``_count_rows_sorted``), where selection would keep more than
+  ``SELECT_FRACTION`` of the part (a model ranking some relevant item low): each row is sorted
+  (numpy's vectorized sort, rows split over threads) and all needles are located at once by a
+  vectorized binary search.
+
+Both give the same counts (the tests check each against a per-pair loop, with exact ties). Memory
+is bounded by ``block_elements`` per segment (the block's parts, one sorted copy, the selection).
 
 The candidate items may be split into segments (e.g. the facts of each task): every pair gets its
-counts within its item's segment and over all items (``*_all``).
+counts within its item's segment, over all items (``*_all``) and within each segment (``*_seg``, from
+which any union of segments follows — what LFL's candidate sets need, ``factmas.evaluation.lfl``).
+Pairs need not be relevant ones: any (query, item) pair gets its exact rank.
 
 May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefixes).
 """
