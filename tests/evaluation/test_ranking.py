@@ -250,3 +250,19 @@ def test_recall_at_k_from_ranks_equals_loop_with_ties(rng, select_fraction):
     assert sum(len(np.unique(row)) < len(row) for row in dense) > 20          # ties present
     with pytest.raises(ValueError, match="k must be"):
         M.recall_at_k(-dense, rel.T, 0)
+
+
+def test_default_selects_for_a_model_that_ranks_true_items_high(rng):
+    """Where every query's true item is among its closest, the default counts by selection (no row
+    sorted) and agrees with the sorting path."""
+    q = rng.standard_normal((40, 3, 8)).astype(np.float32)
+    x = np.concatenate([q + 0.01 * rng.standard_normal(q.shape).astype(np.float32),
+                        rng.standard_normal((400, 3, 8)).astype(np.float32)])
+    order = rng.integers(1, 4, len(x))
+    x[np.arange(3)[None, :] >= order[:, None]] = 0.0
+    pairs = np.stack([np.arange(40), np.arange(40)], 1)
+    r = rank_pairs(q, x, pairs, item_order=order, block_elements=4000)
+    s = rank_pairs(q, x, pairs, item_order=order, block_elements=4000, select_fraction=0.0)
+    assert r.blocks["selected_blocks"] > 0 and r.blocks["sorted_blocks"] == 0
+    for name in ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all"):
+        np.testing.assert_array_equal(getattr(r, name), getattr(s, name))
