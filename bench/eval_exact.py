@@ -243,14 +243,18 @@ def main(argv=None) -> int:
             load0 = os.getloadavg()[0]
             ev = Evaluator(data, "bench", EvalConfig())
             floor = floor_seconds(phi, psi, order)
+            rss0 = common.rss_bytes()
+            common.reset_peak_rss()
             t0 = time.perf_counter()
             out = ev.evaluate_embeddings(torch.from_numpy(phi), torch.from_numpy(psi))
             new = time.perf_counter() - t0
+            peak = common.peak_rss_bytes()
             floor2 = floor_seconds(phi, psi, order)         # again after: load changes show
             row = {"N": n, "F": f, "threads": threads, "pairs": int(len(pairs)), "tasks": args.tasks,
                    "floor_s": floor, "floor_after_s": floor2, "new_s": new,
                    "new_search_s": out["timing"]["search_s"], "new_metrics_s": out["timing"]["metrics_s"],
                    "new_over_floor": new / ((floor + floor2) / 2), "loadavg_1_start": load0,
+                   "rss_before_mib": rss0 / common.MiB, "peak_rss_mib": peak / common.MiB,
                    "map_f2i_all": out["fact_to_image_map"]["all"],
                    "map_i2f_all": out["image_to_fact_map"]["all"]}
             if not args.no_old:
@@ -267,7 +271,8 @@ def main(argv=None) -> int:
         ("N", "N", "d"), ("F", "F", "d"), ("threads", "thr", "d"), ("pairs", "pairs", "d"),
         ("floor_s", "floor s", ".1f"), ("new_s", "new s", ".1f"), ("new_over_floor", "×floor", ".2f"),
         ("old_s", "old s", ".0f"), ("old_over_new", "old/new", ".0f"),
-        ("old_max_abs_ap_diff_f2i", "max|ΔAP|", ".1e"), ("loadavg_1_start", "load", ".1f")])
+        ("old_max_abs_ap_diff_f2i", "max|ΔAP|", ".1e"), ("peak_rss_mib", "peak MiB", ".0f"),
+        ("loadavg_1_start", "load", ".1f")])
     print(f"wall time of this benchmark: {time.perf_counter() - t_start:.0f} s")
     print(common.load_line(info))
     common.write_results(args.out, {
