@@ -12,14 +12,18 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
 * **floor**: the N × F wildcard score matrix alone, computed by blocks of image rows with one matrix
   product per fact order (``block_elements`` entries per block, as the evaluator), nothing else;
 * **new**: ``Evaluator.evaluate_embeddings`` (what ``factmas train`` runs after every task): fact →
-  image AP and AP@100 of every fact, image → fact top-1, top-5 and AP of every image, per task and
-  over all facts, all exact; measured in full, never extrapolated;
+  image AP, AP@100 and Recall@1/5/10 of every fact, image → fact top-1, top-5, AP and Recall@K of
+  every image, per task and over all facts, LFL's metric in both modes, all exact; measured in full,
+  never extrapolated (``new_over_floor``: its time over the mean of the floor before and after);
 * **old**: the previous evaluator code (FAISS ``ImageIndex`` full ranking per fact + AP and AP@k of
   the ranked list; ``FactIndex`` full ranking per image, once per task and once over all facts, merged
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Writes bench/results/eval_exact.json.
+Also recorded: the CPU model (``lscpu``'s "Model name") and numpy's float32 row-sort speed (ns per
+entry: the evaluator sorts the rows of a block only where a model ranks its true items so low that
+selecting the entries above them would keep more than a quarter of the block), since the ratio
+depends on it. Writes bench/results/eval_exact.json.
 """
 from __future__ import annotations
 
@@ -97,16 +101,48 @@ def make_case(n: int, f: int, tasks: int, seed: int = 0):
     inv = np.argsort(perm)
     pairs[:, 1] = inv[pairs[:, 1]]
     task = rng.integers(0, tasks, f)
-    return phi, psi[perm], order[perm], pairs, task
+    # word ids of each slot (one word per concept; 0 = absent slot): LFL's ⟨S⟩ / ⟨S,P⟩ groups
+    tokens = np.where(np.arange(3)[None, :] < order[:, None], ids + 1 + np.r_[0, nS, nS + nP], 0)
+    return phi, psi[perm], order[perm], pairs, task, tokens[perm, :, None].astype(np.int32)
 
 
-def fake_data(n: int, order, pairs, task) -> FactData:
-    """A FactData holding only what the evaluator reads (every image in the test split)."""
+def fake_data(n: int, order, pairs, task, tokens=None) -> FactData:
+    """A FactData holding only what the evaluator reads (every image in the test split); ``tokens``
+    int [F, 3, L] (None: all facts share one word, so LFL's groups hold every fact of an order)."""
     f = len(order)
+    tokens = np.zeros((f, 3, 1), np.int32) if tokens is None else tokens
     return FactData(images=np.zeros((n, 1, 1, 3), np.uint8), image_ids=[], image_split=np.full(n, 2, np.int8),
                     subject=[""] * f, predicate=[""] * f, object=[""] * f, order=order.astype(np.int8),
-                    tokens=np.zeros((f, 3, 1), np.int32), vocab=["<pad>"], pairs=pairs.astype(np.int32),
+                    tokens=tokens, vocab=["<pad>"], pairs=pairs.astype(np.int32),
                     splits={"bench": task.astype(np.int16)})
+
+
+def lscpu_model() -> str:
+    """The CPU's "Model name" as ``lscpu`` prints it ("" when lscpu is missing)."""
+    import subprocess
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def numpy_sort_ns(rows: int = 64, n: int = 100_000, repeats: int = 5) -> dict:
+    """numpy's float32 row sort on this CPU: median ns per entry of sorting a copy of a [rows, n]
+    standard-normal matrix along its rows (what the evaluator falls back on), and of the copy alone."""
+    x = np.random.default_rng(0).standard_normal((rows, n)).astype(np.float32)
+    buf = np.empty_like(x)
+
+    def sort():
+        np.copyto(buf, x)
+        buf.sort(axis=1)
+    med, runs = common.median_seconds(sort, repeats)
+    copy, _ = common.median_seconds(lambda: np.copyto(buf, x), repeats)
+    return {"ns_per_entry": (med - copy) / x.size * 1e9, "copy_ns_per_entry": copy / x.size * 1e9,
+            "rows": rows, "n": n, "runs_s": runs}
 
 
 def floor_seconds(phi, psi, order) -> float:
@@ -190,26 +226,35 @@ def main(argv=None) -> int:
         args.cases, args.threads, args.old_budget = ["300x500"], [1], 2e4
     require_faiss()
     info = common.machine_info()
+    info["lscpu_model_name"] = lscpu_model()
+    torch.set_num_threads(1)
+    sort_speed = numpy_sort_ns()
+    print(f"CPU: {info['lscpu_model_name'] or info['cpu']}; numpy float32 sort "
+          f"{sort_speed['ns_per_entry']:.1f} ns per entry", flush=True)
     t_start = time.perf_counter()
     rows = []
     for case in args.cases:
         n, f = (int(x) for x in case.lower().split("x"))
-        phi, psi, order, pairs, task = make_case(n, f, args.tasks)
-        data = fake_data(n, order, pairs, task)
+        phi, psi, order, pairs, task, tokens = make_case(n, f, args.tasks)
+        data = fake_data(n, order, pairs, task, tokens)
         for threads in args.threads:
             torch.set_num_threads(threads)
             require_faiss().omp_set_num_threads(threads)
             load0 = os.getloadavg()[0]
             ev = Evaluator(data, "bench", EvalConfig())
             floor = floor_seconds(phi, psi, order)
+            rss0 = common.rss_bytes()
+            common.reset_peak_rss()
             t0 = time.perf_counter()
             out = ev.evaluate_embeddings(torch.from_numpy(phi), torch.from_numpy(psi))
             new = time.perf_counter() - t0
+            peak = common.peak_rss_bytes()
             floor2 = floor_seconds(phi, psi, order)         # again after: load changes show
             row = {"N": n, "F": f, "threads": threads, "pairs": int(len(pairs)), "tasks": args.tasks,
                    "floor_s": floor, "floor_after_s": floor2, "new_s": new,
                    "new_search_s": out["timing"]["search_s"], "new_metrics_s": out["timing"]["metrics_s"],
                    "new_over_floor": new / ((floor + floor2) / 2), "loadavg_1_start": load0,
+                   "rss_before_mib": rss0 / common.MiB, "peak_rss_mib": peak / common.MiB,
                    "map_f2i_all": out["fact_to_image_map"]["all"],
                    "map_i2f_all": out["image_to_fact_map"]["all"]}
             if not args.no_old:
@@ -226,13 +271,15 @@ def main(argv=None) -> int:
         ("N", "N", "d"), ("F", "F", "d"), ("threads", "thr", "d"), ("pairs", "pairs", "d"),
         ("floor_s", "floor s", ".1f"), ("new_s", "new s", ".1f"), ("new_over_floor", "×floor", ".2f"),
         ("old_s", "old s", ".0f"), ("old_over_new", "old/new", ".0f"),
-        ("old_max_abs_ap_diff_f2i", "max|ΔAP|", ".1e"), ("loadavg_1_start", "load", ".1f")])
+        ("old_max_abs_ap_diff_f2i", "max|ΔAP|", ".1e"), ("peak_rss_mib", "peak MiB", ".0f"),
+        ("loadavg_1_start", "load", ".1f")])
     print(f"wall time of this benchmark: {time.perf_counter() - t_start:.0f} s")
     print(common.load_line(info))
     common.write_results(args.out, {
         "benchmark": "eval_exact", "machine": info, "loadavg_end": list(os.getloadavg()),
         "cases": args.cases, "threads": args.threads, "tasks": args.tasks, "k": K,
         "block_elements": BLOCK_ELEMENTS, "old_budget": args.old_budget, "quick": args.quick,
+        "cpu_model": info["lscpu_model_name"] or info["cpu"], "numpy_sort_float32": sort_speed,
         "results": rows, "wall_s": time.perf_counter() - t_start})
     return 0
 

@@ -59,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def metrics_table(metrics: dict, num_tasks: int) -> str:
     """Markdown table of one evaluation: rows = metrics, columns T1..Tk, all (values in %)."""
-    from factmas.evaluation.evaluator import METRICS
+    from factmas.evaluation.evaluator import METRICS, RECALL_METRICS
     from factmas.evaluation.report import LABELS, fmt, markdown_table
     keys = list(range(num_tasks)) + ["all"]
-    rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys] for m in METRICS]
+    rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys]
+            for m in METRICS + tuple(r for r in RECALL_METRICS if r in metrics)]
     t = metrics.get("timing", {})
     table = markdown_table(["metric"] + [f"T{j + 1}" for j in range(num_tasks)] + ["all"], rows)
     cos = metrics.get("embedding", {}).get("mean_cosine")

@@ -13,6 +13,11 @@ What is measured (``Evaluator.evaluate``; metric names are the keys of the retur
   Per task t, the candidates are the facts of task t and the queries the pool images that carry at
   least one of them (Lifelong Fact Learning's *standard* mode); for "all", every fact and every image
   with a fact.
+* ``fact_to_image_recall_at_{1,5,10}`` / ``image_to_fact_recall_at_{1,5,10}`` (``RECALL_METRICS``):
+  Recall@K of each direction (``factmas.evaluation.metrics.recall_at_k``: the fraction of queries —
+  facts with a true image, resp. images with a true fact — whose first true item is in the top K),
+  per task (the same queries and candidates as the direction's other metrics) and over all facts;
+  from the same exact ranks, ties by lower index. Image → fact R@1 / R@5 equal top-1 / top-5.
 * ``lfl_top5_standard`` / ``lfl_top5_generalized`` (Lifelong Fact Learning's headline metric in its
   two modes) and ``image_to_fact_{top1,top5,map}_generalized`` (task t's images ranking every fact):
   ``factmas.evaluation.lfl``, with ``"lfl_counts"`` (test pairs per task).
@@ -23,7 +28,8 @@ tables): every image of the evaluated image split (test), so a fact competes aga
 image (fact) in its pool has no AP and is left out of the means; the counts are in the result.
 
 Result of ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
-for each name in ``METRICS``, plus ``"counts": {"facts": {t: n}, "images": {t: n}}`` (facts and query
+for each name in ``METRICS`` and ``RECALL_METRICS``, plus ``"counts": {"facts": {t: n}, "images":
+{t: n}}`` (facts and query
 images with an AP) and ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds).
 
 The evaluator measures; recording the rows of R and writing the report is
@@ -47,8 +53,8 @@ from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
-from factmas.evaluation.lfl import GENERALIZED_I2F, evaluate_lfl
-from factmas.evaluation.metrics import HEADLINE, METRICS
+from factmas.evaluation.lfl import GENERALIZED_I2F, LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
+from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.model import preprocess
 from factmas.progress import progress_bar
@@ -194,26 +200,30 @@ class Evaluator:
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
-        ap, ap_k = self._fact_to_image(phi, psi, order, timing)
+        ap, ap_k, f2i_hits = self._fact_to_image(phi, psi, order, timing)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
-        out: dict[str, Any] = {m: {} for m in METRICS}
+        out: dict[str, Any] = {m: {} for m in METRICS + RECALL_METRICS}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
-        i2f_all = self._image_to_fact(phi, psi, order, groups, timing)
+        i2f_all, lfl = self._image_to_fact(phi, psi, order, groups, timing)
         for key, facts in groups.items():
             t1 = time.perf_counter()
             out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
             out["fact_to_image_map_at_k"][key] = M.mean_ap(ap_k[facts])
             counts["facts"][key] = int((~np.isnan(ap[facts])).sum())
+            for k in RECALL_KS:                          # mean over the facts with a true image
+                hits = f2i_hits[k][facts]
+                out[f"fact_to_image_recall_at_{k}"][key] = (float(np.nanmean(hits))
+                                                            if (~np.isnan(hits)).any() else float("nan"))
             timing["metrics_s"] += time.perf_counter() - t1
             i2f = i2f_all[key]
             out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
             out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
-            for name, value in zip(GENERALIZED_I2F, i2f[4:]):
+            for name, value in zip(GENERALIZED_I2F, i2f[4:7]):
                 out.setdefault(name, {})[key] = value
-        t1 = time.perf_counter()
-        out.update(evaluate_lfl(self, phi, psi))      # LFL's metric, standard/generalized modes
-        timing["metrics_s"] += time.perf_counter() - t1
+            for k, value in zip(RECALL_KS, i2f[7]):
+                out[f"image_to_fact_recall_at_{k}"][key] = value
+        out.update(lfl)                               # LFL's metric, standard/generalized modes
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
@@ -221,13 +231,16 @@ class Evaluator:
                  timing["metrics_s"])
         return out
 
-    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray]:
-        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image).
+    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray, dict]:
+        """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image), and
+        {K: float64 [F]} for K in ``RECALL_KS``: 1.0 where a true image is in the fact's top K, 0.0
+        where none is, NaN without a true image (Recall@K's per-query hits).
 
         From the ranks of each fact's true images (``factmas.evaluation.ranking.rank_pairs``), not
         from sorted rankings; equal to ``M.average_precision`` / ``M.ap_at_k`` on the full rows."""
         f = self.data.num_facts
         ap, ap_k = np.full(f, np.nan), np.full(f, np.nan)
+        hits = {k: np.full(f, np.nan) for k in RECALL_KS}
         pools = ([(np.arange(f), self.image_ids)] if self.cfg.image_pool == "all" else
                  [(np.flatnonzero(self.task_of_fact == t), self.task_images[t])
                   for t in range(self.num_tasks)])
@@ -241,14 +254,17 @@ class Evaluator:
             local = np.stack([np.searchsorted(facts, pairs[:, 1]),
                               np.searchsorted(images, pairs[:, 0])], axis=1)
             r = rank_pairs(psi[facts], phi[torch.as_tensor(rows)], local, query_order=order[facts],
-                           k_exact=self.cfg.ap_k, max_rows=self.cfg.search_batch, device=self.device)
+                           k_exact=max(self.cfg.ap_k, max(RECALL_KS)), max_rows=self.cfg.search_batch,
+                           device=self.device)
             t1 = time.perf_counter()
             timing["search_s"] += t1 - t0
             ap[facts] = M.ap_from_ranks(r.query, r.neg_dist, r.below, r.ties, len(facts))
             ap_k[facts] = M.ap_at_k_from_ranks(r.query, r.item, r.neg_dist, r.below, r.tie_lower,
                                                self.cfg.ap_k, len(facts))
+            for k in RECALL_KS:
+                hits[k][facts] = M.topk_from_ranks(r.query, r.below, r.tie_lower, k, len(facts))
             timing["metrics_s"] += time.perf_counter() - t1
-        return ap, ap_k
+        return ap, ap_k, hits
 
     def n_pool(self, facts: np.ndarray, images: np.ndarray) -> np.ndarray:
         """int [len(facts)]: true images of each fact within ``images``."""
@@ -256,41 +272,60 @@ class Evaluator:
             return self.n_true_images[facts]
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
-    def _image_to_fact(self, phi, psi, order, groups, timing) -> dict:
-        """{group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP)} of the
-        pool images ranking the facts of each group (a task: its facts; "all": every fact), from the
-        ranks of each image's true facts (``factmas.evaluation.ranking.rank_pairs``, one pass for all
-        groups). The generalized mode (Lifelong Fact Learning; ``factmas.evaluation.lfl``): the same
-        images and true facts of the group, ranked among *all* facts (the ``*_all`` counts)."""
+    def _image_to_fact(self, phi, psi, order, groups, timing) -> tuple[dict, dict]:
+        """({group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
+        (Recall@K for K in ``RECALL_KS``))}, LFL's metrics) of the pool images ranking the facts of
+        each group (a task: its facts; "all": every fact), from the ranks of each image's true facts
+        (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups and for LFL's metric:
+        the ranks of the members of LFL's ground truths come from the same score blocks,
+        ``factmas.evaluation.lfl.lfl_from_ranks``). The generalized mode (Lifelong Fact Learning;
+        ``factmas.evaluation.lfl``): the same images and true facts of the group, ranked among *all*
+        facts (the ``*_all`` counts)."""
         t0 = time.perf_counter()
+        lfl_in = lfl_inputs(self)
         pairs = np.unique(self.pool_pairs, axis=0)
-        queries = np.unique(pairs[:, 0])                                # image ids with a fact
+        queries = lfl_in["queries"]                                     # image ids with a fact
         local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
         rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
-        r = rank_pairs(phi[rows], psi, local, item_order=order, item_segment=self.task_of_fact,
-                       k_exact=5, max_rows=self.cfg.search_batch, device=self.device)
+        r = rank_pairs(phi[rows], psi, np.concatenate([local, lfl_in["rank_pairs"]]), item_order=order,
+                       item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
+                       max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
+        f = self.data.num_facts
+        true = np.isin(r.query * f + r.item, local[:, 0] * f + local[:, 1])   # not LFL's members
+        # counts within the item's task: the sum over its two segments (2·task + candidate)
+        below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
+        seg_task = r.segments // 2
+        item_task = self.task_of_fact[r.item]
+        for t in np.unique(seg_task):
+            mine, cols = item_task == t, np.flatnonzero(seg_task == t)
+            for acc, per_seg in ((below, r.below_seg), (ties, r.ties_seg), (lower, r.tie_lower_seg)):
+                acc[mine] = per_seg[mine][:, cols].sum(1, dtype=np.int64)
         out, nq = {}, len(queries)
         for key, facts in groups.items():
             if key == "all":
-                sel = np.ones(len(r.query), bool)
-                below, ties, lower = r.below_all, r.ties_all, r.tie_lower_all
+                sel = true.copy()
+                b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
             else:
-                sel = np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
-                below, ties, lower = r.below, r.ties, r.tie_lower
+                sel = true & np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
+                b_k, ti_k, lo_k = below, ties, lower
             q = r.query[sel]
             n = len(np.unique(q))
             if not n:
-                out[key] = (float("nan"),) * 3 + (0,) + (float("nan"),) * 3
+                nan = float("nan")
+                out[key] = (nan,) * 3 + (0,) + (nan,) * 3 + ((nan,) * len(RECALL_KS),)
                 continue
             scores = []
-            for b, ti, lo in ((below[sel], ties[sel], lower[sel]),
+            for b, ti, lo in ((b_k[sel], ti_k[sel], lo_k[sel]),
                               (r.below_all[sel], r.ties_all[sel], r.tie_lower_all[sel])):
                 top1 = M.topk_from_ranks(q, b, lo, 1, nq)
                 top5 = M.topk_from_ranks(q, b, lo, 5, nq)
                 aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
                 scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
-            out[key] = scores[0] + (n,) + scores[1]
+            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, b_k[sel], lo_k[sel], k, nq)))
+                           for k in RECALL_KS)
+            out[key] = scores[0] + (n,) + scores[1] + (recall,)
+        lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
-        return out
+        return out, lfl

@@ -34,8 +34,10 @@ What differs from their code, and the choices where it is ambiguous:
 * Distance: they rank by cosine distance of the whole embedding vector; here by this model's own
   wildcard distance (``factmas.evaluation.retrieval``), the distance every other factmas metric uses.
 * Ties: their ``sklearn.neighbors.NearestNeighbors(algorithm="brute")`` orders equal distances
-  arbitrarily; here the FAISS ranking breaks ties by lower fact id (``FactIndex``), and the naive
+  arbitrarily; here ties are broken by lower fact id (as a ``FactIndex`` ranking), and the naive
   references of the tests use a stable sort (the same rule).
+* Ranks: from the exact counts of ``factmas.evaluation.ranking.rank_pairs`` (``lfl_from_ranks``):
+  each member of G(f) gets its position among the candidates; no top-100 search.
 * Facts: they deduplicate facts by embedding (``np.unique(T_embedding, axis=0)``); factmas facts are
   distinct rows already, so candidates are fact ids (two facts with equal embeddings stay two).
 * Candidates: exactly as theirs, only facts with at least one pair in the evaluated image pool (a
@@ -50,7 +52,7 @@ ranks as the standard ones (``factmas.evaluation.ranking``: no second search, no
 evaluator's ``image_to_fact_*`` per task are the standard mode (task t's facts only), and their "all"
 is both modes at once (every fact a candidate and relevant).
 
-May import: numpy, ``factmas.evaluation.retrieval``.
+May import: numpy, torch, ``factmas.evaluation.ranking``, ``factmas.evaluation.retrieval``.
 """
 from __future__ import annotations
 
@@ -59,6 +61,9 @@ import numpy as np
 
 LFL_TOP = 5           # "top 5 + |G| - 1" (KnowledgeDetRatios_K5)
 LFL_MAX_RANK = 100    # their K: the retrieved list is the top 100 facts
+# the exact ranks serve LFL when the (pair, member of G(f)) pairs number at most this many per pair
+# (plus MEMBER_PAIRS_SLACK); beyond (huge ⟨S⟩ groups), a FAISS top-100 search per mode does
+MEMBERS_PER_PAIR, MEMBER_PAIRS_SLACK = 32, 1 << 20
 # the keys this module adds to the evaluator's metrics (each {task: value, "all": value})
 GENERALIZED_I2F = ("image_to_fact_top1_generalized", "image_to_fact_top5_generalized",
                    "image_to_fact_map_generalized")
@@ -173,29 +178,143 @@ def lfl_pair_hits(ev, phi, psi, pairs: np.ndarray, candidates: np.ndarray, s_key
     return hits
 
 
+def member_pairs(fact: np.ndarray, candidate: np.ndarray, s_key: np.ndarray, sp_key: np.ndarray,
+                 order: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every (query pair, member) of the LFL ground truths: (owner int64 [E], member int64 [E]),
+    ``member[e]`` a fact of G(``fact[owner[e]]``) among the candidates (module docstring), sorted
+    by owner then member.
+
+    Args:
+        fact: int [Q] the fact of each query pair.  candidate: bool [F] the candidate facts.
+        s_key, sp_key: int [F] (``group_keys``).  order: int [F] in 1..3.
+        limit: return None instead when there would be more than this many (None: no limit).
+    """
+    fact = np.asarray(fact, np.int64)
+    order = np.asarray(order, np.int64)
+    cand = np.flatnonzero(candidate)
+    spo = (order[fact] == 3) & np.asarray(candidate, bool)[fact]          # G(f) = {f}
+    owners, members = [np.flatnonzero(spo)], [fact[spo]]
+    ranges = []
+    for o, key in ((1, s_key), (2, sp_key)):
+        q = np.flatnonzero(order[fact] == o)
+        by_key = cand[np.argsort(key[cand], kind="stable")]          # candidates grouped by key
+        k_sorted = key[by_key]
+        lo = np.searchsorted(k_sorted, key[fact[q]], "left")
+        ranges.append((q, by_key, lo, np.searchsorted(k_sorted, key[fact[q]], "right") - lo))
+    if limit is not None and len(owners[0]) + sum(int(n.sum()) for *_, n in ranges) > limit:
+        return None
+    for q, by_key, lo, n in ranges:
+        owners.append(np.repeat(q, n))
+        run = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)     # 0..n−1 within each query
+        members.append(by_key[np.repeat(lo, n) + run])
+    owner, member = np.concatenate(owners), np.concatenate(members)
+    idx = np.lexsort((member, owner))
+    return owner[idx], member[idx]
+
+
+def lfl_segments(task_of_fact: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """int64 [F]: the segment of each fact for ``factmas.evaluation.ranking.rank_pairs`` that serves
+    the evaluator's image → fact metrics and LFL's at once: 2·task + (1 if a candidate)."""
+    return 2 * np.asarray(task_of_fact, np.int64) + np.asarray(candidate, bool)
+
+
+def lfl_inputs(ev) -> dict:
+    """What LFL needs of the evaluator ``ev`` (``factmas.evaluation.evaluator.Evaluator``): the pool's
+    pairs int [P, 2] (dataset ids), their task [P], the query images (dataset ids, sorted), each
+    pair's query row, the candidate facts (bool [F]: a fact of a pool pair), the segments of
+    ``lfl_segments`` and the (query row, member fact) pairs int [E, 2] whose ranks LFL reads."""
+    s_key, sp_key = group_keys(ev.data.tokens, ev.data.order)
+    pairs = np.asarray(ev.pool_pairs, np.int64).reshape(-1, 2)
+    f = ev.data.num_facts
+    candidate = np.zeros(f, bool)
+    candidate[pairs[:, 1]] = True
+    queries = np.unique(pairs[:, 0])
+    row = np.searchsorted(queries, pairs[:, 0])
+    got = member_pairs(pairs[:, 1], candidate, s_key, sp_key, ev.data.order,
+                       limit=MEMBERS_PER_PAIR * len(pairs) + MEMBER_PAIRS_SLACK)
+    search = got is None                         # too many members: ``lfl_from_ranks`` searches
+    owner, member = (np.zeros(0, np.int64),) * 2 if search else got
+    return {"search": search, "s_key": s_key, "sp_key": sp_key, "pairs": pairs, "task": ev.task_of_fact[pairs[:, 1]], "queries": queries, "row": row,
+            "candidate": candidate, "segment": lfl_segments(ev.task_of_fact, candidate),
+            "owner": owner, "member": member, "rank_pairs": np.stack([row[owner], member], 1)}
+
+
+def lfl_from_ranks(ev, inputs: dict, r, phi=None, psi=None) -> dict:
+    """``evaluate_lfl``'s result from exact ranks ``r`` (``factmas.evaluation.ranking.PairRanks`` of
+    the query images ``inputs["queries"]`` ranking every fact, segments ``inputs["segment"]``,
+    holding at least the pairs ``inputs["rank_pairs"]``, ``tie_lower`` exact below rank 100).
+
+    A member c of G(f) is at 1-based position below + tie_lower + 1 among the mode's candidates
+    (ties by lower fact id, as FAISS's ranking); the pair's first member is the member of least
+    position; standard mode: the members and candidates of f's task (c's own segment
+    (task, candidate)); generalized: all candidates (the sum over the candidate segments).
+    Where ``lfl_inputs`` found too many members (``inputs["search"]``), the hits come from a FAISS
+    top-100 search of the raw embeddings phi [N_pool, 3, d] and psi [F, 3, d] instead
+    (``lfl_pair_hits``, per task and once over all)."""
+    pairs, owner, member = inputs["pairs"], inputs["owner"], inputs["member"]
+    T = ev.num_tasks
+    pair_task = inputs["task"]
+    counts = {t: int((pair_task == t).sum()) for t in range(T)}
+    counts["all"] = len(pairs)
+    if inputs["search"]:
+        if phi is None or psi is None:
+            raise ValueError("LFL's groups are too large for the exact ranks: give phi and psi")
+        standard = {}
+        for t in range(T):
+            sel = pairs[pair_task == t]
+            standard[t] = mean_or_nan(lfl_pair_hits(ev, phi, psi, sel, sel[:, 1], inputs["s_key"],
+                                                    inputs["sp_key"]))
+        hits = lfl_pair_hits(ev, phi, psi, pairs, pairs[:, 1], inputs["s_key"], inputs["sp_key"])
+        general = task_means(hits.astype(np.float64), pair_task, T)
+        standard["all"] = general["all"]
+        return {"lfl_top5_standard": standard, "lfl_top5_generalized": general,
+                "lfl_counts": {"pairs": counts}}
+    F = ev.data.num_facts
+    key = r.query * F + r.item
+    at = np.searchsorted(key, inputs["rank_pairs"][:, 0] * F + inputs["rank_pairs"][:, 1])
+    if len(at) and not (key[np.minimum(at, len(key) - 1)] == inputs["rank_pairs"][:, 0] * F
+                        + inputs["rank_pairs"][:, 1]).all():
+        raise ValueError("the ranks lack pairs that LFL needs (inputs['rank_pairs'])")
+    cand_cols = np.flatnonzero(r.segments % 2 == 1)
+    pos_std = r.below[at] + r.tie_lower[at] + 1
+    pos_gen = (r.below_seg[at][:, cand_cols].sum(1, dtype=np.int64)
+               + r.tie_lower_seg[at][:, cand_cols].sum(1, dtype=np.int64) + 1)
+    same_task = ev.task_of_fact[member] == inputs["task"][owner]
+    n = len(pairs)
+    big = np.iinfo(np.int64).max
+    first_std = np.full(n, big)
+    np.minimum.at(first_std, owner[same_task], pos_std[same_task])
+    first_gen = np.full(n, big)
+    np.minimum.at(first_gen, owner, pos_gen)
+    size_std = np.bincount(owner[same_task], minlength=n)
+    size_gen = np.bincount(owner, minlength=n)
+    hit_std = (first_std <= LFL_MAX_RANK) & (first_std <= LFL_TOP + size_std - 1)
+    hit_gen = (first_gen <= LFL_MAX_RANK) & (first_gen <= LFL_TOP + size_gen - 1)
+    standard = {t: mean_or_nan(hit_std[pair_task == t].astype(np.float64)) for t in range(T)}
+    general = task_means(hit_gen.astype(np.float64), pair_task, T)
+    standard["all"] = general["all"]
+    return {"lfl_top5_standard": standard, "lfl_top5_generalized": general,
+            "lfl_counts": {"pairs": counts}}
+
+
 def evaluate_lfl(ev, phi, psi) -> dict:
-    """Every key of ``LFL_METRICS`` ({task: value, "all": value}) plus ``"lfl_counts": {"pairs":
-    {t: n, "all": n}}`` for the evaluator ``ev`` and raw embeddings phi float [N_pool, 3, d] (the pool
-    images in ``ev.image_ids`` order) and psi float [F, 3, d].
+    """Every key of ``LFL_METRICS``' LFL scores ({task: value, "all": value}) plus ``"lfl_counts":
+    {"pairs": {t: n, "all": n}}`` for the evaluator ``ev`` and raw embeddings phi float [N_pool, 3,
+    d] (the pool images in ``ev.image_ids`` order) and psi float [F, 3, d].
 
     ``lfl_top5_standard[t]``: task t's test pairs, candidates the facts of those pairs;
     ``lfl_top5_generalized[t]``: task t's pairs, candidates the facts of every task's pairs; "all" of
     both: every pair, every candidate (the generalized score of all pairs). Their README's "Mean" is
     the mean of the per-task standard values (results.json: ``metrics[...]["average"]``).
+
+    From exact ranks (``factmas.evaluation.ranking.rank_pairs``: no sorted rows, no top-k search);
+    the evaluator gets the same from the ranks it computes for image → fact (``lfl_from_ranks``).
     """
-    s_key, sp_key = group_keys(ev.data.tokens, ev.data.order)
-    pairs = np.asarray(ev.pool_pairs, np.int64)
-    T = ev.num_tasks
-    pair_task = ev.task_of_fact[pairs[:, 1]] if len(pairs) else np.zeros(0, np.int64)
-    standard = {}
-    for t in range(T):
-        sel = pairs[pair_task == t]
-        standard[t] = mean_or_nan(lfl_pair_hits(ev, phi, psi, sel, sel[:, 1], s_key, sp_key))
-    hits = lfl_pair_hits(ev, phi, psi, pairs, pairs[:, 1], s_key, sp_key)
-    general = task_means(hits.astype(np.float64), pair_task, T)
-    standard["all"] = general["all"]
-    out = {"lfl_top5_standard": standard, "lfl_top5_generalized": general}
-    counts = {t: int((pair_task == t).sum()) for t in range(T)}
-    counts["all"] = len(pairs)
-    out["lfl_counts"] = {"pairs": counts}
-    return out
+    import torch
+    from factmas.evaluation.ranking import rank_pairs
+    inputs = lfl_inputs(ev)
+    rows = torch.as_tensor(np.searchsorted(ev.image_ids, inputs["queries"]))
+    r = rank_pairs(phi[rows], psi, inputs["rank_pairs"], item_order=ev.data.order,
+                   item_segment=inputs["segment"], k_exact=LFL_MAX_RANK,
+                   max_rows=ev.cfg.search_batch, device=ev.device)
+    return lfl_from_ranks(ev, inputs, r, phi, psi)

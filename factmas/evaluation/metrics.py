@@ -26,6 +26,11 @@ import numpy as np
 METRICS = ("fact_to_image_map", "fact_to_image_map_at_k", "image_to_fact_top1",
            "image_to_fact_top5", "image_to_fact_map")
 HEADLINE = "fact_to_image_map"
+# Recall@K in both directions (``recall_at_k``), K in RECALL_KS: written next to METRICS where the
+# evaluator computed them (rows recorded before they existed lack them)
+RECALL_KS = (1, 5, 10)
+RECALL_METRICS = tuple(f"{d}_recall_at_{k}" for d in ("fact_to_image", "image_to_fact")
+                       for k in RECALL_KS)
 
 
 def _rows(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +169,28 @@ def topk_accuracy(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     return float(np.take_along_axis(r[has], order, axis=1).any(axis=1).mean())
 
 
+def recall_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """Recall@K of a retrieval direction: the fraction of queries whose first relevant item is
+    ranked within the top K.
+
+    The definition of the cross-modal retrieval tables (Flickr30k / MS-COCO: Karpathy & Fei-Fei,
+    CVPR 2015, Sec. 4; Faghri et al., VSE++, BMVC 2018, Sec. 4: "R@K is the percentage of queries
+    for which the correct item is retrieved in the closest K points"), and of the continual
+    vision-language work that reports R@1/5/10 (CTP, Mod-X). With several relevant items a query
+    counts once, when any of them is in its top K; so it equals ``topk_accuracy`` (and image → fact
+    R@1 / R@5 equal the evaluator's top-1 / top-5). Ties broken by lower index (stable sort); queries
+    without a relevant item left out; NaN if every query is.
+
+    Args:
+        scores: float [Q, N], higher = more relevant.  relevant: bool [Q, N].  k: K ≥ 1.
+    Returns:
+        float in [0, 1] (or NaN).
+    Raises:
+        ValueError: k < 1, shapes differ, NaN scores.
+    """
+    return topk_accuracy(scores, relevant, k)
+
+
 # ---------------------------------------------------------------- from the ranks of the relevant items
 # The same metrics computed from counts instead of sorted rows (``factmas.evaluation.ranking``): for
 # each relevant (query, item) pair, ``below`` = items of the query's ranking strictly closer (higher
@@ -259,7 +286,9 @@ def ap_at_k_from_ranks(query: np.ndarray, item: np.ndarray, score: np.ndarray, b
 def topk_from_ranks(query: np.ndarray, below: np.ndarray, tie_lower: np.ndarray, k: int,
                     n_queries: int) -> np.ndarray:
     """Per query: 1.0 when a relevant item is among the top k (ties by lower index, as
-    ``topk_accuracy``), 0.0 when none is, NaN without pairs. float64 [Q]."""
+    ``topk_accuracy``), 0.0 when none is, NaN without pairs. float64 [Q]. Its mean over queries is
+    top-k accuracy, which is Recall@K (``recall_at_k``); ``tie_lower`` must be exact where
+    ``below < k``."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     query = _by_query(query, n_queries)

@@ -8,22 +8,35 @@ position inside a tie under the stable "lower index first" order of ``factmas.ev
 ``ap_at_k_from_ranks``, ``topk_from_ranks``) with the same tie handling as the sorting functions.
 
 How (``rank_pairs``): the queries go in blocks of rows; for each block the inner products with every
-candidate are one matrix product per fact order (torch, multi-threaded, on ``device``), mapped to
-the wildcard distance exactly as ``factmas.evaluation.retrieval`` maps FAISS's inner products,
-in float32: D = 2 − (2/o)·IP (Sherlock, Elhoseiny et al. AAAI 2017, Sec. 4; ``factmas.space``). Each
-row of the block is sorted (numpy's vectorized sort, rows split over threads) and the relevant
-pairs' distances are located in it by binary search: no per-row argsort, no merge of per-order
-lists. Memory is bounded by ``block_elements`` (the block, its sorted copy and one product).
+candidate are one matrix product per (segment, fact order) "part" (torch, multi-threaded, on
+``device``, into kept buffers), mapped to the wildcard distance exactly as
+``factmas.evaluation.retrieval`` maps FAISS's inner products, in float32: D = 2 − (2/o)·IP (Sherlock,
+Elhoseiny et al. AAAI 2017, Sec. 4; ``factmas.space``). The counts are sums over columns, so each
+part is counted on its own, with every relevant pair of the block's rows as a needle:
+
+* **selection** (``_count_rows_select``): only entries at or above a row's smallest needle can be
+  above or equal to any of its needles; one comparison pass selects them, and they and the needles
+  become integer keys (row, float order), of which only the selected ones are sorted and searched —
+  no row is sorted;
+* **sorted rows** (``_count_rows_sorted``), where selection would keep more than
+  ``SELECT_FRACTION`` of the part (a model ranking some relevant item low): each row is sorted
+  (numpy's vectorized sort, rows split over threads) and all needles are located at once by a
+  vectorized binary search.
+
+Both give the same counts (the tests check each against a per-pair loop, with exact ties). Memory
+is bounded by ``block_elements`` per segment (the block's parts, one sorted copy, the selection).
 
 The candidate items may be split into segments (e.g. the facts of each task): every pair gets its
-counts within its item's segment and over all items (``*_all``).
+counts within its item's segment, over all items (``*_all``) and within each segment (``*_seg``, from
+which any union of segments follows — what LFL's candidate sets need, ``factmas.evaluation.lfl``).
+Pairs need not be relevant ones: any (query, item) pair gets its exact rank.
 
 May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefixes).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +44,10 @@ import torch
 from factmas.evaluation.retrieval import prefix, unit_slots
 
 BLOCK_ELEMENTS = 1 << 22     # score entries per block of rows (16 MiB of float32, twice: block + sorted)
+# a block's rows are sorted only where more than this fraction of its entries reach the smallest
+# relevant score of their row (an untrained model); else those entries alone are selected and sorted
+SELECT_FRACTION = 0.25
+SAMPLE_STRIDE = 16
 
 
 @dataclass
@@ -43,7 +60,13 @@ class PairRanks:
     ``below`` items strictly closer, ``ties`` items at exactly the same distance (the item
     included), ``tie_lower`` of those ties with a lower item index. ``below_all``, ``ties_all``,
     ``tie_lower_all``: the same over all items. ``tie_lower*`` is exact where ``below* < k_exact``
-    (the ranks that a cut-off k ≤ k_exact can see) and 0 elsewhere.
+    (the ranks that a cut-off k ≤ k_exact can see), and at most the true count elsewhere. ``segments`` int64 [S]: the
+    distinct segment ids, sorted; ``below_seg``, ``ties_seg``, ``tie_lower_seg`` int32 [P, S]: the
+    counts within each segment (column j: ``segments[j]``), so that any union U of segments has
+    below_U = Σ_{j∈U} below_seg[:, j] (and the same for ties and, where below_U < k_exact,
+    tie_lower). ``blocks``: how many
+    (block, segment) matrices were counted by selection and by sorting (``selected_blocks``,
+    ``sorted_blocks``).
     """
     query: np.ndarray
     item: np.ndarray
@@ -55,6 +78,11 @@ class PairRanks:
     below_all: np.ndarray
     ties_all: np.ndarray
     tie_lower_all: np.ndarray
+    segments: np.ndarray | None = None
+    below_seg: np.ndarray | None = None
+    ties_seg: np.ndarray | None = None
+    tie_lower_seg: np.ndarray | None = None
+    blocks: dict = field(default_factory=dict)
 
 
 def _scale(o: int) -> np.float32:
@@ -65,10 +93,15 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int) -> np.ndarray:
+def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int,
+               buf: np.ndarray | None = None) -> np.ndarray:
     """Sorted copy of each row of ``block`` float32 [r, n] (rows split over ``threads`` threads;
-    numpy's sort releases the GIL)."""
-    out = block.copy()
+    numpy's sort releases the GIL), in ``buf`` float32 [≥ r, n] when given (no new pages)."""
+    if buf is None:
+        out = block.copy()
+    else:
+        out = buf[:len(block)]
+        np.copyto(out, block)
     if pool is None or len(out) < 2:
         out.sort(axis=1)
         return out
@@ -79,7 +112,8 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int)
 
 def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=None,
                item_segment: np.ndarray | None = None, k_exact: int = 100,
-               block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None, device: torch.device | str = "cpu") -> PairRanks:
+               block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
+               device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -95,6 +129,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         block_elements: score entries per block of query rows (bounds memory).
         max_rows: at most this many query rows per block (None: no limit but ``block_elements``).
         device: where the matrix products run (the counting runs on the CPU).
+        select_fraction: a block's rows are sorted where more than this fraction of its entries
+            reach their row's smallest relevant score (≤ 0: always sorted); the counts are the same.
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
@@ -123,7 +159,10 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     out = {k: np.zeros(P, np.int64) for k in
            ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
     neg = np.zeros(P, np.float32)
+    stats = {"selected_blocks": 0, "sorted_blocks": 0}
     seg_ids = np.unique(seg)                     # a few segments
+    for k in ("below_seg", "ties_seg", "tie_lower_seg"):
+        out[k] = np.zeros((P, len(seg_ids)), np.int32)
     dev = torch.device(device)
     threads = _threads()
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -137,19 +176,23 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             q_ids = q_ids[has_pair[q_ids]]
             if not len(q_ids):
                 continue
-            # segments: (segment, [(order, item ids)]) with the items of each order as one product
-            segs = []
-            colpos = np.zeros(M, np.int64)                          # column of each item in its segment
+            bufs: dict = {}                                         # reused per query group
+            # parts: the items of one segment and one fact order, one matrix product each; the
+            # counts are sums over columns, so each part is counted on its own (no concatenation)
+            parts = []
+            colpos = np.zeros(M, np.int64)                          # column of each item in its part
+            part_of = np.zeros(M, np.int64)
             for s in seg_ids:
                 ids_s = np.flatnonzero(seg == s)
                 runs = ([(q_o, ids_s)] if q_o is not None else
                         [(o, ids_s[order[ids_s] == o]) for o in (1, 2, 3)])
-                runs = [(o, ids) for o, ids in runs if len(ids)]
-                mats = [torch.from_numpy(prefix(x_hat[ids], o)).to(dev) for o, ids in runs]
-                cols = np.concatenate([ids for _, ids in runs])
-                colpos[cols] = np.arange(len(cols))
-                segs.append((s, runs, mats, cols))
-            width = max(len(c) for *_, c in segs)
+                for o, ids in runs:
+                    if len(ids):
+                        colpos[ids] = np.arange(len(ids))
+                        part_of[ids] = len(parts)
+                        parts.append((s, o, torch.from_numpy(prefix(x_hat[ids], o)).to(dev), ids,
+                                      int(np.searchsorted(seg_ids, s))))
+            width = max(int((seg == s_).sum()) for s_ in seg_ids)   # widest segment, as bounded before
             step = max(1, block_elements // max(1, width))
             if max_rows is not None:
                 step = max(1, min(step, int(max_rows)))
@@ -162,70 +205,153 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                 row_of = np.searchsorted(qb, pairs[bsel, 0])
                 q_t = {o: torch.from_numpy(prefix(q_hat[qb], o)).to(dev) for o in (1, 2, 3)}
                 values = []
-                for s, runs, mats, cols in segs:
-                    parts = []
-                    for (o, _), m in zip(runs, mats):
+                for pi, (s, o, m, cols, si) in enumerate(parts):
+                    if dev.type == "cpu":                # products into kept buffers (no new pages)
+                        if pi not in bufs:
+                            bufs[pi] = torch.empty(min(step, len(q_ids)), len(cols))
+                        ip = torch.mm(q_t[o], m.T, out=bufs[pi][:len(qb)])
+                    else:
                         ip = q_t[o] @ m.T
-                        parts.append(ip.mul_(float(_scale(o))).sub_(2.0))   # −D = (2/o)·IP − 2
-                    block = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu().numpy()
-                    values.append((s, block, cols, _sort_rows(block, pool, threads)))
-                _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact)
+                    block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
+                    values.append((pi, s, block, cols, si))
+                _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
+                             pool, threads, select_fraction, stats, bufs)
     finally:
         if pool is not None:
             pool.shutdown()
     return PairRanks(query=pairs[:, 0], item=pairs[:, 1], neg_dist=neg, segment=seg[pairs[:, 1]],
-                     **out)
+                     segments=seg_ids, **out, blocks=stats)
 
 
-def _count_block(values, bsel, row_of, pairs, seg, colpos, neg, out, k_exact) -> None:
+def _float_keys(x: np.ndarray) -> np.ndarray:
+    """uint64 [n]: order-preserving integer keys of float32 ``x`` (a < b ⇔ key(a) < key(b), equal
+    floats equal keys; −0.0 counts as +0.0; no NaN)."""
+    u = (np.asarray(x, np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000)).astype(np.uint64)
+
+
+def _count_rows_select(block: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, starts: np.ndarray,
+                       select_fraction: float):
+    """(right, left) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value)
+    against the rows of ``block`` float32 [r, n] — ``right`` = entries ≤ the needle, ``left`` =
+    entries < it, as ``np.searchsorted`` of a sorted row would give — without sorting the rows, or
+    None where too many entries reach the smallest needle of their row (then sorting is cheaper).
+
+    Only entries ≥ the row's smallest needle can be above or equal to a needle: one comparison pass
+    selects them; they and the needles become keys (row, float order) and the few selected keys are
+    sorted and searched for the needles."""
+    r, n = block.shape
+    if select_fraction <= 0:
+        return None
+    low = np.full(r, np.inf, np.float32)                     # smallest needle of each row
+    first = starts[:-1][starts[:-1] < starts[1:]]            # needles sorted by row, then value
+    low[rows_s[first]] = vs[first]
+    sample = block[:, ::SAMPLE_STRIDE]                       # a look at every 16th column first
+    if np.count_nonzero(sample >= low[:, None]) > 1.5 * select_fraction * sample.size:
+        return None
+    hit = block >= low[:, None]
+    n_sel = int(np.count_nonzero(hit))
+    if n_sel > select_fraction * block.size:
+        return None
+    sr, sc = np.nonzero(hit)
+    keys = np.sort((sr.astype(np.uint64) << np.uint64(32)) | _float_keys(block[sr, sc]))
+    needle = (rows_s.astype(np.uint64) << np.uint64(32)) | _float_keys(vs)
+    above_ge = np.searchsorted(keys, needle, "left")         # selected keys before the needle
+    above_gt = np.searchsorted(keys, needle, "right")
+    row_end = np.searchsorted(keys, (rows_s.astype(np.uint64) + np.uint64(1)) << np.uint64(32), "left")
+    # entries ≥ v in the row: row_end − above_ge; entries > v: row_end − above_gt
+    return n - (row_end - above_gt), n - (row_end - above_ge)
+
+
+def _bisect_rows(flat: np.ndarray, n: int, base: np.ndarray, vs: np.ndarray, strict: bool) -> np.ndarray:
+    """int64 [len(vs)]: ``np.searchsorted(row, v, "left" if strict else "right")`` of each needle v
+    in its sorted row ``flat[base : base + n]``, all at once (⌈log2(n+1)⌉ vectorized steps)."""
+    lo = np.zeros(len(vs), np.int64)
+    hi = np.full(len(vs), n, np.int64)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) // 2
+        x = flat[base + np.minimum(mid, n - 1)]
+        go_right = active & ((x < vs) if strict else (x <= vs))
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where(active & ~go_right, mid, hi)
+
+
+def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, starts: np.ndarray):
+    """(right, left) as ``_count_rows_select`` from the sorted rows ``srt`` float32 [r, n] (binary
+    search of every needle in its row at once; the left end searched only where the value occurs
+    in the row)."""
+    n = srt.shape[1]
+    flat = srt.reshape(-1)
+    base = rows_s.astype(np.int64) * n
+    right = _bisect_rows(flat, n, base, vs, strict=False)
+    left = right.copy()
+    eq = np.flatnonzero(right > 0)
+    eq = eq[flat[base[eq] + right[eq] - 1] == vs[eq]]
+    if len(eq):
+        left[eq] = _bisect_rows(flat, n, base[eq], vs[eq], strict=True)
+    return right, left
+
+
+def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact, pool,
+                 threads, select_fraction, stats, bufs) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
-    segments ``values``: (segment, −D float32 [r, n], item of each column, sorted rows)."""
+    parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
+    the ``*_seg`` counts); each item lies in one part (``part_of``, at column ``colpos``). Each segment's rows
+    are counted by selection (``_count_rows_select``), or sorted where selection would keep more
+    than ``select_fraction`` of the entries (or ``select_fraction`` ≤ 0); both give the same counts."""
     if not len(bsel):
         return
     items = pairs[bsel, 1]
-    p_seg = seg[items]
-    # each pair's own −D, read from the block of its segment (the very value the rows hold)
-    for s, block, cols, _ in values:
-        mine = np.flatnonzero(p_seg == s)
+    p_seg, p_part = seg[items], part_of[items]
+    # each pair's own −D, read from the block of its part (the very value the rows hold)
+    for pi, s, block, cols, _ in values:
+        mine = np.flatnonzero(p_part == pi)
         if len(mine):
             neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
     v = neg[bsel]
-    by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order:
-    vs, rows_s = v[by_value], row_of[by_value]         # numpy's binary search then narrows faster
+    by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
+    vs, rows_s = v[by_value], row_of[by_value]
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
-    for s, block, cols, srt in values:
-        n = srt.shape[1]
-        right = np.empty(len(bsel), np.int64)
-        for r in range(rows_s[-1] + 1):
-            a, b = starts[r], starts[r + 1]
-            if a < b:
-                right[a:b] = np.searchsorted(srt[r], vs[a:b], "right")
-        # ties: the left end only where the value occurs in the row (always in the pair's segment)
-        eq = np.flatnonzero(right > 0)
-        eq = eq[srt[rows_s[eq], right[eq] - 1] == vs[eq]]
-        left = right.copy()
-        if len(eq):
-            e_starts = np.searchsorted(rows_s[eq], np.arange(rows_s[-1] + 2))
-            r_eq = rows_s[eq]                                       # sorted
-            for r in r_eq[np.r_[True, r_eq[1:] != r_eq[:-1]]]:
-                j = eq[e_starts[r]:e_starts[r + 1]]
-                left[j] = np.searchsorted(srt[r], vs[j], "left")
+    for pi, s, block, cols, si in values:
+        n = block.shape[1]
+        # selection where it paid off for this part's last block, else retried every 8th block
+        tries = bufs.setdefault("select", {}).setdefault(pi, [0, 0])    # [blocks, failures in a row]
+        tries[0] += 1
+        got = (_count_rows_select(block, rows_s, vs, starts, select_fraction)
+               if tries[1] == 0 or tries[0] % 8 == 0 else None)
+        tries[1] = 0 if got is not None else tries[1] + 1
+        if got is None:
+            if bufs.get("sort") is None or bufs["sort"].size < block.size:
+                bufs["sort"] = np.empty(block.size, np.float32)
+            buf = bufs["sort"][:block.size].reshape(block.shape)
+            got = _count_rows_sorted(_sort_rows(block, pool, threads, buf), rows_s, vs, starts)
+            stats["sorted_blocks"] += 1
+        else:
+            stats["selected_blocks"] += 1
+        right, left = got
         below = np.empty(len(bsel), np.int64)
         ties = np.empty(len(bsel), np.int64)
         below[by_value] = n - right                                  # −D strictly larger: closer
         ties[by_value] = right - left
         own = p_seg == s
-        out["below"][bsel[own]] = below[own]
-        out["ties"][bsel[own]] = ties[own]
+        out["below"][bsel[own]] += below[own]
+        out["ties"][bsel[own]] += ties[own]
         out["below_all"][bsel] += below
         out["ties_all"][bsel] += ties
+        out["below_seg"][bsel, si] += below.astype(np.int32)
+        out["ties_seg"][bsel, si] += ties.astype(np.int32)
         # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
-        tied = np.flatnonzero((ties > own) & (below < k_exact))      # another item at −D exactly
+        # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
+        tied = np.flatnonzero((ties > (p_part == pi)) & (below < k_exact))   # another item at −D
         if len(tied):
             lower = np.zeros(len(tied), np.int64)
             for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
                 j = tied[c:c + 64]
                 hit = (block[row_of[j]] == v[j, None]) & (cols[None, :] < items[j, None])
                 lower[c:c + 64] = hit.sum(1)
-            out["tie_lower"][bsel[tied[own[tied]]]] = lower[own[tied]]
+            out["tie_lower"][bsel[tied[own[tied]]]] += lower[own[tied]]
             out["tie_lower_all"][bsel[tied]] += lower
+            out["tie_lower_seg"][bsel[tied], si] += lower.astype(np.int32)

@@ -16,7 +16,8 @@ results.json (``build_results``; format "factmas-results", version 1)::
          "all": [per stage],          # over all facts after each stage
          "final": [T], "final_all": float,    # the last stage (the end of the sequence)
          "average": ACC, "forgetting": F, "bwt": BWT, "fwt": FWT}},   # null where undefined
-     # also the keys of factmas.evaluation.lfl.LFL_METRICS (LFL's metric, the generalized mode)
+     # also the keys of metrics.RECALL_METRICS (Recall@1/5/10, both directions) and of
+     # factmas.evaluation.lfl.LFL_METRICS (LFL's metric, the generalized mode), where every row has them
      "counts": {...}, "timing": {row label: {"embed_s", "search_s", "metrics_s"}}}
 
 NaN (e.g. a task without test images) is written as null. Forgetting, BWT and FWT need a square R
@@ -39,7 +40,7 @@ import numpy as np
 
 from factmas.evaluation import metrics as M
 from factmas.evaluation.lfl import LFL_METRICS
-from factmas.evaluation.metrics import HEADLINE, METRICS
+from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_METRICS
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ FORMAT, VERSION = "factmas-results", 1
 LABELS = {"fact_to_image_map": "fact→image mAP", "fact_to_image_map_at_k": "fact→image mAP@k",
           "image_to_fact_top1": "image→fact top-1", "image_to_fact_top5": "image→fact top-5",
           "image_to_fact_map": "image→fact mAP",
+          # Recall@K (metrics.recall_at_k): queries whose first true item is in the top K
+          **{f"{d}_recall_at_{k}": f"{arrow} R@{k}" for d, arrow in
+             (("fact_to_image", "fact→image"), ("image_to_fact", "image→fact")) for k in (1, 5, 10)},
           # factmas.evaluation.lfl: Lifelong Fact Learning's metric and the generalized mode
           "lfl_top5_standard": "LFL top-5 (standard)", "lfl_top5_generalized": "LFL top-5 (generalized)",
           "image_to_fact_top1_generalized": "image→fact top-1 (generalized)",
@@ -76,7 +80,7 @@ def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
     out: dict[str, Any] = {}
     for name, value in metrics.items():
-        if name in METRICS or name in LFL_METRICS:
+        if name in METRICS or name in RECALL_METRICS or name in LFL_METRICS:
             out[name] = {("all" if k == "all" else int(k)): _num(v) for k, v in value.items()}
         elif name == "counts":
             out[name] = {c: {("all" if k == "all" else int(k)): v for k, v in d.items()}
@@ -128,8 +132,9 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                                   _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
                                   for k in (["initial"] if init else []) + stages},
     }
-    # LFL's metrics (factmas.evaluation.lfl) where every row has them (rows of older runs lack them)
-    present = tuple(m for m in LFL_METRICS if all(m in r for r in rows.values()))
+    # Recall@K and LFL's metrics (factmas.evaluation.lfl) where every row has them (rows of older
+    # runs lack them)
+    present = tuple(m for m in RECALL_METRICS + LFL_METRICS if all(m in r for r in rows.values()))
     for m in METRICS + present:
         R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
                      dtype=np.float64).reshape(len(stages), num_tasks)
@@ -261,7 +266,8 @@ def draw_r(ax, A: np.ndarray, labels: list[str], cols: list[str], vmin: float | 
     return im
 
 
-PLOT_METRICS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")   # both directions
+PLOT_METRICS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5",    # both directions
+                "fact_to_image_recall_at_1", "image_to_fact_recall_at_1")
 # what "all" means for image→fact (factmas.evaluation.evaluator): a harder ranking than a task's
 I2F_ALL_NOTE = ("image→fact: in T1…Tk a task's test images rank only that task's facts (Lifelong Fact "
                 "Learning's standard mode); in \"all\" every test image ranks all facts of every task, a "
@@ -279,8 +285,8 @@ def _matrix(e: dict) -> tuple[np.ndarray, list[float]]:
 
 def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     """r_heatmap.png and map_per_task.png, one panel per retrieval direction (``PLOT_METRICS``
-    present in ``res``: fact→image mAP, image→fact mAP, image→fact top-5; the headline alone when
-    the others are missing); returns their paths."""
+    present in ``res``: fact→image mAP, image→fact mAP, image→fact top-5, R@1 of both directions;
+    the headline alone when the others are missing); returns their paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -29,7 +29,10 @@ from factmas.evaluation.report import markdown_table
 COLUMNS = ("all", "forgetting", "bwt")
 FAMILIES = ("random", "semantic", "disjoint")
 SHORT = {"fact_to_image_map": "f→i mAP", "image_to_fact_map": "i→f mAP",
-         "image_to_fact_top5": "i→f top-5"}
+         "image_to_fact_top5": "i→f top-5",
+         # Recall@K (factmas.evaluation.metrics.RECALL_METRICS), for tables that add them
+         **{f"{d}_recall_at_{k}": f"{a} R@{k}" for d, a in (("fact_to_image", "f→i"),
+                                                           ("image_to_fact", "i→f")) for k in (1, 5, 10)}}
 
 
 def family(split: str, settings: Settings) -> str:

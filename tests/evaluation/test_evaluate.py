@@ -7,7 +7,7 @@ from torch import nn
 
 from factmas.config import EvalConfig
 from factmas.data.dataset import read_dataset
-from factmas.evaluation.evaluator import METRICS, Evaluator
+from factmas.evaluation.evaluator import METRICS, RECALL_METRICS, Evaluator
 from factmas.model import preprocess
 from factmas.space import wildcard_distance
 from factmas.data.synthetic import make_synthetic_dataset
@@ -68,12 +68,22 @@ def _brute_force(model, data, pool, k, flip):
             ranked = r[np.argsort(-s, kind="stable")][:k]
             prec = np.cumsum(ranked) / np.arange(1, len(ranked) + 1)
             apk[f] = (prec * ranked).sum() / min(k, r.sum())
-    out = {m: {} for m in METRICS}
+    out = {m: {} for m in METRICS + RECALL_METRICS}
+    f_hits = {k: np.full(data.num_facts, np.nan) for k in (1, 5, 10)}     # R@K: first true image
+    for f in range(data.num_facts):                                      # within the top K
+        rows = np.arange(len(test)) if pool == "all" else np.flatnonzero(rel[:, task == task[f]].any(1))
+        r = rel[rows, f]
+        if r.any():
+            ranked = r[np.argsort(dist[rows, f], kind="stable")]
+            for kk in f_hits:
+                f_hits[kk][f] = float(np.argmax(ranked) < kk)
     for key in [0, 1, 2, "all"]:
         facts = np.arange(data.num_facts) if key == "all" else np.flatnonzero(task == key)
         out["fact_to_image_map"][key] = np.nanmean(ap[facts])
         out["fact_to_image_map_at_k"][key] = np.nanmean(apk[facts])
-        t1, t5, aps = [], [], []
+        for kk in (1, 5, 10):
+            out[f"fact_to_image_recall_at_{kk}"][key] = np.nanmean(f_hits[kk][facts])
+        t1, t5, aps, first = [], [], [], []
         for n in range(len(test)):
             r = rel[n, facts]
             if not r.any():
@@ -81,10 +91,13 @@ def _brute_force(model, data, pool, k, flip):
             ranked = r[np.argsort(dist[n, facts], kind="stable")]
             t1.append(ranked[:1].any())
             t5.append(ranked[:5].any())
+            first.append(np.argmax(ranked))                 # 0-based rank of the first true fact
             aps.append(average_precision_score(r, -dist[n, facts]))
         out["image_to_fact_top1"][key] = np.mean(t1)
         out["image_to_fact_top5"][key] = np.mean(t5)
         out["image_to_fact_map"][key] = np.mean(aps)
+        for kk in (1, 5, 10):
+            out[f"image_to_fact_recall_at_{kk}"][key] = np.mean(np.array(first) < kk)
     return out
 
 
@@ -94,9 +107,12 @@ def test_evaluator_equals_brute_force(setup, pool, k, flip):
     got = Evaluator(data, SPLIT, EvalConfig(image_pool=pool, ap_k=k, search_batch=7, embed_batch=16,
                                             flip_average=flip)).evaluate(model)
     ref = _brute_force(model, data, pool, k, flip)
-    for m in METRICS:
+    for m in METRICS + RECALL_METRICS:
         for key in [0, 1, 2, "all"]:
             assert got[m][key] == pytest.approx(ref[m][key], rel=1e-5), (m, key)
+    assert got["image_to_fact_recall_at_1"] == got["image_to_fact_top1"]      # the same definition
+    assert got["image_to_fact_recall_at_5"] == got["image_to_fact_top5"]
+    assert 0 < got["fact_to_image_recall_at_1"]["all"] < got["fact_to_image_recall_at_10"]["all"] < 1
     assert set(got["timing"]) == {"embed_s", "search_s", "metrics_s"}
     assert got["counts"]["facts"]["all"] == sum(got["counts"]["facts"][t] for t in range(3))
 

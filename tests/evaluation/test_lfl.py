@@ -177,3 +177,37 @@ def test_old_rows_without_lfl_keys_still_build(setup):
     from factmas.evaluation.report import build_results
     res = build_results({0: old}, ev.num_tasks)
     assert "lfl_top5_standard" not in res["metrics"] and "fact_to_image_map" in res["metrics"]
+
+
+def test_lfl_search_fallback_equals_exact_ranks(setup, monkeypatch):
+    """Where G(f) groups are too large for the exact ranks, the FAISS top-100 search gives the
+    same scores (both: ties by lower fact id)."""
+    data, ev, phi, psi, _ = setup
+    exact = lfl.evaluate_lfl(ev, phi, psi)
+    assert not lfl.lfl_inputs(ev)["search"]
+    monkeypatch.setattr(lfl, "MEMBERS_PER_PAIR", 0)
+    monkeypatch.setattr(lfl, "MEMBER_PAIRS_SLACK", 0)
+    assert lfl.lfl_inputs(ev)["search"]
+    assert lfl.evaluate_lfl(ev, phi, psi) == exact
+    m = ev.evaluate_embeddings(phi, psi)                   # the evaluator's fused pass, fallback too
+    for name in ("lfl_top5_standard", "lfl_top5_generalized"):
+        assert m[name] == exact[name]
+
+
+def test_member_pairs_by_loop(rng):
+    facts = [("a",), ("a", "x"), ("a", "x", "p"), ("a", "y", "p"), ("b",), ("b", "x"), ("a", "x", "q")]
+    vocab = {w: i + 1 for i, w in enumerate(sorted({w for f in facts for w in f}))}
+    tokens = np.zeros((len(facts), 3, 1), np.int32)
+    for i, f in enumerate(facts):
+        for s, w in enumerate(f):
+            tokens[i, s, 0] = vocab[w]
+    order = np.array([len(f) for f in facts])
+    s_key, sp_key = lfl.group_keys(tokens, order)
+    cand = rng.random(len(facts)) < 0.7
+    cand[[0, 1]] = True
+    fact = rng.integers(0, len(facts), 30)
+    owner, member = lfl.member_pairs(fact, cand, s_key, sp_key, order)
+    full = lfl.group_member(fact, np.arange(len(facts)), s_key, sp_key, order) & cand[None, :]
+    want = np.argwhere(full)
+    np.testing.assert_array_equal(np.stack([owner, member], 1), want)
+    assert lfl.member_pairs(fact, cand, s_key, sp_key, order, limit=len(want) - 1) is None

@@ -156,3 +156,113 @@ def _neg_dist_row(x, psi, order):
     from factmas.space import wildcard_distance
     return -wildcard_distance(torch.as_tensor(x[None]), torch.as_tensor(psi),
                               torch.as_tensor(order)).numpy()[0]
+
+
+def _brute_counts(neg, rel_pairs, seg, k_exact):
+    """Per pair (query, item) by a loop: below, ties, tie_lower within the item's segment and over
+    all items, from the dense −D matrix ``neg`` float32 [Q, M] (higher = closer)."""
+    out = []
+    for q, x in rel_pairs:
+        row, v = neg[q], neg[q, x]
+        same = seg == seg[x]
+        lower = np.arange(len(row)) < x
+        b, t = int((row[same] > v).sum()), int((row[same] == v).sum())
+        ba, ta = int((row > v).sum()), int((row == v).sum())
+        out.append((b, t, int((same & lower & (row == v)).sum()) if b < k_exact else 0,
+                    ba, ta, int((lower & (row == v)).sum()) if ba < k_exact else 0))
+    return np.array(out, np.int64).reshape(-1, 6)
+
+
+@pytest.mark.parametrize("direction", ["f2i", "i2f"])
+@pytest.mark.parametrize("select_fraction", [0.0, 1.0, 0.25])
+def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, select_fraction):
+    """The counting without sorted rows (selection of the entries that reach a row's smallest
+    relevant score), the sorting path and a per-pair loop agree exactly, on data where many scores
+    are exactly equal (zero images: every distance 2 exactly), in blocks of a few rows."""
+    phi, psi, order, rel = _data(rng, True, n=50, f=40)
+    phi[:5] = 0.0                                          # distance exactly 2: −D = −2.0 for all
+    seg = rng.integers(0, 3, len(psi))
+    if direction == "f2i":
+        q_emb, x_emb, pairs, kw = psi, phi, np.argwhere(rel.T), {"query_order": order}
+    else:
+        q_emb, x_emb, pairs, kw = phi, psi, np.argwhere(rel), {"item_order": order,
+                                                               "item_segment": seg}
+    r = rank_pairs(q_emb, x_emb, pairs, k_exact=6, block_elements=120,
+                   select_fraction=select_fraction, **kw)
+    # the dense −D from the pair values' own definition (retrieval's distance, float32)
+    from factmas.evaluation.retrieval import prefix, unit_slots
+    qh, xh = unit_slots(q_emb), unit_slots(x_emb)
+    dense = np.empty((len(qh), len(xh)), np.float32)
+    for i in range(len(qh)):
+        for j in range(len(xh)):
+            o = order[i] if direction == "f2i" else order[j]
+            ip = np.float32(prefix(qh[i:i + 1], o)[0] @ prefix(xh[j:j + 1], o)[0])
+            dense[i, j] = ip * np.float32(2.0 / o) - np.float32(2.0)
+    s = np.zeros(len(xh), np.int64) if direction == "f2i" else seg
+    got = np.stack([r.below, r.ties, r.tie_lower, r.below_all, r.ties_all, r.tie_lower_all], 1)
+    want = _brute_counts(dense, np.stack([r.query, r.item], 1), s, 6)
+    assert (want[:, 1] > 1).sum() > 20                     # many exact ties
+    for b, lo in ((0, 2), (3, 5)):                         # tie_lower only matters (and is exact)
+        far = want[:, b] >= 6                              # where below < k_exact
+        got[far, lo] = want[far, lo] = 0
+    # the per-segment counts: their sums are the counts over all, the own segment's the own counts
+    cols = np.searchsorted(r.segments, s[r.item])
+    np.testing.assert_array_equal(r.below_seg.sum(1), r.below_all)
+    np.testing.assert_array_equal(r.ties_seg.sum(1), r.ties_all)
+    np.testing.assert_array_equal(r.below_seg[np.arange(len(cols)), cols], r.below)
+    np.testing.assert_array_equal(r.ties_seg[np.arange(len(cols)), cols], r.ties)
+    np.testing.assert_array_equal(r.neg_dist, dense[r.query, r.item])
+    np.testing.assert_array_equal(got, want)
+    if select_fraction == 1.0:
+        assert r.blocks["sorted_blocks"] == 0 and r.blocks["selected_blocks"] > 0
+    if select_fraction == 0.0:
+        assert r.blocks["selected_blocks"] == 0 and r.blocks["sorted_blocks"] > 0
+
+
+def test_float_keys_keep_the_float_order(rng):
+    from factmas.evaluation.ranking import _float_keys
+    x = np.r_[rng.standard_normal(200).astype(np.float32), np.float32(-0.0), np.float32(0.0),
+              np.float32(np.inf), np.float32(-np.inf), np.float32(1e-45), np.float32(-1e-45)]
+    k = _float_keys(x)
+    np.testing.assert_array_equal(x[:, None] < x[None, :], k[:, None] < k[None, :])
+    np.testing.assert_array_equal(x[:, None] == x[None, :], k[:, None] == k[None, :])
+
+
+@pytest.mark.parametrize("select_fraction", [0.0, 1.0])
+def test_recall_at_k_from_ranks_equals_loop_with_ties(rng, select_fraction):
+    """Recall@K (first relevant item within the top K, ties by lower index) from the exact ranks
+    equals a per-query loop over the dense distances, and ``M.recall_at_k``, on tied data."""
+    phi, psi, order, rel = _data(rng, True, n=70, f=30)
+    d, i = ImageIndex(phi, gpu=False).search(psi, order, len(phi))
+    dense = np.empty((len(psi), len(phi)), np.float32)
+    dense[np.arange(len(psi))[:, None], i] = d                  # exact (unit slots ±0.5)
+    r = rank_pairs(psi, phi, np.argwhere(rel.T), query_order=order, k_exact=10, block_elements=333,
+                   select_fraction=select_fraction)
+    for k in (1, 5, 10):
+        hits = M.topk_from_ranks(r.query, r.below, r.tie_lower, k, len(psi))
+        want = []
+        for q in range(len(psi)):
+            if rel[:, q].any():
+                ranked = rel[np.argsort(dense[q], kind="stable"), q]   # closest first, lower index
+                want.append(np.argmax(ranked) < k)
+        assert np.nanmean(hits) == pytest.approx(np.mean(want), abs=0)
+        assert M.recall_at_k(-dense, rel.T, k) == pytest.approx(np.mean(want), abs=0)
+    assert sum(len(np.unique(row)) < len(row) for row in dense) > 20          # ties present
+    with pytest.raises(ValueError, match="k must be"):
+        M.recall_at_k(-dense, rel.T, 0)
+
+
+def test_default_selects_for_a_model_that_ranks_true_items_high(rng):
+    """Where every query's true item is among its closest, the default counts by selection (no row
+    sorted) and agrees with the sorting path."""
+    q = rng.standard_normal((40, 3, 8)).astype(np.float32)
+    x = np.concatenate([q + 0.01 * rng.standard_normal(q.shape).astype(np.float32),
+                        rng.standard_normal((400, 3, 8)).astype(np.float32)])
+    order = rng.integers(1, 4, len(x))
+    x[np.arange(3)[None, :] >= order[:, None]] = 0.0
+    pairs = np.stack([np.arange(40), np.arange(40)], 1)
+    r = rank_pairs(q, x, pairs, item_order=order, block_elements=4000)
+    s = rank_pairs(q, x, pairs, item_order=order, block_elements=4000, select_fraction=0.0)
+    assert r.blocks["selected_blocks"] > 0 and r.blocks["sorted_blocks"] == 0
+    for name in ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all"):
+        np.testing.assert_array_equal(getattr(r, name), getattr(s, name))

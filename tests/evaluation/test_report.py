@@ -223,3 +223,28 @@ def test_plots_show_both_directions_one_panel_each(tmp_path, monkeypatch):
     report.write_plots(only, tmp_path)
     assert [t for t in titles[0] if t] == ["fact→image mAP (%)"]
     plt.close("all")
+
+
+def test_recall_at_k_in_results_tables_and_plots(tmp_path):
+    """Rows with Recall@K (the evaluator's rows) carry it into results.json, results.md and the
+    plots; rows of older runs without it still give a report (without R@K)."""
+    from factmas.evaluation.metrics import RECALL_METRICS
+    from factmas.evaluation.report import LABELS, PLOT_METRICS
+    rows = _rows()
+    for key, row in rows.items():
+        for i, m in enumerate(RECALL_METRICS):
+            row[m] = {j: 0.1 * (i + 1) + 0.01 * j for j in range(T)} | {"all": 0.05 * (i + 1)}
+    res = build_results(rows, T, run_name="r")
+    for i, m in enumerate(RECALL_METRICS):
+        assert res["metrics"][m]["final"] == pytest.approx([0.1 * (i + 1) + 0.01 * j for j in range(T)])
+        assert res["metrics"][m]["final_all"] == pytest.approx(0.05 * (i + 1))
+    write_report(tmp_path, res)
+    md = (tmp_path / "results.md").read_text()
+    for m in RECALL_METRICS:
+        assert f"| {LABELS[m]} |" in md
+    assert "| fact→image R@10 | 30.00 | 31.00 | 32.00 | 15.00 |" in md     # T1..T3, all
+    assert {"fact_to_image_recall_at_1", "image_to_fact_recall_at_1"} <= set(PLOT_METRICS)
+    assert normalize_metrics(json.loads(json.dumps(rows[0])))["fact_to_image_recall_at_5"][1] == \
+        pytest.approx(0.21)
+    old = build_results(_rows(), T)                                       # rows without R@K
+    assert not set(RECALL_METRICS) & set(old["metrics"])
