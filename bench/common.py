@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from factmas.io import atomic_write_json, git_commit, package_versions
+from factmas.io import atomic_write_json, cpu_model, git_commit, package_versions
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -91,17 +91,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict:
 
 
 # ---- machine -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     """Facts needed to read a timing: cores, CPU, torch version and threads, load, date (UTC)."""
     try:
@@ -126,6 +115,15 @@ def load_line(info_before: dict) -> str:
 
 
 # ---- data --------------------------------------------------------------------------------------
+def backbone_bench_data(path: str | None, lite: bool, quick: bool, lite_images: int):
+    """``load_bench_data`` as the backbone needs it: Lite0 reads 224-px images (synthetic,
+    ``lite_images`` of them, unless ``path``); the small CNN the dataset at ``path``, or 120 synthetic
+    images with ``quick``. Returns (FactData, description)."""
+    if lite:
+        return load_bench_data(path, synthetic=path is None, synthetic_images=lite_images, image_size=224)
+    return load_bench_data(path, synthetic=quick and path is None, synthetic_images=120)
+
+
 def load_bench_data(path: str | Path | None = None, synthetic: bool = False,
                     synthetic_images: int = 2000, image_size: int = 64):
     """(FactData, description): ``path``, else data/flickr8k.h5 if present (and not ``synthetic``),

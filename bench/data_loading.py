@@ -95,12 +95,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     info = common.machine_info()
     lite = args.backbone == "efficientnet_lite0"
-    if lite:
-        data, desc = common.load_bench_data(args.data, synthetic=args.data is None,
-                                            synthetic_images=args.lite_images, image_size=224)
-    else:
-        data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
-                                            synthetic_images=120)
+    data, desc = common.backbone_bench_data(args.data, lite, args.quick, args.lite_images)
     path = data.path
     size_mb = os.path.getsize(path) / 1e6
 

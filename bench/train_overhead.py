@@ -143,12 +143,7 @@ def main(argv=None) -> int:
     # ones training and Ω get; bench/cpu_memory.py measures the difference
     info["keep_freed_memory"] = keep_freed_memory()
     lite = args.backbone == "efficientnet_lite0"
-    if lite:
-        data, desc = common.load_bench_data(args.data, synthetic=args.data is None,
-                                            synthetic_images=args.lite_images, image_size=224)
-    else:
-        data, desc = common.load_bench_data(args.data, synthetic=args.quick and args.data is None,
-                                            synthetic_images=120)
+    data, desc = common.backbone_bench_data(args.data, lite, args.quick, args.lite_images)
     cfg = RunConfig()
     cfg.model.backbone = args.backbone
     cfg.train.split = common.first_split(data, cfg.train.split)

@@ -20,9 +20,6 @@ Writes OUT.md and OUT.json (default docs/results/calibration.md/.json; atomicall
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -30,22 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from factmas.io import cpu_model
+
 # real photographs among scikit-image's bundled images (no download): name → function of skimage.data
 SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "coffee", "coins", "hubble_deep_field",
                   "immunohistochemistry", "moon", "retina", "rocket", "page", "text", "grass",
                   "gravel", "brick", "cell", "clock", "stereo_motorcycle")
 PEOPLE = ("astronaut", "camera")        # photos of a person, which Flickr8k's ⟨person⟩ facts fit
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``)."""
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def skimage_photos(folder: Path) -> tuple[list[str], list[str]]:

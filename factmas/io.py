@@ -152,6 +152,19 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else ``platform.processor()``), recorded beside
+    timings: absolute speeds differ across CPUs (docs/benchmarks.md)."""
+    import re
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        if m:
+            return m.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages factmas depends on that are installed, plus Python's."""
     out = {"python": platform.python_version()}
