@@ -112,7 +112,8 @@ def test_evaluator_equals_brute_force(setup, pool, k, flip):
             assert got[m][key] == pytest.approx(ref[m][key], rel=1e-5), (m, key)
     assert got["image_to_fact_recall_at_1"] == got["image_to_fact_top1"]      # the same definition
     assert got["image_to_fact_recall_at_5"] == got["image_to_fact_top5"]
-    assert 0 < got["fact_to_image_recall_at_1"]["all"] < got["fact_to_image_recall_at_10"]["all"] < 1
+    r = [got[f"fact_to_image_recall_at_{k}"]["all"] for k in (1, 5, 10)]
+    assert 0 <= r[0] <= r[1] <= r[2] and r[2] > 0                # not all misses (a random model)
     assert set(got["timing"]) == {"embed_s", "search_s", "metrics_s"}
     assert got["counts"]["facts"]["all"] == sum(got["counts"]["facts"][t] for t in range(3))
 

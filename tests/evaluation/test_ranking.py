@@ -189,15 +189,18 @@ def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, selec
                                                                "item_segment": seg}
     r = rank_pairs(q_emb, x_emb, pairs, k_exact=6, block_elements=120,
                    select_fraction=select_fraction, **kw)
-    # the dense −D from the pair values' own definition (retrieval's distance, float32)
+    # the dense −D by the same float32 steps as the ranking (torch product, ×(2/o), −2), per order
+    from factmas.evaluation.ranking import _scale
     from factmas.evaluation.retrieval import prefix, unit_slots
     qh, xh = unit_slots(q_emb), unit_slots(x_emb)
     dense = np.empty((len(qh), len(xh)), np.float32)
-    for i in range(len(qh)):
-        for j in range(len(xh)):
-            o = order[i] if direction == "f2i" else order[j]
-            ip = np.float32(prefix(qh[i:i + 1], o)[0] @ prefix(xh[j:j + 1], o)[0])
-            dense[i, j] = ip * np.float32(2.0 / o) - np.float32(2.0)
+    for o in (1, 2, 3):
+        ip = torch.from_numpy(prefix(qh, o)) @ torch.from_numpy(prefix(xh, o)).T
+        d = ip.mul_(float(_scale(o))).sub_(2.0).numpy()
+        if direction == "f2i":
+            dense[order == o] = d[order == o]
+        else:
+            dense[:, order == o] = d[:, order == o]
     s = np.zeros(len(xh), np.int64) if direction == "f2i" else seg
     got = np.stack([r.below, r.ties, r.tie_lower, r.below_all, r.ties_all, r.tie_lower_all], 1)
     want = _brute_counts(dense, np.stack([r.query, r.item], 1), s, 6)
