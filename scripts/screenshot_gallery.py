@@ -84,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("screenshot_gallery", main))

@@ -154,6 +154,28 @@ class Run:
         from factmas.calibrate import run_calibrator
         return run_calibrator(self.path, self.model.state_dict(), path)
 
+    def calibrate(self, k: int | None = None, target_precision: float | None = None,
+                  out: str | Path | None = None) -> tuple[Path, Any]:
+        """Fit the calibrator of P(fact true | D) for this run's checkpoint on its dataset's val
+        images and write it (default RUN_DIR/calibration.json, atomically, under the run's lock;
+        training writes one itself after the last task).
+
+        Args:
+            k: candidate facts per val image (default the run's ``eval.calibration_k``).
+            target_precision: the precision the shown answers must reach on val, which chooses the
+                abstention threshold p* (default ``eval.calibration_precision``).
+            out: write here instead of into the run.
+        Returns:
+            (the file written, the ``Calibrator``).
+        Raises:
+            RunLoadError, RunDirError (another process holds the run), CalibrationError (no val
+            images), ValueError (an unusable feature cache).
+        Source: isotonic regression (scikit-learn's ``IsotonicRegression``), ``factmas.calibrate``.
+        """
+        from factmas.calibrate import calibrate_run
+        return calibrate_run(self.path, self.checkpoint, self.data_path, self.device, k,
+                             target_precision, out)
+
     def query_records(self, images: Sequence[str | Path], k: int = 5,
                       calibrator: Any = "run") -> list[dict]:
         """``factmas query --json``'s records: per image {"image", "threshold", "abstain", "facts":

@@ -53,13 +53,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
-    from factmas.calibrate import calibrate_run, describe
+    from factmas.api.run import load_run
+    from factmas.calibrate import describe
     from factmas.evaluation.calibration import CalibrationError
     from factmas.run.load import RunLoadError
     from factmas.run.rundir import RunDirError
     try:
-        path, cal = calibrate_run(args.run, args.checkpoint, args.data, args.device, args.k, t,
-                                  args.out)
+        run = load_run(args.run, data=args.data, checkpoint=args.checkpoint, device=args.device)
+        path, cal = run.calibrate(args.k, t, args.out)
     except (RunLoadError, RunDirError, CalibrationError, ImportError, ValueError, OSError) as e:
         print(f"factmas calibrate: error: {e}", file=sys.stderr)
         return 2
@@ -68,4 +69,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from factmas.errors import guarded_main
+    sys.exit(guarded_main("factmas calibrate", main))
