@@ -19,6 +19,12 @@ class ConfigError(FactmasError, ValueError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 
+# frozen stages of the pretrained backbones when model.freeze_stages is None (the model builders and
+# ``factmas train --help`` read these, so the help cannot drift from the builders)
+LITE_DEFAULT_FROZEN = 6     # EfficientNet-Lite with 224-px input; chosen on val (README, "Choosing the defaults")
+RESNET_DEFAULT_FROZEN = 3   # torchvision ResNets
+
+
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""

@@ -38,7 +38,7 @@ from factmas.trainer import CheckpointError, RunDirError, TrainingError, UsageEr
 
 log = logging.getLogger("factmas.trainer")
 
-from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser  # noqa: F401 (re-exported)
+from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser, fixed_by_run  # noqa: F401 (re-exported)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -127,12 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():
             _join_process_group(args)
             if args.resume:
-                given = [o for o in ("data", "split", "method", "reg_lambda", "out", "epochs",
-                                     "batch_size", "lr", "seed", "config", "omega_data", "tensorboard")
-                         if getattr(args, o) is not None]
-                if given or args.overwrite:
+                given = fixed_by_run(args)
+                if given:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
-                                     f"--device, --threads and --limit-tasks may be given with it, not {given or '--overwrite'}")
+                                     "--device, --threads and --limit-tasks may be given with it, not "
+                                     + ", ".join(given))
                 state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
                                threads=args.threads, progress=progress).state
                 run_dir = args.resume

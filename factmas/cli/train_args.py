@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from factmas.config import ModelConfig, TrainConfig
+from factmas.config import LITE_DEFAULT_FROZEN, RESNET_DEFAULT_FROZEN, ModelConfig, TrainConfig
 
 T, M = TrainConfig(), ModelConfig()
 # the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that
@@ -23,6 +23,18 @@ TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda
                  "tensorboard": "tensorboard"}
 # command-line option -> field of RunConfig.model
 MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
+
+
+# options --resume accepts: they choose where and how fast the run continues, not what it computes;
+# every other option given with --resume is refused (``fixed_by_run``)
+RESUME_FREE = ("resume", "device", "threads", "limit_tasks", "no_progress", "quiet")
+
+
+def fixed_by_run(args: argparse.Namespace) -> list[str]:
+    """The options given beside ``--resume`` that the run's config.json fixes, as "--name" (every
+    option of ``build_parser`` outside ``RESUME_FREE`` that is not at its unset default)."""
+    return [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+            if k not in RESUME_FREE and v is not None and v is not False]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
                    help=f"image backbone: {', '.join(BACKBONE_NAMES)} (default {M.backbone}, ImageNet)")
     p.add_argument("--freeze-stages", type=int, help="stages kept frozen and read from the feature "
-                                                     "cache (default: the backbone's, 5 for "
-                                                     "EfficientNet-Lite, 3 for ResNet)")
+                                                     "cache (default: the backbone's, "
+                                                     f"{LITE_DEFAULT_FROZEN} for EfficientNet-Lite, "
+                                                     f"{RESNET_DEFAULT_FROZEN} for ResNet)")
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard events to RUN_DIR/tensorboard (loss parts, images/s, metrics "
                         "after every task, the R matrix; needs pip install 'factmas[tb]')")

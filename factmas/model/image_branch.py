@@ -25,7 +25,7 @@ import pickle
 import torch
 from torch import nn
 
-from factmas.config import ModelConfig
+from factmas.config import LITE_DEFAULT_FROZEN, ModelConfig
 from factmas.model.fork import ForkHeads, ForkedBranch
 from factmas.model.efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
 from factmas.model.frozen import FrozenStem, Renormalize
@@ -152,7 +152,6 @@ def _build_resnet(cfg: ModelConfig):
     return build_resnet(cfg)
 
 
-LITE_DEFAULT_FROZEN = 6     # with 224-px input; chosen on val (README, "Choosing the defaults")
 BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18_gn": ResNet18Branch,
              "resnet18": _build_resnet, "resnet50": _build_resnet,
              **{name: build_lite for name in LITE_MODELS}}

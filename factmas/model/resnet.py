@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import nn
 
-from factmas.config import ModelConfig
+from factmas.config import RESNET_DEFAULT_FROZEN, ModelConfig
 from factmas.model.fork import ForkedBranch
 from factmas.model.frozen import FrozenStem
 from factmas.model.weights import load_state_file
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # backbone name → (torchvision constructor, weights enum, channels of layer4)
 RESNETS = {"resnet18": ("resnet18", "ResNet18_Weights", 512),
            "resnet50": ("resnet50", "ResNet50_Weights", 2048)}
-DEFAULT_FROZEN = 3
+DEFAULT_FROZEN = RESNET_DEFAULT_FROZEN
 
 
 def resnet_state_dict(name: str, path: str | None) -> dict[str, torch.Tensor]:

@@ -322,6 +322,13 @@ CASES = [
     ("resume limit negative", "train", ["--resume", "{cut}", "--limit-tasks", "-2"], 2,
      ["--limit-tasks"]),
     ("resume with overwrite", "train", ["--resume", "{cut}", "--overwrite"], 2, ["--overwrite"]),
+    # drift bug of issue 29: options the run's config.json fixes were silently ignored
+    ("silent wrong: resume with another backbone", "train",
+     ["--resume", "{cut}", "--backbone", "resnet50"], 2, ["--backbone", "config.json"]),
+    ("silent wrong: resume with another optimizer", "train",
+     ["--resume", "{cut}", "--optimizer", "sgd"], 2, ["--optimizer"]),
+    ("silent wrong: resume with other frozen stages", "train",
+     ["--resume", "{cut}", "--freeze-stages", "2"], 2, ["--freeze-stages"]),
     # ---- evaluate
     ("evaluate into the run", "evaluate", ["{run}", "--out", "{run}", "-q"], 2,
      ["--replace-results"]),

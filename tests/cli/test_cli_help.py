@@ -21,6 +21,20 @@ def test_train_help_lists_defaults_and_choices():
     assert all(m in text for m in METHOD_NAMES) and "efficientnet_lite0" in text
 
 
+def test_freeze_stages_help_gives_the_builders_defaults():
+    """Drift bug of issue 29: the help said 5 for EfficientNet-Lite while the builder froze 6."""
+    from factmas.config import RESNET_DEFAULT_FROZEN, ModelConfig
+    from factmas.model import build_image_branch
+    text = " ".join(build_parser().format_help().split())
+    stem, _ = build_image_branch(ModelConfig(backbone="efficientnet_lite0", pretrained=False))
+    frozen = len(stem.body) - 3                      # renormalize, conv_stem, bn1, then the blocks
+    assert f"{frozen} for EfficientNet-Lite" in text
+    default, _ = build_image_branch(ModelConfig(backbone="resnet18", pretrained=False))
+    same, _ = build_image_branch(ModelConfig(backbone="resnet18", pretrained=False,
+                                             freeze_stages=RESNET_DEFAULT_FROZEN))
+    assert len(default.body) == len(same.body) and f"{RESNET_DEFAULT_FROZEN} for ResNet" in text
+
+
 def test_help_loads_no_torch():
     code = ("import sys, contextlib, io\nfrom factmas.cli import main\n"
             "for cmd in ('train', 'query', 'evaluate', 'features', 'search', 'gallery', 'calibrate'):\n"
