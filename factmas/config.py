@@ -36,6 +36,10 @@ class ModelConfig:
     freeze_stages: Optional[int] = None  # stages frozen and cached; None: the backbone's default
                                          # (Lite 6 of 7 block stages at 224 px, chosen on
                                          # val; ResNet 3 of 4)
+    stem_engine: str = "auto"            # the frozen stages on the CPU: "auto" = ONNX Runtime when
+                                         # onnxruntime is installed (2.1x faster cache at 1 thread,
+                                         # same features to float16 rounding; docs/benchmarks.md § 8),
+                                         # "torch" = torch eager (the engine of runs made before it)
     embed_dim: int = 128                 # d: size of each of the S, P and O parts (128 beat 64 on val)
     width: int = 32                      # channels of the small CNN's first block
     word_dim: int = 64                   # word-embedding size of the fact branch

@@ -100,6 +100,7 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "model.embed_dim": POSITIVE, "model.width": POSITIVE, "model.word_dim": POSITIVE,
     "model.fact_hidden": POSITIVE, "model.norm_groups": POSITIVE,
     "model.freeze_stages": _int_at_least(0, optional=True),
+    "model.stem_engine": _choice(lambda: ["auto", "torch"]),
     "loss.regression_weight": _float(0), "loss.contrastive_weight": _float(0),
     "loss.fact_softmax_weight": _float(0), "loss.sigmoid_weight": _float(0),
     "loss.sigmoid_margin": _float(0, hi=4), "loss.image_softmax_weight": _float(0),

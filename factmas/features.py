@@ -8,7 +8,8 @@ stages, weights) and stored beside the dataset file::
     <dataset>.h5.features/<backbone>-f<k>-<key>.npy    float16 [N, 2, C, h, w]
                                                         [:, 0] the image, [:, 1] mirrored left-right
 
-``key`` hashes the dataset's pixels, the stem's weights and the cache version, so any change gives a
+``key`` hashes the dataset's pixels, the stem's weights, the cache version and, when the stem runs
+through ONNX Runtime (``model.stem_engine`` "auto" on the CPU), that engine, so any change gives a
 new file; every run and method on that dataset reuses it. The file is written to a temporary name and
 renamed (never half-written). The stem rounds its live output to float16 too, so cached and live
 inputs agree to one float16 step (the convolutions' summation order depends on the batch size).
@@ -57,8 +58,12 @@ def stem_hash(stem: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_file(data: FactData, model: torch.nn.Module) -> Path:
+def cache_file(data: FactData, model: torch.nn.Module, device: torch.device | str = "cpu") -> Path:
     """Where the feature cache of ``model``'s stem on ``data`` lives (see the module docstring).
+
+    The key also names the engine when the stem runs through ONNX Runtime on ``device``: its features
+    equal torch's only to float16 rounding, so a cache of one engine never stands in for the other's
+    (a torch-built cache keeps the key it had before engines existed).
 
     Raises:
         ValueError: the dataset has no file path (an in-memory dataset has nowhere to keep a cache).
@@ -66,8 +71,10 @@ def cache_file(data: FactData, model: torch.nn.Module) -> Path:
     if not data.path:
         raise ValueError("feature cache: the dataset has no file path; set train.feature_cache false")
     cfg = model.cfg
+    uses_ort = getattr(model.image_stem, "uses_onnxruntime", None)
+    engine = ":onnxruntime" if uses_ort is not None and uses_ort(torch.device(device)) else ""
     key = hashlib.blake2b(f"{CACHE_VERSION}:{pixels_hash(data.images)}:{stem_hash(model.image_stem)}"
-                          .encode(), digest_size=8).hexdigest()
+                          f"{engine}".encode(), digest_size=8).hexdigest()
     stages = getattr(model.image_stem, "stages", cfg.freeze_stages)
     return Path(f"{data.path}.features") / f"{cfg.backbone}-f{stages}-{key}.npy"
 
@@ -145,7 +152,7 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
         raise ValueError(f"{data.path or 'dataset'}: the feature cache needs the dataset's pixels "
                          f"({len(data.images)} of {len(data.image_split)} images loaded; read it "
                          "with load_images=True)")
-    path = path or cache_file(data, model)      # the caller may pass it (hashing pixels takes ~1 s)
+    path = path or cache_file(data, model, device)   # the caller may pass it (hashing pixels: ~1 s)
     if path.exists():
         try:
             feats = np.load(path, allow_pickle=False)

@@ -3,6 +3,8 @@ fingerprinted (reused while pixels and weights are unchanged, rebuilt otherwise)
 and a MAS run on the default backbone that trains, evaluates and resumes through it."""
 from __future__ import annotations
 
+import hashlib
+
 import h5py
 import numpy as np
 import pytest
@@ -61,6 +63,34 @@ def test_flip_average_from_the_cache_equals_the_mirror_mean_from_pixels(data, mo
         assert torch.allclose(model.embed_inputs(inputs, ids), plain, rtol=1e-2, atol=1e-2)
         assert torch.allclose(model.embed_pixels(x, flip_average=True), (plain + mirror) / 2, atol=1e-6)
         assert not torch.allclose(plain, mirror, rtol=1e-2, atol=1e-2)     # the flag changes something
+
+
+def test_cache_key_names_the_engine(data):
+    """An ONNX Runtime cache never stands in for a torch one (features equal only to float16 rounding),
+    and a torch stem keeps the key of caches built before engines existed."""
+    from factmas.model.stem_engine import ort_available
+    if not ort_available():
+        pytest.skip("onnxruntime is not installed")
+    auto = build_model(ModelConfig(**{**LITE, "stem_engine": "auto"}), 50)
+    plain = build_model(ModelConfig(**{**LITE, "stem_engine": "torch"}), 50)
+    plain.load_state_dict(auto.state_dict())
+    assert cache_file(data, auto) != cache_file(data, plain)
+    key = hashlib.blake2b(f"{features.CACHE_VERSION}:{features.pixels_hash(data.images)}:"
+                          f"{features.stem_hash(plain.image_stem)}".encode(), digest_size=8).hexdigest()
+    assert cache_file(data, plain).name.endswith(f"-{key}.npy")
+
+
+def test_a_run_recorded_before_stem_engine_loads_with_torch(tmp_path):
+    """Runs made before model.stem_engine existed computed their frozen stages with torch."""
+    import json
+    from factmas.run.rundir import read_run_config
+    cfg = RunConfig().to_dict()
+    del cfg["model"]["stem_engine"]
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg}), encoding="utf-8")
+    assert read_run_config(tmp_path)[0].model.stem_engine == "torch"
+    cfg["model"]["stem_engine"] = "auto"
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg}), encoding="utf-8")
+    assert read_run_config(tmp_path)[0].model.stem_engine == "auto"
 
 
 def test_cache_is_reused_and_rebuilt_when_pixels_or_weights_change(data, model, monkeypatch):

@@ -112,6 +112,6 @@ def build_feature_cache(data: str | Path, config: Any = None, backbone: str | No
     model = build_model(cfg.model, len(fd.vocab))
     if model.image_stem is None:
         raise UsageError(f"backbone {cfg.model.backbone} has no frozen stages: nothing to cache")
-    path = cache_file(fd, model)
+    path = cache_file(fd, model, dev)
     load_or_build(model, fd, dev, progress=progress, path=path)
     return path

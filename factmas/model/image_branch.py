@@ -136,7 +136,7 @@ def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
         raise ValueError(f"model.freeze_stages: must be in 0..{stages - 1} for {cfg.backbone} (the "
                          f"last of its {stages} stages forks into the heads), got {k}")
     stem = FrozenStem(nn.Sequential(Renormalize(IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD),
-                                    net.conv_stem, net.bn1, *net.blocks[:k]))
+                                    net.conv_stem, net.bn1, *net.blocks[:k]), engine=cfg.stem_engine)
     head = nn.Sequential(net.blocks[-1], net.conv_head, net.bn2)
     stem.stages = k
     branch = ForkedBranch(nn.Sequential(*net.blocks[k:-1]), head, net.conv_head.out_channels,

@@ -77,7 +77,8 @@ def build_resnet(cfg: ModelConfig):
         raise ValueError(f"model.freeze_stages: must be in 0..3 for {cfg.backbone} (residual layers "
                          f"1-3; layer4 forks into the heads), got {k}")
     layers = [net.layer1, net.layer2, net.layer3]
-    stem = FrozenStem(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:k]))
+    stem = FrozenStem(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:k]),
+                      engine=cfg.stem_engine)
     stem.stages = k
     branch = ForkedBranch(nn.Sequential(*layers[k:]), net.layer4, channels, cfg.embed_dim)
     log.info("image branch: %s (%s), residual layers 1-%d frozen, %s trainable parameters",

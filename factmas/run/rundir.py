@@ -291,8 +291,14 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
         raise RunDirError(f"{path}: cannot read: {e}") from e
     if not isinstance(record, dict) or "config" not in record:
         raise RunDirError(f"{path}: lacks the key 'config'")
+    cfg = record["config"]
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if isinstance(model, dict) and "stem_engine" not in model:
+        # a run recorded before model.stem_engine existed computed its frozen stages with torch:
+        # it is loaded (evaluated, queried, resumed) the way it was trained
+        cfg = {**cfg, "model": {**model, "stem_engine": "torch"}}
     try:
-        return RunConfig.from_dict(record["config"]), record
+        return RunConfig.from_dict(cfg), record
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
 
