@@ -287,7 +287,8 @@ class Evaluator:
         queries = lfl_in["queries"]                                     # image ids with a fact
         local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
         rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
-        r = rank_pairs(phi[rows], psi, np.concatenate([local, lfl_in["rank_pairs"]]), item_order=order,
+        # LFL's members only matter within the top 100: their counts may stop there (capped_pairs)
+        r = rank_pairs(phi[rows], psi, local, capped_pairs=lfl_in["rank_pairs"], item_order=order,
                        item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
                        max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
