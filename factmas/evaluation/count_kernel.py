@@ -11,10 +11,10 @@ exact where it is below ``cap[j]`` and otherwise some value ≥ ``cap[j]`` (``eq
 
 How: one compiled loop per row (numba, when it is installed: the ``fast`` extra), never a sort.
 
-For each needle, passes over the row's entries in chunks of ``CHUNK`` that add ``x > v`` and
-``x == v`` (vectorized by the compiler; 0/1 sums in float32 lanes, exact below 2^24 per chunk), a
-capped needle stopping after the chunk where it reaches its cap: about 0.08 ns per entry and needle
-on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
+For each needle, a pass over the row's entries that adds ``x > v`` and ``x == v`` (vectorized by
+the compiler; 0/1 sums in float32 lanes, exact for rows of at most 2^24 entries), a capped needle
+going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.08–0.15
+ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
 per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` needles
 (a popular fact's true images) are skipped: sorting them is cheaper, and the caller does.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
-CHUNK = 1024           # entries per pass of the linear path (a capped needle stops between chunks)
+CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -38,23 +38,29 @@ except ImportError:                      # pragma: no cover - depends on the env
 AVAILABLE = numba is not None
 
 
-def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, linear_max, chunk):
-    """The kernel (compiled by numba when available): fills ``gt``/``eq`` of the needles of rows
-    r0..r1−1 that have at most ``linear_max`` needles (the others are left at 0)."""
+def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, linear_max, chunk, scale):
+    """The kernel (compiled by numba when available): maps rows r0..r1−1 to −D in place where
+    ``scale`` ≠ 0, then fills ``gt``/``eq`` of the needles of those rows that have at most
+    ``linear_max`` needles (the others are left at 0)."""
     n = block.shape[1]
+    two = np.float32(2.0)
     for i in range(r0, r1):
+        row = block[i]
+        if scale != 0:                          # −D = (2/o)·IP − 2: two float32 roundings, no FMA
+            for c in range(n):
+                row[c] = row[c] * scale - two
         a = starts[i]
         b = starts[i + 1]
         if b == a or b - a > linear_max:
             continue
-        row = block[i]
         for j in range(a, b):
             v = vs[j]
             cj = cap[j]
             tg = 0
             te = 0
-            for c0 in range(0, n, chunk):
-                sub = row[c0:min(n, c0 + chunk)]      # a slice: the loop below is vectorized
+            step = chunk if cj > 0 else max(n, 1)    # an exact needle: one pass over the row
+            for c0 in range(0, n, step):
+                sub = row[c0:min(n, c0 + step)]      # a slice: the loop below is vectorized
                 cg = np.float32(0.0)
                 ce = np.float32(0.0)
                 for c in range(sub.shape[0]):
@@ -70,14 +76,17 @@ def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, linear_max, chunk):
 
 
 if AVAILABLE:
-    _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath=True)(_count_rows_py)
+    # fast-math without "contract": the sums may be reordered (exact 0/1 sums), but x·s − 2 must
+    # stay two roundings (an FMA would change −D, and with it the exact ties)
+    _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nnan", "ninf", "nsz",
+                                                                   "arcp"})(_count_rows_py)
 else:                                    # pragma: no cover
     _count_rows_jit = None
 
 
 def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.ndarray | None = None,
                pool=None, threads: int = 1, linear_max: int = LINEAR_MAX,
-               chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+               chunk: int = CHUNK, scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(gt, eq) int64 [len(vs)] of each needle against its row (module docstring); the needles of
     rows with more than ``linear_max`` needles get 0 (not counted).
 
@@ -88,17 +97,24 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
         pool / threads: a ``ThreadPoolExecutor`` over which the rows are split (the kernel releases
             the GIL); None: this thread.  linear_max: see ``LINEAR_MAX``.  chunk: see ``CHUNK``
             (at most 2^24, so that the float32 sums stay exact).
+        scale: ≠ 0: ``block`` holds inner products, and each row is first mapped in place to
+            −D = fl(fl(scale·IP) − 2) in float32 (exactly ``ip.mul_(scale).sub_(2.0)`` of torch, as
+            ``factmas.evaluation.ranking`` maps them); the needles are −D values.
     Raises:
         RuntimeError: numba is not installed (``AVAILABLE`` is False).
-        ValueError: ``starts`` does not have r + 1 entries, or chunk is outside 1..2^24.
+        ValueError: ``block`` not a C-contiguous float32 array or with rows over 2^24 entries,
+            ``starts`` without r + 1 entries, chunk outside 1..2^24.
     """
     if not AVAILABLE:
         raise RuntimeError("count_rows needs numba (pip install 'factmas[fast]')")
-    block = np.ascontiguousarray(block, np.float32)
+    if not (isinstance(block, np.ndarray) and block.dtype == np.float32 and block.flags.c_contiguous):
+        raise ValueError("block must be a C-contiguous float32 numpy array (counted in place)")
     starts = np.ascontiguousarray(starts, np.int64)
     vs = np.ascontiguousarray(vs, np.float32)
     if len(starts) != len(block) + 1:
         raise ValueError(f"starts has {len(starts)} entries for {len(block)} rows (needs rows + 1)")
+    if len(block) and block.shape[1] > 1 << 24:
+        raise ValueError(f"rows of {block.shape[1]} entries: at most 2^24 (exact float32 sums)")
     if not 1 <= chunk <= 1 << 24:
         raise ValueError(f"chunk must be in 1..2^24, got {chunk}")
     cap = (np.zeros(len(vs), np.int64) if cap is None else np.ascontiguousarray(cap, np.int64))
@@ -106,9 +122,9 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
     eq = np.zeros(len(vs), np.int64)
     r = len(block)
     if pool is None or threads < 2 or r < 2:
-        _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, linear_max, chunk)
+        _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, linear_max, chunk, np.float32(scale))
     else:
         cuts = np.linspace(0, r, threads + 1).astype(np.int64)
         list(pool.map(lambda k: _count_rows_jit(block, starts, vs, cap, gt, eq, cuts[k], cuts[k + 1],
-                                                linear_max, chunk), range(threads)))
+                                                linear_max, chunk, np.float32(scale)), range(threads)))
     return gt, eq

@@ -245,8 +245,11 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         ip = torch.mm(q_t[o], m.T, out=bufs[pi][:len(qb)])
                     else:
                         ip = q_t[o] @ m.T
-                    block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
-                    values.append((pi, s, block, cols, si))
+                    if method == "count":            # the kernel maps IP to −D in place
+                        values.append((pi, s, ip.cpu().numpy(), cols, si, _scale(o)))
+                    else:
+                        block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
+                        values.append((pi, s, block, cols, si, None))
                 _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
                              pool, threads, select_fraction, stats, bufs, method == "count",
                              capped[bsel], len(qb))
@@ -329,13 +332,15 @@ def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, star
     return right, left
 
 
-def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, bufs):
+def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale):
     """(below, ties) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value;
     row i's are ``vs[starts[i]:starts[i+1]]``, ``starts`` int64 [r + 1]) against the rows of
     ``block`` float32 [r, n]: entries > the needle and == it. ``count_kernel.count_rows`` counts the
     rows with at most ``LINEAR_MAX`` needles (``cap`` int64: > 0 where a needle may stop there);
-    the few rows with more are sorted (``_count_rows_sorted``, exact)."""
-    below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads)
+    the few rows with more are sorted (``_count_rows_sorted``, exact). ``scale`` (2/o, float32):
+    ``block`` holds inner products, mapped in place to −D by the kernel first."""
+    below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads,
+                                          scale=0.0 if scale is None else float(scale))
     per_row = np.diff(starts)
     heavy = np.flatnonzero(per_row > count_kernel.LINEAR_MAX)
     if len(heavy):
@@ -356,7 +361,8 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
                  rows=0) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
     parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
-    the ``*_seg`` counts); each item lies in one part (``part_of``, at column ``colpos``). With
+    the ``*_seg`` counts, None — or with ``use_kernel``, the inner products and their scale 2/o,
+    mapped to −D in place by the kernel); each item lies in one part (``part_of``, at column ``colpos``). With
     ``use_kernel``, each part's rows (``rows`` of them) are counted by ``_count_rows_kernel``
     (``capped`` bool [len(bsel)]: pairs that may stop at ``k_exact``); else by selection
     (``_count_rows_select``), or sorted where selection would keep more than ``select_fraction``
@@ -366,11 +372,13 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         return
     items = pairs[bsel, 1]
     p_seg, p_part = seg[items], part_of[items]
-    # each pair's own −D, read from the block of its part (the very value the rows hold)
-    for pi, s, block, cols, _ in values:
+    # each pair's own −D, read from the block of its part (the very value the rows hold; from the
+    # inner product by the same two float32 roundings where the kernel maps the block later)
+    for pi, s, block, cols, _, sc in values:
         mine = np.flatnonzero(p_part == pi)
         if len(mine):
-            neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
+            x = block[row_of[mine], colpos[items[mine]]]
+            neg[bsel[mine]] = x if sc is None else x * sc - np.float32(2.0)
     v = neg[bsel]
     by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
     vs, rows_s = v[by_value], row_of[by_value]
@@ -379,10 +387,10 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         starts_all = np.searchsorted(rows_s, np.arange(rows + 1))
         cap = (np.where(capped[by_value], k_exact, 0).astype(np.int64) if capped is not None
                else np.zeros(len(vs), np.int64))
-    for pi, s, block, cols, si in values:
+    for pi, s, block, cols, si, sc in values:
         n = block.shape[1]
         if use_kernel:
-            g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, bufs)
+            g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc)
             below = np.empty(len(bsel), np.int64)
             ties = np.empty(len(bsel), np.int64)
             below[by_value] = g

@@ -355,3 +355,22 @@ def test_capped_pairs_exact_below_k_and_popular_rows(rng, method):
     exact = exact_pair | ~far
     np.testing.assert_array_equal(got[exact], want[exact])
     assert (got[~exact, 0] >= k).all() and (got[~exact, 3] >= k).all()
+
+
+@needs_numba
+def test_count_kernel_maps_inner_products_as_torch(rng):
+    """With ``scale``, the kernel maps each row to −D = fl(fl(scale·IP) − 2) in place, bit for bit
+    as torch's ``mul_(scale).sub_(2.0)`` (no fused multiply-add), and counts on those values."""
+    from factmas.evaluation.ranking import _scale
+    ip = rng.uniform(-3, 3, (20, 257)).astype(np.float32)
+    for o in (1, 2, 3):
+        want = torch.from_numpy(ip.copy()).mul_(float(_scale(o))).sub_(2.0).numpy()
+        per_row = rng.integers(0, 5, len(ip))
+        starts = np.r_[0, np.cumsum(per_row)].astype(np.int64)
+        vs = np.concatenate([np.sort(rng.choice(want[i], m)) for i, m in enumerate(per_row)])
+        got = ip.copy()
+        gt, eq = count_kernel.count_rows(got, starts, vs, scale=float(_scale(o)))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        row = np.repeat(np.arange(len(ip)), per_row)
+        np.testing.assert_array_equal(gt, (want[row] > vs[:, None]).sum(1))
+        np.testing.assert_array_equal(eq, (want[row] == vs[:, None]).sum(1))
