@@ -15,7 +15,7 @@ For each needle, a pass over the row's entries that adds ``x > v`` and ``x == v`
 the compiler; 0/1 sums in float32 lanes, exact for rows of at most 2^24 entries), a capped needle
 going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.08–0.15
 ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
-per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` needles
+per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` uncapped needles
 (a popular fact's true images) are skipped: sorting them is cheaper, and the caller does.
 
 Without numba (``AVAILABLE`` is False) the caller keeps its numpy paths (selection or row sorts);
@@ -38,10 +38,10 @@ except ImportError:                      # pragma: no cover - depends on the env
 AVAILABLE = numba is not None
 
 
-def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, linear_max, chunk, scale):
+def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, skip, chunk, scale):
     """The kernel (compiled by numba when available): maps rows r0..r1−1 to −D in place where
-    ``scale`` ≠ 0, then fills ``gt``/``eq`` of the needles of those rows that have at most
-    ``linear_max`` needles (the others are left at 0)."""
+    ``scale`` ≠ 0, then fills ``gt``/``eq`` of the needles of those rows where ``skip`` is 0
+    (the others are left at 0)."""
     n = block.shape[1]
     two = np.float32(2.0)
     for i in range(r0, r1):
@@ -51,7 +51,7 @@ def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, linear_max, chunk, sc
                 row[c] = row[c] * scale - two
         a = starts[i]
         b = starts[i + 1]
-        if b == a or b - a > linear_max:
+        if b == a or skip[i]:
             continue
         for j in range(a, b):
             v = vs[j]
@@ -88,7 +88,7 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
                pool=None, threads: int = 1, linear_max: int = LINEAR_MAX,
                chunk: int = CHUNK, scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(gt, eq) int64 [len(vs)] of each needle against its row (module docstring); the needles of
-    rows with more than ``linear_max`` needles get 0 (not counted).
+    rows with more than ``linear_max`` uncapped needles get 0 (not counted: ``heavy_rows``).
 
     Args:
         block: float32 [r, n] (C-contiguous rows).  starts: int64 [r + 1], row i's needles are
@@ -121,10 +121,22 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
     gt = np.zeros(len(vs), np.int64)
     eq = np.zeros(len(vs), np.int64)
     r = len(block)
+    skip = heavy_rows(starts, cap, linear_max).astype(np.uint8)
     if pool is None or threads < 2 or r < 2:
-        _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, linear_max, chunk, np.float32(scale))
+        _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, skip, chunk, np.float32(scale))
     else:
         cuts = np.linspace(0, r, threads + 1).astype(np.int64)
         list(pool.map(lambda k: _count_rows_jit(block, starts, vs, cap, gt, eq, cuts[k], cuts[k + 1],
-                                                linear_max, chunk, np.float32(scale)), range(threads)))
+                                                skip, chunk, np.float32(scale)), range(threads)))
     return gt, eq
+
+
+def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LINEAR_MAX) -> np.ndarray:
+    """bool [r]: the rows with more than ``linear_max`` uncapped needles (``cap`` 0; capped ones
+    stop early, so they do not count), which ``count_rows`` leaves to the caller (a sort is cheaper)."""
+    starts = np.asarray(starts, np.int64)
+    per_row = np.diff(starts)
+    if cap is None:
+        return per_row > linear_max
+    row = np.repeat(np.arange(len(per_row)), per_row)
+    return np.bincount(row[np.asarray(cap) == 0], minlength=len(per_row)) > linear_max

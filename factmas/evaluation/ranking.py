@@ -336,13 +336,13 @@ def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale):
     """(below, ties) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value;
     row i's are ``vs[starts[i]:starts[i+1]]``, ``starts`` int64 [r + 1]) against the rows of
     ``block`` float32 [r, n]: entries > the needle and == it. ``count_kernel.count_rows`` counts the
-    rows with at most ``LINEAR_MAX`` needles (``cap`` int64: > 0 where a needle may stop there);
-    the few rows with more are sorted (``_count_rows_sorted``, exact). ``scale`` (2/o, float32):
+    rows with at most ``LINEAR_MAX`` uncapped needles (``cap`` int64: > 0 where a needle may stop
+    there); the few rows with more are sorted (``_count_rows_sorted``, exact). ``scale`` (2/o, float32):
     ``block`` holds inner products, mapped in place to −D by the kernel first."""
     below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads,
                                           scale=0.0 if scale is None else float(scale))
     per_row = np.diff(starts)
-    heavy = np.flatnonzero(per_row > count_kernel.LINEAR_MAX)
+    heavy = np.flatnonzero(count_kernel.heavy_rows(starts, cap))
     if len(heavy):
         n = block.shape[1]
         needles = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in heavy])

@@ -289,7 +289,7 @@ needs_numba = pytest.mark.skipif(not count_kernel.AVAILABLE, reason="numba is no
 def test_count_kernel_equals_loop_with_ties_caps_and_zero_signs(rng, chunk):
     """``count_rows``: entries > and == each needle of its row equal a per-needle loop, on rounded
     values (many exact ties, −0.0 against +0.0), with empty rows, a cap that may stop a needle
-    (then gt ≥ cap) and rows with more than ``linear_max`` needles left at 0."""
+    (then gt ≥ cap) and rows with more than ``linear_max`` uncapped needles left at 0."""
     r, n, linear_max = 40, 300, 12
     block = np.round(rng.standard_normal((r, n)), 1).astype(np.float32)
     block[block == 0] = np.float32(-0.0)
@@ -310,6 +310,10 @@ def test_count_kernel_equals_loop_with_ties_caps_and_zero_signs(rng, chunk):
     np.testing.assert_array_equal(gt, np.where(heavy, 0, want_gt))
     np.testing.assert_array_equal(eq, np.where(heavy, 0, want_eq))
     gt, eq = count_kernel.count_rows(block, starts, vs, cap, linear_max=linear_max, chunk=chunk)
+    heavy_capped = count_kernel.heavy_rows(starts, cap, linear_max)   # only uncapped needles count
+    assert (heavy_capped < (per_row > linear_max)).any()               # a row counted once capped
+    heavy = np.repeat(heavy_capped, per_row)
+    np.testing.assert_array_equal(gt[heavy], 0)
     stopped = (cap > 0) & (want_gt >= cap)
     assert stopped[~heavy].sum() > 10
     np.testing.assert_array_equal(gt[~heavy & ~stopped], want_gt[~heavy & ~stopped])
