@@ -125,7 +125,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                item_segment: np.ndarray | None = None, k_exact: int = 100,
                block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
                device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION,
-               method: str = "auto", capped_pairs: np.ndarray | None = None) -> PairRanks:
+               method: str = "auto", capped_pairs: np.ndarray | None = None,
+               unit: bool = False) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -150,6 +151,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             than ``k_exact`` items are closer (LFL's ground-truth members): they get ranks too, exact
             below ``k_exact`` and otherwise some count ≥ ``k_exact`` (with "count": counting stops
             there). A pair also in ``pairs`` is exact. None: none.
+        unit: queries and items are unit slots already (float32 numpy [·, 3, d] from
+            ``factmas.evaluation.retrieval.unit_slots``, e.g. computed once for both directions).
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
@@ -157,7 +160,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         of range, unknown method.
         RuntimeError: method "count" without numba.
     """
-    q_hat, x_hat = unit_slots(queries), unit_slots(items)
+    q_hat, x_hat = ((np.asarray(queries, np.float32), np.asarray(items, np.float32)) if unit
+                    else (unit_slots(queries), unit_slots(items)))
     Q, M = len(q_hat), len(x_hat)
     if (query_order is None) == (item_order is None):
         raise ValueError("give exactly one of query_order (fact → image) and item_order (image → fact)")
@@ -252,7 +256,7 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         values.append((pi, s, block, cols, si, None))
                 _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
                              pool, threads, select_fraction, stats, bufs, method == "count",
-                             capped[bsel], len(qb))
+                             capped[bsel], len(qb), seg_ids)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -358,13 +362,14 @@ def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale):
 
 def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact, pool,
                  threads, select_fraction, stats, bufs, use_kernel=False, capped=None,
-                 rows=0) -> None:
+                 rows=0, segment_ids=None) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
     parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
     the ``*_seg`` counts, None — or with ``use_kernel``, the inner products and their scale 2/o,
     mapped to −D in place by the kernel); each item lies in one part (``part_of``, at column ``colpos``). With
     ``use_kernel``, each part's rows (``rows`` of them) are counted by ``_count_rows_kernel``
-    (``capped`` bool [len(bsel)]: pairs that may stop at ``k_exact``); else by selection
+    (``capped`` bool [len(bsel)]: pairs that may stop at ``k_exact``; ``segment_ids``: the sorted
+    segment ids, the columns of the ``*_seg`` counts), summed per segment and added once; else by selection
     (``_count_rows_select``), or sorted where selection would keep more than ``select_fraction``
     of the entries (or ``select_fraction`` ≤ 0). All give the same counts (capped ones: the same
     where below ``k_exact``)."""
@@ -387,18 +392,32 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         starts_all = np.searchsorted(rows_s, np.arange(rows + 1))
         cap = (np.where(capped[by_value], k_exact, 0).astype(np.int64) if capped is not None
                else np.zeros(len(vs), np.int64))
-    for pi, s, block, cols, si, sc in values:
-        n = block.shape[1]
-        if use_kernel:
+    if use_kernel:              # the block's counts per segment column, added to ``out`` once
+        S = out["below_seg"].shape[1]
+        seg_below = np.zeros((len(bsel), S), np.int64)
+        seg_ties = np.zeros((len(bsel), S), np.int64)
+        for pi, s, block, cols, si, sc in values:
             g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc)
             below = np.empty(len(bsel), np.int64)
             ties = np.empty(len(bsel), np.int64)
             below[by_value] = g
             ties[by_value] = e
+            seg_below[:, si] += below
+            seg_ties[:, si] += ties
             stats["counted_blocks"] += 1
-            _add_counts(out, bsel, below, ties, p_seg == s, si, pi, p_part, k_exact, block, row_of,
-                        v, cols, items)
-            continue
+            _add_tie_lower(out, bsel, below, ties, p_seg == s, si, pi, p_part, k_exact, block,
+                           row_of, v, cols, items)
+        own_col = np.searchsorted(segment_ids, p_seg)
+        at = np.arange(len(bsel))
+        out["below"][bsel] += seg_below[at, own_col]
+        out["ties"][bsel] += seg_ties[at, own_col]
+        out["below_all"][bsel] += seg_below.sum(1)
+        out["ties_all"][bsel] += seg_ties.sum(1)
+        out["below_seg"][bsel] += seg_below.astype(np.int32)
+        out["ties_seg"][bsel] += seg_ties.astype(np.int32)
+        return
+    for pi, s, block, cols, si, sc in values:
+        n = block.shape[1]
         # selection where it paid off for this part's last block, else retried every 8th block
         tries = bufs.setdefault("select", {}).setdefault(pi, [0, 0])    # [blocks, failures in a row]
         tries[0] += 1
@@ -426,13 +445,21 @@ def _add_counts(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row
                 items) -> None:
     """Add one part's counts ``below`` / ``ties`` int64 [len(bsel)] of the pairs ``bsel`` to
     ``out`` (own segment where ``own``, over all, and the segment's column ``si``), and the
-    position inside a tie where the part holds another item at the pair's −D (``v``)."""
+    position inside a tie (``_add_tie_lower``)."""
     out["below"][bsel[own]] += below[own]
     out["ties"][bsel[own]] += ties[own]
     out["below_all"][bsel] += below
     out["ties_all"][bsel] += ties
     out["below_seg"][bsel, si] += below.astype(np.int32)
     out["ties_seg"][bsel, si] += ties.astype(np.int32)
+    _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row_of, v, cols, items)
+
+
+def _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row_of, v, cols,
+                   items) -> None:
+    """Add to ``out``'s ``tie_lower*`` the items of part ``pi`` (−D ``block``, item ids ``cols``)
+    at exactly the pair's −D (``v``) with a lower item index, for the pairs ``bsel`` that have
+    such a tie in this part (``ties``, ``below``: its counts) where a cut-off k_exact can see it."""
     # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
     # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
     tied = np.flatnonzero((ties > (p_part == pi)) & (below < k_exact))   # another item at −D
