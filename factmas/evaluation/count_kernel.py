@@ -86,7 +86,8 @@ else:                                    # pragma: no cover
 
 def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.ndarray | None = None,
                pool=None, threads: int = 1, linear_max: int = LINEAR_MAX,
-               chunk: int = CHUNK, scale: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               chunk: int = CHUNK, scale: float = 0.0,
+               heavy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(gt, eq) int64 [len(vs)] of each needle against its row (module docstring); the needles of
     rows with more than ``linear_max`` uncapped needles get 0 (not counted: ``heavy_rows``).
 
@@ -100,6 +101,7 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
         scale: ≠ 0: ``block`` holds inner products, and each row is first mapped in place to
             −D = fl(fl(scale·IP) − 2) in float32 (exactly ``ip.mul_(scale).sub_(2.0)`` of torch, as
             ``factmas.evaluation.ranking`` maps them); the needles are −D values.
+        heavy: bool [r], ``heavy_rows(starts, cap, linear_max)`` when the caller has it already.
     Raises:
         RuntimeError: numba is not installed (``AVAILABLE`` is False).
         ValueError: ``block`` not a C-contiguous float32 array or with rows over 2^24 entries,
@@ -121,7 +123,7 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
     gt = np.zeros(len(vs), np.int64)
     eq = np.zeros(len(vs), np.int64)
     r = len(block)
-    skip = heavy_rows(starts, cap, linear_max).astype(np.uint8)
+    skip = (heavy_rows(starts, cap, linear_max) if heavy is None else heavy).astype(np.uint8)
     if pool is None or threads < 2 or r < 2:
         _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, skip, chunk, np.float32(scale))
     else:

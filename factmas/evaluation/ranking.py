@@ -336,17 +336,18 @@ def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, star
     return right, left
 
 
-def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale):
+def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale, heavy):
     """(below, ties) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value;
     row i's are ``vs[starts[i]:starts[i+1]]``, ``starts`` int64 [r + 1]) against the rows of
     ``block`` float32 [r, n]: entries > the needle and == it. ``count_kernel.count_rows`` counts the
     rows with at most ``LINEAR_MAX`` uncapped needles (``cap`` int64: > 0 where a needle may stop
     there); the few rows with more are sorted (``_count_rows_sorted``, exact). ``scale`` (2/o, float32):
-    ``block`` holds inner products, mapped in place to −D by the kernel first."""
+    ``block`` holds inner products, mapped in place to −D by the kernel first. ``heavy`` bool
+    [r]: ``count_kernel.heavy_rows(starts, cap)``."""
     below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads,
-                                          scale=0.0 if scale is None else float(scale))
+                                          scale=0.0 if scale is None else float(scale), heavy=heavy)
     per_row = np.diff(starts)
-    heavy = np.flatnonzero(count_kernel.heavy_rows(starts, cap))
+    heavy = np.flatnonzero(heavy)
     if len(heavy):
         n = block.shape[1]
         needles = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in heavy])
@@ -392,12 +393,13 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         starts_all = np.searchsorted(rows_s, np.arange(rows + 1))
         cap = (np.where(capped[by_value], k_exact, 0).astype(np.int64) if capped is not None
                else np.zeros(len(vs), np.int64))
+        heavy = count_kernel.heavy_rows(starts_all, cap)          # the same for every part
     if use_kernel:              # the block's counts per segment column, added to ``out`` once
         S = out["below_seg"].shape[1]
         seg_below = np.zeros((len(bsel), S), np.int64)
         seg_ties = np.zeros((len(bsel), S), np.int64)
         for pi, s, block, cols, si, sc in values:
-            g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc)
+            g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc, heavy)
             below = np.empty(len(bsel), np.int64)
             ties = np.empty(len(bsel), np.int64)
             below[by_value] = g
