@@ -295,12 +295,11 @@ class Evaluator:
         rows = np.searchsorted(self.image_ids, queries)
         # LFL's members only matter within the top 100: their counts may stop there (capped_pairs)
         r = rank_pairs(hats[0][rows], hats[1], local, capped_pairs=lfl_in["rank_pairs"], unit=True,
-                       item_order=order, item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
-                       max_rows=self.cfg.search_batch, device=self.device)
+                       item_order=order, item_segment=lfl_in["segment"],
+                       k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
-        f = self.data.num_facts
-        true = np.isin(r.query * f + r.item, local[:, 0] * f + local[:, 1])   # not LFL's members
+        true = ~r.capped                         # the true pairs (LFL's members only: capped)
         # counts within the item's task: the sum over its two segments (2·task + candidate)
         below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
         seg_task = r.segments // 2
@@ -315,7 +314,7 @@ class Evaluator:
                 sel = true.copy()
                 b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
             else:
-                sel = true & np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
+                sel = true & (item_task == key)      # the facts of task ``key`` (groups[key])
                 b_k, ti_k, lo_k = below, ties, lower
             q = r.query[sel]
             n = len(np.unique(q))

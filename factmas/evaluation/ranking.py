@@ -380,8 +380,12 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
     p_seg, p_part = seg[items], part_of[items]
     # each pair's own −D, read from the block of its part (the very value the rows hold; from the
     # inner product by the same two float32 roundings where the kernel maps the block later)
-    for pi, s, block, cols, _, sc in values:
-        mine = np.flatnonzero(p_part == pi)
+    by_part = np.argsort(p_part, kind="stable")                  # the pairs of each part, at once
+    part_ids = [pi for pi, *_ in values]
+    lo = np.searchsorted(p_part[by_part], part_ids, "left")
+    hi = np.searchsorted(p_part[by_part], part_ids, "right")
+    for k, (pi, s, block, cols, _, sc) in enumerate(values):
+        mine = by_part[lo[k]:hi[k]]
         if len(mine):
             x = block[row_of[mine], colpos[items[mine]]]
             neg[bsel[mine]] = x if sc is None else x * sc - np.float32(2.0)
@@ -464,7 +468,8 @@ def _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, 
     such a tie in this part (``ties``, ``below``: its counts) where a cut-off k_exact can see it."""
     # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
     # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
-    tied = np.flatnonzero((ties > (p_part == pi)) & (below < k_exact))   # another item at −D
+    tied = np.flatnonzero(ties)                                  # usually the pair's own item only
+    tied = tied[(ties[tied] > (p_part[tied] == pi)) & (below[tied] < k_exact)]   # another item at −D
     if len(tied):
         lower = np.zeros(len(tied), np.int64)
         for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
