@@ -162,6 +162,9 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     """
     q_hat, x_hat = ((np.asarray(queries, np.float32), np.asarray(items, np.float32)) if unit
                     else (unit_slots(queries), unit_slots(items)))
+    for z in (q_hat, x_hat):
+        if z.ndim != 3 or z.shape[1] != 3:
+            raise ValueError(f"embeddings must be [N, 3, d], got shape {z.shape}")
     Q, M = len(q_hat), len(x_hat)
     if (query_order is None) == (item_order is None):
         raise ValueError("give exactly one of query_order (fact → image) and item_order (image → fact)")

@@ -378,3 +378,17 @@ def test_count_kernel_maps_inner_products_as_torch(rng):
         row = np.repeat(np.arange(len(ip)), per_row)
         np.testing.assert_array_equal(gt, (want[row] > vs[:, None]).sum(1))
         np.testing.assert_array_equal(eq, (want[row] == vs[:, None]).sum(1))
+
+
+def test_unit_slots_given_once_equal_raw_embeddings(rng):
+    """``unit=True`` with ``retrieval.unit_slots`` computed by the caller gives the same counts as
+    raw embeddings; a wrong shape is an error."""
+    from factmas.evaluation.retrieval import unit_slots
+    phi, psi, order, rel = _data(rng, False, n=30, f=25)
+    a = rank_pairs(phi, psi, np.argwhere(rel), item_order=order, block_elements=200)
+    b = rank_pairs(unit_slots(phi), unit_slots(psi), np.argwhere(rel), item_order=order,
+                   block_elements=200, unit=True)
+    for name in ("neg_dist", "below", "ties", "tie_lower", "below_all", "ties_all"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(ValueError, match=r"\[N, 3, d\]"):
+        rank_pairs(unit_slots(phi)[:, :2], unit_slots(psi), [[0, 0]], item_order=order, unit=True)
