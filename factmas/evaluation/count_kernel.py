@@ -78,8 +78,11 @@ def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, skip, chunk, scale):
 if AVAILABLE:
     # fast-math without "contract": the sums may be reordered (exact 0/1 sums), but x·s − 2 must
     # stay two roundings (an FMA would change −D, and with it the exact ties)
-    _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "nnan", "ninf", "nsz",
-                                                                   "arcp"})(_count_rows_py)
+    _FLAGS = {"reassoc", "nnan", "ninf", "nsz", "arcp"}
+    try:                                 # compiled once per machine (numba's on-disk cache) ...
+        _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_rows_py)
+    except RuntimeError:                 # ... or per process where no cache folder is writable
+        _count_rows_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_rows_py)
 else:                                    # pragma: no cover
     _count_rows_jit = None
 
