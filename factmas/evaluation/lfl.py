@@ -314,7 +314,8 @@ def evaluate_lfl(ev, phi, psi) -> dict:
     from factmas.evaluation.ranking import rank_pairs
     inputs = lfl_inputs(ev)
     rows = torch.as_tensor(np.searchsorted(ev.image_ids, inputs["queries"]))
-    r = rank_pairs(phi[rows], psi, inputs["rank_pairs"], item_order=ev.data.order,
+    r = rank_pairs(phi[rows], psi, np.zeros((0, 2), np.int64), capped_pairs=inputs["rank_pairs"],
+                   item_order=ev.data.order,
                    item_segment=inputs["segment"], k_exact=LFL_MAX_RANK,
                    max_rows=ev.cfg.search_batch, device=ev.device)
     return lfl_from_ranks(ev, inputs, r, phi, psi)

@@ -14,6 +14,12 @@ candidate are one matrix product per (segment, fact order) "part" (torch, multi-
 Elhoseiny et al. AAAI 2017, Sec. 4; ``factmas.space``). The counts are sums over columns, so each
 part is counted on its own, with every relevant pair of the block's rows as a needle:
 
+* **counting** (``factmas.evaluation.count_kernel``, the default where numba is installed): for each
+  needle, compiled vectorized passes over its row that count the entries above and equal to it —
+  no sort, no selection, a cost that does not depend on how well the model ranks (rows with more
+  than ``count_kernel.LINEAR_MAX`` needles, e.g. a popular fact's images, are sorted instead).
+  Pairs given as ``capped_pairs`` (LFL's ground-truth members, which only matter within the top
+  ``k_exact``) stop counting once ``k_exact`` entries are above them;
 * **selection** (``_count_rows_select``): only entries at or above a row's smallest needle can be
   above or equal to any of its needles; one comparison pass selects them, and they and the needles
   become integer keys (row, float order), of which only the selected ones are sorted and searched —
@@ -31,7 +37,8 @@ counts within its item's segment, over all items (``*_all``) and within each seg
 which any union of segments follows — what LFL's candidate sets need, ``factmas.evaluation.lfl``).
 Pairs need not be relevant ones: any (query, item) pair gets its exact rank.
 
-May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefixes).
+May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefixes),
+``factmas.evaluation.count_kernel`` (numba, optional).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from factmas.evaluation import count_kernel
 from factmas.evaluation.retrieval import prefix, unit_slots
 
 BLOCK_ELEMENTS = 1 << 22     # score entries per block of rows (16 MiB of float32, twice: block + sorted)
@@ -48,6 +56,7 @@ BLOCK_ELEMENTS = 1 << 22     # score entries per block of rows (16 MiB of float3
 # relevant score of their row (an untrained model); else those entries alone are selected and sorted
 SELECT_FRACTION = 0.25
 SAMPLE_STRIDE = 16
+METHODS = ("auto", "count", "select", "sort")
 
 
 @dataclass
@@ -65,8 +74,9 @@ class PairRanks:
     counts within each segment (column j: ``segments[j]``), so that any union U of segments has
     below_U = Σ_{j∈U} below_seg[:, j] (and the same for ties and, where below_U < k_exact,
     tie_lower). ``blocks``: how many
-    (block, segment) matrices were counted by selection and by sorting (``selected_blocks``,
-    ``sorted_blocks``).
+    (block, part) matrices were counted by the compiled counting, by selection and by sorting
+    (``counted_blocks``, ``selected_blocks``, ``sorted_blocks``). ``capped`` bool [P]: the pair was
+    given only in ``capped_pairs`` (its counts are exact where below k_exact, else ≥ k_exact).
     """
     query: np.ndarray
     item: np.ndarray
@@ -83,6 +93,7 @@ class PairRanks:
     ties_seg: np.ndarray | None = None
     tie_lower_seg: np.ndarray | None = None
     blocks: dict = field(default_factory=dict)
+    capped: np.ndarray | None = None
 
 
 def _scale(o: int) -> np.float32:
@@ -113,7 +124,9 @@ def _sort_rows(block: np.ndarray, pool: ThreadPoolExecutor | None, threads: int,
 def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=None,
                item_segment: np.ndarray | None = None, k_exact: int = 100,
                block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
-               device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION) -> PairRanks:
+               device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION,
+               method: str = "auto", capped_pairs: np.ndarray | None = None,
+               unit: bool = False) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -129,15 +142,29 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         block_elements: score entries per block of query rows (bounds memory).
         max_rows: at most this many query rows per block (None: no limit but ``block_elements``).
         device: where the matrix products run (the counting runs on the CPU).
-        select_fraction: a block's rows are sorted where more than this fraction of its entries
-            reach their row's smallest relevant score (≤ 0: always sorted); the counts are the same.
+        select_fraction: (method "select") a block's rows are sorted where more than this fraction
+            of its entries reach their row's smallest relevant score (≤ 0: always sorted).
+        method: "count" (``count_kernel``, needs numba), "select" (selection, else sorted rows),
+            "sort" (always sorted rows), "auto" ("count" where numba is installed, else "select").
+            The counts are the same.
+        capped_pairs: int [E, 2] more (query, item) pairs whose counts are only needed where fewer
+            than ``k_exact`` items are closer (LFL's ground-truth members): they get ranks too, exact
+            below ``k_exact`` and otherwise some count ≥ ``k_exact`` (with "count": counting stops
+            there). A pair also in ``pairs`` is exact. None: none.
+        unit: queries and items are unit slots already (float32 numpy [·, 3, d] from
+            ``factmas.evaluation.retrieval.unit_slots``, e.g. computed once for both directions).
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
         ValueError: bad shapes, orders outside 1..3, both or neither order given, pair indexes out
-        of range.
+        of range, unknown method.
+        RuntimeError: method "count" without numba.
     """
-    q_hat, x_hat = unit_slots(queries), unit_slots(items)
+    q_hat, x_hat = ((np.asarray(queries, np.float32), np.asarray(items, np.float32)) if unit
+                    else (unit_slots(queries), unit_slots(items)))
+    for z in (q_hat, x_hat):
+        if z.ndim != 3 or z.shape[1] != 3:
+            raise ValueError(f"embeddings must be [N, 3, d], got shape {z.shape}")
     Q, M = len(q_hat), len(x_hat)
     if (query_order is None) == (item_order is None):
         raise ValueError("give exactly one of query_order (fact → image) and item_order (image → fact)")
@@ -149,17 +176,30 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
            else np.asarray(item_segment, np.int64).reshape(-1))
     if len(seg) != M:
         raise ValueError(f"item_segment has {len(seg)} entries for {M} items")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}; valid: {list(METHODS)}")
+    if method == "count" and not count_kernel.AVAILABLE:
+        raise RuntimeError("method 'count' needs numba (pip install 'factmas[fast]')")
+    if method == "auto":
+        method = "count" if count_kernel.AVAILABLE else "select"
+    if method == "sort":
+        select_fraction = 0.0
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    extra = (np.zeros((0, 2), np.int64) if capped_pairs is None
+             else np.asarray(capped_pairs, np.int64).reshape(-1, 2))
+    exact_key = np.unique(pairs[:, 0] * M + pairs[:, 1])
+    pairs = np.concatenate([pairs, extra])
     if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= Q or pairs[:, 1].max() >= M):
         raise ValueError(f"pair indexes out of range ({Q} queries, {M} items)")
     key = np.sort(pairs[:, 0] * M + pairs[:, 1])                    # sorted (query, item), once
     key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
     pairs = np.stack([key // M, key % M], axis=1)
+    capped = ~np.isin(key, exact_key)                   # only in capped_pairs
     P = len(pairs)
     out = {k: np.zeros(P, np.int64) for k in
            ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
     neg = np.zeros(P, np.float32)
-    stats = {"selected_blocks": 0, "sorted_blocks": 0}
+    stats = {"counted_blocks": 0, "selected_blocks": 0, "sorted_blocks": 0}
     seg_ids = np.unique(seg)                     # a few segments
     for k in ("below_seg", "ties_seg", "tie_lower_seg"):
         out[k] = np.zeros((P, len(seg_ids)), np.int32)
@@ -212,15 +252,19 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         ip = torch.mm(q_t[o], m.T, out=bufs[pi][:len(qb)])
                     else:
                         ip = q_t[o] @ m.T
-                    block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
-                    values.append((pi, s, block, cols, si))
+                    if method == "count":            # the kernel maps IP to −D in place
+                        values.append((pi, s, ip.cpu().numpy(), cols, si, _scale(o)))
+                    else:
+                        block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
+                        values.append((pi, s, block, cols, si, None))
                 _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
-                             pool, threads, select_fraction, stats, bufs)
+                             pool, threads, select_fraction, stats, bufs, method == "count",
+                             capped[bsel], len(qb), seg_ids)
     finally:
         if pool is not None:
             pool.shutdown()
     return PairRanks(query=pairs[:, 0], item=pairs[:, 1], neg_dist=neg, segment=seg[pairs[:, 1]],
-                     segments=seg_ids, **out, blocks=stats)
+                     segments=seg_ids, **out, blocks=stats, capped=capped)
 
 
 def _float_keys(x: np.ndarray) -> np.ndarray:
@@ -295,27 +339,93 @@ def _count_rows_sorted(srt: np.ndarray, rows_s: np.ndarray, vs: np.ndarray, star
     return right, left
 
 
+def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale, heavy):
+    """(below, ties) int64 [len(vs)] of the needles ``vs`` (sorted by row ``rows_s``, then value;
+    row i's are ``vs[starts[i]:starts[i+1]]``, ``starts`` int64 [r + 1]) against the rows of
+    ``block`` float32 [r, n]: entries > the needle and == it. ``count_kernel.count_rows`` counts the
+    rows with at most ``LINEAR_MAX`` uncapped needles (``cap`` int64: > 0 where a needle may stop
+    there); the few rows with more are sorted (``_count_rows_sorted``, exact). ``scale`` (2/o, float32):
+    ``block`` holds inner products, mapped in place to −D by the kernel first. ``heavy`` bool
+    [r]: ``count_kernel.heavy_rows(starts, cap)``."""
+    below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads,
+                                          scale=0.0 if scale is None else float(scale), heavy=heavy)
+    per_row = np.diff(starts)
+    heavy = np.flatnonzero(heavy)
+    if len(heavy):
+        n = block.shape[1]
+        needles = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in heavy])
+        sub_rows = np.repeat(np.arange(len(heavy)), per_row[heavy])
+        sub_starts = np.r_[0, np.cumsum(per_row[heavy])]
+        sub = block[heavy]
+        sub.sort(axis=1)
+        right, left = _count_rows_sorted(sub, sub_rows, vs[needles], sub_starts)
+        below[needles] = n - right
+        ties[needles] = right - left
+    return below, ties
+
+
 def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact, pool,
-                 threads, select_fraction, stats, bufs) -> None:
+                 threads, select_fraction, stats, bufs, use_kernel=False, capped=None,
+                 rows=0, segment_ids=None) -> None:
     """Fill the counts of the pairs ``bsel`` (rows ``row_of`` of the block) from the block's
     parts ``values``: (part, segment, −D float32 [r, n], item of each column, segment's column in
-    the ``*_seg`` counts); each item lies in one part (``part_of``, at column ``colpos``). Each segment's rows
-    are counted by selection (``_count_rows_select``), or sorted where selection would keep more
-    than ``select_fraction`` of the entries (or ``select_fraction`` ≤ 0); both give the same counts."""
+    the ``*_seg`` counts, None — or with ``use_kernel``, the inner products and their scale 2/o,
+    mapped to −D in place by the kernel); each item lies in one part (``part_of``, at column ``colpos``). With
+    ``use_kernel``, each part's rows (``rows`` of them) are counted by ``_count_rows_kernel``
+    (``capped`` bool [len(bsel)]: pairs that may stop at ``k_exact``; ``segment_ids``: the sorted
+    segment ids, the columns of the ``*_seg`` counts), summed per segment and added once; else by selection
+    (``_count_rows_select``), or sorted where selection would keep more than ``select_fraction``
+    of the entries (or ``select_fraction`` ≤ 0). All give the same counts (capped ones: the same
+    where below ``k_exact``)."""
     if not len(bsel):
         return
     items = pairs[bsel, 1]
     p_seg, p_part = seg[items], part_of[items]
-    # each pair's own −D, read from the block of its part (the very value the rows hold)
-    for pi, s, block, cols, _ in values:
-        mine = np.flatnonzero(p_part == pi)
+    # each pair's own −D, read from the block of its part (the very value the rows hold; from the
+    # inner product by the same two float32 roundings where the kernel maps the block later)
+    by_part = np.argsort(p_part, kind="stable")                  # the pairs of each part, at once
+    part_ids = [pi for pi, *_ in values]
+    lo = np.searchsorted(p_part[by_part], part_ids, "left")
+    hi = np.searchsorted(p_part[by_part], part_ids, "right")
+    for k, (pi, s, block, cols, _, sc) in enumerate(values):
+        mine = by_part[lo[k]:hi[k]]
         if len(mine):
-            neg[bsel[mine]] = block[row_of[mine], colpos[items[mine]]]
+            x = block[row_of[mine], colpos[items[mine]]]
+            neg[bsel[mine]] = x if sc is None else x * sc - np.float32(2.0)
     v = neg[bsel]
     by_value = np.lexsort((v, row_of))                 # within a row, needles in ascending order
     vs, rows_s = v[by_value], row_of[by_value]
     starts = np.searchsorted(rows_s, np.arange(rows_s[-1] + 2))
-    for pi, s, block, cols, si in values:
+    if use_kernel:
+        starts_all = np.searchsorted(rows_s, np.arange(rows + 1))
+        cap = (np.where(capped[by_value], k_exact, 0).astype(np.int64) if capped is not None
+               else np.zeros(len(vs), np.int64))
+        heavy = count_kernel.heavy_rows(starts_all, cap)          # the same for every part
+    if use_kernel:              # the block's counts per segment column, added to ``out`` once
+        S = out["below_seg"].shape[1]
+        seg_below = np.zeros((len(bsel), S), np.int64)
+        seg_ties = np.zeros((len(bsel), S), np.int64)
+        for pi, s, block, cols, si, sc in values:
+            g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc, heavy)
+            below = np.empty(len(bsel), np.int64)
+            ties = np.empty(len(bsel), np.int64)
+            below[by_value] = g
+            ties[by_value] = e
+            seg_below[:, si] += below
+            seg_ties[:, si] += ties
+            stats["counted_blocks"] += 1
+            _add_tie_lower(out, bsel, below, ties, p_seg == s, si, pi, p_part, k_exact, block,
+                           row_of, v, cols, items)
+        own_col = np.searchsorted(segment_ids, p_seg)
+        at = np.arange(len(bsel))
+        out["below"][bsel] += seg_below[at, own_col]
+        out["ties"][bsel] += seg_ties[at, own_col]
+        out["below_all"][bsel] += seg_below.sum(1)
+        out["ties_all"][bsel] += seg_ties.sum(1)
+        out["below_seg"][bsel] += seg_below.astype(np.int32)
+        out["ties_seg"][bsel] += seg_ties.astype(np.int32)
+        return
+    for pi, s, block, cols, si, sc in values:
         n = block.shape[1]
         # selection where it paid off for this part's last block, else retried every 8th block
         tries = bufs.setdefault("select", {}).setdefault(pi, [0, 0])    # [blocks, failures in a row]
@@ -336,22 +446,39 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         ties = np.empty(len(bsel), np.int64)
         below[by_value] = n - right                                  # −D strictly larger: closer
         ties[by_value] = right - left
-        own = p_seg == s
-        out["below"][bsel[own]] += below[own]
-        out["ties"][bsel[own]] += ties[own]
-        out["below_all"][bsel] += below
-        out["ties_all"][bsel] += ties
-        out["below_seg"][bsel, si] += below.astype(np.int32)
-        out["ties_seg"][bsel, si] += ties.astype(np.int32)
-        # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
-        # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
-        tied = np.flatnonzero((ties > (p_part == pi)) & (below < k_exact))   # another item at −D
-        if len(tied):
-            lower = np.zeros(len(tied), np.int64)
-            for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
-                j = tied[c:c + 64]
-                hit = (block[row_of[j]] == v[j, None]) & (cols[None, :] < items[j, None])
-                lower[c:c + 64] = hit.sum(1)
-            out["tie_lower"][bsel[tied[own[tied]]]] += lower[own[tied]]
-            out["tie_lower_all"][bsel[tied]] += lower
-            out["tie_lower_seg"][bsel[tied], si] += lower.astype(np.int32)
+        _add_counts(out, bsel, below, ties, p_seg == s, si, pi, p_part, k_exact, block, row_of, v,
+                    cols, items)
+
+
+def _add_counts(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row_of, v, cols,
+                items) -> None:
+    """Add one part's counts ``below`` / ``ties`` int64 [len(bsel)] of the pairs ``bsel`` to
+    ``out`` (own segment where ``own``, over all, and the segment's column ``si``), and the
+    position inside a tie (``_add_tie_lower``)."""
+    out["below"][bsel[own]] += below[own]
+    out["ties"][bsel[own]] += ties[own]
+    out["below_all"][bsel] += below
+    out["ties_all"][bsel] += ties
+    out["below_seg"][bsel, si] += below.astype(np.int32)
+    out["ties_seg"][bsel, si] += ties.astype(np.int32)
+    _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row_of, v, cols, items)
+
+
+def _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, row_of, v, cols,
+                   items) -> None:
+    """Add to ``out``'s ``tie_lower*`` the items of part ``pi`` (−D ``block``, item ids ``cols``)
+    at exactly the pair's −D (``v``) with a lower item index, for the pairs ``bsel`` that have
+    such a tie in this part (``ties``, ``below``: its counts) where a cut-off k_exact can see it."""
+    # position inside a tie (rare: exactly equal distances) where a cut-off k_exact can see it
+    # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
+    tied = np.flatnonzero(ties)                                  # usually the pair's own item only
+    tied = tied[(ties[tied] > (p_part[tied] == pi)) & (below[tied] < k_exact)]   # another item at −D
+    if len(tied):
+        lower = np.zeros(len(tied), np.int64)
+        for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once
+            j = tied[c:c + 64]
+            hit = (block[row_of[j]] == v[j, None]) & (cols[None, :] < items[j, None])
+            lower[c:c + 64] = hit.sum(1)
+        out["tie_lower"][bsel[tied[own[tied]]]] += lower[own[tied]]
+        out["tie_lower_all"][bsel[tied]] += lower
+        out["tie_lower_seg"][bsel[tied], si] += lower.astype(np.int32)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from factmas.evaluation import count_kernel
 from factmas.evaluation import metrics as M
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import FactIndex, ImageIndex
@@ -173,12 +174,18 @@ def _brute_counts(neg, rel_pairs, seg, k_exact):
     return np.array(out, np.int64).reshape(-1, 6)
 
 
+METHODS = [("sort", 0.25), ("select", 0.0), ("select", 1.0), ("select", 0.25)]
+if count_kernel.AVAILABLE:
+    METHODS.append(("count", 0.25))
+
+
 @pytest.mark.parametrize("direction", ["f2i", "i2f"])
-@pytest.mark.parametrize("select_fraction", [0.0, 1.0, 0.25])
-def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, select_fraction):
-    """The counting without sorted rows (selection of the entries that reach a row's smallest
-    relevant score), the sorting path and a per-pair loop agree exactly, on data where many scores
-    are exactly equal (zero images: every distance 2 exactly), in blocks of a few rows."""
+@pytest.mark.parametrize("method, select_fraction", METHODS)
+def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, method, select_fraction):
+    """The compiled counting (``count_kernel``), the counting by selection of the entries that reach
+    a row's smallest relevant score, the sorting path and a per-pair loop agree exactly, on data
+    where many scores are exactly equal (zero images: every distance 2 exactly), in blocks of a
+    few rows."""
     phi, psi, order, rel = _data(rng, True, n=50, f=40)
     phi[:5] = 0.0                                          # distance exactly 2: −D = −2.0 for all
     seg = rng.integers(0, 3, len(psi))
@@ -188,7 +195,7 @@ def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, selec
         q_emb, x_emb, pairs, kw = phi, psi, np.argwhere(rel), {"item_order": order,
                                                                "item_segment": seg}
     r = rank_pairs(q_emb, x_emb, pairs, k_exact=6, block_elements=120,
-                   select_fraction=select_fraction, **kw)
+                   select_fraction=select_fraction, method=method, **kw)
     # the dense −D by the same float32 steps as the ranking (torch product, ×(2/o), −2), per order
     from factmas.evaluation.ranking import _scale
     from factmas.evaluation.retrieval import prefix, unit_slots
@@ -216,10 +223,12 @@ def test_selection_and_sorting_equal_brute_force_with_ties(rng, direction, selec
     np.testing.assert_array_equal(r.ties_seg[np.arange(len(cols)), cols], r.ties)
     np.testing.assert_array_equal(r.neg_dist, dense[r.query, r.item])
     np.testing.assert_array_equal(got, want)
-    if select_fraction == 1.0:
+    if method == "select" and select_fraction == 1.0:
         assert r.blocks["sorted_blocks"] == 0 and r.blocks["selected_blocks"] > 0
-    if select_fraction == 0.0:
+    if method == "sort" or select_fraction == 0.0:
         assert r.blocks["selected_blocks"] == 0 and r.blocks["sorted_blocks"] > 0
+    if method == "count":
+        assert r.blocks["counted_blocks"] > 0 and r.blocks["selected_blocks"] == 0
 
 
 def test_float_keys_keep_the_float_order(rng):
@@ -231,8 +240,9 @@ def test_float_keys_keep_the_float_order(rng):
     np.testing.assert_array_equal(x[:, None] == x[None, :], k[:, None] == k[None, :])
 
 
-@pytest.mark.parametrize("select_fraction", [0.0, 1.0])
-def test_recall_at_k_from_ranks_equals_loop_with_ties(rng, select_fraction):
+@pytest.mark.parametrize("method, select_fraction", [("select", 0.0), ("select", 1.0)]
+                         + ([("count", 0.25)] if count_kernel.AVAILABLE else []))
+def test_recall_at_k_from_ranks_equals_loop_with_ties(rng, method, select_fraction):
     """Recall@K (first relevant item within the top K, ties by lower index) from the exact ranks
     equals a per-query loop over the dense distances, and ``M.recall_at_k``, on tied data."""
     phi, psi, order, rel = _data(rng, True, n=70, f=30)
@@ -240,7 +250,7 @@ def test_recall_at_k_from_ranks_equals_loop_with_ties(rng, select_fraction):
     dense = np.empty((len(psi), len(phi)), np.float32)
     dense[np.arange(len(psi))[:, None], i] = d                  # exact (unit slots ±0.5)
     r = rank_pairs(psi, phi, np.argwhere(rel.T), query_order=order, k_exact=10, block_elements=333,
-                   select_fraction=select_fraction)
+                   select_fraction=select_fraction, method=method)
     for k in (1, 5, 10):
         hits = M.topk_from_ranks(r.query, r.below, r.tie_lower, k, len(psi))
         want = []
@@ -264,8 +274,121 @@ def test_default_selects_for_a_model_that_ranks_true_items_high(rng):
     order = rng.integers(1, 4, len(x))
     x[np.arange(3)[None, :] >= order[:, None]] = 0.0
     pairs = np.stack([np.arange(40), np.arange(40)], 1)
-    r = rank_pairs(q, x, pairs, item_order=order, block_elements=4000)
-    s = rank_pairs(q, x, pairs, item_order=order, block_elements=4000, select_fraction=0.0)
+    r = rank_pairs(q, x, pairs, item_order=order, block_elements=4000, method="select")
+    s = rank_pairs(q, x, pairs, item_order=order, block_elements=4000, method="sort")
     assert r.blocks["selected_blocks"] > 0 and r.blocks["sorted_blocks"] == 0
     for name in ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all"):
         np.testing.assert_array_equal(getattr(r, name), getattr(s, name))
+
+
+needs_numba = pytest.mark.skipif(not count_kernel.AVAILABLE, reason="numba is not installed")
+
+
+@needs_numba
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_count_kernel_equals_loop_with_ties_caps_and_zero_signs(rng, chunk):
+    """``count_rows``: entries > and == each needle of its row equal a per-needle loop, on rounded
+    values (many exact ties, −0.0 against +0.0), with empty rows, a cap that may stop a needle
+    (then gt ≥ cap) and rows with more than ``linear_max`` uncapped needles left at 0."""
+    r, n, linear_max = 40, 300, 12
+    block = np.round(rng.standard_normal((r, n)), 1).astype(np.float32)
+    block[block == 0] = np.float32(-0.0)
+    per_row = rng.integers(0, 16, r)
+    per_row[:3] = [0, 15, 1]
+    starts = np.r_[0, np.cumsum(per_row)].astype(np.int64)
+    vs = np.concatenate([np.sort(np.where(rng.random(m) < 0.7, rng.choice(block[i], m),
+                                          np.round(rng.standard_normal(m), 1))).astype(np.float32)
+                         for i, m in enumerate(per_row)])
+    vs[vs == 0] = np.float32(0.0)
+    row = np.repeat(np.arange(r), per_row)
+    want_gt = (block[row] > vs[:, None]).sum(1)
+    want_eq = (block[row] == vs[:, None]).sum(1)
+    assert (want_eq > 1).sum() > 20 and (np.signbit(block) & (block == 0)).any()
+    heavy = np.repeat(per_row > linear_max, per_row)
+    cap = np.where(rng.random(len(vs)) < 0.5, rng.integers(1, 60, len(vs)), 0)
+    gt, eq = count_kernel.count_rows(block, starts, vs, linear_max=linear_max, chunk=chunk)
+    np.testing.assert_array_equal(gt, np.where(heavy, 0, want_gt))
+    np.testing.assert_array_equal(eq, np.where(heavy, 0, want_eq))
+    gt, eq = count_kernel.count_rows(block, starts, vs, cap, linear_max=linear_max, chunk=chunk)
+    heavy_capped = count_kernel.heavy_rows(starts, cap, linear_max)   # only uncapped needles count
+    assert (heavy_capped < (per_row > linear_max)).any()               # a row counted once capped
+    heavy = np.repeat(heavy_capped, per_row)
+    np.testing.assert_array_equal(gt[heavy], 0)
+    stopped = (cap > 0) & (want_gt >= cap)
+    assert stopped[~heavy].sum() > 10
+    np.testing.assert_array_equal(gt[~heavy & ~stopped], want_gt[~heavy & ~stopped])
+    np.testing.assert_array_equal(eq[~heavy & ~stopped], want_eq[~heavy & ~stopped])
+    assert (gt[~heavy & stopped] >= cap[~heavy & stopped]).all()
+    assert (gt[~heavy & stopped] <= want_gt[~heavy & stopped]).all()
+    with pytest.raises(ValueError, match="starts"):
+        count_kernel.count_rows(block, starts[:-1], vs)
+    with pytest.raises(ValueError, match="chunk"):
+        count_kernel.count_rows(block, starts, vs, chunk=0)
+
+
+@pytest.mark.parametrize("method", ["select", "sort"] + (["count"] if count_kernel.AVAILABLE else []))
+def test_capped_pairs_exact_below_k_and_popular_rows(rng, method):
+    """``capped_pairs`` get counts equal to a per-pair loop wherever fewer than k_exact items are
+    closer, and at least k_exact elsewhere; pairs also given as exact pairs stay exact. A query with
+    more than ``count_kernel.LINEAR_MAX`` true items (a popular fact: its row is sorted by the
+    counting method) gets exact counts too."""
+    n, f, k = 150, 40, 6
+    phi, psi, order, rel = _data(rng, True, n=n, f=f)
+    rel[:, 0] = rng.random(n) < 0.6                       # fact 0: about 90 true images
+    assert rel[:, 0].sum() > count_kernel.LINEAR_MAX
+    pairs = np.argwhere(rel.T)                            # (fact, image)
+    extra = np.argwhere(rng.random((f, n)) < 0.3)         # capped (fact, image) pairs
+    r = rank_pairs(psi, phi, pairs, query_order=order, k_exact=k, block_elements=900,
+                   method=method, capped_pairs=np.concatenate([extra, pairs[:5]]))
+    from factmas.evaluation.ranking import _scale
+    from factmas.evaluation.retrieval import prefix, unit_slots
+    qh, xh = unit_slots(psi), unit_slots(phi)
+    dense = np.empty((f, n), np.float32)
+    for o in (1, 2, 3):
+        ip = torch.from_numpy(prefix(qh, o)) @ torch.from_numpy(prefix(xh, o)).T
+        dense[order == o] = ip.mul_(float(_scale(o))).sub_(2.0).numpy()[order == o]
+    want = _brute_counts(dense, np.stack([r.query, r.item], 1), np.zeros(n, np.int64), k)
+    got = np.stack([r.below, r.ties, r.tie_lower, r.below_all, r.ties_all, r.tie_lower_all], 1)
+    key = r.query * n + r.item
+    exact_pair = np.isin(key, pairs[:, 0] * n + pairs[:, 1])
+    np.testing.assert_array_equal(r.capped, ~exact_pair)
+    assert r.capped.sum() > 100
+    far = want[:, 0] >= k
+    for b, lo in ((0, 2), (3, 5)):                         # tie_lower: only where below < k
+        got[far, lo] = want[far, lo] = 0
+    exact = exact_pair | ~far
+    np.testing.assert_array_equal(got[exact], want[exact])
+    assert (got[~exact, 0] >= k).all() and (got[~exact, 3] >= k).all()
+
+
+@needs_numba
+def test_count_kernel_maps_inner_products_as_torch(rng):
+    """With ``scale``, the kernel maps each row to −D = fl(fl(scale·IP) − 2) in place, bit for bit
+    as torch's ``mul_(scale).sub_(2.0)`` (no fused multiply-add), and counts on those values."""
+    from factmas.evaluation.ranking import _scale
+    ip = rng.uniform(-3, 3, (20, 257)).astype(np.float32)
+    for o in (1, 2, 3):
+        want = torch.from_numpy(ip.copy()).mul_(float(_scale(o))).sub_(2.0).numpy()
+        per_row = rng.integers(0, 5, len(ip))
+        starts = np.r_[0, np.cumsum(per_row)].astype(np.int64)
+        vs = np.concatenate([np.sort(rng.choice(want[i], m)) for i, m in enumerate(per_row)])
+        got = ip.copy()
+        gt, eq = count_kernel.count_rows(got, starts, vs, scale=float(_scale(o)))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        row = np.repeat(np.arange(len(ip)), per_row)
+        np.testing.assert_array_equal(gt, (want[row] > vs[:, None]).sum(1))
+        np.testing.assert_array_equal(eq, (want[row] == vs[:, None]).sum(1))
+
+
+def test_unit_slots_given_once_equal_raw_embeddings(rng):
+    """``unit=True`` with ``retrieval.unit_slots`` computed by the caller gives the same counts as
+    raw embeddings; a wrong shape is an error."""
+    from factmas.evaluation.retrieval import unit_slots
+    phi, psi, order, rel = _data(rng, False, n=30, f=25)
+    a = rank_pairs(phi, psi, np.argwhere(rel), item_order=order, block_elements=200)
+    b = rank_pairs(unit_slots(phi), unit_slots(psi), np.argwhere(rel), item_order=order,
+                   block_elements=200, unit=True)
+    for name in ("neg_dist", "below", "ties", "tie_lower", "below_all", "ties_all"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(ValueError, match=r"\[N, 3, d\]"):
+        rank_pairs(unit_slots(phi)[:, :2], unit_slots(psi), [[0, 0]], item_order=order, unit=True)

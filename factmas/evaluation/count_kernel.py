@@ -1,0 +1,147 @@
+"""Counting, without sorting, how many entries of a row lie above / at each of the row's needles.
+
+``count_rows(block, starts, vs, cap)``: for row i of ``block`` float32 [r, n] and each needle v of
+that row (``vs[starts[i]:starts[i+1]]``, ascending), the number of entries strictly greater than v
+(``gt``) and exactly equal to v (``eq``), both int64 [len(vs)]. These are what
+``factmas.evaluation.ranking`` turns into exact ranks (a needle's ``below`` is ``gt``, its ``ties``
+``eq``; ``np.searchsorted`` of the sorted row would give right = n − gt, left = n − gt − eq).
+Floats compare as IEEE floats (−0.0 == +0.0); no NaN is expected (the evaluator's scores have none).
+A needle with ``cap[j] > 0`` may stop counting once ``gt`` reaches ``cap[j]``: its ``gt`` is then
+exact where it is below ``cap[j]`` and otherwise some value ≥ ``cap[j]`` (``eq`` likewise partial).
+
+How: one compiled loop per row (numba, when it is installed: the ``fast`` extra), never a sort.
+
+For each needle, a pass over the row's entries that adds ``x > v`` and ``x == v`` (vectorized by
+the compiler; 0/1 sums in float32 lanes, exact for rows of at most 2^24 entries), a capped needle
+going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.08–0.15
+ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
+per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` uncapped needles
+(a popular fact's true images) are skipped: sorting them is cheaper, and the caller does.
+
+Without numba (``AVAILABLE`` is False) the caller keeps its numpy paths (selection or row sorts);
+the counts are the same (``tests/evaluation/test_ranking.py`` checks both against a per-pair loop).
+
+May import: numpy, numba (optional).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
+CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
+
+try:                                     # optional: the ``fast`` extra
+    import numba
+except ImportError:                      # pragma: no cover - depends on the environment
+    numba = None
+
+AVAILABLE = numba is not None
+
+
+def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, skip, chunk, scale):
+    """The kernel (compiled by numba when available): maps rows r0..r1−1 to −D in place where
+    ``scale`` ≠ 0, then fills ``gt``/``eq`` of the needles of those rows where ``skip`` is 0
+    (the others are left at 0)."""
+    n = block.shape[1]
+    two = np.float32(2.0)
+    for i in range(r0, r1):
+        row = block[i]
+        if scale != 0:                          # −D = (2/o)·IP − 2: two float32 roundings, no FMA
+            for c in range(n):
+                row[c] = row[c] * scale - two
+        a = starts[i]
+        b = starts[i + 1]
+        if b == a or skip[i]:
+            continue
+        for j in range(a, b):
+            v = vs[j]
+            cj = cap[j]
+            tg = 0
+            te = 0
+            step = chunk if cj > 0 else max(n, 1)    # an exact needle: one pass over the row
+            for c0 in range(0, n, step):
+                sub = row[c0:min(n, c0 + step)]      # a slice: the loop below is vectorized
+                cg = np.float32(0.0)
+                ce = np.float32(0.0)
+                for c in range(sub.shape[0]):
+                    x = sub[c]
+                    cg += np.float32(x > v)
+                    ce += np.float32(x == v)
+                tg += np.int64(cg)
+                te += np.int64(ce)
+                if cj > 0 and tg >= cj:
+                    break
+            gt[j] += tg
+            eq[j] += te
+
+
+if AVAILABLE:
+    # fast-math without "contract": the sums may be reordered (exact 0/1 sums), but x·s − 2 must
+    # stay two roundings (an FMA would change −D, and with it the exact ties)
+    _FLAGS = {"reassoc", "nnan", "ninf", "nsz", "arcp"}
+    try:                                 # compiled once per machine (numba's on-disk cache) ...
+        _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_rows_py)
+    except RuntimeError:                 # ... or per process where no cache folder is writable
+        _count_rows_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_rows_py)
+else:                                    # pragma: no cover
+    _count_rows_jit = None
+
+
+def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.ndarray | None = None,
+               pool=None, threads: int = 1, linear_max: int = LINEAR_MAX,
+               chunk: int = CHUNK, scale: float = 0.0,
+               heavy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(gt, eq) int64 [len(vs)] of each needle against its row (module docstring); the needles of
+    rows with more than ``linear_max`` uncapped needles get 0 (not counted: ``heavy_rows``).
+
+    Args:
+        block: float32 [r, n] (C-contiguous rows).  starts: int64 [r + 1], row i's needles are
+            ``vs[starts[i]:starts[i+1]]``.  vs: float32 needles, ascending within each row.
+        cap: int64 [len(vs)], > 0 where a needle may stop at that count (None: all exact).
+        pool / threads: a ``ThreadPoolExecutor`` over which the rows are split (the kernel releases
+            the GIL); None: this thread.  linear_max: see ``LINEAR_MAX``.  chunk: see ``CHUNK``
+            (at most 2^24, so that the float32 sums stay exact).
+        scale: ≠ 0: ``block`` holds inner products, and each row is first mapped in place to
+            −D = fl(fl(scale·IP) − 2) in float32 (exactly ``ip.mul_(scale).sub_(2.0)`` of torch, as
+            ``factmas.evaluation.ranking`` maps them); the needles are −D values.
+        heavy: bool [r], ``heavy_rows(starts, cap, linear_max)`` when the caller has it already.
+    Raises:
+        RuntimeError: numba is not installed (``AVAILABLE`` is False).
+        ValueError: ``block`` not a C-contiguous float32 array or with rows over 2^24 entries,
+            ``starts`` without r + 1 entries, chunk outside 1..2^24.
+    """
+    if not AVAILABLE:
+        raise RuntimeError("count_rows needs numba (pip install 'factmas[fast]')")
+    if not (isinstance(block, np.ndarray) and block.dtype == np.float32 and block.flags.c_contiguous):
+        raise ValueError("block must be a C-contiguous float32 numpy array (counted in place)")
+    starts = np.ascontiguousarray(starts, np.int64)
+    vs = np.ascontiguousarray(vs, np.float32)
+    if len(starts) != len(block) + 1:
+        raise ValueError(f"starts has {len(starts)} entries for {len(block)} rows (needs rows + 1)")
+    if len(block) and block.shape[1] > 1 << 24:
+        raise ValueError(f"rows of {block.shape[1]} entries: at most 2^24 (exact float32 sums)")
+    if not 1 <= chunk <= 1 << 24:
+        raise ValueError(f"chunk must be in 1..2^24, got {chunk}")
+    cap = (np.zeros(len(vs), np.int64) if cap is None else np.ascontiguousarray(cap, np.int64))
+    gt = np.zeros(len(vs), np.int64)
+    eq = np.zeros(len(vs), np.int64)
+    r = len(block)
+    skip = (heavy_rows(starts, cap, linear_max) if heavy is None else heavy).astype(np.uint8)
+    if pool is None or threads < 2 or r < 2:
+        _count_rows_jit(block, starts, vs, cap, gt, eq, 0, r, skip, chunk, np.float32(scale))
+    else:
+        cuts = np.linspace(0, r, threads + 1).astype(np.int64)
+        list(pool.map(lambda k: _count_rows_jit(block, starts, vs, cap, gt, eq, cuts[k], cuts[k + 1],
+                                                skip, chunk, np.float32(scale)), range(threads)))
+    return gt, eq
+
+
+def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LINEAR_MAX) -> np.ndarray:
+    """bool [r]: the rows with more than ``linear_max`` uncapped needles (``cap`` 0; capped ones
+    stop early, so they do not count), which ``count_rows`` leaves to the caller (a sort is cheaper)."""
+    starts = np.asarray(starts, np.int64)
+    per_row = np.diff(starts)
+    if cap is None:
+        return per_row > linear_max
+    row = np.repeat(np.arange(len(per_row)), per_row)
+    return np.bincount(row[np.asarray(cap) == 0], minlength=len(per_row)) > linear_max
