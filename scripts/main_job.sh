@@ -82,6 +82,7 @@ t3=$(date +%s)
 "$py" eval/compare.py "$out/finetune" "$out/mas" --out "$out/table" > /dev/null
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_map --out "$out/table_image_to_fact_map"
 "$py" eval/compare.py "$out/finetune" "$out/mas" --metric image_to_fact_top5 --out "$out/table_image_to_fact_top5"
+"$py" eval/compare.py "$out/finetune" "$out/mas" --metric fact_to_image_recall_at_1 --out "$out/table_fact_to_image_recall_at_1"
 # What the two runs retrieve, side by side (static HTML, open $out/gallery/index.html in a browser)
 "$py" -m factmas.cli gallery "$out/finetune" "$out/mas" --out "$out/gallery"
 t4=$(date +%s)
@@ -89,7 +90,8 @@ t4=$(date +%s)
 cat <<MSG
 
 [main] done in $((t4 - t0)) s (environment $((t1 - t0)) s, dataset $((t2 - t1)) s, feature cache $((t_cache - t2)) s, training + evaluation $((t3 - t_cache)) s)
-[main] tables:       $out/table.md (fact→image mAP), $out/table_image_to_fact_map.md, $out/table_image_to_fact_top5.md (and .csv)
+[main] tables:       $out/table.md (fact→image mAP), $out/table_image_to_fact_map.md, $out/table_image_to_fact_top5.md,
+[main]               $out/table_fact_to_image_recall_at_1.md (and .csv)
 [main] per run:      $out/{finetune,mas}/results.json, results.md, *.png
 [main] gallery:      $out/gallery/index.html (top facts and images of both runs, one colour scale)
 

@@ -108,3 +108,14 @@ def test_compare_refuses_mixed_image_splits_and_accepts_like_runs(runs, tmp_path
     assert "[val images]" in out                                        # a row of its own
     assert compare_cli.main([str(runs["a0"]), str(runs["a1"])]) == 0
     assert "| finetune | random2_seed0 | 2 |" in capsys.readouterr().out
+
+
+def test_compare_tables_recall_at_k_from_results_json(runs, capsys):
+    """Issue 31: R@K is a table like the other metrics, its cells the runs' results.json values."""
+    assert compare_cli.main([str(runs["a0"]), str(runs["a1"]), "--metric", "fact_to_image_recall_at_5"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| finetune | random2_seed0 | 2 |"))
+    finals = [json.loads((runs[k] / "results.json").read_text())["metrics"]["fact_to_image_recall_at_5"]
+              ["final_all"] for k in ("a0", "a1")]
+    mean_all = sum(finals) / 2 * 100
+    assert f"{mean_all:.2f}" in row
