@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the comparison; returns the exit status. The per-epoch loggers are quiet meanwhile (one
     line per run) and get their levels back at the end, so a caller's logging is left as it was."""
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    from factmas.errors import sigterm_raises
     try:
-        return _main(argv)
+        with sigterm_raises():          # SIGTERM between the phases too (λ search, final runs, report):
+            return _main(argv)          # Terminated → exit 143, never a silent death by the signal
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

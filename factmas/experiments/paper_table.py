@@ -418,9 +418,9 @@ def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
     with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=init_worker,
                              initargs=(settings.data, settings.image_fraction)) as pool, \
             sigterm_raises():
-        futures = [pool.submit(run_job, j, settings.base) for j in jobs]
         out = []
         try:
+            futures = [pool.submit(run_job, j, settings.base) for j in jobs]
             for i, f in enumerate(futures, 1):
                 out.append(f.result())
                 _log_done(out[-1], i, len(jobs))

@@ -724,16 +724,16 @@ def test_silent_wrong_sigterm_to_paper_table_stops_its_workers(tmp_path):
     script = Path(__file__).resolve().parents[2] / "eval" / "paper_table.py"
     proc = subprocess.Popen([sys.executable, str(script), "--data", str(data), "--out",
                              str(tmp_path / "table"), "--quick", "--jobs", "2", "--config", str(cfg),
-                             "--methods", "finetune,mas,joint", "--grid", "mas=0.5,5,50"],
+                             "--methods", "finetune,mas,joint",
+                             "--grid", "mas=0.5,5,50,500,5000,50000,500000"],
                             stderr=subprocess.PIPE, text=True, env=env_vars)
     try:
         deadline = time.time() + 120
-        line = ""
-        while "λ-search runs" not in line and time.time() < deadline:
-            line = proc.stderr.readline()
-        time.sleep(6)                         # the two workers are started (importing or training)
+        seen = ""
+        while "[1/7]" not in seen and time.time() < deadline:   # a run finished: workers are busy,
+            seen += proc.stderr.readline()                      # 5 or 6 runs still to go
         proc.send_signal(signal.SIGTERM)
-        err = line + proc.stderr.read()
+        err = seen + proc.stderr.read()
         rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -819,3 +819,23 @@ def test_traceback_disk_full_before_an_hdf5_write(env, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "built.h5" in err and "no space left" in err.lower() and "Traceback" not in err, err
     assert not list(tmp_path.iterdir())
+
+
+def test_silent_wrong_sigterm_between_paper_table_phases_exits_143():
+    """SIGTERM while no worker pool is running (between the λ search and the final runs) is handled
+    too: exit 143 with one line, not a death by the signal (which CI once saw, exit -15)."""
+    import subprocess
+    code = ("import os, signal, sys, time\n"
+            "from factmas.cli import paper\n"
+            "from factmas.errors import guarded_main\n"
+            "def between_phases(argv):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "    return 0\n"
+            "paper._main = between_phases\n"
+            "sys.exit(guarded_main('paper_table', paper.main, []))\n")
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=env_vars)
+    assert out.returncode == 143, (out.returncode, out.stderr[-2000:])
+    assert "paper_table: terminated" in out.stderr
