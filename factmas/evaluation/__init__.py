@@ -13,6 +13,6 @@
   ``calibration_fit``: the candidate pairs of held-out images it is fitted on.
 
 May import: ``factmas.config``, ``factmas.space``, ``factmas.io``, ``factmas.data``, ``factmas.model``,
-``factmas.progress``.
+``factmas.progress``, ``factmas.distributed`` (embeddings gathered by shares).
 Never ``factmas.trainer``, ``factmas.cli`` or ``factmas.experiments``.
 """

@@ -5,7 +5,8 @@ a frozen dataclass; unknown options are refused). ``options_for(name, train_conf
 method's options from the ``TrainConfig`` keys it owns (``Options.CONFIG_KEYS``).
 
 May import: ``factmas.persample``, ``factmas.space``, ``factmas.loss``, ``factmas.config``,
-``factmas.data`` (the experiences joint training merges), ``factmas.progress``. Never ``factmas.trainer`` or ``factmas.cli``.
+``factmas.data`` (the experiences joint training merges), ``factmas.progress``, ``factmas.distributed``
+(the all-reduce of Ω sums). Never ``factmas.trainer`` or ``factmas.cli``.
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ Public API::
     build_model(cfg: ModelConfig, vocab_size) -> TwoBranchModel   # .image_branch, .fact_branch
     preprocess(uint8 [B, H, W, 3]) -> float32 [B, 3, H, W]          # ImageNet mean/std normalization
     load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
+
+May import: ``factmas.config``, ``factmas.space``, ``factmas.data``. Never ``factmas.trainer``,
+``factmas.evaluation`` or ``factmas.cli``.
 """
 from factmas.model.fact_branch import FactBranch
 from factmas.model.image_branch import BACKBONES, ResNet18Branch, SmallCNNBranch, build_image_branch

@@ -12,6 +12,11 @@ Both write into ``cfg.out`` (the run directory; see ``factmas.run.rundir``): ``c
 Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run is already there),
 ``DatasetError`` (bad data file), ``ConfigError``; ``TrainingError`` (non-finite loss) and
 ``CheckpointError`` while training.
+
+May import: ``factmas.model``, ``factmas.methods``, ``factmas.evaluation``, ``factmas.run``,
+``factmas.data``, ``factmas.features``, ``factmas.distributed``, ``factmas.calibrate``, ``factmas.config``,
+``factmas.config_check``, ``factmas.device``, ``factmas.errors``, ``factmas.loss``, ``factmas.outdir``,
+``factmas.progress``. Never ``factmas.cli``, ``factmas.api`` or ``factmas.experiments``.
 """
 from __future__ import annotations
 
