@@ -21,7 +21,7 @@ class ConfigError(FactmasError, ValueError):
 
 # frozen stages of the pretrained backbones when model.freeze_stages is None (the model builders and
 # ``factmas train --help`` read these, so the help cannot drift from the builders)
-LITE_DEFAULT_FROZEN = 6     # EfficientNet-Lite with 224-px input; chosen on val (README, "Choosing the defaults")
+LITE_DEFAULT_FROZEN = 6     # EfficientNet-Lite with 224-px input; chosen on val (docs/defaults.md)
 RESNET_DEFAULT_FROZEN = 3   # torchvision ResNets
 
 
@@ -51,7 +51,7 @@ class ModelConfig:
 class LossConfig:
     """The wildcard regression + contrastive loss (see ``factmas.loss``).
 
-    Defaults chosen on the Flickr8k **val** images (README, "Choosing the defaults"; the runs are in
+    Defaults chosen on the Flickr8k **val** images (docs/defaults.md; the runs are in
     docs/results/defaults/): fact_softmax_weight 1 raised joint image→fact mAP from 31.7% to 38.4%
     and fact→image mAP from 18.6% to 18.9%; 3 lowered fact→image to 17.0% (frozen 6 stages, 128 px); at
     224 px, 2 beat 1 on the criterion (32.28 against 31.97, docs/results/defaults/input_size_val.md). τ 0.1 is
