@@ -20,7 +20,7 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Also recorded: the CPU model (``lscpu``'s "Model name"), numpy's float32 row-sort speed (ns per
+Also recorded: the CPU model (/proc/cpuinfo's "model name", the same as lscpu's "Model name"; ``factmas.io.cpu_model``), numpy's float32 row-sort speed (ns per
 entry) and whether the compiled counting of ``factmas.evaluation.count_kernel`` ran (numba, the
 ``fast`` extra: then no row is sorted but those with more than 48 true items, e.g. a popular fact's
 images; without it, the evaluator sorts the rows of a block where a model ranks its true items so
@@ -120,19 +120,6 @@ def fake_data(n: int, order, pairs, task, tokens=None) -> FactData:
                     splits={"bench": task.astype(np.int16)})
 
 
-def lscpu_model() -> str:
-    """The CPU's "Model name" as ``lscpu`` prints it ("" when lscpu is missing)."""
-    import subprocess
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
 def numpy_sort_ns(rows: int = 64, n: int = 100_000, repeats: int = 5) -> dict:
     """numpy's float32 row sort on this CPU: median ns per entry of sorting a copy of a [rows, n]
     standard-normal matrix along its rows (what the evaluator falls back on), and of the copy alone."""
@@ -229,10 +216,9 @@ def main(argv=None) -> int:
         args.cases, args.threads, args.old_budget = ["300x500"], [1], 2e4
     require_faiss()
     info = common.machine_info()
-    info["lscpu_model_name"] = lscpu_model()
     torch.set_num_threads(1)
     sort_speed = numpy_sort_ns()
-    print(f"CPU: {info['lscpu_model_name'] or info['cpu']}; numpy float32 sort "
+    print(f"CPU: {info['cpu']}; numpy float32 sort "
           f"{sort_speed['ns_per_entry']:.1f} ns per entry; compiled counting "
           f"{'on (numba ' + count_kernel.numba.__version__ + ')' if count_kernel.AVAILABLE else 'off'}",
           flush=True)
@@ -284,7 +270,7 @@ def main(argv=None) -> int:
         "benchmark": "eval_exact", "machine": info, "loadavg_end": list(os.getloadavg()),
         "cases": args.cases, "threads": args.threads, "tasks": args.tasks, "k": K,
         "block_elements": BLOCK_ELEMENTS, "old_budget": args.old_budget, "quick": args.quick,
-        "cpu_model": info["lscpu_model_name"] or info["cpu"], "numpy_sort_float32": sort_speed,
+        "cpu_model": info["cpu"], "numpy_sort_float32": sort_speed,
         "count_kernel": {"numba": count_kernel.numba.__version__ if count_kernel.AVAILABLE else None,
                          "linear_max": count_kernel.LINEAR_MAX, "chunk": count_kernel.CHUNK},
         "results": rows, "wall_s": time.perf_counter() - t_start})

@@ -143,19 +143,10 @@ def claim(root: str | os.PathLike, kind: str, *, legacy: bool = False) -> Path:
     if root.exists() and not root.is_dir():
         raise OutputError(f"{printable(given)} is a file; a folder is needed here")
     if root.is_dir():
-        check_no_links(root)
-        have = kind_of(root)
-        if have is not None and have != kind:
-            raise OutputError(f"{printable(given)} holds a factmas {have} (see its {MANIFEST}); "
-                              f"choose another folder for this {kind}")
+        have = _check_folder(root, given, kind, legacy)
         if have is not None:
             clean_temps(root)                  # killed writes' temporaries, 10 minutes old or more
         if have is None:
-            present = sorted(p.name for p in root.iterdir() if p.name not in IGNORED)
-            if present and not legacy:
-                shown = ", ".join(printable(n) for n in present[:4]) + (" ..." if len(present) > 4 else "")
-                raise OutputError(f"{printable(given)} already holds files factmas did not write "
-                                  f"({shown}); choose a new or empty folder (nothing in it was changed)")
             _write_header(root, kind)
             if legacy:
                 with open(root / MANIFEST, "a", encoding="utf-8") as f:
@@ -166,6 +157,24 @@ def claim(root: str | os.PathLike, kind: str, *, legacy: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     _write_header(root, kind)
     return root
+
+
+def _check_folder(folder: Path, shown_as: Path, kind: str, legacy: bool) -> str | None:
+    """``claim``'s rules for an existing folder: no link inside, not a factmas folder of another
+    kind, no files factmas did not write (unless ``legacy``). Returns its kind (None: not a factmas
+    folder yet). Raises OutputError naming ``shown_as``."""
+    check_no_links(folder)
+    have = kind_of(folder)
+    if have is not None and have != kind:
+        raise OutputError(f"{printable(shown_as)} holds a factmas {have} (see its {MANIFEST}); "
+                          f"choose another folder for this {kind}")
+    if have is None and not legacy:
+        present = sorted(p.name for p in folder.iterdir() if p.name not in IGNORED)
+        if present:
+            shown = ", ".join(printable(n) for n in present[:4]) + (" ..." if len(present) > 4 else "")
+            raise OutputError(f"{printable(shown_as)} already holds files factmas did not write "
+                              f"({shown}); choose a new or empty folder (nothing in it was changed)")
+    return have
 
 
 def _write_header(root: Path, kind: str) -> None:
@@ -249,17 +258,7 @@ def check_output(out: str | os.PathLike, kind: str, legacy: bool = False) -> Non
             check_no_links(out)
         return
     if out.is_dir():
-        check_no_links(out)
-        have = kind_of(out)
-        if have is not None and have != kind:
-            raise OutputError(f"{printable(out)} holds a factmas {have} (see its {MANIFEST}); choose "
-                              f"another folder for this {kind}")
-        if have is None and not legacy:
-            present = sorted(p.name for p in out.iterdir() if p.name not in IGNORED)
-            if present:
-                shown = ", ".join(printable(n) for n in present[:4]) + (" ..." if len(present) > 4 else "")
-                raise OutputError(f"{printable(out)} already holds files factmas did not write "
-                                  f"({shown}); choose a new or empty folder (nothing in it was changed)")
+        _check_folder(out, out, kind, legacy)
 
 
 def _first_link_above(root: Path, out: Path) -> Path | None:
