@@ -5,7 +5,7 @@
 
 The frozen stages of the default model (EfficientNet-Lite0, 6 of 7 block stages, 224-px input,
 ``build_model(ModelConfig()).image_stem``) over ``--images`` random uint8 images and their mirror
-images, as ``factmas.features.compute_features`` runs them, in these forms:
+images, as ``factmas.model.features.compute_features`` runs them, in these forms:
 
 * ``eager NCHW b8``: today's path before issue 32 (batch 8, contiguous NCHW); the baseline;
 * ``eager NCHW bB`` and ``channels_last bB``: larger batches; the weights and the input in
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         args.skip = sorted(set(args.skip) | {"compile"})
     torch.set_num_threads(args.threads)
     from factmas.config import ModelConfig
-    from factmas.cpu_memory import keep_freed_memory
+    from factmas.machine.cpu_memory import keep_freed_memory
     from factmas.model import build_model
     info = common.machine_info()
     info["keep_freed_memory"] = keep_freed_memory()

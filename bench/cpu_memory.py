@@ -1,4 +1,4 @@
-"""The C allocator's thresholds (factmas/cpu_memory.py): feature-cache and training images/s with
+"""The C allocator's thresholds (factmas/machine/cpu_memory.py): feature-cache and training images/s with
 glibc's defaults against ``keep_freed_memory()``, side by side.
 
     .venv/bin/python bench/cpu_memory.py [--images 256] [--repeats 3] [--threads 2] [--quick] [--out FILE]
@@ -29,13 +29,13 @@ import common
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
-from factmas.cpu_memory import keep_freed_memory
+from factmas.machine.cpu_memory import keep_freed_memory
 mode, kind, size, fs, batch, n, threads = sys.argv[1:8]
 size, fs, batch, n, threads = int(size), int(fs), int(batch), int(n), int(threads)
 kept = keep_freed_memory() if mode == "keep" else False
 torch.set_num_threads(threads)
 from factmas.config import ModelConfig
-from factmas.features import compute_features
+from factmas.model.features import compute_features
 from factmas.model import build_model
 model = build_model(ModelConfig(freeze_stages=fs), 100)
 rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ Measured here (data/flickr8k.h5 if present, else a synthetic file):
 * The step: ``train_step`` (finetune) on ready batches, images/s.
 
 ``--backbone efficientnet_lite0`` (the default model): the trainer reads the frozen stages' output from
-the feature cache (``factmas.features``; built here for a synthetic 224-px dataset of ``--lite-images``
+the feature cache (``factmas.model.features``; built here for a synthetic 224-px dataset of ``--lite-images``
 images, or ``--data``), so the Batcher rows are ``CachedInputs`` batches with random mirror images
 (``pair_batches(flip=True)``), the step is the Lite0 trainable part, and a row gives the cache file's
 one-time ``np.load``.
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     model = build_model(cfg.model, len(data.vocab)).train()
     cache_rows = []
     if lite:
-        from factmas.features import CachedInputs, cache_file, load_or_build
+        from factmas.model.features import CachedInputs, cache_file, load_or_build
         feats = load_or_build(model, data, progress=False)
         cpath = cache_file(data, model)
         load_s, _ = common.median_seconds(lambda: np.load(cpath), args.repeats, warmup=1)

@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--train-batch", type=int, default=64, help="the trainer's batch_size")
     ap.add_argument("--omega-batch", type=int, default=256, help="the trainer's aux_batch_size")
-    ap.add_argument("--cache-batch", type=int, default=8, help="factmas.features.compute_features's")
+    ap.add_argument("--cache-batch", type=int, default=8, help="factmas.model.features.compute_features's")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vocab", type=int, default=300)
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
@@ -189,9 +189,9 @@ def main(argv=None) -> int:
         args.image_size, args.train_batch, args.omega_batch, args.cache_batch = 64, 4, 4, 2
         args.repeats, args.threads = 1, 1
     torch.set_num_threads(args.threads)
-    from factmas.cpu_memory import keep_freed_memory
+    from factmas.machine.cpu_memory import keep_freed_memory
     from factmas.config import LossConfig
-    from factmas.loss import fact_loss
+    from factmas.space.loss import fact_loss
     from factmas.methods.mas import image_norm_loss
     from factmas.methods.quadratic import eval_mode
     from factmas.persample.hooks import abs_grad_sums
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
               "cache forward (frozen stages), torch": (cache, args.cache_batch)}
     from factmas.model.stem_engine import ort_available
     if ort_available():
-        from factmas.features import default_batch
+        from factmas.model.features import default_batch
         stem.engine = "auto"
         b_ort = default_batch(stem, "cpu")           # the cache's batch in ONNX Runtime (2)
         stem.engine = "torch"

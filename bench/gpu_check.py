@@ -113,8 +113,8 @@ def run_tests(timeout: int) -> dict:
 
 def build_cache(model, data, device: torch.device, batch: int, compare: int) -> tuple[dict, np.ndarray]:
     """Frozen-stage features of every image and its mirror on ``device`` (images/s), saved where
-    ``factmas.features.load_or_build`` finds them, and the first ``compare`` images against the CPU."""
-    from factmas.features import cache_file, compute_features
+    ``factmas.model.features.load_or_build`` finds them, and the first ``compare`` images against the CPU."""
+    from factmas.model.features import cache_file, compute_features
     from factmas.io import atomic_path
     stem = model.image_stem
     compute_features(stem, data.images[:batch], device, batch=batch, progress=False)   # warm-up
@@ -143,7 +143,7 @@ def build_cache(model, data, device: torch.device, batch: int, compare: int) -> 
 
 def train_steps(model, data, feats, device: torch.device, cfg, steps: int, batch: int) -> dict:
     """images/s of ``train_step`` on cached features, finetune and MAS (Ω and θ* set), medians."""
-    from factmas.features import CachedInputs
+    from factmas.model.features import CachedInputs
     from factmas.methods import make_method
     from factmas.trainer.batches import Batcher
     from factmas.trainer.loop import train_step
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
 
     def need_feats():
         if "feats" not in state:
-            from factmas.features import load_or_build
+            from factmas.model.features import load_or_build
             state["feats"] = load_or_build(model, data, device, progress=False)
         return state["feats"]
 

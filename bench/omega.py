@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import common
-from factmas.cpu_memory import keep_freed_memory
+from factmas.machine.cpu_memory import keep_freed_memory
 from factmas.config import ModelConfig, TrainConfig
 from factmas.methods.mas import fact_norm_loss, image_norm_loss, squared_norm
 from factmas.methods.quadratic import eval_mode
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
         args.image_size, args.skip = 32, sorted(set(args.skip) | {"opacus"})
     torch.set_num_threads(args.threads)
     info = common.machine_info()
-    # as the factmas command does before any work (factmas/cpu_memory.py), so the figures are the
+    # as the factmas command does before any work (factmas/machine/cpu_memory.py), so the figures are the
     # ones training and Ω get; bench/cpu_memory.py measures the difference
     info["keep_freed_memory"] = keep_freed_memory()
     rows = [r for backbone in args.models for r in run_model(backbone, args)]

@@ -19,7 +19,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
     from factmas.methods.mas import mas_importance, normalized_mas_importance
     from factmas.run.load import RunLoadError, load_run
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -7,7 +7,7 @@
 
 Both loops train the same model (``build_model(ModelConfig())``, the same initial weights), on the same
 pairs of task 0 (data/flickr8k.h5 if present, else synthetic 64×64 images), with the same batch size,
-loss (``factmas.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
+loss (``factmas.space.loss.fact_loss``) and Adam settings, for ``--steps`` steps:
 
 * **plain**: index the uint8 images, normalize them (contiguous NCHW float32, as ``preprocess`` and
   torchvision's ``ToTensor`` give), look up the tokens, positives = same fact, forward both
@@ -29,7 +29,7 @@ load than wall time does. Achieved GFLOP/s = FLOPs of one step
 of forward and backward) × steps / seconds, against the measured rate of ``torch.mm`` on 2048² float32 matrices.
 
 ``--backbone efficientnet_lite0`` (the default model: 6 frozen stages, feature cache): both loops read
-the frozen stages' output from the feature cache (``factmas.features.load_or_build`` of a synthetic
+the frozen stages' output from the feature cache (``factmas.model.features.load_or_build`` of a synthetic
 224-px dataset of ``--lite-images`` images, or of ``--data``), each image or its mirror image drawn
 with probability 1/2 as the trainer does; the plain loop indexes the float16 cache tensor itself,
 factmas goes through ``CachedInputs`` and ``Batcher.pair_batches(flip=True)``. No channels_last
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 
 import common
-from factmas.cpu_memory import keep_freed_memory
+from factmas.machine.cpu_memory import keep_freed_memory
 from factmas.config import ModelConfig, RunConfig
-from factmas.loss import fact_loss
+from factmas.space.loss import fact_loss
 from factmas.methods import make_method
 from factmas.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from factmas.trainer.batches import Batcher
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         args.threads = 1
     torch.set_num_threads(args.threads)
     info = common.machine_info()
-    # as the factmas command does before any work (factmas/cpu_memory.py), so the figures are the
+    # as the factmas command does before any work (factmas/machine/cpu_memory.py), so the figures are the
     # ones training and Ω get; bench/cpu_memory.py measures the difference
     info["keep_freed_memory"] = keep_freed_memory()
     lite = args.backbone == "efficientnet_lite0"
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     init = copy.deepcopy(model_f.state_dict())
     feats = None
     if lite:
-        from factmas.features import CachedInputs, load_or_build
+        from factmas.model.features import CachedInputs, load_or_build
         feats = load_or_build(model_f, data, progress=False)
         batcher = Batcher(data, inputs=CachedInputs(feats))
     else:

@@ -59,12 +59,12 @@ def skimage_photos(folder: Path) -> tuple[list[str], list[str]]:
 
 def measure_run(run_dir: str, targets: list[float], device: str, ood: list[str]) -> dict:
     """Every figure of one run (module docstring) as plain data."""
-    from factmas.calibrate import fit_run_calibration, run_calibrator, val_images
+    from factmas.explore.calibrate import fit_run_calibration, run_calibrator, val_images
     from factmas.data.dataset import SPLIT_NAMES
     from factmas.evaluation.calibration import choose_threshold, reliability, shown_stats
     from factmas.evaluation.calibration_fit import embed_candidates
-    from factmas.features import image_inputs
-    from factmas.query import answer
+    from factmas.model.features import image_inputs
+    from factmas.explore.query import answer
     from factmas.run.load import load_run
     from factmas.run.rundir import RunDir
 

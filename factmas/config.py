@@ -49,7 +49,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """The wildcard regression + contrastive loss (see ``factmas.loss``).
+    """The wildcard regression + contrastive loss (see ``factmas.space.loss``).
 
     Defaults chosen on the Flickr8k **val** images (docs/defaults.md; the runs are in
     docs/results/defaults/): fact_softmax_weight 1 raised joint image→fact mAP from 31.7% to 38.4%
@@ -106,7 +106,7 @@ class TrainConfig:
     augment_shift: int = 0               # random shifts of up to this many pixels (pixel-input
                                          # backbones only; the README's small_cnn runs used 4)
     feature_cache: bool = True           # a pretrained backbone's frozen stages read from the
-                                         # on-disk cache (factmas.features); False: computed live
+                                         # on-disk cache (factmas.model.features); False: computed live
     tensorboard: bool = False            # TensorBoard events in RUN_DIR/tensorboard (loss parts,
                                          # images/s, metrics per task, R); needs factmas[tb]
 
@@ -123,7 +123,7 @@ class EvalConfig:
     flip_average: bool = True            # an image's φ = mean of its and its mirror image's (val:
                                          # criterion +0.13, top-5 +0.76); also query, search, gallery
     calibrate: bool = True               # at the end of training, fit P(fact true | distance D) on
-                                         # the val images (RUN_DIR/calibration.json; factmas.calibrate)
+                                         # the val images (RUN_DIR/calibration.json; factmas.explore.calibrate)
     calibration_k: int = 5               # candidate facts per val image the calibrator is fitted on
                                          # (the top-k of each, as factmas query shows by default)
     calibration_precision: float = 0.5   # target precision on val of the answers shown; the

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_model.py [--backbone small_cnn resnet18] [--threads 1 2]
         [--batch 64] [--size 64] [--steps 10]
 
-One step = image branch and fact branch forward on a batch, the training loss (``factmas.loss``),
+One step = image branch and fact branch forward on a batch, the training loss (``factmas.space.loss``),
 backward. Figures depend on the machine and on what else runs on it; this prints them, tests do not
 time anything.
 """
@@ -16,7 +16,7 @@ import time
 import torch
 
 from factmas.config import LossConfig, ModelConfig
-from factmas.loss import fact_loss
+from factmas.space.loss import fact_loss
 from factmas.model import build_model
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from factmas.config import LossConfig, RunConfig
-from factmas.loss import fact_loss
+from factmas.space.loss import fact_loss
 from factmas.methods.mas import loop_mas_importance, mas_importance
 from factmas.methods.quadratic import eval_mode
 
@@ -73,7 +73,7 @@ def test_exact_omega_on_cuda_equals_cpu_and_the_loop(tiny_model):
 
 
 def test_cached_inputs_on_cuda_equal_cpu():
-    from factmas.features import CachedInputs
+    from factmas.model.features import CachedInputs
     feats = np.random.default_rng(0).standard_normal((9, 2, 4, 3, 3)).astype(np.float16)
     ids, flip = np.array([3, 0, 8, 3]), np.array([True, False, True, False])
     a = CachedInputs(feats, "cpu").get(ids, flip)

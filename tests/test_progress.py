@@ -137,7 +137,7 @@ def test_redirected_training_without_progress_prints_none(tmp_path, capsys, monk
 
 
 def test_feature_cache_prints_progress_when_redirected(capsys, monkeypatch):
-    from factmas.features import compute_features
+    from factmas.model.features import compute_features
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
     stem = torch.nn.Conv2d(3, 2, 3, stride=4)
     images = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)

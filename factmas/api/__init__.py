@@ -12,7 +12,7 @@ Importing this package loads neither torch nor numpy (``factmas --help`` stays q
 here imports the library inside its functions. Walk-through: docs/api.md.
 
 May import: every library package of factmas (e.g. ``factmas.trainer``, ``run``, ``evaluation``,
-``experiments``, ``query``, ``search``, ``gallery``, ``features``, ``data``, ``model``, ``config``).
+``experiments``, ``explore``, ``data``, ``model``, ``config``).
 Never ``factmas.cli`` (the commands build on this package), and no library package imports from here.
 """
 from factmas.api.evaluate import EvaluateError

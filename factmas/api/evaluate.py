@@ -136,7 +136,7 @@ def _setup(run_dir: str | Path, data: str | None, checkpoint: str | None, device
     ``other_data``), ValueError."""
     from factmas.data.experience import experiences
     from factmas.evaluation.evaluator import Evaluator
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
     from factmas.run.load import load_run
 
     from factmas.run.rundir import RunDir, check_eval_data

@@ -48,7 +48,7 @@ class Answer:
 
     @classmethod
     def from_record(cls, image: str, f: dict) -> "Answer":
-        """From one fact record of ``factmas.query.answer`` ({"rank", "fact_id", "text", ...})."""
+        """From one fact record of ``factmas.explore.query.answer`` ({"rank", "fact_id", "text", ...})."""
         p = f.get("probability")
         return cls(image=str(image), rank=int(f["rank"]), fact_id=int(f["fact_id"]), fact=f["text"],
                    subject=f["subject"], predicate=f["predicate"], object=f["object"],
@@ -75,7 +75,7 @@ class Hit:
 
     @classmethod
     def from_record(cls, r: dict) -> "Hit":
-        """From one record of ``factmas.search.search_run``'s "results"."""
+        """From one record of ``factmas.explore.search.search_run``'s "results"."""
         return cls(rank=int(r["rank"]), image=str(r["image"]), distance=float(r["distance"]),
                    image_index=r.get("image_index"), true=r.get("true"))
 

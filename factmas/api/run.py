@@ -149,9 +149,9 @@ class Run:
         Returns:
             (``factmas.evaluation.calibration.Calibrator`` or None, None or the reason: no file, an
             invalid file, a file fitted for other weights). Never raises for a bad file.
-        Source: isotonic regression on the val images' top-k facts (``factmas.calibrate``).
+        Source: isotonic regression on the val images' top-k facts (``factmas.explore.calibrate``).
         """
-        from factmas.calibrate import run_calibrator
+        from factmas.explore.calibrate import run_calibrator
         return run_calibrator(self.path, self.model.state_dict(), path)
 
     def calibrate(self, k: int | None = None, target_precision: float | None = None,
@@ -170,9 +170,9 @@ class Run:
         Raises:
             RunLoadError, RunDirError (another process holds the run), CalibrationError (no val
             images), ValueError (an unusable feature cache).
-        Source: isotonic regression (scikit-learn's ``IsotonicRegression``), ``factmas.calibrate``.
+        Source: isotonic regression (scikit-learn's ``IsotonicRegression``), ``factmas.explore.calibrate``.
         """
-        from factmas.calibrate import calibrate_run
+        from factmas.explore.calibrate import calibrate_run
         return calibrate_run(self.path, self.checkpoint, self.data_path, self.device, k,
                              target_precision, out)
 
@@ -183,7 +183,7 @@ class Run:
         "probability", ...}]} or {"image", "error"} for a file that cannot be read.
         ``calibrator``: "run" (the run's own, ``calibrator()``), None (no probabilities) or a
         ``Calibrator``. Raises RunLoadError, ValueError (k < 1)."""
-        from factmas.query import answer
+        from factmas.explore.query import answer
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         cfg, data, model = self._parts()
@@ -206,7 +206,7 @@ class Run:
         Raises:
             ValueError: an image that cannot be read (all such files named), or k < 1.
             RunLoadError: the run, its checkpoint or its dataset cannot be used.
-        Source: exact FAISS search of every fact (``factmas.query.answer``) with the wildcard distance
+        Source: exact FAISS search of every fact (``factmas.explore.query.answer``) with the wildcard distance
         of ``factmas.space``.
         """
         paths = [images] if isinstance(images, (str, Path)) else list(images)
@@ -218,10 +218,10 @@ class Run:
 
     def search_record(self, fact: str, images: str | Path | None = None, k: int = 10,
                       image_split: str = "test", calibration: str | Path | None = None) -> dict:
-        """``factmas search --json``'s result (``factmas.search.search_run``), with probabilities
+        """``factmas search --json``'s result (``factmas.explore.search.search_run``), with probabilities
         from the run's calibrator (or the file ``calibration``) where one fits the weights.
         Raises SearchError, RunLoadError, ValueError (k < 1)."""
-        from factmas.search import search_run
+        from factmas.explore.search import search_run
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         cfg, data, model = self._parts(images=images is None)
@@ -264,7 +264,7 @@ class Run:
         import torch
 
         from factmas.model import load_image_file, preprocess
-        from factmas.search import dataset_embeddings
+        from factmas.explore.search import dataset_embeddings
         if images is None:
             cfg, data, model = self._parts(images=True)
             ids, phi = dataset_embeddings(model, data, image_split, next(model.parameters()).device,
@@ -305,7 +305,7 @@ class Run:
         import numpy as np
 
         from factmas.evaluation.evaluator import embed_facts
-        from factmas.search import parse_fact
+        from factmas.explore.search import parse_fact
         cfg, data, model = self._parts()
         device = next(model.parameters()).device
         if facts is None:

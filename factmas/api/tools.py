@@ -66,8 +66,8 @@ def make_gallery(runs: Sequence[str | Path], out: str | Path, photos: int = 8, f
             refused (a file, a link inside, someone else's files, a gallery without ``overwrite``).
         OSError: ``out`` cannot be written.
     """
-    from factmas.gallery import collect, load_runs
-    from factmas.gallery_html import check_out, write_gallery
+    from factmas.explore.gallery import collect, load_runs
+    from factmas.explore.gallery_html import check_out, write_gallery
     check_out(out, overwrite)                    # before the work
     fd, loaded = load_runs([str(r) for r in runs], None if data is None else str(data), device)
     page = collect(fd, loaded, photos, facts_per_task, top_images, seed)
@@ -78,7 +78,7 @@ def build_feature_cache(data: str | Path, config: Any = None, backbone: str | No
                         freeze_stages: int | None = None, threads: int | None = None,
                         device: str = "auto", progress: bool = True) -> Path:
     """Compute (or find) the feature cache of a pretrained backbone's frozen stages on a dataset,
-    the file every run with that backbone reads (``factmas.features``); returns its path.
+    the file every run with that backbone reads (``factmas.model.features``); returns its path.
 
     Args:
         config: a ``RunConfig`` or its JSON file (its model section is used); None: the defaults.
@@ -91,8 +91,8 @@ def build_feature_cache(data: str | Path, config: Any = None, backbone: str | No
 
     from factmas.config import RunConfig
     from factmas.data.dataset import read_dataset as _read
-    from factmas.device import UsageError, resolve_device
-    from factmas.features import cache_file, load_or_build
+    from factmas.machine.device import UsageError, resolve_device
+    from factmas.model.features import cache_file, load_or_build
     from factmas.model import build_model
     if isinstance(config, RunConfig):
         cfg = RunConfig.from_dict(config.to_dict())

@@ -5,8 +5,8 @@ dispatches (a plain dict, no import magic).
 
 The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
 The work is done by the public API (``factmas.api``: train, load_run, Run.evaluate/query/search, compare,
-make_gallery, build_feature_cache) and library modules (``factmas.trainer``, ``factmas.query``, ``factmas.search``,
-``factmas.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
+make_gallery, build_feature_cache) and library modules (``factmas.trainer``, ``factmas.explore.query``, ``factmas.explore.search``,
+``factmas.explore.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
 import from here. A command module never imports another command module. Every error a user can cause
 (``factmas.errors.FactmasError``, a full disk, a read-only folder, the file-size limit, a dead peer
 process under torchrun) that a command did not report itself is caught once, in ``main`` below, and
@@ -18,7 +18,7 @@ import importlib
 import os
 import sys
 
-from factmas.cpu_memory import keep_freed_memory
+from factmas.machine.cpu_memory import keep_freed_memory
 from factmas.errors import guarded_main
 
 SUBCOMMANDS = {
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     # bench/eval_exact.py). Read when torch loads, i.e. after this line; the user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Freed tensor memory stays in the process instead of going back to the kernel page by page
-    # (2.2-2.8x the images/s of the 224-px feature cache; factmas/cpu_memory.py).
+    # (2.2-2.8x the images/s of the 224-px feature cache; factmas/machine/cpu_memory.py).
     keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     from factmas.api.run import load_run
-    from factmas.calibrate import describe
+    from factmas.explore.calibrate import describe
     from factmas.evaluation.calibration import CalibrationError
     from factmas.run.load import RunLoadError
     from factmas.run.rundir import RunDirError

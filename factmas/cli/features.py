@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from factmas.api.tools import build_feature_cache
-    from factmas.device import UsageError
+    from factmas.machine.device import UsageError
     try:
         path = build_feature_cache(args.data, args.config, args.backbone, args.freeze_stages,
                                    args.threads, args.device, progress=not args.no_progress)

@@ -7,7 +7,7 @@ Usage::
 
 Writes ``DIR/index.html`` (no server, no internet: plain HTML + CSS), ``DIR/img/*.jpg`` (the shown
 dataset images as small JPEG files) and ``DIR/r_heatmaps.png`` / ``DIR/map_per_task.png``
-(``factmas.gallery_plots``: every run on one colour scale / one axis). The page has
+(``factmas.explore.gallery_plots``: every run on one colour scale / one axis). The page has
 
 (a) ``--photos`` sample test photos (seeded), with each run's top-5 facts (image → fact, FAISS wildcard
     distance), each marked ✓ (a true fact of the photo in the dataset) or ✗;
@@ -25,8 +25,8 @@ import logging
 import sys
 
 from factmas.cli.common import at_least_one, parse
-from factmas.gallery import GalleryError
-from factmas.gallery_html import check_out
+from factmas.explore.gallery import GalleryError
+from factmas.explore.gallery_html import check_out
 
 
 def build_parser() -> argparse.ArgumentParser:

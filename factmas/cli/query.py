@@ -8,7 +8,7 @@ Usage::
 Reads RUN_DIR/config.json (the run configuration and the dataset path, which ``--data`` overrides:
 the facts and their vocabulary come from the dataset), the checkpoint (``last.pt`` by default) with
 ``torch.load(..., weights_only=True)``, embeds every fact, and answers each image with an exact FAISS
-search (``factmas.query.answer``, ``factmas.evaluation.retrieval.FactIndex``, wildcard distance
+search (``factmas.explore.query.answer``, ``factmas.evaluation.retrieval.FactIndex``, wildcard distance
 D ∈ [0, 4], smaller = closer). Any image file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK,
 any size) is converted to RGB and resized to the dataset's image size as in training
 (``factmas.model.load_image_file``, ``preprocess``).

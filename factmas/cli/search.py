@@ -11,9 +11,9 @@ a word is not in the run's vocabulary, its lemmas (lemminflect, as the dataset's
 unknown are named in the error (exit 2).
 
 Searched images: ``--images DIR`` = the image files of a folder, embedded once with
-``model.embed_pixels`` into ``DIR/.factmas-index/`` (``factmas.search_index``; reused while run and
+``model.embed_pixels`` into ``DIR/.factmas-index/`` (``factmas.explore.search_index``; reused while run and
 files are unchanged); otherwise the images of ``--image-split`` (default test) of the dataset
-(``--data``, default the run's), read through the feature cache (``factmas.features.image_inputs``).
+(``--data``, default the run's), read through the feature cache (``factmas.model.features.image_inputs``).
 Ranking: exact FAISS search (``factmas.evaluation.retrieval.ImageIndex``) by the wildcard distance
 D ∈ [0, 4] of ``factmas.space`` (smaller = closer). With the run's calibrator (RUN_DIR/calibration.json,
 or ``--calibration FILE``; ``factmas calibrate``) each image also gets p = P(the fact is true of it | D),
@@ -32,7 +32,7 @@ import sys
 from factmas.errors import printable
 from factmas.cli.common import at_least_one, parse
 from factmas.run.load import RunLoadError
-from factmas.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError
+from factmas.explore.search import DISTANCE_LABEL, PROBABILITY_LABEL, SPLITS, SearchError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ What lives here:
 With one process (no torchrun, or ``--nproc-per-node 1``) every function here is the identity or the
 obvious one-process answer, so the trainer calls them unconditionally.
 
-May import: torch, numpy, ``factmas.loss`` (the loss of the gathered batch), ``factmas.errors`` and
+May import: torch, numpy, ``factmas.space.loss`` (the loss of the gathered batch), ``factmas.errors`` and
 nothing else of factmas; ``factmas.trainer``, ``factmas.methods`` and ``factmas.evaluation`` import from here, never the
 reverse.
 """

@@ -2,7 +2,7 @@
 same seeded permutation), loads and embeds only its contiguous share of the rows, and the loss of the
 whole global batch is computed from the gathered embeddings.
 
-Why gather instead of each rank taking the loss of its own rows: the task loss (``factmas.loss``) has
+Why gather instead of each rank taking the loss of its own rows: the task loss (``factmas.space.loss``) has
 contrastive terms in which every pair of the batch is a negative for the others, so the mean of two
 half-batch losses is not the loss of the batch. With the gather, the gradient is exact:
 ``torch.distributed.nn.functional.all_gather``'s backward adds up every rank's gradient with respect to
@@ -25,11 +25,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from factmas.distributed.world import active, shard_bounds, size
-from factmas.loss import fact_loss, uses_candidates
+from factmas.space.loss import fact_loss, uses_candidates
 
 
 class RowShare:
-    """An image input source (``factmas.features``: ``get(idx, flip)``) that loads only this rank's
+    """An image input source (``factmas.model.features``: ``get(idx, flip)``) that loads only this rank's
     rows of a global batch: ``get(idx int [B], flip bool [B] | None)`` → float32 [b, ...], b ≈ B / W."""
 
     def __init__(self, inputs: Any) -> None:

@@ -54,7 +54,7 @@ def embed_candidates(model: torch.nn.Module, data: Any, inputs: Any, ids: np.nda
                      device: torch.device | str, flip_average: bool = False,
                      batch: int = 256) -> dict[str, np.ndarray]:
     """``candidate_pairs`` of dataset images ``ids`` int [N] under ``model`` (eval mode), the images
-    read through ``inputs`` (``factmas.features.image_inputs``) as in the evaluation."""
+    read through ``inputs`` (``factmas.model.features.image_inputs``) as in the evaluation."""
     from factmas.evaluation.evaluator import embed_facts, embed_inputs
 
     was_training = model.training

@@ -105,7 +105,7 @@ def mean_pairwise_cosine(phi: torch.Tensor) -> float:
 def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int,
                  flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
     """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
-    (``factmas.features.image_inputs``: the feature cache or the pixels); ``flip_average`` as
+    (``factmas.model.features.image_inputs``: the feature cache or the pixels); ``flip_average`` as
     ``TwoBranchModel.embed_inputs``; ``update``: called with each batch's size (progress)."""
     out = []
     for i in range(0, len(ids), batch):
@@ -132,7 +132,7 @@ class Evaluator:
     Args:
         data: the dataset (images in memory).  split: task split name.  cfg: ``EvalConfig``.
         device: where the model runs.
-        inputs: image input source (``factmas.features.image_inputs``, e.g. the feature cache);
+        inputs: image input source (``factmas.model.features.image_inputs``, e.g. the feature cache);
             None: the dataset's pixels through ``embed_images``.
         progress: show the embedding's progress (``factmas.progress``; rank 0 only).
         tasks: the experience of each task of ``split`` (``factmas.data.experience``; built here

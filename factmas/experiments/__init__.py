@@ -7,6 +7,6 @@
   ``python eval/compare.py``).
 
 May import: ``factmas.trainer``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``,
-``factmas.cpu_memory``, ``factmas.errors``, ``factmas.outdir``, ``factmas.data`` (each worker reads the dataset).
+``factmas.machine.cpu_memory``, ``factmas.errors``, ``factmas.outdir``, ``factmas.data`` (each worker reads the dataset).
 Never ``factmas.cli``.
 """

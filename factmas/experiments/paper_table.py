@@ -297,12 +297,12 @@ def subsample_images(data: Any, fraction: float, seed: int = 0) -> Any:
 
 
 def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
-    """Worker start: freed tensor memory kept for reuse (``factmas.cpu_memory``; a spawned worker
+    """Worker start: freed tensor memory kept for reuse (``factmas.machine.cpu_memory``; a spawned worker
     does not pass through the ``factmas`` command, which does it), one torch thread, the dataset read
     once per process."""
     global _DATA
     import torch
-    from factmas.cpu_memory import keep_freed_memory
+    from factmas.machine.cpu_memory import keep_freed_memory
     from factmas.data.dataset import read_dataset
     keep_freed_memory()
     torch.set_num_threads(threads)

@@ -4,7 +4,7 @@ Each file owns one method: its algorithm, its Ω estimator and its typed options
 a frozen dataclass; unknown options are refused). ``options_for(name, train_config)`` reads a
 method's options from the ``TrainConfig`` keys it owns (``Options.CONFIG_KEYS``).
 
-May import: ``factmas.persample``, ``factmas.space``, ``factmas.loss``, ``factmas.config``,
+May import: ``factmas.persample``, ``factmas.space``, ``factmas.space.loss``, ``factmas.config``,
 ``factmas.data`` (the experiences joint training merges), ``factmas.progress``, ``factmas.distributed``
 (the all-reduce of Ω sums). Never ``factmas.trainer`` or ``factmas.cli``.
 """

@@ -13,7 +13,7 @@ The estimator:
 - ``ewc_fisher`` (Kirkpatrick et al., PNAS 2017, Eq. 3 and its supplement): the diagonal of the
   *empirical* Fisher, F_i = (1/N) Σ_k (∂ℓ_k/∂θ_i)², from exact per-sample gradients
   (``factmas.persample.hooks.abs_grad_sums`` with ``power=2``) of the per-pair loss ℓ_k = o_k · D(x_k, f_k),
-  the summand of Sherlock's wildcard regression (``factmas.loss.pair_regression_losses``) for training pair k
+  the summand of Sherlock's wildcard regression (``factmas.space.loss.pair_regression_losses``) for training pair k
   (image x_k, its true fact f_k of order o_k). Empirical: the observed fact, not one sampled from a
   model distribution (this model has no likelihood). The contrastive term of the task loss couples the
   samples of a batch, so it has no per-sample gradient and is left out.
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from factmas.distributed import reduce_sums
-from factmas.loss import pair_regression_losses as loss_per_pair
+from factmas.space.loss import pair_regression_losses as loss_per_pair
 from factmas.methods.base import MethodOptions, TaskContext
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums
@@ -44,7 +44,7 @@ PairBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # images, tokens, 
 
 def pair_regression_losses(model: nn.Module, batch: PairBatch) -> torch.Tensor:
     """ℓ_k = o_k · D(x_k, f_k) per pair of the model's embeddings: (images float [B,3,H,W], tokens
-    int64 [B,3,L], order int64 [B]) → float [B] (``factmas.loss.pair_regression_losses``)."""
+    int64 [B,3,L], order int64 [B]) → float [B] (``factmas.space.loss.pair_regression_losses``)."""
     images, tokens, order = batch
     return loss_per_pair(model.image_branch(images), model.fact_branch(tokens, order), order)
 

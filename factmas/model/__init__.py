@@ -6,7 +6,11 @@ Public API::
     preprocess(uint8 [B, H, W, 3]) -> float32 [B, 3, H, W]          # ImageNet mean/std normalization
     load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
 
-May import: ``factmas.config``, ``factmas.space``, ``factmas.data``. Never ``factmas.trainer``,
+``features`` (not imported here): the image branch's input for dataset images, from the frozen-stage
+feature cache (``image_inputs``, ``build_feature_cache``).
+
+May import: ``factmas.config``, ``factmas.space``, ``factmas.data``, and for ``features`` also
+``factmas.errors``, ``factmas.io``, ``factmas.progress``. Never ``factmas.trainer``,
 ``factmas.evaluation`` or ``factmas.cli``.
 """
 from factmas.model.fact_branch import FactBranch

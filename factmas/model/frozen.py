@@ -4,7 +4,7 @@ A pretrained image branch is cut in two (``factmas.model.image_branch``):
 
 - the **stem** (the lower stages): frozen — no parameter trains, BatchNorm uses its ImageNet running
   statistics — so its output for a dataset image never changes and is computed once into the feature
-  cache (``factmas.features``). Its output is rounded to float16, the precision the cache stores, so
+  cache (``factmas.model.features``). Its output is rounded to float16, the precision the cache stores, so
   the live path and the cached path agree to one float16 step.
 - the **trainable part** (upper stages and the S / PO heads): every parameter trains and carries Ω,
   but BatchNorm still uses the frozen running statistics (eval mode even while training). Then every

@@ -12,7 +12,7 @@ backbones keep BatchNorm with its frozen ImageNet statistics (``factmas.model.fr
 
 ``build_image_branch(cfg)`` returns ``(stem, branch)``: ``stem`` is the frozen lower part of a
 pretrained backbone (pixels → feature map, computed once per image into the feature cache,
-``factmas.features``) or None; ``branch`` maps the stem's output (or the pixels when there is no stem)
+``factmas.model.features``) or None; ``branch`` maps the stem's output (or the pixels when there is no stem)
 to the raw embedding. Parametrized layer types: ``small_cnn`` Conv2d, GroupNorm, Linear;
 ``efficientnet_lite*`` Conv2d (pointwise and depthwise), BatchNorm2d (eval), Linear.
 """

@@ -45,7 +45,7 @@ class TwoBranchModel(nn.Module):
 
     def embed_inputs(self, inputs, ids, flip_average: bool = False) -> torch.Tensor:
         """Raw φ float32 [B, 3, d] of dataset images ``ids`` int [B] read through ``inputs``
-        (``factmas.features.image_inputs``: the feature cache, whose mirrored half is used for
+        (``factmas.model.features.image_inputs``: the feature cache, whose mirrored half is used for
         ``flip_average``, or the pixels); same values as ``embed_pixels`` on those images."""
         phi = self.image_branch(inputs.get(ids))
         if flip_average:

@@ -7,5 +7,5 @@
 - ``load``: ``load_run`` (config, dataset, model with its weights): what every command uses to read a run.
 
 May import: ``factmas.config``, ``factmas.io``, ``factmas.errors``, ``factmas.outdir``, ``factmas.data``, and for ``load`` only ``factmas.model``
-and ``factmas.device``. Never ``factmas.trainer`` (the trainer builds on this folder) or ``factmas.cli``.
+and ``factmas.machine.device``. Never ``factmas.trainer`` (the trainer builds on this folder) or ``factmas.cli``.
 """

@@ -38,7 +38,7 @@ def load_run(run_dir: str | Path, data_path: str | None = None, checkpoint: str 
     from factmas.config import ConfigError
     from factmas.data.dataset import DatasetError, read_dataset
     from factmas.model import build_model
-    from factmas.device import UsageError, resolve_device
+    from factmas.machine.device import UsageError, resolve_device
     from factmas.run.checkpoint import CheckpointError, load_checkpoint
     from factmas.run.rundir import RunDir, RunDirError
 

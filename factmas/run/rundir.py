@@ -12,7 +12,7 @@ Layout::
                                or "error"
     RUN_DIR/checkpoints/       task{s}.pt, last.pt (``factmas.run.checkpoint``)
     RUN_DIR/calibration.json   P(fact true | distance) and the abstention threshold, fitted on the val
-                               images for the weights it names (``factmas.calibrate``)
+                               images for the weights it names (``factmas.explore.calibrate``)
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class RunDir:
 
     @property
     def calibration_path(self) -> Path:
-        """``RUN_DIR/calibration.json`` (``factmas.calibrate``)."""
+        """``RUN_DIR/calibration.json`` (``factmas.explore.calibrate``)."""
         return self.path / CALIBRATION_NAME
 
     @property

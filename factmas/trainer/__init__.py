@@ -14,8 +14,8 @@ Errors: ``UsageError`` (unknown split, method or device), ``RunDirError`` (a run
 ``CheckpointError`` while training.
 
 May import: ``factmas.model``, ``factmas.methods``, ``factmas.evaluation``, ``factmas.run``,
-``factmas.data``, ``factmas.features``, ``factmas.distributed``, ``factmas.calibrate``, ``factmas.config``,
-``factmas.config_check``, ``factmas.device``, ``factmas.errors``, ``factmas.loss``, ``factmas.outdir``,
+``factmas.data``, ``factmas.model.features``, ``factmas.distributed``, ``factmas.explore.calibrate``, ``factmas.config``,
+``factmas.config_check``, ``factmas.machine.device``, ``factmas.errors``, ``factmas.space.loss``, ``factmas.outdir``,
 ``factmas.progress``. Never ``factmas.cli``, ``factmas.api`` or ``factmas.experiments``.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from factmas.data.dataset import FactData, read_dataset
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation.evaluator import Evaluator
 from factmas.evaluation.recorder import Recorder
-from factmas.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
+from factmas.machine.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
 from factmas.distributed import agree, is_main, main_first, size
 from factmas.distributed.world import local_device
 from factmas.methods import METHODS, Method, foreign_options, make_method, options_for
@@ -133,7 +133,7 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     """The trainer and its stream: ``parts`` from ``build_parts`` (built here when None), the image
     ``inputs`` (None: a pretrained backbone's feature cache is read, or computed and written, here;
     several processes: rank 0 first, ``shared_inputs``) and the evaluator."""
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
     model, method, tasks = parts if parts is not None else build_parts(cfg, data)
     if inputs is None:
         inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
@@ -150,9 +150,9 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
 
 def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: torch.nn.Module,
                   progress: bool):
-    """The image inputs (``factmas.features.image_inputs``); on several processes rank 0 reads or
+    """The image inputs (``factmas.model.features.image_inputs``); on several processes rank 0 reads or
     builds the feature cache first, then the others read it."""
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
     return main_first(lambda: image_inputs(model, data, device, cache=cfg.train.feature_cache,
                                            progress=progress and is_main()))
 

@@ -3,7 +3,7 @@
 A *pair batch* is B (image, fact) training pairs of the task being learned::
 
     images    float32 [B, ...]      the image branch's input for the pair's image
-                                    (``factmas.features``: preprocessed pixels [B, 3, H, W], or the
+                                    (``factmas.model.features``: preprocessed pixels [B, 3, H, W], or the
                                     frozen stem's cached feature map [B, C, h, w])
     tokens    int64   [B, 3, L]     word ids of the pair's fact (0 = pad)
     order     int64   [B]           fact order 1, 2 or 3
@@ -14,7 +14,7 @@ A *pair batch* is B (image, fact) training pairs of the task being learned::
     candidates dict | None          when ``Batcher.candidates`` holds the facts of the task being
                                     learned (C ids): {"tokens" int64 [C, 3, L], "order" int64 [C],
                                     "own" int64 [B] column of each pair's fact, "positive" bool [B, C]}
-                                    for the loss's image→all-facts term (``factmas.loss``)
+                                    for the loss's image→all-facts term (``factmas.space.loss``)
 
 Shuffling is seeded from (seed, stage, epoch, purpose) alone, never from a global RNG, so that a
 resumed run draws exactly the batches an uninterrupted run draws.
@@ -28,7 +28,7 @@ import torch
 
 from factmas.data.dataset import FactData
 from factmas.data.experience import PairIndex
-from factmas.features import PixelInputs
+from factmas.model.features import PixelInputs
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
@@ -52,7 +52,7 @@ class Batcher:
         device: where the tensors are put. On a GPU the uint8 images (or the feature cache), tokens
             and orders are copied to the device once, and batches are gathered there (no per-step
             host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
-        inputs: the image input source (``factmas.features.image_inputs``); default: pixels.
+        inputs: the image input source (``factmas.model.features.image_inputs``); default: pixels.
         relevance: the dataset's ``PairIndex`` (the experiences' ``relevance``, built once per run);
             default: built here from ``data.pairs``.
     """

@@ -2,7 +2,7 @@
 
 Two measurements, both on data never trained on:
 
-- the **validation loss** of every task: the task loss (``factmas.loss.fact_loss``) on the task's
+- the **validation loss** of every task: the task loss (``factmas.space.loss.fact_loss``) on the task's
   pairs whose image is in the "val" image split (held-out training images; these are what a method's
   λ is chosen on, never the test set), in fixed unshuffled batches of the training batch size;
 - the **retrieval metrics** of ``factmas.evaluation.evaluator.Evaluator`` on the test images, when

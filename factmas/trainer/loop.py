@@ -38,7 +38,7 @@ from factmas.data.dataset import FactData
 from factmas.data.experience import Experience
 from factmas.distributed import is_main, shard, shard_bounds, size
 from factmas.distributed.step import DistributedForward, shard_batcher
-from factmas.loss import fact_loss, uses_candidates
+from factmas.space.loss import fact_loss, uses_candidates
 from factmas.methods.base import Method, TaskContext
 from factmas.progress import progress_bar, switched_off
 from factmas.run.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint,
@@ -163,7 +163,7 @@ class ContinualTrainer:
         recorder: the ``factmas.evaluation.recorder.Recorder`` of the evaluator's rows (None: a
             default one).  progress: show progress (``factmas.progress``: a bar on a terminal, a line
             every 30 s in a log).
-        inputs: the image input source (``factmas.features.image_inputs``; None: pixels).
+        inputs: the image input source (``factmas.model.features.image_inputs``; None: pixels).
     """
 
     def __init__(self, cfg: RunConfig, data: FactData, run_dir: str | Path, model: nn.Module,
@@ -272,9 +272,9 @@ class ContinualTrainer:
 
     def calibrate(self) -> Path | None:
         """Fit P(fact true | D) and the abstention threshold of the current weights on the val
-        images and write ``RUN_DIR/calibration.json`` (``factmas.calibrate``); None (with a
+        images and write ``RUN_DIR/calibration.json`` (``factmas.explore.calibrate``); None (with a
         warning) when the dataset has no val images."""
-        from factmas.calibrate import describe, fit_run_calibration
+        from factmas.explore.calibrate import describe, fit_run_calibration
         from factmas.evaluation.calibration import CalibrationError, save_calibrator
         try:
             cal = fit_run_calibration(self.model, self.data, self.batcher.inputs, self.device,

@@ -144,7 +144,7 @@ def test_search_equals_the_cli_and_marks_true_images(api_runs, capsys):
     assert all(h.true == (h.image_index in carriers) for h in hits)
     folder = run.search("dog", images=api_runs["photos"], k=2)
     assert len(folder) == 2 and all(Path(h.image).parent == api_runs["photos"] for h in folder)
-    from factmas.search import SearchError
+    from factmas.explore.search import SearchError
     with pytest.raises(SearchError, match="zebra"):
         run.search("zebra")
 

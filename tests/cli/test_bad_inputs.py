@@ -527,12 +527,12 @@ def _no_temp_files(root: Path) -> list[str]:
 def test_traceback_error_classes_share_one_base_with_exit_2():
     from factmas.config import ConfigError
     from factmas.data.schema import DatasetError
-    from factmas.device import UsageError as OldName
+    from factmas.machine.device import UsageError as OldName
     from factmas.errors import FactmasError, UsageError, user_message
     from factmas.run.checkpoint import CheckpointError
     from factmas.run.load import RunLoadError
     from factmas.run.rundir import RunDirError
-    from factmas.search import SearchError
+    from factmas.explore.search import SearchError
     from factmas.trainer.loop import TrainingError
     assert OldName is UsageError and issubclass(UsageError, ValueError)     # old names still work
     for cls in (ConfigError, DatasetError, UsageError, CheckpointError, RunLoadError, RunDirError,

@@ -250,7 +250,7 @@ def test_a_worker_keeps_freed_memory_before_it_reads_the_data(monkeypatch):
     """Spawned workers skip the ``factmas`` command's start-up; init_worker must do its allocator
     setting itself (without it a paper-table run spent 23% of its CPU time in the kernel)."""
     import torch
-    from factmas import cpu_memory
+    from factmas.machine import cpu_memory
     from factmas.data import dataset
     from factmas.experiments import paper_table
     calls = []

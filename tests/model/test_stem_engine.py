@@ -89,7 +89,7 @@ def test_gradient_free_and_non_float32_inputs_stay_on_torch(stem):
 
 
 def test_cache_batch_follows_the_engine(stem):
-    from factmas.features import default_batch
+    from factmas.model.features import default_batch
     s = copy.deepcopy(stem)
     assert default_batch(s, "cpu") == 2                 # ONNX Runtime's fastest batch
     assert default_batch(s, torch.device("cuda")) == 8  # torch on a GPU (no GPU needed to ask)

@@ -1,6 +1,6 @@
 """The gallery's files: ``index.html`` (plain HTML + inline CSS), ``img/<image index>.jpg``, plots.
 
-``write_gallery(out_dir, data, runs, page)`` renders what ``factmas.gallery.collect`` gathered. Marks
+``write_gallery(out_dir, data, runs, page)`` renders what ``factmas.explore.gallery.collect`` gathered. Marks
 are ``<span class="mark right">✓</span>`` / ``<span class="mark wrong">✗</span>`` (the tests look for
 them); every image is a relative ``img/…`` or plot path, so the folder can be moved or zipped. Each
 file is written atomically and ``index.html`` last, so a page never points at a missing image.
@@ -131,7 +131,7 @@ def _old_gallery(out: Path) -> bool:
 def check_out(out_dir: str | Path, overwrite: bool = False) -> None:
     """Refuse (GalleryError) an ``out_dir`` that is a file, holds a link, is a run's or someone
     else's folder, or holds a gallery already and ``overwrite`` is False; writes nothing."""
-    from factmas.gallery import GalleryError
+    from factmas.explore.gallery import GalleryError
     from factmas.outdir import OutputError, check_output
     out = Path(out_dir)
     try:                # a gallery written before manifests: its index.html is factmas's
@@ -151,8 +151,8 @@ def write_gallery(out_dir: str | Path, data: Any, runs: list[dict], page: dict,
         OSError: ``out_dir`` cannot be written.  ValueError (GalleryError from plots): runs whose
             results cannot share a plot.  GalleryError: ``check_out`` refuses ``out_dir``.
     """
-    from factmas.gallery import GalleryError
-    from factmas.gallery_plots import write_comparison_plots
+    from factmas.explore.gallery import GalleryError
+    from factmas.explore.gallery_plots import write_comparison_plots
 
     from factmas.outdir import prepare_output
     check_out(out_dir, overwrite)

@@ -1,7 +1,7 @@
 """What trained runs retrieve, side by side (the work of ``factmas gallery``).
 
 ``load_runs`` loads the runs (all of one dataset and split), ``collect`` draws the seeded sample photos
-and facts and each run's top facts / top images with ✓/✗ marks, ``factmas.gallery_html.write_gallery``
+and facts and each run's top facts / top images with ✓/✗ marks, ``factmas.explore.gallery_html.write_gallery``
 writes the page. The command line is ``factmas.cli.gallery``.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ class GalleryError(FactmasError, ValueError):
 
 def load_runs(run_dirs: list[str], data_path: str | None, device: str) -> tuple[Any, list[dict]]:
     """(dataset with images, [{"dir", "name", "cfg", "model", "results", "calibrator"}]) of the runs
-    ("calibrator": ``factmas.calibrate.run_calibrator``'s, None with a logged warning when the run
+    ("calibrator": ``factmas.explore.calibrate.run_calibrator``'s, None with a logged warning when the run
     has no usable calibration.json).
 
     Raises:
         GalleryError: a run cannot be loaded, runs of different datasets/splits, a missing results.json.
     """
-    from factmas.calibrate import run_calibrator
+    from factmas.explore.calibrate import run_calibrator
     from factmas.run.load import RunLoadError, load_run
     from factmas.evaluation.report import read_results
 
@@ -69,7 +69,7 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
 
     from factmas.evaluation.evaluator import embed_facts
     from factmas.evaluation.retrieval import FactIndex, ImageIndex
-    from factmas.search import dataset_embeddings
+    from factmas.explore.search import dataset_embeddings
 
     rng = np.random.default_rng(seed)
     truth = set(map(tuple, data.pairs.tolist()))

@@ -11,7 +11,7 @@ comparable across fact orders by averaging over the slots the fact has:
 With unit vectors ‖a − b‖² = 2 − 2 a·b, so D(x, f) = 2 − (2 / o_f) Σ_{s < o_f} φ̂_s · ψ̂_s ∈ [0, 4].
 
 This is the one definition of D: ``distance_from_similarity`` maps the summed slot similarity to D,
-and the loss (``wildcard_distance``, ``paired_wildcard_distance``; ``factmas.loss``) and the FAISS
+and the loss (``wildcard_distance``, ``paired_wildcard_distance``; ``factmas.space.loss``) and the FAISS
 search (``factmas.evaluation.retrieval``, inner products of the first o_f unit slot vectors) both go
 through it.
 """

@@ -2,10 +2,10 @@
 
 A typed fact "S", "S, P" or "S, P, O" is parsed into the run's vocabulary (``parse_fact``: lower-cased,
 lemmas via lemminflect as the dataset's facts were mined, people words → person); the images of a
-folder (``factmas.search_index``) or of a dataset split (``dataset_embeddings``) are ranked by exact
+folder (``factmas.explore.search_index``) or of a dataset split (``dataset_embeddings``) are ranked by exact
 FAISS search (``factmas.evaluation.retrieval.ImageIndex``) with the wildcard distance D ∈ [0, 4] of
 ``factmas.space``. ``search_run`` does a whole search of a loaded run (``factmas.Run.search`` calls it);
-the command line is ``factmas.cli.search``. With the run's calibrator (``factmas.calibrate.run_calibrator``)
+the command line is ``factmas.cli.search``. With the run's calibrator (``factmas.explore.calibrate.run_calibrator``)
 each result also gets ``probability``, P(the fact is true of that image | D), fitted on the val images.
 """
 from __future__ import annotations
@@ -110,7 +110,7 @@ def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
     """
     from factmas.data.dataset import SPLIT_NAMES
     from factmas.evaluation.evaluator import embed_inputs
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
            else np.flatnonzero(data.image_split == SPLIT_NAMES.index(split)))
@@ -149,14 +149,14 @@ def search_run(cfg: Any, data: Any, model: Any, checkpoint: str | Path, fact: st
         cfg, data, model: the run's RunConfig, dataset (with its images unless ``images`` is given)
             and model.  checkpoint: the checkpoint file the model's weights came from (the folder
             index's key).  fact: "S", "S, P" or "S, P, O".  images: a folder of photos to search
-            (indexed once, ``factmas.search_index``); None: the dataset's ``image_split`` images
+            (indexed once, ``factmas.explore.search_index``); None: the dataset's ``image_split`` images
             ("train", "val", "test" or "all").  k: images returned.  calibrator: the run's
-            ``Calibrator`` (``factmas.calibrate.run_calibrator``) or None (then every probability is
+            ``Calibrator`` (``factmas.explore.calibrate.run_calibrator``) or None (then every probability is
             None); calibration_note: why there is none, recorded as "calibration_note".
     Raises:
         SearchError: a fact outside the vocabulary, an unusable folder or an empty image split.
     """
-    from factmas.search_index import folder_embeddings
+    from factmas.explore.search_index import folder_embeddings
 
     t0 = time.perf_counter()
     flip = cfg.eval.flip_average

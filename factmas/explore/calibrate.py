@@ -38,7 +38,7 @@ def fit_run_calibration(model: torch.nn.Module, data: Any, inputs: Any, device: 
     """The calibrator of ``model`` on the val images of ``data``, with its provenance in ``meta``.
 
     Args:
-        inputs: the image inputs (``factmas.features.image_inputs``).  cfg: the run's RunConfig
+        inputs: the image inputs (``factmas.model.features.image_inputs``).  cfg: the run's RunConfig
             (``eval.flip_average``, ``eval.embed_batch``; k and target default to ``eval.calibration_k``
             and ``eval.calibration_precision``).  checkpoint: the name recorded.
     Raises:
@@ -89,7 +89,7 @@ def calibrate_run(run_dir: str | Path, checkpoint: str | None = None, data_path:
         CalibrationError: the dataset has no val images.
         ValueError: the feature cache cannot be used.
     """
-    from factmas.features import image_inputs
+    from factmas.model.features import image_inputs
     from factmas.run.load import load_run
     from factmas.run.lock import RunLock
     from factmas.run.rundir import RunDir

@@ -1,4 +1,4 @@
-"""factmas.cpu_memory: the glibc thresholds are accepted where the C library is glibc, and the call is
+"""factmas.machine.cpu_memory: the glibc thresholds are accepted where the C library is glibc, and the call is
 a harmless False elsewhere (a library without ``mallopt``)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-import factmas.cpu_memory as cpu_memory
+import factmas.machine.cpu_memory as cpu_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")

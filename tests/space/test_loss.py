@@ -1,4 +1,4 @@
-"""factmas.loss against naive per-sample loops; wildcard gradients; collapse is not a minimum."""
+"""factmas.space.loss against naive per-sample loops; wildcard gradients; collapse is not a minimum."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from factmas.config import LossConfig
-from factmas.loss import contrastive_loss, fact_loss, regression_loss
+from factmas.space.loss import contrastive_loss, fact_loss, regression_loss
 
 
 def _batch(b: int = 6, d: int = 5, seed: int = 0, orders=None):
@@ -161,7 +161,7 @@ def test_bad_input_is_rejected():
 def test_all_facts_term_matches_a_per_image_loop():
     """L_all = mean_i [−ℓ(x_i, c_i) + log Σ_{allowed c} exp ℓ(x_i, c)], other true facts left out."""
     from factmas.config import LossConfig
-    from factmas.loss import all_facts_loss, fact_loss
+    from factmas.space.loss import all_facts_loss, fact_loss
     from factmas.space import wildcard_distance
     g = torch.Generator().manual_seed(7)
     B, C, d, tau = 5, 9, 4, 0.2
@@ -203,7 +203,7 @@ def _candidate_batch(seed: int):
 def test_sigmoid_term_matches_a_per_entry_loop(seed):
     """L_sig = mean_i [mean_{true c} log(1 + e^{−z}) + mean_{other c} log(1 + e^{z})], z = (m − D) / τ,
     the pair's own fact counted true; fact_loss adds it with its weight."""
-    from factmas.loss import sigmoid_facts_loss
+    from factmas.space.loss import sigmoid_facts_loss
     phi, psi_c, order_c, own, positive, dist = _candidate_batch(seed)
     B, C = dist.shape
     m, tau = 1.3, 0.25
@@ -232,7 +232,7 @@ def test_sigmoid_term_matches_a_per_entry_loop(seed):
 def test_all_images_term_matches_a_per_fact_loop(seed):
     """L_img = mean over facts true for some batch image of
     [log Σ_i exp ℓ_ic − log Σ_{i: c true for i} exp ℓ_ic], ℓ = −D / τ; facts true for no image skipped."""
-    from factmas.loss import all_images_loss
+    from factmas.space.loss import all_images_loss
     phi, psi_c, order_c, own, positive, dist = _candidate_batch(seed)
     B, C = dist.shape
     tau = 0.3

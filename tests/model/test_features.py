@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import factmas.features as features
+import factmas.model.features as features
 from factmas.config import ModelConfig, RunConfig
 from factmas.data.dataset import read_dataset
-from factmas.features import CachedInputs, PixelInputs, cache_file, image_inputs, load_or_build
+from factmas.model.features import CachedInputs, PixelInputs, cache_file, image_inputs, load_or_build
 from factmas.model import build_model, preprocess
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.trainer import resume, train
@@ -129,7 +129,7 @@ def test_traceback_truncated_or_wrongly_shaped_cache_during_train_is_one_line(tm
     import json as _json
 
     from factmas.cli import main as cli
-    from factmas.features import load_or_build as build
+    from factmas.model.features import load_or_build as build
     path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=32, num_tasks=2)
     data = read_dataset(path)
     torch.manual_seed(0)

@@ -76,7 +76,7 @@ def test_html_images_exist_and_marks(page):
 
 
 def test_marks_agree_with_the_dataset(page):
-    from factmas.gallery import collect, load_runs
+    from factmas.explore.gallery import collect, load_runs
     data, runs = load_runs(page["runs"], None, "cpu")
     got = collect(data, runs, 4, 2, 3, 0)
     truth = set(map(tuple, data.pairs.tolist()))
@@ -90,8 +90,8 @@ def test_marks_agree_with_the_dataset(page):
 def test_training_calibrates_and_the_page_shows_p(page):
     """The trainer wrote calibration.json after the last task, for the weights of last.pt; the page
     shows p = the calibrator's P(true | D) beside each distance."""
-    from factmas.calibrate import run_calibrator
-    from factmas.gallery import collect, load_runs
+    from factmas.explore.calibrate import run_calibrator
+    from factmas.explore.gallery import collect, load_runs
     data, runs = load_runs(page["runs"], None, "cpu")
     for r in runs:
         cal, why = run_calibrator(r["dir"], r["model"].state_dict())

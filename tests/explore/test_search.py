@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factmas import search_index
+from factmas.explore import search_index
 from factmas.cli import search as search_cli
 from factmas.config import ModelConfig, RunConfig
 from factmas.data.dataset import read_dataset

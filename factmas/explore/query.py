@@ -6,7 +6,7 @@ file PIL reads (JPEG, PNG; grayscale, palette, alpha, CMYK, any size) is convert
 to the dataset's image size as in training (``factmas.model.load_image_file``, ``preprocess``).
 The command line is ``factmas.cli.query``; a run is loaded by ``factmas.run.load.load_run``.
 
-With a calibrator (``factmas.calibrate.run_calibrator``: ``RUN_DIR/calibration.json``, fitted on the
+With a calibrator (``factmas.explore.calibrate.run_calibrator``: ``RUN_DIR/calibration.json``, fitted on the
 val images), each fact also gets ``probability``: P(the fact is true of the image | its distance), and
 each image the abstention threshold p* and ``abstain`` (True when no fact of its top-k reaches p*:
 "no known fact fits this photo"). Without one these are None.
