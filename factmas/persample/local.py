@@ -40,6 +40,19 @@ from factmas.persample.hooks import (DEFAULT_BUDGET, LayerSums, batch_size, capp
 LocalForward = Callable[[nn.Module, Any], Optional[dict[nn.Module, torch.Tensor]]]
 
 
+def check_weights(weights: Any, B: int) -> None:
+    """Raise ValueError unless ``weights`` is None or a dict module → tensor [B]."""
+    if weights is None:
+        return
+    if not isinstance(weights, dict):
+        raise ValueError("the forward must return None or a dict module → sample weights [B], got "
+                         f"{type(weights).__name__}")
+    for m, w in weights.items():
+        if not isinstance(m, nn.Module) or not isinstance(w, torch.Tensor) or w.shape != (B,):
+            raise ValueError(f"sample weights must be module → tensor [B] = [{B}], got "
+                             f"{type(m).__name__} → {tuple(getattr(w, 'shape', ())) or type(w).__name__}")
+
+
 class LocalOutputHooks:
     """Context manager holding forward hooks; ``add_batch`` adds Σ_k |∂‖F_l(x_k)‖²/∂θ_l|^power of a
     batch to ``sums`` (module docstring).
@@ -78,8 +91,9 @@ class LocalOutputHooks:
         layer it called to ``sums`` (name → tensor shaped like the parameter). Returns B.
 
         Raises:
-            ValueError: ``batch`` holds no tensor.  RuntimeError: a layer saw a number of rows that
-            is not a multiple of B.
+            ValueError: ``batch`` holds no tensor, or ``forward`` returned something else than None
+            or module → weights [B].  RuntimeError: a layer saw a number of rows that is not a
+            multiple of B.
         """
         B = batch_size(batch)
         self.calls = defaultdict(list)
@@ -89,6 +103,7 @@ class LocalOutputHooks:
                 weights = forward(self.model, batch)
             finally:
                 self.recording = False
+            check_weights(weights, B)
             layer_sums = LayerSums(self.hooked, sums, B, self.budget, self.power)
             for m, calls in self.calls.items():
                 for a, y in calls:                            # in call order
