@@ -11,9 +11,10 @@ The estimator:
 - ``local_mas_importance`` (Aljundi et al., ECCV 2018, Sec. 4.3 "local"): each parametrized layer l
   gets Ω_l = (1/N) Σ_k |∂‖F_l(x_k)‖₂²/∂θ_l|, F_l the output of that layer alone (the module owning the
   parameters, before any following activation, except one applied in place: see
-  ``factmas.persample.local``), the gradient taken with respect to that layer's own parameters only. With y = F_l(a; θ_l) the gradient of ‖y_k‖² at the output is 2 y_k, so the
-  per-sample closed forms of ``factmas.persample.layers`` apply with δ = 2y (for a Linear layer:
-  |2 y_k a_kᵀ|, the Hebbian product of the paper). Image-branch layers from images, fact-branch layers
+  ``factmas.persample.local``), the gradient taken with respect to that layer's own parameters only.
+  With y = F_l(a; θ_l) the gradient of ‖y_k‖² at the output is 2 y_k, so the per-sample closed
+  forms of ``factmas.persample.layers`` apply with δ = 2y (for a Linear layer: |2 y_k a_kᵀ|, the
+  Hebbian product of the paper). Image-branch layers from images, fact-branch layers
   from facts; in the fact branch's per-slot MLPs only the facts that have that slot count (absent
   slots run on an all-pad input and are masked out of ψ, so they are not part of the learned function).
 """

@@ -5,7 +5,7 @@ F the raw output of each branch: image-branch parameters from the task's images,
 parameters from the task's facts (``mas_importance``). Ω accumulates over tasks
 (sum by default) and training adds λ Σ Ω (θ − θ*)² (Eq. 3; ``QuadraticAnchor``).
 
-The estimator (``mas_importance``) and its references live here:
+The importance function (``mas_importance``), its references and the Ω estimators live here:
 
 MAS (Eq. 2, with the squared ℓ2 norm of the output, Sec. 3 "global" variant)::
 
@@ -18,8 +18,8 @@ mean only. Raw, because after per-slot normalization ‖F̂‖² is constant (3 
 order for a fact) and the gradient is zero.
 
 The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``, the estimator
-``NormalizedOutputOmega``) measures how the *per-slot normalized* output F̂ (what the distance D of ``factmas.space`` reads) moves instead. Its
-squared norm is constant, so Eq. 2's gradient is zero; it takes the sensitivity along a random
+``NormalizedOutputOmega``) measures how the *per-slot normalized* output F̂ (what the distance D of
+``factmas.space`` reads) moves instead. Its squared norm is constant, so Eq. 2's gradient is zero; it takes the sensitivity along a random
 direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator (one per branch,
 keyed by task, so the facts' directions do not depend on how many images were read):
 
@@ -39,10 +39,9 @@ estimator for the option refuses it in ``MAS.__init__``, the one place that chec
   MAS's "raw" (Eq. 2 on the raw output), ℓ-MAS's only one (each layer's own output).
 - ``NormalizedOutputOmega``: MAS's "normalized" ablation, directions keyed by (seed, task, rank).
 
-Importance functions (same inputs, dict name → Ω shaped like the parameter):
-
-Each takes the per-sample routine as a function (``estimator``, default the hooks'
-``abs_grad_sums``); the names below fix one:
+Importance functions (same inputs, dict name → Ω shaped like the parameter). Each is ``mas_omega``
+with a per-sample routine (its argument ``estimator``, default the hooks' ``abs_grad_sums``); the
+names below fix one:
 
 - ``mas_importance``: exact per sample, by hooks (``factmas.persample.hooks``).
 - ``loop_mas_importance``: exact, naive per-sample loop (reference).
