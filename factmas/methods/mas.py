@@ -19,9 +19,10 @@ order for a fact) and the gradient is zero.
 
 The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``, the estimator
 ``NormalizedOutputOmega``) measures how the *per-slot normalized* output F̂ (what the distance D of
-``factmas.space`` reads) moves instead. Its squared norm is constant, so Eq. 2's gradient is zero; it takes the sensitivity along a random
-direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator (one per branch,
-keyed by task, so the facts' directions do not depend on how many images were read):
+``factmas.space`` reads) moves instead. Its squared norm is constant, so Eq. 2's gradient is zero; it
+takes the sensitivity along a random direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from
+a seeded generator (one per branch, keyed by task, so the facts' directions do not depend on how
+many images were read):
 
     Ω_ij = (1/N) Σ_k | ∂ (u_k · F̂(x_k; θ)) / ∂θ_ij |,
 
