@@ -5,7 +5,7 @@ F the raw output of each branch: image-branch parameters from the task's images,
 parameters from the task's facts (``mas_importance``). Ω accumulates over tasks
 (sum by default) and training adds λ Σ Ω (θ − θ*)² (Eq. 3; ``QuadraticAnchor``).
 
-The estimator (``mas_importance``) and its references live here:
+The importance function (``mas_importance``), its references and the Ω estimators live here:
 
 MAS (Eq. 2, with the squared ℓ2 norm of the output, Sec. 3 "global" variant)::
 
@@ -17,11 +17,12 @@ A parameter gets the sum of the two branch means; one that only a branch touches
 mean only. Raw, because after per-slot normalization ‖F̂‖² is constant (3 for an image, the fact's
 order for a fact) and the gradient is zero.
 
-The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``) measures how the
-*per-slot normalized* output F̂ (what the distance D of ``factmas.space`` reads) moves instead. Its
-squared norm is constant, so Eq. 2's gradient is zero; it takes the sensitivity along a random
-direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from a seeded generator (one per branch,
-keyed by task, so the facts' directions do not depend on how many images were read):
+The ablation ``train.omega_output: normalized`` (``normalized_mas_importance``, the estimator
+``NormalizedOutputOmega``) measures how the *per-slot normalized* output F̂ (what the distance D of
+``factmas.space`` reads) moves instead. Its squared norm is constant, so Eq. 2's gradient is zero; it
+takes the sensitivity along a random direction u_k ~ N(0, I) of R^{3×d}, drawn once per sample from
+a seeded generator (one per branch, keyed by task, so the facts' directions do not depend on how
+many images were read):
 
     Ω_ij = (1/N) Σ_k | ∂ (u_k · F̂(x_k; θ)) / ∂θ_ij |,
 
@@ -32,10 +33,16 @@ passes per sample that the full Jacobian would take. Its scale differs from the 
 searched apart. On several processes each rank draws its own directions, so Ω equals the
 one-process Ω in expectation over u, not up to float rounding as for the raw output.
 
-Estimators (same inputs, dict name → Ω shaped like the parameter):
+Ω estimators of a method (``MAS.estimators``, chosen by ``train.omega_output``; a method without an
+estimator for the option refuses it in ``MAS.__init__``, the one place that checks the pair):
 
-Each takes the per-sample routine as a function (``estimator``, default the hooks'
-``abs_grad_sums``); the names below fix one:
+- ``OutputOmega(importance)``: Ω by an importance function of the signature of ``mas_importance``;
+  MAS's "raw" (Eq. 2 on the raw output), ℓ-MAS's only one (each layer's own output).
+- ``NormalizedOutputOmega``: MAS's "normalized" ablation, directions keyed by (seed, task, rank).
+
+Importance functions (same inputs, dict name → Ω shaped like the parameter). Each is ``mas_omega``
+with a per-sample routine (its argument ``estimator``, default the hooks' ``abs_grad_sums``); the
+names below fix one:
 
 - ``mas_importance``: exact per sample, by hooks (``factmas.persample.hooks``).
 - ``loop_mas_importance``: exact, naive per-sample loop (reference).
@@ -56,7 +63,7 @@ import logging
 import time
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -212,6 +219,40 @@ def normalized_mas_importance(model: nn.Module, image_batches, fact_batches, max
                      max_samples, estimator, (projected_image_loss, projected_fact_loss))
 
 
+class OmegaEstimator(Protocol):
+    """How a MAS-family method turns one task's images and facts into Ω (name → float tensor shaped
+    like the parameter, ≥ 0)."""
+
+    def __call__(self, model: nn.Module, image_batches: Iterable[Any] | None,
+                 fact_batches: Iterable[Any] | None, max_samples: int | None,
+                 task: int) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class OutputOmega:
+    """Ω by ``importance(model, image_batches, fact_batches, max_samples=...)`` (e.g.
+    ``mas_importance``: Eq. 2 on the raw output; the task does not enter)."""
+    importance: Callable[..., dict[str, torch.Tensor]]
+
+    def __call__(self, model: nn.Module, image_batches: Iterable[Any] | None,
+                 fact_batches: Iterable[Any] | None, max_samples: int | None,
+                 task: int) -> dict[str, torch.Tensor]:
+        return self.importance(model, image_batches, fact_batches, max_samples=max_samples)
+
+
+@dataclass(frozen=True)
+class NormalizedOutputOmega:
+    """Ω of the per-slot normalized output (module docstring), ``normalized_mas_importance`` with the
+    directions keyed by (``seed``, task, rank): other tasks and other processes draw other u_k."""
+    seed: int = DIRECTION_SEED
+
+    def __call__(self, model: nn.Module, image_batches: Iterable[Any] | None,
+                 fact_batches: Iterable[Any] | None, max_samples: int | None,
+                 task: int) -> dict[str, torch.Tensor]:
+        return normalized_mas_importance(model, image_batches, fact_batches, max_samples,
+                                         key=(self.seed, task, rank()))
+
+
 def parse_omega_data(which: str) -> list[str]:
     """'train', 'test', 'train+test', ... → the image splits to chain. Raises ValueError."""
     parts = which.split("+")
@@ -258,27 +299,29 @@ class MAS(QuadraticAnchor):
     Args:
         reg_lambda: λ of the penalty.  options: ``MASOptions`` (or its fields as keywords).
     Raises:
-        ValueError: an unknown option or one out of range (see ``MASOptions``), λ < 0.
+        ValueError: an unknown option or one out of range (see ``MASOptions``), an ``output`` that the
+            class has no estimator for (``estimators``), λ < 0.
     """
     name = "mas"
     Options: ClassVar[type[MethodOptions]] = MASOptions
-    importance: ClassVar[Callable] = staticmethod(mas_importance)   # (model, images, facts, max_samples)
+    # options.output → the Ω estimator; a subclass replaces the dict (ℓ-MAS: {"raw": its own})
+    estimators: ClassVar[dict[str, OmegaEstimator]] = {"raw": OutputOmega(mas_importance),
+                                                       "normalized": NormalizedOutputOmega()}
 
     def __init__(self, reg_lambda: float = 1.0, options: MASOptions | None = None,
                  **values: Any) -> None:
         super().__init__(reg_lambda, options, **values)
         self.image_splits = parse_omega_data(self.options.data)
+        if self.options.output not in self.estimators:
+            raise ValueError(f"omega_output: {self.options.output!r} has no Ω estimator in method "
+                             f"{self.name!r}; valid: {sorted(self.estimators)}")
+        self.estimator: OmegaEstimator = self.estimators[self.options.output]
 
     def _images(self, ctx: TaskContext) -> Iterator[torch.Tensor]:
         return chain.from_iterable(ctx.image_batches(which) for which in self.image_splits)
 
     def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:
-        """Ω of task ``ctx.task`` from the task's images (``options.data``) and facts: by the class's
-        ``importance`` function (MAS: exact, module docstring), or with ``options.output ==
-        "normalized"`` by ``normalized_mas_importance`` (directions keyed by task and rank)."""
-        if self.options.output == "normalized":
-            return normalized_mas_importance(model, self._images(ctx), ctx.fact_batches(),
-                                             self.options.max_samples,
-                                             key=(DIRECTION_SEED, ctx.task, rank()))
-        return type(self).importance(model, self._images(ctx), ctx.fact_batches(),
-                                     max_samples=self.options.max_samples)
+        """Ω of task ``ctx.task`` from the task's images (``options.data``) and facts, by the
+        estimator ``options.output`` selects (``estimators``)."""
+        return self.estimator(model, self._images(ctx), ctx.fact_batches(), self.options.max_samples,
+                              ctx.task)

@@ -91,6 +91,96 @@ def check_losses(losses: torch.Tensor, batch: Any) -> int:
     return B
 
 
+def owned_layers(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[nn.Module, dict[str, str]],
+                                             dict[str, str]]:
+    """The ownership scan: which module's closed form (``factmas.persample.layers``) gives each
+    trainable parameter its per-sample gradients.
+
+    Returns:
+        (``trainable(model)``; hooked: module → attribute → parameter name, for every module that owns
+        trainable parameters and has a formula; unsupported: parameter name → why it has none, for a
+        module without a formula or a parameter owned by several modules).
+    """
+    params = trainable(model)
+    name_of = {id(p): n for n, p in params.items()}
+    owners: dict[int, list[nn.Module]] = defaultdict(list)
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            if id(p) in name_of:
+                owners[id(p)].append(m)
+    hooked: dict[nn.Module, dict[str, str]] = {}
+    why: dict[str, str] = {}
+    for m in model.modules():
+        own = {a: name_of[id(p)] for a, p in m.named_parameters(recurse=False) if id(p) in name_of}
+        if not own:
+            continue
+        reason = unsupported_reason(m)
+        if reason is None and any(len(owners[id(getattr(m, a))]) > 1 for a in own):
+            reason = "parameter shared by several modules"
+        if reason is None:
+            hooked[m] = own
+        else:
+            why.update({n: reason for n in own.values()})
+    return params, hooked, why
+
+
+def describe(why: dict[str, str]) -> str:
+    """'name (reason); ...' of ``owned_layers``' unsupported parameters."""
+    return "; ".join(f"{n} ({r})" for n, r in why.items())
+
+
+class LayerSums:
+    """Accumulates one batch: the (input a, output gradient δ) of each call of each hooked layer →
+    Σ_k |g_k|^power added to ``sums``.
+
+    A layer called once is reduced at once (``layer_grads(reduce=True)``); a layer called several
+    times keeps its per-sample g_k [B, *θ], summed over the calls before |.| (``finish``), as are the
+    sparse entries of an Embedding (``embedding_abs_sum``).
+
+    Args:
+        hooked: module → attribute → parameter name (``owned_layers``).
+        sums: parameter name → float tensor shaped like the parameter, added to in place.
+        B: the batch's number of samples.  budget, power: as ``PerSampleHooks``.
+    """
+
+    def __init__(self, hooked: dict[nn.Module, dict[str, str]], sums: dict[str, torch.Tensor], B: int,
+                 budget: int, power: int) -> None:
+        self.hooked, self.sums, self.B, self.budget, self.power = hooked, sums, B, budget, power
+        self.per_sample: dict[nn.Module, dict[str, torch.Tensor]] = {}
+        self.emb: dict[nn.Module, list] = defaultdict(list)
+
+    def add(self, m: nn.Module, a: torch.Tensor, d: torch.Tensor, single: bool) -> None:
+        """One call of layer ``m``: input a [N, ...] and δ [N, ...] (N = B·r rows, sample-major);
+        ``single``: ``m`` is called once in the batch. Raises RuntimeError if N is not a multiple of B."""
+        B = self.B
+        if a.shape[0] % B:
+            raise RuntimeError(f"per-sample gradients: {m} saw {a.shape[0]} rows for a batch of {B} "
+                               "samples; rows must be the samples, or B·r rows in sample-major order")
+        if isinstance(m, nn.Embedding):
+            self.emb[m].append(embedding_entries(m, a, d, B))
+            return
+        grads = layer_grads(m, a, d, B, reduce=single, budget=self.budget, power=self.power)
+        names = self.hooked[m]
+        if single:
+            for attr, g in grads.items():
+                self.sums[names[attr]].add_(g)
+        else:                                                 # several calls: Σ_calls g_k, then |.|
+            acc = self.per_sample.setdefault(m, {})
+            for attr, g in grads.items():
+                acc[attr] = g if attr not in acc else acc[attr].add_(g)
+
+    def finish(self) -> None:
+        """Add the layers called several times and the Embeddings (after the batch's last ``add``)."""
+        for m, acc in self.per_sample.items():
+            for attr, g in acc.items():
+                self.sums[self.hooked[m][attr]].add_(sum_magnitude(g, self.power, inplace=True))
+        for m, entries in self.emb.items():
+            keys = torch.cat([k for k, _ in entries])
+            rows = torch.cat([r for _, r in entries])
+            self.sums[self.hooked[m]["weight"]].add_(embedding_abs_sum(m, keys, rows, self.power))
+        self.per_sample, self.emb = {}, defaultdict(list)
+
+
 class PerSampleHooks:
     """Context manager holding the hooks; ``add_batch`` adds Σ_k |g_k|^power of a batch to ``sums``.
 
@@ -108,33 +198,13 @@ class PerSampleHooks:
         if fallback not in ("loop", "error"):
             raise ValueError(f"fallback must be 'loop' or 'error', got {fallback!r}")
         self.model, self.budget, self.power = model, budget, power
-        self.params = trainable(model)
-        name_of = {id(p): n for n, p in self.params.items()}
-        owners: dict[int, list[nn.Module]] = defaultdict(list)
-        for m in model.modules():
-            for p in m.parameters(recurse=False):
-                if id(p) in name_of:
-                    owners[id(p)].append(m)
-        self.hooked: dict[nn.Module, dict[str, str]] = {}    # module → attr → parameter name
-        why: dict[str, str] = {}
-        for m in model.modules():
-            own = {a: name_of[id(p)] for a, p in m.named_parameters(recurse=False) if id(p) in name_of}
-            if not own:
-                continue
-            reason = unsupported_reason(m)
-            if reason is None and any(len(owners[id(getattr(m, a))]) > 1 for a in own):
-                reason = "parameter shared by several modules"
-            if reason is None:
-                self.hooked[m] = own
-            else:
-                why.update({n: reason for n in own.values()})
+        self.params, self.hooked, why = owned_layers(model)
         self.fallback_names = list(why)
         if why and fallback == "error":
-            raise ValueError("no per-sample formula for parameters: " +
-                             "; ".join(f"{n} ({r})" for n, r in why.items()))
+            raise ValueError("no per-sample formula for parameters: " + describe(why))
         if why:
             log.warning("per-sample gradients: %d parameter(s) use the slow per-sample loop: %s",
-                        len(why), "; ".join(f"{n} ({r})" for n, r in why.items()))
+                        len(why), describe(why))
         self._handles: list[Any] = []
         self._reset()
 
@@ -143,8 +213,7 @@ class PerSampleHooks:
         self.capturing = False
         self.probes: list[torch.Tensor] = []
         self.acts: dict[nn.Module, list] = defaultdict(list)
-        self.per_sample: dict[nn.Module, dict[str, torch.Tensor]] = {}
-        self.emb: dict[nn.Module, list] = defaultdict(list)
+        self.layer_sums: LayerSums | None = None
 
     def __enter__(self) -> "PerSampleHooks":
         self._handles = [m.register_forward_hook(self._forward_hook) for m in self.hooked]
@@ -176,30 +245,13 @@ class PerSampleHooks:
             raise RuntimeError(f"per-sample gradients: the input of {m} was modified in place after "
                                "the layer used it; use out-of-place operations there")
         self.acts[m][call] = (None, version)                 # free the activation early
-        B = self.B
-        if a.shape[0] % B:
-            raise RuntimeError(f"per-sample gradients: {m} saw {a.shape[0]} rows for a batch of {B} "
-                               "samples; rows must be the samples, or B·r rows in sample-major order")
-        if isinstance(m, nn.Embedding):
-            self.emb[m].append(embedding_entries(m, a, d, B))
-            return
-        single = len(self.acts[m]) == 1
-        grads = layer_grads(m, a, d, B, reduce=single, budget=self.budget, power=self.power)
-        names = self.hooked[m]
-        if single:
-            for attr, g in grads.items():
-                self.sums[names[attr]].add_(g)
-        else:                                                 # several calls: Σ_calls g_k, then |.|
-            acc = self.per_sample.setdefault(m, {})
-            for attr, g in grads.items():
-                acc[attr] = g if attr not in acc else acc[attr].add_(g)
+        self.layer_sums.add(m, a, d, single=len(self.acts[m]) == 1)
 
     def add_batch(self, loss_fn: LossFn, batch: Any, sums: dict[str, torch.Tensor]) -> int:
         """Forward ``loss_fn(model, batch)`` → float [B] per-sample losses l_k, add Σ_k |∂l_k/∂θ| to
         ``sums`` (name → tensor shaped like the parameter). Returns B. Raises ValueError on a loss
         that is not float [B]."""
         self._reset()
-        self.sums = sums
         with torch.enable_grad():
             self.recording = True
             try:
@@ -207,6 +259,7 @@ class PerSampleHooks:
             finally:
                 self.recording = False
             self.B = check_losses(losses, batch)
+            self.layer_sums = LayerSums(self.hooked, sums, self.B, self.budget, self.power)
             fb = [self.params[n] for n in self.fallback_names]
             if self.probes:
                 self.capturing = True
@@ -215,13 +268,7 @@ class PerSampleHooks:
                                         allow_unused=True)
                 finally:
                     self.capturing = False
-            for m, acc in self.per_sample.items():
-                for attr, g in acc.items():
-                    sums[self.hooked[m][attr]].add_(sum_magnitude(g, self.power, inplace=True))
-            for m, entries in self.emb.items():
-                keys = torch.cat([k for k, _ in entries])
-                rows = torch.cat([r for _, r in entries])
-                sums[self.hooked[m]["weight"]].add_(embedding_abs_sum(m, keys, rows, self.power))
+            self.layer_sums.finish()
             for k in range(self.B if fb else 0):              # exact, slow: one backward per sample
                 grads = torch.autograd.grad(losses[k], fb, retain_graph=k + 1 < self.B,
                                             allow_unused=True)

@@ -4,6 +4,9 @@
 - ``vmap_abs_grad_sums``: exact, ``torch.func`` (functional_call + grad + vmap) per-sample gradients.
   Fails on a forward that reads tensor values in Python (``int(t)``, ``bool(t.any())``), as the fact
   branch's input checks do.
+- ``loop_local_abs_grad_sums``: the naive exact reference of ``persample.local`` (each layer's own
+  output norm): per sample, per layer, one backward of Σ_calls w_k ‖F_l(x_k)‖² to that layer's
+  parameters.
 - ``batch_abs_grad_sums``: the approximation Σ_batches |∂(Σ_{k∈batch} l_k)/∂θ| that the official MAS
   code (batch size > 1), Avalanche and FACIL compute; by the triangle inequality it is ≤ the exact
   Σ_k |∂l_k/∂θ| elementwise, with equality only for batches of one sample.
@@ -107,6 +110,50 @@ def vmap_abs_grad_sums(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any]
         for name in params:
             sums[name].add_(magnitude(g[f"model.{name}"], power).sum(0))
         B = next(iter(g.values())).shape[0]
+        n += B
+        if progress is not None:
+            progress(B)
+    return sums, n
+
+
+def loop_local_abs_grad_sums(model: nn.Module, forward: Callable[[nn.Module, Any], Any],
+                             batches: Iterable[Any], max_samples: int | None = None, power: int = 1,
+                             progress: Callable[[int], None] | None = None):
+    """Exact Σ_k |∂(w_kl Σ_calls ‖F_l(x_k)‖²)/∂θ_l|^power of every module l owning parameters, by a
+    loop (slow): each sample alone through ``forward`` (as ``persample.local.local_abs_grad_sums``:
+    (model, batch) → None or module → sample weights [B]), the outputs of every call of l kept by a
+    forward hook, one backward per module to its own parameters only. Local: each call's input is
+    held fixed (a forward pre-hook detaches it), so a layer called on its own output counts each
+    call's direct dependence on θ_l, not the path through its earlier call."""
+    params = trainable(model)
+    name_of = {id(p): n for n, p in params.items()}
+    owners = [(m, {a: p for a, p in m.named_parameters(recurse=False) if id(p) in name_of})
+              for m in model.modules()]
+    owners = [(m, own) for m, own in owners if own]
+    sums, n = _zeros(params), 0
+    for batch in capped(batches, max_samples):
+        B = batch_size(batch)
+        for k in range(B):
+            seen: dict[nn.Module, list[torch.Tensor]] = {m: [] for m, _ in owners}
+            handles = [m.register_forward_hook(lambda mod, i, o: seen[mod].append(o)) for m, _ in owners]
+            handles += [m.register_forward_pre_hook(lambda mod, i: (i[0].detach(),) + tuple(i[1:]))
+                        for m, _ in owners]
+            try:
+                with torch.enable_grad():
+                    weights = forward(model, take(batch, slice(k, k + 1)))
+            finally:
+                for h in handles:
+                    h.remove()
+            for m, own in owners:
+                if not seen[m]:
+                    continue
+                with torch.enable_grad():
+                    loss = sum(y.pow(2).sum() for y in seen[m])
+                    if weights is not None and m in weights:
+                        loss = loss * weights[m].to(loss.dtype).reshape(())
+                    grads = torch.autograd.grad(loss, list(own.values()), retain_graph=True,
+                                                allow_unused=True)
+                _add_abs(sums, [name_of[id(p)] for p in own.values()], grads, power)
         n += B
         if progress is not None:
             progress(B)

@@ -1,6 +1,6 @@
 """The normalized-output MAS ablation (``train.omega_output: normalized``): exact per sample against a
 naive autograd loop with the same directions, its expectation against the Jacobian column norms,
-and the option's checks."""
+the option's checks, and the Ω estimator objects the option selects."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from factmas.methods.lmas import LocalMAS
-from factmas.methods.mas import (DIRECTION_SEED, MAS, MASOptions, direction_generator,
-                                 loop_mas_importance, normalized_mas_importance)
+from factmas.methods import TaskContext
+from factmas.methods.mas import (DIRECTION_SEED, MAS, OUTPUTS, MASOptions, NormalizedOutputOmega,
+                                 OutputOmega, direction_generator, loop_mas_importance,
+                                 mas_importance, normalized_mas_importance)
 from factmas.methods.quadratic import eval_mode
 from factmas.persample.reference import loop_abs_grad_sums
 from factmas.space import normalize_slots
@@ -102,8 +104,8 @@ def test_normalized_omega_output_option_is_checked():
         MASOptions(output="unit")
     assert MASOptions(output="normalized").output == "normalized"
     assert MAS(1.0, output="normalized").options.output == "normalized"
-    with pytest.raises(ValueError, match="ℓ-MAS"):
-        LocalMAS(1.0, output="normalized")
+    with pytest.raises(ValueError, match=r"omega_output: 'normalized' has no Ω estimator in method 'l-mas'"):
+        LocalMAS(1.0, output="normalized")         # refused once, by MAS.__init__ (no ℓ-MAS branch)
 
 
 def test_directions_are_keyed_and_the_facts_do_not_depend_on_the_images(data, tiny_model):
@@ -119,3 +121,34 @@ def test_directions_are_keyed_and_the_facts_do_not_depend_on_the_images(data, ti
     fact_params = [n for n in facts_only if n.startswith("fact_branch.")]
     assert rel_err({n: capped[n] for n in fact_params}, {n: facts_only[n] for n in fact_params}) == 0.0
     assert all(float(capped[n].abs().sum()) > 0 for n in capped if n.startswith("image_branch."))
+
+
+@pytest.mark.parametrize("output", ["raw", "normalized"])
+def test_omega_output_selects_an_estimator_with_the_same_numbers(data, tiny_model, output):
+    """``omega_output`` picks ``MAS.estimators[output]``; through ``on_task_end`` of task 2 it gives
+    exactly the function's Ω (normalized: directions keyed by (DIRECTION_SEED, task, rank 0))."""
+    images, facts = data
+    model = tiny_model()
+
+    def none(*a):
+        raise AssertionError("not used")
+    ctx = TaskContext(task=2, device=torch.device("cpu"), image_batches=lambda which: iter([images]),
+                      fact_batches=lambda: iter([facts]), pair_batches=none)
+    method = MAS(1.0, output=output)
+    assert method.estimator is MAS.estimators[output]
+    assert isinstance(method.estimator, OutputOmega if output == "raw" else NormalizedOutputOmega)
+    method.on_task_end(model, ctx)
+    if output == "raw":
+        expected = mas_importance(model, [images], [facts])
+    else:
+        expected = normalized_mas_importance(model, [images], [facts], key=(DIRECTION_SEED, 2, 0))
+        assert rel_err(normalized_mas_importance(model, [images], [facts]), expected) > 1e-3   # keyed by task
+    assert set(method.omega) == set(expected)
+    assert all(torch.equal(method.omega[n], expected[n]) for n in expected)
+
+
+def test_local_mas_has_one_estimator_and_no_refusal_of_its_own():
+    """ℓ-MAS declares only its estimator; the refusal of "normalized" is MAS.__init__'s, not a branch
+    of the subclass."""
+    assert sorted(LocalMAS.estimators) == ["raw"] and "__init__" not in vars(LocalMAS)
+    assert set(MAS.estimators) == set(OUTPUTS)          # every value MASOptions accepts has one

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from factmas.config import RunConfig
+from factmas.config import ModelConfig, RunConfig
+from factmas.model import build_model
 from factmas.methods.lmas import local_mas_importance
 from factmas.methods import LocalMAS, TaskContext, make_method
 from factmas.data.synthetic import make_synthetic_dataset
@@ -75,6 +76,27 @@ def test_local_mas_matches_a_per_layer_per_sample_loop(tiny_model):
     glob = mas_importance(model, [images], [facts])
     n = "image_branch.trunk.0.0.weight"
     assert float((glob[n] - omega[n]).abs().max()) > 1e-3 * float(omega[n].abs().max())
+
+
+def test_local_mas_matches_the_loop_with_in_place_activations():
+    """The default backbone: timm's ReLU6(inplace=True) overwrites each BatchNorm's output, and ℓ-MAS
+    reads F_l after the forward, as the loop through the same forward does (and as the removed
+    LocalHooks did; ``factmas.persample.local`` docstring). resnet18_gn's ReLU(inplace=True): checked
+    old against new once, bit for bit (a loop over resnet18 is too slow for the suite)."""
+    torch.manual_seed(0)
+    size = 32
+    cfg = ModelConfig(backbone="efficientnet_lite0", width=8, embed_dim=8, word_dim=8, fact_hidden=16,
+                      pretrained=False)
+    model = build_model(cfg, vocab_size=VOCAB)
+    images = model.image_input(torch.randn(3, 3, size, size)).detach().double()
+    model = model.double()
+    assert any(getattr(m, "inplace", False) for m in model.image_branch.modules())
+    facts = random_facts(4, seed=5)
+    omega = local_mas_importance(model, [images[:2], images[2:]], [facts])
+    ref = loop_local(model, images, facts)
+    assert set(omega) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for n, t in omega.items():
+        assert torch.allclose(t, ref[n], rtol=1e-8, atol=1e-12), n
 
 
 def test_linear_layer_importance_is_the_hebbian_product(tiny_model):
