@@ -188,7 +188,7 @@ def build(args: argparse.Namespace):
         for image, fid in rows:
             by_image.setdefault(image, set()).add(facts[fid])
         n_rows += len(rows)
-        given[f"lfl_{name}"] = (task_of, {"num_tasks": k_tasks, "source": name})
+        given[f"lfl_{name}"] = (task_of, {"num_tasks": k_tasks, "seed": -1, "source": name})
         log.info("%s: %d facts, %d (image, fact) rows", name, len(facts), len(rows))
     all_facts = {f for fs in by_image.values() for f in fs}
     for name, (task_of, _) in given.items():    # every folder must place every fact
