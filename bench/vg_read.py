@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -67,8 +68,8 @@ def child(method: str, path: str) -> dict:
         by_image, skips, _ = visual_genome.read_facts({"relationships": path})
         n = sum(len(v) for v in by_image.values())
     seconds = time.perf_counter() - t0
-    return {"method": method, "seconds": seconds, "peak_above_start_mib": (common.peak_rss_bytes() - start) / common.MiB,
-            "items": n}
+    peak = (common.peak_rss_bytes() - start) / common.MiB
+    return {"method": method, "seconds": seconds, "peak_above_start_mib": peak, "items": n}
 
 
 def main(argv=None) -> int:
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
             path.unlink()
     print(common.load_line(info))
     common.write_results(a.out, {"machine": info, "rels_per_image": a.rels_per_image, "rows": rows,
-                                 "load_after": [round(x, 2) for x in __import__("os").getloadavg()]})
+                                 "load_after": [round(x, 2) for x in os.getloadavg()]})
     return 0
 
 

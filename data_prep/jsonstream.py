@@ -1,7 +1,7 @@
 """Records of a large JSON array read one at a time (Visual Genome's annotation files), stdlib only.
 
-Visual Genome ships each annotation file as one JSON array of per-image records (``relationships.json``
-is about 0.7 GB); ``json.load`` would hold all of it as Python objects (several GB). ``iter_records``
+Visual Genome ships each annotation file as one JSON array of per-image records; ``json.load`` holds
+all of it as Python objects, about 6× the file's size (``bench/results/vg_read.json``). ``iter_records``
 decodes the array element by element with ``json.JSONDecoder.raw_decode`` on a sliding text buffer,
 so memory is one record plus a buffer of about 2 MiB characters. ``ijson`` would do the same but is
 not a dependency of factmas.

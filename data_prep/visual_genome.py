@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     p = argparse.ArgumentParser(prog="python -m data_prep.visual_genome",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--relationships", help="Visual Genome relationships.json: ⟨S,P,O⟩, ⟨S,P⟩, ⟨S⟩ facts")
+    p.add_argument("--relationships",
+                   help="Visual Genome relationships.json: ⟨S,P,O⟩, ⟨S,P⟩, ⟨S⟩ facts")
     p.add_argument("--attributes", help="attributes.json: ⟨S, attribute⟩ and ⟨S⟩ facts")
     p.add_argument("--objects", help="objects.json: ⟨S⟩ facts")
     p.add_argument("--images", required=True,

@@ -170,7 +170,8 @@ def test_bad_input_exit_2_names_the_problem(vg, capsys):
     root = vg["root"]
     (root / "broken.json").write_text('[{"image_id": 1, "relationships": []},\n {"image_id": 2, "rel')
     cases = [
-        (["--relationships", str(root / "broken.json")], r"broken\.json: record 1 \(character \d+\): not valid JSON"),
+        (["--relationships", str(root / "broken.json")],
+         r"broken\.json: record 1 \(character \d+\): not valid JSON"),
         (["--relationships", str(root / "none.json")], r"none\.json: file not found"),
         (["--relationships", str(vg["rel"]), "--strict"],
          r"record 0 relationships\[1\]: empty predicate '  ' \(--strict"),
@@ -228,8 +229,8 @@ def test_stream_equals_json_load(tmp_path, monkeypatch):
     monkeypatch.setattr(jsonstream, "CHUNK", 7)
     rnd = random.Random(0)
     for n in (0, 1, 3, 50):
-        recs = [{"image_id": i, "s": "é\"x" * rnd.randint(0, 30), "v": [1.5, None, True, -3] * rnd.randint(0, 9)}
-                for i in range(n)]
+        recs = [{"image_id": i, "s": "é\"x" * rnd.randint(0, 30),
+                 "v": [1.5, None, True, -3] * rnd.randint(0, 9)} for i in range(n)]
         for indent in (None, 2):
             p = tmp_path / "a.json"
             p.write_text(json.dumps(recs, indent=indent, ensure_ascii=indent is None))
