@@ -123,3 +123,14 @@ def test_layout_errors(tmp_path, capsys):
     assert other.is_dir()
     assert lfl.main(_args(tmp_path / "b", tmp_path / "y.h5")) == 2
     assert "2tasks_semantic has no task for fact ('person', 'ride', 'horse')" in capsys.readouterr().err
+
+
+def test_command_line_exit_status_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    folder = make_folder(tmp_path, "2tasks_random", RANDOM)
+    _break(folder, "B1_train.csv", ",1,1,0,0", ",99,1,0,0")
+    r = subprocess.run([sys.executable, "-m", "data_prep.lfl", *_args(tmp_path, tmp_path / "x.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "fact id 99" in r.stderr

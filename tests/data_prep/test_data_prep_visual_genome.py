@@ -256,3 +256,17 @@ def test_stream_errors(tmp_path, monkeypatch, text, match):
     p.write_text('[{"a": "' + "x" * 100 + '"}]')
     with pytest.raises(ValueError, match="record 0 .*longer than 50 characters"):
         list(jsonstream.iter_records(p, ValueError, max_record=50))
+
+
+def test_command_line_exit_status_without_traceback(vg):
+    """``python -m data_prep.visual_genome``: --help works; a bad file is one error line, exit 2."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "data_prep.visual_genome"]
+    assert subprocess.run(run + ["--help"], capture_output=True).returncode == 0
+    bad = _write(vg["root"] / "bad.json", [{"image_id": 1}])
+    r = subprocess.run(run + ["--relationships", str(bad), "--images", str(vg["root"] / "images"), "--out",
+                              str(vg["root"] / "c.h5"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "bad.json: record 0 (image_id 1): expected a list under 'relationships'" in r.stderr
