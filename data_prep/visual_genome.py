@@ -166,7 +166,8 @@ def read_facts(files: dict[str, str | Path], names: str = "name", strict: bool =
             ``image_id``).
         names: ``"name"`` (the annotated name) or ``"synset"`` (the first WordNet synset).
     Returns:
-        ({image id: {(S, P, O)}}, the skipped annotations, {kind: records read}).
+        ({image id: {(S, P, O)}} of the images with a fact, the skipped annotations, {kind: records
+        read, and "images_without_fact": annotated images none of whose annotations was usable}).
     Raises:
         VisualGenomeError: a file is missing or not a JSON array; a record is not an object, lacks
             ``image_id`` or its item list, or has one of another type (file, record index, key); under
@@ -203,6 +204,7 @@ def read_facts(files: dict[str, str | Path], names: str = "name", strict: bool =
             n += 1
         records[kind] = n
         log.info("read %d records from %s in %.1f s", n, path, time.perf_counter() - t0)
+    records["images_without_fact"] = sum(1 for v in by_image.values() if not v)
     return {k: v for k, v in by_image.items() if v}, skips, records
 
 

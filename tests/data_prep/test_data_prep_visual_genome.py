@@ -82,7 +82,10 @@ def _args(vg, out, *extra, files=("rel", "attr", "obj"), thresholds=("--min-imag
 def test_read_facts_hand_computed_and_bad_records_counted(vg):
     by_image, skips, records = visual_genome.read_facts(
         {"relationships": vg["rel"], "attributes": vg["attr"], "objects": vg["obj"]})
-    assert records == {"relationships": 14, "attributes": 8, "objects": 4}
+    assert records == {"relationships": 14, "attributes": 8, "objects": 4, "images_without_fact": 0}
+    only_bad = _write(vg["root"] / "bad_only.json", [{"image_id": 99, "relationships": [_rel("man", "", "x")]}])
+    assert visual_genome.read_facts({"relationships": only_bad})[0::2] == ({}, {"relationships": 1,
+                                                                               "images_without_fact": 1})
     assert by_image == {i: expected_facts(i) for i in range(1, 15)}
     assert dict(skips.counts) == {"empty predicate": 1, "relationship without 'object'": 1,
                                   "subject name without a usable noun": 1,
