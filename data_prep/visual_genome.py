@@ -4,7 +4,8 @@
         [--objects objects.json] --images DIR --out FILE.h5 [--names name|synset] [--limit-images N]
         [--image-size 224] [--min-images 14] [--max-image-frac 0.3] [--num-tasks 4] ...
 
-Facts, as the Sherlock benchmark (Elhoseiny et al., AAAI 2017) built them from such annotations:
+Facts in the orders of the Sherlock benchmark (Elhoseiny et al., AAAI 2017), whose large-scale facts
+came in part from such scene-graph annotations:
 ⟨S,P,O⟩ from a relationship, ⟨S,P⟩ from an attribute (⟨S, attribute⟩: "S is/does P") and from the
 active verb of a relationship (⟨man, ride⟩ beside ⟨man, ride, horse⟩), ⟨S⟩ from every named object
 (objects, and the subject and object of relationships and attributes). Words: data_prep/vg_words.py.
