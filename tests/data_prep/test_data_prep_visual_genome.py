@@ -273,3 +273,21 @@ def test_command_line_exit_status_without_traceback(vg):
                               str(vg["root"] / "c.h5"), "-q"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "bad.json: record 0 (image_id 1): expected a list under 'relationships'" in r.stderr
+
+
+@pytest.mark.slow       # about 40 s on a loaded 2-core machine: four processes that import torch
+def test_bench_vg_read_smoke(tmp_path):
+    """bench/vg_read.py at a tiny size: every reader sees every relationship, results written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "vg_read.py"
+    out = tmp_path / "vg_read.json"
+    done = subprocess.run([sys.executable, str(script), "--images", "30", "--rels-per-image", "3", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"json_load", "stream", "read_facts"}
+    assert rows["json_load"]["items"] == rows["stream"]["items"] == 90
+    assert rows["read_facts"]["items"] > 0 and all(r["peak_above_start_mib"] >= 0 for r in rows.values())
