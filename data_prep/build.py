@@ -138,7 +138,7 @@ class BuildReport:
 
 def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], image_facts: Sequence[set],
              opts: BuildOptions, source: dict, skipped: Sequence[tuple[str, str]],
-             timings: dict | None = None) -> BuildReport:
+             timings: dict | None = None, given_splits: dict | None = None) -> BuildReport:
     """Threshold the facts, drop images without a fact, split, and write ``out``.
 
     Args:
@@ -146,6 +146,9 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         image_facts: N sets of (S, P, O) facts (before thresholds).
         source: where the data came from (paths, model), stored in the provenance.
         skipped: (name, reason) of unusable inputs, stored in the provenance.
+        given_splits: name -> ({fact: task}, attrs): a fact-to-task assignment that came with the
+            data (LFL's task files), written beside the splits drawn here with attrs ``kind``
+            "given" plus ``attrs`` (which must hold ``num_tasks``); every kept fact needs a task.
     Raises:
         BuildError: no fact passes the thresholds, or a task gets no training image.
         FileExistsError: ``out`` exists and ``opts.overwrite`` is False.
@@ -194,6 +197,12 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         name = f"semantic{opts.num_tasks}"
         splits[name] = semantic_split([f[0] for f in facts], [f[1] for f in facts], load, opts.num_tasks)
         attrs[name] = {"kind": "semantic", "seed": -1, "num_tasks": opts.num_tasks}
+    for name, (fact_task, extra) in (given_splits or {}).items():
+        missing = [f for f in facts if f not in fact_task]
+        if missing:
+            raise BuildError(f"split {name}: no task for fact {missing[0]} (and {len(missing) - 1} more)")
+        splits[name] = np.array([fact_task[f] for f in facts], dtype=np.int64)
+        attrs[name] = {"kind": "given", **extra}
     disjoint_counts = {}
     for name, task in splits.items():
         task_load = load
@@ -204,7 +213,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
                 "train_pairs_kept": int(task_load.sum()), "train_pairs": int(load.sum()),
                 "facts_without_training_image": int(((task_load == 0) & (load > 0)).sum()),
                 "train_pairs_per_task": [int(task_load[task == t].sum()) for t in range(opts.num_tasks)]}
-        check_tasks(name, task, task_load, opts.num_tasks)
+        check_tasks(name, task, task_load, attrs[name]["num_tasks"])
 
     order = Counter(1 + bool(f[1]) + bool(f[2]) for f in facts)
     report = BuildReport(skipped=[{"image": n, "reason": r} for n, r in skipped])
@@ -220,7 +229,8 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         "pairs": len(pairs_arr),
         "disjoint": disjoint_counts,
     }
-    report.splits = {name: [int((t == k).sum()) for k in range(opts.num_tasks)] for name, t in splits.items()}
+    report.splits = {name: [int((t == k).sum()) for k in range(attrs[name]["num_tasks"])]
+                     for name, t in splits.items()}
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
     prov = run_provenance({"builder": source.get("builder", "data_prep"), "source": source,
                            "options": options, "counts": report.counts, "timings": timings or {},
