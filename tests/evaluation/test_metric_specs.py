@@ -60,6 +60,8 @@ def test_views_are_todays_lists():
     assert S.names(view="plot") == ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5",
                                     "fact_to_image_recall_at_1", "image_to_fact_recall_at_1")
     assert S.names(view="compare") == S.METRICS + S.RECALL_METRICS
+    from factmas.experiments.compare import METRIC_CHOICES
+    assert METRIC_CHOICES == S.names(view="compare")
     assert [S.METRIC_SPECS[m].short for m in S.names(view="paper")] == ["f→i mAP", "i→f mAP", "i→f top-5"]
     assert S.METRIC_SPECS["image_to_fact_recall_at_5"].label == "image→fact R@5"
     assert S.HEADLINE in S.METRIC_SPECS and S.METRIC_SPECS[S.HEADLINE].kind == "core"

@@ -55,7 +55,7 @@ def test_train_help_and_choices_come_from_the_records():
     action = next(a for a in p._actions if a.dest == "backbone")
     assert list(action.choices) == list(BACKBONES)
     text = " ".join(p.format_help().split())
-    assert all(f"{b.name}: {b.help}" in text for b in BACKBONES.values())
+    assert all(f"{b.name}: {b.help}, {b.input_size} px" in text for b in BACKBONES.values())
     assert freeze_stages_help() in text
     assert "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2: 6 (0..6)" in freeze_stages_help()
 
