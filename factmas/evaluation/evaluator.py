@@ -66,46 +66,6 @@ log = logging.getLogger(__name__)
 IMAGE_POOLS = ("all", "task")
 
 
-def fact_to_image_scores(ap: np.ndarray, ap_k: np.ndarray, hits: dict[int, np.ndarray]) -> dict[str, float]:
-    """The fact→image metrics of one group of facts, {metric name: value}: mAP and mAP@k (means of
-    float64 [F] AP and AP@k, NaN for a fact without a true image, left out) and Recall@K for each K
-    of ``hits`` ({K: float64 [F]} 1.0 / 0.0 per fact, NaN without a true image; the mean over the
-    facts with one, NaN when none has)."""
-    out = {"fact_to_image_map": M.mean_ap(ap), "fact_to_image_map_at_k": M.mean_ap(ap_k)}
-    for k, h in hits.items():
-        out[f"fact_to_image_recall_at_{k}"] = float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan")
-    return out
-
-
-class ImageToFact(NamedTuple):
-    """The image→fact scores of one group of facts (a task's, or "all"), fractions (NaN: no query
-    image): the pool images with a true fact in the group rank the group's facts (top-1, top-5 hit
-    rates, mAP; Recall@K for K in ``RECALL_KS``) and, generalized (Lifelong Fact Learning), every
-    fact; ``n_images`` the query images."""
-    top1: float
-    top5: float
-    map: float
-    n_images: int
-    top1_generalized: float
-    top5_generalized: float
-    map_generalized: float
-    recall: tuple[float, ...]
-
-    @classmethod
-    def empty(cls) -> "ImageToFact":
-        """A group without query images: NaN scores, 0 images."""
-        nan = float("nan")
-        return cls(nan, nan, nan, 0, nan, nan, nan, (nan,) * len(RECALL_KS))
-
-    def metrics(self) -> dict[str, float]:
-        """{metric name (``factmas.evaluation.metric_specs``): value}."""
-        return {"image_to_fact_top1": self.top1, "image_to_fact_top5": self.top5,
-                "image_to_fact_map": self.map, "image_to_fact_top1_generalized": self.top1_generalized,
-                "image_to_fact_top5_generalized": self.top5_generalized,
-                "image_to_fact_map_generalized": self.map_generalized,
-                **{f"image_to_fact_recall_at_{k}": v for k, v in zip(RECALL_KS, self.recall)}}
-
-
 @torch.no_grad()
 def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str,
                  flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
@@ -367,3 +327,43 @@ class Evaluator:
         lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
         return out, lfl
+
+
+def fact_to_image_scores(ap: np.ndarray, ap_k: np.ndarray, hits: dict[int, np.ndarray]) -> dict[str, float]:
+    """The fact→image metrics of one group of facts, {metric name: value}: mAP and mAP@k (means of
+    float64 [F] AP and AP@k, NaN for a fact without a true image, left out) and Recall@K for each K
+    of ``hits`` ({K: float64 [F]} 1.0 / 0.0 per fact, NaN without a true image; the mean over the
+    facts with one, NaN when none has)."""
+    out = {"fact_to_image_map": M.mean_ap(ap), "fact_to_image_map_at_k": M.mean_ap(ap_k)}
+    for k, h in hits.items():
+        out[f"fact_to_image_recall_at_{k}"] = float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan")
+    return out
+
+
+class ImageToFact(NamedTuple):
+    """The image→fact scores of one group of facts (a task's, or "all"), fractions (NaN: no query
+    image): the pool images with a true fact in the group rank the group's facts (top-1, top-5 hit
+    rates, mAP; Recall@K for K in ``RECALL_KS``) and, generalized (Lifelong Fact Learning), every
+    fact; ``n_images`` the query images."""
+    top1: float
+    top5: float
+    map: float
+    n_images: int
+    top1_generalized: float
+    top5_generalized: float
+    map_generalized: float
+    recall: tuple[float, ...]
+
+    @classmethod
+    def empty(cls) -> "ImageToFact":
+        """A group without query images: NaN scores, 0 images."""
+        nan = float("nan")
+        return cls(nan, nan, nan, 0, nan, nan, nan, (nan,) * len(RECALL_KS))
+
+    def metrics(self) -> dict[str, float]:
+        """{metric name (``factmas.evaluation.metric_specs``): value}."""
+        return {"image_to_fact_top1": self.top1, "image_to_fact_top5": self.top5,
+                "image_to_fact_map": self.map, "image_to_fact_top1_generalized": self.top1_generalized,
+                "image_to_fact_top5_generalized": self.top5_generalized,
+                "image_to_fact_map_generalized": self.map_generalized,
+                **{f"image_to_fact_recall_at_{k}": v for k, v in zip(RECALL_KS, self.recall)}}
