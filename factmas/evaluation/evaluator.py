@@ -54,7 +54,7 @@ from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
-from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
+from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import unit_slots
