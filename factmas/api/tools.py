@@ -33,17 +33,16 @@ def compare(runs: Sequence[str | Path], metric: str = HEADLINE, allow_mixed: boo
 
     Args:
         runs: run directories, or folders holding run directories one level down.  metric: a name of
-            ``factmas.evaluation.metrics.METRICS`` or ``RECALL_METRICS``.  allow_mixed: compare runs of different datasets,
+            ``factmas.experiments.compare.METRIC_CHOICES``.  allow_mixed: compare runs of different datasets,
             splits, image splits or unfinished runs.
     Raises:
         ValueError: no results.json, an unknown metric, or runs that do not belong in one table
             (the reason and each run's value).
     Source: ``factmas.experiments.compare``.
     """
-    from factmas.evaluation.metrics import METRICS, RECALL_METRICS
     from factmas.experiments import compare as C
-    if metric not in METRICS + RECALL_METRICS:
-        raise ValueError(f"metric {metric!r}; valid: {list(METRICS + RECALL_METRICS)}")
+    if metric not in C.METRIC_CHOICES:
+        raise ValueError(f"metric {metric!r}; valid: {list(C.METRIC_CHOICES)}")
     found = C.find_runs([str(r) for r in runs])
     groups, num_tasks = C.collect(found, metric, allow_mixed)
     groups += C.reference_groups(found, metric)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from factmas.api.tools import compare as compare_runs
-from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_METRICS
+from factmas.evaluation.metrics import HEADLINE
 from factmas.experiments import compare
 from factmas.errors import FactmasError
 from factmas.io import atomic_write_text
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
     p = argparse.ArgumentParser(prog="eval/compare.py", description=compare.__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--metric", default=HEADLINE, choices=list(METRICS) + list(RECALL_METRICS))
+    p.add_argument("--metric", default=HEADLINE, choices=list(compare.METRIC_CHOICES))
     p.add_argument("--out", metavar="PREFIX", help="write PREFIX.md and PREFIX.csv")
     p.add_argument("--allow-mixed", action="store_true",
                    help="compare runs of different datasets, splits, image splits or unfinished runs")

@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from factmas.config import ConfigError
+from factmas.config import ConfigError, freeze_stages_help
 from factmas.data.dataset import DatasetError
 
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="HDF5 dataset")
     p.add_argument("--backbone", help="default: the configuration's (efficientnet_lite0)")
     p.add_argument("--freeze-stages", type=int,
-                   help="frozen block stages (default: the backbone's, 6 for EfficientNet-Lite)")
+                   help=f"frozen stages (default and range per backbone: {freeze_stages_help()})")
     p.add_argument("--config", help="a RunConfig JSON file (its model section is used)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

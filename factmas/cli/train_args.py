@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from factmas.config import LITE_DEFAULT_FROZEN, RESNET_DEFAULT_FROZEN, ModelConfig, TrainConfig
+from factmas.config import BACKBONES, ModelConfig, TrainConfig, freeze_stages_help
 
 T, M = TrainConfig(), ModelConfig()
-# the registries' names (factmas.methods.METHODS, factmas.model.BACKBONES), written out here so that
-# no torch import is needed; tests/cli/test_cli_help.py checks they are the registries' keys
+# the registry's names (factmas.methods.METHODS), written out here so that no torch import is
+# needed; tests/cli/test_cli_help.py checks they are the registry's keys
 METHOD_NAMES = ("finetune", "joint", "mas", "l-mas", "ewc", "si", "lwf")
-BACKBONE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
-                  "resnet50", "small_cnn", "resnet18_gn")
 
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
@@ -62,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "images, i.e. is transductive)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
                                                "shared with other jobs, 1 can be much faster)")
-    p.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="BACKBONE",
-                   help=f"image backbone: {', '.join(BACKBONE_NAMES)} (default {M.backbone}, ImageNet)")
+    p.add_argument("--backbone", choices=list(BACKBONES), metavar="BACKBONE",
+                   help=f"image backbone (default {M.backbone}): "
+                        + "; ".join(f"{b.name}: {b.help}, {b.input_size} px" for b in BACKBONES.values()))
     p.add_argument("--freeze-stages", type=int, help="stages kept frozen and read from the feature "
-                                                     "cache (default: the backbone's, "
-                                                     f"{LITE_DEFAULT_FROZEN} for EfficientNet-Lite, "
-                                                     f"{RESNET_DEFAULT_FROZEN} for ResNet)")
+                                                     "cache (default and range per backbone: "
+                                                     f"{freeze_stages_help()})")
     p.add_argument("--tensorboard", action="store_true", default=None,
                    help="write TensorBoard events to RUN_DIR/tensorboard (loss parts, images/s, metrics "
                         "after every task, the R matrix; needs pip install 'factmas[tb]')")

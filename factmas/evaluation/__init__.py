@@ -5,6 +5,8 @@
   metrics need, without sorting rankings); ``count_kernel``: the compiled counting it uses where numba
   is installed (the ``fast`` extra; then no row is sorted but a popular fact's).
 - ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
+- ``metric_specs``: one ``Metric`` record per reported metric (name, label, direction, where shown);
+  every list of metric names, labels and table columns derives from it.
 - ``evaluator``: embeds a split's images and facts and measures every metric per task.
 - ``recorder``: ``Recorder``, the rows of every R of a run and the report written from them.
 - ``report``: results.json, the R matrix, Markdown tables and plots of a run.

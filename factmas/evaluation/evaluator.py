@@ -28,9 +28,9 @@ tables): every image of the evaluated image split (test), so a fact competes aga
 image (fact) in its pool has no AP and is left out of the means; the counts are in the result.
 
 Result of ``Evaluator.evaluate``: ``{metric: {task index (int) or "all": float}}``
-for each name in ``METRICS`` and ``RECALL_METRICS``, plus ``"counts": {"facts": {t: n}, "images":
-{t: n}}`` (facts and query
-images with an AP) and ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds).
+for each metric recorded in ``factmas.evaluation.metric_specs.METRIC_SPECS`` (exactly those), plus
+``"counts": {"facts": {t: n}, "images": {t: n}}`` (facts and query images with an AP),
+``"lfl_counts"``, ``"timing": {"embed_s", "search_s", "metrics_s"}`` (seconds) and ``"embedding"``.
 
 The evaluator measures; recording the rows of R and writing the report is
 ``factmas.evaluation.recorder.Recorder``'s::
@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -53,8 +53,9 @@ from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import metrics as M
-from factmas.evaluation.lfl import GENERALIZED_I2F, LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
-from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS
+from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
+from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
+from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import unit_slots
 from factmas.model import preprocess
@@ -207,26 +208,19 @@ class Evaluator:
         ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
-        out: dict[str, Any] = {m: {} for m in METRICS + RECALL_METRICS}
+        # one {group: value} per recorded metric computed here (LFL's come from factmas.evaluation.lfl);
+        # a name without a record fails here, and tests/evaluation/test_metric_specs.py checks both ways
+        out: dict[str, Any] = {m: {} for m, spec in METRIC_SPECS.items() if spec.kind != "lfl"}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
         i2f_all, lfl = self._image_to_fact(phi, psi, hats, order, groups, timing)
         for key, facts in groups.items():
             t1 = time.perf_counter()
-            out["fact_to_image_map"][key] = M.mean_ap(ap[facts])
-            out["fact_to_image_map_at_k"][key] = M.mean_ap(ap_k[facts])
+            f2i = fact_to_image_scores(ap[facts], ap_k[facts], {k: h[facts] for k, h in f2i_hits.items()})
             counts["facts"][key] = int((~np.isnan(ap[facts])).sum())
-            for k in RECALL_KS:                          # mean over the facts with a true image
-                hits = f2i_hits[k][facts]
-                out[f"fact_to_image_recall_at_{k}"][key] = (float(np.nanmean(hits))
-                                                            if (~np.isnan(hits)).any() else float("nan"))
             timing["metrics_s"] += time.perf_counter() - t1
-            i2f = i2f_all[key]
-            out["image_to_fact_top1"][key], out["image_to_fact_top5"][key] = i2f[0], i2f[1]
-            out["image_to_fact_map"][key], counts["images"][key] = i2f[2], i2f[3]
-            for name, value in zip(GENERALIZED_I2F, i2f[4:7]):
-                out.setdefault(name, {})[key] = value
-            for k, value in zip(RECALL_KS, i2f[7]):
-                out[f"image_to_fact_recall_at_{k}"][key] = value
+            counts["images"][key] = i2f_all[key].n_images
+            for name, value in {**f2i, **i2f_all[key].metrics()}.items():
+                out[name][key] = value
         out.update(lfl)                               # LFL's metric, standard/generalized modes
         out["counts"], out["timing"] = counts, timing
         out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
@@ -279,8 +273,7 @@ class Evaluator:
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
     def _image_to_fact(self, phi, psi, hats, order, groups, timing) -> tuple[dict, dict]:
-        """({group: (top-1, top-5, mAP, number of query images, generalized top-1, top-5, mAP,
-        (Recall@K for K in ``RECALL_KS``))}, LFL's metrics) of the pool images ranking the facts of
+        """({group: ``ImageToFact``}, LFL's metrics) of the pool images ranking the facts of
         each group (a task: its facts; "all": every fact), from the ranks of each image's true facts
         (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups and for LFL's metric:
         the ranks of the members of LFL's ground truths come from the same score blocks,
@@ -319,8 +312,7 @@ class Evaluator:
             q = r.query[sel]
             n = len(np.unique(q))
             if not n:
-                nan = float("nan")
-                out[key] = (nan,) * 3 + (0,) + (nan,) * 3 + ((nan,) * len(RECALL_KS),)
+                out[key] = ImageToFact.empty()
                 continue
             scores = []
             for b, ti, lo in ((b_k[sel], ti_k[sel], lo_k[sel]),
@@ -331,7 +323,47 @@ class Evaluator:
                 scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
             recall = tuple(float(np.nanmean(M.topk_from_ranks(q, b_k[sel], lo_k[sel], k, nq)))
                            for k in RECALL_KS)
-            out[key] = scores[0] + (n,) + scores[1] + (recall,)
+            out[key] = ImageToFact(*scores[0], n, *scores[1], recall)
         lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
         return out, lfl
+
+
+def fact_to_image_scores(ap: np.ndarray, ap_k: np.ndarray, hits: dict[int, np.ndarray]) -> dict[str, float]:
+    """The fact→image metrics of one group of facts, {metric name: value}: mAP and mAP@k (means of
+    float64 [F] AP and AP@k, NaN for a fact without a true image, left out) and Recall@K for each K
+    of ``hits`` ({K: float64 [F]} 1.0 / 0.0 per fact, NaN without a true image; the mean over the
+    facts with one, NaN when none has)."""
+    out = {"fact_to_image_map": M.mean_ap(ap), "fact_to_image_map_at_k": M.mean_ap(ap_k)}
+    for k, h in hits.items():
+        out[f"fact_to_image_recall_at_{k}"] = float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan")
+    return out
+
+
+class ImageToFact(NamedTuple):
+    """The image→fact scores of one group of facts (a task's, or "all"), fractions (NaN: no query
+    image): the pool images with a true fact in the group rank the group's facts (top-1, top-5 hit
+    rates, mAP; Recall@K for K in ``RECALL_KS``) and, generalized (Lifelong Fact Learning), every
+    fact; ``n_images`` the query images."""
+    top1: float
+    top5: float
+    map: float
+    n_images: int
+    top1_generalized: float
+    top5_generalized: float
+    map_generalized: float
+    recall: tuple[float, ...]
+
+    @classmethod
+    def empty(cls) -> "ImageToFact":
+        """A group without query images: NaN scores, 0 images."""
+        nan = float("nan")
+        return cls(nan, nan, nan, 0, nan, nan, nan, (nan,) * len(RECALL_KS))
+
+    def metrics(self) -> dict[str, float]:
+        """{metric name (``factmas.evaluation.metric_specs``): value}."""
+        return {"image_to_fact_top1": self.top1, "image_to_fact_top5": self.top5,
+                "image_to_fact_map": self.map, "image_to_fact_top1_generalized": self.top1_generalized,
+                "image_to_fact_top5_generalized": self.top5_generalized,
+                "image_to_fact_map_generalized": self.map_generalized,
+                **{f"image_to_fact_recall_at_{k}": v for k, v in zip(RECALL_KS, self.recall)}}

@@ -52,22 +52,22 @@ ranks as the standard ones (``factmas.evaluation.ranking``: no second search, no
 evaluator's ``image_to_fact_*`` per task are the standard mode (task t's facts only), and their "all"
 is both modes at once (every fact a candidate and relevant).
 
-May import: numpy, torch, ``factmas.evaluation.ranking``, ``factmas.evaluation.retrieval``.
+May import: numpy, torch, ``factmas.evaluation.ranking``, ``factmas.evaluation.retrieval``,
+``factmas.evaluation.metric_specs``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+# the keys of LFL's metric and of the generalized image→fact metrics in the evaluator's rows (each
+# {task: value, "all": value}; their records: factmas.evaluation.metric_specs)
+from factmas.evaluation.metric_specs import GENERALIZED_I2F, LFL_METRICS  # noqa: F401
 
 LFL_TOP = 5           # "top 5 + |G| - 1" (KnowledgeDetRatios_K5)
 LFL_MAX_RANK = 100    # their K: the retrieved list is the top 100 facts
 # the exact ranks serve LFL when the (pair, member of G(f)) pairs number at most this many per pair
 # (plus MEMBER_PAIRS_SLACK); beyond (huge ⟨S⟩ groups), a FAISS top-100 search per mode does
 MEMBERS_PER_PAIR, MEMBER_PAIRS_SLACK = 32, 1 << 20
-# the keys this module adds to the evaluator's metrics (each {task: value, "all": value})
-GENERALIZED_I2F = ("image_to_fact_top1_generalized", "image_to_fact_top5_generalized",
-                   "image_to_fact_map_generalized")
-LFL_METRICS = ("lfl_top5_standard", "lfl_top5_generalized") + GENERALIZED_I2F
 
 
 def group_keys(tokens: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,15 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# the metrics the evaluator reports (keys of its rows), and the one tables lead with
-METRICS = ("fact_to_image_map", "fact_to_image_map_at_k", "image_to_fact_top1",
-           "image_to_fact_top5", "image_to_fact_map")
-HEADLINE = "fact_to_image_map"
-# Recall@K in both directions (``recall_at_k``), K in RECALL_KS: written next to METRICS where the
-# evaluator computed them (rows recorded before they existed lack them)
-RECALL_KS = (1, 5, 10)
-RECALL_METRICS = tuple(f"{d}_recall_at_{k}" for d in ("fact_to_image", "image_to_fact")
-                       for k in RECALL_KS)
+# the names of the reported metrics (their records: factmas.evaluation.metric_specs), re-exported
+# for the modules that list them: METRICS the core ones, RECALL_METRICS Recall@K for K in RECALL_KS
+# (missing from rows recorded before they existed), HEADLINE the one tables lead with
+from factmas.evaluation.metric_specs import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401
 
 
 def _rows(scores: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,8 @@ results.json (``build_results``; format "factmas-results", version 1)::
          "all": [per stage],          # over all facts after each stage
          "final": [T], "final_all": float,    # the last stage (the end of the sequence)
          "average": ACC, "forgetting": F, "bwt": BWT, "fwt": FWT}},   # null where undefined
-     # also the keys of metrics.RECALL_METRICS (Recall@1/5/10, both directions) and of
-     # factmas.evaluation.lfl.LFL_METRICS (LFL's metric, the generalized mode), where every row has them
+     # in the order of factmas.evaluation.metric_specs: its "core" metrics always, the others
+     # (Recall@1/5/10, LFL's metric, the generalized mode) where every row has them
      "counts": {...}, "timing": {row label: {"embed_s", "search_s", "metrics_s"}}}
 
 NaN (e.g. a task without test images) is written as null. Forgetting, BWT and FWT need a square R
@@ -39,24 +39,15 @@ from typing import Any
 import numpy as np
 
 from factmas.evaluation import metrics as M
-from factmas.evaluation.lfl import LFL_METRICS
-from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_METRICS
+from factmas.evaluation.metric_specs import HEADLINE, METRIC_SPECS, METRICS, label, names
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "factmas-results", 1
-LABELS = {"fact_to_image_map": "fact→image mAP", "fact_to_image_map_at_k": "fact→image mAP@k",
-          "image_to_fact_top1": "image→fact top-1", "image_to_fact_top5": "image→fact top-5",
-          "image_to_fact_map": "image→fact mAP",
-          # Recall@K (metrics.recall_at_k): queries whose first true item is in the top K
-          **{f"{d}_recall_at_{k}": f"{arrow} R@{k}" for d, arrow in
-             (("fact_to_image", "fact→image"), ("image_to_fact", "image→fact")) for k in (1, 5, 10)},
-          # factmas.evaluation.lfl: Lifelong Fact Learning's metric and the generalized mode
-          "lfl_top5_standard": "LFL top-5 (standard)", "lfl_top5_generalized": "LFL top-5 (generalized)",
-          "image_to_fact_top1_generalized": "image→fact top-1 (generalized)",
-          "image_to_fact_top5_generalized": "image→fact top-5 (generalized)",
-          "image_to_fact_map_generalized": "image→fact mAP (generalized)"}
+# metric name → label, a view of the records (factmas.evaluation.metric_specs; ``label`` also names
+# a metric without a record)
+LABELS = {name: spec.label for name, spec in METRIC_SPECS.items()}
 
 
 def row_key(row: str | int) -> str | int:
@@ -80,7 +71,7 @@ def normalize_metrics(metrics: dict) -> dict:
     """Metrics back from JSON: task keys "0" → 0, None → NaN (metric and counts dicts)."""
     out: dict[str, Any] = {}
     for name, value in metrics.items():
-        if name in METRICS or name in RECALL_METRICS or name in LFL_METRICS:
+        if name in METRIC_SPECS:
             out[name] = {("all" if k == "all" else int(k)): _num(v) for k, v in value.items()}
         elif name == "counts":
             out[name] = {c: {("all" if k == "all" else int(k)): v for k, v in d.items()}
@@ -132,9 +123,10 @@ def build_results(rows: dict, num_tasks: int, run_name: str = "", split: str = "
                                   _clean(rows[k].get("embedding", {}).get("mean_cosine", np.nan))
                                   for k in (["initial"] if init else []) + stages},
     }
-    # Recall@K and LFL's metrics (factmas.evaluation.lfl) where every row has them (rows of older
-    # runs lack them)
-    present = tuple(m for m in RECALL_METRICS + LFL_METRICS if all(m in r for r in rows.values()))
+    # Recall@K, LFL's metric and the generalized mode where every row has them (rows of older runs
+    # lack them)
+    present = tuple(m for m, spec in METRIC_SPECS.items()
+                    if spec.kind != "core" and all(m in r for r in rows.values()))
     for m in METRICS + present:
         R = np.array([[rows[s][m].get(j, np.nan) for j in range(num_tasks)] for s in stages],
                      dtype=np.float64).reshape(len(stages), num_tasks)
@@ -221,9 +213,9 @@ def results_markdown(res: dict) -> str:
            f"fact→image pool: {pool}. Values in %, at the end of the sequence (after stage "
            f"{res['stages'][-1] + 1 if res['stages'] else '–'}). avg = mean over tasks; forgetting "
            "(Chaudhry et al. 2018), BWT and FWT (Lopez-Paz & Ranzato 2017) from R.", "",
-           f"## {LABELS[head]}", "",
+           f"## {label(head)}", "",
            markdown_table(["run"] + summary_cols, [[res["run_name"]] + final_row(res["metrics"][head])]),
-           "", f"## {LABELS[head]}: R (row: after training stage; column: evaluated task)", ""]
+           "", f"## {label(head)}: R (row: after training stage; column: evaluated task)", ""]
     e = res["metrics"][head]
     rows = []
     if e["initial"] is not None:
@@ -232,7 +224,7 @@ def results_markdown(res: dict) -> str:
              for s, r, a in zip(res["stages"], e["R"], e["all"])]
     out += [markdown_table(["after"] + cols + ["all"], rows), "", "## All metrics", ""]
     out.append(markdown_table(["metric"] + summary_cols,
-                              [[LABELS[m].replace("@k", f"@{res['ap_k']}")] + final_row(e2)
+                              [[label(m).replace("@k", f"@{res['ap_k']}")] + final_row(e2)
                                for m, e2 in res["metrics"].items()]))
     out += ["", I2F_ALL_NOTE]
     cos = {k: v for k, v in res.get("embedding_mean_cosine", {}).items() if v is not None}
@@ -266,8 +258,7 @@ def draw_r(ax, A: np.ndarray, labels: list[str], cols: list[str], vmin: float | 
     return im
 
 
-PLOT_METRICS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5",    # both directions
-                "fact_to_image_recall_at_1", "image_to_fact_recall_at_1")
+PLOT_METRICS = names(view="plot")       # the panels: both directions side by side
 # what "all" means for image→fact (factmas.evaluation.evaluator): a harder ranking than a task's
 I2F_ALL_NOTE = ("image→fact: in T1…Tk a task's test images rank only that task's facts (Lifelong Fact "
                 "Learning's standard mode); in \"all\" every test image ranks all facts of every task, a "
@@ -303,7 +294,7 @@ def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
     for ax, m in zip(axes[0], metrics):
         A, _ = _matrix(res["metrics"][m])
         im = draw_r(ax, A, labels if ax is axes[0][0] else [""] * len(labels), cols)
-        ax.set_title(f"{LABELS.get(m, m)} (%)")
+        ax.set_title(f"{label(m)} (%)")
         fig.colorbar(im, ax=ax)
     fig.suptitle(f"{res['run_name']}: R, row = after training, column = evaluated task")
     fig.tight_layout()
@@ -317,7 +308,7 @@ def write_plots(res: dict, run_dir: str | Path) -> list[Path]:
             ax.plot(x, A[:, j], marker="o", label=f"{c}: among its own facts" if i2f and j == 0 else c)
         ax.plot(x, alls, "k--", marker="s", label="all: among all facts" if i2f else "all")
         ax.set_xticks(x, labels, rotation=20)
-        ax.set_ylabel(f"{LABELS.get(m, m)} (%)")
+        ax.set_ylabel(f"{label(m)} (%)")
         ax.grid(alpha=0.3)
         if i2f or ax is axes[0][0]:
             ax.legend(fontsize=7)

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from factmas.evaluation.metric_specs import names as metric_names
 from factmas.evaluation.report import markdown_table, read_results
 
 SUMMARY = ("all", "average", "forgetting", "bwt", "fwt")
+METRIC_CHOICES = metric_names(view="compare")    # the metrics one compares (--metric's choices)
 NO_LAMBDA = ("finetune", "joint")
 
 

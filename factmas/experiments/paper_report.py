@@ -24,15 +24,11 @@ import numpy as np
 from factmas.experiments.compare import cell, mean_std
 from factmas.io import atomic_path, atomic_write_json, atomic_write_text
 from factmas.experiments.paper_table import BASELINES, DIRECTIONS, LFL_KEYS, VARIANT, Settings
+from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.report import markdown_table
 
 COLUMNS = ("all", "forgetting", "bwt")
 FAMILIES = ("random", "semantic", "disjoint")
-SHORT = {"fact_to_image_map": "f→i mAP", "image_to_fact_map": "i→f mAP",
-         "image_to_fact_top5": "i→f top-5",
-         # Recall@K (factmas.evaluation.metrics.RECALL_METRICS), for tables that add them
-         **{f"{d}_recall_at_{k}": f"{a} R@{k}" for d, a in (("fact_to_image", "f→i"),
-                                                           ("image_to_fact", "i→f")) for k in (1, 5, 10)}}
 
 
 def family(split: str, settings: Settings) -> str:
@@ -133,7 +129,7 @@ def directions_markdown(rows: list[dict], fam: str) -> str:
     rows = [r for r in rows if r["family"] == fam]
     head = ["method", "λ"]
     for m in DIRECTIONS:
-        head += [SHORT[m], "forgetting", "BWT"]
+        head += [METRIC_SPECS[m].short, "forgetting", "BWT"]
     body = []
     for r in rows:
         line = [r["title"], "–" if r["reg_lambda"] is None else f"{r['reg_lambda']:g}"]

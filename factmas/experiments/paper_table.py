@@ -55,6 +55,7 @@ import numpy as np
 
 from factmas.config import RunConfig
 from factmas.errors import Terminated, sigterm_raises
+from factmas.evaluation.metric_specs import names as metric_names
 from factmas.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ TIE = 1e-4                  # criterion values closer than this (a fraction) tie
 QUICK_GRIDS = {"mas": (0.0, 10.0)}
 # results.json metrics reported side by side (each with its forgetting and BWT), LFL's metric, and the
 # reference rows (label, title) every table carries
-DIRECTIONS = ("fact_to_image_map", "image_to_fact_map", "image_to_fact_top5")
-LFL_KEYS = ("lfl_top5_standard", "lfl_top5_generalized")
+DIRECTIONS = metric_names(view="paper")           # their records: factmas.evaluation.metric_specs
+LFL_KEYS = metric_names(view="paper_lfl")
 BASELINES = (("frequency", "Image-frequency ranking"), ("untrained", "Untrained model"))
 QUICK_VARIANTS = ("finetune", "mas", "joint")
 

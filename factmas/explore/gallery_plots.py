@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from factmas.io import atomic_path
-from factmas.evaluation.report import LABELS, draw_r, stage_label
+from factmas.evaluation.metric_specs import label as metric_label
+from factmas.evaluation.report import draw_r, stage_label
 
 _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (1, 3)), "v")]
 
@@ -59,7 +60,7 @@ def write_comparison_plots(results: list[dict], names: list[str], out_dir: str |
         raise ValueError(f"runs with different headline metrics or tasks cannot share a plot: {heads}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cols, label = results[0]["columns"], LABELS.get(results[0]["headline"], results[0]["headline"])
+    cols, label = results[0]["columns"], metric_label(results[0]["headline"])
     mats = [headline_matrix(r) for r in results]
     finite = np.concatenate([A[np.isfinite(A)] for _, A, _ in mats] or [np.zeros(1)])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

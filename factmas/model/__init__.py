@@ -3,6 +3,8 @@
 Public API::
 
     build_model(cfg: ModelConfig, vocab_size) -> TwoBranchModel   # .image_branch, .fact_branch
+    BACKBONES: name -> Backbone record (``factmas.config``: frozen stages, pixel input, help);
+    BUILDERS: Backbone.family -> its builder
     preprocess(uint8 [B, H, W, 3]) -> float32 [B, 3, H, W]          # ImageNet mean/std normalization
     load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
 
@@ -14,10 +16,10 @@ May import: ``factmas.config``, ``factmas.space``, ``factmas.data``, and for ``f
 ``factmas.evaluation`` or ``factmas.cli``.
 """
 from factmas.model.fact_branch import FactBranch
-from factmas.model.image_branch import BACKBONES, ResNet18Branch, SmallCNNBranch, build_image_branch
+from factmas.model.image_branch import BACKBONES, BUILDERS, ResNet18Branch, SmallCNNBranch, build_image_branch
 from factmas.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, load_image_file, preprocess
 from factmas.model.two_branch import TwoBranchModel, build_model
 
-__all__ = ["BACKBONES", "FactBranch", "IMAGENET_MEAN", "IMAGENET_STD", "ResNet18Branch",
+__all__ = ["BACKBONES", "BUILDERS", "FactBranch", "IMAGENET_MEAN", "IMAGENET_STD", "ResNet18Branch",
            "SmallCNNBranch", "TwoBranchModel", "build_image_branch", "build_model",
            "load_image_file", "preprocess"]

@@ -80,6 +80,8 @@ class FrozenStem(nn.Module):
         body: the lower stages (e.g. ``nn.Sequential(renormalize, conv_stem, bn, blocks[:k])``).
         engine: "auto" (a float32 CPU input runs through ONNX Runtime when ``onnxruntime`` and
             ``onnx`` are installed, else torch) or "torch" (always torch).
+        stages: how many of the backbone's stages ``body`` holds (``Backbone.frozen_stages``; it
+            names the feature cache file, ``factmas.model.features.cache_file``); None: not said.
     ``forward(x)``: x float32 [B, 3, H, W] (``preprocess`` output) → float32 [B, C, h, w], each value
     rounded to the nearest float16 (the feature cache's storage type). Always in eval mode; its
     parameters have ``requires_grad = False`` and are never in Ω or the optimizer's updates. The two
@@ -90,12 +92,13 @@ class FrozenStem(nn.Module):
 
     ENGINES = ("auto", "torch")
 
-    def __init__(self, body: nn.Module, engine: str = "auto") -> None:
+    def __init__(self, body: nn.Module, engine: str = "auto", stages: int | None = None) -> None:
         super().__init__()
         if engine not in self.ENGINES:
             raise ValueError(f"FrozenStem engine {engine!r}; valid: {list(self.ENGINES)}")
         self.body = body
         self.engine = engine
+        self.stages = stages
         self._ort: tuple[int, OrtStem] | None = None    # (weights version, sessions)
         self._ort_failed = False
         for p in self.body.parameters():

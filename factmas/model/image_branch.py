@@ -25,9 +25,9 @@ import pickle
 import torch
 from torch import nn
 
-from factmas.config import LITE_DEFAULT_FROZEN, ModelConfig
+from factmas.config import BACKBONES, ModelConfig
 from factmas.model.fork import ForkHeads, ForkedBranch
-from factmas.model.efficientnet import LITE_MEAN, LITE_STD, LITE_MODELS, imagenet_lite
+from factmas.model.efficientnet import LITE_MEAN, LITE_STD, imagenet_lite
 from factmas.model.frozen import FrozenStem, Renormalize
 from factmas.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -123,22 +123,25 @@ def _batchnorm_to_groupnorm(module: nn.Module, groups: int) -> None:
 
 
 def build_lite(cfg: ModelConfig) -> tuple[FrozenStem, ForkedBranch]:
-    """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: 6) of its 7 block stages (stem
-    convolution included in the frozen part); ImageNet weights unless ``cfg.pretrained`` is False.
+    """EfficientNet-Lite cut after ``cfg.freeze_stages`` (None: the record's default, 6) of its 7
+    block stages (stem convolution included in the frozen part); ImageNet weights unless
+    ``cfg.pretrained`` is False.
 
     Raises:
-        ValueError: ``freeze_stages`` outside 0..6, or weights that cannot be loaded.
+        ValueError: ``freeze_stages`` outside 0..6 (``Backbone.max_frozen``), or weights that cannot
+            be loaded.
     """
     net = imagenet_lite(cfg.backbone, cfg.pretrained_path, cfg.pretrained)
     stages = len(net.blocks)
-    k = LITE_DEFAULT_FROZEN if cfg.freeze_stages is None else cfg.freeze_stages
-    if not 0 <= k < stages:
-        raise ValueError(f"model.freeze_stages: must be in 0..{stages - 1} for {cfg.backbone} (the "
+    spec = BACKBONES[cfg.backbone]
+    k = spec.frozen_stages(cfg.freeze_stages)
+    if not 0 <= k <= spec.max_frozen:
+        raise ValueError(f"model.freeze_stages: must be in 0..{spec.max_frozen} for {cfg.backbone} (the "
                          f"last of its {stages} stages forks into the heads), got {k}")
     stem = FrozenStem(nn.Sequential(Renormalize(IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD),
-                                    net.conv_stem, net.bn1, *net.blocks[:k]), engine=cfg.stem_engine)
+                                    net.conv_stem, net.bn1, *net.blocks[:k]), engine=cfg.stem_engine,
+                      stages=k)
     head = nn.Sequential(net.blocks[-1], net.conv_head, net.bn2)
-    stem.stages = k
     branch = ForkedBranch(nn.Sequential(*net.blocks[k:-1]), head, net.conv_head.out_channels,
                           cfg.embed_dim)
     log.info("image branch: %s (%s), stages 1-%d frozen, %s trainable parameters", cfg.backbone,
@@ -152,19 +155,19 @@ def _build_resnet(cfg: ModelConfig):
     return build_resnet(cfg)
 
 
-BACKBONES = {"small_cnn": SmallCNNBranch, "resnet18_gn": ResNet18Branch,
-             "resnet18": _build_resnet, "resnet50": _build_resnet,
-             **{name: build_lite for name in LITE_MODELS}}
-PIXEL_BACKBONES = ("small_cnn", "resnet18_gn")   # read pixels (no frozen stem, no feature cache)
+# ``Backbone.family`` (factmas.config.BACKBONES) → the builder: cfg → (stem, branch) or branch
+BUILDERS = {"small_cnn": SmallCNNBranch, "resnet18_gn": ResNet18Branch, "resnet": _build_resnet,
+            "efficientnet_lite": build_lite}
 
 
 def build_image_branch(cfg: ModelConfig) -> tuple[FrozenStem | None, nn.Module]:
-    """(frozen stem or None, trainable branch) of the backbone named by ``cfg.backbone``.
+    """(frozen stem or None, trainable branch) of the backbone named by ``cfg.backbone``: its record
+    (``factmas.config.BACKBONES``) names the builder (``BUILDERS``).
 
     Raises:
         ValueError: an unknown backbone (the message lists the valid names) or bad weights.
     """
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
-    built = BACKBONES[cfg.backbone](cfg)
+    built = BUILDERS[BACKBONES[cfg.backbone].family](cfg)
     return built if isinstance(built, tuple) else (None, built)

@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import nn
 
-from factmas.config import RESNET_DEFAULT_FROZEN, ModelConfig
+from factmas.config import BACKBONES, ModelConfig
 from factmas.model.fork import ForkedBranch
 from factmas.model.frozen import FrozenStem
 from factmas.model.weights import load_state_file
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # backbone name → (torchvision constructor, weights enum, channels of layer4)
 RESNETS = {"resnet18": ("resnet18", "ResNet18_Weights", 512),
            "resnet50": ("resnet50", "ResNet50_Weights", 2048)}
-DEFAULT_FROZEN = RESNET_DEFAULT_FROZEN
 
 
 def resnet_state_dict(name: str, path: str | None) -> dict[str, torch.Tensor]:
@@ -59,7 +58,8 @@ def build_resnet(cfg: ModelConfig):
     """(FrozenStem, trainable ForkedBranch) of an ImageNet ResNet (module docstring).
 
     Raises:
-        ValueError: ``freeze_stages`` outside 0..3, or weights that cannot be had or do not fit.
+        ValueError: ``freeze_stages`` outside 0..3 (``Backbone.max_frozen``), or weights that cannot
+            be had or do not fit.
     """
     import torchvision
 
@@ -72,14 +72,14 @@ def build_resnet(cfg: ModelConfig):
         except RuntimeError as e:
             raise ValueError(f"{cfg.pretrained_path or cfg.backbone}: not torchvision {cfg.backbone} "
                              f"weights: {str(e).splitlines()[0]}") from e
-    k = DEFAULT_FROZEN if cfg.freeze_stages is None else cfg.freeze_stages
-    if not 0 <= k <= 3:
-        raise ValueError(f"model.freeze_stages: must be in 0..3 for {cfg.backbone} (residual layers "
+    spec = BACKBONES[cfg.backbone]
+    k = spec.frozen_stages(cfg.freeze_stages)
+    if not 0 <= k <= spec.max_frozen:
+        raise ValueError(f"model.freeze_stages: must be in 0..{spec.max_frozen} for {cfg.backbone} (residual layers "
                          f"1-3; layer4 forks into the heads), got {k}")
     layers = [net.layer1, net.layer2, net.layer3]
     stem = FrozenStem(nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *layers[:k]),
-                      engine=cfg.stem_engine)
-    stem.stages = k
+                      engine=cfg.stem_engine, stages=k)
     branch = ForkedBranch(nn.Sequential(*layers[k:]), net.layer4, channels, cfg.embed_dim)
     log.info("image branch: %s (%s), residual layers 1-%d frozen, %s trainable parameters",
              cfg.backbone, "ImageNet weights" if cfg.pretrained else "random weights", k,

@@ -78,10 +78,12 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
         raise UsageError(f"unknown method {tc.method!r}; valid: {sorted(METHODS)}")
     if tc.threads is not None and tc.threads < 1:
         raise UsageError(f"train.threads must be >= 1 or null, got {tc.threads}")
-    from factmas.model.image_branch import PIXEL_BACKBONES
-    if tc.augment_shift and cfg.model.backbone not in PIXEL_BACKBONES:
+    from factmas.config import BACKBONES
+    spec = BACKBONES.get(cfg.model.backbone)
+    if tc.augment_shift and not (spec is not None and spec.pixel_input):
+        pixel = ", ".join(b.name for b in BACKBONES.values() if b.pixel_input)
         raise UsageError(f"train.augment_shift = {tc.augment_shift}: pixel shifts apply to pixel-input "
-                         f"backbones ({', '.join(PIXEL_BACKBONES)}) only; {cfg.model.backbone} reads a "
+                         f"backbones ({pixel}) only; {cfg.model.backbone} reads a "
                          "cached feature map (use 0; flips still apply)")
     for key in ("epochs", "batch_size", "aux_batch_size"):
         if getattr(tc, key) < 1:
