@@ -133,8 +133,8 @@ class Evaluator:
         bar = progress_bar(total=len(self.image_ids) if size() == 1 else None, unit="img", leave=False,
                            desc=f"evaluation: embedding the {cfg.image_split} images",
                            enabled=self.progress and is_main())
-        embed = RunEmbedder(model, data, inputs=self.inputs, flip_average=cfg.flip_average,
-                            batch_size=cfg.embed_batch, device=self.device, cache=False)
+        embed = RunEmbedder.from_eval(model, cfg, data, inputs=self.inputs, device=self.device,
+                                      cache=False)
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
         psi = gather_rows(lambda ids: embed.facts(data.tokens[ids], data.order[ids]),

@@ -8,8 +8,8 @@ model and saves the result as::
         phi     float32 [N, 3, d]  raw image embeddings (``RunEmbedder.pixels``)
         failed  str [E]            "name: reason" of files that could not be read (not retried)
 
-``run key`` = BLAKE2b of the checkpoint file's bytes, the image size and the flip setting; ``files key`` = BLAKE2b of
-the names and contents (bytes) of the image files. The file is written atomically
+``run key`` = BLAKE2b of the checkpoint file's bytes, the image size and the flip setting (the run's
+``eval.flip_average``); ``files key`` = BLAKE2b of the names and contents (bytes) of the image files. The file is written atomically
 (temporary name, then rename); it is reused while the run and the files are unchanged, and a change
 of either gives a new key, so the index is rebuilt (older indexes of the same run that factmas wrote, listed in the folder's manifest, are
 removed). A ``.factmas-index`` that is a symbolic link is refused; an index whose stored names are

@@ -10,7 +10,8 @@ calibration (issue 29).
   (``factmas.model.features.image_inputs``, built on first use, so that a run used only on a folder
   of photos never builds the cache).
 
-``RunEmbedder.for_run(model, cfg, data)`` reads all three from a run's ``RunConfig``. A model is
+``RunEmbedder.for_run(model, cfg, data)`` reads all three from a run's ``RunConfig``
+(``from_eval`` the first two from an ``EvalConfig``, as the evaluator has). A model is
 anything with ``image_branch`` (image input → raw φ float32 [B, 3, d]), ``fact_branch`` ((tokens,
 order) → raw ψ float32 [B, 3, d]) and, for a pretrained backbone, ``image_stem`` (pixels → image
 input; ``TwoBranchModel``). Embeddings are computed under ``torch.no_grad`` in the model's current
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from factmas.config import RunConfig
+from factmas.config import EvalConfig, RunConfig
 from factmas.model.features import image_inputs
 from factmas.model.preprocess import preprocess
 
@@ -71,12 +72,21 @@ class RunEmbedder:
     def for_run(cls, model: torch.nn.Module, cfg: RunConfig, data: Any = None, *, inputs: Any = None,
                 device: torch.device | str | None = None, cache: bool | None = None,
                 progress: bool = False) -> "RunEmbedder":
-        """The embedder of a run: flip averaging and batch size from ``cfg.eval`` (``flip_average``,
-        ``embed_batch``), the feature cache from ``cfg.train.feature_cache`` unless ``cache`` says
-        otherwise. Other arguments as the class."""
-        return cls(model, data, inputs=inputs, flip_average=cfg.eval.flip_average,
-                   batch_size=cfg.eval.embed_batch, device=device,
-                   cache=cfg.train.feature_cache if cache is None else cache, progress=progress)
+        """The embedder of a run: ``from_eval(cfg.eval)``, the feature cache from
+        ``cfg.train.feature_cache`` unless ``cache`` says otherwise. Other arguments as the class."""
+        return cls.from_eval(model, cfg.eval, data, inputs=inputs, device=device,
+                             cache=cfg.train.feature_cache if cache is None else cache,
+                             progress=progress)
+
+    @classmethod
+    def from_eval(cls, model: torch.nn.Module, ecfg: EvalConfig, data: Any = None, *,
+                  inputs: Any = None, device: torch.device | str | None = None, cache: bool = True,
+                  progress: bool = False) -> "RunEmbedder":
+        """The embedder of an evaluation configuration: flip averaging ``ecfg.flip_average`` and
+        batch size ``ecfg.embed_batch`` (the only place these two settings are read). Other arguments
+        as the class."""
+        return cls(model, data, inputs=inputs, flip_average=ecfg.flip_average,
+                   batch_size=ecfg.embed_batch, device=device, cache=cache, progress=progress)
 
     @property
     def inputs(self) -> Any:

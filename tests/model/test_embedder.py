@@ -172,3 +172,12 @@ def test_nothing_to_embed_gives_zero_rows_of_the_model_width(data):
     assert e.images(np.zeros(0, np.int64)).shape == (0, 3, 8)
     assert e.pixels(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 3, 8)
     assert e.facts(np.zeros((0, 3, 4), np.int64), np.zeros(0, np.int64)).shape == (0, 3, 8)
+
+
+def test_from_eval_reads_the_two_eval_settings(data):
+    from factmas.config import EvalConfig
+    model = _model(CNN, len(data.vocab), 6)
+    e = RunEmbedder.from_eval(model, EvalConfig(flip_average=False, embed_batch=9), data)
+    assert (e.flip_average, e.batch_size, e.cache) == (False, 9, True)
+    e = RunEmbedder.from_eval(model, EvalConfig(), data, cache=False)
+    assert (e.flip_average, e.batch_size, e.cache) == (EvalConfig.flip_average, EvalConfig.embed_batch, False)
