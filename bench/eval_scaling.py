@@ -4,7 +4,7 @@
     .venv/bin/python bench/eval_scaling.py [--images 1000 10000 50000] [--facts 1000 10000 100000]
                                            [--query-budget 2e7] [--threads 2] [--quick] [--out FILE]
 
-Embedding: images/s and facts/s of ``factmas.evaluation.evaluator.embed_images`` / ``embed_facts`` with the default
+Embedding: images/s and facts/s of ``factmas.model.embedder.RunEmbedder.pixels`` / ``facts`` with the default
 model (eval mode, ``EvalConfig.embed_batch``), measured on a sample and scaled linearly to N and F.
 
 Search and AP use synthetic embeddings with the structure of a trained model (slot vectors near
@@ -36,7 +36,7 @@ import torch
 import common
 from factmas.evaluation import metrics as M
 from factmas.config import EvalConfig, ModelConfig
-from factmas.evaluation.evaluator import embed_facts, embed_images
+from factmas.model.embedder import RunEmbedder
 from factmas.model import build_model
 from factmas.evaluation.retrieval import FactIndex, ImageIndex, prefix, require_faiss, unit_slots
 
@@ -123,7 +123,7 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def embed_rates(args) -> dict:
-    """images/s and facts/s of the evaluator's embedding functions on the default model."""
+    """images/s and facts/s of the run embedder (``RunEmbedder``) on the default model."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="small_cnn"), vocab_size=300).eval()
     rng = np.random.default_rng(0)
@@ -131,9 +131,9 @@ def embed_rates(args) -> dict:
     order = rng.integers(1, 4, args.embed_facts)
     tokens = rng.integers(1, 300, (args.embed_facts, 3, 4))
     tokens[np.arange(3)[None, :] >= order[:, None]] = 0
-    batch = EvalConfig().embed_batch
-    ti, _ = common.median_seconds(lambda: embed_images(model, imgs, batch, "cpu"), args.repeats)
-    tf, _ = common.median_seconds(lambda: embed_facts(model, tokens, order, batch, "cpu"), args.repeats)
+    embed = RunEmbedder(model, batch_size=EvalConfig().embed_batch, device="cpu")   # no flip averaging
+    ti, _ = common.median_seconds(lambda: embed.pixels(imgs), args.repeats)
+    tf, _ = common.median_seconds(lambda: embed.facts(tokens, order), args.repeats)
     return {"images_per_s": args.embed_images / ti, "facts_per_s": args.embed_facts / tf,
             "measured_on": {"images": args.embed_images, "facts": args.embed_facts}}
 

@@ -63,25 +63,24 @@ def measure_run(run_dir: str, targets: list[float], device: str, ood: list[str])
     from factmas.data.dataset import SPLIT_NAMES
     from factmas.evaluation.calibration import choose_threshold, reliability, shown_stats
     from factmas.evaluation.calibration_fit import embed_candidates
-    from factmas.model.features import image_inputs
     from factmas.explore.query import answer
+    from factmas.model.embedder import RunEmbedder
     from factmas.run.load import load_run
     from factmas.run.rundir import RunDir
 
     t0 = time.perf_counter()
     cfg, data, model, _ = load_run(run_dir, None, None, device, load_images=True)
     dev = next(model.parameters()).device
-    inputs = image_inputs(model, data, dev, cache=cfg.train.feature_cache, progress=False)
+    embedder = RunEmbedder.for_run(model, cfg, data, device=dev)
     cal, why = run_calibrator(run_dir, model.state_dict())
     source = "calibration.json"
     if cal is None:
-        cal = fit_run_calibration(model, data, inputs, dev, cfg)
+        cal = fit_run_calibration(model, data, embedder.inputs, dev, cfg)
         source = f"fitted now on val, not written ({why})"
     k = int(cal.meta.get("fitted_on", {}).get("k", cfg.eval.calibration_k))
-    kw = dict(device=dev, flip_average=cfg.eval.flip_average, batch=cfg.eval.embed_batch)
-    val = embed_candidates(model, data, inputs, val_images(data), k, **kw)
+    val = embed_candidates(embedder, data, val_images(data), k)
     test_ids = np.flatnonzero(data.image_split == SPLIT_NAMES.index("test"))
-    test = embed_candidates(model, data, inputs, test_ids, k, **kw)
+    test = embed_candidates(embedder, data, test_ids, k)
     pv, pt = cal.predict(val["distance"]), cal.predict(test["distance"])
     rows = [{"target": None, "threshold": 0.0, "reached": None,
              "val": shown_stats(pv, val["is_true"], val["image"], 0.0),
@@ -93,7 +92,7 @@ def measure_run(run_dir: str, targets: list[float], device: str, ood: list[str])
                      "test": shown_stats(pt, test["is_true"], test["image"], t)})
     top1 = test["rank"] == 1
     photos = []
-    for r in answer(model, data, ood, k, dev, flip_average=cfg.eval.flip_average, calibrator=cal):
+    for r in answer(embedder, data, ood, k, calibrator=cal):
         if "facts" not in r:
             photos.append({"photo": Path(r["image"]).stem, "error": r.get("error")})
             continue

@@ -184,14 +184,14 @@ class Run:
         ``calibrator``: "run" (the run's own, ``calibrator()``), None (no probabilities) or a
         ``Calibrator``. Raises RunLoadError, ValueError (k < 1)."""
         from factmas.explore.query import answer
+        from factmas.model.embedder import RunEmbedder
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         cfg, data, model = self._parts()
         if isinstance(calibrator, str) and calibrator == "run":
             calibrator = self.calibrator()[0]
-        device = next(model.parameters()).device
-        return answer(model, data, [str(p) for p in images], k, device,
-                      flip_average=cfg.eval.flip_average, calibrator=calibrator)
+        return answer(RunEmbedder.for_run(model, cfg), data, [str(p) for p in images], k,
+                      calibrator=calibrator)
 
     def query(self, images: str | Path | Sequence[str | Path], k: int = 5) -> list[Answer]:
         """The top-``k`` facts of each image file (image → fact), closest first.
@@ -261,14 +261,13 @@ class Run:
             ValueError: an unreadable file or pixels of the wrong shape.  RunLoadError.
         """
         import numpy as np
-        import torch
 
-        from factmas.model import load_image_file, preprocess
+        from factmas.model import load_image_file
+        from factmas.model.embedder import RunEmbedder
         from factmas.explore.search import dataset_embeddings
         if images is None:
             cfg, data, model = self._parts(images=True)
-            ids, phi = dataset_embeddings(model, data, image_split, next(model.parameters()).device,
-                                          flip_average=cfg.eval.flip_average)
+            ids, phi = dataset_embeddings(RunEmbedder.for_run(model, cfg, data), data, image_split)
             return Embeddings.from_phi(phi, [data.image_ids[int(i)] for i in ids])
         cfg, data, model = self._parts()
         size = int(data.images.shape[1])
@@ -282,14 +281,7 @@ class Run:
             pixels = np.stack([load_image_file(str(p), size) for p in paths]) if paths else \
                 np.zeros((0, size, size, 3), np.uint8)
             ids = [str(p) for p in paths]
-        device = next(model.parameters()).device
-        out = []
-        with torch.no_grad():
-            for lo in range(0, len(pixels), 64):
-                x = preprocess(np.ascontiguousarray(pixels[lo:lo + 64])).to(device)
-                out.append(model.embed_pixels(x, cfg.eval.flip_average).float().cpu())
-        d = int(cfg.model.embed_dim)
-        return Embeddings.from_phi(torch.cat(out) if out else torch.zeros(0, 3, d), ids)
+        return Embeddings.from_phi(RunEmbedder.for_run(model, cfg).pixels(pixels), ids)
 
     def embed_facts(self, facts: Sequence[str] | None = None) -> Embeddings:
         """Raw fact embeddings ψ (Sherlock's fact branch) as float32 [N, 3·d], slots [S | P | O];
@@ -304,10 +296,9 @@ class Run:
         """
         import numpy as np
 
-        from factmas.evaluation.evaluator import embed_facts
         from factmas.explore.search import parse_fact
+        from factmas.model.embedder import RunEmbedder
         cfg, data, model = self._parts()
-        device = next(model.parameters()).device
         if facts is None:
             tokens, order = data.tokens, data.order.astype(np.int64)
             ids = [data.fact_text(f) for f in range(data.num_facts)]
@@ -319,7 +310,7 @@ class Run:
             ids = ["<" + ", ".join(s) + ">" for s, _, _ in parsed]
         if not len(tokens):
             return Embeddings.from_phi(np.zeros((0, 3, int(cfg.model.embed_dim)), np.float32), [], order)
-        return Embeddings.from_phi(embed_facts(model, tokens, order, 256, device), ids, order)
+        return Embeddings.from_phi(RunEmbedder.for_run(model, cfg).facts(tokens, order), ids, order)
 
 
 def load_run(path: str | Path, *, data: str | Path | None = None, checkpoint: str | None = None,

@@ -49,30 +49,26 @@ def candidate_pairs(phi: torch.Tensor | np.ndarray, psi: torch.Tensor | np.ndarr
             "rank": np.tile(np.arange(1, d.shape[1] + 1, dtype=np.int64), len(ids))}
 
 
-@torch.no_grad()
-def embed_candidates(model: torch.nn.Module, data: Any, inputs: Any, ids: np.ndarray, k: int,
-                     device: torch.device | str, flip_average: bool = False,
-                     batch: int = 256) -> dict[str, np.ndarray]:
-    """``candidate_pairs`` of dataset images ``ids`` int [N] under ``model`` (eval mode), the images
-    read through ``inputs`` (``factmas.model.features.image_inputs``) as in the evaluation."""
-    from factmas.evaluation.evaluator import embed_facts, embed_inputs
-
+def embed_candidates(embedder: Any, data: Any, ids: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """``candidate_pairs`` of dataset images ``ids`` int [N] under ``embedder.model`` (put in eval
+    mode, then back), embedded by ``embedder`` (a ``factmas.model.embedder.RunEmbedder``: the run's
+    flip averaging, batch size and image inputs, as in the evaluation)."""
+    model = embedder.model
     was_training = model.training
     model.eval()
     try:
         order = data.order.astype(np.int64)
-        psi = embed_facts(model, data.tokens, order, batch, device)
-        phi = embed_inputs(model, inputs, np.asarray(ids, np.int64), batch, flip_average)
+        psi = embedder.facts(data.tokens, order)
+        phi = embedder.images(np.asarray(ids, np.int64))
     finally:
         model.train(was_training)
     return candidate_pairs(phi, psi, order, ids, data.pairs, k)
 
 
-def fit_on_images(model: torch.nn.Module, data: Any, inputs: Any, ids: np.ndarray, *, k: int,
-                  target_precision: float, device: torch.device | str, flip_average: bool = False,
-                  batch: int = 256) -> Calibrator:
-    """The calibrator of ``model``: P(true | D) fitted on the top-k candidate pairs of images ``ids``
-    and p* chosen on them for ``target_precision`` (``choose_threshold``).
+def fit_on_images(embedder: Any, data: Any, ids: np.ndarray, *, k: int,
+                  target_precision: float) -> Calibrator:
+    """The calibrator of ``embedder.model``: P(true | D) fitted on the top-k candidate pairs of images
+    ``ids`` (``embed_candidates``) and p* chosen on them for ``target_precision`` (``choose_threshold``).
 
     ``meta`` records the images, pairs and true pairs used, k, the target, whether it was reached,
     what the shown answers reach on these pairs (``shown_stats``) and the in-sample Brier score.
@@ -83,7 +79,7 @@ def fit_on_images(model: torch.nn.Module, data: Any, inputs: Any, ids: np.ndarra
     ids = np.asarray(ids, np.int64)
     if not len(ids):
         raise CalibrationError("calibration: no images to fit on (the dataset has no val images)")
-    c = embed_candidates(model, data, inputs, ids, k, device, flip_average, batch)
+    c = embed_candidates(embedder, data, ids, k)
     x, y = fit_isotonic(c["distance"], c["is_true"])
     cal = Calibrator(x, y, 0.0)
     p = cal.predict(c["distance"])

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,36 +58,12 @@ from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METR
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import unit_slots
-from factmas.model import preprocess
+from factmas.model.embedder import RunEmbedder
 from factmas.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 IMAGE_POOLS = ("all", "task")
-
-
-@torch.no_grad()
-def embed_images(model: nn.Module, images: np.ndarray, batch: int, device: torch.device | str,
-                 flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
-    """Raw φ of uint8 images [N, H, W, 3] → float32 [N, 3, d] on the CPU (model in eval mode).
-
-    The uint8 pixels go to ``device`` first and are preprocessed there (4× less to transfer); a
-    model with a frozen stem runs it (``TwoBranchModel.embed_pixels``). ``flip_average``: the mean
-    of each image's and its mirror image's φ. ``update``: called with each batch's size (progress).
-    """
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        if hasattr(model, "embed_pixels"):
-            return model.embed_pixels(x, flip_average)
-        phi = model.image_branch(x)                 # a bare model (tests): the same mean by hand
-        return 0.5 * (phi + model.image_branch(x.flip(-1))) if flip_average else phi
-
-    out = []
-    for i in range(0, len(images), batch):
-        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device))
-        out.append(embed(x).float().cpu())
-        if update is not None:
-            update(len(x))
-    return torch.cat(out) if out else torch.zeros(0, 3, 1)
 
 
 def mean_pairwise_cosine(phi: torch.Tensor) -> float:
@@ -102,31 +78,6 @@ def mean_pairwise_cosine(phi: torch.Tensor) -> float:
     return float((total / (n * (n - 1))).mean())
 
 
-@torch.no_grad()
-def embed_inputs(model: nn.Module, inputs, ids: np.ndarray, batch: int,
-                 flip_average: bool = False, update: Callable[[int], Any] | None = None) -> torch.Tensor:
-    """Raw φ float32 [N, 3, d] (CPU) of dataset images ``ids`` int [N] read through ``inputs``
-    (``factmas.model.features.image_inputs``: the feature cache or the pixels); ``flip_average`` as
-    ``TwoBranchModel.embed_inputs``; ``update``: called with each batch's size (progress)."""
-    out = []
-    for i in range(0, len(ids), batch):
-        out.append(model.embed_inputs(inputs, ids[i:i + batch], flip_average).float().cpu())
-        if update is not None:
-            update(len(ids[i:i + batch]))
-    return torch.cat(out) if out else torch.zeros(0, 3, 1)
-
-
-@torch.no_grad()
-def embed_facts(model: nn.Module, tokens: np.ndarray, order: np.ndarray, batch: int,
-                device: torch.device | str) -> torch.Tensor:
-    """Raw ψ of facts (tokens int [F, 3, L], order int [F]) → float32 [F, 3, d] on the CPU."""
-    tok = torch.as_tensor(np.asarray(tokens, np.int64))
-    ord_ = torch.as_tensor(np.asarray(order, np.int64))
-    out = [model.fact_branch(tok[i:i + batch].to(device), ord_[i:i + batch].to(device)).float().cpu()
-           for i in range(0, len(tok), batch)]
-    return torch.cat(out)
-
-
 class Evaluator:
     """Evaluates models on one dataset and task split (the measuring; ``Recorder`` records).
 
@@ -134,7 +85,9 @@ class Evaluator:
         data: the dataset (images in memory).  split: task split name.  cfg: ``EvalConfig``.
         device: where the model runs.
         inputs: image input source (``factmas.model.features.image_inputs``, e.g. the feature cache);
-            None: the dataset's pixels through ``embed_images``.
+            None: the dataset's pixels (through a pretrained model's stem, live). The images and
+            facts are embedded by ``factmas.model.embedder.RunEmbedder`` with ``cfg.flip_average``
+            and ``cfg.embed_batch``.
         progress: show the embedding's progress (``factmas.progress``; rank 0 only).
         tasks: the experience of each task of ``split`` (``factmas.data.experience``; built here
             when None): each task's images of the evaluated image split, the relevance index.
@@ -181,16 +134,12 @@ class Evaluator:
         bar = progress_bar(total=len(self.image_ids) if size() == 1 else None, unit="img", leave=False,
                            desc=f"evaluation: embedding the {cfg.image_split} images",
                            enabled=self.progress and is_main())
+        embed = RunEmbedder.from_eval(model, cfg, data, inputs=self.inputs, device=self.device,
+                                      cache=False)
         with bar:
-            if self.inputs is not None:
-                phi = gather_rows(lambda ids: embed_inputs(model, self.inputs, ids, cfg.embed_batch,
-                                                           cfg.flip_average, bar.update), self.image_ids)
-            else:
-                phi = gather_rows(lambda ids: embed_images(model, data.images[ids], cfg.embed_batch,
-                                                           self.device, cfg.flip_average, bar.update),
-                                  self.image_ids)
-        psi = gather_rows(lambda ids: embed_facts(model, data.tokens[ids], data.order[ids],
-                                                  cfg.embed_batch, self.device), np.arange(data.num_facts))
+            phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
+        psi = gather_rows(lambda ids: embed.facts(data.tokens[ids], data.order[ids]),
+                          np.arange(data.num_facts))
         result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
         return broadcast(result)
 

@@ -38,27 +38,28 @@ def fit_run_calibration(model: torch.nn.Module, data: Any, inputs: Any, device: 
     """The calibrator of ``model`` on the val images of ``data``, with its provenance in ``meta``.
 
     Args:
-        inputs: the image inputs (``factmas.model.features.image_inputs``).  cfg: the run's RunConfig
-            (``eval.flip_average``, ``eval.embed_batch``; k and target default to ``eval.calibration_k``
-            and ``eval.calibration_precision``).  checkpoint: the name recorded.
+        inputs: the image inputs (``factmas.model.features.image_inputs``; None: built from ``cfg``).
+            cfg: the run's RunConfig (its embedder, ``RunEmbedder.for_run``: ``eval.flip_average``,
+            ``eval.embed_batch``; k and target default to ``eval.calibration_k`` and
+            ``eval.calibration_precision``).  checkpoint: the name recorded.
     Raises:
         CalibrationError: the dataset has no val images.
     """
     from factmas.evaluation.calibration_fit import fit_on_images, weights_sha256
     from factmas.io import package_versions
+    from factmas.model.embedder import RunEmbedder
     from factmas.run.rundir import data_fingerprint
 
     t0 = time.perf_counter()
     k = cfg.eval.calibration_k if k is None else k
     target = cfg.eval.calibration_precision if target_precision is None else target_precision
-    cal = fit_on_images(model, data, inputs, val_images(data), k=k, target_precision=target,
-                        device=device, flip_average=cfg.eval.flip_average,
-                        batch=cfg.eval.embed_batch)
+    embedder = RunEmbedder.for_run(model, cfg, data, inputs=inputs, device=device)
+    cal = fit_on_images(embedder, data, val_images(data), k=k, target_precision=target)
     fp = data_fingerprint(data, cfg.train.split)
     cal.meta.update({"image_split": "val", "checkpoint": Path(checkpoint).name,
                      "weights_sha256": weights_sha256(model.state_dict()),
                      "data_sha256": fp["sha256"], "data": str(data.path),
-                     "flip_average": bool(cfg.eval.flip_average),
+                     "flip_average": embedder.flip_average,
                      "seconds": round(time.perf_counter() - t0, 3),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "versions": {k_: v for k_, v in package_versions().items()
@@ -89,15 +90,13 @@ def calibrate_run(run_dir: str | Path, checkpoint: str | None = None, data_path:
         CalibrationError: the dataset has no val images.
         ValueError: the feature cache cannot be used.
     """
-    from factmas.model.features import image_inputs
     from factmas.run.load import load_run
     from factmas.run.lock import RunLock
     from factmas.run.rundir import RunDir
 
     cfg, data, model, _ = load_run(run_dir, data_path, checkpoint, device, load_images=True)
     dev = next(model.parameters()).device
-    inputs = image_inputs(model, data, dev, cache=cfg.train.feature_cache, progress=False)
-    cal = fit_run_calibration(model, data, inputs, dev, cfg, checkpoint=checkpoint or "last.pt",
+    cal = fit_run_calibration(model, data, None, dev, cfg, checkpoint=checkpoint or "last.pt",
                               k=k, target_precision=target_precision)
     path = Path(out) if out else RunDir(run_dir).calibration_path
     if out:

@@ -65,11 +65,9 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     "tasks": [{"task": t, "facts": [{"fact": f, "text", "runs": [[(image, D, right, p)] per run]}]}]}
     with p = P(true | D) from the run's "calibrator" (None without one).
     """
-    import torch
-
-    from factmas.evaluation.evaluator import embed_facts
     from factmas.evaluation.retrieval import FactIndex, ImageIndex
     from factmas.explore.search import dataset_embeddings
+    from factmas.model.embedder import RunEmbedder
 
     rng = np.random.default_rng(seed)
     truth = set(map(tuple, data.pairs.tolist()))
@@ -91,12 +89,9 @@ def collect(data: Any, runs: list[dict], n_photos: int, facts_per_task: int, top
     for run in runs:
         cal = run.get("calibrator")
         prob = (lambda x: None) if cal is None else (lambda x: float(cal.predict(x)))
-        model = run["model"]
-        device = next(model.parameters()).device
-        ids, phi = dataset_embeddings(model, data, "test", device,
-                                      flip_average=run["cfg"].eval.flip_average)
-        with torch.no_grad():
-            psi = embed_facts(model, data.tokens, order, 256, device)
+        embedder = RunEmbedder.for_run(run["model"], run["cfg"], data)
+        ids, phi = dataset_embeddings(embedder, data, "test")
+        psi = embedder.facts(data.tokens, order)
         row = {int(i): r for r, i in enumerate(ids)}
         d, f = FactIndex(psi, order, gpu=False).search(phi[[row[i] for i in photos]], 5)
         for p, d_row, f_row in zip(out["photos"], d, f):

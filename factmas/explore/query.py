@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:                     # torch loads only when a query runs (quick --help)
-    import torch
+    from factmas.model.embedder import RunEmbedder
 
 
-def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: torch.device,
-           batch: int = 64, flip_average: bool = False, calibrator: Any = None) -> list[dict]:
+def answer(embedder: RunEmbedder, data: Any, paths: list[str], k: int,
+           calibrator: Any = None) -> list[dict]:
     """Top-k facts of each image file: a list of {"image", "facts": [...], "threshold", "abstain"}
     or {"image", "error"}.
 
@@ -31,17 +31,15 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
     calibrator's p* (None without one); "abstain": True when every fact's probability is below p*
     (None without a calibrator).
 
-    ``flip_average``: each image embedded as the mean of its and its mirror image's φ (the run's
-    ``eval.flip_average``, as in its evaluation). ``calibrator``: a
+    ``embedder``: the run's ``factmas.model.embedder.RunEmbedder`` (``RunEmbedder.for_run``: flip
+    averaging and batch size as in its evaluation). ``calibrator``: a
     ``factmas.evaluation.calibration.Calibrator`` or None."""
-    import torch
-    from factmas.evaluation.evaluator import embed_facts
-    from factmas.model import load_image_file, preprocess
+    from factmas.model import load_image_file
     from factmas.evaluation.retrieval import FactIndex
 
     size = int(data.images.shape[1])
     order = data.order.astype(np.int64)
-    index = FactIndex(embed_facts(model, data.tokens, order, 256, device), order)
+    index = FactIndex(embedder.facts(data.tokens, order), order)
     out: list[dict] = [{"image": p} for p in paths]
     good, pixels = [], []
     for i, p in enumerate(paths):
@@ -50,11 +48,9 @@ def answer(model: torch.nn.Module, data: Any, paths: list[str], k: int, device: 
             good.append(i)
         except ValueError as e:
             out[i]["error"] = str(e)
+    batch = embedder.batch_size
     for lo in range(0, len(good), batch):
-        with torch.no_grad():
-            phi = model.embed_pixels(preprocess(np.stack(pixels[lo:lo + batch])).to(device),
-                                     flip_average).cpu()
-        dist, ids = index.search(phi, k)
+        dist, ids = index.search(embedder.pixels(np.stack(pixels[lo:lo + batch])), k)
         for i, d_row, f_row in zip(good[lo:lo + batch], dist, ids):
             out[i]["facts"] = [
                 {"rank": r + 1, "fact_id": int(f), "text": data.fact_text(int(f)),

@@ -100,40 +100,33 @@ def fact_id_of(data: Any, slots: list[str]) -> int | None:
     return None
 
 
-def dataset_embeddings(model: Any, data: Any, split: str, device: Any,
-                       batch: int = 256, flip_average: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images;
-    ``flip_average`` as ``TwoBranchModel.embed_inputs`` (the run's ``eval.flip_average``).
+def dataset_embeddings(embedder: Any, data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids int64 [N] of ``split``, raw φ float32 [N, 3, d]) of a dataset's images, embedded by
+    ``embedder`` (``factmas.model.embedder.RunEmbedder`` of the run: its flip averaging, batch size
+    and feature cache).
 
     Raises:
         SearchError: the split has no images.  ValueError: the feature cache cannot be used.
     """
     from factmas.data.dataset import SPLIT_NAMES
-    from factmas.evaluation.evaluator import embed_inputs
-    from factmas.model.features import image_inputs
 
     ids = (np.arange(len(data.image_split)) if split == "all"
            else np.flatnonzero(data.image_split == SPLIT_NAMES.index(split)))
     if not len(ids):
         raise SearchError(f"--image-split {split}: the dataset {data.path} has no {split} images")
-    inputs = image_inputs(model, data, device, progress=False)
-    return ids.astype(np.int64), embed_inputs(model, inputs, ids, batch, flip_average).numpy()
+    return ids.astype(np.int64), embedder.images(ids).numpy()
 
 
-def search(model: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
+def search(embedder: Any, tokens: np.ndarray, order: int, phi: np.ndarray,
            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k images of one fact: (D float32 [k'], row indices int64 [k'] into ``phi``), ascending D.
 
-    tokens int64 [1, 3, L]; phi float32 [N, 3, d] raw image embeddings; k' = min(k, N).
+    embedder: the run's ``RunEmbedder`` (the fact's ψ); tokens int64 [1, 3, L]; phi float32
+    [N, 3, d] raw image embeddings; k' = min(k, N).
     """
-    import torch
-
     from factmas.evaluation.retrieval import ImageIndex
 
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        psi = model.fact_branch(torch.as_tensor(tokens, device=device),
-                                torch.tensor([order], device=device)).float().cpu()
+    psi = embedder.facts(tokens, np.array([order], np.int64))
     d, i = ImageIndex(phi, gpu=False).search(psi, np.array([order]), k)
     return d[0], i[0]
 
@@ -157,10 +150,10 @@ def search_run(cfg: Any, data: Any, model: Any, checkpoint: str | Path, fact: st
         SearchError: a fact outside the vocabulary, an unusable folder or an empty image split.
     """
     from factmas.explore.search_index import folder_embeddings
+    from factmas.model.embedder import RunEmbedder
 
     t0 = time.perf_counter()
-    flip = cfg.eval.flip_average
-    device = next(model.parameters()).device
+    embedder = RunEmbedder.for_run(model, cfg, data)
     slots, tokens, order = parse_fact(fact, data.vocab, data.tokens.shape[2])
     cal = calibrator
     out: dict = {"fact": "<" + ", ".join(slots) + ">", "order": order, "distance": DISTANCE_LABEL,
@@ -171,22 +164,22 @@ def search_run(cfg: Any, data: Any, model: Any, checkpoint: str | Path, fact: st
     if images:
         try:
             paths, phi, failed, reused = folder_embeddings(
-                model, checkpoint, images, int(data.images.shape[1]), device, flip)
+                embedder, checkpoint, images, int(data.images.shape[1]))
         except (ValueError, OSError) as e:
             raise SearchError(str(e)) from e
         out.update(source=str(images), index_reused=reused, unreadable=failed)
-        d, rows = search(model, tokens, order, phi, k)
+        d, rows = search(embedder, tokens, order, phi, k)
         out["results"] = [{"rank": r + 1, "image": str(paths[i]), "distance": float(x)}
                           for r, (x, i) in enumerate(zip(d, rows))]
     else:
         try:
-            ids, phi = dataset_embeddings(model, data, image_split, device, flip_average=flip)
+            ids, phi = dataset_embeddings(embedder, data, image_split)
         except ValueError as e:
             raise SearchError(str(e)) from e
         f = fact_id_of(data, slots)
         true = set() if f is None else set(data.pairs[data.pairs[:, 1] == f, 0].tolist())
         out.update(source=f"{data.path} ({image_split} images)", fact_id=f)
-        d, rows = search(model, tokens, order, phi, k)
+        d, rows = search(embedder, tokens, order, phi, k)
         out["results"] = [{"rank": r + 1, "image": data.image_ids[int(ids[i])], "image_index":
                            int(ids[i]), "distance": float(x)}
                           | ({} if f is None else {"true": int(ids[i]) in true})

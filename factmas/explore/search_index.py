@@ -5,11 +5,11 @@ model and saves the result as::
 
     DIR/.factmas-index/<run key>-<files key>.npz
         names   str [N]            file names (sorted) that were embedded
-        phi     float32 [N, 3, d]  raw image embeddings (``model.embed_pixels``)
+        phi     float32 [N, 3, d]  raw image embeddings (``RunEmbedder.pixels``)
         failed  str [E]            "name: reason" of files that could not be read (not retried)
 
-``run key`` = BLAKE2b of the checkpoint file's bytes and the image size; ``files key`` = BLAKE2b of
-the names and contents (bytes) of the image files. The file is written atomically
+``run key`` = BLAKE2b of the checkpoint file's bytes, the image size and the flip setting (the run's
+``eval.flip_average``); ``files key`` = BLAKE2b of the names and contents (bytes) of the image files. The file is written atomically
 (temporary name, then rename); it is reused while the run and the files are unchanged, and a change
 of either gives a new key, so the index is rebuilt (older indexes of the same run that factmas wrote, listed in the folder's manifest, are
 removed). A ``.factmas-index`` that is a symbolic link is refused; an index whose stored names are
@@ -21,14 +21,13 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from factmas.data.imageio import ImageError, load_image
 from factmas import outdir
 from factmas.io import atomic_path
-from factmas.model import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +80,9 @@ def names_inside(names: list[str], files: list[Path]) -> bool:
     return all(n in present and n == Path(n).name and n not in (".", "..") for n in names)
 
 
-@torch.no_grad()
-def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: torch.device,
-                batch: int = 32, flip_average: bool = False) -> tuple[list[str], np.ndarray, list[str]]:
-    """Embed image files with ``model.embed_pixels``.
+def embed_files(embedder: Any, files: list[Path], size: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """Embed image files with ``embedder.pixels`` (``factmas.model.embedder.RunEmbedder``: the run's
+    flip averaging), reading ``embedder.batch_size`` files at a time.
 
     Args:
         files: image paths.  size: the dataset's image side (``factmas.data.imageio.load_image``).
@@ -95,8 +93,7 @@ def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: to
 
     def flush():
         if pixels:
-            chunks.append(model.embed_pixels(preprocess(np.stack(pixels)).to(device),
-                                             flip_average).float().cpu().numpy())
+            chunks.append(embedder.pixels(np.stack(pixels)).numpy())
             names.extend(batch_names)
             pixels.clear()
             batch_names.clear()
@@ -107,19 +104,19 @@ def embed_files(model: torch.nn.Module, files: list[Path], size: int, device: to
             batch_names.append(p.name)
         except ImageError as e:
             failed.append(f"{p.name}: {e.reason}")
-        if len(pixels) >= batch:
+        if len(pixels) >= embedder.batch_size:
             flush()
     flush()
-    d = int(model.cfg.embed_dim)
+    d = int(embedder.model.cfg.embed_dim)
     phi = np.concatenate(chunks) if chunks else np.zeros((0, 3, d), np.float32)
     return names, phi, failed
 
 
-def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: str | Path, size: int,
-                      device: torch.device, flip_average: bool = False
+def folder_embeddings(embedder: Any, checkpoint: str | Path, folder: str | Path, size: int
                       ) -> tuple[list[Path], np.ndarray, list[str], bool]:
-    """The folder's image embeddings, from its saved index or computed and saved (module docstring).
-    ``flip_average`` (the run's ``eval.flip_average``) is part of the index's key.
+    """The folder's image embeddings, from its saved index or computed and saved (module docstring),
+    by ``embedder`` (the run's ``factmas.model.embedder.RunEmbedder``); its ``flip_average`` is part
+    of the index's key.
 
     Returns:
         (paths of the embedded images, raw φ float32 [N, 3, d], "name: reason" of unreadable
@@ -131,7 +128,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
     """
     folder = Path(folder)
     files = image_files(folder)
-    rk = run_key(checkpoint, size, flip_average)
+    rk = run_key(checkpoint, size, embedder.flip_average)
     index_dir = folder / INDEX_DIR
     if index_dir.is_symlink():
         raise ValueError(f"--images {folder}: {INDEX_DIR} is a symbolic link (to "
@@ -150,7 +147,7 @@ def folder_embeddings(model: torch.nn.Module, checkpoint: str | Path, folder: st
                 return [folder / n for n in names], phi, failed, True
         except (OSError, ValueError, KeyError) as e:
             log.warning("search index %s unreadable (%s); rebuilding it", path, e)
-    names, phi, failed = embed_files(model, files, size, device, flip_average=flip_average)
+    names, phi, failed = embed_files(embedder, files, size)
     if not names:
         raise ValueError(f"--images {folder}: none of {len(files)} image files could be read "
                          f"(first: {failed[0]})")

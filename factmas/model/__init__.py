@@ -10,6 +10,9 @@ Public API::
 
 ``features`` (not imported here): the image branch's input for dataset images, from the frozen-stage
 feature cache (``image_inputs``, ``build_feature_cache``).
+``embedder`` (not imported here): ``RunEmbedder``, how a run embeds images and facts (flip averaging,
+batch size, the feature cache or the pixels), used by the evaluator, calibration, query, search and
+the gallery.
 
 May import: ``factmas.config``, ``factmas.space``, ``factmas.data``, and for ``features`` also
 ``factmas.errors``, ``factmas.io``, ``factmas.progress``. Never ``factmas.trainer``,

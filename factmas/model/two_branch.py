@@ -1,7 +1,6 @@
 """The two-branch model of Sherlock (Elhoseiny et al., AAAI 2017): images and facts in one space."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +15,8 @@ class TwoBranchModel(nn.Module):
     The *image input* of ``image_branch`` is the output of ``image_stem`` — the frozen lower stages of
     a pretrained backbone, float32 [B, C, h, w], read from the feature cache for dataset images — or,
     for backbones without a stem (``image_stem`` is None), the ``preprocess``-ed pixels.
-    ``embed_pixels`` goes from pixels to φ in either case (e.g. for a user's photo).
+    ``embed_pixels`` goes from pixels to φ in either case; how a run embeds its images and facts
+    (flip averaging, batch size, feature cache) is ``factmas.model.embedder.RunEmbedder``.
 
     Args:
         cfg: the model configuration (backbone, embed_dim d, widths, norm groups).
@@ -34,23 +34,11 @@ class TwoBranchModel(nn.Module):
         through a stem)."""
         return pixels if self.image_stem is None else self.image_stem(pixels)
 
-    def embed_pixels(self, pixels: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
-        """``preprocess``-ed pixels float32 [B, 3, H, W] → raw φ float32 [B, 3, d].
-
-        ``flip_average``: φ = ½ (φ(x) + φ(x mirrored left-right)) (``EvalConfig.flip_average``)."""
-        phi = self.image_branch(self.image_input(pixels))
-        if flip_average:
-            phi = 0.5 * (phi + self.image_branch(self.image_input(pixels.flip(-1))))
-        return phi
-
-    def embed_inputs(self, inputs, ids, flip_average: bool = False) -> torch.Tensor:
-        """Raw φ float32 [B, 3, d] of dataset images ``ids`` int [B] read through ``inputs``
-        (``factmas.model.features.image_inputs``: the feature cache, whose mirrored half is used for
-        ``flip_average``, or the pixels); same values as ``embed_pixels`` on those images."""
-        phi = self.image_branch(inputs.get(ids))
-        if flip_average:
-            phi = 0.5 * (phi + self.image_branch(inputs.get(ids, np.ones(len(ids), dtype=bool))))
-        return phi
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``preprocess``-ed pixels float32 [B, 3, H, W] → raw φ float32 [B, 3, d] of these images
+        as they are (one orientation; a run's flip averaging, batching and feature cache are
+        ``factmas.model.embedder.RunEmbedder``'s)."""
+        return self.image_branch(self.image_input(pixels))
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor,
                 order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -164,5 +164,4 @@ def test_weights_hash_survives_a_checkpoint_and_sees_a_change(tmp_path, tiny_mod
 def test_no_images_to_fit_on_is_a_clear_error():
     from factmas.evaluation.calibration_fit import fit_on_images
     with pytest.raises(CalibrationError, match="no val images"):
-        fit_on_images(None, None, None, np.zeros(0, np.int64), k=5, target_precision=0.5,
-                      device="cpu")
+        fit_on_images(None, None, np.zeros(0, np.int64), k=5, target_precision=0.5)

@@ -49,22 +49,6 @@ def test_cache_equals_the_live_stem_for_both_orientations(data, model):
     assert not torch.allclose(cached[1:2], unflipped, rtol=2e-3, atol=2e-3)
 
 
-def test_flip_average_from_the_cache_equals_the_mirror_mean_from_pixels(data, model):
-    """eval.flip_average: φ of the cached image and its cached mirror, averaged, is the mean of φ of
-    the pixels and of the pixels mirrored by hand; without the flag it is the plain φ."""
-    inputs = CachedInputs(load_or_build(model, data, progress=False))
-    ids = np.array([5, 1, 30, 2])
-    x = preprocess(data.images[ids])
-    with torch.no_grad():
-        plain = model.image_branch(model.image_stem(x))
-        mirror = model.image_branch(model.image_stem(torch.flip(x, dims=[3])))
-        assert torch.allclose(model.embed_inputs(inputs, ids, flip_average=True), (plain + mirror) / 2,
-                              rtol=1e-2, atol=1e-2)
-        assert torch.allclose(model.embed_inputs(inputs, ids), plain, rtol=1e-2, atol=1e-2)
-        assert torch.allclose(model.embed_pixels(x, flip_average=True), (plain + mirror) / 2, atol=1e-6)
-        assert not torch.allclose(plain, mirror, rtol=1e-2, atol=1e-2)     # the flag changes something
-
-
 def test_cache_key_names_the_engine(data):
     """An ONNX Runtime cache never stands in for a torch one (features equal only to float16 rounding),
     and a torch stem keeps the key of caches built before engines existed."""
