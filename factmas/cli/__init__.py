@@ -29,7 +29,12 @@ SUBCOMMANDS = {
     "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
     "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
     "calibrate": ("factmas.cli.calibrate", "fit a run's answer probabilities and threshold on val"),
+    "compare": ("factmas.cli.compare", "runs (methods x seeds) in one table, mean +- std over seeds"),
+    "paper": ("factmas.cli.paper", "the MAS paper's facts comparison: lambda search, runs, tables"),
 }
+
+# modules of this folder that are not commands: the dispatcher, shared parsing, train's quick parser
+NOT_COMMANDS = ("__init__", "__main__", "common", "train_args")
 
 
 # subcommands whose module loads torch: their parser lives in a torch-free module for a quick --help
