@@ -128,6 +128,36 @@ def write_evaluation(results: Results, out: str | Path) -> list[Path]:
     return results.write(out)
 
 
+def evaluate_into(run_dir: str | Path, out: str | Path | None = None, *, data: str | None = None,
+                  image_split: str | None = None, image_pool: str | None = None,
+                  stages: str | Sequence[int] | None = None, device: str = "auto",
+                  progress: bool = False, other_data: bool = False, overwrite: bool = False,
+                  replace_results: bool = False) -> tuple[Path, list[Path]]:
+    """Evaluate a run again and write the report (the work of ``factmas evaluate RUN_DIR``):
+    ``evaluation_dir`` (checked before any work), ``evaluate_run``, ``write_evaluation``.
+
+    Args:
+        out: the report's folder (default ``RUN_DIR/evaluations/<image split>``).  data, image_split,
+            image_pool, stages, device, progress, other_data: as in ``evaluate_run`` (None: the
+            run's ``eval`` settings).  overwrite, replace_results: as in ``evaluation_dir``.
+    Returns:
+        (the folder written, the paths written: results.json, results.md, plots).
+    Raises:
+        RunLoadError: not a run (no or an invalid config.json), or a checkpoint or the dataset
+            cannot be used.  EvaluateError: ``out`` refused, missing stage checkpoints, bad
+            ``stages``.  CheckpointError, ValueError, RunDirError: as in ``evaluate_run``;
+            RunDirError also when the run is in use by another process.
+    """
+    from factmas.api.run import Run
+    run = Run(run_dir, data=data, device=device)          # config.json first: not a run → RunLoadError
+    ecfg = run.config.eval
+    folder = evaluation_dir(run_dir, out, image_split or ecfg.image_split, image_pool or ecfg.image_pool,
+                            overwrite, replace_results)
+    results = run.evaluate(image_split=image_split, image_pool=image_pool, stages=stages,
+                           progress=progress, other_data=other_data)
+    return folder, write_evaluation(results, folder)
+
+
 def _setup(run_dir: str | Path, data: str | None, checkpoint: str | None, device: str,
            image_split: str | None, image_pool: str | None, progress: bool,
            other_data: bool = False) -> tuple:

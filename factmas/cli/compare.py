@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from factmas.api.tools import compare as compare_runs
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_METRICS
 from factmas.experiments import compare
 from factmas.errors import FactmasError
-from factmas.io import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,21 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        if args.out and Path(f"{args.out}.md").is_dir():
-            raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
-        if args.out:                     # not into a run, not over a file unasked (issue 30)
-            from factmas.outdir import check_new_file
-            for suffix in (".md", ".csv"):
-                check_new_file(f"{args.out}{suffix}", args.overwrite)
-        table = compare_runs(args.runs, args.metric, args.allow_mixed)
+        table = compare_runs(args.runs, args.metric, args.allow_mixed, args.out or None, args.overwrite)
     except (ValueError, FactmasError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    md = table.markdown()
-    print(md, end="")
+    print(table.markdown(), end="")
     if args.out:
-        atomic_write_text(f"{args.out}.md", md)
-        atomic_write_text(f"{args.out}.csv", table.csv())
         print(f"wrote {args.out}.md, {args.out}.csv")
     return 0
 
