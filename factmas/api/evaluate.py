@@ -148,13 +148,16 @@ def evaluate_into(run_dir: str | Path, out: str | Path | None = None, *, data: s
             ``stages``.  CheckpointError, ValueError, RunDirError: as in ``evaluate_run``;
             RunDirError also when the run is in use by another process.
     """
-    from factmas.api.run import Run
-    run = Run(run_dir, data=data, device=device)          # config.json first: not a run → RunLoadError
-    ecfg = run.config.eval
+    from factmas.config import ConfigError
+    from factmas.run.load import RunLoadError
+    from factmas.run.rundir import RunDir, RunDirError
+    try:                                          # config.json first: not a run → RunLoadError
+        ecfg = RunDir(run_dir).read_config()[0].eval
+    except (RunDirError, ConfigError) as e:
+        raise RunLoadError(str(e)) from e
     folder = evaluation_dir(run_dir, out, image_split or ecfg.image_split, image_pool or ecfg.image_pool,
                             overwrite, replace_results)
-    results = run.evaluate(image_split=image_split, image_pool=image_pool, stages=stages,
-                           progress=progress, other_data=other_data)
+    results = evaluate_run(run_dir, data, image_split, image_pool, stages, device, progress, other_data)
     return folder, write_evaluation(results, folder)
 
 

@@ -35,11 +35,11 @@ def test_evaluate_into_writes_the_default_folder_and_matches_run_evaluate(api_ru
 
 
 def test_evaluate_into_refuses_before_any_work(api_runs, tmp_path, monkeypatch):
-    from factmas.api.run import Run
+    from factmas.api import evaluate as ev
     from factmas.run.load import RunLoadError
     run_dir = api_runs["main"] / "finetune"
     first, _ = evaluate_into(run_dir, tmp_path / "old")
-    monkeypatch.setattr(Run, "evaluate", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
+    monkeypatch.setattr(ev, "evaluate_run", lambda *a, **k: pytest.fail("evaluated before --out was checked"))
     with pytest.raises(EvaluateError, match="is a run directory"):
         evaluate_into(run_dir, run_dir)
     with pytest.raises(EvaluateError, match="already holds results.json"):
