@@ -154,7 +154,7 @@ def test_chromium_photo_cards_two_columns_beside_a_scrollbar(page, tmp_path):
     assert photo(row[:, 700:]) > 0.01, "section (a) fell to one column"
 
 
-SCREENSHOT = Path(__file__).resolve().parent.parent / "scripts" / "screenshot_gallery.py"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "scripts" / "screenshot_gallery.py"
 
 
 def test_screenshot_script_refuses_a_folder_without_a_gallery(tmp_path):
