@@ -62,3 +62,20 @@ def test_every_command_help_exits_0_without_torch():
     assert out.returncode == 0, out.stderr[-2000:]
     rcs, torch_loaded = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
     assert rcs == str([0] * len(SUBCOMMANDS)) and torch_loaded == "False"
+
+
+def test_no_library_module_parses_arguments():
+    """Library functions take typed parameters, never an argparse Namespace (issue 29): argparse is
+    imported by ``factmas/cli`` only."""
+    import ast
+    root = CLI_DIR.parent
+    users = []
+    for path in sorted(root.rglob("*.py")):
+        if CLI_DIR in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "argparse" or n.startswith("argparse.") for n in names):
+                users.append(str(path.relative_to(root)))
+    assert users == [], f"argparse outside factmas/cli: {users}"
