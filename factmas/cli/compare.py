@@ -9,13 +9,13 @@ import argparse
 import sys
 
 from factmas.api.tools import compare as compare_runs
+from factmas.cli.common import parse
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_METRICS
 from factmas.experiments import compare
 from factmas.errors import FactmasError
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval/compare.py", description=compare.__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--metric", default=HEADLINE, choices=list(METRICS) + list(RECALL_METRICS))
@@ -23,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-mixed", action="store_true",
                    help="compare runs of different datasets, splits, image splits or unfinished runs")
     p.add_argument("--overwrite", action="store_true", help="replace PREFIX.md and PREFIX.csv if present")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         table = compare_runs(args.runs, args.metric, args.allow_mixed, args.out or None, args.overwrite)
     except (ValueError, FactmasError) as e:
