@@ -236,7 +236,8 @@ def check_splits(settings: Settings, splits: list[str]) -> None:
 def criterion(summary: dict) -> float | None:
     """The λ-search criterion of a run summary (``run_job``): ½ (fact→image mAP + image→fact mAP),
     each over all facts at the end of the sequence (fractions); None when either is undefined.
-    Declared once here: the README's λ tables and ``choose_lambdas`` use it."""
+    Declared once here: the README's λ tables and the λ search (``paper_run.bracketed_search``)
+    use it."""
     m = summary.get("metrics") or {}
     vals = [(m.get(k) or {}).get("final_all") for k in ("fact_to_image_map", "image_to_fact_map")]
     if any(v is None or not np.isfinite(v) for v in vals):
