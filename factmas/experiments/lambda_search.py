@@ -5,8 +5,8 @@ Pure: what a λ costs to score (training runs) is the caller's function; ``brack
 decides which λ to score next and which one wins. ``factmas.experiments.paper_run.bracketed_search``
 scores λ by training runs of the MAS paper's comparison (``factmas.experiments.paper_table``).
 
-The rule (Aljundi et al., "Memory Aware Synapses", ECCV 2018, choose λ on held-out data; the
-bracketing is factmas's own): the best score wins, scores within ``tie`` of the best tie and the
+The rule (factmas's own; the experiment that uses it scores λ on held-out val images, never the
+test set, ``factmas.experiments.paper_table``): the best score wins, scores within ``tie`` of the best tie and the
 smaller λ wins (less regularization for the same score); undefined scores (None, NaN) never win;
 a grid whose best λ is its largest positive value gets ×10, one whose best is λ = 0 gets its
 smallest positive value ÷ 10, at most ``max_extensions`` rounds.
