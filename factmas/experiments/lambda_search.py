@@ -6,10 +6,10 @@ decides which λ to score next and which one wins. ``factmas.experiments.paper_r
 scores λ by training runs of the MAS paper's comparison (``factmas.experiments.paper_table``).
 
 The rule (factmas's own; the experiment that uses it scores λ on held-out val images, never the
-test set, ``factmas.experiments.paper_table``): the best score wins, scores within ``tie`` of the best tie and the
-smaller λ wins (less regularization for the same score); undefined scores (None, NaN) never win;
-a grid whose best λ is its largest positive value gets ×10, one whose best is λ = 0 gets its
-smallest positive value ÷ 10, at most ``max_extensions`` rounds.
+test set, ``factmas.experiments.paper_table``): the best score wins, scores within ``tie`` of the
+best tie and the smaller λ wins (less regularization for the same score); undefined scores (None,
+NaN) never win; a grid whose best λ is its largest positive value gets ×10, one whose best is
+λ = 0 gets its smallest positive value ÷ 10, at most ``max_extensions`` rounds.
 """
 from __future__ import annotations
 
