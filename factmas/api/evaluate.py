@@ -128,6 +128,39 @@ def write_evaluation(results: Results, out: str | Path) -> list[Path]:
     return results.write(out)
 
 
+def evaluate_into(run_dir: str | Path, out: str | Path | None = None, *, data: str | None = None,
+                  image_split: str | None = None, image_pool: str | None = None,
+                  stages: str | Sequence[int] | None = None, device: str = "auto",
+                  progress: bool = False, other_data: bool = False, overwrite: bool = False,
+                  replace_results: bool = False) -> tuple[Path, list[Path]]:
+    """Evaluate a run again and write the report (the work of ``factmas evaluate RUN_DIR``):
+    ``evaluation_dir`` (checked before any work), ``evaluate_run``, ``write_evaluation``.
+
+    Args:
+        out: the report's folder (default ``RUN_DIR/evaluations/<image split>``).  data, image_split,
+            image_pool, stages, device, progress, other_data: as in ``evaluate_run`` (None: the
+            run's ``eval`` settings).  overwrite, replace_results: as in ``evaluation_dir``.
+    Returns:
+        (the folder written, the paths written: results.json, results.md, plots).
+    Raises:
+        RunLoadError: not a run (no or an invalid config.json), or a checkpoint or the dataset
+            cannot be used.  EvaluateError: ``out`` refused, missing stage checkpoints, bad
+            ``stages``.  CheckpointError, ValueError, RunDirError: as in ``evaluate_run``;
+            RunDirError also when the run is in use by another process.
+    """
+    from factmas.config import ConfigError
+    from factmas.run.load import RunLoadError
+    from factmas.run.rundir import RunDir, RunDirError
+    try:                                          # config.json first: not a run → RunLoadError
+        ecfg = RunDir(run_dir).read_config()[0].eval
+    except (RunDirError, ConfigError) as e:
+        raise RunLoadError(str(e)) from e
+    folder = evaluation_dir(run_dir, out, image_split or ecfg.image_split, image_pool or ecfg.image_pool,
+                            overwrite, replace_results)
+    results = evaluate_run(run_dir, data, image_split, image_pool, stages, device, progress, other_data)
+    return folder, write_evaluation(results, folder)
+
+
 def _setup(run_dir: str | Path, data: str | None, checkpoint: str | None, device: str,
            image_split: str | None, image_pool: str | None, progress: bool,
            other_data: bool = False) -> tuple:

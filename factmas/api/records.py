@@ -230,6 +230,22 @@ class CheckpointMetrics:
     num_tasks: int
     metrics: dict
 
+    def markdown(self) -> str:
+        """The metrics as a Markdown table (rows: metrics; columns T1..Tk, all; values in %), the
+        images' mean pairwise cosine and the timing (``factmas evaluate --checkpoint``'s output)."""
+        from factmas.evaluation.evaluator import METRICS, RECALL_METRICS
+        from factmas.evaluation.report import LABELS, fmt, markdown_table
+        metrics, num_tasks = self.metrics, self.num_tasks
+        keys = list(range(num_tasks)) + ["all"]
+        rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys]
+                for m in METRICS + tuple(r for r in RECALL_METRICS if r in metrics)]
+        t = metrics.get("timing", {})
+        table = markdown_table(["metric"] + [f"T{j + 1}" for j in range(num_tasks)] + ["all"], rows)
+        cos = metrics.get("embedding", {}).get("mean_cosine")
+        cos_line = "" if cos is None else (f"\n\nmean pairwise cosine of the images' embeddings (each slot "
+                                           f"L2-normalized; 1 = collapsed): {cos:.3f}")
+        return table + cos_line + "\n\ntiming: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+
 
 @dataclass(frozen=True)
 class Comparison:

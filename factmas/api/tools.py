@@ -27,26 +27,42 @@ def read_dataset(path: str | Path, load_images: bool = True) -> FactData:
     return _read(path, load_images=load_images)
 
 
-def compare(runs: Sequence[str | Path], metric: str = HEADLINE, allow_mixed: bool = False) -> Comparison:
+def compare(runs: Sequence[str | Path], metric: str = HEADLINE, allow_mixed: bool = False,
+            out: str | Path | None = None, overwrite: bool = False) -> Comparison:
     """Runs (methods × seeds) in one table: mean ± std over seeds of each task's final value, all
     facts, average, forgetting, BWT and FWT, with the reference rows (untrained model, frequency).
 
     Args:
         runs: run directories, or folders holding run directories one level down.  metric: a name of
             ``factmas.experiments.compare.METRIC_CHOICES``.  allow_mixed: compare runs of different datasets,
-            splits, image splits or unfinished runs.
+            splits, image splits or unfinished runs.  out: a path PREFIX: also write the table to
+            PREFIX.md and PREFIX.csv (each atomically; checked before the runs are read).
+            overwrite: replace PREFIX.md / PREFIX.csv when they exist.
     Raises:
         ValueError: no results.json, an unknown metric, or runs that do not belong in one table
-            (the reason and each run's value).
+            (the reason and each run's value); PREFIX.md is a directory.  OutputError (a
+            ``FactmasError``): PREFIX.md or PREFIX.csv exists without ``overwrite``, or lies in a
+            run's folder (``factmas.outdir.check_new_file``).  OSError: they cannot be written.
     Source: ``factmas.experiments.compare``.
     """
     from factmas.experiments import compare as C
+    if out is not None:
+        from factmas.outdir import check_new_file
+        if Path(f"{out}.md").is_dir():
+            raise ValueError(f"--out {out}: {out}.md is a directory")
+        for suffix in (".md", ".csv"):           # not into a run, not over a file unasked (issue 30)
+            check_new_file(f"{out}{suffix}", overwrite)
     if metric not in C.METRIC_CHOICES:
         raise ValueError(f"metric {metric!r}; valid: {list(C.METRIC_CHOICES)}")
     found = C.find_runs([str(r) for r in runs])
     groups, num_tasks = C.collect(found, metric, allow_mixed)
     groups += C.reference_groups(found, metric)
-    return Comparison(metric, num_tasks, tuple(groups))
+    table = Comparison(metric, num_tasks, tuple(groups))
+    if out is not None:
+        from factmas.io import atomic_write_text
+        atomic_write_text(f"{out}.md", table.markdown())
+        atomic_write_text(f"{out}.csv", table.csv())
+    return table
 
 
 def make_gallery(runs: Sequence[str | Path], out: str | Path, photos: int = 8, facts_per_task: int = 3,

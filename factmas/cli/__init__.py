@@ -3,11 +3,14 @@
 Each subcommand lives in its own module with a ``main(argv) -> int`` function; this file only
 dispatches (a plain dict, no import magic).
 
-The folder holds every command line of factmas, thin: argument parsing, messages and exit statuses.
-The work is done by the public API (``factmas.api``: train, load_run, Run.evaluate/query/search, compare,
-make_gallery, build_feature_cache) and library modules (``factmas.trainer``, ``factmas.explore.query``, ``factmas.explore.search``,
-``factmas.explore.gallery``, ``factmas.evaluation``, ``factmas.experiments``, ``factmas.run``), which never
-import from here. A command module never imports another command module. Every error a user can cause
+The folder holds every command line of factmas, thin: parse, call one library function, report
+(messages and exit statuses). The work is done by the public API (``factmas.api``: train, load_run,
+Run.evaluate/query/search, evaluate_into, compare, make_gallery, build_feature_cache) and library
+modules (``factmas.trainer``, ``factmas.explore``, ``factmas.evaluation``, ``factmas.experiments``:
+``paper_settings``, ``paper_run``, ``lambda_search``; ``factmas.run``), which never import from here
+and never take an argparse Namespace: a command converts its options to typed parameters
+(``tests/cli/test_subcommands.py``). A command module never imports another command module. Every
+error a user can cause
 (``factmas.errors.FactmasError``, a full disk, a read-only folder, the file-size limit, a dead peer
 process under torchrun) that a command did not report itself is caught once, in ``main`` below, and
 printed as one line (exit 2, or 1 for a training error or a dead peer).
@@ -29,7 +32,12 @@ SUBCOMMANDS = {
     "evaluate": ("factmas.cli.evaluate", "recompute retrieval metrics from a run's checkpoints"),
     "features": ("factmas.cli.features", "compute a pretrained backbone's feature cache on a dataset"),
     "calibrate": ("factmas.cli.calibrate", "fit a run's answer probabilities and threshold on val"),
+    "compare": ("factmas.cli.compare", "runs (methods x seeds) in one table, mean +- std over seeds"),
+    "paper": ("factmas.cli.paper", "the MAS paper's facts comparison: lambda search, runs, tables"),
 }
+
+# modules of this folder that are not commands: the dispatcher, shared parsing, train's quick parser
+NOT_COMMANDS = ("__init__", "__main__", "common", "train_args")
 
 
 # subcommands whose module loads torch: their parser lives in a torch-free module for a quick --help

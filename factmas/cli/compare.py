@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from factmas.api.tools import compare as compare_runs
+from factmas.cli.common import parse
 from factmas.evaluation.metrics import HEADLINE
 from factmas.experiments import compare
 from factmas.errors import FactmasError
-from factmas.io import atomic_write_text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval/compare.py", description=compare.__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--metric", default=HEADLINE, choices=list(compare.METRIC_CHOICES))
@@ -25,26 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-mixed", action="store_true",
                    help="compare runs of different datasets, splits, image splits or unfinished runs")
     p.add_argument("--overwrite", action="store_true", help="replace PREFIX.md and PREFIX.csv if present")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the comparison table; with --out PREFIX also write PREFIX.md and PREFIX.csv."""
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        if args.out and Path(f"{args.out}.md").is_dir():
-            raise ValueError(f"--out {args.out}: {args.out}.md is a directory")
-        if args.out:                     # not into a run, not over a file unasked (issue 30)
-            from factmas.outdir import check_new_file
-            for suffix in (".md", ".csv"):
-                check_new_file(f"{args.out}{suffix}", args.overwrite)
-        table = compare_runs(args.runs, args.metric, args.allow_mixed)
+        table = compare_runs(args.runs, args.metric, args.allow_mixed, args.out or None, args.overwrite)
     except (ValueError, FactmasError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
-    md = table.markdown()
-    print(md, end="")
+    print(table.markdown(), end="")
     if args.out:
-        atomic_write_text(f"{args.out}.md", md)
-        atomic_write_text(f"{args.out}.csv", table.csv())
         print(f"wrote {args.out}.md, {args.out}.csv")
     return 0
 

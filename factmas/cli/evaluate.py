@@ -57,21 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def metrics_table(metrics: dict, num_tasks: int) -> str:
-    """Markdown table of one evaluation: rows = metrics, columns T1..Tk, all (values in %)."""
-    from factmas.evaluation.evaluator import METRICS, RECALL_METRICS
-    from factmas.evaluation.report import LABELS, fmt, markdown_table
-    keys = list(range(num_tasks)) + ["all"]
-    rows = [[LABELS[m]] + [fmt(metrics[m].get(k)) for k in keys]
-            for m in METRICS + tuple(r for r in RECALL_METRICS if r in metrics)]
-    t = metrics.get("timing", {})
-    table = markdown_table(["metric"] + [f"T{j + 1}" for j in range(num_tasks)] + ["all"], rows)
-    cos = metrics.get("embedding", {}).get("mean_cosine")
-    cos_line = "" if cos is None else (f"\n\nmean pairwise cosine of the images' embeddings (each slot "
-                                       f"L2-normalized; 1 = collapsed): {cos:.3f}")
-    return table + cos_line + "\n\ntiming: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas evaluate``; returns the exit status."""
     args = parse(build_parser(), argv)
@@ -83,26 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from factmas.api.evaluate import evaluation_dir, write_evaluation
+    from factmas.api.evaluate import evaluate_into
     from factmas.api.run import load_run
     from factmas.run.checkpoint import CheckpointError
     from factmas.run.rundir import RunDirError
     try:
-        run = load_run(args.run, data=args.data, device=args.device)
         if args.checkpoint:
-            one = run.evaluate_checkpoint(args.checkpoint, image_split=args.image_split,
-                                          image_pool=args.image_pool, progress=not args.quiet,
-                                          other_data=args.other_data)
+            one = load_run(args.run, data=args.data, device=args.device).evaluate_checkpoint(
+                args.checkpoint, image_split=args.image_split, image_pool=args.image_pool,
+                progress=not args.quiet, other_data=args.other_data)
             print(json.dumps(one.metrics, indent=2, default=str) if args.json
-                  else f"{one.checkpoint}\n\n" + metrics_table(one.metrics, one.num_tasks))
+                  else f"{one.checkpoint}\n\n" + one.markdown())
             return 0
-        ecfg = run.config.eval
-        out = evaluation_dir(args.run, args.out, args.image_split or ecfg.image_split,
-                             args.image_pool or ecfg.image_pool, args.overwrite, args.replace_results)
-        results = run.evaluate(image_split=args.image_split, image_pool=args.image_pool,
-                               stages=args.stages, progress=not args.quiet,
-                               other_data=args.other_data)
-        paths = write_evaluation(results, out)
+        out, paths = evaluate_into(args.run, args.out, data=args.data, image_split=args.image_split,
+                                   image_pool=args.image_pool, stages=args.stages, device=args.device,
+                                   progress=not args.quiet, other_data=args.other_data,
+                                   overwrite=args.overwrite, replace_results=args.replace_results)
     except (RunLoadError, CheckpointError, RunDirError, ValueError, FactmasError) as e:
         print(f"factmas evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+from factmas.cli.common import parse
 from factmas.config import ConfigError, freeze_stages_help
 from factmas.data.dataset import DatasetError
 
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``factmas features``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from factmas.api.tools import build_feature_cache
     from factmas.machine.device import UsageError

@@ -26,7 +26,6 @@ import sys
 
 from factmas.cli.common import at_least_one, parse
 from factmas.explore.gallery import GalleryError
-from factmas.explore.gallery_html import check_out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from factmas.api.tools import make_gallery
     try:
-        check_out(args.out, args.overwrite)          # before the work (issue 30)
         index = make_gallery(args.runs, args.out, args.photos, args.facts_per_task, args.top_images,
                              args.seed, args.data, args.device, overwrite=args.overwrite)
     except (GalleryError, ImportError) as e:

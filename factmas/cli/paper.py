@@ -20,28 +20,17 @@ import argparse
 import logging
 import shlex
 import sys
-
-from factmas.cli.common import parse
 import time
 from pathlib import Path
 
-from factmas.config import ConfigError, RunConfig, TrainConfig
+from factmas.cli.common import parse
+from factmas.config import ConfigError
 from factmas.errors import FactmasError
+from factmas.experiments.paper_settings import DEFAULT_EPOCHS, plan_paper_table
+from factmas.experiments.paper_table import GRIDS, VARIANTS, Settings
 from factmas.io import git_commit
-from factmas.experiments import paper_run
-from factmas.experiments.paper_table import (GRIDS, MAX_EXTENSIONS, QUICK_GRIDS, QUICK_VARIANTS,  # noqa: F401
-                                             VARIANT, VARIANTS, Settings, check_splits, choose_lambdas,
-                                             claim_out, cpu_seconds, extend_grids, final_jobs, run_all,
-                                             search_jobs, share_zero)
 
 log = logging.getLogger("factmas.experiments.paper_table")
-
-# The trainer's default epochs per task (train.epochs), so that the table is run on the default model.
-DEFAULT_EPOCHS = TrainConfig().epochs
-# The λ search trains as long as the final runs (--search-epochs defaults to --epochs): on Flickr8k a
-# 2-epoch search ranked MAS's λ opposite to 4-epoch training (val 3.36/3.64/3.69% for λ = 1/10/100,
-# test 3.45/2.96/2.90% at 4 epochs), so a shorter search is not a proxy for the runs it tunes.
-QUICK_FRACTION, QUICK_MIN_IMAGES = 0.1, 2000
 
 
 def _ints(text: str) -> list[int]:
@@ -96,69 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def options(args: argparse.Namespace) -> dict:
+    """The parsed options as the keywords of ``factmas.experiments.paper_settings.resolve_settings``."""
+    return dict(out=args.out, quick=args.quick, seeds=args.seeds, semantic_seeds=args.semantic_seeds,
+                disjoint_seeds=args.disjoint_seeds,
+                methods=args.methods.split(",") if args.methods else None, one_run=args.one_run,
+                epochs=args.epochs, search_epochs=args.search_epochs, grids=dict(args.grid),
+                jobs=args.jobs, image_fraction=args.image_fraction, config=args.config,
+                random_prefix=args.random_prefix, semantic_split=args.semantic_split,
+                disjoint_prefix=args.disjoint_prefix)
+
+
 def settings_from_args(args: argparse.Namespace, num_images: int,
                        splits: list[str] | None = None) -> Settings:
-    """Resolve the options (``--quick`` defaults first, explicit options win); ``splits``: the
-    dataset's split names (for the default of ``--disjoint-seeds``). Raises ValueError."""
-    q = args.quick
-    variants = (args.methods.split(",") if args.methods else
-                list(QUICK_VARIANTS) if q else [v.label for v in VARIANTS])
-    bad = [v for v in variants if v not in VARIANT]
-    if bad:
-        raise ValueError(f"--methods: unknown {bad}; valid: {[v.label for v in VARIANTS]}")
-    stray = [v for v in args.one_run if v not in variants]
-    if stray:
-        raise ValueError(f"--one-run: {stray} not among --methods {variants}")
-    seeds = args.seeds if args.seeds is not None else ([0] if q else [0, 1, 2])
-    if not seeds:
-        raise ValueError("--seeds: at least one seed")
-    # `is None`, not `or`: an explicit 0 is refused below, never taken for "not given" (issue 30)
-    epochs = args.epochs if args.epochs is not None else (1 if q else DEFAULT_EPOCHS)
-    search_epochs = args.search_epochs if args.search_epochs is not None else epochs
-    if epochs < 1 or search_epochs < 1 or args.jobs < 1:
-        raise ValueError(f"--epochs, --search-epochs and --jobs must be >= 1, got {epochs}, "
-                         f"{search_epochs} and {args.jobs}")
-    grids = dict(QUICK_GRIDS if q else GRIDS)
-    grids.update(dict(args.grid))
-    fraction = (args.image_fraction if args.image_fraction is not None
-                else QUICK_FRACTION if q and num_images > QUICK_MIN_IMAGES else 1.0)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--image-fraction must be in (0, 1], got {fraction}")
-    base = RunConfig.from_json(args.config).to_dict() if args.config else RunConfig().to_dict()
-    base.pop("data"), base.pop("out")
-    s = Settings(data=str(Path(args.data).resolve()), out=str(Path(args.out).resolve()),
-                 variants=variants, seeds=seeds,
-                 semantic_seeds=(args.semantic_seeds if args.semantic_seeds is not None
-                                 else seeds[:1]),
-                 epochs=epochs, search_epochs=search_epochs, grids=grids, jobs=args.jobs,
-                 random_prefix=args.random_prefix, semantic_split=args.semantic_split,
-                 disjoint_seeds=_disjoint_seeds(args, seeds, splits),
-                 disjoint_prefix=args.disjoint_prefix,
-                 image_fraction=fraction, base=base, one_run=list(args.one_run))
-    missing = [m for m in s.searches() if m not in grids]
-    if missing:
-        raise ValueError(f"no λ grid for {missing}; give --grid {missing[0]}=...")
-    return s
-
-
-def _disjoint_seeds(args: argparse.Namespace, seeds: list[int], splits: list[str] | None) -> list[int]:
-    if args.disjoint_seeds is not None:
-        return args.disjoint_seeds
-    name = f"{args.disjoint_prefix}_seed{seeds[0]}"
-    if splits is None or name in splits:
-        return seeds[:1]
-    log.warning("the dataset has no image-disjoint split %s (files built before it): the table is "
-                "made without it; rebuild the file with data_prep to add it", name)
-    return []
-
-
-def bracketed_search(settings: Settings, search: list[dict]) -> tuple[list[dict], dict[str, float]]:
-    """``factmas.experiments.paper_run.bracketed_search`` with this module's ``run_all``."""
-    return paper_run.bracketed_search(settings, search, _run_all)
-
-
-def _run_all(jobs: list[dict], settings: Settings) -> list[dict]:
-    return run_all(jobs, settings)          # looked up at call time (tests replace run_all)
+    """``resolve_settings`` of the parsed options (``splits``: the dataset's split names, for the
+    default of ``--disjoint-seeds``). Raises ValueError."""
+    from factmas.experiments.paper_settings import resolve_settings
+    return resolve_settings(args.data, num_images, splits, **options(args))
 
 
 QUIET_LOGGERS = ("factmas.trainer", "factmas.evaluation.evaluator", "factmas.methods", "faiss")
@@ -178,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from factmas.data.dataset import DatasetError, read_dataset
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args
@@ -186,17 +128,16 @@ def _main(argv: list[str] | None) -> int:
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)      # one line per run, not per epoch
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    t0 = time.perf_counter()
+    from factmas.data.dataset import DatasetError
+    from factmas.experiments import paper_run
     try:
-        data = read_dataset(args.data, load_images=False)
-        settings = settings_from_args(args, len(data.image_split), sorted(data.splits))
-        check_splits(settings, sorted(data.splits))
-        claim_out(settings.out)
+        settings = plan_paper_table(args.data, **options(args))
     except (ValueError, ConfigError, DatasetError, FactmasError) as e:
         print(f"paper_table: error: {e}", file=sys.stderr)
         return 2
     try:
-        runs = paper_run.train_paper_runs(settings, _run_all)
+        runs = paper_run.train_paper_runs(settings)
     except Exception as e:                                    # a run failed: say which, exit 1
         log.exception("paper_table: a run failed")
         print(f"paper_table: run failed: {e}", file=sys.stderr)

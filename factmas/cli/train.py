@@ -22,10 +22,10 @@ a run already in RUN_DIR, RUN_DIR in use by another live process), 130 interrupt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from factmas.config import ConfigError, RunConfig
 from factmas.data.dataset import DatasetError
+from factmas.errors import Terminated, sigterm_raises
 from factmas.api.training import resume, train_config
 from factmas.trainer import CheckpointError, RunDirError, TrainingError, UsageError
 
@@ -64,21 +65,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise UsageError("--data FILE.h5 and --out RUN_DIR are required (or --resume RUN_DIR)")
     cfg.data = str(Path(cfg.data).resolve())
     return cfg
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (e.g. a batch scheduler's stop) turned into an exception, handled like Ctrl-C."""
-
-
-def _on_sigterm_raise():
-    """Make SIGTERM raise ``Terminated`` in the main thread; returns the previous handler (None if
-    not in the main thread, where signals cannot be handled)."""
-    def handler(signum, frame):
-        raise Terminated()
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return None
 
 
 def _dist_errors() -> type:
@@ -120,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet or not main_rank else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     progress = not args.no_progress and main_rank
-    previous = _on_sigterm_raise()
+    signals = contextlib.ExitStack()
+    signals.enter_context(sigterm_raises())       # SIGTERM → Terminated, handled like Ctrl-C
     from factmas import distributed
     finished = False                   # every rank that gets here waits for the others (stop)
     try:
@@ -161,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if isinstance(e, Terminated) else 130
     finally:
         distributed.stop(clean=finished)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signals.close()                            # the previous SIGTERM handler is back
     if not main_rank:
         return 0
     from factmas.run.checkpoint import task_names

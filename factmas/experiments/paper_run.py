@@ -1,9 +1,10 @@
 """Running the MAS paper's facts comparison end to end (the work of ``python eval/paper_table.py``).
 
-``bracketed_search`` runs the λ grids and extends a grid whose best λ sits at an edge;
-``run_paper_table`` does the whole comparison (search, final runs, report files). The plan, the
-criterion and the workers are ``factmas.experiments.paper_table``; the outputs
-``factmas.experiments.paper_report``; the command line ``factmas.cli.paper``.
+``bracketed_search`` scores the λ grids by training runs (the search itself, which λ next and which
+wins, is ``factmas.experiments.lambda_search``); ``train_paper_runs`` trains the search and the final
+runs, ``write_paper_table`` writes the report files. The plan, the criterion and the workers are
+``factmas.experiments.paper_table``; the outputs ``factmas.experiments.paper_report``; the command
+line ``factmas.cli.paper``.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from factmas.experiments.paper_table import (GRIDS, MAX_EXTENSIONS, Settings, choose_lambdas,
-                                             extend_grids, final_jobs, run_all, search_jobs, share_zero)
+from factmas.experiments import lambda_search
+from factmas.experiments.paper_table import GRIDS, Settings, final_jobs, run_all, search_jobs, share_zero
 
 log = logging.getLogger("factmas.experiments.paper_table")
 
@@ -22,32 +23,30 @@ RunAll = Callable[[list, Settings], list]
 
 def bracketed_search(settings: Settings, search: list[dict],
                      run: RunAll = run_all) -> tuple[list[dict], dict[str, float]]:
-    """Run the λ grids, then extend each grid whose best λ sits at an edge (``extend_grids``) and
-    run the new values, at most ``MAX_EXTENSIONS`` rounds; ``settings.grids`` grows in place (the
-    search table lists every value run). ``run``: how jobs are trained (``paper_table.run_all``).
-    Returns (the search runs' summaries, the chosen λ)."""
+    """The λ search of the comparison: ``factmas.experiments.lambda_search.bracketed_search`` over the
+    grids of the searched labels (``Settings.searches``), each λ scored by training ``run``'s jobs
+    (``paper_table.run_all``; first the jobs ``search``, then ``search_jobs`` of each extension)
+    by their ``criterion``, with λ = 0 shared between methods (``share_zero``). ``settings.grids``
+    grows in place (the search table lists every value run). Returns (the search runs' summaries
+    sorted by label and λ, the chosen λ)."""
     needed = settings.searches()
-    searched = share_zero(run(search, settings), {m: settings.grids[m] for m in needed})
-    chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
-    for round_ in range(MAX_EXTENSIONS):
-        more = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
-        if not more:
-            break
-        log.info("λ search round %d: %s at the edge of the grid; adding %s", round_ + 2,
-                 ", ".join(f"{m} (λ = {chosen[m]:g})" for m in more),
-                 ", ".join(f"{m}: {v[0]:g}" for m, v in more.items()))
-        for m, values in more.items():
-            settings.grids[m] = tuple(sorted(settings.grids[m] + values))
-        searched = share_zero(searched + run(search_jobs(settings, more), settings),
-                              {m: settings.grids[m] for m in needed})
-        chosen = choose_lambdas(searched, {m: settings.grids[m] for m in needed})
-    else:
-        edge = extend_grids({m: settings.grids[m] for m in chosen}, chosen)
-        if edge:
-            log.warning("λ search: still at the edge of the grid after %d extensions: %s",
-                        MAX_EXTENSIONS, ", ".join(f"{m} λ = {chosen[m]:g}" for m in edge))
+    searched: list[dict] = []
+    rounds = 0
+
+    def score(values: dict[str, tuple[float, ...]]) -> dict[str, dict[float, float | None]]:
+        nonlocal searched, rounds
+        jobs, rounds = search, rounds + 1
+        if rounds > 1:                               # an extension round: one new λ per label
+            for m, v in values.items():
+                settings.grids[m] = tuple(sorted(settings.grids[m] + v))
+            jobs = search_jobs(settings, values)
+        searched = share_zero(searched + run(jobs, settings), {m: settings.grids[m] for m in needed})
+        return {m: {r["reg_lambda"]: r.get("criterion") for r in searched if r["label"] == m}
+                for m in needed}
+
+    outcome = lambda_search.bracketed_search({m: settings.grids[m] for m in needed}, score)
     searched.sort(key=lambda r: (r["label"], r["reg_lambda"]))
-    return searched, chosen
+    return searched, outcome.chosen
 
 
 @dataclass(frozen=True)

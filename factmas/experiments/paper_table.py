@@ -13,8 +13,8 @@ trained with SGD):
    image split: images of the training part held out from training). The best λ is kept (ties
    within ``TIE``: the smaller λ). A grid whose best λ is its largest value is extended by ×10,
    one whose best is λ = 0 downwards (its smallest positive λ ÷ 10), at most ``MAX_EXTENSIONS``
-   rounds (``extend_grids``; ``factmas.experiments.paper_run.bracketed_search``), so that the chosen λ is
-   bracketed. MAS with Ω from test or train+test images takes MAS's λ (same penalty, Ω is a
+   rounds, so that the chosen λ is bracketed (``factmas.experiments.lambda_search``, run by
+   ``factmas.experiments.paper_run.bracketed_search``). MAS with Ω from test or train+test images takes MAS's λ (same penalty, Ω is a
    per-sample mean either way; only the Ω data differ), and so does MAS with SGD; MAS with Ω of
    the normalized output has its own grid (its Ω has another scale). At λ = 0 every regularized
    method trains MAS's λ = 0 model, so a search that includes MAS reuses that run for the others
@@ -115,8 +115,6 @@ GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 
 # gradient are exactly zero, the batches and seeds the same): when MAS is searched too, the others
 # reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.
 SAME_AT_ZERO = {"mas_normalized": "mas", "l-mas": "mas", "ewc": "mas", "si": "mas", "lwf": "mas"}
-MAX_EXTENSIONS = 3
-TIE = 1e-4                  # criterion values closer than this (a fraction) tie: the smaller λ wins
 QUICK_GRIDS = {"mas": (0.0, 10.0)}
 # results.json metrics reported side by side (each with its forgetting and BWT), LFL's metric, and the
 # reference rows (label, title) every table carries
@@ -239,47 +237,13 @@ def check_splits(settings: Settings, splits: list[str]) -> None:
 def criterion(summary: dict) -> float | None:
     """The λ-search criterion of a run summary (``run_job``): ½ (fact→image mAP + image→fact mAP),
     each over all facts at the end of the sequence (fractions); None when either is undefined.
-    Declared once here: the README's λ tables and ``choose_lambdas`` use it."""
+    Declared once here: the README's λ tables and the λ search (``paper_run.bracketed_search``)
+    use it."""
     m = summary.get("metrics") or {}
     vals = [(m.get(k) or {}).get("final_all") for k in ("fact_to_image_map", "image_to_fact_map")]
     if any(v is None or not np.isfinite(v) for v in vals):
         return None
     return 0.5 * (vals[0] + vals[1])
-
-
-def choose_lambdas(results: list[dict], grids: dict[str, tuple[float, ...]]) -> dict[str, float]:
-    """Per search label: the λ with the best ``criterion`` (ties within ``TIE`` and undefined scores:
-    the smaller λ wins; all undefined: the middle of the grid)."""
-    chosen = {}
-    for label, grid in grids.items():
-        scores = {r["reg_lambda"]: r.get("criterion") for r in results if r["label"] == label}
-        if not scores:
-            continue
-        finite = {lam: s for lam, s in scores.items() if s is not None and np.isfinite(s)}
-        if finite:
-            best = max(finite.values())
-            chosen[label] = min(lam for lam, s in finite.items() if s >= best - TIE)
-        else:
-            chosen[label] = sorted(grid)[len(grid) // 2]
-            log.warning("λ search of %s: no finite score; λ = %g (middle of the grid)", label,
-                        chosen[label])
-    return chosen
-
-
-def extend_grids(grids: dict[str, tuple[float, ...]], chosen: dict[str, float]
-                 ) -> dict[str, tuple[float, ...]]:
-    """The values to add so that each chosen λ is interior: {label: (new λ,)} for a label whose λ is
-    the grid's largest (×10) or is 0 (the smallest positive λ ÷ 10); labels already bracketed are
-    left out. Pure; the caller bounds the rounds (``MAX_EXTENSIONS``)."""
-    more = {}
-    for label, lam in chosen.items():
-        grid = sorted(grids[label])
-        positive = [g for g in grid if g > 0]
-        if lam == grid[-1] and lam > 0:
-            more[label] = (lam * 10.0,)
-        elif lam == 0 and positive:
-            more[label] = (positive[0] / 10.0,)
-    return more
 
 
 # ---- workers ----------------------------------------------------------------------------------

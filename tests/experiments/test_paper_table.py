@@ -9,7 +9,8 @@ import pytest
 
 from factmas.data.dataset import read_dataset
 from factmas.cli.paper import main
-from factmas.experiments.paper_table import GRIDS, choose_lambdas, criterion, extend_grids, subsample_images
+from factmas.experiments.lambda_search import choose_lambdas, extend_grids
+from factmas.experiments.paper_table import GRIDS, criterion, subsample_images
 from factmas.data.synthetic import make_synthetic_dataset
 
 TINY = {"model": {"backbone": "small_cnn", "width": 8, "embed_dim": 16, "word_dim": 16, "fact_hidden": 32, "norm_groups": 4},
@@ -157,9 +158,9 @@ def test_disjoint_default_follows_the_file():
     assert settings_from_args(args, 100, []).disjoint_seeds == [0, 1, 2]
 
 
-def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch):
-    from factmas.cli import paper
-    from factmas.experiments.paper_table import Settings
+def test_bracketed_search_extends_an_edge_until_the_best_is_interior():
+    from factmas.experiments.paper_run import bracketed_search
+    from factmas.experiments.paper_table import Settings, search_jobs
     peak = {"si": 100.0, "ewc": 0.0}     # the criterion peaks at these λ (log scale); no MAS: no shared λ = 0
 
     def fake_run_all(jobs, settings):
@@ -169,10 +170,9 @@ def test_bracketed_search_extends_an_edge_until_the_best_is_interior(monkeypatch
             score = 0.5 - 0.01 * abs(np.log10(lam + 1e-3) - np.log10(peak[j["label"]] + 1e-3))
             out.append({**j, "criterion": score, "seconds": 1.0})
         return out
-    monkeypatch.setattr(paper, "run_all", fake_run_all)
     s = Settings(data="d.h5", out="o", variants=["si", "ewc"], seeds=[0], semantic_seeds=[],
                  epochs=1, search_epochs=1, grids={"si": (0.0, 1.0, 10.0), "ewc": (0.0, 1.0, 10.0)})
-    searched, chosen = paper.bracketed_search(s, paper.search_jobs(s))
+    searched, chosen = bracketed_search(s, search_jobs(s), fake_run_all)
     assert chosen == {"si": 100.0, "ewc": 0.0}
     assert s.grids["si"] == (0.0, 1.0, 10.0, 100.0, 1000.0)         # two rounds: 100, then 1000
     assert s.grids["ewc"] == (0.0, 0.001, 0.01, 0.1, 1.0, 10.0)     # λ = 0 wins: three rounds below
@@ -191,8 +191,8 @@ def test_final_jobs_are_seed_major_one_run_of_each_family_first():
     assert {j["reg_lambda"] for j in jobs if j["label"] == "finetune"} == {0.0}
 
 
-def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(monkeypatch):
-    from factmas.cli import paper
+def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run():
+    from factmas.experiments.paper_run import bracketed_search
     from factmas.experiments.paper_table import SGD_LR, Settings, final_jobs, search_jobs
     s = Settings(data="d.h5", out="o", variants=["mas", "mas_normalized", "mas_sgd", "finetune_sgd"],
                  seeds=[0], semantic_seeds=[], epochs=1, search_epochs=1,
@@ -208,9 +208,8 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run(mo
     assert [j["reg_lambda"] for j in search_jobs(alone)] == [0.0, 3.0]
 
     scores = {("mas", 0.0): 0.30, ("mas", 1.0): 0.32, ("mas_normalized", 3.0): 0.29}
-    monkeypatch.setattr(paper, "run_all", lambda jobs, settings: [
+    searched, chosen = bracketed_search(s, jobs, lambda jobs, settings: [
         {**j, "criterion": scores.get((j["label"], j["reg_lambda"]), 0.0)} for j in jobs])
-    searched, chosen = paper.bracketed_search(s, jobs)
     shared = [r for r in searched if r["label"] == "mas_normalized" and r["reg_lambda"] == 0.0]
     # a grid without λ = 0 gets no shared run (and so cannot choose 0 by it)
     from factmas.experiments.paper_table import share_zero
