@@ -153,6 +153,8 @@ class LocalMAS(MAS):
         ValueError: as ``MAS``, and ``omega_output`` other than "raw" (a MAS-only ablation).
     """
     name = "l-mas"
+    title = "ℓ-MAS"
+    paper_grid = (0.0, 0.03, 0.3, 3.0)
     importance = staticmethod(local_mas_importance)
 
     def __init__(self, reg_lambda: float = 1.0, options=None, **values: Any) -> None:
