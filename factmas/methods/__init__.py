@@ -27,6 +27,7 @@ from factmas.methods.lmas import LocalMAS
 from factmas.methods.lwf import LwF
 from factmas.methods.mas import MAS, MASOptions
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor
+from factmas.methods.rwalk import RWalk
 from factmas.methods.si import SI, SIOptions
 
 # the order is the paper table's row order (``factmas.experiments.paper_table``)
@@ -37,6 +38,7 @@ METHODS: dict[str, type[Method]] = {
     "si": SI,
     "mas": MAS,
     "l-mas": LocalMAS,
+    "rwalk": RWalk,
     "joint": Joint,
 }
 
