@@ -154,7 +154,8 @@ class TrainConfig:
                 section.setdefault(name, value)
             elif key in d and d[key] != default:
                 ignored.append(f"{where}.{key} = {d[key]!r}")
-        options[method] = section
+        if section:                 # a method without options has no section (as a run records it)
+            options[method] = section
         out["options"] = options
         log.info("config: %s: old flat keys (%s) read as %s.options.%s%s", where, ", ".join(old),
                  where, method, f"; ignored by {method}: {', '.join(ignored)}" if ignored else "")

@@ -94,9 +94,10 @@ def check_options(train_config: Any) -> None:
 
 def resolve_options(train_config: Any) -> dict[str, dict[str, Any]]:
     """Set ``train.options`` to ``{method: every option of the method}`` (defaults filled in, the
-    other methods' sections dropped), as a run records it in config.json; returns it. Raises
-    ConfigError as ``options_for``."""
-    resolved = {train_config.method: dataclasses.asdict(options_for(train_config))}
+    other methods' sections dropped; ``{}`` for a method without options), as a run records it in
+    config.json; returns it. Raises ConfigError as ``options_for``."""
+    values = dataclasses.asdict(options_for(train_config))
+    resolved = {train_config.method: values} if values else {}
     train_config.options = resolved
     return resolved
 
