@@ -115,7 +115,7 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
         train = rec["config"]["train"]
         for key in ("optimizer", "momentum"):
             train.pop(key)
-        options = train.pop("options")[train["method"]]
+        options = train.pop("options").get(train["method"], {})
         for key, (name, default, _) in LEGACY_OPTION_KEYS.items():
             train[key] = options.get(name, default)
         cfg_path.write_text(json.dumps(rec))
