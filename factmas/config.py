@@ -142,7 +142,11 @@ class TrainConfig:
             return d
         out = {k: v for k, v in d.items() if k not in LEGACY_OPTION_KEYS}
         method = d.get("method", TrainConfig.method)
-        options = dict(out.get("options") or {}) if isinstance(out.get("options"), dict) else {}
+        if not isinstance(out.get("options", {}), dict) or not isinstance(
+                out.get("options", {}).get(method, {}), dict):
+            raise ConfigError(f"{where}.options: expected an object of method → options, got "
+                              f"{out.get('options')!r}")
+        options = dict(out.get("options") or {})
         section = dict(options.get(method) or {})
         ignored = []
         for key, (name, default, readers) in LEGACY_OPTION_KEYS.items():

@@ -126,3 +126,18 @@ def test_bad_method_options_are_named_before_work_starts(options, words):
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_the_old_key_table_names_options_of_the_methods_that_read_them():
+    """``LEGACY_OPTION_KEYS`` (frozen history) maps onto fields the reading methods still have, with
+    the defaults they still have (so an old config.json means what it meant)."""
+    import dataclasses
+    from factmas.config import LEGACY_OPTION_KEYS
+    from factmas.methods import METHODS
+    for key, (name, default, readers) in LEGACY_OPTION_KEYS.items():
+        for method in readers:
+            fields = {f.name: f for f in dataclasses.fields(METHODS[method].Options)}
+            assert name in fields and fields[name].default == default, (key, method)
+            assert fields[name].metadata["flag"] == key.replace("_", "-"), (key, method)
+    with pytest.raises(ConfigError, match="train.options: expected an object"):
+        RunConfig.from_dict({"train": {"omega_data": "test", "options": ["mas"]}})
