@@ -124,7 +124,6 @@ class TrainConfig:
     tensorboard: bool = False            # TensorBoard events in RUN_DIR/tensorboard (loss parts,
                                          # images/s, metrics per task, R); needs factmas[tb]
 
-
     @staticmethod
     def upgrade(d: dict[str, Any], where: str = "train") -> dict[str, Any]:
         """``d`` (a ``train`` section) with the old flat option keys (``LEGACY_OPTION_KEYS``, e.g.
