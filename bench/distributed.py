@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = RunConfig()
     cfg.train.threads, cfg.train.device = 1, "cpu"
     cfg.train.split = common.first_split(data)
-    cfg.train.omega_max_samples = args.omega_images
+    cfg.train.options = {"mas": {"max_samples": args.omega_images}}     # the method is MAS (default)
     if data.path and "synthetic" in desc:
         cfg.model = ModelConfig(backbone="small_cnn", pretrained=False)
     cfg.eval.enabled = False

@@ -37,7 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     data = read_dataset(args.data)
     cfg = RunConfig()
     cfg.train.threads, cfg.train.device, cfg.eval.enabled = 1, "cpu", False
-    cfg.train.omega_max_samples = args.omega_images
+    cfg.train.options = {"mas": {"max_samples": args.omega_images}}     # the method is MAS (default)
     cfg.out = tempfile.mkdtemp(prefix="factmas_check_")
     parts = build_parts(cfg, data)
     inputs = shared_inputs(cfg, data, torch.device("cpu"), parts[0], False)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from factmas.errors import FactmasError
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(FactmasError, ValueError):
@@ -125,9 +128,24 @@ class LossConfig:
     image_softmax_weight: float = 0.0    # L_img: each task fact against the batch's images
 
 
+# The flat keys of the method options before ``train.options`` (config.json of earlier versions):
+# old key → (option, its default then, the methods that read it). Frozen history: a new method's
+# options exist only as ``train.options.<method>``. ``TrainConfig.upgrade`` maps them.
+LEGACY_OPTION_KEYS: dict[str, tuple[str, Any, tuple[str, ...]]] = {
+    "omega_accumulate": ("accumulate", "sum", ("mas", "l-mas", "ewc", "si")),
+    "omega_alpha": ("alpha", 0.5, ("mas", "l-mas", "ewc", "si")),
+    "omega_data": ("data", "train", ("mas", "l-mas")),
+    "omega_max_samples": ("max_samples", None, ("mas", "l-mas", "ewc")),
+    "omega_output": ("output", "raw", ("mas", "l-mas")),
+    "ewc_gamma": ("gamma", 1.0, ("ewc",)),
+    "si_xi": ("xi", 0.1, ("si",)),
+}
+
+
 @dataclass
 class TrainConfig:
-    """The continual trainer (see ``factmas.trainer``)."""
+    """The continual trainer (see ``factmas.trainer``); ``options``: each method's options
+    (``factmas.methods``), the old flat keys (``LEGACY_OPTION_KEYS``) read through ``upgrade``."""
     split: str = "random4_seed0"
     method: str = "mas"
     reg_lambda: float = 1.0              # MAS λ, chosen on val over 4 tasks with both directions on the
@@ -146,18 +164,14 @@ class TrainConfig:
                                          # None: off. 2 scored +1.06 on val (joint), not yet a default
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu" or "cuda"
-    omega_accumulate: str = "sum"        # "sum" (the MAS code) or "alpha" (blend)
-    omega_alpha: float = 0.5             # weight of the old Ω when omega_accumulate == "alpha"
-    omega_data: str = "train"            # images Ω is estimated on: "train", "test" or "train+test"
-    omega_max_samples: Optional[int] = None  # cap on samples used for Ω (None: all)
-    omega_output: str = "raw"            # MAS Ω of the raw output (Eq. 2) or "normalized": the
-                                         # per-slot normalized output along random directions (ablation)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+                                         # method → its options, e.g. {"ewc": {"gamma": 0.9}}; the
+                                         # fields, defaults and checks are the method's ``Options``
+                                         # (factmas.methods); a run records its method's, complete
     num_workers: int = 0
     optimizer_reset: bool = True         # a fresh Adam at each task (False: keep its moments)
     aux_batch_size: int = 256            # batch size of the image/fact batches a method reads (Ω)
     threads: Optional[int] = None        # torch CPU threads (None: torch's default, all cores)
-    ewc_gamma: float = 1.0               # EWC: decay of the earlier Fisher (1: sum, < 1: online EWC)
-    si_xi: float = 0.1                   # SI: damping ξ of Ω = ω / (Δ² + ξ) (Zenke et al. 2017)
     augment_flip: bool = True            # random horizontal flips of the training images
     augment_shift: int = 0               # random shifts of up to this many pixels (pixel-input
                                          # backbones only; the README's small_cnn runs used 4)
@@ -165,6 +179,48 @@ class TrainConfig:
                                          # on-disk cache (factmas.model.features); False: computed live
     tensorboard: bool = False            # TensorBoard events in RUN_DIR/tensorboard (loss parts,
                                          # images/s, metrics per task, R); needs factmas[tb]
+
+    @staticmethod
+    def upgrade(d: dict[str, Any], where: str = "train") -> dict[str, Any]:
+        """``d`` (a ``train`` section) with the old flat option keys (``LEGACY_OPTION_KEYS``, e.g.
+        ``omega_data``, ``ewc_gamma``) moved into ``options``: a key that ``d``'s method reads goes
+        to ``options.<method>`` (a key missing there takes its old default, so an old config.json
+        gives the method's complete options, as a run records them now); a key of another method
+        is dropped (a warning when it is not at its old default: the old trainer ignored it too).
+        One log line says so. ``d`` without old keys is returned as it is.
+
+        Raises:
+            ConfigError: ``options.<method>`` given too, with a different value for a mapped key.
+        """
+        old = [k for k in d if k in LEGACY_OPTION_KEYS]
+        if not old:
+            return d
+        out = {k: v for k, v in d.items() if k not in LEGACY_OPTION_KEYS}
+        method = d.get("method", TrainConfig.method)
+        if not isinstance(out.get("options", {}), dict) or not isinstance(
+                out.get("options", {}).get(method, {}), dict):
+            raise ConfigError(f"{where}.options: expected an object of method → options, got "
+                              f"{out.get('options')!r}")
+        options = dict(out.get("options") or {})
+        section = dict(options.get(method) or {})
+        ignored = []
+        for key, (name, default, readers) in LEGACY_OPTION_KEYS.items():
+            if method in readers:
+                value = d.get(key, default)
+                if name in section and section[name] != value and key in d:
+                    raise ConfigError(f"{where}.{key} = {value!r} and {where}.options.{method}.{name} "
+                                      f"= {section[name]!r}: give the option once (options)")
+                section.setdefault(name, value)
+            elif key in d and d[key] != default:
+                ignored.append(f"{where}.{key} = {d[key]!r}")
+        if section:                 # a method without options has no section (as a run records it)
+            options[method] = section
+        out["options"] = options
+        log.info("config: %s: old flat keys (%s) read as %s.options.%s%s", where, ", ".join(old),
+                 where, method, f"; ignored by {method}: {', '.join(ignored)}" if ignored else "")
+        if ignored:
+            log.warning("method %s ignores %s (options of other methods)", method, ", ".join(ignored))
+        return out
 
 
 @dataclass
@@ -229,6 +285,9 @@ def from_dict(cls: type, d: Any, where: str = "") -> Any:
     """
     if not isinstance(d, dict):
         raise ConfigError(f"{where or 'config'}: expected an object, got {type(d).__name__}")
+    upgrade = getattr(cls, "upgrade", None)       # old keys of an earlier version (TrainConfig)
+    if upgrade is not None:
+        d = upgrade(d, where or cls.__name__)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)

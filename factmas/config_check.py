@@ -1,10 +1,12 @@
 """Range checks of a ``RunConfig``: every value, before any work starts.
 
 ``factmas.config`` checks keys and types when a configuration is read; this module checks that each
-value is usable (a positive epoch count, a finite non-negative λ, a known ``omega_data``, ...), so a
+value is usable (a positive epoch count, a finite non-negative λ, a known method, ...), so a
 bad value is refused up front with a ``ConfigError`` naming the dotted key (``train.reg_lambda``)
 and, for command-line options, the option (``--reg-lambda``), instead of failing after training
-started (a non-finite loss one task later, a method error at the end of task 1).
+started (a non-finite loss one task later, a method error at the end of task 1). A method's options
+(``train.options.<method>``) are checked by the method's own ``Options`` (``factmas.methods``), the one
+place of their ranges.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from factmas.config import ConfigError, RunConfig
 # dotted key -> the command-line option that sets it (named in messages)
 OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
            "train.batch_size": "--batch-size", "train.seed": "--seed", "train.threads": "--threads",
-           "train.omega_data": "--omega-data", "train.device": "--device", "train.split": "--split",
+           "train.device": "--device", "train.split": "--split",
            "train.method": "--method", "train.optimizer": "--optimizer",
            "train.tensorboard": "--tensorboard"}
 
@@ -69,15 +71,6 @@ def _methods() -> list[str]:
     return sorted(METHODS)
 
 
-def _omega_data(key: str, v: Any) -> None:
-    from factmas.methods.mas import parse_omega_data
-    try:
-        parse_omega_data(v)
-    except (ValueError, TypeError, AttributeError):
-        raise _fail(key, v, "'train', 'test', 'val' or splits joined by '+' (e.g. 'train+test')") \
-            from None
-
-
 def _tensorboard(key: str, v: Any) -> None:
     """A bool; true needs the tensorboard package (an optional dependency, extra ``tb``)."""
     import importlib.util
@@ -111,12 +104,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "train.optimizer": _choice(lambda: ["adam", "sgd"]),
     "train.lr_schedule": _choice(lambda: ["constant", "cosine"]), "train.momentum": _float(0, hi=1),
     "train.seed": _int_at_least(0), "train.device": _choice(lambda: ["auto", "cpu", "cuda"]),
-    "train.omega_accumulate": _choice(lambda: ["sum", "alpha"]),
-    "train.omega_alpha": _float(0, hi=1), "train.omega_data": _omega_data,
-    "train.omega_max_samples": _int_at_least(1, optional=True),
-    "train.omega_output": _choice(lambda: ["raw", "normalized"]), "train.num_workers": _int_at_least(0),
+    "train.num_workers": _int_at_least(0),
     "train.aux_batch_size": POSITIVE, "train.threads": _int_at_least(1, optional=True),
-    "train.ewc_gamma": _float(0, lo_open=True, hi=1), "train.si_xi": _float(0, lo_open=True),
     "train.augment_shift": _int_at_least(0), "train.swa_start_epoch": _int_at_least(1, optional=True),
     "train.tensorboard": _tensorboard,
     "eval.ap_k": POSITIVE, "eval.image_pool": _choice(lambda: ["all", "task"]),
@@ -139,6 +128,8 @@ def validate_config(cfg: RunConfig) -> None:
     for key, rule in RULES.items():
         section, name = key.split(".")
         rule(key, getattr(getattr(cfg, section), name))
+    from factmas.methods import check_options     # the methods' own checks (loads torch)
+    check_options(cfg.train)
     swa = cfg.train.swa_start_epoch
     if swa is not None and swa > cfg.train.epochs:
         raise _fail("train.swa_start_epoch", swa, f"an epoch of the task, 1..train.epochs "

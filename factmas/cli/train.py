@@ -4,7 +4,7 @@ Usage::
 
     factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
-                  [--omega-data train|test|train+test] [--threads N]
+                  [--omega-data train|test|train+test] [--ewc-gamma G] [...] [--threads N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
                   [--tensorboard]
     factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
@@ -13,7 +13,9 @@ Usage::
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) the command joins the process group (NCCL on
 GPUs, one process per GPU; gloo on CPUs); rank 0 alone logs, shows progress and writes the run.
 
-Options given on the command line override those of ``--config``. Exit status: 0 done, 1 training
+Options given on the command line override those of ``--config``; the flags of the methods' options
+(``--omega-data``, ``--ewc-gamma``, ...; ``factmas.cli.train_args.METHOD_FLAGS``) set
+``train.options.<method>`` of the chosen method, and one the method does not have is refused. Exit status: 0 done, 1 training
 error (e.g. a non-finite loss; the completed tasks' checkpoints are kept), 2 usage error (unknown
 split, method or device, a value out of range (named with its option or config key), bad data file,
 a run already in RUN_DIR, RUN_DIR in use by another live process), 130 interrupted (Ctrl-C),
@@ -39,14 +41,16 @@ from factmas.trainer import CheckpointError, RunDirError, TrainingError, UsageEr
 
 log = logging.getLogger("factmas.trainer")
 
-from factmas.cli.train_args import MODEL_OPTIONS, TRAIN_OPTIONS, build_parser, fixed_by_run  # noqa: F401 (re-exported)
+from factmas.cli.train_args import (METHOD_FLAGS, MODEL_OPTIONS, TRAIN_OPTIONS, build_parser,  # noqa: F401
+                                   fixed_by_run)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of ``--config`` (or the defaults) with the command-line options applied.
 
     Raises:
-        ConfigError: an unreadable or invalid --config file.  UsageError: no --data or --out.
+        ConfigError: an unreadable or invalid --config file.  UsageError: no --data or --out, or a
+            flag of an option the method does not have.
     """
     cfg = RunConfig.from_json(args.config) if args.config else RunConfig()
     if args.data:
@@ -61,6 +65,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, opt)
         if value is not None:
             setattr(cfg.model, key, value)
+    for opt, flag in METHOD_FLAGS.items():
+        value = getattr(args, opt)
+        if value is None:
+            continue
+        if cfg.train.method not in flag.defaults:
+            raise UsageError(f"--{flag.flag}: method {cfg.train.method} has no option "
+                             f"{flag.field!r}; it is an option of {', '.join(flag.defaults)}")
+        options = dict(cfg.train.options)
+        options[cfg.train.method] = {**options.get(cfg.train.method, {}), flag.field: value}
+        cfg.train.options = options
     if not cfg.data or not cfg.out:
         raise UsageError("--data FILE.h5 and --out RUN_DIR are required (or --resume RUN_DIR)")
     cfg.data = str(Path(cfg.data).resolve())

@@ -7,6 +7,7 @@
   ``python eval/compare.py``).
 
 May import: ``factmas.trainer``, ``factmas.evaluation``, ``factmas.run``, ``factmas.config``, ``factmas.io``,
-``factmas.machine.cpu_memory``, ``factmas.errors``, ``factmas.outdir``, ``factmas.data`` (each worker reads the dataset).
+``factmas.machine.cpu_memory``, ``factmas.errors``, ``factmas.outdir``, ``factmas.data`` (each worker reads the dataset),
+``factmas.methods`` (the registry: the paper table's rows, λ grids and each run's options).
 Never ``factmas.cli``.
 """

@@ -1,12 +1,13 @@
 """The MAS paper's facts comparison on factmas data: plan, λ search on validation images, runs.
 
 ``python eval/paper_table.py --data FILE.h5`` (see ``factmas.cli.paper``) runs, for every method variant
-(``VARIANTS``: Finetune, LwF, EWC, SI, MAS, ℓ-MAS, Joint, and the ablation rows: MAS with Ω from
-test or train+test images (transductive), MAS with Ω of the normalized output, Finetune and MAS
-trained with SGD):
+(``VARIANTS``: every method of the registry ``factmas.methods.METHODS``, in its order: Finetune, LwF,
+EWC, SI, MAS, ℓ-MAS, ..., then the ablation rows (``ABLATIONS``): MAS with Ω from test or train+test
+images (transductive), MAS with Ω of the normalized output, Finetune and MAS trained with SGD; then
+Joint):
 
 1. **λ search** (regularized methods only), on held-out *training* images, never the test set: each
-   λ of the method's grid (``GRIDS``: λ = 0 and values a decade apart) trains the first random split
+   λ of the method's grid (``GRIDS``: each method's ``paper_grid``, λ = 0 and values a decade apart) trains the first random split
    (``random4_seed{first seed}``, seed = first seed) for ``search_epochs`` epochs per task, and is
    scored by one declared criterion that weighs both retrieval directions (``criterion``:
    ½ (fact→image mAP + image→fact mAP), over all facts at the end of the sequence, on the "val"
@@ -57,64 +58,78 @@ from factmas.config import RunConfig
 from factmas.errors import Terminated, sigterm_raises
 from factmas.evaluation.metric_specs import names as metric_names
 from factmas.io import atomic_write_json
+from factmas.methods import METHODS, resolve_options
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: ``label`` (directory name), trainer method, Ω data, whose λ it uses,
-    ``train``: other ``TrainConfig`` values of the row ((key, value) pairs), and ``ablation``: run
-    on the first random split and seed only (one row beside the method it varies)."""
+    """One row of the table: ``label`` (directory name), trainer method, whose λ it uses,
+    ``train``: other ``TrainConfig`` values of the row ((key, value) pairs), ``options``: the
+    method's options of the row (``train.options.<method>``, (field, value) pairs), and
+    ``ablation``: run on the first random split and seed only (one row beside the method it varies)."""
     label: str
     method: str
     title: str
-    omega_data: str = "train"
     lambda_from: str | None = None          # a search label, or None: λ is not used
     train: tuple[tuple[str, Any], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
     ablation: bool = False
+
+    def train_values(self) -> dict[str, Any]:
+        """The row's ``TrainConfig`` values: ``train``, and ``options`` as ``{"options": {method:
+        {...}}}``."""
+        out = dict(self.train)
+        if self.options:
+            out["options"] = {self.method: dict(self.options)}
+        return out
 
 
 # The SGD ablation's learning rate (momentum 0.9, as the official MAS and LFL code), chosen on val with
 # finetune over random4_seed0's 4 tasks (docs/results/defaults/ablations_val.md); λ is Adam-MAS's.
 SGD_LR = 0.001
-VARIANTS = (
-    Variant("finetune", "finetune", "Finetune"),
-    Variant("lwf", "lwf", "LwF", lambda_from="lwf"),
-    Variant("ewc", "ewc", "EWC", lambda_from="ewc"),
-    Variant("si", "si", "SI", lambda_from="si"),
-    Variant("mas", "mas", "MAS", lambda_from="mas"),
-    Variant("l-mas", "l-mas", "ℓ-MAS", lambda_from="l-mas"),
-    Variant("mas_test", "mas", "MAS (Ω: test images, transductive)", "test", lambda_from="mas",
-            ablation=True),
-    Variant("mas_train+test", "mas", "MAS (Ω: train+test images, transductive)", "train+test",
-            lambda_from="mas", ablation=True),
+# The ablation rows: the experiment's own design, each a variation of a registered method.
+ABLATIONS = (
+    Variant("mas_test", "mas", "MAS (Ω: test images, transductive)", lambda_from="mas",
+            options=(("data", "test"),), ablation=True),
+    Variant("mas_train+test", "mas", "MAS (Ω: train+test images, transductive)", lambda_from="mas",
+            options=(("data", "train+test"),), ablation=True),
     Variant("mas_normalized", "mas", "MAS (Ω of the normalized output, ablation)",
-            lambda_from="mas_normalized", train=(("omega_output", "normalized"),), ablation=True),
+            lambda_from="mas_normalized", options=(("output", "normalized"),), ablation=True),
     Variant("finetune_sgd", "finetune", f"Finetune (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)",
             train=(("optimizer", "sgd"), ("lr", SGD_LR), ("momentum", 0.9)), ablation=True),
     Variant("mas_sgd", "mas", f"MAS (SGD, momentum 0.9, lr {SGD_LR:g}, ablation)", lambda_from="mas",
             train=(("optimizer", "sgd"), ("lr", SGD_LR), ("momentum", 0.9)), ablation=True),
-    Variant("joint", "joint", "Joint (upper bound)"),
+)
+# The rows: every registered method in the registry's order (``factmas.methods.METHODS``; its
+# ``title``, and its λ search when it has a ``paper_grid``), then the ablations, then the upper
+# bounds (``upper_bound``: joint).
+VARIANTS = (
+    *(Variant(name, name, cls.title, lambda_from=name if cls.paper_grid is not None else None)
+      for name, cls in METHODS.items() if not cls.upper_bound),
+    *ABLATIONS,
+    *(Variant(name, name, cls.title) for name, cls in METHODS.items() if cls.upper_bound),
 )
 VARIANT = {v.label: v for v in VARIANTS}
-# λ grids, λ = 0 and values a decade apart. Their positive values were placed on the from-scratch
-# small CNN (Flickr8k random4_seed0) from the regularizer's term after the first epoch of task 2 at
-# λ = 1 (MAS 0.028, ℓ-MAS 0.81, EWC 1.7e-5, SI 0.0034, LwF 0.0098; about 0.3, ≈ 7% of the task loss,
-# is reached inside every grid, at its top value for SI and LwF). ``extend_grids`` extends a grid
-# whose best value is at its edge (at most ``MAX_EXTENSIONS`` rounds).
-GRIDS = {"lwf": (0.0, 0.3, 3.0, 30.0), "ewc": (0.0, 1e3, 1e4, 1e5), "si": (0.0, 1.0, 10.0, 100.0),
-         "mas": (0.0, 1.0, 10.0, 100.0), "l-mas": (0.0, 0.03, 0.3, 3.0),
-         "mas_normalized": (0.0, 3.0, 30.0, 300.0)}
+# λ grids, λ = 0 and values a decade apart: each method's ``paper_grid`` (in its own file), and the
+# ablations' own grids. The methods' positive values were placed on the from-scratch small CNN
+# (Flickr8k random4_seed0) from the regularizer's term after the first epoch of task 2 at λ = 1 (MAS
+# 0.028, ℓ-MAS 0.81, EWC 1.7e-5, SI 0.0034, LwF 0.0098; about 0.3, ≈ 7% of the task loss, is reached
+# inside every grid, at its top value for SI and LwF). ``extend_grids`` extends a grid whose best
+# value is at its edge (at most ``MAX_EXTENSIONS`` rounds).
 # The MAS grid at the current default on the 350-fact set (docs/results/defaults/lambda_val.md, val): 0 → 24.85,
 # 1 → 24.38, 10 → 25.14, 100 → 22.47 (criterion below): interior at 10.
 # The normalized-output Ω is 3–4 times smaller than the raw one (Σ Ω over the image branch 2.97×,
 # fact branch 3.95× on the default MAS checkpoint after task 1: bench/omega_scale.py,
 # docs/results/defaults/ablations_val.md), so its grid sits 3× higher.
+ABLATION_GRIDS = {"mas_normalized": (0.0, 3.0, 30.0, 300.0)}
+GRIDS = {**{name: tuple(cls.paper_grid) for name, cls in METHODS.items() if cls.paper_grid is not None},
+         **ABLATION_GRIDS}
 # At λ = 0 every regularized method trains the same model as MAS at λ = 0 (the penalty and its
-# gradient are exactly zero, the batches and seeds the same): when MAS is searched too, the others
-# reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.
-SAME_AT_ZERO = {"mas_normalized": "mas", "l-mas": "mas", "ewc": "mas", "si": "mas", "lwf": "mas"}
+# gradient are exactly zero, the batches and seeds the same; tests/train/test_train.py): when MAS is
+# searched too, the others reuse its λ = 0 run (``SAME_AT_ZERO``) instead of training it again.
+SAME_AT_ZERO = {label: "mas" for label in GRIDS if label != "mas"}
 QUICK_GRIDS = {"mas": (0.0, 10.0)}
 # results.json metrics reported side by side (each with its forgetting and BWT), LFL's metric, and the
 # reference rows (label, title) every table carries
@@ -156,9 +171,9 @@ class Settings:
 
 
 def job(settings: Settings, kind: str, label: str, method: str, split: str, seed: int,
-        reg_lambda: float, omega_data: str = "train", train: tuple = ()) -> dict:
+        reg_lambda: float, train: dict | None = None) -> dict:
     """The plain-data description of one run (what a worker needs); ``train``: the variant's other
-    ``TrainConfig`` values."""
+    ``TrainConfig`` values (``Variant.train_values``)."""
     if kind == "search":
         out = Path(settings.out) / "search" / f"{label}_lambda{reg_lambda:g}"
         epochs, image_split = settings.search_epochs, "val"
@@ -166,8 +181,8 @@ def job(settings: Settings, kind: str, label: str, method: str, split: str, seed
         out = Path(settings.out) / "runs" / label / f"{split}_seed{seed}"
         epochs, image_split = settings.epochs, "test"
     return {"kind": kind, "label": label, "method": method, "split": split, "seed": seed,
-            "reg_lambda": reg_lambda, "omega_data": omega_data, "epochs": epochs,
-            "image_split": image_split, "out": str(out), "train": dict(train)}
+            "reg_lambda": reg_lambda, "epochs": epochs,
+            "image_split": image_split, "out": str(out), "train": dict(train or {})}
 
 
 def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None = None) -> list[dict]:
@@ -184,7 +199,7 @@ def search_jobs(settings: Settings, grids: dict[str, tuple[float, ...]] | None =
             src = SAME_AT_ZERO.get(m)
             if lam == 0 and src in searches and 0.0 in settings.grids.get(src, ()):
                 continue                          # the source's λ = 0 run (``share_zero``)
-            out.append(job(settings, "search", m, v.method, split, seed, lam, v.omega_data, v.train))
+            out.append(job(settings, "search", m, v.method, split, seed, lam, v.train_values()))
     return out
 
 
@@ -219,8 +234,7 @@ def final_jobs(settings: Settings, lambdas: dict[str, float]) -> list[dict]:
             if settings.first_run_only(label) and (split, seed) != first:
                 continue                          # the first random run only
             lam = lambdas[v.lambda_from] if v.lambda_from else 0.0
-            out.append(job(settings, "final", label, v.method, split, seed, lam, v.omega_data,
-                           v.train))
+            out.append(job(settings, "final", label, v.method, split, seed, lam, v.train_values()))
     return out
 
 
@@ -281,11 +295,16 @@ def run_job(j: dict, base: dict) -> dict:
     out = Path(j["out"])
     timing = out / "timing.json"
     d = {**base, "data": str(_DATA.path), "out": str(out)}
+    row = dict(j.get("train", {}))
+    options = dict(base.get("train", {}).get("options") or {})
+    for method, values in row.pop("options", {}).items():      # the row's options over the base's
+        options[method] = {**options.get(method, {}), **values}
     d["train"] = {**base.get("train", {}), "method": j["method"], "split": j["split"],
                   "seed": j["seed"], "reg_lambda": j["reg_lambda"], "epochs": j["epochs"],
-                  "omega_data": j["omega_data"], "threads": 1, **j.get("train", {})}
+                  "threads": 1, **row, "options": options}
     d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
     cfg = RunConfig.from_dict(d)
+    resolve_options(cfg.train)          # complete, as config.json records it (``same_run``)
     if timing.is_file() and not same_run(out, cfg):
         log.info("%s: finished with other settings or data (λ, epochs, base config, dataset); "
                  "training it again", out)

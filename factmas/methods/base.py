@@ -12,18 +12,28 @@ A method's state (Ω, θ*, ...) is a flat dict of tensors keyed by parameter nam
 in checkpoints and loaded with ``torch.load(..., weights_only=True)``.
 
 Options: each method class names its own typed options, a frozen dataclass (``Method.Options``;
-``MethodOptions`` here: none). ``Method(reg_lambda, options)`` takes an instance, or keyword values
-of its fields (``EWC(1.0, gamma=0.5)``); a key the method does not have is a ``ValueError`` naming it.
-``CONFIG_KEYS`` maps each field to the ``TrainConfig`` key that sets it (``options_from_config``).
+``MethodOptions`` here: none). The dataclass is the one place of the options' defaults, their range
+checks (``__post_init__``, raising ``ValueError`` through ``bad_option``) and, in each field's
+metadata (``option``), the command-line flag and help that ``factmas train`` derives from it. The
+configuration holds them as ``train.options.<method>`` (``factmas.config.TrainConfig.options``).
+``Method(reg_lambda, options)`` takes an instance, or keyword values of its fields
+(``EWC(1.0, gamma=0.5)``); a key the method does not have is a ``ValueError`` naming it.
+
+Class attributes read by the paper table (``factmas.experiments.paper_table``): ``title`` (its row),
+``paper_grid`` (the λ values its search tries, λ = 0 and values a decade apart; None: λ is not used)
+and ``upper_bound`` (the row goes last, after the ablations).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Optional
 
 import torch
 from torch import nn
+
+from factmas.config import ConfigError, from_dict
 
 
 @dataclass
@@ -47,12 +57,53 @@ class TaskContext:
     pair_batches: Callable[[], Iterator[dict]]
 
 
+def option(default: Any, flag: str, help: str, choices: tuple | None = None) -> Any:
+    """A field of a method's ``Options`` with its command-line ``flag`` (without "--"; the old flat
+    config key with "-" for "_", e.g. "ewc-gamma") and ``help`` (``factmas train --help`` appends the
+    default); ``choices``: the allowed values (the flag's argparse choices)."""
+    return dataclasses.field(default=default, metadata={"flag": flag, "help": help, "choices": choices})
+
+
+def bad_option(name: str, value: Any, want: str) -> ValueError:
+    """The error of option ``name`` out of range: "name: expected WANT, got VALUE"."""
+    return ValueError(f"{name}: expected {want}, got {value!r}")
+
+
+def check_int_at_least(name: str, value: Any, lo: int, optional: bool = False) -> None:
+    """Raise ``bad_option`` unless ``value`` is an integer >= ``lo`` (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise bad_option(name, value, f"an integer >= {lo}" + (" or null" if optional else ""))
+
+
+def check_number(name: str, value: Any, lo: float, hi: float | None = None,
+                 lo_open: bool = False) -> None:
+    """Raise ``bad_option`` unless ``value`` is a finite number in [lo, hi] (lo excluded when
+    ``lo_open``; no upper bound when ``hi`` is None)."""
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi))
+    if not ok:
+        rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+        raise bad_option(name, value, f"a finite number {rng}")
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Raise ``bad_option`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise bad_option(name, value, f"one of {list(choices)}")
+
+
 @dataclass(frozen=True)
 class MethodOptions:
-    """A method's typed options: none here (finetune, joint, LwF). Subclasses add fields, check
-    their ranges in ``__post_init__`` (ValueError) and list in ``CONFIG_KEYS`` the ``TrainConfig``
-    key of each field."""
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {}
+    """A method's typed options: none here (finetune, joint, LwF). Subclasses add fields made by
+    ``option`` (default, flag, help) and check their ranges in ``__post_init__`` (``bad_option``:
+    ValueError)."""
+
+
+def option_fields(cls: type[MethodOptions]) -> list[dataclasses.Field]:
+    """The fields of an ``Options`` class, in order."""
+    return list(dataclasses.fields(cls))
 
 
 def make_options(cls: type[MethodOptions], values: dict[str, Any], method: str) -> MethodOptions:
@@ -70,9 +121,26 @@ def make_options(cls: type[MethodOptions], values: dict[str, Any], method: str) 
     return cls(**values)
 
 
-def options_from_config(cls: type[MethodOptions], train_config: Any) -> MethodOptions:
-    """The options of ``cls`` read from a ``TrainConfig`` (field ← ``train.<CONFIG_KEYS[field]>``)."""
-    return cls(**{name: getattr(train_config, key) for name, key in cls.CONFIG_KEYS.items()})
+def options_from_dict(cls: type[MethodOptions], values: Any, where: str) -> MethodOptions:
+    """The options ``cls`` from a config section (``train.options.<method>``, a dict of field → value;
+    fields left out take their defaults), types checked as every config value is
+    (``factmas.config.from_dict``).
+
+    Raises:
+        ConfigError: not a dict, an unknown key, a wrong type, or a value out of range; the message
+            names the dotted key (``where.<field>``) and the field's flag.
+    """
+    try:
+        return from_dict(cls, values, where)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:      # __post_init__: "name: expected ..., got ..."
+        name, _, rest = str(e).partition(": ")
+        flags = {f.name: f.metadata.get("flag") for f in dataclasses.fields(cls)}
+        if name in flags and rest:
+            flag = f" (--{flags[name]})" if flags[name] else ""
+            raise ConfigError(f"{where}.{name}{flag}: {rest}") from None
+        raise ConfigError(f"{where}: {e}") from None
 
 
 class Method:
@@ -88,7 +156,10 @@ class Method:
         ValueError: an option the method does not have, or an option out of range (named).
     """
     name = "finetune"
+    title = "Finetune"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    paper_grid: ClassVar[Optional[tuple[float, ...]]] = None
+    upper_bound: ClassVar[bool] = False
 
     def __init__(self, reg_lambda: float = 0.0, options: MethodOptions | None = None,
                  **values: Any) -> None:

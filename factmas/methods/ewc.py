@@ -33,7 +33,7 @@ from torch import nn
 
 from factmas.distributed import reduce_sums
 from factmas.space.loss import pair_regression_losses as loss_per_pair
-from factmas.methods.base import MethodOptions, TaskContext
+from factmas.methods.base import MethodOptions, TaskContext, check_int_at_least, check_number, option
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums
 
@@ -86,22 +86,20 @@ class EWCOptions(AnchorOptions):
 
     Attributes:
         gamma: γ ∈ [0, 1], decay of the earlier tasks' Fisher before the new one is added (1: plain
-            sum over tasks; < 1: online EWC); config key ``train.ewc_gamma``.
-        max_samples: at most this many training pairs per task (None: all); ``train.omega_max_samples``.
+            sum over tasks; < 1: online EWC); flag ``--ewc-gamma`` (old key ``train.ewc_gamma``).
+        max_samples: at most this many training pairs per task (None: all); ``--omega-max-samples``.
     Raises:
         ValueError: γ outside [0, 1], ``max_samples`` < 1 (and see ``AnchorOptions``).
     """
-    gamma: float = 1.0
-    max_samples: Optional[int] = None
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "gamma": "ewc_gamma",
-                                             "max_samples": "omega_max_samples"}
+    gamma: float = option(1.0, "ewc-gamma", "EWC: decay γ ∈ [0, 1] of the earlier Fisher (1: sum "
+                          "over tasks, < 1: online EWC)")
+    max_samples: Optional[int] = option(None, "omega-max-samples", "at most this many samples per "
+                                        "task for Ω (MAS, ℓ-MAS: images and facts; EWC: pairs)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= float(self.gamma) <= 1.0:
-            raise ValueError(f"ewc_gamma must be in [0, 1], got {self.gamma}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"omega_max_samples must be >= 1 or None, got {self.max_samples}")
+        check_number("gamma", self.gamma, 0.0, 1.0)
+        check_int_at_least("max_samples", self.max_samples, 1, optional=True)
 
 
 class EWC(QuadraticAnchor):
@@ -113,6 +111,8 @@ class EWC(QuadraticAnchor):
         ValueError: an unknown option or one out of range (see ``EWCOptions``), λ < 0.
     """
     name = "ewc"
+    title = "EWC"
+    paper_grid = (0.0, 1e3, 1e4, 1e5)
     Options: ClassVar[type[MethodOptions]] = EWCOptions
 
     def estimate_importance(self, model: nn.Module, ctx: TaskContext) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ from factmas.methods.base import Method
 class Joint(Method):
     """All tasks together (no regularization; ``reg_lambda`` is ignored)."""
     name = "joint"
+    title = "Joint (upper bound)"
+    upper_bound = True
 
     def stream(self, experiences: list[Experience]) -> list[Experience]:
         """[merge(experiences)]: one experience of every task (none when there are no tasks)."""

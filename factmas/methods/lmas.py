@@ -20,7 +20,7 @@ The estimator:
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -72,4 +72,6 @@ class LocalMAS(MAS):
         ValueError: as ``MAS`` (an ``omega_output`` without an estimator here, e.g. "normalized").
     """
     name = "l-mas"
+    title = "ℓ-MAS"
+    paper_grid = (0.0, 0.03, 0.3, 3.0)
     estimators = {"raw": OutputOmega(local_mas_importance)}

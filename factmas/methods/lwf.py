@@ -47,6 +47,8 @@ def distillation_loss(phi_new: torch.Tensor, phi_old: torch.Tensor) -> torch.Ten
 class LwF(Method):
     """LwF on image embeddings; ``reg_lambda`` is the distillation weight λ (≥ 0)."""
     name = "lwf"
+    title = "LwF"
+    paper_grid = (0.0, 0.3, 3.0, 30.0)
 
     def __init__(self, reg_lambda: float = 1.0, options: Any = None, **values: Any) -> None:
         super().__init__(reg_lambda, options, **values)

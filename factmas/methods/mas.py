@@ -70,7 +70,8 @@ import torch
 from torch import nn
 
 from factmas.distributed import is_main, rank, reduce_sums
-from factmas.methods.base import MethodOptions, TaskContext
+from factmas.methods.base import (MethodOptions, TaskContext, bad_option, check_choice,
+                                  check_int_at_least, option)
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor, eval_mode
 from factmas.persample.hooks import abs_grad_sums, trainable
 from factmas.persample.reference import batch_abs_grad_sums, loop_abs_grad_sums, vmap_abs_grad_sums
@@ -268,29 +269,33 @@ class MASOptions(AnchorOptions):
 
     Attributes:
         data: image splits Ω is estimated on: "train" (default), "test", "train+test", ...;
-            config key ``train.omega_data``.
+            flag ``--omega-data`` (old key ``train.omega_data``).
         max_samples: at most this many images and this many facts per task (None: all);
-            ``train.omega_max_samples``.
+            ``--omega-max-samples``.
         output: "raw" (Eq. 2 on the raw output, the default) or "normalized" (the ablation on the
-            per-slot normalized output, module docstring); ``train.omega_output``. MAS only.
+            per-slot normalized output, module docstring); ``--omega-output``. MAS only.
     Raises:
         ValueError: a bad ``data``, ``max_samples`` < 1, an unknown ``output`` (and see
             ``AnchorOptions``).
     """
-    data: str = "train"
-    max_samples: Optional[int] = None
-    output: str = "raw"
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "data": "omega_data",
-                                             "max_samples": "omega_max_samples",
-                                             "output": "omega_output"}
+    data: str = option("train", "omega-data", "images Ω is estimated on: image splits train, val, "
+                       "test joined by '+' ('test' reads unlabelled test images, i.e. is "
+                       "transductive)")
+    max_samples: Optional[int] = option(None, "omega-max-samples", "at most this many samples per "
+                                        "task for Ω (MAS, ℓ-MAS: images and facts; EWC: pairs)")
+    output: str = option("raw", "omega-output", "MAS Ω of the raw output (Eq. 2) or of the "
+                         "normalized output along random directions (ablation)", OUTPUTS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_omega_data(self.data)
-        if self.output not in OUTPUTS:
-            raise ValueError(f"omega_output: {self.output!r}; valid: {list(OUTPUTS)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"omega_max_samples must be >= 1 or None, got {self.max_samples}")
+        try:
+            parse_omega_data(self.data)
+        except (ValueError, TypeError, AttributeError):
+            raise bad_option("data", self.data, "image splits from "
+                             f"{list(IMAGE_SPLITS)} joined by '+' (e.g. 'train', 'test', "
+                             "'train+test')") from None
+        check_choice("output", self.output, OUTPUTS)
+        check_int_at_least("max_samples", self.max_samples, 1, optional=True)
 
 
 class MAS(QuadraticAnchor):
@@ -303,6 +308,8 @@ class MAS(QuadraticAnchor):
             class has no estimator for (``estimators``), λ < 0.
     """
     name = "mas"
+    title = "MAS"
+    paper_grid = (0.0, 1.0, 10.0, 100.0)
     Options: ClassVar[type[MethodOptions]] = MASOptions
     # options.output → the Ω estimator; a subclass replaces the dict (ℓ-MAS: {"raw": its own})
     estimators: ClassVar[dict[str, OmegaEstimator]] = {"raw": OutputOmega(mas_importance),

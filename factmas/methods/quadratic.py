@@ -23,7 +23,8 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from factmas.methods.base import Method, MethodOptions, TaskContext
+from factmas.methods.base import (Method, MethodOptions, TaskContext, check_choice, check_number,
+                                  option)
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +81,21 @@ class AnchorOptions(MethodOptions):
     """Options of every quadratic-anchor method.
 
     Attributes:
-        accumulate: "sum" (Ω ← Ω + Ω_t, the MAS code) or "alpha" (Ω ← α Ω + (1 − α) Ω_t);
-            config key ``train.omega_accumulate``.
+        accumulate: "sum" (Ω ← Ω + Ω_t, the MAS code) or "alpha" (Ω ← α Ω + (1 − α) Ω_t); flag
+            ``--omega-accumulate`` (the old flat key ``train.omega_accumulate``).
         alpha: α ∈ [0, 1], the weight of the earlier tasks' Ω when ``accumulate == "alpha"``;
-            ``train.omega_alpha``.
+            ``--omega-alpha``.
     Raises:
         ValueError: unknown accumulation mode, α outside [0, 1].
     """
-    accumulate: str = "sum"
-    alpha: float = 0.5
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {"accumulate": "omega_accumulate", "alpha": "omega_alpha"}
+    accumulate: str = option("sum", "omega-accumulate", "how Ω of the tasks adds up: sum (the MAS "
+                             "code) or alpha (α Ω_old + (1 − α) Ω_new)", ACCUMULATE)
+    alpha: float = option(0.5, "omega-alpha", "α ∈ [0, 1], the weight of the old Ω when "
+                          "--omega-accumulate alpha")
 
     def __post_init__(self) -> None:
-        if self.accumulate not in ACCUMULATE:
-            raise ValueError(f"omega_accumulate: unknown mode {self.accumulate!r}; "
-                             f"valid: {list(ACCUMULATE)}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"omega_alpha must be in [0, 1], got {self.alpha}")
+        check_choice("accumulate", self.accumulate, ACCUMULATE)
+        check_number("alpha", self.alpha, 0.0, 1.0)
 
 
 class QuadraticAnchor(Method):

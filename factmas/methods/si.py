@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from factmas.methods.base import MethodOptions, TaskContext
+from factmas.methods.base import MethodOptions, TaskContext, check_number, option
 from factmas.methods.quadratic import AnchorOptions, QuadraticAnchor
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,15 @@ class SIOptions(AnchorOptions):
     """Options of SI (and ``AnchorOptions``'s).
 
     Attributes:
-        xi: ξ > 0, the damping of Ω = ω / (Δ² + ξ); config key ``train.si_xi``.
+        xi: ξ > 0, the damping of Ω = ω / (Δ² + ξ); flag ``--si-xi`` (old key ``train.si_xi``).
     Raises:
         ValueError: ξ ≤ 0 (and see ``AnchorOptions``).
     """
-    xi: float = 0.1
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {**AnchorOptions.CONFIG_KEYS, "xi": "si_xi"}
+    xi: float = option(0.1, "si-xi", "SI: damping ξ > 0 of Ω = ω / (Δ² + ξ) (Zenke et al. 2017)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not float(self.xi) > 0:
-            raise ValueError(f"si_xi must be > 0, got {self.xi}")
+        check_number("xi", self.xi, 0.0, lo_open=True)
 
 
 class SI(QuadraticAnchor):
@@ -81,6 +79,8 @@ class SI(QuadraticAnchor):
         ValueError: an unknown option or one out of range (see ``SIOptions``), λ < 0.
     """
     name = "si"
+    title = "SI"
+    paper_grid = (0.0, 1.0, 10.0, 100.0)
     Options: ClassVar[type[MethodOptions]] = SIOptions
 
     def __init__(self, reg_lambda: float = 1.0, options: SIOptions | None = None,

@@ -35,7 +35,7 @@ from factmas.evaluation.recorder import Recorder
 from factmas.machine.device import DEVICES, UsageError, resolve_device  # noqa: F401 (part of the API)
 from factmas.distributed import agree, is_main, main_first, size
 from factmas.distributed.world import local_device
-from factmas.methods import METHODS, Method, foreign_options, make_method, options_for
+from factmas.methods import METHODS, Method, make_method, options_for, resolve_options
 from factmas.run.checkpoint import CheckpointError
 from factmas.run.lock import RunLock
 from factmas.run.rundir import RunDir, RunDirError, check_config_matches, data_fingerprint
@@ -51,17 +51,15 @@ def plan_stages(method: Method, tasks: list[Experience]) -> list[Experience]:
 
 
 def build_method(tc: TrainConfig) -> Method:
-    """The method of ``tc`` with λ and the options it owns (``factmas.methods.options_for``); a
-    non-default option of another method is ignored with a warning.
+    """The method of ``tc`` with λ and its options (``train.options.<method>``,
+    ``factmas.methods.options_for``); ``tc.options`` is set to the method's complete options (what
+    config.json records; ``factmas.methods.resolve_options``).
 
     Raises:
-        ValueError: an unknown method or an option out of range.
+        ValueError: an unknown method or an option out of range (ConfigError, named).
     """
-    ignored = foreign_options(tc.method, tc, TrainConfig())
-    if ignored:
-        log.warning("method %s ignores %s (options of other methods)", tc.method,
-                    ", ".join(f"train.{k} = {getattr(tc, k)!r}" for k in ignored))
-    return make_method(tc.method, tc.reg_lambda, options_for(tc.method, tc))
+    resolve_options(tc)
+    return make_method(tc.method, tc.reg_lambda, options_for(tc))
 
 
 def check_settings(cfg: RunConfig, data: FactData) -> int:
@@ -90,9 +88,10 @@ def check_settings(cfg: RunConfig, data: FactData) -> int:
             raise UsageError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
     if not tc.lr > 0:
         raise UsageError(f"train.lr must be > 0, got {tc.lr}")
-    if size() > 1 and tc.omega_max_samples is not None and "+" in tc.omega_data:
-        raise UsageError(f"train.omega_max_samples = {tc.omega_max_samples} with omega_data "
-                         f"{tc.omega_data!r} on {size()} processes: the cap over several image splits "
+    opts = vars(options_for(tc))
+    if size() > 1 and opts.get("max_samples") is not None and "+" in opts.get("data", ""):
+        raise UsageError(f"train.options.{tc.method}.max_samples = {opts['max_samples']} with data "
+                         f"{opts['data']!r} on {size()} processes: the cap over several image splits "
                          "is not sharded; use one image split, no cap, or one process")
     return int(data.task_of_facts(tc.split).max()) + 1
 

@@ -310,11 +310,12 @@ class ContinualTrainer:
                 reads, "pairs", lambda x: len(x["fact_idx"])))
 
     def _share(self, items: np.ndarray) -> np.ndarray:
-        """One process: ``items``. Several: this rank's share of the first ``omega_max_samples``
-        (the methods' per-sample sums are then all-reduced: ``factmas.distributed.reduce_sums``)."""
+        """One process: ``items``. Several: this rank's share of the first ``max_samples`` (the
+        method's option, None: all; the methods' per-sample sums are then all-reduced:
+        ``factmas.distributed.reduce_sums``)."""
         if size() == 1:
             return items
-        return shard(items[:self.cfg.train.omega_max_samples])
+        return shard(items[:getattr(self.method.options, "max_samples", None)])
 
     def _pair_batches(self, pairs: np.ndarray, rng: np.random.Generator) -> Iterator[dict]:
         """The training pairs shuffled by ``rng`` in batches; several processes: this rank's share

@@ -1,4 +1,6 @@
-"""``--help`` shows defaults and choices and answers without loading torch."""
+"""``--help`` shows defaults and choices (``train``'s derived from the registries) and, but for
+``train`` (whose method choices and option flags are read from ``factmas.methods.METHODS``, which loads
+torch), answers without loading torch."""
 from __future__ import annotations
 
 import subprocess
@@ -9,14 +11,35 @@ from factmas.cli.train_args import METHOD_NAMES, build_parser
 
 
 def test_written_out_names_are_the_registries():
+    from factmas.config import BACKBONES
+    backbone = next(a for a in build_parser()._actions if a.dest == "backbone")
+    assert list(backbone.choices) == list(BACKBONES)
+
+
+def test_method_choices_and_option_flags_come_from_the_registry():
+    """Issue 29: no hand-copied method list; every field of every method's Options has a flag whose
+    help names the methods that read it and their default."""
+    import dataclasses
     from factmas.methods import METHODS
-    assert set(METHOD_NAMES) == set(METHODS)
+    parser = build_parser()
+    method = next(a for a in parser._actions if a.dest == "method")
+    assert list(method.choices) == list(METHODS) == list(METHOD_NAMES)
+    text = " ".join(parser.format_help().split())
+    for name, cls in METHODS.items():
+        for f in dataclasses.fields(cls.Options):
+            flag = f"--{f.metadata['flag']}"
+            action = next(a for a in parser._actions if flag in a.option_strings)
+            assert name in action.help and action.default is None
+            assert flag in text
+    gamma = next(a for a in parser._actions if "--ewc-gamma" in a.option_strings)
+    assert gamma.help.endswith("(ewc; default 1)") and gamma.type is float
 
 
 def test_train_help_lists_defaults_and_choices():
     text = build_parser().format_help()
     assert f"(default {TrainConfig().epochs})" in text and "(default mas)" in text
     assert all(m in text for m in METHOD_NAMES) and "efficientnet_lite0" in text
+    assert "(mas, l-mas; default train)" in " ".join(text.split())          # --omega-data
 
 
 def test_freeze_stages_help_gives_the_builders_defaults():
@@ -33,8 +56,9 @@ def test_freeze_stages_help_gives_the_builders_defaults():
 
 
 def test_help_loads_no_torch():
+    """Every subcommand's help but ``train``'s (module docstring)."""
     code = ("import sys, contextlib, io\nfrom factmas.cli import main\n"
-            "for cmd in ('train', 'query', 'evaluate', 'features', 'search', 'gallery', 'calibrate'):\n"
+            "for cmd in ('query', 'evaluate', 'features', 'search', 'gallery', 'calibrate'):\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"
             "        try:\n            main([cmd, '--help'])\n"
             "        except SystemExit:\n            pass\n"

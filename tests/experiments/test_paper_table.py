@@ -108,11 +108,17 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     assert joint["forgetting_mean"] == "" and float(joint["all_mean"]) > 0
     assert (out / "paper_table.png").stat().st_size > 1000
     # a run recorded before a config key existed (here train.optimizer/momentum) is the same run when
-    # the key is at its default
+    # the key is at its default; one recorded with the old flat option keys (omega_data, ewc_gamma,
+    # ..., before train.options) is the same run too
+    from factmas.config import LEGACY_OPTION_KEYS
     for cfg_path in out.rglob("config.json"):
         rec = json.loads(cfg_path.read_text())
+        train = rec["config"]["train"]
         for key in ("optimizer", "momentum"):
-            rec["config"]["train"].pop(key)
+            train.pop(key)
+        options = train.pop("options").get(train["method"], {})
+        for key, (name, default, _) in LEGACY_OPTION_KEYS.items():
+            train[key] = options.get(name, default)
         cfg_path.write_text(json.dumps(rec))
     # a second call finds every run complete and trains nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")}
@@ -200,7 +206,7 @@ def test_ablation_rows_carry_their_train_values_and_share_the_zero_lambda_run():
     jobs = search_jobs(s)
     assert [(j["label"], j["reg_lambda"]) for j in jobs] == [("mas", 0.0), ("mas", 1.0),
                                                              ("mas_normalized", 3.0)]
-    assert jobs[2]["method"] == "mas" and jobs[2]["train"] == {"omega_output": "normalized"}
+    assert jobs[2]["method"] == "mas" and jobs[2]["train"] == {"options": {"mas": {"output": "normalized"}}}
     assert jobs[0]["train"] == {}
     # searched alone, the ablation runs its own λ = 0
     alone = Settings(data="d.h5", out="o", variants=["mas_normalized"], seeds=[0], semantic_seeds=[],

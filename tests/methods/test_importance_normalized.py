@@ -100,7 +100,7 @@ def test_normalized_omega_expectation_is_the_jacobian_column_norm(tiny_model):
 
 
 def test_normalized_omega_output_option_is_checked():
-    with pytest.raises(ValueError, match="omega_output"):
+    with pytest.raises(ValueError, match=r"output: expected one of \['raw', 'normalized'\]"):
         MASOptions(output="unit")
     assert MASOptions(output="normalized").output == "normalized"
     assert MAS(1.0, output="normalized").options.output == "normalized"

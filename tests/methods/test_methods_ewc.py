@@ -110,7 +110,7 @@ def test_ewc_sums_or_decays_the_fisher_over_tasks(gamma, tiny_model):
         expected = gamma * f1[n] + f2[n]
         assert torch.allclose(method.omega[n], expected, rtol=1e-7, atol=1e-12), n
         assert torch.equal(method.anchor[n], dict(model.named_parameters())[n].detach())
-    with pytest.raises(ValueError, match="ewc_gamma"):
+    with pytest.raises(ValueError, match=r"gamma: expected a finite number >= 0 and <= 1, got 1.5"):
         EWC(1.0, gamma=1.5)
 
 
@@ -118,7 +118,7 @@ def test_ewc_runs_two_tasks_through_the_trainer(tmp_path):
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=2)
     cfg = RunConfig.from_dict({"data": str(data), "out": str(tmp_path / "run"), "model": TINY_MODEL,
                                "train": {"split": "random2_seed0", "method": "ewc", "reg_lambda": 10.0,
-                                         "epochs": 1, "batch_size": 16, "ewc_gamma": 0.9},
+                                         "epochs": 1, "batch_size": 16, "options": {"ewc": {"gamma": 0.9}}},
                                "eval": {"enabled": True}})
     state = train(cfg, progress=False)
     assert state.completed_tasks == [0, 1]

@@ -182,7 +182,7 @@ def test_omega_data_flag_reaches_the_method(data_path, tmp_path, method, caplog)
     assert rc == 0
     saved = json.loads((out / "config.json").read_text())
     saved = saved.get("config", saved)
-    assert saved["train"]["omega_data"] == "train+test"
+    assert saved["train"]["options"][method]["data"] == "train+test"
     from factmas.data.dataset import read_dataset
     from factmas.data.experience import experiences
     first = experiences(read_dataset(data_path), "random2_seed0")[0]

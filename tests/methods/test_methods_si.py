@@ -104,7 +104,7 @@ def test_si_importance_formula_and_errors():
         si_importance(w, d, 0.0)
     with pytest.raises(ValueError, match="different"):
         si_importance(w, {"y": d["x"]}, 0.1)
-    with pytest.raises(ValueError, match="si_xi"):
+    with pytest.raises(ValueError, match="xi: expected a finite number > 0, got -1.0"):
         make_method("si", 1.0, xi=-1.0)
     with pytest.raises(RuntimeError, match="on_task_start"):
         SI(1.0).on_task_end(Quadratic(torch.zeros(2), torch.ones(2)), ctx(0))
@@ -114,7 +114,7 @@ def test_si_runs_two_tasks_through_the_trainer(tmp_path):
     data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=2)
     cfg = RunConfig.from_dict({"data": str(data), "out": str(tmp_path / "run"), "model": TINY_MODEL,
                                "train": {"split": "random2_seed0", "method": "si", "reg_lambda": 1.0,
-                                         "epochs": 1, "batch_size": 16, "si_xi": 0.01},
+                                         "epochs": 1, "batch_size": 16, "options": {"si": {"xi": 0.01}}},
                                "eval": {"enabled": False}})
     state = train(cfg, progress=False)
     assert state.completed_tasks == [0, 1]

@@ -104,9 +104,9 @@ def test_bad_state_options_and_importance_raise():
         Fixed([]).load_state_dict({"omega.w": torch.ones(2)})
     with pytest.raises(ValueError, match="unknown keys"):
         Fixed([]).load_state_dict({"omega.w": torch.ones(2), "anchor.w": torch.ones(2), "x": torch.ones(1)})
-    with pytest.raises(ValueError, match="omega_accumulate"):
+    with pytest.raises(ValueError, match=r"accumulate: expected one of \['sum', 'alpha'\], got 'mean'"):
         Fixed([], accumulate="mean")
-    with pytest.raises(ValueError, match="omega_alpha"):
+    with pytest.raises(ValueError, match="alpha: expected a finite number >= 0 and <= 1"):
         Fixed([], alpha=2.0)
     with pytest.raises(ValueError, match="reg_lambda"):
         Fixed([], reg_lambda=-1.0)
@@ -128,7 +128,7 @@ def test_registry_and_make_method():
         (3.0, "alpha", 0.2, ["train", "test"])
     with pytest.raises(ValueError, match=r"unknown method 'nosuch'; valid: \[.*'finetune', .*'mas'"):
         make_method("nosuch", 1.0)
-    with pytest.raises(ValueError, match="omega_data"):
+    with pytest.raises(ValueError, match="data: expected image splits"):
         make_method("mas", 1.0, data="train+dev")
 
 
@@ -166,19 +166,29 @@ def test_each_method_owns_its_typed_options_and_refuses_others():
         make_method("finetune", 0.0, alpha=0.1)
     with pytest.raises(ValueError, match="give either"):
         make_method("si", 1.0, MASOptions())                   # another method's options object
-    # the config keys route to the method that owns them (the config file format is unchanged)
-    tc = TrainConfig(omega_data="train+test", omega_max_samples=7, ewc_gamma=0.5, si_xi=0.2,
-                     omega_accumulate="alpha", omega_alpha=0.25)
-    assert options_for("mas", tc) == MASOptions("alpha", 0.25, "train+test", 7)
-    assert options_for("l-mas", tc) == MASOptions("alpha", 0.25, "train+test", 7)
-    assert options_for("ewc", tc) == EWCOptions("alpha", 0.25, 0.5, 7)
-    assert options_for("si", tc) == SIOptions("alpha", 0.25, 0.2)
-    assert options_for("lwf", tc) == options_for("finetune", tc)
+    # each method reads its own section train.options.<method>; fields left out take the defaults
+    options = {"mas": {"accumulate": "alpha", "alpha": 0.25, "data": "train+test", "max_samples": 7},
+               "l-mas": {"data": "test"}, "ewc": {"gamma": 0.5}, "si": {"xi": 0.2}}
+    tc = lambda method: TrainConfig(method=method, options=options)      # noqa: E731
+    assert options_for(tc("mas")) == MASOptions("alpha", 0.25, "train+test", 7)
+    assert options_for(tc("l-mas")) == MASOptions(data="test")
+    assert options_for(tc("ewc")) == EWCOptions(gamma=0.5)
+    assert options_for(tc("si")) == SIOptions(xi=0.2)
+    assert options_for(tc("lwf")) == options_for(tc("finetune"))
 
 
-def test_a_foreign_option_is_named_in_a_warning(caplog):
+def test_old_flat_keys_map_onto_the_method_and_a_foreign_one_is_named_in_a_warning(caplog):
+    """config.json of earlier versions: the flat keys the method read become its options; another
+    method's key is ignored (a warning when it is not at its old default), as the old trainer did."""
+    from factmas.config import RunConfig
+    from factmas.methods import MASOptions
     from factmas.trainer import build_method
-    with caplog.at_level("WARNING"):
-        method = build_method(TrainConfig(method="mas", si_xi=0.3, ewc_gamma=1.0))
-    assert isinstance(method, MAS)
-    assert "train.si_xi = 0.3" in caplog.text and "ewc_gamma" not in caplog.text
+    with caplog.at_level("INFO"):
+        cfg = RunConfig.from_dict({"train": {"method": "mas", "si_xi": 0.3, "ewc_gamma": 1.0,
+                                             "omega_data": "test", "omega_alpha": 0.5}})
+        method = build_method(cfg.train)
+    assert isinstance(method, MAS) and method.options == MASOptions(data="test")
+    assert "train.si_xi = 0.3" in caplog.text and "ewc_gamma = " not in caplog.text
+    assert "old flat keys" in caplog.text
+    assert cfg.train.options == {"mas": {"accumulate": "sum", "alpha": 0.5, "data": "test",
+                                         "max_samples": None, "output": "raw"}}
