@@ -71,6 +71,15 @@ def test_vectors_cover_the_vocabulary_and_ignore_val_and_test_captions(data, tmp
     assert not np.array_equal(load_word_vectors(tmp_path / "c.npz").vectors, wv.vectors)
 
 
+def test_same_seed_same_vectors():
+    sentences = word2vec.corpus([f"a dog runs through the grass {i % 7} times" for i in range(60)] +
+                                ["two men ride a horse on the beach"] * 30, word2vec.FactForms())
+    a, b, c = (word2vec.train_vectors(sentences, dim=8, seed=s, epochs=2) for s in (0, 0, 1))
+    assert np.array_equal(a.vectors, b.vectors) and a.index_to_key == b.index_to_key
+    assert not np.array_equal(a.vectors, c.vectors)
+
+
+@pytest.mark.slow
 def test_same_seed_same_vectors_in_another_process(data, tmp_path):
     """Two processes with different string hashing (PYTHONHASHSEED) give identical vectors; another
     --seed gives others."""
