@@ -12,7 +12,8 @@ Lifelong Fact Learning (VGG-16 end to end) as near as this backbone gets; 6 is t
 Per (input size, k): the model is ``build_model(ModelConfig(freeze_stages=k))`` (ImageNet weights,
 frozen BatchNorm); the input of a step is the frozen stem's output for ``--batch`` random images, as
 the trainer reads it from the cache (the stem's own cost is paid once per image, when the cache is
-built: ``stem images/s``). A step is what the trainer does: the image branch forward, the fact branch
+built: ``stem images/s``, one timed call after a warm-up, torch eager: the cache's ONNX Runtime
+engine is about 2x faster, ``bench/cache_speed.py``). A step is what the trainer does: the image branch forward, the fact branch
 on the batch's facts and on ``--candidates`` task facts (L_all of the default loss), ``fact_loss``
 with the default ``LossConfig``, backward, Adam. Reported: median seconds per step over ``--steps``
 timed steps after one warm-up step, images/s = batch / that, trainable parameters, and the cache's
@@ -54,8 +55,9 @@ def measure(k: int, size: int, batch: int, steps: int, candidates: int, vocab: i
     stem, branch = model.image_stem.eval(), model.image_branch
     pixels = preprocess(torch.as_tensor(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)))
     with torch.no_grad():
+        feats = stem(pixels).float()                         # warm-up, then one timed call
         t0 = time.perf_counter()
-        feats = stem(pixels).float()
+        stem(pixels)
         stem_s = time.perf_counter() - t0
     tokens, order = _facts(rng, batch, vocab)
     c_tokens, c_order = _facts(rng, candidates, vocab)
