@@ -27,8 +27,8 @@ import numpy as np
 from factmas.data.dataset import write_dataset
 from factmas.io import provenance as run_provenance
 
-from .splits import (IMAGE_FRACTIONS, check_tasks, disjoint_images, image_split, random_split,
-                     semantic_split, train_counts)
+from .splits import (IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images, hash_image_split,
+                     image_split, random_split, semantic_split, train_counts)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class BuildOptions:
     overwrite: bool = False
     threshold_images: str = "train"      # "train": thresholds on training images; "all": older files
     disjoint: bool = True                # also write disjoint{k}_seed{s} beside each random split
+    image_split: str = "seed"            # "seed": seeded permutation (--seed); "hash": from each
+                                         # image's file name (stable when the facts change)
+    extra_num_tasks: Sequence[int] = ()  # also random{k}_seed{s} for these k (e.g. 8 → random8_seed*)
 
 
 def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac: float) -> None:
@@ -78,6 +81,13 @@ def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac:
                    help="images on which --min-images/--max-image-frac are counted: train (default) "
                         "or all (files built before this option; lets test images choose the facts)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test image split (0)")
+    p.add_argument("--image-split", choices=IMAGE_SPLITS, default="seed",
+                   help="train/val/test of the images: 'seed' (default), a permutation drawn with --seed "
+                        "over the usable images; 'hash', from the SHA-256 of each image's file name "
+                        "(stable: changing the facts, thresholds or other images never moves an image)")
+    p.add_argument("--extra-num-tasks", default="",
+                   help="also write random{k}_seed{s} (for each --split-seeds s) with these task "
+                        "counts, comma-separated (e.g. '8' adds random8_seed0..2; '' for none)")
     p.add_argument("--strict", action="store_true", help="an unusable image is an error, not a skip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -89,6 +99,16 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
         seeds = tuple(int(s) for s in a.split_seeds.split(",") if s.strip())
     except ValueError:
         raise BuildError(f"--split-seeds must be comma-separated integers, got {a.split_seeds!r}") from None
+    try:
+        extra = tuple(int(s) for s in getattr(a, "extra_num_tasks", "").split(",") if s.strip())
+    except ValueError:
+        raise BuildError("--extra-num-tasks must be comma-separated integers, got "
+                         f"{a.extra_num_tasks!r}") from None
+    if any(k < 1 for k in extra):
+        raise BuildError(f"--extra-num-tasks must be >= 1, got {a.extra_num_tasks!r}")
+    if extra and not seeds:
+        raise BuildError(f"--extra-num-tasks {a.extra_num_tasks!r} needs --split-seeds (one "
+                         "random{k}_seed{s} per seed)")
     if a.image_size < 1 or a.min_images < 1 or a.num_tasks < 1 or not 0 < a.max_image_frac <= 1:
         raise BuildError("need --image-size >= 1, --min-images >= 1, --num-tasks >= 1 and "
                          "0 < --max-image-frac <= 1")
@@ -102,7 +122,9 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
                         num_tasks=a.num_tasks, split_seeds=seeds, semantic=not a.no_semantic,
                         seed=a.seed, strict=a.strict, overwrite=a.overwrite,
                         threshold_images=getattr(a, "threshold_images", "train"),
-                        disjoint=not getattr(a, "no_disjoint", False))
+                        disjoint=not getattr(a, "no_disjoint", False),
+                        image_split=getattr(a, "image_split", "seed"),
+                        extra_num_tasks=tuple(k for k in dict.fromkeys(extra) if k != a.num_tasks))
 
 
 def fact_sort_key(f: tuple[str, str, str]) -> tuple:
@@ -156,10 +178,14 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
     n_in = len(image_ids)
     if opts.threshold_images not in THRESHOLD_IMAGES:
         raise BuildError(f"threshold_images {opts.threshold_images!r}; valid: {list(THRESHOLD_IMAGES)}")
+    if opts.image_split not in IMAGE_SPLITS:
+        raise BuildError(f"image_split {opts.image_split!r}; valid: {list(IMAGE_SPLITS)}")
     split_all = None
-    if opts.threshold_images == "train":
+    if opts.image_split == "hash":          # from the names alone: before (and whatever) the thresholds
+        split_all = hash_image_split(image_ids, opts.fractions)
+    elif opts.threshold_images == "train":
         split_all = image_split(n_in, opts.seed, opts.fractions)
-    counted = None if split_all is None else split_all == 0
+    counted = split_all == 0 if opts.threshold_images == "train" else None
     facts, counts, too_frequent = select_facts(image_facts, opts.min_images, opts.max_image_frac, counted)
     n_counted = n_in if counted is None else int(counted.sum())
     if not facts:
@@ -185,6 +211,11 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         name = f"random{opts.num_tasks}_seed{s}"
         splits[name] = random_split(load, opts.num_tasks, s)
         attrs[name] = {"kind": "random", "seed": s, "num_tasks": opts.num_tasks}
+    for k in opts.extra_num_tasks:
+        for s in opts.split_seeds:
+            name = f"random{k}_seed{s}"
+            splits[name] = random_split(load, k, s)
+            attrs[name] = {"kind": "random", "seed": s, "num_tasks": k}
     image_tasks = {}
     if opts.disjoint:
         for s in opts.split_seeds:
@@ -213,7 +244,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
                 "train_pairs_kept": int(task_load.sum()), "train_pairs": int(load.sum()),
                 "facts_without_training_image": int(((task_load == 0) & (load > 0)).sum()),
                 "train_pairs_per_task": [int(task_load[task == t].sum()) for t in range(opts.num_tasks)]}
-        check_tasks(name, task, task_load, attrs[name]["num_tasks"])
+        check_tasks(name, task, task_load, int(attrs[name]["num_tasks"]))
 
     order = Counter(1 + bool(f[1]) + bool(f[2]) for f in facts)
     report = BuildReport(skipped=[{"image": n, "reason": r} for n, r in skipped])
@@ -229,7 +260,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
         "pairs": len(pairs_arr),
         "disjoint": disjoint_counts,
     }
-    report.splits = {name: [int((t == k).sum()) for k in range(attrs[name]["num_tasks"])]
+    report.splits = {name: [int((t == k).sum()) for k in range(int(attrs[name]["num_tasks"]))]
                      for name, t in splits.items()}
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()}
     prov = run_provenance({"builder": source.get("builder", "data_prep"), "source": source,

@@ -1,7 +1,9 @@
 """Seeded image splits (train / val / test) and task splits of the facts (random and semantic).
 
 Image split: a seeded permutation of the images; the first round(0.7 N) are train (0), the next
-round(0.1 N) val (1, held-out training images used to choose λ), the rest test (2).
+round(0.1 N) val (1, held-out training images used to choose λ), the rest test (2). Or, stable
+(``hash_image_split``, ``--image-split hash``): each image's part from a hash of its file name alone,
+so the split of an image never changes with the fact set, the thresholds or the other images.
 
 Task splits give every fact one task in 0..k-1 (tasks are disjoint in facts and cover all facts):
 
@@ -26,12 +28,16 @@ Task splits give every fact one task in 0..k-1 (tasks are disjoint in facts and 
 """
 from __future__ import annotations
 
+import hashlib
+import posixpath
 from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
 
 IMAGE_FRACTIONS = (0.7, 0.1, 0.2)
+IMAGE_SPLITS = ("seed", "hash")      # --image-split: seeded permutation (default) or file-name hash
+HASH_BUCKETS = 1000
 
 
 class SplitError(ValueError):
@@ -54,6 +60,30 @@ def image_split(n: int, seed: int = 0, fractions: Sequence[float] = IMAGE_FRACTI
     labels[perm[:n_train]] = 0
     labels[perm[n_train:n_train + n_val]] = 1
     return labels
+
+
+def name_bucket(name: str, buckets: int = HASH_BUCKETS) -> int:
+    """Bucket in 0..buckets-1 of an image: the SHA-256 of its file's base name (the part after the
+    last '/' or '\\', UTF-8), read as a big-endian integer, modulo ``buckets``. Depends on nothing
+    else: the folder, the other images, the facts and the seed do not change it."""
+    base = posixpath.basename(name.replace("\\", "/"))
+    return int.from_bytes(hashlib.sha256(base.encode("utf-8")).digest(), "big") % buckets
+
+
+def hash_image_split(names: Sequence[str], fractions: Sequence[float] = IMAGE_FRACTIONS,
+                     buckets: int = HASH_BUCKETS) -> np.ndarray:
+    """int8 [len(names)]: 0 train, 1 val, 2 test from each name's ``name_bucket`` b: train when
+    b < round(f_train · buckets), val when below round((f_train + f_val) · buckets), else test.
+
+    The expected fractions are ``fractions`` (to 1 / buckets); the counts vary binomially around
+    them (on Flickr8k's 8,091 names: module README). Raises ValueError as ``image_split``.
+    """
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or (f < 0).any() or abs(f.sum() - 1.0) > 1e-6:
+        raise ValueError(f"image split fractions must be 3 numbers >= 0 summing to 1, got {list(fractions)}")
+    cut_train, cut_val = round(f[0] * buckets), round((f[0] + f[1]) * buckets)
+    b = np.fromiter((name_bucket(n, buckets) for n in names), dtype=np.int64, count=len(names))
+    return np.where(b < cut_train, 0, np.where(b < cut_val, 1, 2)).astype(np.int8)
 
 
 def train_counts(pairs: np.ndarray, image_split_: np.ndarray, num_facts: int) -> np.ndarray:

@@ -104,6 +104,12 @@ class ModelConfig:
     word_dim: int = 64                   # word-embedding size of the fact branch
     fact_hidden: int = 128               # hidden width of the fact branch's per-slot MLP
     norm_groups: int = 8                 # GroupNorm groups (keeps samples independent)
+    fact_targets: str = "learned"        # "learned": the fact branch (word embeddings + MLPs) learns;
+                                         # "word2vec": Sherlock's fixed targets, the mean word2vec
+                                         # vector of each slot (factmas.model.word_targets; needs
+                                         # word_vectors and embed_dim = their size, 300)
+    word_vectors: Optional[str] = None   # the vectors file of data_prep.word2vec (fact_targets
+                                         # "word2vec" only); its SHA-256 is recorded in the run
 
 
 @dataclass
@@ -126,6 +132,10 @@ class LossConfig:
     sigmoid_weight: float = 0.0          # L_sig: balanced sigmoid loss of every (image, task fact)
     sigmoid_margin: float = 1.0          # m of L_sig: true facts inside D < m, others outside
     image_softmax_weight: float = 0.0    # L_img: each task fact against the batch's images
+    kind: str = "contrastive"            # "contrastive": the loss above; "sherlock": Sherlock's
+                                         # Euclidean regression of the raw image outputs onto fixed
+                                         # fact targets (model.fact_targets "word2vec"), wildcard
+                                         # slots masked; the weights and τ above are then unused
 
 
 # The flat keys of the method options before ``train.options`` (config.json of earlier versions):

@@ -94,6 +94,8 @@ RULES: dict[str, Callable[[str, Any], None]] = {
     "model.fact_hidden": POSITIVE, "model.norm_groups": POSITIVE,
     "model.freeze_stages": _int_at_least(0, optional=True),
     "model.stem_engine": _choice(lambda: ["auto", "torch"]),
+    "model.fact_targets": _choice(lambda: ["learned", "word2vec"]),
+    "loss.kind": _choice(lambda: ["contrastive", "sherlock"]),
     "loss.regression_weight": _float(0), "loss.contrastive_weight": _float(0),
     "loss.fact_softmax_weight": _float(0), "loss.sigmoid_weight": _float(0),
     "loss.sigmoid_margin": _float(0, hi=4), "loss.image_softmax_weight": _float(0),
@@ -128,6 +130,13 @@ def validate_config(cfg: RunConfig) -> None:
     for key, rule in RULES.items():
         section, name = key.split(".")
         rule(key, getattr(getattr(cfg, section), name))
+    if cfg.loss.kind == "sherlock" and cfg.model.fact_targets != "word2vec":
+        raise ConfigError("loss.kind = 'sherlock' regresses onto fixed fact targets: it needs "
+                          "model.fact_targets = 'word2vec' (with learned targets both branches would "
+                          "collapse onto one point)")
+    if cfg.model.fact_targets == "word2vec" and not cfg.model.word_vectors:
+        raise ConfigError("model.fact_targets = 'word2vec' needs model.word_vectors, the file written "
+                          "by python -m data_prep.word2vec --data DATA.h5 --out VECTORS.npz")
     from factmas.methods import check_options     # the methods' own checks (loads torch)
     check_options(cfg.train)
     swa = cfg.train.swa_start_epoch

@@ -46,6 +46,12 @@ the comparison fact→image retrieval makes), and L_img, each candidate fact aga
 (the fact→image counterpart of L_all):
     L = ... + sigmoid_weight · L_sig + image_softmax_weight · L_img
 
+Sherlock's fixed targets (``LossConfig.kind = "sherlock"``, with ``model.fact_targets = "word2vec"``):
+ψ(f) = t(f) is fixed (the mean word2vec vector of each slot), and the loss is Sherlock's Euclidean
+regression on the raw outputs, wildcard slots masked (``target_regression_loss``):
+    L_sherlock = (1 / B) Σ_i Σ_{s < o_i} ‖φ_s(x_i) − t_s(f_i)‖²
+Fixed targets cannot collapse, so no contrastive term is needed; retrieval still ranks by D.
+
 At a collapsed embedding every ℓ_ij = 0, so L_con = mean log |{j: A_ij}| (log B without false
 negatives), above the value of any embedding that separates the pairs: collapse is not a minimum of L
 (it is a stationary point, all cosines at their maximum, that gradient descent leaves from any small
@@ -56,7 +62,7 @@ from __future__ import annotations
 import torch
 
 from factmas.config import LossConfig
-from factmas.space import paired_wildcard_distance, wildcard_distance
+from factmas.space import paired_wildcard_distance, slot_mask, wildcard_distance
 
 
 def pair_regression_losses(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -166,16 +172,43 @@ def all_images_loss(distance: torch.Tensor, own: torch.Tensor, positive: torch.T
     return (lse_all - lse_pos)[has].mean()
 
 
+def pair_target_losses(phi: torch.Tensor, target: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Sherlock's wildcard Euclidean loss per pair (Elhoseiny et al., AAAI 2017, Sec. 4, Eq. 2, with
+    the wildcard masks of the released code, LFL ``code/utils/sherlock_model_utils.py``), on the
+    *raw* outputs against fixed targets:
+
+        ℓ_i = Σ_{s < o_i} ‖φ_s(x_i) − t_s(f_i)‖²
+
+    Args:
+        phi: float [B, 3, d] raw image outputs.  target: float [B, 3, d] the facts' fixed targets
+            (``factmas.model.word_targets``; absent slots are ignored whatever they hold).
+        order: int [B] fact orders 1..3.
+    Returns:
+        float [B]; absent slots (s ≥ o_i) add neither loss nor gradient.
+    """
+    mask = slot_mask(order).to(phi.dtype)                                   # [B, 3]
+    diff = phi - target.to(phi.dtype)
+    return (diff.pow(2).sum(-1) * mask).sum(-1)
+
+
+def target_regression_loss(phi: torch.Tensor, target: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """L_sherlock = (1 / B) Σ_i ℓ_i, the mean of ``pair_target_losses``: float scalar."""
+    return pair_target_losses(phi, target, order).mean()
+
+
 def uses_candidates(cfg: LossConfig) -> bool:
     """Whether a term of ``cfg`` scores images against all of the task's facts (L_all, L_sig, L_img):
-    the trainer then passes ``candidates`` to ``fact_loss``."""
+    the trainer then passes ``candidates`` to ``fact_loss``. Never for ``kind = "sherlock"``."""
+    if cfg.kind == "sherlock":
+        return False
     return cfg.fact_softmax_weight > 0 or cfg.sigmoid_weight > 0 or cfg.image_softmax_weight > 0
 
 
 def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
               cfg: LossConfig, candidates: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The task loss L = w_reg · L_reg + w_con · L_con (+ the candidate terms L_all, L_sig, L_img
-    whose weights are > 0) on a batch of aligned pairs.
+    whose weights are > 0) on a batch of aligned pairs; with ``cfg.kind == "sherlock"``,
+    L_sherlock of ``target_regression_loss`` (ψ: the fixed targets) instead.
 
     Args:
         phi: float [B, 3, d] raw image embeddings (image of pair i in row i).
@@ -192,7 +225,7 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
         (L_reg), ``contrastive`` (L_con), ``pos_distance`` (mean D over the pairs) and
         ``neg_distance`` (mean D over the true negatives, nan when there is none).
     Raises:
-        ValueError: mismatched shapes, a non-boolean ``positive``, or τ ≤ 0.
+        ValueError: mismatched shapes, a non-boolean ``positive``, τ ≤ 0 or an unknown ``kind``.
     """
     b = phi.shape[0]
     if phi.ndim != 3 or psi.shape != phi.shape or order.shape != (b,) or positive.shape != (b, b):
@@ -203,6 +236,10 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
         raise ValueError(f"fact_loss: positive must be bool, got {positive.dtype}")
     if cfg.temperature <= 0:
         raise ValueError(f"loss.temperature must be > 0, got {cfg.temperature}")
+    if cfg.kind == "sherlock":
+        return _sherlock_loss(phi, psi, order, positive, cfg)
+    if cfg.kind != "contrastive":
+        raise ValueError(f"loss.kind: {cfg.kind!r}; valid: ['contrastive', 'sherlock']")
     dist = wildcard_distance(phi, psi, order)                               # [B, B]
     reg = regression_loss(phi, psi, order)
     con = contrastive_loss(dist, positive, cfg.temperature)
@@ -227,6 +264,24 @@ def fact_loss(phi: torch.Tensor, psi: torch.Tensor, order: torch.Tensor, positiv
                  "all_facts": float(every) if every is not None else float("nan"),
                  **({"sigmoid": float(sig)} if sig is not None else {}),
                  **({"all_images": float(img)} if img is not None else {}),
+                 "pos_distance": float(dist.diagonal().mean()),
+                 "neg_distance": float(dist[neg].mean()) if bool(neg.any()) else float("nan")}
+    return loss, parts
+
+
+def _sherlock_loss(phi: torch.Tensor, target: torch.Tensor, order: torch.Tensor, positive: torch.Tensor,
+                   cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """``fact_loss`` for ``kind = "sherlock"``: (L_sherlock, parts). The parts are ``fact_loss``'s:
+    ``regression`` is L_sherlock; ``contrastive`` (L_con at τ, not trained on), ``pos_distance`` and
+    ``neg_distance`` on the wildcard distance D are logged to compare with the contrastive runs."""
+    loss = target_regression_loss(phi, target, order)
+    b = phi.shape[0]
+    with torch.no_grad():
+        dist = wildcard_distance(phi, target, order)
+        neg = ~positive & ~torch.eye(b, dtype=torch.bool, device=dist.device)
+        parts = {"loss": float(loss), "regression": float(loss),
+                 "contrastive": float(contrastive_loss(dist, positive, cfg.temperature)),
+                 "all_facts": float("nan"),
                  "pos_distance": float(dist.diagonal().mean()),
                  "neg_distance": float(dist[neg].mean()) if bool(neg.any()) else float("nan")}
     return loss, parts

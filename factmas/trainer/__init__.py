@@ -122,7 +122,7 @@ def build_parts(cfg: RunConfig, data: FactData) -> tuple[torch.nn.Module, Method
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     try:
-        model = build_model(cfg.model, len(data.vocab))
+        model = build_model(cfg.model, len(data.vocab), data.vocab)
         method = build_method(cfg.train)
     except ValueError as e:          # e.g. model.norm_groups not dividing the channels
         raise ConfigError(f"{e}") from e
@@ -170,6 +170,24 @@ def _lock(run_dir: str | Path):
             lock.__exit__(None, None, None)
 
 
+def fact_targets_record(model: torch.nn.Module) -> dict:
+    """config.json's ``fact_targets`` entry for fixed fact targets (``model.fact_targets =
+    "word2vec"``: the word vectors' SHA-256 and size); {} for a learned fact branch."""
+    record = getattr(model.fact_branch, "record", None)
+    return {"fact_targets": record()} if callable(record) else {}
+
+
+def check_same_fact_targets(record: dict, model: torch.nn.Module, run_dir: str | Path) -> None:
+    """Raise RunDirError when the run recorded word vectors (``fact_targets_record``) other than
+    those ``model`` was built with: the vectors file changed since the run started."""
+    old = (record.get("fact_targets") or {}).get("word_vectors_sha256")
+    new = (fact_targets_record(model).get("fact_targets") or {}).get("word_vectors_sha256")
+    if old and old != new:
+        raise RunDirError(f"{run_dir}: the run's word vectors had SHA-256 {old[:12]}…, "
+                          f"model.word_vectors now has {str(new)[:12]}…; restore the run's vectors "
+                          "file or start a new run")
+
+
 def distributed_record(cfg: RunConfig) -> dict:
     """What config.json says about the processes: world size, backend, the global batch (=
     ``train.batch_size``, split over the processes) and the learning rate (not scaled: the global
@@ -205,7 +223,8 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
         agree(lambda: run.prepare(
             cfg, command=command, data_provenance=data.provenance,
             data_fingerprint=data_fingerprint(data, cfg.train.split), overwrite=overwrite,
-            extra={"distributed": distributed_record(cfg)}) if is_main() else None)
+            extra={"distributed": distributed_record(cfg), **fact_targets_record(parts[0])})
+            if is_main() else None)
         log.info("run %s: method %s (λ = %g), split %s, %d tasks, device %s", cfg.out,
                  cfg.train.method, cfg.train.reg_lambda, cfg.train.split, len(stages), device)
         return trainer.run(stages, limit=limit_tasks)
@@ -242,6 +261,7 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
     check_settings(cfg, data)
     run.check_same_data(record, data, cfg.train.split)
     parts = build_parts(cfg, data)
+    check_same_fact_targets(record, parts[0], run_dir)
     with _lock(run_dir):
         agree(lambda: run.reclaim() if is_main() else None)     # no link inside, no orphaned temps
         inputs = shared_inputs(cfg, data, dev, parts[0], progress)
