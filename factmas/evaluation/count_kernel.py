@@ -29,6 +29,7 @@ import numpy as np
 
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
 CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
+COL_TILE = 256         # columns per tile of the column counting (its levels stay in the L1 cache)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -145,3 +146,100 @@ def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LIN
         return per_row > linear_max
     row = np.repeat(np.arange(len(per_row)), per_row)
     return np.bincount(row[np.asarray(cap) == 0], minlength=len(per_row)) > linear_max
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns: the other direction's counts from the same block (issue 32, one product for both)
+#
+# A block [r, n] of −D holds, in column c, the scores of fact c against the block's images. A fact's
+# true images ("column needles") lie in other blocks too, so their exact float32 values are not known
+# while a block is counted: each needle j has instead a window [lo_j, hi_j] that certainly holds it
+# (a float64 estimate ± a rounding-error bound, ``factmas.evaluation.column_ranks``). Entries above
+# hi_j are certainly closer; entries inside the window are kept and resolved at the end against the
+# exact value (read from the needle's own entry, itself inside its window). Columns are ordered by
+# their number of needles, the "heavy" ones (more than ``linear_max``) first.
+
+def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
+    """Phase A over the block's rows and columns c0..c1−1: light columns (c ≥ nh): for each level k
+    (the k-th needle of every column with more than k needles, columns nh .. nh+lvl_len[k]−1),
+    ``cnt[k, c] += x > hi``, ``win[c] += lo ≤ x ≤ hi``; heavy columns (c < nh, needles
+    ``hstart[c]:hstart[c+1]`` sorted by hi): ``hist[hoff[c] + m] += 1`` with m = #(hi < x) and
+    ``win[c]`` += the windows holding x."""
+    r = block.shape[0]
+    for c in range(c0, min(c1, nh)):                       # heavy columns: binary search per entry
+        a = hstart[c]
+        b = hstart[c + 1]
+        lo_min = hlo[a]
+        for i in range(r):
+            x = block[i, c]
+            if x < lo_min and not (x > hh[a]):
+                continue                                   # below every window: m = 0, no window
+            lo = a
+            hi = b
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if hh[mid] < x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            hist[hoff[c] + lo - a] += 1
+            j = lo
+            while j < b and hlo[j] <= x:
+                win[c] += 1
+                j += 1
+    for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
+        t1 = min(c1, t0 + COL_TILE)
+        for k in range(lvl_len.shape[0]):
+            l1 = min(t1, nh + lvl_len[k])
+            if l1 <= t0:
+                break
+            hk = lvl_h[k]
+            lk = lvl_lo[k]
+            ck = cnt[k]
+            for i in range(r):
+                row = block[i]
+                for c in range(t0, l1):                    # vectorized by the compiler
+                    x = row[c]
+                    g = x > hk[c]
+                    ck[c] += np.int32(g)
+                    win[c] += np.int32(x >= lk[c]) - np.int32(g)
+
+
+def _collect_cols_py(block, cols, row0, start, ch, clo, out_j, out_row, out_x, pos):
+    """Phase B: for each column in ``cols`` (those with a window hit in this block), every entry
+    inside some needle's window (needles ``start[c]:start[c+1]`` sorted by hi): (needle, row0 + i,
+    x) written at ``out_*[pos:]``; returns the new ``pos``."""
+    r = block.shape[0]
+    for t in range(cols.shape[0]):
+        c = cols[t]
+        a = start[c]
+        b = start[c + 1]
+        for i in range(r):
+            x = block[i, c]
+            lo = a
+            hi = b
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ch[mid] < x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
+            while j < b and clo[j] <= x:
+                out_j[pos] = j
+                out_row[pos] = row0 + i
+                out_x[pos] = x
+                pos += 1
+                j += 1
+    return pos
+
+
+if AVAILABLE:
+    try:
+        _count_cols_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_cols_py)
+        _collect_cols_jit = numba.njit(nogil=True, cache=True)(_collect_cols_py)
+    except RuntimeError:
+        _count_cols_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_cols_py)
+        _collect_cols_jit = numba.njit(nogil=True, cache=False)(_collect_cols_py)
+else:                                    # pragma: no cover
+    _count_cols_jit = _collect_cols_jit = None
