@@ -88,6 +88,9 @@ class ColumnCounter:
         pair = np.concatenate([np.arange(a, a + k) for a, k in zip(lo_p, n_c)]) if n_c.sum() else \
             np.zeros(0, np.int64)
         col = np.repeat(np.arange(len(ids)), n_c)
+        if not len(pair):                                            # no true image in this part
+            self.parts[pi] = {"pair": pair}
+            return ids
         a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
         b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
         est = np.einsum("ij,ij->i", a_img, b_fact)
