@@ -187,22 +187,31 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             while j < b and hlo[j] <= x:
                 win[c] += 1
                 j += 1
+    acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
+    ge = np.zeros(COL_TILE, np.int32)
+    gt = np.zeros(COL_TILE, np.int32)
     for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
-        t1 = min(c1, t0 + COL_TILE)
+        w = min(c1, t0 + COL_TILE) - t0
+        ge[:] = 0
+        gt[:] = 0
         for k in range(lvl_len.shape[0]):
-            l1 = min(t1, nh + lvl_len[k])
-            if l1 <= t0:
+            wk = min(w, nh + lvl_len[k] - t0)              # the tile's columns with a k-th needle
+            if wk <= 0:
                 break
-            hk = lvl_h[k]
-            lk = lvl_lo[k]
-            ck = cnt[k]
+            hk = lvl_h[k, t0:t0 + wk]
+            lk = lvl_lo[k, t0:t0 + wk]
+            acc[:wk] = 0
             for i in range(r):
-                row = block[i]
-                for c in range(t0, l1):                    # vectorized by the compiler
+                row = block[i, t0:t0 + wk]
+                for c in range(wk):                        # vectorized by the compiler
                     x = row[c]
-                    g = x > hk[c]
-                    ck[c] += np.int32(g)
-                    win[c] += np.int32(x >= lk[c]) - np.int32(g)
+                    acc[c] += x > hk[c]
+                    ge[c] += x >= lk[c]
+            for c in range(wk):
+                cnt[k, t0 + c] += acc[c]
+                gt[c] += acc[c]
+        for c in range(w):
+            win[t0 + c] += ge[c] - gt[c]
 
 
 def _collect_cols_py(block, cols, row0, start, ch, clo, out_j, out_row, out_x, pos):
