@@ -18,11 +18,13 @@ kernel's two roundings (monotone). Then, per true pair:
 * entries above the window's top are certainly closer (``count_kernel._count_cols_py``: vectorized
   over a tile of columns, one level per k-th true image of each column; a fact with more than
   ``count_kernel.LINEAR_MAX`` true images is counted by a binary search per entry instead);
-* entries inside the window (the pair's own entry always, a few others) are kept with their image
-  and value (``_collect_cols_py``) and compared at the end with the pair's exact value, its own
-  entry's: closer, tied, tied with a lower image index. The counts are exact, ties included.
+* the pair's own entry, read from its own block, gives its exact −D; it is the one window hit a
+  column expects there. Columns with any other entry inside a window in a block (rare: the windows
+  are a few 1e−5 wide) are scanned (``_collect_cols_py``), and those entries kept with their image
+  and value, compared at the end with the pair's exact value: closer, tied, tied with a lower image
+  index. The counts are exact, ties included.
 
-If a pair's own entry were ever outside its window (the bound violated), ``result`` raises
+If a pair's own entry were ever outside its window (the bound violated), ``count`` raises
 RuntimeError rather than give a wrong rank.
 
 May import: numpy, ``factmas.evaluation.retrieval`` (``prefix``), ``factmas.evaluation.count_kernel``.
@@ -75,6 +77,8 @@ class ColumnCounter:
         self.fact, self.image = key // n_rows, key % n_rows          # sorted by fact, then image
         self.parts: dict = {}
         self.found: list = []                                        # (pair ids, rows, values)
+        self.neg = np.zeros(len(self.fact), np.float32)              # each pair's own −D
+        self.seen = np.zeros(len(self.fact), bool)
         self.blocks = 0
 
     def part(self, pi: int, o: int, ids: np.ndarray) -> np.ndarray:
@@ -115,6 +119,7 @@ class ColumnCounter:
         light = col >= nh
         lvl_h[rank_in_col[light], col[light]] = h[light]
         lvl_lo[rank_in_col[light], col[light]] = lo[light]
+        by_img = np.argsort(self.image[pair], kind="stable")         # needles by their own row
         hoff = np.zeros(max(nh, 1), np.int64)
         hoff[:nh] = np.r_[0, np.cumsum(n_c[:nh] + 1)[:-1]] if nh else 0
         self.parts[pi] = {
@@ -122,7 +127,7 @@ class ColumnCounter:
             "start": start, "lvl_len": lvl_len, "lvl_h": lvl_h, "lvl_lo": lvl_lo,
             "cnt": np.zeros((levels, n), np.int32), "win": np.zeros(n, np.int32),
             "hist": np.zeros(int((n_c[:nh] + 1).sum()) + 1, np.int64), "hoff": hoff,
-            "hstart": start[:nh + 1].copy()}
+            "hstart": start[:nh + 1].copy(), "j_by_img": by_img, "img_sorted": self.image[pair][by_img]}
         return ids
 
     def count(self, pi: int, block: np.ndarray, row0: int, pool=None, threads: int = 1) -> None:
@@ -140,7 +145,19 @@ class ColumnCounter:
             list(pool.map(lambda k: count_kernel._count_cols_jit(block, cuts[k], cuts[k + 1], *args),
                           range(threads)))
         win = p["win"]
-        cols = np.flatnonzero(win)
+        # the needles whose own entry is in this block: their exact −D, read where it lies; their
+        # own entry is the one window hit expected in its column (others: collected below)
+        a, b = np.searchsorted(p["img_sorted"], (row0, row0 + len(block)))
+        js = p["j_by_img"][a:b]
+        col, g = p["col"][js], p["pair"][js]
+        v = block[self.image[g] - row0, col]
+        if not ((v >= p["lo"][js]) & (v <= p["h"][js])).all():
+            raise RuntimeError("column counting: a true pair's score fell outside its rounding "
+                               "window (please report: the error bound is violated)")
+        self.neg[g] = v
+        self.seen[g] = True
+        hits = np.flatnonzero(win)
+        cols = hits[win[hits] > np.bincount(col, minlength=p["n"])[hits]]
         if len(cols):
             total = int(win[cols].sum())
             out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
@@ -149,8 +166,10 @@ class ColumnCounter:
                                                  out_j, out_row, out_x, 0)
             if got != total:                                         # the two phases disagree
                 raise RuntimeError(f"column counting: {got} window entries found, {total} counted")
-            self.found.append((p["pair"][out_j], out_row, out_x))
-            win[cols] = 0
+            g = p["pair"][out_j]
+            other = out_row != self.image[g]                         # own entries are known
+            self.found.append((g[other], out_row[other], out_x[other]))
+        win[hits] = 0
         self.blocks += 1
 
     def certain_above(self) -> np.ndarray:
@@ -177,24 +196,18 @@ class ColumnCounter:
         lower image index. Raises RuntimeError where a pair's own entry was not inside its window."""
         P = len(self.fact)
         below = self.certain_above()
-        ties, lower = np.zeros(P, np.int64), np.zeros(P, np.int64)
-        neg = np.zeros(P, np.float32)
+        if not self.seen.all():
+            raise RuntimeError(f"column counting: {int((~self.seen).sum())} true pairs never counted "
+                               "(every image row must be counted once)")
         if self.found:
             g = np.concatenate([f[0] for f in self.found])
             row = np.concatenate([f[1] for f in self.found])
             x = np.concatenate([f[2] for f in self.found])
         else:
             g, row, x = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        own = row == self.image[g]
-        seen = np.zeros(P, bool)
-        seen[g[own]] = True
-        if not seen.all():
-            raise RuntimeError(f"column counting: {int((~seen).sum())} true pairs' scores fell "
-                               "outside their rounding window (please report: the bound is violated)")
-        neg[g[own]] = x[own]
-        v = neg[g]
+        v = self.neg[g]
         below += np.bincount(g, weights=x > v, minlength=P).astype(np.int64)
         eq = x == v
-        ties += np.bincount(g, weights=eq, minlength=P).astype(np.int64)
-        lower += np.bincount(g, weights=eq & (row < self.image[g]), minlength=P).astype(np.int64)
-        return self.fact, self.image, neg, below, ties, lower
+        ties = 1 + np.bincount(g, weights=eq, minlength=P).astype(np.int64)     # the image itself
+        lower = np.bincount(g, weights=eq & (row < self.image[g]), minlength=P).astype(np.int64)
+        return self.fact, self.image, self.neg.copy(), below, ties, lower

@@ -223,8 +223,12 @@ def _collect_cols_py(block, cols, row0, start, ch, clo, out_j, out_row, out_x, p
         c = cols[t]
         a = start[c]
         b = start[c + 1]
+        lo_min = clo[a]
+        hi_max = ch[b - 1]
         for i in range(r):
             x = block[i, c]
+            if x < lo_min or x > hi_max:
+                continue                                   # outside every window of the column
             lo = a
             hi = b
             while lo < hi:
