@@ -89,18 +89,17 @@ class ColumnCounter:
         n_c = hi_p - lo_p
         by_n = np.argsort(-n_c, kind="stable")
         ids, lo_p, n_c = ids[by_n], lo_p[by_n], n_c[by_n]
-        pair = np.concatenate([np.arange(a, a + k) for a, k in zip(lo_p, n_c)]) if n_c.sum() else \
-            np.zeros(0, np.int64)
         col = np.repeat(np.arange(len(ids)), n_c)
+        first = np.r_[0, np.cumsum(n_c)[:-1]].astype(np.int64)
+        pair = np.arange(int(n_c.sum()), dtype=np.int64) - np.repeat(first - lo_p, n_c)
         if not len(pair):                                            # no true image in this part
             self.parts[pi] = {"pair": pair}
             return ids
         a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
         b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
         est = np.einsum("ij,ij->i", a_img, b_fact)
-        nr = np.linalg.norm(self.rows_hat[:, :o], axis=2).max() if len(self.rows_hat) else 0.0
-        nf = np.linalg.norm(self.cols_hat[ids][:, :o], axis=2).max() if len(ids) else 0.0
-        delta = window_delta(o * self.rows_hat.shape[2], o * float(nr) * float(nf) * (1 + 1e-6))
+        abs_sum = np.einsum("ij,ij->i", np.abs(a_img), np.abs(b_fact))   # Σ|a_k b_k| of each pair
+        delta = window_delta(o * self.rows_hat.shape[2], float(abs_sum.max()) * (1 + 1e-6))
         srt = np.lexsort((est, col))                                 # by column, then estimate
         pair, col, est = pair[srt], col[srt], est[srt]
         hi32 = np.nextafter(np.float32(est + delta), np.float32(np.inf))
@@ -129,6 +128,10 @@ class ColumnCounter:
             "hist": np.zeros(int((n_c[:nh] + 1).sum()) + 1, np.int64), "hoff": hoff,
             "hstart": start[:nh + 1].copy(), "j_by_img": by_img, "img_sorted": self.image[pair][by_img]}
         return ids
+
+    def stats(self) -> dict:
+        """Counted blocks, and entries found inside another pair's window (scanned and resolved)."""
+        return {"column_blocks": self.blocks, "window_entries": int(sum(len(f[0]) for f in self.found))}
 
     def count(self, pi: int, block: np.ndarray, row0: int, pool=None, threads: int = 1) -> None:
         """Count part ``pi``'s block ``block`` float32 [r, n] of −D (rows row0 .. row0 + r − 1)."""

@@ -261,6 +261,7 @@ class Evaluator:
                        device=self.device, method="count", columns=cols)
         r.query = np.searchsorted(rows, r.query)          # every pool row → its query position
         shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
+        log.debug("ranks of both directions from one product: %s, %s", r.blocks, cols.stats())
         timing["search_s"] += time.perf_counter() - t0
         return shared
 
