@@ -124,7 +124,7 @@ class ColumnCounter:
         self.parts[pi] = {
             "o": o, "n": n, "nh": nh, "pair": pair, "col": col, "rank": rank_in_col, "h": h, "lo": lo,
             "start": start, "lvl_len": lvl_len, "lvl_h": lvl_h, "lvl_lo": lvl_lo,
-            "cnt": np.zeros((levels, n), np.int32), "win": np.zeros(n, np.int32),
+            "cnt": np.zeros((levels, n), np.int32), "win": None,
             "hist": np.zeros(int((n_c[:nh] + 1).sum()) + 1, np.int64), "hoff": hoff,
             "hstart": start[:nh + 1].copy(), "j_by_img": by_img, "img_sorted": self.image[pair][by_img]}
         return ids
@@ -141,13 +141,17 @@ class ColumnCounter:
         args = (p["nh"], p["lvl_len"], p["lvl_h"], p["lvl_lo"], p["cnt"], p["win"], p["hstart"],
                 p["h"], p["lo"], p["hist"], p["hoff"])
         n = p["n"]
+        nsub = -(-len(block) // count_kernel.COL_ROWS)
+        if p["win"] is None or p["win"].shape[0] < nsub:
+            p["win"] = np.zeros((nsub, n), np.int32)
+        win = p["win"][:nsub]
+        args = args[:5] + (win,) + args[6:]
         if pool is None or threads < 2:
             count_kernel._count_cols_jit(block, 0, n, *args)
         else:
             cuts = np.linspace(0, n, threads + 1).astype(np.int64)
             list(pool.map(lambda k: count_kernel._count_cols_jit(block, cuts[k], cuts[k + 1], *args),
                           range(threads)))
-        win = p["win"]
         # the needles whose own entry is in this block: their exact −D, read where it lies; their
         # own entry is the one window hit expected in its column (others: collected below)
         a, b = np.searchsorted(p["img_sorted"], (row0, row0 + len(block)))
@@ -159,20 +163,23 @@ class ColumnCounter:
                                "window (please report: the error bound is violated)")
         self.neg[g] = v
         self.seen[g] = True
-        hits = np.flatnonzero(win)
-        cols = hits[win[hits] > np.bincount(col, minlength=p["n"])[hits]]
-        if len(cols):
-            total = int(win[cols].sum())
+        flat = win.reshape(-1)
+        hits = np.flatnonzero(flat)
+        own = np.bincount((self.image[g] - row0) // count_kernel.COL_ROWS * n + col,
+                          minlength=flat.size)
+        sel = hits[flat[hits] > own[hits]]                  # (rows, column) with another hit
+        if len(sel):
+            total = int(flat[sel].sum())
             out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
             out_x = np.empty(total, np.float32)
-            got = count_kernel._collect_cols_jit(block, cols, row0, p["start"], p["h"], p["lo"],
-                                                 out_j, out_row, out_x, 0)
+            got = count_kernel._collect_cols_jit(block, sel % n, sel // n, row0, p["start"], p["h"],
+                                                 p["lo"], out_j, out_row, out_x, 0)
             if got != total:                                         # the two phases disagree
                 raise RuntimeError(f"column counting: {got} window entries found, {total} counted")
             g = p["pair"][out_j]
             other = out_row != self.image[g]                         # own entries are known
             self.found.append((g[other], out_row[other], out_x[other]))
-        win[hits] = 0
+        flat[hits] = 0
         self.blocks += 1
 
     def certain_above(self) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
 CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
 COL_TILE = 256         # columns per tile of the column counting (its levels stay in the L1 cache)
+COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -162,9 +163,9 @@ def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LIN
 def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
     """Phase A over the block's rows and columns c0..c1−1: light columns (c ≥ nh): for each level k
     (the k-th needle of every column with more than k needles, columns nh .. nh+lvl_len[k]−1),
-    ``cnt[k, c] += x > hi``, ``win[c] += lo ≤ x ≤ hi``; heavy columns (c < nh, needles
-    ``hstart[c]:hstart[c+1]`` sorted by hi): ``hist[hoff[c] + m] += 1`` with m = #(hi < x) and
-    ``win[c]`` += the windows holding x."""
+    ``cnt[k, c] += x > hi``; heavy columns (c < nh, needles ``hstart[c]:hstart[c+1]`` sorted by hi):
+    ``hist[hoff[c] + m] += 1`` with m = #(hi < x). Both: ``win[i // COL_ROWS, c]`` += the windows
+    (lo ≤ x ≤ hi) holding the entry x of row i (so that phase B scans only those rows)."""
     r = block.shape[0]
     for c in range(c0, min(c1, nh)):                       # heavy columns: binary search per entry
         a = hstart[c]
@@ -172,7 +173,7 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
         lo_min = hlo[a]
         for i in range(r):
             x = block[i, c]
-            if x < lo_min and not (x > hh[a]):
+            if x < lo_min:
                 continue                                   # below every window: m = 0, no window
             lo = a
             hi = b
@@ -185,39 +186,45 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             hist[hoff[c] + lo - a] += 1
             j = lo
             while j < b and hlo[j] <= x:
-                win[c] += 1
+                win[i // COL_ROWS, c] += 1
                 j += 1
+    nsub = (r + COL_ROWS - 1) // COL_ROWS
     acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
-    ge = np.zeros(COL_TILE, np.int32)
-    gt = np.zeros(COL_TILE, np.int32)
+    ge = np.zeros((nsub, COL_TILE), np.int32)
+    gt = np.zeros((nsub, COL_TILE), np.int32)
     for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
         w = min(c1, t0 + COL_TILE) - t0
-        ge[:] = 0
-        gt[:] = 0
+        ge[:, :] = 0
+        gt[:, :] = 0
         for k in range(lvl_len.shape[0]):
             wk = min(w, nh + lvl_len[k] - t0)              # the tile's columns with a k-th needle
             if wk <= 0:
                 break
             hk = lvl_h[k, t0:t0 + wk]
             lk = lvl_lo[k, t0:t0 + wk]
-            acc[:wk] = 0
-            for i in range(r):
-                row = block[i, t0:t0 + wk]
-                for c in range(wk):                        # vectorized by the compiler
-                    x = row[c]
-                    acc[c] += x > hk[c]
-                    ge[c] += x >= lk[c]
-            for c in range(wk):
-                cnt[k, t0 + c] += acc[c]
-                gt[c] += acc[c]
-        for c in range(w):
-            win[t0 + c] += ge[c] - gt[c]
+            ck = cnt[k, t0:t0 + wk]
+            for sb in range(nsub):
+                acc[:wk] = 0
+                gs = ge[sb]
+                for i in range(sb * COL_ROWS, min(r, (sb + 1) * COL_ROWS)):
+                    row = block[i, t0:t0 + wk]
+                    for c in range(wk):                    # vectorized by the compiler
+                        x = row[c]
+                        acc[c] += x > hk[c]
+                        gs[c] += x >= lk[c]
+                ts = gt[sb]
+                for c in range(wk):
+                    ck[c] += acc[c]
+                    ts[c] += acc[c]
+        for sb in range(nsub):
+            for c in range(w):
+                win[sb, t0 + c] += ge[sb, c] - gt[sb, c]
 
 
-def _collect_cols_py(block, cols, row0, start, ch, clo, out_j, out_row, out_x, pos):
-    """Phase B: for each column in ``cols`` (those with a window hit in this block), every entry
-    inside some needle's window (needles ``start[c]:start[c+1]`` sorted by hi): (needle, row0 + i,
-    x) written at ``out_*[pos:]``; returns the new ``pos``."""
+def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, out_x, pos):
+    """Phase B: for each (column ``cols[t]``, rows ``subs[t]``·COL_ROWS …) with a window hit other
+    than a pair's own entry, every entry inside some needle's window (needles ``start[c]:start[c+1]``
+    sorted by hi): (needle, row0 + i, x) written at ``out_*[pos:]``; returns the new ``pos``."""
     r = block.shape[0]
     for t in range(cols.shape[0]):
         c = cols[t]
@@ -225,7 +232,7 @@ def _collect_cols_py(block, cols, row0, start, ch, clo, out_j, out_row, out_x, p
         b = start[c + 1]
         lo_min = clo[a]
         hi_max = ch[b - 1]
-        for i in range(r):
+        for i in range(subs[t] * COL_ROWS, min(r, (subs[t] + 1) * COL_ROWS)):
             x = block[i, c]
             if x < lo_min or x > hi_max:
                 continue                                   # outside every window of the column
