@@ -17,7 +17,7 @@ kernel's two roundings (monotone). Then, per true pair:
 
 * entries above the window's top are certainly closer (``count_kernel._count_cols_py``: vectorized
   over a tile of columns, one level per k-th true image of each column; a fact with more than
-  ``count_kernel.LINEAR_MAX`` true images is counted by a binary search per entry instead);
+  ``HEAVY`` true images is counted by a binary search per entry instead);
 * the pair's own entry, read from its own block, gives its exact −D; it is the one window hit a
   column expects there. Columns with any other entry inside a window in a block (rare: the windows
   are a few 1e−5 wide) are scanned (``_collect_cols_py``), and those entries kept with their image
@@ -37,6 +37,7 @@ from factmas.evaluation import count_kernel
 from factmas.evaluation.retrieval import prefix
 
 U32 = 2.0 ** -24            # unit roundoff of float32
+HEAVY = 48                  # facts with more true images are counted by a binary search per entry
 
 
 def window_delta(length: int, bound_ab: float) -> float:
@@ -106,7 +107,7 @@ class ColumnCounter:
         lo32 = np.nextafter(np.float32(est - delta), np.float32(-np.inf))
         h, lo = to_neg_dist(hi32, o), to_neg_dist(lo32, o)
         start = np.r_[0, np.cumsum(n_c)].astype(np.int64)
-        heavy = n_c > count_kernel.LINEAR_MAX
+        heavy = n_c > HEAVY
         nh = int(heavy.sum())                                        # heavy columns come first
         light_n = n_c[nh:]
         levels = int(light_n.max()) if len(light_n) else 0
