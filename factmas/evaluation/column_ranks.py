@@ -9,10 +9,11 @@ second direction needs no product of its own (issue 32: ≤ 3 × the score matri
 The difficulty: a true image's own score lies in its own block, usually a later or an earlier one,
 so its exact float32 value is not known while the other blocks are counted. Each true pair (fact f,
 image i) of order o gets a **window** that certainly holds it: the float64 inner product of the
-float32 unit slots (exact products, rounding ≈ 1e−16) ± δ, with δ = 2·γ_L·max Σ|a_k b_k| the
-classical bound on a float32 dot product of L = o·d terms in any summation order, FMA or not
+float32 unit slots (exact products, rounding ≈ 1e−16) ± δ, with δ = 2·γ_L·B where γ_L·Σ|a_k b_k| is
+the classical bound on a float32 dot product of L = o·d terms in any summation order, FMA or not
 (γ_L = L·u / (1 − L·u), u = 2⁻²⁴; Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
-eq. 3.5; the factor 2 is a margin), widened by one float32 step each way and mapped to −D by the
+eq. 3.5), B = o·max‖a_s‖·max‖b_s‖ ≥ Σ|a_k b_k| (Cauchy–Schwarz per slot), the factor 2 a margin
+(``test_window_delta_bounds_float32_dot_products`` measures torch's error at a tenth of it), widened by one float32 step each way and mapped to −D by the
 kernel's two roundings (monotone). Then, per true pair:
 
 * entries above the window's top are certainly closer (``count_kernel._count_cols_py``: vectorized
@@ -81,6 +82,7 @@ class ColumnCounter:
         self.neg = np.zeros(len(self.fact), np.float32)              # each pair's own −D
         self.seen = np.zeros(len(self.fact), bool)
         self.blocks = 0
+        self.row_norm: float | None = None                           # largest slot norm of a row
 
     def part(self, pi: int, o: int, ids: np.ndarray) -> np.ndarray:
         """Set up part ``pi`` (facts ``ids`` of order ``o``); returns ``ids`` reordered (facts with
@@ -99,8 +101,11 @@ class ColumnCounter:
         a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
         b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
         est = np.einsum("ij,ij->i", a_img, b_fact)
-        abs_sum = np.einsum("ij,ij->i", np.abs(a_img), np.abs(b_fact))   # Σ|a_k b_k| of each pair
-        delta = window_delta(o * self.rows_hat.shape[2], float(abs_sum.max()) * (1 + 1e-6))
+        # Σ|a_k b_k| ≤ Σ_slots ‖a_s‖·‖b_s‖ (Cauchy–Schwarz) ≤ o · (largest slot norms' product)
+        if self.row_norm is None:
+            self.row_norm = float(np.linalg.norm(self.rows_hat, axis=2).max(initial=0.0))
+        col_norm = float(np.linalg.norm(self.cols_hat[ids][:, :o], axis=2).max(initial=0.0))
+        delta = window_delta(o * self.rows_hat.shape[2], o * self.row_norm * col_norm * (1 + 1e-6))
         srt = np.lexsort((est, col))                                 # by column, then estimate
         pair, col, est = pair[srt], col[srt], est[srt]
         hi32 = np.nextafter(np.float32(est + delta), np.float32(np.inf))
