@@ -14,7 +14,12 @@ images, as ``factmas.model.features.compute_features`` runs them, in these forms
   ``torch.jit.optimize_for_inference`` (BatchNorm folded into the convolutions, oneDNN fusions);
 * ``torch.compile bB``: inductor on the CPU (compile time recorded apart);
 * ``onnxruntime bB``: the frozen stages exported to ONNX (``torch.onnx.export``) and run by ONNX
-  Runtime (PyPI ``onnxruntime``, optional) with 1 intra-op thread per ``--threads``.
+  Runtime (PyPI ``onnxruntime``, optional) with 1 intra-op thread per ``--threads``;
+  ``onnxruntime no-spin/no-arena bB``: the same with sequential execution, no spinning, no memory
+  arena and no memory patterns;
+* ``openvino bB``: the frozen stages converted by ``openvino.convert_model`` and compiled for the
+  CPU (PyPI ``openvino``, optional) in float32 (``INFERENCE_PRECISION_HINT``), ``--threads``
+  threads, one stream.
 
 Each form's features are compared with the baseline's: the largest |difference| / (2e-3 + 2e-3·|base|)
 (one float16 step near 1, the tolerance tests/test_features.py gives cached against live features),
@@ -70,6 +75,21 @@ def run_ort(session, images: np.ndarray, batch: int) -> np.ndarray:
         x = preprocess(images[lo:lo + batch])
         pair = [session.run(None, {name: (x.flip(-1) if f else x).numpy()})[0].astype(np.float16)
                 for f in (0, 1)]
+        out.append(np.stack(pair, 1))
+    return np.concatenate(out)
+
+
+def run_ov(compiled, images: np.ndarray, batch: int) -> np.ndarray:
+    """The same through an OpenVINO compiled model of the frozen stages."""
+    from factmas.model import preprocess
+    request = compiled.create_infer_request()
+    out = []
+    for lo in range(0, len(images), batch):
+        x = preprocess(images[lo:lo + batch])
+        pair = []
+        for f in (0, 1):
+            request.infer({0: (x.flip(-1) if f else x).numpy()})
+            pair.append(request.get_output_tensor(0).data.astype(np.float16))
         out.append(np.stack(pair, 1))
     return np.concatenate(out)
 
@@ -133,9 +153,39 @@ def build_forms(body: torch.nn.Module, args, example: torch.Tensor) -> tuple[dic
             forms["onnxruntime b8"] = lambda im: run_ort(session, im, 8)
             for b in args.batches:
                 forms[f"onnxruntime b{b}"] = lambda im, b=b: run_ort(session, im, b)
+            # the session options of issue 32's list: no spinning, sequential execution, the
+            # memory arena and patterns off (each on by default)
+            opts2 = ort.SessionOptions()
+            opts2.intra_op_num_threads = args.threads
+            opts2.inter_op_num_threads = 1
+            opts2.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts2.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts2.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts2.enable_cpu_mem_arena = False
+            opts2.enable_mem_pattern = False
+            session2 = ort.InferenceSession(str(path), opts2, providers=["CPUExecutionProvider"])
+            for b in args.batches:
+                forms[f"onnxruntime no-spin/no-arena b{b}"] = lambda im, b=b: run_ort(session2, im, b)
         except Exception as e:
             traceback.print_exc()
             setup["onnxruntime error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    if "openvino" not in args.skip:
+        try:
+            import openvino as ov
+            t0 = time.perf_counter()
+            model = ov.convert_model(body, example_input=example[:1],
+                                     input=[ov.PartialShape([-1, 3, example.shape[2], example.shape[3]])])
+            # f32 kept (a CPU with AMX/bf16 would otherwise run in bf16: not the same features)
+            compiled = ov.Core().compile_model(model, "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads,
+                "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+            setup["openvino"] = time.perf_counter() - t0
+            setup["openvino_version"] = ov.__version__
+            for b in args.batches:
+                forms[f"openvino b{b}"] = lambda im, b=b: run_ov(compiled, im, b)
+        except Exception as e:
+            traceback.print_exc()
+            setup["openvino error"] = f"{type(e).__name__}: {str(e)[:300]}"
     return forms, setup
 
 
@@ -146,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["jit", "compile", "onnxruntime"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["jit", "compile", "onnxruntime", "openvino"])
     ap.add_argument("--quick", action="store_true", help="smallest sizes (smoke test)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)

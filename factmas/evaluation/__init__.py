@@ -3,7 +3,8 @@
 - ``retrieval``: exact FAISS indexes of facts and images (wildcard distance), for top-k search.
 - ``ranking``: exact ranks of the true items in blocked score matrices (what the evaluator's full-ranking
   metrics need, without sorting rankings); ``count_kernel``: the compiled counting it uses where numba
-  is installed (the ``fast`` extra; then no row is sorted but a popular fact's).
+  is installed (the ``fast`` extra; then no row is sorted but a popular fact's); ``column_ranks``: the
+  fact → image ranks counted in the image → fact blocks' columns (one score matrix for both).
 - ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
 - ``metric_specs``: one ``Metric`` record per reported metric (name, label, direction, where shown);
   every list of metric names, labels and table columns derives from it.

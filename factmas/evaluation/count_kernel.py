@@ -29,6 +29,8 @@ import numpy as np
 
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
 CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
+COL_TILE = 256         # columns per tile of the column counting (its levels stay in the L1 cache)
+COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -145,3 +147,119 @@ def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LIN
         return per_row > linear_max
     row = np.repeat(np.arange(len(per_row)), per_row)
     return np.bincount(row[np.asarray(cap) == 0], minlength=len(per_row)) > linear_max
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns: the other direction's counts from the same block (issue 32, one product for both)
+#
+# A block [r, n] of −D holds, in column c, the scores of fact c against the block's images. A fact's
+# true images ("column needles") lie in other blocks too, so their exact float32 values are not known
+# while a block is counted: each needle j has instead a window [lo_j, hi_j] that certainly holds it
+# (a float64 estimate ± a rounding-error bound, ``factmas.evaluation.column_ranks``). Entries above
+# hi_j are certainly closer; entries inside the window are kept and resolved at the end against the
+# exact value (read from the needle's own entry, itself inside its window). Columns are ordered by
+# their number of needles, the "heavy" ones (more than ``linear_max``) first.
+
+def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
+    """Phase A over the block's rows and columns c0..c1−1: light columns (c ≥ nh): for each level k
+    (the k-th needle of every column with more than k needles, columns nh .. nh+lvl_len[k]−1),
+    ``cnt[k, c] += x > hi``; heavy columns (c < nh, needles ``hstart[c]:hstart[c+1]`` sorted by hi):
+    ``hist[hoff[c] + m] += 1`` with m = #(hi < x). Both: ``win[i // COL_ROWS, c]`` += the windows
+    (lo ≤ x ≤ hi) holding the entry x of row i (so that phase B scans only those rows)."""
+    r = block.shape[0]
+    for c in range(c0, min(c1, nh)):                       # heavy columns: binary search per entry
+        a = hstart[c]
+        b = hstart[c + 1]
+        lo_min = hlo[a]
+        for i in range(r):
+            x = block[i, c]
+            if x < lo_min:
+                continue                                   # below every window: m = 0, no window
+            lo = a
+            hi = b
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if hh[mid] < x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            hist[hoff[c] + lo - a] += 1
+            j = lo
+            while j < b and hlo[j] <= x:
+                win[i // COL_ROWS, c] += 1
+                j += 1
+    nsub = (r + COL_ROWS - 1) // COL_ROWS
+    acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
+    ge = np.zeros((nsub, COL_TILE), np.int32)
+    gt = np.zeros((nsub, COL_TILE), np.int32)
+    for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
+        w = min(c1, t0 + COL_TILE) - t0
+        ge[:, :] = 0
+        gt[:, :] = 0
+        for k in range(lvl_len.shape[0]):
+            wk = min(w, nh + lvl_len[k] - t0)              # the tile's columns with a k-th needle
+            if wk <= 0:
+                break
+            hk = lvl_h[k, t0:t0 + wk]
+            lk = lvl_lo[k, t0:t0 + wk]
+            ck = cnt[k, t0:t0 + wk]
+            for sb in range(nsub):
+                acc[:wk] = 0
+                gs = ge[sb]
+                for i in range(sb * COL_ROWS, min(r, (sb + 1) * COL_ROWS)):
+                    row = block[i, t0:t0 + wk]
+                    for c in range(wk):                    # vectorized by the compiler
+                        x = row[c]
+                        acc[c] += x > hk[c]
+                        gs[c] += x >= lk[c]
+                ts = gt[sb]
+                for c in range(wk):
+                    ck[c] += acc[c]
+                    ts[c] += acc[c]
+        for sb in range(nsub):
+            for c in range(w):
+                win[sb, t0 + c] += ge[sb, c] - gt[sb, c]
+
+
+def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, out_x, pos):
+    """Phase B: for each (column ``cols[t]``, rows ``subs[t]``·COL_ROWS …) with a window hit other
+    than a pair's own entry, every entry inside some needle's window (needles ``start[c]:start[c+1]``
+    sorted by hi): (needle, row0 + i, x) written at ``out_*[pos:]``; returns the new ``pos``."""
+    r = block.shape[0]
+    for t in range(cols.shape[0]):
+        c = cols[t]
+        a = start[c]
+        b = start[c + 1]
+        lo_min = clo[a]
+        hi_max = ch[b - 1]
+        for i in range(subs[t] * COL_ROWS, min(r, (subs[t] + 1) * COL_ROWS)):
+            x = block[i, c]
+            if x < lo_min or x > hi_max:
+                continue                                   # outside every window of the column
+            lo = a
+            hi = b
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ch[mid] < x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            j = lo
+            while j < b and clo[j] <= x:
+                out_j[pos] = j
+                out_row[pos] = row0 + i
+                out_x[pos] = x
+                pos += 1
+                j += 1
+    return pos
+
+
+if AVAILABLE:
+    try:
+        _count_cols_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_cols_py)
+        _collect_cols_jit = numba.njit(nogil=True, cache=True)(_collect_cols_py)
+    except RuntimeError:
+        _count_cols_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_cols_py)
+        _collect_cols_jit = numba.njit(nogil=True, cache=False)(_collect_cols_py)
+else:                                    # pragma: no cover
+    _count_cols_jit = _collect_cols_jit = None

@@ -52,7 +52,9 @@ from torch import nn
 from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
+from factmas.evaluation import count_kernel
 from factmas.evaluation import metrics as M
+from factmas.evaluation.column_ranks import ColumnCounter
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
@@ -154,14 +156,15 @@ class Evaluator:
         t0 = time.perf_counter()
         hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
-        ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing)
+        shared = self._shared_ranks(hats, order, timing)  # both directions from one product
+        ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing, shared)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
         # one {group: value} per recorded metric computed here (LFL's come from factmas.evaluation.lfl);
         # a name without a record fails here, and tests/evaluation/test_metric_specs.py checks both ways
         out: dict[str, Any] = {m: {} for m, spec in METRIC_SPECS.items() if spec.kind != "lfl"}
         counts: dict[str, dict] = {"facts": {}, "images": {}}
-        i2f_all, lfl = self._image_to_fact(phi, psi, hats, order, groups, timing)
+        i2f_all, lfl = self._image_to_fact(phi, psi, hats, order, groups, timing, shared)
         for key, facts in groups.items():
             t1 = time.perf_counter()
             f2i = fact_to_image_scores(ap[facts], ap_k[facts], {k: h[facts] for k, h in f2i_hits.items()})
@@ -178,7 +181,34 @@ class Evaluator:
                  timing["metrics_s"])
         return out
 
-    def _fact_to_image(self, hats, order, timing) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _shared_ranks(self, hats, order, timing) -> dict | None:
+        """Both directions' ranks from one pass of image → fact score blocks, the fact → image
+        counts taken from their columns (``factmas.evaluation.column_ranks``): with the image pool
+        "all", on the CPU, where numba is installed; else None (each direction computes its own
+        products). {"i2f": ``PairRanks`` as ``_image_to_fact`` computes it, "f2i": the tuple of
+        ``ColumnCounter.result``, "lfl_in": ``lfl_inputs(self)``}."""
+        if (self.cfg.image_pool != "all" or self.device.type != "cpu" or not count_kernel.AVAILABLE
+                or not len(self.image_ids)):
+            return None
+        t0 = time.perf_counter()
+        lfl_in = lfl_inputs(self)
+        pairs = np.unique(self.pool_pairs, axis=0)
+        rows = np.searchsorted(self.image_ids, lfl_in["queries"])         # query images' rows
+        img = np.searchsorted(self.image_ids, pairs[:, 0])
+        cols = ColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1))
+        capped = lfl_in["rank_pairs"]
+        r = rank_pairs(hats[0], hats[1], np.stack([img, pairs[:, 1]], axis=1), unit=True,
+                       capped_pairs=np.stack([rows[capped[:, 0]], capped[:, 1]], axis=1),
+                       item_order=order, item_segment=lfl_in["segment"],
+                       k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch,
+                       device=self.device, method="count", columns=cols)
+        r.query = np.searchsorted(rows, r.query)          # every pool row → its query position
+        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
+        log.debug("ranks of both directions from one product: %s, %s", r.blocks, cols.stats())
+        timing["search_s"] += time.perf_counter() - t0
+        return shared
+
+    def _fact_to_image(self, hats, order, timing, shared=None) -> tuple[np.ndarray, np.ndarray, dict]:
         """AP and AP@k of every fact over its image pool: two float64 [F] (NaN: no true image), and
         {K: float64 [F]} for K in ``RECALL_KS``: 1.0 where a true image is in the fact's top K, 0.0
         where none is, NaN without a true image (Recall@K's per-query hits).
@@ -193,6 +223,15 @@ class Evaluator:
         pools = ([(np.arange(f), self.image_ids)] if self.cfg.image_pool == "all" else
                  [(np.flatnonzero(self.task_of_fact == t), self.task_images[t])
                   for t in range(self.num_tasks)])
+        if shared is not None:                       # image pool "all": counted with image → fact
+            t1 = time.perf_counter()
+            q, item, neg, below, ties, lower = shared["f2i"]
+            ap[:] = M.ap_from_ranks(q, neg, below, ties, f)
+            ap_k[:] = M.ap_at_k_from_ranks(q, item, neg, below, lower, self.cfg.ap_k, f)
+            for k in RECALL_KS:
+                hits[k][:] = M.topk_from_ranks(q, below, lower, k, f)
+            timing["metrics_s"] += time.perf_counter() - t1
+            return ap, ap_k, hits
         for facts, images in pools:
             if not len(facts) or not len(images):
                 continue
@@ -221,7 +260,7 @@ class Evaluator:
             return self.n_true_images[facts]
         return self.relevant(images[None, :], facts[:, None]).sum(axis=1)
 
-    def _image_to_fact(self, phi, psi, hats, order, groups, timing) -> tuple[dict, dict]:
+    def _image_to_fact(self, phi, psi, hats, order, groups, timing, shared=None) -> tuple[dict, dict]:
         """({group: ``ImageToFact``}, LFL's metrics) of the pool images ranking the facts of
         each group (a task: its facts; "all": every fact), from the ranks of each image's true facts
         (``factmas.evaluation.ranking.rank_pairs``, one pass for all groups and for LFL's metric:
@@ -230,15 +269,18 @@ class Evaluator:
         ``factmas.evaluation.lfl``): the same images and true facts of the group, ranked among *all*
         facts (the ``*_all`` counts)."""
         t0 = time.perf_counter()
-        lfl_in = lfl_inputs(self)
-        pairs = np.unique(self.pool_pairs, axis=0)
+        lfl_in = lfl_inputs(self) if shared is None else shared["lfl_in"]
         queries = lfl_in["queries"]                                     # image ids with a fact
-        local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
-        rows = np.searchsorted(self.image_ids, queries)
-        # LFL's members only matter within the top 100: their counts may stop there (capped_pairs)
-        r = rank_pairs(hats[0][rows], hats[1], local, capped_pairs=lfl_in["rank_pairs"], unit=True,
-                       item_order=order, item_segment=lfl_in["segment"],
-                       k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch, device=self.device)
+        if shared is None:
+            pairs = np.unique(self.pool_pairs, axis=0)
+            local = np.stack([np.searchsorted(queries, pairs[:, 0]), pairs[:, 1]], axis=1)
+            rows = np.searchsorted(self.image_ids, queries)
+            # LFL's members only matter within the top 100: their counts may stop there (capped_pairs)
+            r = rank_pairs(hats[0][rows], hats[1], local, capped_pairs=lfl_in["rank_pairs"], unit=True,
+                           item_order=order, item_segment=lfl_in["segment"],
+                           k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch, device=self.device)
+        else:
+            r = shared["i2f"]
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
         true = ~r.capped                         # the true pairs (LFL's members only: capped)

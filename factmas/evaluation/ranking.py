@@ -38,7 +38,8 @@ which any union of segments follows — what LFL's candidate sets need, ``factma
 Pairs need not be relevant ones: any (query, item) pair gets its exact rank.
 
 May import: numpy, torch, ``factmas.evaluation.retrieval`` (unit slots and prefixes),
-``factmas.evaluation.count_kernel`` (numba, optional).
+``factmas.evaluation.count_kernel`` (numba, optional); ``factmas.evaluation.column_ranks`` is
+handed in by the caller (``columns``).
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
                device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION,
                method: str = "auto", capped_pairs: np.ndarray | None = None,
-               unit: bool = False) -> PairRanks:
+               unit: bool = False, columns=None) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -153,6 +154,10 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             there). A pair also in ``pairs`` is exact. None: none.
         unit: queries and items are unit slots already (float32 numpy [·, 3, d] from
             ``factmas.evaluation.retrieval.unit_slots``, e.g. computed once for both directions).
+        columns: a ``factmas.evaluation.column_ranks.ColumnCounter`` of the same queries (images)
+            and items (facts), image → fact only, method "count" on the CPU: it counts the other
+            direction (fact → image) in the same blocks; every query row is then computed, with a
+            true item or not. None: none.
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
@@ -184,6 +189,9 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         method = "count" if count_kernel.AVAILABLE else "select"
     if method == "sort":
         select_fraction = 0.0
+    if columns is not None and (method != "count" or query_order is not None
+                                or torch.device(device).type != "cpu"):
+        raise ValueError("columns need image → fact (item_order), method 'count' and the CPU")
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     extra = (np.zeros((0, 2), np.int64) if capped_pairs is None
              else np.asarray(capped_pairs, np.int64).reshape(-1, 2))
@@ -213,7 +221,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
         has_pair = np.zeros(Q, bool)
         has_pair[pairs[:, 0]] = True                     # a query without a relevant item has no rank
         for q_o, q_ids in groups:
-            q_ids = q_ids[has_pair[q_ids]]
+            if columns is None:                  # (fact → image by columns needs every image)
+                q_ids = q_ids[has_pair[q_ids]]
             if not len(q_ids):
                 continue
             bufs: dict = {}                                         # reused per query group
@@ -228,6 +237,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                         [(o, ids_s[order[ids_s] == o]) for o in (1, 2, 3)])
                 for o, ids in runs:
                     if len(ids):
+                        if columns is not None:         # its column order (facts with more
+                            ids = columns.part(len(parts), o, ids)   # true images first)
                         colpos[ids] = np.arange(len(ids))
                         part_of[ids] = len(parts)
                         parts.append((s, o, torch.from_numpy(prefix(x_hat[ids], o)).to(dev), ids,
@@ -260,6 +271,11 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                 _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
                              pool, threads, select_fraction, stats, bufs, method == "count",
                              capped[bsel], len(qb), seg_ids)
+                if columns is not None:
+                    for pi, _, block, _, _, sc in values:
+                        if not len(bsel):           # not mapped by the kernel: −D as it maps it
+                            torch.from_numpy(block).mul_(float(sc)).sub_(2.0)
+                        columns.count(pi, block, int(qb[0]), pool, threads)
     finally:
         if pool is not None:
             pool.shutdown()

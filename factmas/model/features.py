@@ -33,7 +33,7 @@ import torch
 from factmas.data.dataset import FactData
 from factmas.errors import FactmasError
 from factmas.io import atomic_path
-from factmas.model import preprocess
+from factmas.model import preprocess, stem_engine
 from factmas.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def cache_file(data: FactData, model: torch.nn.Module, device: torch.device | st
         raise ValueError("feature cache: the dataset has no file path; set train.feature_cache false")
     cfg = model.cfg
     uses_ort = getattr(model.image_stem, "uses_onnxruntime", None)
-    engine = ":onnxruntime" if uses_ort is not None and uses_ort(torch.device(device)) else ""
+    engine = (f":{stem_engine.fast_engine()}" if uses_ort is not None and uses_ort(torch.device(device))
+              else "")
     key = hashlib.blake2b(f"{CACHE_VERSION}:{pixels_hash(data.images)}:{stem_hash(model.image_stem)}"
                           f"{engine}".encode(), digest_size=8).hexdigest()
     stages = getattr(model.image_stem, "stages", cfg.freeze_stages)

@@ -1,4 +1,5 @@
-"""Running a frozen stem on the CPU through ONNX Runtime: the feature cache's fast path (issue 32).
+"""Running a frozen stem on the CPU through OpenVINO or ONNX Runtime: the feature cache's fast path
+(issue 32).
 
 A frozen stem (``factmas.model.frozen.FrozenStem``) never trains, so it can run outside torch. On the
 default model's 6 frozen Lite0 stages, ONNX Runtime (BatchNorm folded into the convolutions, fused
@@ -8,13 +9,23 @@ against torch's batch 8), with the same features to the cache's float16 toleranc
 serializer) are installed (``pip install factmas[fast-cache]``); otherwise, on a GPU, with gradients
 or when it fails to export, the stem runs in torch as before.
 
-``OrtStem(body)``: ``ready()`` says whether the packages are importable; ``__call__(x float32
-[B, 3, H, W] CPU) -> float32 [B, C, h, w] CPU``; a session per input size (H, W) (padding of a
-"same" convolution depends on it), each built on first use with intra-op threads =
-``torch.get_num_threads()`` at that time (rebuilt when the count changes). Not picklable state: a
-deep copy or a pickled stem starts without sessions.
+OpenVINO (PyPI ``openvino``, Intel's inference runtime, also in ``factmas[fast-cache]``) is preferred
+where it is installed: on the default model's frozen stages it ran 1.4× as fast as ONNX Runtime side
+by side (2.83× against 2.03× torch's eager batch 8, 55–57 % of the 1-thread ``torch.mm`` rate on the
+Xeon of docs/benchmarks.md § 8.6, ``bench/results/cache_speed_engines.json``), with the same
+features to float16 rounding (largest difference 0.43 of the tolerance, as ONNX Runtime's). It runs
+in float32 (``INFERENCE_PRECISION_HINT``: a CPU with AMX or AVX-512 BF16 would otherwise run in
+bfloat16, whose features differ by more). ``fast_engine()`` names the engine in use ("openvino",
+"onnxruntime" or None), and the feature cache's key names it (``factmas.model.features``), so a
+cache built by one engine never stands in for another's.
 
-May import: torch, and onnxruntime / onnx when present.
+``OrtStem(body)``: ``__call__(x float32 [B, 3, H, W] CPU) -> float32 [B, C, h, w] CPU``; a compiled
+model (OpenVINO) or session (ONNX Runtime) per input size (H, W) (padding of a "same" convolution
+depends on it), each built on first use with ``torch.get_num_threads()`` threads at that time
+(rebuilt when the count changes). Not picklable state: a deep copy or a pickled stem starts without
+sessions.
+
+May import: torch, and openvino / onnxruntime / onnx when present.
 """
 from __future__ import annotations
 
@@ -31,10 +42,24 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+ENGINES = ("openvino", "onnxruntime")      # in order of preference (the fastest first)
+_NEEDS = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx")}
+
+
 @functools.lru_cache(maxsize=None)
+def _importable(engine: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in _NEEDS[engine])
+
+
+def fast_engine() -> str | None:
+    """The fast path's engine: the first of ``ENGINES`` whose packages can be imported, else None."""
+    return next((e for e in ENGINES if _importable(e)), None)
+
+
 def ort_available() -> bool:
-    """True when ``onnxruntime`` and ``onnx`` can be imported (the fast path's optional packages)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+    """True when a fast engine (OpenVINO, or ONNX Runtime with ``onnx``) can be imported. (The name
+    is older than OpenVINO's path: ``factmas.model.frozen`` asks it whether the fast path can run.)"""
+    return fast_engine() is not None
 
 
 class OrtStem:
@@ -49,12 +74,40 @@ class OrtStem:
         self.sessions: dict[tuple[int, int], tuple[int, object]] = {}
 
     def _session(self, shape: tuple[int, ...]):
-        import onnxruntime as ort
+        """The runner (numpy float32 [B, 3, H, W] → numpy float32 [B, C, h, w]) of this input size."""
         key, threads = (int(shape[-2]), int(shape[-1])), torch.get_num_threads()
         if key in self.sessions and self.sessions[key][0] == threads:
             return self.sessions[key][1]
+        engine = fast_engine()
+        if engine is None:
+            raise RuntimeError("neither openvino nor onnxruntime + onnx is installed")
+        run = (self._openvino if engine == "openvino" else self._onnxruntime)(key, threads)
+        self.sessions[key] = (threads, run)
+        return run
+
+    def _openvino(self, key: tuple[int, int], threads: int):
+        import openvino as ov
+        example = torch.zeros(1, 3, *key)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")             # the tracer's notes on "same" padding's shapes
+            model = ov.convert_model(self.body, example_input=example,
+                                     input=[ov.PartialShape([-1, 3, key[0], key[1]])])
+        compiled = ov.Core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+        log.info("frozen stem: OpenVINO %s model for %dx%d input, %d thread(s)",
+                 ov.__version__, key[0], key[1], threads)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()
+        return run
+
+    def _onnxruntime(self, key: tuple[int, int], threads: int):
+        import onnxruntime as ort
         buf = io.BytesIO()
-        example = torch.zeros(1, *shape[1:])
+        example = torch.zeros(1, 3, *key)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")             # the tracer's notes on "same" padding's shapes
             torch.onnx.export(self.body, (example,), buf, input_names=["x"], output_names=["y"],
@@ -65,12 +118,10 @@ class OrtStem:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-        self.sessions[key] = (threads, session)
         log.info("frozen stem: ONNX Runtime %s session for %dx%d input, %d thread(s)",
                  ort.__version__, key[0], key[1], threads)
-        return session
+        return lambda x: session.run(None, {"x": x})[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        session = self._session(tuple(x.shape))
-        y = session.run(None, {"x": np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)})[0]
-        return torch.from_numpy(y)
+        run = self._session(tuple(x.shape))
+        return torch.from_numpy(run(np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)))

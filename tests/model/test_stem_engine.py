@@ -7,6 +7,8 @@ import copy
 import logging
 import pickle
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -96,3 +98,45 @@ def test_cache_batch_follows_the_engine(stem):
     s.engine = "torch"
     assert default_batch(s, "cpu") == 8
     assert default_batch(torch.nn.Identity(), "cpu") == 8
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_each_engine_gives_the_torch_features_and_names_the_cache(stem, engine, monkeypatch):
+    """Both fast engines (OpenVINO preferred where installed, else ONNX Runtime) give torch's
+    features to float16 rounding, and the feature cache's key names the engine in use (a cache of
+    one engine never stands in for another's; torch's key has no engine)."""
+    if not stem_engine._importable(engine):
+        pytest.skip(f"{engine} not installed")
+    from factmas.model import features
+    monkeypatch.setattr(stem_engine, "ENGINES", (engine,))
+    assert stem_engine.fast_engine() == engine
+    s = copy.deepcopy(stem)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    got = s(x)
+    assert s._ort is not None and not s._ort_failed
+    assert torch.allclose(got, _torch(s, x), rtol=TOL, atol=TOL)
+    assert not torch.allclose(got, _torch(s, x.flip(-1)), rtol=TOL, atol=TOL)
+
+    class Data:
+        path, images = "/nonexistent/data.h5", np.zeros((2, 8, 8, 3), np.uint8)
+
+    class Model:
+        cfg = ModelConfig(backbone="efficientnet_lite0")
+        image_stem = s
+    keys = {}
+    for name in (engine, "torch"):
+        s.engine = "auto" if name == engine else "torch"
+        keys[name] = features.cache_file(Data, Model).name
+    monkeypatch.setattr(stem_engine, "ENGINES", tuple(e for e in ("openvino", "onnxruntime") if e != engine))
+    if stem_engine.fast_engine() is not None:
+        s.engine = "auto"
+        keys["other"] = features.cache_file(Data, Model).name
+    assert len(set(keys.values())) == len(keys)                        # every engine its own key
+
+
+def test_no_fast_engine_means_torch(stem, monkeypatch):
+    monkeypatch.setattr(stem_engine, "ENGINES", ())
+    assert stem_engine.fast_engine() is None and not stem_engine.ort_available()
+    s = copy.deepcopy(stem)
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(s(x), _torch(s, x)) and s._ort is None
