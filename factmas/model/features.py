@@ -9,7 +9,7 @@ stages, weights) and stored beside the dataset file::
                                                         [:, 0] the image, [:, 1] mirrored left-right
 
 ``key`` hashes the dataset's pixels, the stem's weights, the cache version and, when the stem runs
-through ONNX Runtime (``model.stem_engine`` "auto" on the CPU), that engine, so any change gives a
+through a fast engine (``model.stem_engine`` "auto" on the CPU: OpenVINO, else ONNX Runtime), that engine, so any change gives a
 new file; every run and method on that dataset reuses it. The file is written to a temporary name and
 renamed (never half-written). The stem rounds its live output to float16 too, so cached and live
 inputs agree to one float16 step (the convolutions' summation order depends on the batch size).
@@ -61,7 +61,7 @@ def stem_hash(stem: torch.nn.Module) -> str:
 def cache_file(data: FactData, model: torch.nn.Module, device: torch.device | str = "cpu") -> Path:
     """Where the feature cache of ``model``'s stem on ``data`` lives (see the module docstring).
 
-    The key also names the engine when the stem runs through ONNX Runtime on ``device``: its features
+    The key also names the engine when the stem runs through OpenVINO or ONNX Runtime on ``device``: their features
     equal torch's only to float16 rounding, so a cache of one engine never stands in for the other's
     (a torch-built cache keeps the key it had before engines existed).
 
@@ -81,8 +81,9 @@ def cache_file(data: FactData, model: torch.nn.Module, device: torch.device | st
 
 
 def default_batch(stem: torch.nn.Module, device: torch.device | str) -> int:
-    """Images per forward of the cache: 2 when the stem runs through ONNX Runtime (2.09× torch at
-    batch 8, against 1.75× for ONNX Runtime at batch 8; 224 px, 1 thread), else 8 (torch's fastest
+    """Images per forward of the cache: 2 when the stem runs through a fast engine (ONNX Runtime:
+    2.09× torch at batch 8, against 1.75× for ONNX Runtime at batch 8; 224 px, 1 thread; OpenVINO
+    was measured at batch 1 and 2, bench/results/cache_speed_engines.json), else 8 (torch's fastest
     eager NCHW batch: 2.4× batch 64 at 128 px, 1.0× batch 4, 1.09× batch 2; docs/benchmarks.md § 7
     and § 8.6)."""
     uses_ort = getattr(stem, "uses_onnxruntime", None)
@@ -96,8 +97,8 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
 
     Args:
         stem: a ``FrozenStem`` (pixels → float16-rounded features).
-        images: uint8 [N, H, W, 3].  device: where the stem runs (on the CPU through ONNX Runtime
-            when installed: ``FrozenStem``'s engine, 1.5-2.1× torch's images/s at 1 thread, same
+        images: uint8 [N, H, W, 3].  device: where the stem runs (on the CPU through OpenVINO or
+            ONNX Runtime when installed: ``FrozenStem``'s engine, 1.5-2.1× torch's images/s at 1 thread, same
             features to float16 rounding; bench/cache_speed.py, docs/benchmarks.md § 8.6).
             batch: images per forward; None: ``default_batch`` (small batches keep the
             activations in the CPU caches and the allocator's reuse; bench/cpu_memory.py,

@@ -16,8 +16,9 @@ A pretrained image branch is cut in two (``factmas.model.image_branch``):
 becomes a plain ``nn.Sequential`` of the same arithmetic: ``[SamePad2d, Conv2d]`` and
 ``[BatchNorm2d, drop, act]``.
 
-On the CPU, ``FrozenStem`` runs its body through ONNX Runtime when the optional packages are
-installed (``factmas.model.stem_engine``; about 2× torch at the same float16-rounded features),
+On the CPU, ``FrozenStem`` runs its body through a fast engine when its optional package is
+installed (``factmas.model.stem_engine``: OpenVINO, else ONNX Runtime; 2.8× and 2.0× torch at the
+same float16-rounded features),
 so the feature cache, live stem inputs and ``embed_pixels`` (query, search, evaluation without the
 cache) take the same path.
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from factmas.model.stem_engine import OrtStem, ort_available
+from factmas.model.stem_engine import OrtStem, fast_engine, ort_available
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,15 @@ class FrozenStem(nn.Module):
 
     Args:
         body: the lower stages (e.g. ``nn.Sequential(renormalize, conv_stem, bn, blocks[:k])``).
-        engine: "auto" (a float32 CPU input runs through ONNX Runtime when ``onnxruntime`` and
-            ``onnx`` are installed, else torch) or "torch" (always torch).
+        engine: "auto" (a float32 CPU input runs through ``stem_engine.fast_engine()``: OpenVINO when
+            ``openvino`` is installed, else ONNX Runtime when ``onnxruntime`` and ``onnx`` are, else
+            torch) or "torch" (always torch).
         stages: how many of the backbone's stages ``body`` holds (``Backbone.frozen_stages``; it
             names the feature cache file, ``factmas.model.features.cache_file``); None: not said.
     ``forward(x)``: x float32 [B, 3, H, W] (``preprocess`` output) → float32 [B, C, h, w], each value
     rounded to the nearest float16 (the feature cache's storage type). Always in eval mode; its
     parameters have ``requires_grad = False`` and are never in Ω or the optimizer's updates. The two
-    engines agree to the cache's float16 tolerance (tests/model/test_stem_engine.py); if ONNX Runtime
+    engines agree to the cache's float16 tolerance (tests/model/test_stem_engine.py); if the fast engine
     fails (export or session), a warning says why and the stem stays on torch. A session follows the
     body's weights (rebuilt when a parameter or buffer is written, e.g. by ``load_state_dict``).
     """
@@ -117,8 +119,9 @@ class FrozenStem(nn.Module):
         return sum(t._version for t in self.body.state_dict(keep_vars=True).values())
 
     def uses_onnxruntime(self, device: torch.device) -> bool:
-        """Whether a float32 input on ``device`` runs through ONNX Runtime (engine "auto", the CPU,
-        the packages installed, no earlier failure)."""
+        """Whether a float32 input on ``device`` runs through a fast engine, OpenVINO or ONNX Runtime
+        (engine "auto", the CPU, a package installed, no earlier failure; the name is older than
+        OpenVINO's use)."""
         return (self.engine == "auto" and not self._ort_failed and torch.device(device).type == "cpu"
                 and ort_available())
 
@@ -132,8 +135,8 @@ class FrozenStem(nn.Module):
             return self._ort[1](x)
         except Exception as e:                          # any exporter/runtime failure: stay on torch
             self._ort_failed = True
-            log.warning("frozen stem: ONNX Runtime unavailable (%s: %s); running it in torch",
-                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            log.warning("frozen stem: %s unavailable (%s: %s); running it in torch",
+                        fast_engine(), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
             return None
 
     @torch.no_grad()
