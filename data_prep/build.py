@@ -288,6 +288,19 @@ def run_build(build, args: argparse.Namespace) -> tuple[int, "BuildReport | None
         return 130, None
 
 
+def build_command(p: argparse.ArgumentParser, build, argv: list[str] | None) -> tuple[int, "BuildReport | None"]:
+    """A builder's command line after its own options: parse ``argv`` with ``p``, set up logging
+    (``-q``: warnings only), run ``build(args)`` (``run_build``) and print its report.
+    Returns (exit status, report): (0, report), or (2 or 130, None) as ``run_build``."""
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    status, report = run_build(build, args)
+    if report is not None:
+        print_report(report)
+    return status, report
+
+
 def print_report(report: BuildReport, stream=None) -> None:
     """Human-readable build report (to stderr by default): skipped images with reasons, then counts."""
     stream = stream or sys.stderr

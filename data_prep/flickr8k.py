@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .build import BuildError, add_common_args, assemble, options_from_args, print_report, run_build
+from .build import BuildError, add_common_args, assemble, build_command, options_from_args
 from .images import load_images
 from .textfile import open_utf8
 
@@ -144,13 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     # restated on the training part, which is 0.7 of the images; 20 training images would keep 236
     # facts instead of 361 (data_prep/README.md, "Thresholds").
     add_common_args(p, min_images=14, max_image_frac=0.3)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    status, report = run_build(build, args)
+    status, report = build_command(p, build, argv)
     if status:
         return status
-    print_report(report)
     t = report.counts["timings"]
     print(f"decoded {t['images_per_second']:.0f} images/s; parsed {t['captions_parsed']} captions in "
           f"{t['parse_seconds']:.1f} s", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from factmas.data.dataset import MAX_SLOT_WORDS
 
-from .build import BuildError, add_common_args, assemble, options_from_args, print_report, run_build
+from .build import BuildError, add_common_args, assemble, build_command, options_from_args
 from .images import load_images
 from .textfile import open_utf8
 
@@ -156,13 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--implied", action="store_true",
                    help="also label each image with the ⟨S⟩ and ⟨S,P⟩ implied by its ⟨S,P,O⟩ rows")
     add_common_args(p, min_images=1, max_image_frac=1.0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    status, report = run_build(build, args)
+    status, report = build_command(p, build, argv)
     if status:
         return status
-    print_report(report)
     return 0
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import vg_words
-from .build import BuildError, add_common_args, assemble, options_from_args, print_report, run_build
+from .build import BuildError, add_common_args, assemble, build_command, options_from_args
 from .images import load_images
 from .jsonstream import iter_records
 
@@ -288,13 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                         "that fits in memory: all images are held while the file is written)")
     # the Flickr8k builder's thresholds (data_prep/README.md, "Thresholds")
     add_common_args(p, min_images=14, max_image_frac=0.3)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    status, report = run_build(build, args)
+    status, report = build_command(p, build, argv)
     if status:
         return status
-    print_report(report)
     return 0
 
 
