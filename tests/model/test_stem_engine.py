@@ -81,7 +81,7 @@ def test_failure_falls_back_to_torch_with_a_warning(stem, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         got = s(x)
     assert torch.equal(got, _torch(s, x)) and s._ort_failed
-    assert "ONNX Runtime unavailable (RuntimeError: no exporter here)" in caplog.text
+    assert f"{stem_engine.fast_engine()} unavailable (RuntimeError: no exporter here)" in caplog.text
 
 
 def test_gradient_free_and_non_float32_inputs_stay_on_torch(stem):
