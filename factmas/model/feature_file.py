@@ -54,6 +54,21 @@ def read(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def release(array: np.ndarray) -> bool:
+    """Drop the pages of a memory map from this process's resident set (``madvise(MADV_DONTNEED)``);
+    True if done. For a file mapping this loses nothing: written pages are already in the page cache
+    (and on the disk after ``flush``), and a later read maps them again from the page cache (a minor
+    fault) or the disk. Without it every page touched stays in the process's RSS (as file-backed
+    memory, RssFile) until the map is closed, so the peak RSS of a pass over the cache grows with its
+    size. Anything but a ``np.memmap`` (or a platform without ``madvise``): nothing done, False."""
+    import mmap
+    mm = getattr(array, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    mm.madvise(mmap.MADV_DONTNEED)
+    return True
+
+
 def _write_sidecar(side: Path, record: dict[str, Any]) -> None:
     """Replace ``side`` by ``record`` as JSON (temporary file, flush to the disk, rename)."""
     tmp = side.with_name(side.name + ".tmp")
@@ -160,6 +175,7 @@ class PartialFile:
                              f"{self._mm.shape[1:]} {self._mm.dtype}")
         self._mm[lo:lo + len(block)] = block
         self._mm.flush()                       # the rows are on the disk before the sidecar says so
+        release(self._mm)                      # and out of this process's RSS (the build stays flat)
         self._record["done"] += 1
         _write_sidecar(self.side, self._record)
 

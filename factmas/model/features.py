@@ -291,8 +291,12 @@ class CachedInputs:
 
     ``get(ids int [B], flip bool [B] | None)`` → float32 [B, C, h, w] on ``device``: orientation 1
     (mirrored) where ``flip`` is True. On the CPU only the rows asked for are read (from a memory
-    map: through the page cache, nothing loaded whole); on a GPU the whole cache is copied to the
-    device once, ``GPU_COPY_ROWS`` rows at a time (no whole copy in host memory).
+    map: through the page cache, nothing loaded whole), and the map's pages are dropped from the
+    process's RSS after each call (``feature_file.release``: +0.25 ms per 64 rows): the kernel maps
+    a whole page-cache folio around each row read (measured on Linux 6.18: 64 random rows of 32 KiB
+    mapped 76 MiB), so without it an epoch would leave the whole file in the RSS; with it the cache's
+    share of the RSS is bounded by one batch's folios, whatever N. On a GPU the whole cache is
+    copied to the device once, ``GPU_COPY_ROWS`` rows at a time (no whole copy in host memory).
     """
 
     #: rows per host → GPU copy (at 37.6 KB a row, 38 MB)
@@ -306,6 +310,7 @@ class CachedInputs:
             for lo in range(0, len(features), self.GPU_COPY_ROWS):
                 rows = np.ascontiguousarray(features[lo:lo + self.GPU_COPY_ROWS])
                 self.features[lo:lo + len(rows)] = torch.from_numpy(rows).to(self.device)
+                feature_file.release(features)
 
     def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         ids = np.asarray(ids, np.int64)
@@ -314,7 +319,9 @@ class CachedInputs:
             dev = self.features.device
             return self.features[torch.as_tensor(ids, device=dev),
                                  torch.as_tensor(side, device=dev)].to(torch.float32)
-        return torch.from_numpy(np.ascontiguousarray(self.features[ids, side])).to(torch.float32)
+        rows = np.ascontiguousarray(self.features[ids, side])
+        feature_file.release(self.features)    # see the class docstring
+        return torch.from_numpy(rows).to(torch.float32)
 
 
 def image_inputs(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",

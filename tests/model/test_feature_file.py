@@ -274,3 +274,31 @@ def test_a_build_killed_with_sigkill_resumes_from_its_last_complete_chunk(data, 
     assert calls == list(range(8 * done, N, 8))
     want = compute_features(stem, data.images, batch=4, progress=False)
     assert np.array_equal(bits(np.load(path)), bits(want))
+
+
+def _rss_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self/status (Linux)")
+def test_release_drops_a_memory_map_from_the_rss_and_get_releases(tmp_path, monkeypatch):
+    path = tmp_path / "big.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(64, 2, 16, 32, 32))
+    mm[:] = 1
+    mm.flush()
+    del mm
+    mapped = features.feature_file.read(path)
+    before = _rss_file_kib()
+    assert float(mapped.astype(np.float32).sum()) == 64 * 2 * 16 * 32 * 32       # touches all 4 MiB
+    assert _rss_file_kib() - before > 3 * 1024
+    assert features.feature_file.release(mapped)
+    assert _rss_file_kib() - before < 1024
+    assert float(mapped[63, 1].astype(np.float32).sum()) == 16 * 32 * 32          # still readable
+    assert not features.feature_file.release(np.zeros(3))                         # not a map: nothing
+    calls = []
+    monkeypatch.setattr(features.feature_file, "release", lambda a: calls.append(a is mapped))
+    CachedInputs(mapped).get(np.array([1, 2]))
+    assert calls == [True]
