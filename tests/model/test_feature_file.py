@@ -333,3 +333,18 @@ def test_training_and_evaluation_through_the_memory_map_equal_the_in_memory_cach
                 assert torch.equal(a[part][k], b[part][k]), (part, k)
     strip = lambda row: {k: v for k, v in row["retrieval"].items() if k != "timing"}  # noqa: E731
     assert [strip(r) for r in mapped.history] == [strip(r) for r in whole.history]
+
+
+def test_a_build_killed_between_its_last_chunk_and_the_rename_only_renames(tmp_path):
+    path = tmp_path / "c.npy"
+    with pytest.raises(RuntimeError):
+        with PartialFile(path, "k", rows=3, chunk=2) as part:
+            part.write(0, np.ones((2, 1), np.float16))
+            part.write(2, np.full((1, 1), 2, np.float16))
+            raise RuntimeError("killed before finish")
+    assert not path.exists()
+    with PartialFile(path, "k", rows=3, chunk=2) as part:
+        assert part.start == 3 and not part.complete
+        part.finish()
+    assert np.array_equal(np.load(path)[:, 0], np.array([1, 1, 2], np.float16))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npy"]
