@@ -348,3 +348,24 @@ def test_a_build_killed_between_its_last_chunk_and_the_rename_only_renames(tmp_p
         part.finish()
     assert np.array_equal(np.load(path)[:, 0], np.array([1, 1, 2], np.float16))
     assert [p.name for p in tmp_path.iterdir()] == ["c.npy"]
+
+
+def test_a_redirected_build_logs_its_rate_and_a_resumed_one_says_where_it_starts(tmp_path, monkeypatch, capsys):
+    import factmas.progress as progress
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    monkeypatch.setattr(features, "CHUNK_IMAGES", 8)
+    stem = torch.nn.Conv2d(3, 2, 3, stride=4)
+    images = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    path = tmp_path / "c.npy"
+    real = features.feature_rows
+    monkeypatch.setattr(features, "feature_rows",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError()) if a[2] >= 8 else real(*a, **k))
+    with pytest.raises(RuntimeError):
+        build_file(stem, images, path, batch=4, progress=True)
+    capsys.readouterr()
+    monkeypatch.setattr(features, "feature_rows", real)
+    build_file(stem, images, path, batch=4, progress=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "feature cache" in x]
+    assert lines and all("feature cache (from image 8): " in x and " img/s" in x for x in lines), lines
+    assert "/24 img" in lines[-1]                  # the 12 images left, both orientations
+    assert np.array_equal(bits(np.load(path)), bits(compute_features(stem, images, batch=4, progress=False)))
