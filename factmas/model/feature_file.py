@@ -80,7 +80,7 @@ def _write_sidecar(side: Path, record: dict[str, Any]) -> None:
 
 
 class PartialFile:
-    """A float16 ``.npy`` of ``rows`` rows written in chunks of ``chunk`` rows, resumable (module docstring).
+    """A ``.npy`` of ``rows`` rows written in chunks of ``chunk`` rows, resumable (module docstring).
 
     Args:
         path: the final file.  key: what the content depends on (compared with the sidecar's).
@@ -106,23 +106,33 @@ class PartialFile:
 
     # -- the lock -------------------------------------------------------------------------------
     def __enter__(self) -> "PartialFile":
-        import fcntl
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.lock, "a+")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("feature cache: %s is being built by another process; waiting for it", self.path)
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-        self.complete = self.path.exists()
-        if not self.complete:
-            self.start = self._resume()
+            try:
+                import fcntl
+            except ImportError:                # Windows: no flock; one builder at a time is up to the user
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    log.info("feature cache: %s is being built by another process; waiting for it",
+                             self.path)
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            self.complete = self.path.exists()
+            if not self.complete:
+                self.start = self._resume()
+        except BaseException:
+            self._lock_file.close()
+            self._lock_file = None
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._close()
         if self._lock_file is not None:
-            if exc[0] is None:                 # finished (or found finished): the lock is no longer needed
+            if self.complete:                  # finished (or found finished): the lock is no longer needed
                 with contextlib.suppress(OSError):
                     self.lock.unlink()
             self._lock_file.close()            # releases the flock
