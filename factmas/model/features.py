@@ -312,6 +312,19 @@ class CachedInputs:
                 self.features[lo:lo + len(rows)] = torch.from_numpy(rows).to(self.device)
                 feature_file.release(features)
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. into ``DataLoader`` worker processes started by spawn or forkserver) by the
+        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole)."""
+        state = dict(self.__dict__)
+        if isinstance(self.features, np.memmap) and self.features.filename:
+            state["features"] = Path(self.features.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("features"), Path):
+            state["features"] = feature_file.read(state["features"])
+        self.__dict__.update(state)
+
     def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         ids = np.asarray(ids, np.int64)
         side = np.zeros_like(ids) if flip is None else np.asarray(flip, np.int64)

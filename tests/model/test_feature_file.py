@@ -369,3 +369,19 @@ def test_a_redirected_build_logs_its_rate_and_a_resumed_one_says_where_it_starts
     assert lines and all("feature cache (from image 8): " in x and " img/s" in x for x in lines), lines
     assert "/24 img" in lines[-1]                  # the 12 images left, both orientations
     assert np.array_equal(bits(np.load(path)), bits(compute_features(stem, images, batch=4, progress=False)))
+
+
+def test_memory_mapped_inputs_pickle_by_path_and_read_the_same_rows(data, stem, tmp_path):
+    """For DataLoader workers started by spawn: the pickle names the file instead of holding the cache."""
+    import pickle
+    path = tmp_path / "c.npy"
+    build_file(stem, data.images, path, progress=False)
+    inputs = CachedInputs(features.feature_file.read(path))
+    blob = pickle.dumps(inputs)
+    assert len(blob) < 2000 < path.stat().st_size
+    again = pickle.loads(blob)
+    assert isinstance(again.features, np.memmap)
+    ids, flip = np.array([4, 0, 42, 4]), np.array([True, False, False, False])
+    assert torch.equal(again.get(ids, flip), inputs.get(ids, flip))
+    whole = CachedInputs(np.load(path))                          # an in-memory cache pickles whole
+    assert torch.equal(pickle.loads(pickle.dumps(whole)).get(ids, flip), inputs.get(ids, flip))
