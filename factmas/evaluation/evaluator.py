@@ -52,7 +52,7 @@ from torch import nn
 from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
-from factmas.evaluation import count_kernel
+from factmas.evaluation import count_kernel, shard_eval
 from factmas.evaluation import metrics as M
 from factmas.evaluation.column_ranks import ColumnCounter
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
@@ -127,9 +127,11 @@ class Evaluator:
         """All metrics of ``model`` (module docstring layout). The model is put in eval mode.
 
         On several processes (``factmas.distributed``) each rank embeds its share of the images and
-        facts, the rows are gathered, rank 0 runs the search and the metrics and every rank returns
-        rank 0's result."""
-        from factmas.distributed import broadcast, gather_rows, is_main, size
+        of the facts; ψ is gathered; each rank scores its own images against every fact and the
+        counts are merged exactly (``evaluate_sharded``, ``factmas.evaluation.shard_eval``), or, where
+        that does not apply (``shard_eval.can_shard``), φ is gathered and rank 0 runs the search.
+        Rank 0 computes the metrics and every rank returns rank 0's result."""
+        from factmas.distributed import broadcast, gather_rows, is_main, shard_bounds, size
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
@@ -138,12 +140,48 @@ class Evaluator:
                            enabled=self.progress and is_main())
         embed = RunEmbedder.from_eval(model, cfg, data, inputs=self.inputs, device=self.device,
                                       cache=False)
+        psi_of = lambda ids: embed.facts(data.tokens[ids], data.order[ids])  # noqa: E731
+        if size() > 1 and shard_eval.can_shard(self):
+            lo, hi = shard_bounds(len(self.image_ids))
+            with bar:
+                phi_local = embed.images(self.image_ids[lo:hi], bar.update)
+            psi = gather_rows(psi_of, np.arange(data.num_facts))
+            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0))
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
-        psi = gather_rows(lambda ids: embed.facts(data.tokens[ids], data.order[ids]),
-                          np.arange(data.num_facts))
+        psi = gather_rows(psi_of, np.arange(data.num_facts))
         result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
         return broadcast(result)
+
+    def evaluate_sharded(self, phi_local: torch.Tensor, psi: torch.Tensor, lo: int,
+                         embed_s: float = 0.0, label: str = "evaluation") -> dict | None:
+        """``evaluate_embeddings``' result from this rank's share of the pool images (a collective:
+        every rank of the process group calls it with its own share, in rank order of
+        ``factmas.distributed.shard_bounds``): ``phi_local`` float [n, 3, d] raw φ of pool rows
+        lo .. lo + n − 1 (``self.image_ids[lo:lo + n]``), ``psi`` float [F, 3, d] raw ψ of every fact.
+        Each rank scores its images against all facts (``factmas.evaluation.shard_eval``); the
+        metrics equal the one-process ones on the same embeddings (the mean cosine up to float64
+        rounding). Returns the result on rank 0, None on the others. Where the shares cannot be
+        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole."""
+        from factmas.distributed import all_reduce_array, gather_rows, is_main, shard_bounds
+        want = shard_bounds(len(self.image_ids))
+        if (lo, lo + len(phi_local)) != want:
+            raise ValueError(f"evaluate_sharded: pool rows {lo} .. {lo + len(phi_local)} given, this "
+                             f"rank's share is {want[0]} .. {want[1]} (factmas.distributed.shard_bounds)")
+        timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
+        order = self.data.order.astype(np.int64)
+        t0 = time.perf_counter()
+        hats = unit_slots(phi_local), unit_slots(psi)
+        shared = shard_eval.sharded_ranks(self, hats[0], hats[1], lo, order)
+        if shared is None:                           # gathered, as without sharding
+            phi = gather_rows(lambda ids: phi_local, self.image_ids)
+            return self.evaluate_embeddings(phi, psi, embed_s, label) if is_main() else None
+        sums = all_reduce_array(shard_eval.slot_sums(phi_local), "sum")
+        timing["search_s"] += time.perf_counter() - t0
+        if not is_main():
+            return None
+        cosine = shard_eval.mean_cosine_from_sums(sums, len(self.image_ids))
+        return self._metrics(None, None, hats, order, timing, shared, cosine, label)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
                             label: str = "evaluation") -> dict:
@@ -157,6 +195,13 @@ class Evaluator:
         hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
         shared = self._shared_ranks(hats, order, timing)  # both directions from one product
+        return self._metrics(phi, psi, hats, order, timing, shared, mean_pairwise_cosine(phi), label)
+
+    def _metrics(self, phi, psi, hats, order, timing, shared, cosine: float, label: str) -> dict:
+        """``evaluate_embeddings``' result from the unit slots ``hats`` and, where given, ``shared``
+        ranks of both directions (``_shared_ranks``, or a sharded evaluation's with ``phi``, ``psi``
+        None and ``hats[0]`` only a share); ``cosine`` the embedding's mean pairwise cosine."""
+        data = self.data
         ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing, shared)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
@@ -175,7 +220,7 @@ class Evaluator:
                 out[name][key] = value
         out.update(lfl)                               # LFL's metric, standard/generalized modes
         out["counts"], out["timing"] = counts, timing
-        out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
+        out["embedding"] = {"mean_cosine": cosine}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
                  label, HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
                  timing["metrics_s"])
