@@ -108,3 +108,17 @@ def test_two_gloo_processes_equal_one(tmp_path, data_path, ties):
         ph, ps = unit_slots(torch.from_numpy(phi)), unit_slots(torch.from_numpy(psi))
         col = (ph[:, :1] * ps[0, :1]).sum((1, 2))
         assert len(np.unique(col)) < len(col) // 2
+
+
+@pytest.mark.slow                      # two torchrun launches of the benchmark at its smoke size
+def test_bench_shard_eval_runs_quick(tmp_path):
+    """bench/shard_eval.py --quick: 1 and 2 processes, equal metrics, a speed-up recorded."""
+    import sys
+    bench = WORKER.parents[2] / "bench" / "shard_eval.py"
+    out = tmp_path / "shard_eval.json"
+    p = run([sys.executable, str(bench), "--quick", "--out", str(out)], timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "shard_eval" and res["quick"] is True
+    assert res["metrics_equal"] is True and res["sharded_counts"] is True
+    assert res["speedup_2_over_1"] > 0 and "cpu" in res["machine"]
