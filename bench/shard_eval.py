@@ -9,7 +9,10 @@ model's structure, d = 64 per slot, 4 tasks). Each process runs 1 torch thread (
 and rebuilds the case from its seed, then evaluates only its share. Launches alternate 1 and 2
 processes (``--rounds`` of each, side by side, so that a change of load hits both), each launch
 evaluates ``--repeat`` times (after one untimed warm-up: numba's compile, the first products) and
-records rank 0's wall time between barriers; the speed-up is the ratio of the medians. The metrics
+records rank 0's wall time between barriers; the speed-up is the ratio of the medians. On a shared
+machine the two processes do not get a core each, so each rank's CPU time (``time.process_time``,
+1 thread) is recorded too: the slowest rank's is the wall time a core per process would give
+(communication waits aside), and its ratio the speed-up free of the other load. The metrics
 of the two launches must be equal (every number but the timings; the mean cosine within 1e-12).
 Records the CPU model and the load average before and after. Writes bench/results/shard_eval.json.
 """
@@ -48,17 +51,21 @@ def worker(args) -> None:
         ev = Evaluator(fake_data(n, order, pairs, task, tokens), "bench", EvalConfig())
         lo, hi = distributed.shard_bounds(len(ev.image_ids))
         phi_l, psi_t = torch.from_numpy(np.ascontiguousarray(phi[lo:hi])), torch.from_numpy(psi)
-        walls, result = [], None
+        walls, cpus, result = [], [], None
         for i in range(args.repeat + 1):                   # the first: warm-up, untimed
             distributed.barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = ev.evaluate_sharded(phi_l, psi_t, lo)
+            c1 = time.process_time()                       # this rank's CPU seconds (1 thread)
             distributed.barrier()
             if i:
                 walls.append(time.perf_counter() - t0)
+                cpus.append(c1 - c0)
+        cpu_all = distributed.gather_to_main(cpus)         # [rank][repeat]
         if distributed.is_main():
             from factmas.evaluation.lfl import lfl_inputs
             result.update(wall_s=walls, world=distributed.size(), pairs=int(len(pairs)), F=len(order),
+                          cpu_s_per_rank=cpu_all,
                           sharded=not lfl_inputs(ev)["search"])     # else φ gathered (LFL search)
             Path(args.out).write_text(json.dumps(result))
         finished = True
@@ -81,7 +88,7 @@ def numbers(x, path=""):
     """(path, value) of every number of a result, timings left out."""
     if isinstance(x, dict):
         for k, v in x.items():
-            if k not in ("timing", "wall_s", "world", "sharded"):
+            if k not in ("timing", "wall_s", "world", "sharded", "cpu_s_per_rank"):
                 yield from numbers(v, f"{path}/{k}")
     elif isinstance(x, (int, float)) and not isinstance(x, bool):
         yield path, float(x)
@@ -114,7 +121,11 @@ def main(argv=None) -> int:
             for nproc in (1, 2):
                 load0 = os.getloadavg()[0]
                 res = launch(args, nproc, Path(tmp) / f"r{k}_{nproc}.json")
-                runs[nproc].append({"wall_s": res["wall_s"], "loadavg_1_start": load0,
+                # the slowest rank's CPU seconds per evaluation: what the wall time would be with a
+                # core per process and no other load (the communication waits are not CPU time)
+                crit = [max(r[i] for r in res["cpu_s_per_rank"]) for i in range(len(res["wall_s"]))]
+                runs[nproc].append({"wall_s": res["wall_s"], "cpu_s_per_rank": res["cpu_s_per_rank"],
+                                    "critical_cpu_s": crit, "loadavg_1_start": load0,
                                     "loadavg_1_end": os.getloadavg()[0],
                                     "search_s": res["timing"]["search_s"],
                                     "metrics_s": res["timing"]["metrics_s"]})
@@ -125,16 +136,24 @@ def main(argv=None) -> int:
     diff = {k: abs(a[k] - b.get(k, float("nan"))) for k in a if not (a[k] != a[k] and b.get(k) != b.get(k))}
     worst_metric = max((v for k, v in diff.items() if "mean_cosine" not in k), default=0.0)
     med = {p: statistics.median(w for r in runs[p] for w in r["wall_s"]) for p in runs}
+    crit = {p: statistics.median(c for r in runs[p] for c in r["critical_cpu_s"]) for p in runs}
+    total_cpu = {p: statistics.median(sum(x) for r in runs[p] for x in zip(*r["cpu_s_per_rank"]))
+                 for p in runs}
     payload = {"benchmark": "shard_eval", "quick": args.quick, "machine": info, "case": args.case, "N": int(args.case.split("x")[0]), "F": results[1]["F"],
                "pairs": results[1]["pairs"], "sharded_counts": results[2]["sharded"], "d": 64, "tasks": args.tasks, "torch_threads_per_process": 1,
                "runs": {str(p): r for p, r in runs.items()},
                "median_s": {str(p): m for p, m in med.items()}, "speedup_2_over_1": med[1] / med[2],
+               "median_critical_cpu_s": {str(p): c for p, c in crit.items()},
+               "cpu_speedup_2_over_1": crit[1] / crit[2],
+               "median_total_cpu_s": {str(p): c for p, c in total_cpu.items()},
                "metrics_equal": worst_metric == 0.0 and len(a) == len(b),
                "max_abs_metric_diff": worst_metric,
                "mean_cosine_diff": diff.get("/embedding/mean_cosine", float("nan")),
                "map_f2i_all": results[1]["fact_to_image_map"]["all"],
                "loadavg_1_5_15_end": [round(x, 2) for x in os.getloadavg()]}
-    print(f"median: 1 process {med[1]:.2f} s, 2 processes {med[2]:.2f} s: speed-up {med[1] / med[2]:.2f}×; "
+    print(f"slowest rank's CPU time: 1 process {crit[1]:.2f} s, 2 processes {crit[2]:.2f} s: "
+          f"{crit[1] / crit[2]:.2f}× (all ranks' CPU: {total_cpu[1]:.2f} s, {total_cpu[2]:.2f} s)")
+    print(f"median wall: 1 process {med[1]:.2f} s, 2 processes {med[2]:.2f} s: speed-up {med[1] / med[2]:.2f}×; "
           f"metrics equal: {payload['metrics_equal']} (mean cosine Δ {payload['mean_cosine_diff']:.1e})")
     print(common.load_line(info))
     common.write_results(out, payload)

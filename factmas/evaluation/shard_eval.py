@@ -64,6 +64,17 @@ def mean_cosine_from_sums(total: np.ndarray, n: int) -> float:
     return float(((t.square().sum(-1) - n) / (n * (n - 1))).mean())
 
 
+def narrow(x: np.ndarray) -> np.ndarray:
+    """``x`` as int32 where it is int64 (counts and indexes below 2³¹: fewer bytes to send; the
+    receiver casts back, the values unchanged); other arrays as they are. Raises OverflowError for
+    an int64 value outside int32."""
+    if x.dtype != np.int64:
+        return x
+    if len(x) and (x.max() > np.iinfo(np.int32).max or x.min() < np.iinfo(np.int32).min):
+        raise OverflowError("sharded evaluation: a count or index beyond int32")
+    return x.astype(np.int32)
+
+
 def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.ndarray) -> dict | None:
     """This rank's share of the ranks of both directions, merged (a collective: every rank calls it).
 
@@ -107,12 +118,13 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     resolved = {k: all_reduce_array(v, "sum") for k, v in res.items()}
     f2i = cols.finish(above, neg, resolved)
     # image → fact: each rank's pair counts, to rank 0 in rank order
-    mine_r = {k: getattr(r, k) for k in PAIR_FIELDS}
-    mine_r["query"] = mine_r["query"] + lo
+    mine_r = {k: narrow(getattr(r, k)) for k in PAIR_FIELDS}         # (int32 on the wire)
+    mine_r["query"] = mine_r["query"] + np.int32(lo)
     got = gather_to_main((mine_r, r.blocks, cols.stats()))
     if not is_main():
         return {}
-    fields = {k: np.concatenate([g[0][k] for g in got]) for k in PAIR_FIELDS}
+    fields = {k: np.concatenate([g[0][k] for g in got]).astype(getattr(r, k).dtype, copy=False)
+              for k in PAIR_FIELDS}
     blocks = {k: sum(g[1].get(k, 0) for g in got) for k in r.blocks}
     whole = PairRanks(**fields, segments=r.segments, blocks=blocks)
     whole.query = np.searchsorted(rows, whole.query)                  # pool row → query position
