@@ -79,6 +79,7 @@ def sharded_counts(ph, ps, order, pairs_fi, cuts, block_rows=None):
 
 
 @pytest.mark.parametrize("ties, cuts, rows", [(True, (0, 75, 150), None), (True, (0, 1, 70, 150), 7),
+                                              (True, (0, 142, 150), 5),   # a share without a true pair
                                               (False, (0, 100, 150), 16)])
 def test_sharded_counts_equal_brute_force_and_one_process(rng, ties, cuts, rows):
     from factmas.evaluation.column_ranks import ColumnCounter
