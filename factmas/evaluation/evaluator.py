@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +55,9 @@ from factmas.data.experience import Experience, experiences
 from factmas.evaluation import count_kernel, shard_eval
 from factmas.evaluation import metrics as M
 from factmas.evaluation.column_ranks import ColumnCounter
-from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
+from factmas.evaluation.image_to_fact import (ImageToFact, image_to_fact_means,  # noqa: F401 (re-exported)
+                                              image_to_fact_rows)
+from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs, lfl_means
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
@@ -312,7 +314,14 @@ class Evaluator:
         the ranks of the members of LFL's ground truths come from the same score blocks,
         ``factmas.evaluation.lfl.lfl_from_ranks``). The generalized mode (Lifelong Fact Learning;
         ``factmas.evaluation.lfl``): the same images and true facts of the group, ranked among *all*
-        facts (the ``*_all`` counts)."""
+        facts (the ``*_all`` counts). A sharded evaluation's ``shared`` brings the per-image scores
+        and LFL's per-pair hits, merged from every rank (``factmas.evaluation.shard_eval``)."""
+        if shared is not None and "i2f_rows" in shared:
+            t1 = time.perf_counter()
+            out = image_to_fact_means(shared["i2f_rows"])
+            lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
+            timing["metrics_s"] += time.perf_counter() - t1
+            return out, lfl
         t0 = time.perf_counter()
         lfl_in = lfl_inputs(self) if shared is None else shared["lfl_in"]
         queries = lfl_in["queries"]                                     # image ids with a fact
@@ -328,38 +337,7 @@ class Evaluator:
             r = shared["i2f"]
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
-        true = ~r.capped                         # the true pairs (LFL's members only: capped)
-        # counts within the item's task: the sum over its two segments (2·task + candidate)
-        below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
-        seg_task = r.segments // 2
-        item_task = self.task_of_fact[r.item]
-        for t in np.unique(seg_task):
-            mine, cols = item_task == t, np.flatnonzero(seg_task == t)
-            for acc, per_seg in ((below, r.below_seg), (ties, r.ties_seg), (lower, r.tie_lower_seg)):
-                acc[mine] = per_seg[mine][:, cols].sum(1, dtype=np.int64)
-        out, nq = {}, len(queries)
-        for key, facts in groups.items():
-            if key == "all":
-                sel = true.copy()
-                b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
-            else:
-                sel = true & (item_task == key)      # the facts of task ``key`` (groups[key])
-                b_k, ti_k, lo_k = below, ties, lower
-            q = r.query[sel]
-            n = len(np.unique(q))
-            if not n:
-                out[key] = ImageToFact.empty()
-                continue
-            scores = []
-            for b, ti, lo in ((b_k[sel], ti_k[sel], lo_k[sel]),
-                              (r.below_all[sel], r.ties_all[sel], r.tie_lower_all[sel])):
-                top1 = M.topk_from_ranks(q, b, lo, 1, nq)
-                top5 = M.topk_from_ranks(q, b, lo, 5, nq)
-                aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
-                scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
-            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, b_k[sel], lo_k[sel], k, nq)))
-                           for k in RECALL_KS)
-            out[key] = ImageToFact(*scores[0], n, *scores[1], recall)
+        out = image_to_fact_means(image_to_fact_rows(r, self.task_of_fact, groups, len(queries)))
         lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
         return out, lfl
@@ -374,32 +352,3 @@ def fact_to_image_scores(ap: np.ndarray, ap_k: np.ndarray, hits: dict[int, np.nd
     for k, h in hits.items():
         out[f"fact_to_image_recall_at_{k}"] = float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan")
     return out
-
-
-class ImageToFact(NamedTuple):
-    """The image→fact scores of one group of facts (a task's, or "all"), fractions (NaN: no query
-    image): the pool images with a true fact in the group rank the group's facts (top-1, top-5 hit
-    rates, mAP; Recall@K for K in ``RECALL_KS``) and, generalized (Lifelong Fact Learning), every
-    fact; ``n_images`` the query images."""
-    top1: float
-    top5: float
-    map: float
-    n_images: int
-    top1_generalized: float
-    top5_generalized: float
-    map_generalized: float
-    recall: tuple[float, ...]
-
-    @classmethod
-    def empty(cls) -> "ImageToFact":
-        """A group without query images: NaN scores, 0 images."""
-        nan = float("nan")
-        return cls(nan, nan, nan, 0, nan, nan, nan, (nan,) * len(RECALL_KS))
-
-    def metrics(self) -> dict[str, float]:
-        """{metric name (``factmas.evaluation.metric_specs``): value}."""
-        return {"image_to_fact_top1": self.top1, "image_to_fact_top5": self.top5,
-                "image_to_fact_map": self.map, "image_to_fact_top1_generalized": self.top1_generalized,
-                "image_to_fact_top5_generalized": self.top5_generalized,
-                "image_to_fact_map_generalized": self.map_generalized,
-                **{f"image_to_fact_recall_at_{k}": v for k, v in zip(RECALL_KS, self.recall)}}

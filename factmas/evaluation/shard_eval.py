@@ -5,9 +5,11 @@ of ``Evaluator.image_ids``) and ψ of every fact, and runs the image → fact sc
 against all facts (``factmas.evaluation.ranking.rank_pairs``, the blocks the one-process evaluator
 runs for the same rows), so that:
 
-* **image → fact** ranks (and LFL's) are computed where the image lives: a row's counts need only
-  that row. Each rank's ``PairRanks`` go to rank 0 (a few int arrays per true pair, no scores),
-  which concatenates them in rank order — the one-process ``PairRanks`` — and computes the metrics;
+* **image → fact** ranks, and the scores made of them, are computed where the image lives: a row's
+  counts need only that row. Each rank computes its images' top-1, top-5, AP and Recall@K per task
+  and over all facts (``image_to_fact.image_to_fact_rows``) and LFL's hit of each of its images' pairs
+  (``lfl.lfl_hits_from_ranks``); rank 0 concatenates them in rank order (= query order, the
+  one-process arrays) and takes the same means (``image_to_fact.image_to_fact_means``, ``lfl.lfl_means``);
 * **fact → image** counts are merged exactly (``factmas.evaluation.shard_ranks``): each pair's window
   estimate comes from its image's rank (an all-reduce of P float64), each rank counts its rows
   against every window, the pairs' own exact −D are all-reduced (one non-zero per pair), each rank
@@ -22,7 +24,8 @@ gathers φ and evaluates on rank 0 as before.
 
 May import: numpy, torch, ``factmas.distributed``, ``factmas.evaluation.ranking``,
 ``factmas.evaluation.retrieval``, ``factmas.evaluation.lfl``, ``factmas.evaluation.shard_ranks``,
-``factmas.evaluation.count_kernel``, ``factmas.evaluation.metrics`` (``RECALL_KS``).
+``factmas.evaluation.count_kernel``, ``factmas.evaluation.metrics`` (``RECALL_KS``),
+``factmas.evaluation.image_to_fact``.
 """
 from __future__ import annotations
 
@@ -31,15 +34,11 @@ import torch
 
 from factmas.distributed import all_reduce_array, gather_to_main, is_main, size
 from factmas.evaluation import count_kernel
-from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_inputs
+from factmas.evaluation.image_to_fact import image_to_fact_rows
+from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_hits_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import RECALL_KS
-from factmas.evaluation.ranking import PairRanks, rank_pairs
+from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.shard_ranks import ShardColumnCounter, check_seen, local_estimates, sorted_pairs
-
-# PairRanks' per-pair fields, concatenated across ranks in rank order
-PAIR_FIELDS = ("query", "item", "neg_dist", "segment", "below", "ties", "tie_lower", "below_all",
-               "ties_all", "tie_lower_all", "below_seg", "ties_seg", "tie_lower_seg", "capped")
-
 
 def can_shard(ev) -> bool:
     """True where the evaluator ``ev`` can count by image shares on this process group (pool "all",
@@ -64,17 +63,6 @@ def mean_cosine_from_sums(total: np.ndarray, n: int) -> float:
     return float(((t.square().sum(-1) - n) / (n * (n - 1))).mean())
 
 
-def narrow(x: np.ndarray) -> np.ndarray:
-    """``x`` as int32 where it is int64 (counts and indexes below 2³¹: fewer bytes to send; the
-    receiver casts back, the values unchanged); other arrays as they are. Raises OverflowError for
-    an int64 value outside int32."""
-    if x.dtype != np.int64:
-        return x
-    if len(x) and (x.max() > np.iinfo(np.int32).max or x.min() < np.iinfo(np.int32).min):
-        raise OverflowError("sharded evaluation: a count or index beyond int32")
-    return x.astype(np.int32)
-
-
 def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.ndarray) -> dict | None:
     """This rank's share of the ranks of both directions, merged (a collective: every rank calls it).
 
@@ -83,15 +71,18 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
             (pool rows lo .. lo + n − 1).  ps: float32 [F, 3, d] unit slots of every fact.
         order: int64 [F] fact orders.
     Returns:
-        On rank 0 what ``Evaluator._shared_ranks`` returns for the whole pool ({"i2f": PairRanks,
-        "f2i": ``ColumnCounter.result``'s tuple, "lfl_in": ``lfl_inputs(ev)``}); on the other ranks
-        {} ; None on every rank where LFL's groups need the top-100 search (the caller then gathers φ).
+        On rank 0 {"f2i": ``ColumnCounter.result``'s tuple for the whole pool, "lfl_in":
+        ``lfl_inputs(ev)``, "i2f_rows": ``image_to_fact_rows`` of every query image, "lfl_hits":
+        LFL's (standard, generalized) hit of every pair}; on the other ranks {}; None on every rank
+        where LFL's groups need the top-100 search or the pool's pairs are not sorted by image (the
+        caller then gathers φ).
     Raises:
         RuntimeError: a pair's own value not read exactly once (the shares must cover the pool).
     """
     lfl_in = lfl_inputs(ev)
-    if lfl_in["search"]:
-        return None
+    pp = lfl_in["pairs"]
+    if lfl_in["search"] or (len(pp) > 1 and (np.diff(pp[:, 0]) < 0).any()):
+        return None                              # LFL's top-100 search, or pairs not by image
     n_pool, hi = len(ev.image_ids), lo + len(ph_local)
     pairs = np.unique(ev.pool_pairs, axis=0)                          # (image id, fact)
     img = np.searchsorted(ev.image_ids, pairs[:, 0])                  # global pool rows
@@ -117,15 +108,37 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     res = cols.resolve(neg)
     resolved = {k: all_reduce_array(v, "sum") for k, v in res.items()}
     f2i = cols.finish(above, neg, resolved)
-    # image → fact: each rank's pair counts, to rank 0 in rank order
-    mine_r = {k: narrow(getattr(r, k)) for k in PAIR_FIELDS}         # (int32 on the wire)
-    mine_r["query"] = mine_r["query"] + np.int32(lo)
-    got = gather_to_main((mine_r, r.blocks, cols.stats()))
+    # image → fact and LFL: each image's scores where it lives (they need only its own pairs'
+    # counts), to rank 0 in rank order = query order
+    q0, q1 = np.searchsorted(rows, (lo, hi))
+    r.query = np.searchsorted(rows[q0:q1] - lo, r.query)             # local row → local query
+    keys = list(range(ev.num_tasks)) + ["all"]
+    i2f = image_to_fact_rows(r, ev.task_of_fact, dict.fromkeys(keys), q1 - q0)
+    hits = lfl_hits_from_ranks(ev, local_lfl_inputs(lfl_in, ev.image_ids[lo:hi], q0), r)
+    got = gather_to_main((i2f, q1 - q0, hits))
     if not is_main():
         return {}
-    fields = {k: np.concatenate([g[0][k] for g in got]).astype(getattr(r, k).dtype, copy=False)
-              for k in PAIR_FIELDS}
-    blocks = {k: sum(g[1].get(k, 0) for g in got) for k in r.blocks}
-    whole = PairRanks(**fields, segments=r.segments, blocks=blocks)
-    whole.query = np.searchsorted(rows, whole.query)                  # pool row → query position
-    return {"i2f": whole, "f2i": f2i, "lfl_in": lfl_in}
+    merged = {}
+    for key in keys:
+        n = sum(g[0][key][0] for g in got)
+        merged[key] = (n, None if not n else [
+            np.concatenate([g[0][key][1][j] if g[0][key][1] is not None else np.full(g[1], np.nan)
+                            for g in got]) for j in range(6 + len(RECALL_KS))])
+    lfl_hits = tuple(np.concatenate([g[2][m] for g in got]) for m in (0, 1))
+    return {"f2i": f2i, "lfl_in": lfl_in, "i2f_rows": merged, "lfl_hits": lfl_hits}
+
+
+def local_lfl_inputs(lfl_in: dict, local_images: np.ndarray, q0: int) -> dict:
+    """``lfl_inputs``' entries for the pairs whose image is in ``local_images`` (sorted dataset
+    ids of this rank's share; the pairs are sorted by image, so theirs are contiguous), owners
+    renumbered from 0 and query positions from ``q0`` (the share's first query image)."""
+    pairs = lfl_in["pairs"]
+    if not len(local_images):
+        p0 = p1 = 0
+    else:
+        p0 = int(np.searchsorted(pairs[:, 0], local_images[0], "left"))
+        p1 = int(np.searchsorted(pairs[:, 0], local_images[-1], "right"))
+    mine = (lfl_in["owner"] >= p0) & (lfl_in["owner"] < p1)
+    rp = lfl_in["rank_pairs"][mine]
+    return {"pairs": pairs[p0:p1], "task": lfl_in["task"][p0:p1], "owner": lfl_in["owner"][mine] - p0,
+            "member": lfl_in["member"][mine], "rank_pairs": np.stack([rp[:, 0] - q0, rp[:, 1]], axis=1)}
