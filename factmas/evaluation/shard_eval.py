@@ -19,8 +19,8 @@ runs for the same rows), so that:
   float64 additions, ~1e-16 relative).
 
 Where the sharded counts do not apply (image pool "task", a GPU, no numba, fewer images than ranks,
-or LFL's groups too large for the exact ranks), ``sharded_ranks`` returns None and the caller
-gathers φ and evaluates on rank 0 as before.
+or LFL's groups too large for the exact ranks, or pool pairs not sorted by image), ``sharded_ranks``
+returns None and the caller gathers φ and evaluates on rank 0 as before.
 
 May import: numpy, torch, ``factmas.distributed``, ``factmas.evaluation.ranking``,
 ``factmas.evaluation.retrieval``, ``factmas.evaluation.lfl``, ``factmas.evaluation.shard_ranks``,
