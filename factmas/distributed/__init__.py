@@ -9,7 +9,8 @@ What lives here:
   others waiting), ``broadcast``.
 - ``collect.py``: ``reduce_sums`` (all-reduce of per-sample sums and their count: MAS's Ω, EWC's
   Fisher) and ``gather_rows`` (each rank embeds its share of a list of items; every rank gets all the
-  rows, in order).
+  rows, in order), ``all_reduce_array`` / ``gather_to_main`` (the counts and ranks of the sharded
+  evaluation, ``factmas.evaluation.evaluator``).
 - ``step.py``: the data-parallel training step: ``shard_batcher`` (each rank loads only its rows of a
   global batch), ``DistributedForward`` (the model wrapped in DDP; the embeddings of the global batch
   gathered with ``torch.distributed.nn.functional.all_gather`` so that the loss, whose contrastive
@@ -22,9 +23,10 @@ May import: torch, numpy, ``factmas.space.loss`` (the loss of the gathered batch
 nothing else of factmas; ``factmas.trainer``, ``factmas.methods`` and ``factmas.evaluation`` import from here, never the
 reverse.
 """
-from factmas.distributed.collect import gather_rows, reduce_sums
+from factmas.distributed.collect import all_reduce_array, gather_rows, gather_to_main, reduce_sums
 from factmas.distributed.world import (DistributedError, agree, barrier, broadcast, is_main, main_first,
                                        rank, shard, shard_bounds, size, start_from_env, stop)
 
-__all__ = ["DistributedError", "agree", "barrier", "broadcast", "gather_rows", "is_main", "main_first",
+__all__ = ["DistributedError", "agree", "all_reduce_array", "barrier", "broadcast", "gather_rows",
+           "gather_to_main", "is_main", "main_first",
            "rank", "reduce_sums", "shard", "shard_bounds", "size", "start_from_env", "stop"]

@@ -1,4 +1,5 @@
-"""Collectives of the run's results: sums of per-sample terms, and rows embedded by shares.
+"""Collectives of the run's results: sums of per-sample terms, rows embedded by shares, and the
+arrays of a sharded evaluation (``all_reduce_array``, ``gather_to_main``).
 
 ``reduce_sums`` is what keeps the per-sample importances exact on several processes: each rank sums
 its share of the samples, one all-reduce adds the sums and the counts, and the caller divides,
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from factmas.distributed.world import active, shard, shard_bounds, size
+from factmas.distributed.world import active, is_main, shard, shard_bounds, size
 
 
 def _comm_device(t: torch.Tensor) -> torch.device:
@@ -79,3 +80,30 @@ def gather_rows(embed: Callable[[np.ndarray], torch.Tensor], ids: np.ndarray) ->
     parts = [torch.empty_like(comm) for _ in range(size())]
     dist.all_gather(parts, comm)
     return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(local.device)
+
+
+def all_reduce_array(x: np.ndarray, op: str = "sum") -> np.ndarray:
+    """Every rank's ``x`` (a numpy array of the same shape and dtype on each rank: int64, int32,
+    float32 or float64) combined elementwise by ``op``, "sum" or "max"; the result on every rank.
+    With one process: ``x`` itself. Integer sums, and float sums where at most one rank holds a
+    non-zero per element, are exact (independent of the order of the ranks).
+    Raises ValueError for another op."""
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+    if op not in ops:
+        raise ValueError(f"all_reduce_array: op {op!r}; valid: {list(ops)}")
+    if not active():
+        return np.asarray(x)
+    t = torch.from_numpy(np.ascontiguousarray(x)).clone()
+    comm = t.to(_comm_device(t))
+    dist.all_reduce(comm, op=ops[op])
+    return comm.cpu().numpy()
+
+
+def gather_to_main(obj):
+    """Every rank's ``obj`` (picklable, e.g. a dict of numpy arrays) as a list in rank order on rank
+    0, None on the others (one process: ``[obj]``)."""
+    if not active():
+        return [obj]
+    out = [None] * size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out

@@ -4,7 +4,11 @@
 - ``ranking``: exact ranks of the true items in blocked score matrices (what the evaluator's full-ranking
   metrics need, without sorting rankings); ``count_kernel``: the compiled counting it uses where numba
   is installed (the ``fast`` extra; then no row is sorted but a popular fact's); ``column_ranks``: the
-  fact → image ranks counted in the image → fact blocks' columns (one score matrix for both).
+  fact → image ranks counted in the image → fact blocks' columns (one score matrix for both);
+  ``shard_ranks``: those counts for one rank's share of the images, merged exactly across ranks;
+  ``shard_eval``: the sharded evaluation under torchrun (each rank scores its own images against
+  every fact; ``Evaluator.evaluate_sharded``); ``image_to_fact``: the image → fact scores per image
+  and their means.
 - ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
 - ``metric_specs``: one ``Metric`` record per reported metric (name, label, direction, where shown);
   every list of metric names, labels and table columns derives from it.

@@ -60,18 +60,21 @@ class ColumnCounter:
         rows_hat: float32 [N, 3, d] unit slots of the images, the rows of ``rank_pairs``' blocks.
         cols_hat: float32 [F, 3, d] unit slots of the facts (the items).  order: int [F] in 1..3.
         pairs: int [P, 2] true (fact, image row) pairs (duplicates dropped).
+        n_rows: the number of image rows the pairs index (default ``len(rows_hat)``; larger where
+            ``rows_hat`` is one rank's share, ``factmas.evaluation.shard_ranks``).
     ``rank_pairs`` calls ``part(pi, o, ids)`` for each part (it returns the column order to use),
     ``count(pi, block, row0)`` for each block (after the block is −D), then ``result()``.
     """
 
     def __init__(self, rows_hat: np.ndarray, cols_hat: np.ndarray, order: np.ndarray,
-                 pairs: np.ndarray) -> None:
+                 pairs: np.ndarray, n_rows: int | None = None) -> None:
         if not count_kernel.AVAILABLE:
             raise RuntimeError("column counting needs numba (pip install 'factmas[fast]')")
         self.rows_hat, self.cols_hat = rows_hat, cols_hat
         self.order = np.asarray(order, np.int64)
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        n_rows, n_cols = len(rows_hat), len(cols_hat)
+        n_rows = len(rows_hat) if n_rows is None else int(n_rows)     # (a share's: all images)
+        n_cols = len(cols_hat)
         if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= n_cols
                            or pairs[:, 1].max() >= n_rows):
             raise ValueError(f"column pair indexes out of range ({n_cols} facts, {n_rows} images)")
@@ -98,9 +101,7 @@ class ColumnCounter:
         if not len(pair):                                            # no true image in this part
             self.parts[pi] = {"pair": pair}
             return ids
-        a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
-        b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
-        est = np.einsum("ij,ij->i", a_img, b_fact)
+        est = self.estimate(pair, o)
         # Σ|a_k b_k| ≤ Σ_slots ‖a_s‖·‖b_s‖ (Cauchy–Schwarz) ≤ o · (largest slot norms' product)
         if self.row_norm is None:
             self.row_norm = float(np.linalg.norm(self.rows_hat, axis=2).max(initial=0.0))
@@ -134,6 +135,14 @@ class ColumnCounter:
             "hist": np.zeros(int((n_c[:nh] + 1).sum()) + 1, np.int64), "hoff": hoff,
             "hstart": start[:nh + 1].copy(), "j_by_img": by_img, "img_sorted": self.image[pair][by_img]}
         return ids
+
+    def estimate(self, pair: np.ndarray, o: int) -> np.ndarray:
+        """float64 [len(pair)]: the float64 inner product of the order-``o`` prefixes of pairs
+        ``pair``'s image and fact unit slots (the centre of each pair's window). A subclass whose
+        rows are a share of the images (``factmas.evaluation.shard_ranks``) gives them otherwise."""
+        a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
+        b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
+        return np.einsum("ij,ij->i", a_img, b_fact)
 
     def stats(self) -> dict:
         """Counted blocks, and entries found inside another pair's window (scanned and resolved)."""

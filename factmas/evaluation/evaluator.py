@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,10 +52,12 @@ from torch import nn
 from factmas.config import EvalConfig
 from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
-from factmas.evaluation import count_kernel
+from factmas.evaluation import count_kernel, shard_eval
 from factmas.evaluation import metrics as M
 from factmas.evaluation.column_ranks import ColumnCounter
-from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs
+from factmas.evaluation.image_to_fact import (ImageToFact, image_to_fact_means,  # noqa: F401 (re-exported)
+                                              image_to_fact_rows)
+from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs, lfl_means
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
@@ -127,9 +129,11 @@ class Evaluator:
         """All metrics of ``model`` (module docstring layout). The model is put in eval mode.
 
         On several processes (``factmas.distributed``) each rank embeds its share of the images and
-        facts, the rows are gathered, rank 0 runs the search and the metrics and every rank returns
-        rank 0's result."""
-        from factmas.distributed import broadcast, gather_rows, is_main, size
+        of the facts; ψ is gathered; each rank scores its own images against every fact and the
+        counts are merged exactly (``evaluate_sharded``, ``factmas.evaluation.shard_eval``), or, where
+        that does not apply (``shard_eval.can_shard``), φ is gathered and rank 0 runs the search.
+        Rank 0 computes the metrics and every rank returns rank 0's result."""
+        from factmas.distributed import broadcast, gather_rows, is_main, shard_bounds, size
         model.eval()
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
@@ -138,12 +142,48 @@ class Evaluator:
                            enabled=self.progress and is_main())
         embed = RunEmbedder.from_eval(model, cfg, data, inputs=self.inputs, device=self.device,
                                       cache=False)
+        psi_of = lambda ids: embed.facts(data.tokens[ids], data.order[ids])  # noqa: E731
+        if size() > 1 and shard_eval.can_shard(self):
+            lo, hi = shard_bounds(len(self.image_ids))
+            with bar:
+                phi_local = embed.images(self.image_ids[lo:hi], bar.update)
+            psi = gather_rows(psi_of, np.arange(data.num_facts))
+            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0))
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
-        psi = gather_rows(lambda ids: embed.facts(data.tokens[ids], data.order[ids]),
-                          np.arange(data.num_facts))
+        psi = gather_rows(psi_of, np.arange(data.num_facts))
         result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
         return broadcast(result)
+
+    def evaluate_sharded(self, phi_local: torch.Tensor, psi: torch.Tensor, lo: int,
+                         embed_s: float = 0.0, label: str = "evaluation") -> dict | None:
+        """``evaluate_embeddings``' result from this rank's share of the pool images (a collective:
+        every rank of the process group calls it with its own share, in rank order of
+        ``factmas.distributed.shard_bounds``): ``phi_local`` float [n, 3, d] raw φ of pool rows
+        lo .. lo + n − 1 (``self.image_ids[lo:lo + n]``), ``psi`` float [F, 3, d] raw ψ of every fact.
+        Each rank scores its images against all facts (``factmas.evaluation.shard_eval``); the
+        metrics equal the one-process ones on the same embeddings (the mean cosine up to float64
+        rounding). Returns the result on rank 0, None on the others. Where the shares cannot be
+        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole."""
+        from factmas.distributed import all_reduce_array, gather_rows, is_main, shard_bounds
+        want = shard_bounds(len(self.image_ids))
+        if (lo, lo + len(phi_local)) != want:
+            raise ValueError(f"evaluate_sharded: pool rows {lo} .. {lo + len(phi_local)} given, this "
+                             f"rank's share is {want[0]} .. {want[1]} (factmas.distributed.shard_bounds)")
+        timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
+        order = self.data.order.astype(np.int64)
+        t0 = time.perf_counter()
+        hats = unit_slots(phi_local), unit_slots(psi)
+        shared = shard_eval.sharded_ranks(self, hats[0], hats[1], lo, order)
+        if shared is None:                           # gathered, as without sharding
+            phi = gather_rows(lambda ids: phi_local, self.image_ids)
+            return self.evaluate_embeddings(phi, psi, embed_s, label) if is_main() else None
+        sums = all_reduce_array(shard_eval.slot_sums(phi_local), "sum")
+        timing["search_s"] += time.perf_counter() - t0
+        if not is_main():
+            return None
+        cosine = shard_eval.mean_cosine_from_sums(sums, len(self.image_ids))
+        return self._metrics(None, None, hats, order, timing, shared, cosine, label)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
                             label: str = "evaluation") -> dict:
@@ -157,6 +197,13 @@ class Evaluator:
         hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
         shared = self._shared_ranks(hats, order, timing)  # both directions from one product
+        return self._metrics(phi, psi, hats, order, timing, shared, mean_pairwise_cosine(phi), label)
+
+    def _metrics(self, phi, psi, hats, order, timing, shared, cosine: float, label: str) -> dict:
+        """``evaluate_embeddings``' result from the unit slots ``hats`` and, where given, ``shared``
+        ranks of both directions (``_shared_ranks``, or a sharded evaluation's with ``phi``, ``psi``
+        None and ``hats[0]`` only a share); ``cosine`` the embedding's mean pairwise cosine."""
+        data = self.data
         ap, ap_k, f2i_hits = self._fact_to_image(hats, order, timing, shared)
         groups = {t: np.flatnonzero(self.task_of_fact == t) for t in range(self.num_tasks)}
         groups["all"] = np.arange(data.num_facts)
@@ -175,7 +222,7 @@ class Evaluator:
                 out[name][key] = value
         out.update(lfl)                               # LFL's metric, standard/generalized modes
         out["counts"], out["timing"] = counts, timing
-        out["embedding"] = {"mean_cosine": mean_pairwise_cosine(phi)}
+        out["embedding"] = {"mean_cosine": cosine}
         log.info("%s: %s over all facts %.4f (embed %.2f s, search %.2f s, metrics %.2f s)",
                  label, HEADLINE, out[HEADLINE]["all"], timing["embed_s"], timing["search_s"],
                  timing["metrics_s"])
@@ -267,7 +314,14 @@ class Evaluator:
         the ranks of the members of LFL's ground truths come from the same score blocks,
         ``factmas.evaluation.lfl.lfl_from_ranks``). The generalized mode (Lifelong Fact Learning;
         ``factmas.evaluation.lfl``): the same images and true facts of the group, ranked among *all*
-        facts (the ``*_all`` counts)."""
+        facts (the ``*_all`` counts). A sharded evaluation's ``shared`` brings the per-image scores
+        and LFL's per-pair hits, merged from every rank (``factmas.evaluation.shard_eval``)."""
+        if shared is not None and "i2f_rows" in shared:
+            t1 = time.perf_counter()
+            out = image_to_fact_means(shared["i2f_rows"])
+            lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
+            timing["metrics_s"] += time.perf_counter() - t1
+            return out, lfl
         t0 = time.perf_counter()
         lfl_in = lfl_inputs(self) if shared is None else shared["lfl_in"]
         queries = lfl_in["queries"]                                     # image ids with a fact
@@ -283,38 +337,7 @@ class Evaluator:
             r = shared["i2f"]
         t1 = time.perf_counter()
         timing["search_s"] += t1 - t0
-        true = ~r.capped                         # the true pairs (LFL's members only: capped)
-        # counts within the item's task: the sum over its two segments (2·task + candidate)
-        below, ties, lower = (np.zeros(len(r.query), np.int64) for _ in range(3))
-        seg_task = r.segments // 2
-        item_task = self.task_of_fact[r.item]
-        for t in np.unique(seg_task):
-            mine, cols = item_task == t, np.flatnonzero(seg_task == t)
-            for acc, per_seg in ((below, r.below_seg), (ties, r.ties_seg), (lower, r.tie_lower_seg)):
-                acc[mine] = per_seg[mine][:, cols].sum(1, dtype=np.int64)
-        out, nq = {}, len(queries)
-        for key, facts in groups.items():
-            if key == "all":
-                sel = true.copy()
-                b_k, ti_k, lo_k = r.below_all, r.ties_all, r.tie_lower_all
-            else:
-                sel = true & (item_task == key)      # the facts of task ``key`` (groups[key])
-                b_k, ti_k, lo_k = below, ties, lower
-            q = r.query[sel]
-            n = len(np.unique(q))
-            if not n:
-                out[key] = ImageToFact.empty()
-                continue
-            scores = []
-            for b, ti, lo in ((b_k[sel], ti_k[sel], lo_k[sel]),
-                              (r.below_all[sel], r.ties_all[sel], r.tie_lower_all[sel])):
-                top1 = M.topk_from_ranks(q, b, lo, 1, nq)
-                top5 = M.topk_from_ranks(q, b, lo, 5, nq)
-                aps = M.ap_from_ranks(q, r.neg_dist[sel], b, ti, nq)
-                scores.append((float(np.nanmean(top1)), float(np.nanmean(top5)), M.mean_ap(aps)))
-            recall = tuple(float(np.nanmean(M.topk_from_ranks(q, b_k[sel], lo_k[sel], k, nq)))
-                           for k in RECALL_KS)
-            out[key] = ImageToFact(*scores[0], n, *scores[1], recall)
+        out = image_to_fact_means(image_to_fact_rows(r, self.task_of_fact, groups, len(queries)))
         lfl = lfl_from_ranks(self, lfl_in, r, phi, psi)
         timing["metrics_s"] += time.perf_counter() - t1
         return out, lfl
@@ -329,32 +352,3 @@ def fact_to_image_scores(ap: np.ndarray, ap_k: np.ndarray, hits: dict[int, np.nd
     for k, h in hits.items():
         out[f"fact_to_image_recall_at_{k}"] = float(np.nanmean(h)) if (~np.isnan(h)).any() else float("nan")
     return out
-
-
-class ImageToFact(NamedTuple):
-    """The image→fact scores of one group of facts (a task's, or "all"), fractions (NaN: no query
-    image): the pool images with a true fact in the group rank the group's facts (top-1, top-5 hit
-    rates, mAP; Recall@K for K in ``RECALL_KS``) and, generalized (Lifelong Fact Learning), every
-    fact; ``n_images`` the query images."""
-    top1: float
-    top5: float
-    map: float
-    n_images: int
-    top1_generalized: float
-    top5_generalized: float
-    map_generalized: float
-    recall: tuple[float, ...]
-
-    @classmethod
-    def empty(cls) -> "ImageToFact":
-        """A group without query images: NaN scores, 0 images."""
-        nan = float("nan")
-        return cls(nan, nan, nan, 0, nan, nan, nan, (nan,) * len(RECALL_KS))
-
-    def metrics(self) -> dict[str, float]:
-        """{metric name (``factmas.evaluation.metric_specs``): value}."""
-        return {"image_to_fact_top1": self.top1, "image_to_fact_top5": self.top5,
-                "image_to_fact_map": self.map, "image_to_fact_top1_generalized": self.top1_generalized,
-                "image_to_fact_top5_generalized": self.top5_generalized,
-                "image_to_fact_map_generalized": self.map_generalized,
-                **{f"image_to_fact_recall_at_{k}": v for k, v in zip(RECALL_KS, self.recall)}}

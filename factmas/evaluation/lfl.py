@@ -251,7 +251,7 @@ def lfl_from_ranks(ev, inputs: dict, r, phi=None, psi=None) -> dict:
     Where ``lfl_inputs`` found too many members (``inputs["search"]``), the hits come from a FAISS
     top-100 search of the raw embeddings phi [N_pool, 3, d] and psi [F, 3, d] instead
     (``lfl_pair_hits``, per task and once over all)."""
-    pairs, owner, member = inputs["pairs"], inputs["owner"], inputs["member"]
+    pairs = inputs["pairs"]
     T = ev.num_tasks
     pair_task = inputs["task"]
     counts = {t: int((pair_task == t).sum()) for t in range(T)}
@@ -269,6 +269,15 @@ def lfl_from_ranks(ev, inputs: dict, r, phi=None, psi=None) -> dict:
         standard["all"] = general["all"]
         return {"lfl_top5_standard": standard, "lfl_top5_generalized": general,
                 "lfl_counts": {"pairs": counts}}
+    hit_std, hit_gen = lfl_hits_from_ranks(ev, inputs, r)
+    return lfl_means(ev, inputs, hit_std, hit_gen)
+
+
+def lfl_hits_from_ranks(ev, inputs: dict, r) -> tuple[np.ndarray, np.ndarray]:
+    """bool [P] × 2: LFL's hit of each pair of ``inputs["pairs"]`` in the standard and generalized
+    modes, from the exact ranks ``r`` (``lfl_from_ranks``, without the search fallback). A pair's hit
+    needs only its own image's ranks (the sharded evaluation computes them where the image lives)."""
+    pairs, owner, member = inputs["pairs"], inputs["owner"], inputs["member"]
     F = ev.data.num_facts
     key = r.query * F + r.item
     at = np.searchsorted(key, inputs["rank_pairs"][:, 0] * F + inputs["rank_pairs"][:, 1])
@@ -290,6 +299,16 @@ def lfl_from_ranks(ev, inputs: dict, r, phi=None, psi=None) -> dict:
     size_gen = np.bincount(owner, minlength=n)
     hit_std = (first_std <= LFL_MAX_RANK) & (first_std <= LFL_TOP + size_std - 1)
     hit_gen = (first_gen <= LFL_MAX_RANK) & (first_gen <= LFL_TOP + size_gen - 1)
+    return hit_std, hit_gen
+
+
+def lfl_means(ev, inputs: dict, hit_std: np.ndarray, hit_gen: np.ndarray) -> dict:
+    """``lfl_from_ranks``' result from the hits of every pair of ``inputs["pairs"]`` (bool [P] each,
+    ``lfl_hits_from_ranks``): per task and over all pairs, both modes, and the pair counts."""
+    T = ev.num_tasks
+    pair_task = inputs["task"]
+    counts = {t: int((pair_task == t).sum()) for t in range(T)}
+    counts["all"] = len(inputs["pairs"])
     standard = {t: mean_or_nan(hit_std[pair_task == t].astype(np.float64)) for t in range(T)}
     general = task_means(hit_gen.astype(np.float64), pair_task, T)
     standard["all"] = general["all"]
