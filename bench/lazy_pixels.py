@@ -12,9 +12,14 @@ Each measurement is a fresh Python process (``--child MODE``), so its peak RSS (
    seeded) on the test images: every test image embedded with its mirror, every fact, both
    retrieval directions.
 
-Reported per mode: RSS after the imports, after reading, peak RSS; seconds to read and to evaluate
-(medians over ``--repeats`` processes, modes alternated); the headline fact→image mAP, which must be
-the same in both modes. The dataset is synthetic (``factmas.data.synthetic``, ``--images`` of
+Then, in the same process (peak RSS already taken): the evaluation ``--warm`` more times (the first
+one pays one-time costs in either mode) and ``--loader-batches`` batches of the trainer's loader
+(``Batcher.pair_batches``, pixel backbone: index the images, ``preprocess``, tokens, positives) over
+task 0's training pairs, batch ``--batch``.
+
+Reported per mode: RSS after the imports, after reading, peak RSS; seconds to read, to evaluate
+(first and warm) and per loader batch (medians over ``--repeats`` processes, modes alternated); the
+fact→image and image→fact mAP, which must be the same in both modes. The dataset is synthetic (``factmas.data.synthetic``, ``--images`` of
 ``--size``² pixels, written once to a temporary file) unless ``--data`` names one.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import common
@@ -35,7 +41,7 @@ import common
 MODES = ("memory", "lazy")
 
 
-def child(path: str, mode: str) -> dict:
+def child(path: str, mode: str, warm: int, batch: int, loader_batches: int) -> dict:
     """Read ``path`` in ``mode`` and evaluate once; the figures of this process."""
     torch.set_num_threads(1)
     from factmas.config import ModelConfig
@@ -54,8 +60,25 @@ def child(path: str, mode: str) -> dict:
     t0 = time.perf_counter()
     result = Evaluator(data, split).evaluate(model)
     eval_s = time.perf_counter() - t0
+    peak = common.peak_rss_bytes()
+    warm_s = []
+    for _ in range(warm):
+        t0 = time.perf_counter()
+        Evaluator(data, split).evaluate(model)
+        warm_s.append(time.perf_counter() - t0)
+    from factmas.trainer.batches import Batcher
+    batches = Batcher(data).pair_batches(data.task_pairs(split, 0, "train"), batch, np.random.default_rng(0))
+    loader_s = []
+    for _ in range(loader_batches):
+        t0 = time.perf_counter()
+        if next(batches, None) is None:
+            break
+        loader_s.append(time.perf_counter() - t0)
     return {"mode": mode, "start_rss_mib": start / common.MiB, "after_read_rss_mib": after_read / common.MiB,
-            "peak_rss_mib": common.peak_rss_bytes() / common.MiB, "read_s": read_s, "eval_s": eval_s,
+            "peak_rss_mib": peak / common.MiB, "read_s": read_s, "eval_s": eval_s,
+            "eval_warm_s": statistics.median(warm_s) if warm_s else None,
+            "loader_ms_per_batch": 1e3 * statistics.median(loader_s[1:] or loader_s) if loader_s else None,
+            "loader_batch": batch,
             "images": len(data.image_ids), "image_size": int(data.images.shape[1]),
             "pixel_mib": len(data.image_ids) * int(data.images.shape[1]) ** 2 * 3 / common.MiB,
             "split": split, "fact_to_image_map": result["fact_to_image_map"],
@@ -67,17 +90,20 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--warm", type=int, default=2, help="warm evaluations timed after the first")
+    p.add_argument("--batch", type=int, default=32, help="loader batch (pairs)")
+    p.add_argument("--loader-batches", type=int, default=20, help="loader batches timed")
     p.add_argument("--data", help="an existing factmas .h5 instead of a synthetic one")
-    p.add_argument("--quick", action="store_true", help="smoke test: 60 images of 32 px, 1 repeat")
+    p.add_argument("--quick", action="store_true", help="smoke test: 60 images of 32 px, 1 repeat, nothing written")
     p.add_argument("--out", default=str(common.REPO / "bench/results/lazy_pixels.json"))
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        Path(a.child_out).write_text(json.dumps(child(a.data, a.child)))
+        Path(a.child_out).write_text(json.dumps(child(a.data, a.child, a.warm, a.batch, a.loader_batches)))
         return 0
     if a.quick:
-        a.images, a.size, a.repeats = 60, 32, 1
+        a.images, a.size, a.repeats, a.warm, a.loader_batches = 60, 32, 1, 1, 2
     info = common.machine_info()
     tmp = Path(tempfile.mkdtemp(prefix="factmas_lazy_"))
     path = a.data
@@ -89,27 +115,33 @@ def main(argv=None) -> int:
     for r in range(a.repeats):
         for mode in (MODES if r % 2 == 0 else MODES[::-1]):          # alternate the order
             out = tmp / f"{mode}{r}.json"
-            subprocess.run([sys.executable, __file__, "--child", mode, "--data", path,
+            subprocess.run([sys.executable, __file__, "--child", mode, "--data", path, "--warm", str(a.warm),
+                            "--batch", str(a.batch), "--loader-batches", str(a.loader_batches),
                             "--child-out", str(out)], check=True)
             runs[mode].append(json.loads(out.read_text()))
             row = runs[mode][-1]
             print(f"{mode:6s} peak RSS {row['peak_rss_mib']:7.0f} MiB (after read {row['after_read_rss_mib']:.0f}, "
                   f"start {row['start_rss_mib']:.0f}); read {row['read_s']:.2f} s, evaluation "
-                  f"{row['eval_s']:.1f} s", flush=True)
+                  f"{row['eval_s']:.1f} s (warm {row['eval_warm_s']:.1f} s), loader "
+                  f"{row['loader_ms_per_batch']:.1f} ms per batch of {a.batch}", flush=True)
     summary = {}
     for mode, rows in runs.items():
         summary[mode] = {k: statistics.median(r[k] for r in rows)
-                         for k in ("start_rss_mib", "after_read_rss_mib", "peak_rss_mib", "read_s", "eval_s")}
+                         for k in ("start_rss_mib", "after_read_rss_mib", "peak_rss_mib", "read_s", "eval_s",
+                                   "eval_warm_s", "loader_ms_per_batch")}
     maps = {json.dumps([r["fact_to_image_map"], r["image_to_fact_map"]], sort_keys=True)
             for rows in runs.values() for r in rows}
     first = runs["memory"][0]
     summary["peak_ratio_lazy_over_memory"] = summary["lazy"]["peak_rss_mib"] / summary["memory"]["peak_rss_mib"]
-    summary["eval_ratio_lazy_over_memory"] = summary["lazy"]["eval_s"] / summary["memory"]["eval_s"]
+    for k in ("eval_s", "eval_warm_s", "loader_ms_per_batch"):
+        summary[f"{k}_ratio_lazy_over_memory"] = summary["lazy"][k] / summary["memory"][k]
     summary["same_metrics"] = len(maps) == 1
     print(f"\n{first['images']:,} images of {first['image_size']} px ({first['pixel_mib']:.0f} MiB of pixels), "
           f"median of {a.repeats}: peak RSS memory {summary['memory']['peak_rss_mib']:.0f} MiB, "
           f"lazy {summary['lazy']['peak_rss_mib']:.0f} MiB ({summary['peak_ratio_lazy_over_memory']:.2f}×); "
-          f"evaluation lazy/memory {summary['eval_ratio_lazy_over_memory']:.2f}×; same metrics: "
+          f"lazy/memory: first evaluation {summary['eval_s_ratio_lazy_over_memory']:.2f}×, warm "
+          f"{summary['eval_warm_s_ratio_lazy_over_memory']:.2f}×, loader batch "
+          f"{summary['loader_ms_per_batch_ratio_lazy_over_memory']:.2f}×; same metrics: "
           f"{summary['same_metrics']}")
     print(common.load_line(info))
     if not a.quick:
