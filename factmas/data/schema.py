@@ -260,7 +260,15 @@ def check_split(path: Any, name: str, task: np.ndarray, attrs: Mapping[str, Any]
 
 
 def image_checksums(images: np.ndarray) -> np.ndarray:
-    """CRC-32 of each image's bytes: uint8 [N, H, W, 3] → uint32 [N]."""
+    """CRC-32 of each image's bytes: uint8 [N, H, W, 3] → uint32 [N].
+
+    Lazy images with stored checksums (``H5Images``) are verified against them in one streaming
+    pass (``verify_all``: raises DatasetError naming the bad images) and the stored values returned,
+    equal to computing them; other lazy images are read block by block (their ``__iter__``).
+    """
+    if getattr(images, "crc32", None) is not None and hasattr(images, "verify_all"):
+        images.verify_all()
+        return np.array(images.crc32, np.uint32)
     return np.fromiter((zlib.crc32(np.ascontiguousarray(im)) for im in images), dtype=np.uint32,
                        count=len(images))
 

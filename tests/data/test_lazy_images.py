@@ -156,3 +156,17 @@ def test_reads_in_a_child_process(pair, method):
     got = np.array(queue.get(timeout=60), np.uint8)
     p.join(60)
     assert p.exitcode == 0 and np.array_equal(got, full[[9, 0, 9]])
+
+
+def test_checksums_of_lazy_images_equal_computed_ones_and_catch_damage(path, pair):
+    from factmas.data.schema import image_checksums
+    data, full = pair
+    assert np.array_equal(image_checksums(data.images), image_checksums(full))
+    with h5py.File(path, "a") as h:
+        del h["image_crc32"]
+    assert np.array_equal(image_checksums(ds.read_dataset(path).images), image_checksums(full))
+    make_synthetic_dataset(path, n_images=37, image_size=8, num_tasks=2)       # checksums again
+    with h5py.File(path, "a") as h:
+        h["images"][30, 0, 0, 0] ^= 0x80
+    with pytest.raises(ds.DatasetError, match=r"1 of 37 images do not match.*30 \(syn_00030\.png\)"):
+        image_checksums(ds.read_dataset(path).images)
