@@ -23,6 +23,7 @@ rows from the file and return plain numpy arrays, equal to indexing the whole ar
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import numpy as np
@@ -79,20 +80,31 @@ class H5Images:
             raise DatasetError(f"{self.path}: cannot reopen the dataset to read its images "
                                f"(moved, deleted or open for writing?): {e}") from e
 
+    @contextmanager
+    def _rows_of(self) -> Iterator[Any]:
+        """The image dataset (``file[key]``) of the file opened read-only, closed on exit."""
+        with self._open() as f:
+            try:
+                ds = f[self.key]
+            except (KeyError, OSError) as e:
+                raise DatasetError(f"{self.path}: key {self.key!r} is gone from the file (rewritten since "
+                                   f"it was read?): {e}") from e
+            yield ds
+
     # ---- reading ------------------------------------------------------------------------------
     def _read_range(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 (0 <= lo <= hi <= N), verified."""
         out = np.empty((hi - lo, *self.shape[1:]), np.uint8)
         if hi > lo:
-            with self._open() as h:
+            with self._rows_of() as h:
                 self._read_into(h, out, lo, hi, 0)
             self._verify(out, np.arange(lo, hi))
         return out
 
     def _read_into(self, h: Any, out: np.ndarray, lo: int, hi: int, at: int) -> None:
-        """Rows lo..hi-1 of the open file ``h`` into ``out[at:at + hi - lo]``."""
+        """Rows lo..hi-1 of the image dataset ``h`` (``file[key]``) into ``out[at:at + hi - lo]``."""
         try:
-            out[at:at + hi - lo] = h[self.key][lo:hi]   # 2× faster than read_direct (h5py 3)
+            out[at:at + hi - lo] = h[lo:hi]   # 2× faster than read_direct (h5py 3)
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise DatasetError(f"{self.path}: key {self.key!r} rows {lo}..{hi - 1} cannot be read "
                                f"(corrupt file?): {e}") from e
@@ -105,7 +117,7 @@ class H5Images:
         if len(uniq):
             starts = np.concatenate([[0], np.flatnonzero(np.diff(uniq) != 1) + 1])
             ends = np.concatenate([starts[1:], [len(uniq)]])
-            with self._open() as h:
+            with self._rows_of() as h:
                 for s, e in zip(starts.tolist(), ends.tolist()):
                     self._read_into(h, buf, int(uniq[s]), int(uniq[e - 1]) + 1, s)
             self._verify(buf, uniq)
@@ -185,7 +197,7 @@ class H5Images:
         step = self.block_rows()
         for lo in range(0, len(self), step):
             hi = min(len(self), lo + step)
-            with self._open() as h:
+            with self._rows_of() as h:
                 self._read_into(h, out, lo, hi, lo)
             self._verify(out[lo:hi], np.arange(lo, hi))
         return out if dtype is None else out.astype(dtype, copy=False)
@@ -203,7 +215,7 @@ class H5Images:
         for lo in range(0, len(self), step):
             hi = min(len(self), lo + step)
             block = np.empty((hi - lo, *self.shape[1:]), np.uint8)
-            with self._open() as h:
+            with self._rows_of() as h:
                 self._read_into(h, block, lo, hi, 0)
             bad.extend((lo + np.flatnonzero(schema.image_checksums(block) != self.crc32[lo:hi])).tolist())
         if bad:
