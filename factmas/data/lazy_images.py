@@ -6,8 +6,8 @@ rows from the file and return plain numpy arrays, equal to indexing the whole ar
 ``np.asarray(images)`` still gives the whole array (read block by block) for callers that need it.
 
 * No handle is held: each read (one ``__getitem__``, one block of a whole-array pass) opens the
-  file read-only and closes it (about 0.5 ms, against 45 µs per 224 px image read; measured on this
-  machine). So the object is safe after ``fork`` (``DataLoader`` workers, torchrun; HDF5 handles are
+  file read-only and closes it (about 0.5 ms, against 45 µs per 224 px image read; measured ad hoc on
+  this machine under load, not a results file). So the object is safe after ``fork`` (``DataLoader`` workers, torchrun; HDF5 handles are
   not fork-safe), pickles as its path, shape and checksums (``spawn`` workers), and never keeps the
   file open against a writer in the same process (HDF5 refuses to open a file twice with other
   flags).
@@ -18,7 +18,7 @@ rows from the file and return plain numpy arrays, equal to indexing the whole ar
 * HDF5 reads: h5py's fancy selection wants sorted unique indices and is slow for many of them, so an
   index array is sorted and deduplicated, read as runs of consecutive rows (a slice each, through no
   chunk cache: 2× faster than ``read_direct`` with h5py's default cache, 65 µs per 224 px image
-  against 20 µs for numpy fancy indexing in memory, on this machine under load), then reordered
+  against 20 µs for numpy fancy indexing in memory; ad hoc, this machine under load), then reordered
   (repeats and negative indices behave as in numpy).
 """
 from __future__ import annotations
