@@ -6,11 +6,11 @@ rows from the file and return plain numpy arrays, equal to indexing the whole ar
 ``np.asarray(images)`` still gives the whole array (read block by block) for callers that need it.
 
 * No handle is held: each read (one ``__getitem__``, one block of a whole-array pass) opens the
-  file read-only and closes it (about 0.5 ms, against 45 µs per 224 px image read; measured ad hoc on
-  this machine under load, not a results file). So the object is safe after ``fork`` (``DataLoader`` workers, torchrun; HDF5 handles are
-  not fork-safe), pickles as its path, shape and checksums (``spawn`` workers), and never keeps the
-  file open against a writer in the same process (HDF5 refuses to open a file twice with other
-  flags).
+  file read-only and closes it (about 0.5 ms, against 45 µs per 224 px image read; ad hoc, this
+  machine under load). So the object is safe after ``fork`` (``DataLoader`` workers, torchrun;
+  HDF5 handles are not fork-safe), pickles as its path, shape and checksums (``spawn`` workers),
+  and never keeps the file open against a writer in the same process (HDF5 refuses to open a file
+  twice with other flags).
 * Checksums: with the stored CRC-32s (``image_crc32``), each image is checked against its checksum
   the first time this process reads it (a bitmap of verified rows), so no image is used unchecked;
   a mismatch raises ``DatasetError`` naming the file, the row and the image id. ``verify_all``
