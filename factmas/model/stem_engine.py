@@ -42,7 +42,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-ENGINES = ("openvino", "onnxruntime")      # in order of preference (the fastest first)
+ENGINES = ("onnxruntime", "openvino")      # in order of preference: OpenVINO (1.4x faster) only where
+# ONNX Runtime is missing, until the segmentation fault seen after its use in one pytest process is found
 _NEEDS = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx")}
 
 
