@@ -9,7 +9,7 @@ stages, weights) and stored beside the dataset file::
                                                         [:, 0] the image, [:, 1] mirrored left-right
 
 ``key`` hashes the dataset's pixels, the stem's weights, the cache version and, when the stem runs
-through a fast engine (``model.stem_engine`` "auto" on the CPU: OpenVINO, else ONNX Runtime), that engine, so any change gives a
+through a fast engine (``model.stem_engine`` "auto" on the CPU: ONNX Runtime, else OpenVINO), that engine, so any change gives a
 new file; every run and method on that dataset reuses it. The file is written to a temporary name and
 renamed (never half-written). The stem rounds its live output to float16 too, so cached and live
 inputs agree to one float16 step (the convolutions' summation order depends on the batch size).
