@@ -1,7 +1,6 @@
 """data_prep.word2vec: Sherlock's word vectors from the training images' captions only (issue 27)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
