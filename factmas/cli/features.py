@@ -7,6 +7,8 @@ Usage::
 
 ``factmas train`` builds the cache itself when it is missing; this command builds it once ahead of
 several runs started side by side (the main job does), with all cores. It prints the cache file.
+An interrupted or killed build leaves ``<cache>.npy.partial`` and its sidecar; the next build (this
+command or a run) resumes from the last complete chunk (``factmas.model.feature_file``).
 Exit status: 0 done, 2 usage error (bad data file, configuration or weights), 130 interrupted.
 """
 from __future__ import annotations
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"factmas features: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("factmas features: interrupted; no cache file was written", file=sys.stderr)
+        print("factmas features: interrupted; the cache file is not finished (the next build resumes "
+              "from its last complete chunk)", file=sys.stderr)
         return 130
     print(path)
     return 0

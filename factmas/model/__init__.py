@@ -9,12 +9,13 @@ Public API::
     load_image_file(path, size) -> uint8 [size, size, 3]            # any PIL mode → RGB, bicubic resize
 
 ``features`` (not imported here): the image branch's input for dataset images, from the frozen-stage
-feature cache (``image_inputs``, ``build_feature_cache``).
+feature cache (``image_inputs``, ``build_feature_cache``); ``feature_file``: that cache's file, written
+in chunks to a memory-mapped .npy, resumable, read memory-mapped.
 ``embedder`` (not imported here): ``RunEmbedder``, how a run embeds images and facts (flip averaging,
 batch size, the feature cache or the pixels), used by the evaluator, calibration, query, search and
 the gallery.
 
-May import: ``factmas.config``, ``factmas.space``, ``factmas.data``, and for ``features`` also
+May import: ``factmas.config``, ``factmas.space``, ``factmas.data``, and for ``features`` and ``feature_file`` also
 ``factmas.errors``, ``factmas.io``, ``factmas.progress``. Never ``factmas.trainer``,
 ``factmas.evaluation`` or ``factmas.cli``.
 """

@@ -8,11 +8,16 @@ stages, weights) and stored beside the dataset file::
     <dataset>.h5.features/<backbone>-f<k>-<key>.npy    float16 [N, 2, C, h, w]
                                                         [:, 0] the image, [:, 1] mirrored left-right
 
-``key`` hashes the dataset's pixels, the stem's weights, the cache version and, when the stem runs
-through a fast engine (``model.stem_engine`` "auto" on the CPU: ONNX Runtime, else OpenVINO), that engine, so any change gives a
-new file; every run and method on that dataset reuses it. The file is written to a temporary name and
-renamed (never half-written). The stem rounds its live output to float16 too, so cached and live
-inputs agree to one float16 step (the convolutions' summation order depends on the batch size).
+``key`` hashes the dataset's pixels (read ``images[a:b]`` at a time), the stem's weights, the cache
+version and, when the stem runs through a fast engine (``model.stem_engine`` "auto" on the CPU:
+ONNX Runtime, else OpenVINO), that engine, so any change gives a new file; every run and method on
+that dataset reuses it. The file is written chunk by chunk (``CHUNK_IMAGES`` images) into a
+memory-mapped ``.npy`` at a temporary name (``factmas.model.feature_file``): a killed build resumes
+from its last complete chunk, the final name appears only when the file is whole, and the cache is
+read memory-mapped, so neither building nor reading holds it in memory. The stem rounds its live
+output to float16 too, so cached and live inputs agree to one float16 step (the convolutions'
+summation order depends on the batch size; chunks are whole batches, so a resumed build gives the
+same bits as one pass).
 
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
 through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.
@@ -32,8 +37,7 @@ import torch
 
 from factmas.data.dataset import FactData
 from factmas.errors import FactmasError
-from factmas.io import atomic_path
-from factmas.model import preprocess, stem_engine
+from factmas.model import feature_file, preprocess, stem_engine
 from factmas.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -41,11 +45,21 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
+#: images per read when hashing pixels (``data.images[a:b]``; a lazy, file-backed dataset is never
+#: read whole): 256 at 224 px is 38 MB
+HASH_ROWS = 256
+
+
 def pixels_hash(images: np.ndarray) -> str:
-    """BLAKE2b (16 bytes, hex) of uint8 images [N, H, W, 3] and their shape: the cache's data key."""
+    """BLAKE2b (16 bytes, hex) of uint8 images [N, H, W, 3] and their shape: the cache's data key.
+
+    Reads ``images[a:a + HASH_ROWS]`` in turn (any object with ``shape`` and slicing: an array, a
+    memory map, a file-backed dataset); BLAKE2b is a stream hash, so the digest equals that of the
+    whole array's bytes at once (the key of caches written before)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr(images.shape).encode())
-    h.update(np.ascontiguousarray(images).data)
+    h.update(repr(tuple(images.shape)).encode())
+    for lo in range(0, len(images), HASH_ROWS):
+        h.update(np.ascontiguousarray(images[lo:lo + HASH_ROWS]).data)
     return h.hexdigest()
 
 
@@ -90,10 +104,48 @@ def default_batch(stem: torch.nn.Module, device: torch.device | str) -> int:
     return 2 if uses_ort is not None and uses_ort(torch.device(device)) else 8
 
 
+#: images per chunk of the cache file (a multiple of the batch is used): what a kill can lose, and
+#: the rows held in memory while building (512 at 224 px, Lite0's 6 frozen stages: 19 MB)
+CHUNK_IMAGES = 512
+
+
+def chunk_images(batch: int) -> int:
+    """Images per chunk of the cache file: ``CHUNK_IMAGES`` rounded up to a multiple of ``batch``, so
+    that every forward holds the same images as in one unchunked pass (the features depend on the
+    batch to float16 rounding) and a resumed build gives the same bits."""
+    return -(-CHUNK_IMAGES // batch) * batch
+
+
 @torch.no_grad()
+def feature_rows(stem: torch.nn.Module, images: np.ndarray, lo: int, hi: int,
+                 device: torch.device | str = "cpu", batch: int = 8, bar=None) -> np.ndarray:
+    """The stem's output for images ``lo .. hi`` and their mirror images, in forwards of ``batch``
+    images from ``lo`` (reads ``images[a:b]`` only: any sliceable image source).
+
+    Args:
+        stem: a ``FrozenStem`` on ``device`` in eval mode.  images: uint8 [N, H, W, 3].
+        bar: a progress bar advanced by the images computed (each orientation counts), or None.
+    Returns:
+        float16 [hi - lo, 2, C, h, w]: [:, 0] of the image, [:, 1] flipped left-right.
+    """
+    out = None
+    for a in range(lo, hi, batch):
+        b = min(a + batch, hi)
+        x = preprocess(torch.from_numpy(np.ascontiguousarray(images[a:b])).to(device))
+        for flip in (0, 1):
+            h = stem(x.flip(-1) if flip else x).to(torch.float16).cpu().numpy()
+            if out is None:
+                out = np.empty((hi - lo, 2, *h.shape[1:]), np.float16)
+            out[a - lo:b - lo, flip] = h
+            if bar is not None:
+                bar.update(len(h))
+    return out
+
+
 def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
                      batch: int | None = None, progress: bool = True) -> np.ndarray:
-    """The stem's output for every image and its mirror image.
+    """The stem's output for every image and its mirror image, in memory (``load_or_build`` writes the
+    same rows to the cache file chunk by chunk instead: ``build_file``).
 
     Args:
         stem: a ``FrozenStem`` (pixels → float16-rounded features).
@@ -108,19 +160,41 @@ def compute_features(stem: torch.nn.Module, images: np.ndarray, device: torch.de
     """
     stem = stem.to(device).eval()
     batch = batch or default_batch(stem, device)
-    out = None
     bar = progress_bar(total=2 * len(images), unit="img", unit_scale=True, desc="feature cache",
                        enabled=progress)
     with bar:
-        for lo in range(0, len(images), batch):
-            x = preprocess(torch.from_numpy(np.ascontiguousarray(images[lo:lo + batch])).to(device))
-            for flip in (0, 1):
-                h = stem(x.flip(-1) if flip else x).to(torch.float16).cpu().numpy()
-                if out is None:
-                    out = np.empty((len(images), 2, *h.shape[1:]), np.float16)
-                out[lo:lo + len(h), flip] = h
-                bar.update(len(h))
-    return out
+        return feature_rows(stem, images, 0, len(images), device, batch, bar)
+
+
+def build_file(stem: torch.nn.Module, images: np.ndarray, path: Path, device: torch.device | str = "cpu",
+               batch: int | None = None, progress: bool = True) -> None:
+    """Write the cache file ``path`` (float16 [N, 2, C, h, w], as ``compute_features``) chunk by chunk
+    through ``feature_file.PartialFile``: resumed from the last complete chunk of an interrupted build
+    with the same key, renamed to ``path`` only when whole; nothing done when another process finished
+    it meanwhile. Holds one chunk (``chunk_images``) in memory, not the whole cache.
+
+    Raises:
+        OSError: the files cannot be written (disk full: checked before the memory map is created).
+    """
+    stem = stem.to(device).eval()
+    batch = batch or default_batch(stem, device)
+    chunk = chunk_images(batch)
+    n = len(images)
+    key = f"{path.name}:v{CACHE_VERSION}:batch{batch}"
+    with feature_file.PartialFile(path, key, n, chunk) as part:
+        if part.complete:
+            return
+        t0 = time.perf_counter()
+        bar = progress_bar(total=2 * (n - part.start), unit="img", unit_scale=True,
+                           desc="feature cache" + (f" (from image {part.start:,})" if part.start else ""),
+                           enabled=progress)
+        with bar:
+            for lo in range(part.start, n, chunk):
+                part.write(lo, feature_rows(stem, images, lo, min(lo + chunk, n), device, batch, bar))
+        part.finish()
+        seconds = time.perf_counter() - t0
+        log.info("feature cache: %s images/s, %.0f s, %.0f MB written",
+                 f"{2 * (n - part.start) / max(seconds, 1e-9):,.0f}", seconds, path.stat().st_size / 2**20)
 
 
 class FeatureCacheError(FactmasError, ValueError):
@@ -136,6 +210,26 @@ def stem_output_shape(model: torch.nn.Module, data: FactData) -> tuple[int, ...]
     device = next(stem.parameters(), torch.zeros(0)).device
     with torch.no_grad():
         return tuple(stem(preprocess(data.images[:1]).to(device)).shape[1:])
+
+
+def _read(path: Path, model: torch.nn.Module, data: FactData) -> np.ndarray:
+    """The cache file memory-mapped (``feature_file.read``), its shape checked against the dataset and
+    the stem. Raises FeatureCacheError naming the file."""
+    try:
+        feats = feature_file.read(path)
+    except Exception as e:          # numpy raises OSError, ValueError, EOFError, ... by damage
+        raise FeatureCacheError(f"{path}: unreadable feature cache ({type(e).__name__}: "
+                                f"{str(e)[:200]}); delete it to rebuild") from e
+    want = stem_output_shape(model, data)
+    if (not isinstance(feats, np.ndarray) or feats.dtype != np.float16
+            or feats.shape[:2] != (len(data.images), 2)
+            or (want is not None and tuple(feats.shape[2:]) != want)):
+        raise FeatureCacheError(
+            f"{path}: feature cache of shape {getattr(feats, 'shape', '?')} "
+            f"{getattr(feats, 'dtype', type(feats).__name__)}, expected "
+            f"[{len(data.images)}, 2, {', '.join(map(str, want or ('...',)))}] float16; delete it "
+            "to rebuild")
+    return feats
 
 
 def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",
@@ -156,34 +250,13 @@ def load_or_build(model: torch.nn.Module, data: FactData, device: torch.device |
                          "with load_images=True)")
     path = path or cache_file(data, model, device)   # the caller may pass it (hashing pixels: ~1 s)
     if path.exists():
-        try:
-            feats = np.load(path, allow_pickle=False)
-        except Exception as e:          # numpy raises OSError, ValueError, EOFError, ... by damage
-            raise FeatureCacheError(f"{path}: unreadable feature cache ({type(e).__name__}: "
-                                    f"{str(e)[:200]}); delete it to rebuild") from e
-        want = stem_output_shape(model, data)
-        if (not isinstance(feats, np.ndarray) or feats.dtype != np.float16
-                or feats.shape[:2] != (len(data.images), 2)
-                or (want is not None and tuple(feats.shape[2:]) != want)):
-            raise FeatureCacheError(
-                f"{path}: feature cache of shape {getattr(feats, 'shape', '?')} "
-                f"{getattr(feats, 'dtype', type(feats).__name__)}, expected "
-                f"[{len(data.images)}, 2, {', '.join(map(str, want or ('...',)))}] float16; delete it "
-                "to rebuild")
-        log.info("feature cache: %s (%.0f MB, reused)", path, path.stat().st_size / 2**20)
+        feats = _read(path, model, data)
+        log.info("feature cache: %s (%.0f MB, reused, memory-mapped)", path, path.stat().st_size / 2**20)
         return feats
     log.info("feature cache: computing %s's frozen stages (%s) for %s images (+ mirrored) → %s",
              model.cfg.backbone, getattr(model.image_stem, "stages", "?"), f"{len(data.images):,}", path)
-    t0 = time.perf_counter()
-    feats = compute_features(model.image_stem, data.images, device, progress=progress)
-    seconds = time.perf_counter() - t0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, feats)
-    log.info("feature cache: %s images/s, %.0f s, %.0f MB written", f"{2 * len(feats) / seconds:,.0f}",
-             seconds, path.stat().st_size / 2**20)
-    return feats
+    build_file(model.image_stem, data.images, path, device, progress=progress)
+    return _read(path, model, data)
 
 
 class PixelInputs:
@@ -214,23 +287,54 @@ class PixelInputs:
 
 
 class CachedInputs:
-    """Image input from a feature cache float16 [N, 2, C, h, w] (``load_or_build``).
+    """Image input from a feature cache float16 [N, 2, C, h, w] (``load_or_build``: memory-mapped).
 
     ``get(ids int [B], flip bool [B] | None)`` → float32 [B, C, h, w] on ``device``: orientation 1
-    (mirrored) where ``flip`` is True. On a GPU the whole cache is copied to the device once.
+    (mirrored) where ``flip`` is True. On the CPU only the rows asked for are read (from a memory
+    map: through the page cache, nothing loaded whole), and the map's pages are dropped from the
+    process's RSS after each call (``feature_file.release``: +0.25 ms per 64 rows): the kernel maps
+    a whole page-cache folio around each row read (measured on Linux 6.18: 64 random rows of 32 KiB
+    mapped 76 MiB), so without it an epoch would leave the whole file in the RSS; with it the cache's
+    share of the RSS is bounded by one batch's folios, whatever N. On a GPU the whole cache is
+    copied to the device once, ``GPU_COPY_ROWS`` rows at a time (no whole copy in host memory).
     """
+
+    #: rows per host → GPU copy (at 37.6 KB a row, 38 MB)
+    GPU_COPY_ROWS = 1024
 
     def __init__(self, features: np.ndarray, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.features = torch.from_numpy(features)
+        self.features = features
         if self.device.type != "cpu":
-            self.features = self.features.to(self.device)
+            self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
+            for lo in range(0, len(features), self.GPU_COPY_ROWS):
+                rows = np.ascontiguousarray(features[lo:lo + self.GPU_COPY_ROWS])
+                self.features[lo:lo + len(rows)] = torch.from_numpy(rows).to(self.device)
+                feature_file.release(features)
+
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. into ``DataLoader`` worker processes started by spawn or forkserver) by the
+        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole)."""
+        state = dict(self.__dict__)
+        if isinstance(self.features, np.memmap) and self.features.filename:
+            state["features"] = Path(self.features.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("features"), Path):
+            state["features"] = feature_file.read(state["features"])
+        self.__dict__.update(state)
 
     def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
-        ids = torch.as_tensor(np.asarray(ids, np.int64), device=self.features.device)
-        side = torch.zeros_like(ids) if flip is None else torch.as_tensor(
-            np.asarray(flip, np.int64), device=self.features.device)
-        return self.features[ids, side].to(torch.float32)
+        ids = np.asarray(ids, np.int64)
+        side = np.zeros_like(ids) if flip is None else np.asarray(flip, np.int64)
+        if isinstance(self.features, torch.Tensor):
+            dev = self.features.device
+            return self.features[torch.as_tensor(ids, device=dev),
+                                 torch.as_tensor(side, device=dev)].to(torch.float32)
+        rows = np.ascontiguousarray(self.features[ids, side])
+        feature_file.release(self.features)    # see the class docstring
+        return torch.from_numpy(rows).to(torch.float32)
 
 
 def image_inputs(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",

@@ -81,8 +81,8 @@ def test_cache_is_reused_and_rebuilt_when_pixels_or_weights_change(data, model, 
     first = cache_file(data, model)
     load_or_build(model, data, progress=False)
     calls = []
-    real = features.compute_features
-    monkeypatch.setattr(features, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = features.build_file
+    monkeypatch.setattr(features, "build_file", lambda *a, **k: calls.append(1) or real(*a, **k))
     load_or_build(model, data, progress=False)
     assert calls == []                                           # reused
     data.images[5, 0, 0, 0] ^= 1                                 # one pixel changes
@@ -92,6 +92,7 @@ def test_cache_is_reused_and_rebuilt_when_pixels_or_weights_change(data, model, 
     other = build_model(ModelConfig(**{**LITE, "pretrained": False}), 50)
     assert cache_file(data, other) != cache_file(data, model)    # other weights, other file
     assert not list(first.parent.glob(".*.tmp"))                 # nothing half-written left
+    assert sorted(p.suffix for p in first.parent.iterdir()) == [".npy", ".npy"]   # no partial, sidecar, lock
 
 
 def test_unreadable_cache_names_the_file(data, model):
@@ -119,7 +120,7 @@ def test_traceback_truncated_or_wrongly_shaped_cache_during_train_is_one_line(tm
     torch.manual_seed(0)
     m = build_model(ModelConfig(**LITE), len(data.vocab)).eval()
     cache = cache_file(data, m)
-    good = build(m, data, progress=False)
+    good = np.array(build(m, data, progress=False))   # a copy: the damage below truncates the mapped file
     cfg = tmp_path / "c.json"
     cfg.write_text(_json.dumps({"model": LITE, "train": {"epochs": 1, "threads": 1}}))
     argv = ["train", "--data", str(path), "--split", "random2_seed0", "-q", "--no-progress", "--config",
