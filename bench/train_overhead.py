@@ -73,7 +73,7 @@ class PlainLoop:
         # the feature cache float16 [N, 2, C, h, w] (a frozen stem's output), or None: pixels
         self.features = None if features is None else torch.from_numpy(features)
         self.flips = np.random.default_rng(2)
-        self.images = torch.from_numpy(data.images)                        # uint8 [N, H, W, 3]
+        self.images = torch.from_numpy(np.asarray(data.images))            # uint8 [N, H, W, 3]
         self.tokens = torch.from_numpy(data.tokens.astype(np.int64))
         self.order = torch.from_numpy(data.order.astype(np.int64))
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         data = read_dataset(a.path, load_images=a.verify, verify=a.verify)
+        if a.verify and not isinstance(data.images, np.ndarray):
+            data.images.verify_all()                 # one streaming pass over the pixels
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

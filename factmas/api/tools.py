@@ -17,8 +17,8 @@ HEADLINE = "fact_to_image_map"          # factmas.evaluation.metrics.HEADLINE (k
 
 
 def read_dataset(path: str | Path, load_images: bool = True) -> FactData:
-    """A factmas HDF5 dataset in memory (``FactData``: images uint8 [N, H, W, 3], facts, pairs,
-    task splits), validated first (schema v1, ``data_prep/README.md``).
+    """A factmas HDF5 dataset (``FactData``: images uint8 [N, H, W, 3] read from the file on demand,
+    facts, pairs, task splits), validated first (schema v1, ``data_prep/README.md``).
 
     Raises:
         DatasetError: a missing or unreadable file, a wrong layout or checksum (names file and key).

@@ -2,6 +2,7 @@
 
 - ``dataset``: ``FactData``, ``read_dataset``, ``write_dataset``.
 - ``schema``: the checks a dataset file must pass.
+- ``lazy_images``: ``H5Images``, the images of a dataset file read on demand (``FactData.images``).
 - ``imageio``: reading an image file into RGB pixels.
 - ``synthetic``: ``make_synthetic_dataset`` for tests and benchmarks.
 - ``experience``: each task's data (facts, pairs and images per image split, relevance), built once

@@ -19,7 +19,9 @@ Layout (schema version 1)::
                                        lack it and are read without pixel verification)
 
 ``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
-id ranges, tasks 0..K-1 each non-empty, and the pixels against their checksums.
+id ranges, tasks 0..K-1 each non-empty. The pixels stay in the file: ``FactData.images`` reads them
+on demand (``factmas.data.lazy_images.H5Images``) and checks each image against its checksum when it
+is first read; ``read_dataset(in_memory=True)`` loads and verifies them all on open instead.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factmas.data import schema
+from factmas.data.lazy_images import H5Images
 from factmas.data.schema import DatasetError
 from factmas.io import atomic_path, check_room, deferred_sigint
 
@@ -47,10 +50,12 @@ def _h5py():
 
 @dataclass
 class FactData:
-    """An in-memory factmas dataset (all arrays numpy).
+    """A factmas dataset (all arrays numpy but the images, which may stay in the file).
 
     Attributes:
-        images: uint8 [N, H, W, 3].  image_ids: list[str] of length N.
+        images: uint8 [N, H, W, 3]: a numpy array, or an ``H5Images`` reading the dataset file on
+            demand (``read_dataset``'s default; indexing it gives numpy arrays, ``np.asarray`` the
+            whole array).  image_ids: list[str] of length N.
         image_split: int8 [N] (0 train, 1 val, 2 test).
         subject, predicate, object: list[str] of length F ('' for absent slots).
         order: int8 [F].  tokens: int32 [F, 3, L].  vocab: list[str] (vocab[0] == '<pad>').
@@ -61,7 +66,7 @@ class FactData:
         provenance: dict.  path: the file read, if any.
         image_crc32: uint32 [N] checksums stored in the file, or None (a file built before them).
     """
-    images: np.ndarray
+    images: np.ndarray | H5Images
     image_ids: list
     image_split: np.ndarray
     subject: list
@@ -221,19 +226,23 @@ def _order(fact: tuple[str, str, str], i: int, path: Any) -> int:
     return o
 
 
-def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True) -> FactData:
-    """Read a schema-v1 dataset into memory, validating the whole file first.
+def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True,
+                 in_memory: bool = False) -> FactData:
+    """Read a schema-v1 dataset, validating the whole file first; the pixels stay in the file.
 
     Args:
         path: the HDF5 file.
-        load_images: read the pixels (False: ``images`` is an empty uint8 [0, H, H, 3]).
-        verify: with ``load_images``, compare every image with its stored CRC-32 (about 2 ms per
-            1,000 images of 64×64; files without checksums are read unverified).
+        load_images: give the pixels (False: ``images`` is an empty uint8 [0, H, H, 3]).
+        verify: compare each image with its stored CRC-32 (about 2 ms per 1,000 images of 64×64;
+            files without checksums are read unverified): lazily, each image when this process
+            first reads it; with ``in_memory``, all of them here.
+        in_memory: load every pixel into a numpy array now (the behaviour before issue 28: N × H ×
+            H × 3 bytes of memory); False: ``images`` is an ``H5Images`` reading rows on demand.
     Raises:
         DatasetError: the file is missing or unreadable, of another schema version, lacks a key, has
             a key of the wrong dtype or shape, ids or tasks out of range, an empty task, undecodable
-            strings or pixels that do not match their checksums (the message names the file, the key
-            and what was expected).
+            strings or (``in_memory``) pixels that do not match their checksums (the message names
+            the file, the key and what was expected). Lazy images raise it when a bad image is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -270,8 +279,14 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
                     raise DatasetError(f"{path}: key {key!r} row {i} is not UTF-8 text: {e}") from None
             return out
 
-        images = (get("images") if load_images
-                  else np.zeros((0, *h["images"].shape[1:]), np.uint8))  # still tells the size
+        if load_images and in_memory:
+            images = get("images")
+        elif load_images:
+            images = None                       # H5Images below, once the checksums are read
+        else:
+            images = np.zeros((0, *h["images"].shape[1:]), np.uint8)  # still tells the size
+        image_shape = h["images"].shape
+
         def task_arrays(key: str, size: str) -> dict:
             """The arrays of group ``key`` (one int [size] task array per split name)."""
             group = h.get(key)
@@ -295,6 +310,8 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
         if not isinstance(provenance, dict):
             raise DatasetError(f"{path}: attribute 'provenance' is not a JSON object")
         crc = get(schema.CHECKSUM_KEY) if schema.CHECKSUM_KEY in h else None
+        if images is None:
+            images = H5Images(str(path), image_shape, crc if verify else None)
         data = FactData(images=images, image_ids=strs("image_ids"), image_split=get("image_split"),
                         subject=strs("facts/subject"), predicate=strs("facts/predicate"),
                         object=strs("facts/object"), order=get("facts/order"),
@@ -303,7 +320,7 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
                         provenance=provenance,
                         path=str(path), image_crc32=crc)
     schema.check_values(path, data)
-    if load_images and verify and crc is not None:
+    if load_images and in_memory and verify and crc is not None:
         schema.verify_checksums(path, images, crc, data.image_ids)
     return data
 

@@ -272,7 +272,8 @@ class PixelInputs:
     def __init__(self, data: FactData, device: torch.device | str = "cpu",
                  stem: torch.nn.Module | None = None) -> None:
         self.data, self.device, self.stem = data, torch.device(device), stem
-        self.pixels = None if self.device.type == "cpu" else torch.from_numpy(data.images).to(self.device)
+        self.pixels = (None if self.device.type == "cpu"
+                       else torch.from_numpy(np.asarray(data.images)).to(self.device))  # lazy H5Images too
 
     def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         ids = np.asarray(ids, np.int64)

@@ -325,7 +325,8 @@ CASES = [
      ["far_task.h5", "'splits/random2_seed0'", "task 50"]),
     ("data empty task", "train", ["--data", "{empty_task}", "--out", "{root}/new_run"], 2,
      ["'splits/random2_seed0'", "task 1 has no fact"]),
-    ("data flipped pixels", "train", ["--data", "{flipped}", "--out", "{root}/new_run"], 2,
+    ("data flipped pixels", "train", ["--data", "{flipped}", "--out", "{root}/new_run", "--split",
+                                      "random2_seed0"], 2,             # pixels are checked as read
      ["flipped.h5", "checksum", "syn_00005.png"]),
     # ---- train: run directories
     ("existing run", "train", ["--data", "{data}", "--out", "{run}", "--split", "random2_seed0"], 2,

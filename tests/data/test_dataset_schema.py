@@ -113,7 +113,13 @@ def test_checksums_written_and_flipped_pixels_found(path, capsys):
     with h5py.File(path, "a") as h:
         h["images"][7, 3, 4, 1] ^= 0xFF                  # one flipped byte in image 7
     with pytest.raises(ds.DatasetError, match=r"1 of 40 images do not match.*7 \(syn_00007.png\)"):
-        ds.read_dataset(path)
+        ds.read_dataset(path, in_memory=True)
+    lazy = ds.read_dataset(path)                         # pixels stay in the file until read
+    assert np.array_equal(lazy.images[:7], d.images[:7])
+    with pytest.raises(ds.DatasetError, match=r"1 of 3 images read do not match.*7 \(syn_00007.png\)"):
+        lazy.images[[9, 7, 8]]
+    with pytest.raises(ds.DatasetError, match=r"1 of 40 images do not match.*7 \(syn_00007.png\)"):
+        lazy.images.verify_all()
     ds.read_dataset(path, load_images=False)           # the structure is fine
     assert inspect.main([str(path)]) == 0                # summary without reading pixels
     capsys.readouterr()

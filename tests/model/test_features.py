@@ -25,7 +25,7 @@ LITE = {"backbone": "efficientnet_lite0", "embed_dim": 8, "word_dim": 8, "fact_h
 @pytest.fixture()
 def data(tmp_path):
     path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=32, num_tasks=2)
-    return read_dataset(path)
+    return read_dataset(path, in_memory=True)       # a test below edits the pixels in memory
 
 
 @pytest.fixture(scope="module")
