@@ -3,6 +3,8 @@
 - ``paper_table``: λ search on val images, the plan of runs, running them.
 - ``paper_run``: the whole comparison: λ search bracketed by grid extensions, final runs, report.
 - ``paper_report``: the paper-style tables, CSV, plot and results.json.
+- ``regime_table``: issue 27's regime × method table (MAS − finetune with its pooled std) and the
+  pilot table, from the regimes' paper-table folders (``python eval/regime_table.py``).
 - ``compare``: one table of runs, mean ± std over seeds (command line ``factmas.cli.compare``,
   ``python eval/compare.py``).
 
