@@ -174,23 +174,32 @@ def _family_rank(family: str) -> int:
 def provenance(folder: Path) -> dict:
     """{"commits": the distinct commits that made the regime's runs (final and λ search), from their
     config.json; "settings": what its final runs were trained with, from the first one's config.json
-    (frozen stages, fact targets, loss, epochs per task; null: the trainer's default)}."""
+    (frozen stages, fact targets, loss, epochs per task; None: the trainer's default), and the
+    images each MAS row's Ω was computed on ("MAS Ω data": "label data, ...")}."""
     from factmas.run.rundir import RunDir
     commits: list[str] = []
     settings: dict = {}
+    omega: dict[str, str] = {}
     for cfg in sorted(folder.glob("runs/*/*/config.json")) + sorted(folder.glob("search/*/config.json")):
         rec = RunDir(cfg.parent).record()
         c = rec.get("git_commit")
-        if c and c[:7] not in commits:
+        if isinstance(c, str) and c[:7] not in commits:
             commits.append(c[:7])
         conf = rec.get("config") if isinstance(rec.get("config"), dict) else {}
-        if not settings and conf and "runs" in cfg.parts:
-            model, loss, train = (conf.get(k) or {} for k in ("model", "loss", "train"))
-            mas = ((train.get("options") or {}).get("mas") or {})
+        if not conf or cfg.relative_to(folder).parts[0] != "runs":
+            continue
+        model, loss, train = (conf.get(k) if isinstance(conf.get(k), dict) else {}
+                              for k in ("model", "loss", "train"))
+        if not settings:
             settings = {"freeze_stages": model.get("freeze_stages"),
                         "fact_targets": model.get("fact_targets"), "loss": loss.get("kind"),
-                        "epochs": train.get("epochs"),
-                        "MAS Ω data": mas.get("data", train.get("omega_data"))}
+                        "epochs": train.get("epochs")}
+        label = cfg.parent.parent.name
+        if train.get("method") == "mas" and label not in omega:
+            mas = (train.get("options") or {}).get("mas") or {}
+            omega[label] = str(mas.get("data", train.get("omega_data", "train")))
+    if omega:
+        settings["MAS Ω data"] = ", ".join(f"{k} {v}" for k, v in omega.items())
     return {"commits": commits, "settings": settings}
 
 
@@ -290,7 +299,7 @@ def table_markdown(regimes: list[dict], pilot: list[dict] | None, today: dict | 
     for r in regimes:
         md += [f"## {r['name']}" + (f": {r['description']}" if r["description"] else ""), ""]
         if r["settings"]:
-            md += ["Trained with (the first final run's config.json): " + ", ".join(
+            md += ["Trained with (the final runs' config.json): " + ", ".join(
                 f"{k} {'default' if v is None else v}" for k, v in r["settings"].items()) + ".  "]
         if r["commits"]:
             md += [f"Runs made at commit(s): {', '.join(f'`{c}`' for c in r['commits'])}.", ""]

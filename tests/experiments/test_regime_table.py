@@ -132,7 +132,7 @@ def test_table_numbers_match_a_hand_computation(tree, tmp_path):
     assert "1 (val grid 0, 1, 10)" in md                       # λ chosen on val, with its grid
     assert "**+" in md and "†" in md
     assert "Unfinished, left out: runs/mas/random8_seed1_seed1" in md
-    assert "`abcdef1`" in md and "freeze_stages 4" in md
+    assert "`abcdef1`" in md and "freeze_stages 4" in md and "MAS Ω data mas train." in md
     assert out.with_name("table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
