@@ -9,7 +9,8 @@ final (test) runs' mean ± std over seeds (with n) of fact→image mAP and forge
 image→fact top-5 and forgetting, LFL's standard and generalized means; MAS − finetune ± the pooled
 std, flagged beyond 2 pooled std; the λ chosen on val. With ``--pilot DIR`` also the pilot table
 (``DIR/<regime>/results.json``: one finetune run per regime on val) against today's finetune
-forgetting (``--today``: a committed paper table). What is computed: ``factmas.experiments.regime_table``.
+forgetting (``--today``: a committed paper table). What is computed: ``factmas.experiments.regime_table``
+(``regime_pilot``, ``regime_plot``).
 
 Exit status: 0 written; 2 a missing folder, a malformed results.json (named), an output that exists
 without ``--overwrite``.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from factmas.errors import FactmasError
 from factmas.io import atomic_write_text
-from factmas.experiments import regime_table as rt
+from factmas.experiments import regime_pilot, regime_plot, regime_table as rt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
             if there:
                 raise FileExistsError(f"{', '.join(there)} exist(s); pass --overwrite to replace")
         regimes = [rt.read_regime(f) for f in rt.find_regimes(Path(args.regimes))]
-        pilot = today = None
+        pilot = None
         if args.pilot:
-            today = rt.today_forgetting(Path(args.today)) if args.today else None
-            pilot = rt.pilot_rows(Path(args.pilot), today)
+            today = regime_pilot.today_forgetting(Path(args.today)) if args.today else None
+            pilot = regime_pilot.pilot_markdown(regime_pilot.pilot_rows(Path(args.pilot), today), today)
         command = "python eval/regime_table.py " + " ".join(map(shlex.quote, argv if argv is not None
                                                                 else sys.argv[1:]))
-        atomic_write_text(paths[0], rt.table_markdown(regimes, pilot, today, command))
+        atomic_write_text(paths[0], rt.table_markdown(regimes, pilot, command))
         atomic_write_text(paths[1], rt.to_csv(regimes))
-        rt.bar_plot(regimes, paths[2])
+        regime_plot.bar_plot(regimes, paths[2])
     except (ValueError, FileExistsError, FactmasError) as e:
         print(f"regime_table: error: {e}", file=sys.stderr)
         return 2

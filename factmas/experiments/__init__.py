@@ -4,7 +4,8 @@
 - ``paper_run``: the whole comparison: λ search bracketed by grid extensions, final runs, report.
 - ``paper_report``: the paper-style tables, CSV, plot and results.json.
 - ``regime_table``: issue 27's regime × method table (MAS − finetune with its pooled std) and the
-  pilot table, from the regimes' paper-table folders (``python eval/regime_table.py``).
+  pilot table (``regime_pilot``) and its PNG (``regime_plot``), from the regimes' paper-table folders
+  (``python eval/regime_table.py``).
 - ``compare``: one table of runs, mean ± std over seeds (command line ``factmas.cli.compare``,
   ``python eval/compare.py``).
 

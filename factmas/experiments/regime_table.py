@@ -15,9 +15,7 @@ Per regime and MAS variant: MAS − finetune, its pooled std s_p = sqrt((s_MAS²
 (the two-sample pooled std for equal n, as issue 27 defines it), and a flag where
 |MAS − finetune| > 2 s_p (needs n ≥ 2 on both sides).
 
-The pilot table (``pilot_rows``): one finetune run per regime on the val images, its forgetting
-against today's finetune forgetting (the committed paper table's finetune runs, mean ± std over
-seeds, test images): "clearly above" is above today's mean + 2 std, on fact→image or top-5.
+The PNG: ``factmas.experiments.regime_plot``; the pilot table: ``factmas.experiments.regime_pilot``.
 """
 from __future__ import annotations
 
@@ -35,7 +33,6 @@ from factmas.evaluation.report import is_complete, markdown_table, read_results
 from factmas.experiments.compare import cell, mean_std
 from factmas.experiments.paper_report import side_columns
 from factmas.experiments.paper_table import DIRECTIONS, LFL_KEYS, VARIANT, criterion, run_summary
-from factmas.io import atomic_path
 
 F2I, I2F, TOP5 = DIRECTIONS          # fact→image mAP, image→fact mAP, image→fact top-5
 LFL_STD, LFL_GEN = LFL_KEYS
@@ -103,7 +100,8 @@ def read_run(run: Path, image_split: str) -> dict | None:
             "num_tasks": res.get("num_tasks"), "values": values, "path": str(path)}
 
 
-def _label_order(labels: set[str]) -> list[str]:
+def label_order(labels: set[str]) -> list[str]:
+    """``labels`` in the paper table's row order (``VARIANTS``), unknown labels last, sorted."""
     known = [v for v in VARIANT if v in labels]
     return known + sorted(labels - set(known))
 
@@ -151,7 +149,7 @@ def read_regime(folder: Path) -> dict:
         g["reg_lambdas"].add(run["reg_lambda"])
         for c, _ in COLUMNS:
             g["values"][c].append(run["values"][c])
-    order = _label_order({k[0] for k in groups})
+    order = label_order({k[0] for k in groups})
     rows = sorted(groups.values(), key=lambda g: (_family_rank(g["family"]), g["family"],
                                                   order.index(g["label"])))
     for g in rows:
@@ -285,9 +283,9 @@ def regime_markdown(regime: dict) -> str:
     return markdown_table(head, body)
 
 
-def table_markdown(regimes: list[dict], pilot: list[dict] | None, today: dict | None,
-                   command: str) -> str:
-    """The whole report: per regime its table, then the pilot table."""
+def table_markdown(regimes: list[dict], pilot: str | None, command: str) -> str:
+    """The whole report: per regime its table, then ``pilot`` (the pilot table's Markdown,
+    ``factmas.experiments.regime_pilot.pilot_markdown``) when given."""
     md = ["# When does MAS beat finetune? The regime table (issue 27)", "",
           f"Command: `{command}`", "",
           "Final runs only (test images, after the last task), % over all facts; mean ± sample std "
@@ -307,7 +305,7 @@ def table_markdown(regimes: list[dict], pilot: list[dict] | None, today: dict | 
         if r["unfinished"]:
             md += [f"Unfinished, left out: {', '.join(r['unfinished'])}.", ""]
     if pilot is not None:
-        md += ["## Pilots: does finetune forget in this regime?", "", pilot_markdown(pilot, today), ""]
+        md += ["## Pilots: does finetune forget in this regime?", "", pilot, ""]
     return "\n".join(md)
 
 
@@ -340,149 +338,3 @@ def to_csv(regimes: list[dict]) -> str:
             w.writerow([r["name"], f"{BASE} difference", d["label"], d["family"], "",
                         f"{d['n']}/{d['n_base']}", ""] + [""] * (2 * len(cols)) + diffs)
     return buf.getvalue()
-
-
-def bar_plot(regimes: list[dict], path: Path, overwrite: bool = True) -> Path:
-    """One panel per column of ``COLUMNS``: regimes on the x axis, a bar per method (mean over
-    seeds, sample std as error bar), † above a MAS bar whose difference from finetune exceeds
-    2 pooled std."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [(r["name"], row["family"]) for r in regimes for row in r["rows"]]
-    keys = list(dict.fromkeys(keys))
-    labels = _label_order({row["label"] for r in regimes for row in r["rows"]})
-    titles = {row["label"]: row["title"] for r in regimes for row in r["rows"]}
-    n = len(COLUMNS)
-    ncol = 4 if n > 4 else n
-    nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(ncol * max(3.2, 0.9 * len(keys) + 1.5), 3.8 * nrow),
-                             squeeze=False)
-    width = 0.8 / max(len(labels), 1)
-    x = np.arange(len(keys))
-
-    def seeds(name: str, fam: str) -> str:       # the seeds per bar of a group: "3" or "1–3"
-        reg = next(r for r in regimes if r["name"] == name)
-        ns = [len(w["seeds"]) for w in reg["rows"] if w["family"] == fam]
-        return f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
-    for k, (col, head) in enumerate(COLUMNS):
-        ax = axes[k // ncol][k % ncol]
-        for i, lab in enumerate(labels):
-            ms, ss, flags = [], [], []
-            for name, fam in keys:
-                reg = next(r for r in regimes if r["name"] == name)
-                row = next((w for w in reg["rows"] if w["label"] == lab and w["family"] == fam), None)
-                m, s = mean_std(row["values"][col]) if row else (np.nan, np.nan)
-                ms.append(m * 100)
-                ss.append(s * 100)
-                d = next((d for d in differences(reg) if d["label"] == lab and d["family"] == fam), None)
-                flags.append(bool(d and d["columns"][col][2]))
-            pos = x + (i - (len(labels) - 1) / 2) * width
-            ss_arr = np.array(ss)
-            ax.bar(pos, ms, width, yerr=np.nan_to_num(ss_arr) if np.isfinite(ss_arr).any() else None,
-                   capsize=2, label=titles[lab])
-            for p, m, s, f in zip(pos, ms, ss, flags):
-                if f and np.isfinite(m):
-                    ax.text(p, m + (s if np.isfinite(s) else 0), "†", ha="center", va="bottom")
-        ax.set_xticks(x, [f"{name}\n{fam}\nn {seeds(name, fam)}" for name, fam in keys], fontsize=8)
-        ax.set_title(f"{head} (%)", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    for k in range(n, nrow * ncol):
-        axes[k // ncol][k % ncol].axis("off")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    spare = axes[-1][-1] if nrow * ncol > n else None
-    (spare or axes[0][0]).legend(handles, names, fontsize=7, loc="center" if spare else "best")
-    fig.suptitle("Regime × method, test images after the last task (mean ± std over seeds; "
-                 "† MAS − finetune > 2 pooled std)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
-
-
-# ---- pilots ----------------------------------------------------------------------------------
-PILOT_COLUMNS = ((f"{F2I}.forgetting", "f→i forgetting"), (f"{TOP5}.forgetting", "top-5 forgetting"))
-
-
-def today_forgetting(paper_table: Path) -> dict:
-    """Today's finetune forgetting: {column: (mean, std, n)} over the finished
-    ``runs/finetune/<random split>_seed<s>`` runs of a committed paper table (test images).
-
-    Raises:
-        ValueError: no finished finetune run on a random split there, or a malformed results.json.
-    """
-    runs = [p.parent for p in sorted((paper_table / "runs" / BASE).glob("random*_seed*/results.json"))]
-    rows = [r for r in (read_run(p, "test") for p in runs) if r is not None]
-    if not rows:
-        raise ValueError(f"{paper_table}/runs/{BASE}: no finished finetune run on a random split "
-                         "(today's reference for the pilots)")
-    out = {}
-    for c, _ in PILOT_COLUMNS:
-        m, s = mean_std([r["values"][c] for r in rows])
-        out[c] = (m, s, len(rows))
-    # the λ = 0 run of MAS's search: finetune on val, first random split and seed (the pilots' setting)
-    val = None
-    zero = paper_table / "search" / "mas_lambda0"
-    if (zero / "results.json").is_file():
-        r = read_run(zero, "val")
-        val = None if r is None else {c: r["values"][c] for c, _ in PILOT_COLUMNS} | {"split": r["split"]}
-    return {"folder": str(paper_table), "columns": out, "val": val}
-
-
-def pilot_rows(folder: Path, today: dict | None) -> list[dict]:
-    """One row per pilot run (``folder/<regime>/results.json``, val images): regime, split, method,
-    tasks, the forgetting columns, and whether it is clearly above today's (mean + 2 std on either
-    column; None without ``today``). An unfinished run is listed with ``complete`` False.
-
-    Raises:
-        ValueError: ``folder`` is not a folder or holds no run; a malformed results.json (named).
-    """
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder (expected one run folder per regime)")
-    runs = sorted(p.parent for p in folder.glob("*/results.json"))
-    if not runs:
-        raise ValueError(f"{folder}: no <regime>/results.json")
-    out = []
-    for run in runs:
-        r = read_run(run, "val")
-        if r is None:
-            out.append({"regime": run.name, "complete": False})
-            continue
-        above = None
-        if today is not None:
-            above = any(np.isfinite(r["values"][c])
-                        and r["values"][c] > today["columns"][c][0] + 2 * today["columns"][c][1]
-                        for c, _ in PILOT_COLUMNS)
-        out.append({"regime": run.name, "complete": True, "split": r["split"], "method": r["method"],
-                    "num_tasks": r["num_tasks"], "values": r["values"], "clearly_above": above})
-    return out
-
-
-def pilot_markdown(rows: list[dict], today: dict | None) -> str:
-    """The pilot table: per regime its finetune run's forgetting (val images), and today's."""
-    head = ["pilot", "split", "method", "tasks"] + [h for _, h in PILOT_COLUMNS] \
-        + [f"{METRIC_SPECS[F2I].short}", "clearly above today's"]
-    body = []
-    for r in rows:
-        if not r["complete"]:
-            body.append([r["regime"], "(unfinished)"] + [""] * (len(head) - 2))
-            continue
-        body.append([r["regime"], r["split"], r["method"], str(r["num_tasks"])]
-                    + [cell([r["values"][c]]) for c, _ in PILOT_COLUMNS]
-                    + [cell([r["values"][f"{F2I}.all"]]),
-                       "–" if r["clearly_above"] is None else ("yes" if r["clearly_above"] else "no")])
-    text = markdown_table(head, body)
-    if today is not None:
-        ref = "; ".join(f"{h} {cell([m])} ± {s * 100:.2f} (threshold {100 * (m + 2 * s):.2f})"
-                        for (c, h) in PILOT_COLUMNS for m, s, _ in [today["columns"][c]])
-        n = next(iter(today["columns"].values()))[2]
-        text += (f"\n\nToday's finetune (`{today['folder']}`, random split, {n} seeds, test "
-                 f"images): {ref}. \"Clearly above\": above today's mean + 2 std on either "
-                 "column. The pilots are scored on val images, today's runs on test.")
-        if today.get("val"):
-            v = today["val"]
-            text += (f" Today on val (MAS's λ = 0 search run, i.e. finetune, {v['split']}, one seed): "
-                     + "; ".join(f"{h} {cell([v[c]])}" for c, h in PILOT_COLUMNS) + ".")
-    return text

@@ -217,3 +217,15 @@ def test_usage_errors_exit_2_before_writing(tree, tmp_path, capsys):
     assert MAIN(["--regimes", str(root), "--out", str(tmp_path / "u"), "--pilot",
                  str(tmp_path / "nopilot")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_a_regime_without_finished_runs_is_shown_as_such(tmp_path):
+    root = tmp_path / "regimes"
+    (root / "R2" / "runs").mkdir(parents=True)          # started, nothing finished yet
+    write_run(root / "R2" / "runs" / "finetune" / "random4_seed0_seed0", "finetune", "random4_seed0",
+              0, fake_values(np.random.default_rng(1)), complete=False)
+    out = tmp_path / "t"
+    assert MAIN(["--regimes", str(root), "--out", str(out)]) == 0
+    md = out.with_name("t.md").read_text(encoding="utf-8")
+    assert "## R2" in md and "(no finished final run yet)" in md
+    assert read_csv(out.with_name("t.csv")) == []
