@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -198,7 +199,25 @@ def provenance(folder: Path) -> dict:
             omega[label] = str(mas.get("data", train.get("omega_data", "train")))
     if omega:
         settings["MAS Ω data"] = ", ".join(f"{k} {v}" for k, v in omega.items())
-    return {"commits": commits, "settings": settings}
+    return {"commits": commits, "settings": settings, "cpu_hours": cpu_hours(folder)}
+
+
+def cpu_hours(folder: Path) -> dict[str, float]:
+    """{"runs": final runs, "search": λ search}: the CPU-hours in the regime's finished runs, the
+    sum of ``cpu_seconds`` of their timing.json (written by ``eval/paper_table.py``; a run without
+    one, or with an unreadable one, counts 0) / 3600."""
+    out = {}
+    for part, pattern in (("runs", "runs/*/*/timing.json"), ("search", "search/*/timing.json")):
+        total = 0.0
+        for t in folder.glob(pattern):
+            try:
+                sec = json.loads(t.read_text(encoding="utf-8")).get("cpu_seconds")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(sec, (int, float)) and not isinstance(sec, bool) and math.isfinite(sec):
+                total += float(sec)
+        out[part] = total / 3600.0
+    return out
 
 
 def find_regimes(root: Path) -> list[Path]:
@@ -300,7 +319,10 @@ def table_markdown(regimes: list[dict], pilot: str | None, command: str) -> str:
             md += ["Trained with (the final runs' config.json): " + ", ".join(
                 f"{k} {'default' if v is None else v}" for k, v in r["settings"].items()) + ".  "]
         if r["commits"]:
-            md += [f"Runs made at commit(s): {', '.join(f'`{c}`' for c in r['commits'])}.", ""]
+            md += [f"Runs made at commit(s): {', '.join(f'`{c}`' for c in r['commits'])}.  "]
+        h = r["cpu_hours"]
+        md += [f"CPU time in the finished runs (their timing.json): {h['runs'] + h['search']:.1f} "
+               f"CPU-hours ({h['runs']:.1f} final runs, {h['search']:.1f} λ search).", ""]
         md += [regime_markdown(r) if r["rows"] else "(no finished final run yet)", ""]
         if r["unfinished"]:
             md += [f"Unfinished, left out: {', '.join(r['unfinished'])}.", ""]
@@ -310,7 +332,8 @@ def table_markdown(regimes: list[dict], pilot: str | None, command: str) -> str:
 
 
 def to_csv(regimes: list[dict]) -> str:
-    """regime, row (method or "<label> - finetune"), label, split, reg_lambda, n, seeds, then per
+    """regime, kind ("method", or "finetune difference": the label's row minus finetune's), label,
+    split, reg_lambda, n (for a difference "n/n_finetune"), seeds, then per
     column <column>_mean, <column>_std for a method row or <column>_diff, <column>_pooled_std,
     <column>_flag for a difference row (fractions, unrounded)."""
     buf = io.StringIO()

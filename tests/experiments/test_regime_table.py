@@ -43,6 +43,8 @@ def write_run(folder: Path, label: str, split: str, seed: int, values: dict[str,
                                "average" if field == "mean" else field] = v
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(res), encoding="utf-8")
+    if complete:
+        (folder / "timing.json").write_text(json.dumps({"seconds": 1.0, "cpu_seconds": 360.0}))
     (folder / "config.json").write_text(json.dumps({"git_commit": commit, "config": {
         "model": {"freeze_stages": 4}, "loss": {}, "train": {"epochs": 3, "method": label}}}),
         encoding="utf-8")
@@ -132,6 +134,8 @@ def test_table_numbers_match_a_hand_computation(tree, tmp_path):
     assert "1 (val grid 0, 1, 10)" in md                       # λ chosen on val, with its grid
     assert "**+" in md and "†" in md
     assert "Unfinished, left out: runs/mas/random8_seed1_seed1" in md
+    # R0: 8 final runs and 3 search runs of 360 CPU-seconds each (0.1 h)
+    assert "1.1 CPU-hours (0.8 final runs, 0.3 λ search)" in md
     assert "`abcdef1`" in md and "freeze_stages 4" in md and "MAS Ω data mas train." in md
     assert out.with_name("table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
