@@ -278,6 +278,19 @@ def _lambda_text(regime: dict, row: dict) -> str:
     return f"{chosen} (val grid {values})"
 
 
+def search_text(regime: dict, label: str) -> str:
+    """"mas 0: 24.70, **1: 24.91**, 10: 23.96": a search label's λ and val criterion, the λ of its
+    final runs in bold."""
+    chosen = {lam for r in regime["rows"] if VARIANT.get(r["label"]) is not None
+              and VARIANT[r["label"]].lambda_from == label for lam in r["reg_lambdas"]}
+    parts = []
+    for g in regime["search"][label]:
+        c = g["criterion"]
+        txt = f"{g['reg_lambda']:g}: {'–' if c is None else f'{100 * c:.2f}'}"
+        parts.append(f"**{txt}**" if g["reg_lambda"] in chosen else txt)
+    return f"{label} " + ", ".join(parts)
+
+
 def _diff_cell(d: float, sp: float, flag: bool) -> str:
     if not np.isfinite(d):
         return "–"
@@ -323,6 +336,9 @@ def table_markdown(regimes: list[dict], pilot: str | None, command: str) -> str:
         h = r["cpu_hours"]
         md += [f"CPU time in the finished runs (their timing.json): {h['runs'] + h['search']:.1f} "
                f"CPU-hours ({h['runs']:.1f} final runs, {h['search']:.1f} λ search).", ""]
+        if r["search"]:
+            md += ["λ search on val (criterion ½ (f→i + i→f mAP) over all facts, %; **chosen**): "
+                   + "; ".join(search_text(r, label) for label in r["search"]) + ".", ""]
         md += [regime_markdown(r) if r["rows"] else "(no finished final run yet)", ""]
         if r["unfinished"]:
             md += [f"Unfinished, left out: {', '.join(r['unfinished'])}.", ""]

@@ -89,8 +89,10 @@ def tree(tmp_path):
     write_run(root / "R3" / "runs" / "mas" / "random8_seed1_seed1", "mas", "random8_seed1", 1,
               fake_values(rng), complete=False, reg_lambda=10.0)
     for lam, crit in ((0.0, 0.2), (1.0, 0.3), (10.0, 0.25)):      # R0's λ search, on val
+        v = fake_values(rng)
+        v[f"{rt.F2I}.all"], v[f"{rt.I2F}.all"] = crit - 0.05, crit + 0.05    # criterion: their mean
         write_run(root / "R0" / "search" / f"mas_lambda{lam:g}", "mas", "random4_seed0", 0,
-                  fake_values(rng), reg_lambda=lam, image_split="val")
+                  v, reg_lambda=lam, image_split="val")
     (root / "smoke" / "runs").mkdir(parents=True)     # not a regime
     return root, vals
 
@@ -132,6 +134,7 @@ def test_table_numbers_match_a_hand_computation(tree, tmp_path):
     assert r0[f"{rt.I2F}.all_flag"] == "0"                     # 1.5 pooled std: not
     md = out.with_name("table.md").read_text(encoding="utf-8")
     assert "1 (val grid 0, 1, 10)" in md                       # λ chosen on val, with its grid
+    assert "mas 0: 20.00, **1: 30.00**, 10: 25.00" in md       # the val criterion of each λ
     assert "**+" in md and "†" in md
     assert "Unfinished, left out: runs/mas/random8_seed1_seed1" in md
     # R0: 8 final runs and 3 search runs of 360 CPU-seconds each (0.1 h)
