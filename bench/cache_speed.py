@@ -172,11 +172,12 @@ def build_forms(body: torch.nn.Module, args, example: torch.Tensor) -> tuple[dic
     if "openvino" not in args.skip:
         try:
             import openvino as ov
+            from factmas.model.stem_engine import openvino_core
             t0 = time.perf_counter()
             model = ov.convert_model(body, example_input=example[:1],
                                      input=[ov.PartialShape([-1, 3, example.shape[2], example.shape[3]])])
             # f32 kept (a CPU with AMX/bf16 would otherwise run in bf16: not the same features)
-            compiled = ov.Core().compile_model(model, "CPU", {
+            compiled = openvino_core().compile_model(model, "CPU", {   # the library's one Core
                 "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads,
                 "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
             setup["openvino"] = time.perf_counter() - t0

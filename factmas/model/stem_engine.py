@@ -11,7 +11,10 @@ or when it fails to export, the stem runs in torch as before.
 
 OpenVINO (PyPI ``openvino``, Intel's inference runtime; opt-in, not in ``factmas[fast-cache]``) is
 used only where ONNX Runtime is missing (``ENGINES``): with its stems built earlier in one pytest
-process, tests/train/test_train.py ended in a segmentation fault (2026-12-06, cause not yet found). On the default model's frozen stages it ran 1.4× as fast as ONNX Runtime side
+process, tests/train/test_train.py ended in a segmentation fault (2026-12-06). The cause was a Core
+per compiled model: on an AMX CPU each Core's plugin swaps the thread's signal stack and, destroyed in
+creation order, leaves it on unmapped memory (``openvino_core``, which now keeps one Core for the
+process). On the default model's frozen stages it ran 1.4× as fast as ONNX Runtime side
 by side (2.83× against 2.03× torch's eager batch 8, 55–57 % of the 1-thread ``torch.mm`` rate on the
 Xeon of docs/benchmarks.md § 8.6, ``bench/results/cache_speed_engines.json``), with the same
 features to float16 rounding (largest difference 0.43 of the tolerance, as ONNX Runtime's). It runs
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 
 
 ENGINES = ("onnxruntime", "openvino")      # in order of preference: OpenVINO (1.4x faster) only where
-# ONNX Runtime is missing, until the segmentation fault seen after its use in one pytest process is found
+# ONNX Runtime is missing; the segmentation fault that made it opt-in is fixed (openvino_core), the
+# order is the lead's decision (it moves the main job's figures)
 _NEEDS = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime", "onnx")}
 
 
@@ -62,6 +66,28 @@ def ort_available() -> bool:
     """True when a fast engine (OpenVINO, or ONNX Runtime with ``onnx``) can be imported. (The name
     is older than OpenVINO's path: ``factmas.model.frozen`` asks it whether the fast path can run.)"""
     return fast_engine() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one ``openvino.Core``: every OpenVINO stem compiles through it, and it lives
+    until the interpreter exits. Raises ImportError without ``openvino``.
+
+    Why one: on a CPU with AMX (e.g. Xeon Sapphire Rapids), the CPU plugin of each Core mmaps a
+    signal stack of AT_MINSIGSTKSZ + 8 KiB, installs it with ``sigaltstack`` on the thread that made
+    the Core (in place of faulthandler's), and when the Core is destroyed it unmaps that stack and
+    puts back the one it found, if its own is still installed (``SigAltStackSetup``,
+    openvinotoolkit/openvino PR 11894). Two Cores destroyed in the order they were made leave the
+    thread on the first Core's unmapped stack, and the next signal handled there (a SIGTERM, a
+    Ctrl-C) ends the process with a segmentation fault inside CPython's signal handler. A Core per
+    compiled model (as before, 2026-12-06) did exactly that: tests/model/test_stem_engine.py and then
+    tests/train/test_train.py's SIGTERM test in one pytest process, exit 139 (openvino 2026.4.1,
+    glibc 2.36, Linux 6.18). One Core, never destroyed before exit, has one plugin, whose stack
+    stays mapped. Reproduced without factmas by scripts/openvino_sigaltstack_repro.py; guarded by
+    tests/model/test_stem_engine.py::test_openvino_stems_dropped_in_order_survive_a_signal.
+    """
+    import openvino as ov
+    return ov.Core()
 
 
 class OrtStem:
@@ -94,7 +120,7 @@ class OrtStem:
             warnings.simplefilter("ignore")             # the tracer's notes on "same" padding's shapes
             model = ov.convert_model(self.body, example_input=example,
                                      input=[ov.PartialShape([-1, 3, key[0], key[1]])])
-        compiled = ov.Core().compile_model(model, "CPU", {
+        compiled = openvino_core().compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
         request = compiled.create_infer_request()

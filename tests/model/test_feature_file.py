@@ -251,7 +251,9 @@ def test_a_build_killed_with_sigkill_resumes_from_its_last_complete_chunk(data, 
                                                                             monkeypatch):
     path = tmp_path / "c.npy"
     _, side, _ = partial_paths(path)
-    env = {**os.environ, "PYTHONPATH": str(Path(features.__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    root = str(Path(features.__file__).resolve().parents[2])     # this checkout first, the rest kept: the
+    env = {**os.environ, "OMP_NUM_THREADS": "1",                  # child must find the same stem engine
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     child = subprocess.Popen([sys.executable, "-c", CHILD.replace("{lite}", repr(LITE)), str(data.path), str(path)],
                              env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -140,3 +144,42 @@ def test_no_fast_engine_means_torch(stem, monkeypatch):
     s = copy.deepcopy(stem)
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(s(x), _torch(s, x)) and s._ort is None
+
+
+SIGNAL_CHILD = """
+import gc, os, signal, sys, time
+import torch
+from torch import nn
+from factmas.errors import Terminated, sigterm_raises
+from factmas.model import stem_engine
+stem_engine.ENGINES = ("openvino",)
+stem = stem_engine.OrtStem(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+for size in (16, 24):                   # a compiled model per input size, both alive
+    stem(torch.zeros(1, 3, size, size))
+del stem
+gc.collect()                            # dropped in the order they were made
+print("cores", stem_engine.openvino_core.cache_info().misses, flush=True)
+with sigterm_raises():                  # as factmas train does; CPython's handler runs on the
+    try:                                # thread's alternate signal stack
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except Terminated:
+        print("terminated", flush=True)
+"""
+
+
+def test_openvino_stems_dropped_in_order_survive_a_signal():
+    """The segmentation fault that made OpenVINO opt-in (2026-12-06): two compiled models, each with
+    its own ``openvino.Core``, dropped in the order they were made, left the main thread's alternate
+    signal stack on unmapped memory (on a CPU with AMX), and the next SIGTERM killed the process
+    (exit -11) instead of raising ``Terminated`` (``stem_engine.openvino_core``). In a subprocess, so
+    that a crash fails this test and not the run; the count of Cores made (1) is checked on any CPU."""
+    if not stem_engine._importable("openvino"):
+        pytest.skip("openvino not installed")
+    root = str(Path(stem_engine.__file__).resolve().parents[2])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-c", SIGNAL_CHILD], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    assert r.stdout.split() == ["cores", "1", "terminated"]
