@@ -10,7 +10,7 @@ stages, weights) and stored beside the dataset file::
 
 ``key`` hashes the dataset's pixels (read ``images[a:b]`` at a time), the stem's weights, the cache
 version and, when the stem runs through a fast engine (``model.stem_engine`` "auto" on the CPU:
-ONNX Runtime, else OpenVINO), that engine, so any change gives a new file; every run and method on
+OpenVINO, else ONNX Runtime), that engine, so any change gives a new file; every run and method on
 that dataset reuses it. The file is written chunk by chunk (``CHUNK_IMAGES`` images) into a
 memory-mapped ``.npy`` at a temporary name (``factmas.model.feature_file``): a killed build resumes
 from its last complete chunk, the final name appears only when the file is whole, and the cache is

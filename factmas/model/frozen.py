@@ -17,7 +17,7 @@ becomes a plain ``nn.Sequential`` of the same arithmetic: ``[SamePad2d, Conv2d]`
 ``[BatchNorm2d, drop, act]``.
 
 On the CPU, ``FrozenStem`` runs its body through a fast engine when its optional package is
-installed (``factmas.model.stem_engine``: ONNX Runtime, else OpenVINO when installed; 2.0× and 2.8× torch at the
+installed (``factmas.model.stem_engine``: OpenVINO, else ONNX Runtime; 2.8× and 2.0× torch at the
 same float16-rounded features),
 so the feature cache, live stem inputs and ``embed_pixels`` (query, search, evaluation without the
 cache) take the same path.
@@ -79,8 +79,8 @@ class FrozenStem(nn.Module):
 
     Args:
         body: the lower stages (e.g. ``nn.Sequential(renormalize, conv_stem, bn, blocks[:k])``).
-        engine: "auto" (a float32 CPU input runs through ``stem_engine.fast_engine()``: ONNX Runtime when
-            ``onnxruntime`` and ``onnx`` are installed, else OpenVINO when ``openvino`` is, else
+        engine: "auto" (a float32 CPU input runs through ``stem_engine.fast_engine()``: OpenVINO when
+            ``openvino`` is installed, else ONNX Runtime when ``onnxruntime`` and ``onnx`` are, else
             torch) or "torch" (always torch).
         stages: how many of the backbone's stages ``body`` holds (``Backbone.frozen_stages``; it
             names the feature cache file, ``factmas.model.features.cache_file``); None: not said.

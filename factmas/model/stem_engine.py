@@ -9,12 +9,12 @@ against torch's batch 8), with the same features to the cache's float16 toleranc
 serializer) are installed (``pip install factmas[fast-cache]``); otherwise, on a GPU, with gradients
 or when it fails to export, the stem runs in torch as before.
 
-OpenVINO (PyPI ``openvino``, Intel's inference runtime; opt-in, not in ``factmas[fast-cache]``) is
-used only where ONNX Runtime is missing (``ENGINES``): with its stems built earlier in one pytest
-process, tests/train/test_train.py ended in a segmentation fault (2026-12-06). The cause was a Core
-per compiled model: on an AMX CPU each Core's plugin swaps the thread's signal stack and, destroyed in
-creation order, leaves it on unmapped memory (``openvino_core``, which now keeps one Core for the
-process). On the default model's frozen stages it ran 1.4× as fast as ONNX Runtime side
+OpenVINO (PyPI ``openvino``, Intel's inference runtime, also in ``factmas[fast-cache]``) is preferred
+where it is installed (``ENGINES``). It was opt-in for one stop: with its stems built earlier in one
+pytest process, tests/train/test_train.py ended in a segmentation fault (2026-12-06). The cause was a
+Core per compiled model: on an AMX CPU each Core's plugin swaps the thread's signal stack and,
+destroyed in creation order, leaves it on unmapped memory (``openvino_core``, which now keeps one Core
+for the process). On the default model's frozen stages it ran 1.4× as fast as ONNX Runtime side
 by side (2.83× against 2.03× torch's eager batch 8, 55–57 % of the 1-thread ``torch.mm`` rate on the
 Xeon of docs/benchmarks.md § 8.6, ``bench/results/cache_speed_engines.json``), with the same
 features to float16 rounding (largest difference 0.43 of the tolerance, as ONNX Runtime's). It runs
