@@ -137,7 +137,8 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     from factmas.model.features import image_inputs
     model, method, tasks = parts if parts is not None else build_parts(cfg, data)
     if inputs is None:
-        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
+        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress,
+                              num_workers=cfg.train.num_workers)
     stream = plan_stages(method, tasks)
     evaluator = recorder = None
     if cfg.eval.enabled:
@@ -155,7 +156,8 @@ def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: t
     builds the feature cache first, then the others read it."""
     from factmas.model.features import image_inputs
     return main_first(lambda: image_inputs(model, data, device, cache=cfg.train.feature_cache,
-                                           progress=progress and is_main()))
+                                           progress=progress and is_main(),
+                                           num_workers=cfg.train.num_workers))
 
 
 @contextlib.contextmanager
