@@ -24,8 +24,8 @@ through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``; ``input_batc
 gives a sequence of such batches, read by ``DataLoader`` workers when ``inputs.num_workers`` > 0
 (``train.num_workers``, ``factmas.data.loader``), the same tensors either way.
 
-May import: numpy, torch, ``factmas.data.dataset``, ``factmas.data.loader``, ``factmas.errors``, ``factmas.io``, ``factmas.model``,
-``factmas.progress``.
+May import: numpy, torch, ``factmas.data.dataset``, ``factmas.data.loader``, ``factmas.errors``,
+``factmas.io``, ``factmas.model``, ``factmas.progress``.
 """
 from __future__ import annotations
 
@@ -359,8 +359,11 @@ class CachedInputs:
 
     def __getstate__(self) -> dict:
         """Pickled (e.g. into ``DataLoader`` worker processes started by spawn or forkserver) by the
-        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole)."""
+        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole); a
+        copy on the GPU is left out (the unpickled object reads the memory map, as ``host`` does)."""
         state = dict(self.__dict__)
+        if isinstance(state["features"], torch.Tensor):    # the device copy: workers read ``rows``
+            state["features"] = state["rows"]
         for key in ("features", "rows"):
             value = state[key]
             if isinstance(value, np.memmap) and value.filename:
