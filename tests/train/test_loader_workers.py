@@ -183,3 +183,30 @@ def test_negative_workers_on_the_command_line_exit_2(dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--num-workers" in err and ">= 0" in err and "Traceback" not in err
     assert not (out / "config.json").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("source", ["pixels", "cache"])
+def test_on_cuda_workers_stream_the_same_batches_as_the_whole_device_copy(dataset, source):
+    """On a GPU, workers read each batch's rows on the host (pinned) instead of a copy of every image
+    on the device; the batches are the same to the bit."""
+    data = read_dataset(dataset)
+    if source == "pixels":
+        make = lambda w: PixelInputs(data, "cuda", num_workers=w)  # noqa: E731
+    else:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(**TINY_LITE), len(data.vocab)).eval()
+        feats = load_or_build(model, data, progress=False)
+        make = lambda w: CachedInputs(feats, "cuda", num_workers=w)  # noqa: E731
+    whole, streamed = make(0), make(2)
+    assert streamed.pin_memory
+    if source == "pixels":
+        assert streamed.pixels is None                         # nothing copied to the device whole
+    else:
+        assert isinstance(streamed.features, np.ndarray)
+    assert isinstance(whole.pixels if source == "pixels" else whole.features, torch.Tensor)
+    pairs = data.pairs[:50]
+    got = {w: _batches(Batcher(data, "cuda", inp), pairs, flip=True) for w, inp in ((0, whole), (2, streamed))}
+    for b0, b2 in zip(got[0], got[2]):
+        assert b2["images"].is_cuda and torch.equal(b0["images"], b2["images"])
