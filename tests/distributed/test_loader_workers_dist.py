@@ -4,7 +4,6 @@ without workers, bit for bit (weights, Ω, results.json)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ import torch
 
 from factmas.data.synthetic import make_synthetic_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_distributed import ABORT, CONFIG, WORKER, numbers, run, torchrun  # noqa: E402 (this folder's launch helpers)
+from test_distributed import ABORT, CONFIG, WORKER, numbers, run, torchrun  # this folder's launch helpers
 
 
 def _launch(data: Path, root: Path, workers: int) -> Path:
