@@ -204,9 +204,10 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
     blobs = None
     if schema_version == 2:
         blobs = [encode_jpeg(im, jpeg_quality) for im in images]
-        # the checksums of what readers will decode (the pixels change: JPEG is lossy)
-        crc = schema.image_checksums(np.stack([decode_jpeg(b, images.shape[1:]) for b in blobs])
-                                     if n else images)
+        # the checksums of what readers will decode (the pixels change: JPEG is lossy), one image
+        # decoded at a time
+        crc = np.array([schema.image_checksums(decode_jpeg(b, images.shape[1:])[None])[0]
+                        for b in blobs], np.uint32)
     else:
         crc = schema.image_checksums(images)
     h5py = _h5py()
