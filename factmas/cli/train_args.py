@@ -43,7 +43,7 @@ def _shown(v: object) -> str:
 
 # options --resume accepts: they choose where and how fast the run continues, not what it computes;
 # every other option given with --resume is refused (``fixed_by_run``)
-RESUME_FREE = ("resume", "device", "threads", "limit_tasks", "no_progress", "quiet")
+RESUME_FREE = ("resume", "device", "threads", "num_workers", "limit_tasks", "no_progress", "quiet")
 
 
 def fixed_by_run(args: argparse.Namespace) -> list[str]:

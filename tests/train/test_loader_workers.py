@@ -210,3 +210,29 @@ def test_on_cuda_workers_stream_the_same_batches_as_the_whole_device_copy(datase
     got = {w: _batches(Batcher(data, "cuda", inp), pairs, flip=True) for w, inp in ((0, whole), (2, streamed))}
     for b0, b2 in zip(got[0], got[2]):
         assert b2["images"].is_cuda and torch.equal(b0["images"], b2["images"])
+
+
+def test_a_run_resumed_with_workers_equals_the_uninterrupted_run(dataset, tmp_path, capsys):
+    """``--num-workers`` may be given with ``--resume`` (and config.json may differ in it): who reads
+    the batches does not change them."""
+    from factmas.cli.train import main
+    from factmas.errors import guarded_main
+    from factmas.trainer import resume
+    full_metrics, full_results, full_state = _run(dataset, tmp_path / "full", TINY_PIXELS, 0)
+    cfg = RunConfig.from_dict({
+        "data": str(dataset), "out": str(tmp_path / "part"), "model": TINY_PIXELS,
+        "train": {"split": "random2_seed0", "method": "mas", "reg_lambda": 1.0, "epochs": 1,
+                  "batch_size": 16, "aux_batch_size": 16, "num_workers": 0, "threads": 1},
+        "eval": {"embed_batch": 16, "enabled": True}})
+    torch.manual_seed(0)
+    train(cfg, progress=False, limit_tasks=1)
+    bad = guarded_main("factmas train", main, ["--resume", str(tmp_path / "part"), "--num-workers", "-2",
+                                               "--no-progress", "-q"])
+    assert bad == 2 and "--num-workers" in capsys.readouterr().err
+    resume(tmp_path / "part", progress=False, num_workers=2)
+    part = tmp_path / "part"
+    metrics = [_strip(json.loads(line)) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    state = load_checkpoint(last_path(part))
+    assert metrics == full_metrics
+    assert all(torch.equal(v, state["model"][k]) for k, v in full_state["model"].items())
+    assert all(torch.equal(v, state["method"][k]) for k, v in full_state["method"].items())
