@@ -10,7 +10,8 @@ exist, a leak; it is kept to rebuild those files exactly (their provenance has n
 ``threshold_images`` option).
 
 Shared by ``data_prep.flickr8k`` (facts mined from captions) and ``data_prep.from_csv`` (annotated
-facts). The file is written only through ``factmas.data.dataset.write_dataset`` (atomic, schema v1).
+facts). The file is written only through ``factmas.data.dataset.write_dataset`` (atomic, schema v1, or v2
+with ``--schema 2``).
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class BuildOptions:
     image_split: str = "seed"            # "seed": seeded permutation (--seed); "hash": from each
                                          # image's file name (stable when the facts change)
     extra_num_tasks: Sequence[int] = ()  # also random{k}_seed{s} for these k (e.g. 8 → random8_seed*)
+    schema: int = 1                      # the file's schema version: 1 raw pixel rows; 2 JPEG bytes
+                                         # (lossy, 0.13 × the size; docs/benchmarks.md § 4.2)
 
 
 def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac: float) -> None:
@@ -89,6 +92,11 @@ def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac:
                    help="also write random{k}_seed{s} (for each --split-seeds s) with these task "
                         "counts, comma-separated (e.g. '8' adds random8_seed0..2; '' for none)")
     p.add_argument("--strict", action="store_true", help="an unusable image is an error, not a skip")
+    p.add_argument("--schema", type=int, choices=(1, 2), default=1,
+                   help="schema version of the file: 1 (default) stores raw uint8 pixel rows; 2 stores "
+                        "each image as JPEG bytes (quality 95): about 0.13 × the file size, about 1.2 ms "
+                        "per image to decode, and lossy (other pixels, so other features and figures "
+                        "than a version-1 file of the same photos)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -124,7 +132,8 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
                         threshold_images=getattr(a, "threshold_images", "train"),
                         disjoint=not getattr(a, "no_disjoint", False),
                         image_split=getattr(a, "image_split", "seed"),
-                        extra_num_tasks=tuple(k for k in dict.fromkeys(extra) if k != a.num_tasks))
+                        extra_num_tasks=tuple(k for k in dict.fromkeys(extra) if k != a.num_tasks),
+                        schema=getattr(a, "schema", 1))
 
 
 def fact_sort_key(f: tuple[str, str, str]) -> tuple:
@@ -267,7 +276,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
                            "options": options, "counts": report.counts, "timings": timings or {},
                            "skipped": report.skipped})
     write_dataset(out, images, ids_kept, split, facts, pairs_arr, splits, attrs, prov,
-                  overwrite=opts.overwrite, split_images=image_tasks)
+                  overwrite=opts.overwrite, split_images=image_tasks, schema_version=opts.schema)
     log.info("wrote %s: %d images, %d facts, %d pairs, splits %s", out, len(ids_kept), len(facts),
              len(pairs_arr), sorted(splits))
     return report

@@ -18,6 +18,7 @@ from factmas.config import ConfigError, RunConfig
 # dotted key -> the command-line option that sets it (named in messages)
 OPTIONS = {"train.reg_lambda": "--reg-lambda", "train.lr": "--lr", "train.epochs": "--epochs",
            "train.batch_size": "--batch-size", "train.seed": "--seed", "train.threads": "--threads",
+           "train.num_workers": "--num-workers",
            "train.device": "--device", "train.split": "--split",
            "train.method": "--method", "train.optimizer": "--optimizer",
            "train.tensorboard": "--tensorboard"}

@@ -180,7 +180,8 @@ def _setup(run_dir: str | Path, data: str | None, checkpoint: str | None, device
     dev = next(model.parameters()).device
     ecfg = dataclasses.replace(cfg.eval, **{k: v for k, v in (
         ("image_pool", image_pool), ("image_split", image_split)) if v})
-    inputs = image_inputs(model, fd, dev, cache=cfg.train.feature_cache, progress=progress)
+    inputs = image_inputs(model, fd, dev, cache=cfg.train.feature_cache, progress=progress,
+                          num_workers=cfg.train.num_workers)
     tasks = experiences(fd, cfg.train.split)
     evaluator = Evaluator(fd, cfg.train.split, ecfg, dev, inputs, tasks=tasks, progress=progress)
     return cfg, fd, model, dev, ecfg, tasks, evaluator, other_fp

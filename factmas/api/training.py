@@ -103,19 +103,21 @@ def train_config(cfg: RunConfig, *, command: str = "", overwrite: bool = False,
 
 
 def resume(path: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
-           threads: int | None = None, progress: bool = True) -> Run:
+           threads: int | None = None, progress: bool = True, num_workers: int | None = None) -> Run:
     """Continue the run in ``path`` from its last checkpoint; ends with the same weights and metrics
     as an uninterrupted run.
 
     Args:
         limit_tasks: stop once N tasks are trained.  device: "auto", "cpu", "cuda" (default: the
-            run's).  threads: torch CPU threads.
+            run's).  threads: torch CPU threads.  num_workers: DataLoader workers reading the
+            image batches (default: the run's ``train.num_workers``; results do not depend on it).
     Raises:
         RunDirError: not a run, or its dataset changed.  UsageError, ConfigError: bad settings.
         CheckpointError, TrainingError: a checkpoint that cannot be used, or while training.
     """
     from factmas.trainer import resume as _resume
-    state = _resume(path, limit_tasks=limit_tasks, device=device, threads=threads, progress=progress)
+    state = _resume(path, limit_tasks=limit_tasks, device=device, threads=threads, progress=progress,
+                    num_workers=num_workers)
     return _run_of(path, state)
 
 

@@ -4,10 +4,10 @@ Usage::
 
     factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
-                  [--omega-data train|test|train+test] [--ewc-gamma G] [...] [--threads N]
+                  [--omega-data train|test|train+test] [--ewc-gamma G] [...] [--threads N] [--num-workers N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]
                   [--tensorboard]
-    factmas train --resume RUN_DIR [--device ...] [--threads N] [--limit-tasks N]
+    factmas train --resume RUN_DIR [--device ...] [--threads N] [--num-workers N] [--limit-tasks N]
     torchrun --nproc-per-node N -m factmas.cli train ...     # N processes, one run (factmas.distributed)
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) the command joins the process group (NCCL on
@@ -131,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
                 given = fixed_by_run(args)
                 if given:
                     raise UsageError("--resume takes the settings of the run's config.json; only "
-                                     "--device, --threads and --limit-tasks may be given with it, not "
+                                     "--device, --threads, --num-workers and --limit-tasks may be given "
+                                     "with it, not "
                                      + ", ".join(given))
                 state = resume(args.resume, limit_tasks=args.limit_tasks, device=args.device,
-                               threads=args.threads, progress=progress).state
+                               threads=args.threads, num_workers=args.num_workers,
+                               progress=progress).state
                 run_dir = args.resume
             else:
                 cfg = config_from_args(args)

@@ -19,7 +19,8 @@ METHOD_NAMES = tuple(METHODS)
 # command-line option -> field of RunConfig.train
 TRAIN_OPTIONS = {"split": "split", "method": "method", "reg_lambda": "reg_lambda", "epochs": "epochs",
                  "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
-                 "threads": "threads", "optimizer": "optimizer", "tensorboard": "tensorboard"}
+                 "threads": "threads", "optimizer": "optimizer", "tensorboard": "tensorboard",
+                 "num_workers": "num_workers"}
 # command-line option -> field of RunConfig.model
 MODEL_OPTIONS = {"backbone": "backbone", "freeze_stages": "freeze_stages"}
 # command-line option (argparse dest) -> the method option it sets (train.options.<method>.<field>)
@@ -42,7 +43,7 @@ def _shown(v: object) -> str:
 
 # options --resume accepts: they choose where and how fast the run continues, not what it computes;
 # every other option given with --resume is refused (``fixed_by_run``)
-RESUME_FREE = ("resume", "device", "threads", "limit_tasks", "no_progress", "quiet")
+RESUME_FREE = ("resume", "device", "threads", "num_workers", "limit_tasks", "no_progress", "quiet")
 
 
 def fixed_by_run(args: argparse.Namespace) -> list[str]:
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         methods.add_argument(f"--{f.flag}", type=f.type, choices=f.choices, help=flag_help(f))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; on a CPU "
                                                "shared with other jobs, 1 can be much faster)")
+    p.add_argument("--num-workers", type=int,
+                   help=f"DataLoader worker processes that read the image batches (train.num_workers, "
+                        f"default {T.num_workers}: read in the training process); the same batches "
+                        "in the same order either way")
     p.add_argument("--backbone", choices=list(BACKBONES), metavar="BACKBONE",
                    help=f"image backbone (default {M.backbone}): "
                         + "; ".join(f"{b.name}: {b.help}, {b.input_size} px" for b in BACKBONES.values()))

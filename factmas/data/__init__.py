@@ -3,8 +3,11 @@
 - ``dataset``: ``FactData``, ``read_dataset``, ``write_dataset``.
 - ``schema``: the checks a dataset file must pass.
 - ``lazy_images``: ``H5Images``, the images of a dataset file read on demand (``FactData.images``).
+- ``jpeg_images``: schema version 2, each image stored as JPEG bytes (``JpegImages``, decoded on read).
 - ``imageio``: reading an image file into RGB pixels.
 - ``synthetic``: ``make_synthetic_dataset`` for tests and benchmarks.
+- ``loader``: ``batch_loader``, batches fetched in a given order in this process or by
+  ``torch.utils.data.DataLoader`` workers (``train.num_workers``).
 - ``experience``: each task's data (facts, pairs and images per image split, relevance), built once
   per run; ``merge`` for joint training.
 

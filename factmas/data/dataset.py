@@ -1,9 +1,10 @@
 """The factmas HDF5 dataset: the one module that writes and reads it (schema in data_prep/README.md).
 
-Layout (schema version 1)::
+Layout (schema version 1; version 2 differs only in ``images``)::
 
     attrs: schema_version=1, image_size=H, provenance=<JSON string>
     images       uint8  [N, H, W, 3]   RGB
+                 version 2: vlen uint8 [N], each image's JPEG bytes (``factmas.data.jpeg_images``)
     image_ids    str    [N]            source file names
     image_split  int8   [N]            0 train, 1 val (held-out training images), 2 test
     facts/subject, facts/predicate, facts/object   str [F]  ('' where the order is lower)
@@ -16,7 +17,8 @@ Layout (schema version 1)::
                                        -1 for val/test images: a training image is trained only with
                                        the facts of its task (``FactData.task_pairs``)
     image_crc32  uint32 [N]            CRC-32 of each image's bytes (optional: files built before it
-                                       lack it and are read without pixel verification)
+                                       lack it and are read without pixel verification); version
+                                       2: of the decoded pixels
 
 ``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
 id ranges, tasks 0..K-1 each non-empty. The pixels stay in the file: ``FactData.images`` reads them
@@ -33,11 +35,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from factmas.data import schema
+from factmas.data.jpeg_images import JPEG_QUALITY, JpegImages, decode_jpeg, encode_jpeg
 from factmas.data.lazy_images import H5Images
 from factmas.data.schema import DatasetError
 from factmas.io import atomic_path, check_room, deferred_sigint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1                  # what write_dataset writes by default
+SCHEMA_VERSIONS = (1, 2)            # what read_dataset reads (2: JPEG bytes, factmas.data.jpeg_images)
 SPLIT_NAMES = ("train", "val", "test")
 PAD = "<pad>"
 MAX_SLOT_WORDS = 4
@@ -143,8 +147,9 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
                   image_split: np.ndarray, facts: Sequence[tuple[str, str, str]], pairs: np.ndarray,
                   splits: dict[str, np.ndarray], split_attrs: dict[str, dict] | None = None,
                   provenance: dict[str, Any] | None = None, overwrite: bool = False,
-                  split_images: dict[str, np.ndarray] | None = None) -> None:
-    """Write a schema-v1 dataset atomically (temporary file, then rename), with image checksums.
+                  split_images: dict[str, np.ndarray] | None = None, schema_version: int = SCHEMA_VERSION,
+                  jpeg_quality: int = JPEG_QUALITY) -> None:
+    """Write a dataset atomically (temporary file, then rename), with image checksums.
 
     Everything ``read_dataset`` checks is checked before the file is written, so a written file
     always reads back. Ctrl-C during the write is held back until the HDF5 file is closed, then
@@ -158,12 +163,19 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
         split_attrs: name -> dict of attributes (``num_tasks`` fixes K).
         split_images: name of a split -> int [N] task of each training image, -1 for the others
             (image-disjoint splits; ``factmas.data.schema.check_split_images``).
+        schema_version: 1 (raw uint8 rows, the default) or 2 (each image as JPEG bytes of quality
+            ``jpeg_quality``: lossy, 0.13 × the size; ``factmas.data.jpeg_images``; the checksums
+            are those of the decoded pixels, what readers get).
     Raises:
         DatasetError: inconsistent shapes, a gap in a fact's slots, an out-of-range index or task,
             or an empty task.
+        ValueError: ``schema_version`` not 1 or 2, ``jpeg_quality`` outside 1..100.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         KeyboardInterrupt: Ctrl-C during the write (nothing is left at ``path`` or beside it).
     """
+    if schema_version not in SCHEMA_VERSIONS:
+        raise ValueError(f"write_dataset: schema_version must be one of {list(SCHEMA_VERSIONS)}, "
+                         f"got {schema_version!r}")
     images = np.asarray(images)
     n = len(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -189,17 +201,33 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
                      object=[f[2] for f in facts], order=order, tokens=tokens, vocab=vocab,
                      pairs=pairs, splits=split_arrays, split_attrs=attrs_all, split_images=image_tasks)
     schema.check_values(path, check)
-    crc = schema.image_checksums(images)
+    blobs = None
+    if schema_version == 2:
+        blobs = [encode_jpeg(im, jpeg_quality) for im in images]
+        # the checksums of what readers will decode (the pixels change: JPEG is lossy), one image
+        # decoded at a time
+        crc = np.array([schema.image_checksums(decode_jpeg(b, images.shape[1:])[None])[0]
+                        for b in blobs], np.uint32)
+    else:
+        crc = schema.image_checksums(images)
     h5py = _h5py()
     str_dt = h5py.string_dtype("utf-8")
-    check_room(path, np.asarray(images).nbytes + 64 * len(image_ids) + np.asarray(pairs).nbytes
+    image_bytes = np.asarray(images).nbytes if blobs is None else sum(len(b) + 16 for b in blobs)
+    check_room(path, image_bytes + 64 * len(image_ids) + np.asarray(pairs).nbytes
                + np.asarray(tokens).nbytes + (1 << 20))     # h5py can crash on a full disk
     with atomic_path(path, overwrite=overwrite) as tmp, deferred_sigint():
         with h5py.File(tmp, "w") as h:
-            h.attrs["schema_version"] = SCHEMA_VERSION
+            h.attrs["schema_version"] = int(schema_version)
             h.attrs["image_size"] = images.shape[1]
             h.attrs["provenance"] = json.dumps(provenance or {})
-            h.create_dataset("images", data=images, chunks=(1, *images.shape[1:]) if n else None)
+            if blobs is None:
+                h.create_dataset("images", data=images, chunks=(1, *images.shape[1:]) if n else None)
+            else:
+                ds = h.create_dataset("images", (n,), dtype=h5py.vlen_dtype(np.uint8))
+                for i, b in enumerate(blobs):
+                    ds[i] = b
+                ds.attrs["encoding"] = "jpeg"
+                ds.attrs["jpeg_quality"] = int(jpeg_quality)
             h.create_dataset(schema.CHECKSUM_KEY, data=crc)
             h.create_dataset("image_ids", data=list(image_ids), dtype=str_dt)
             h.create_dataset("image_split", data=np.asarray(image_split, dtype=np.int8))
@@ -228,7 +256,8 @@ def _order(fact: tuple[str, str, str], i: int, path: Any) -> int:
 
 def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True,
                  in_memory: bool = False) -> FactData:
-    """Read a schema-v1 dataset, validating the whole file first; the pixels stay in the file.
+    """Read a dataset (schema version 1 or 2), validating the whole file first; the pixels stay in the
+    file (version 2: decoded from their JPEG bytes when read, ``factmas.data.jpeg_images``).
 
     Args:
         path: the HDF5 file.
@@ -255,10 +284,14 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
     with h:
         version = h.attrs.get("schema_version")
         version = version.item() if hasattr(version, "item") else version  # np.int64(1) → 1
-        if version != SCHEMA_VERSION:
-            raise DatasetError(f"{path}: schema_version {version!r}, this factmas reads {SCHEMA_VERSION}; "
-                               "rebuild the file with this version's data_prep")
-        sizes = schema.check_layout(path, _entries(h, h5py))
+        if version not in SCHEMA_VERSIONS:
+            raise DatasetError(f"{path}: schema_version {version!r} (attribute 'schema_version'), this "
+                               f"factmas reads {' and '.join(map(str, SCHEMA_VERSIONS))}; rebuild the "
+                               "file with this version's data_prep")
+        entries = _entries(h, h5py)
+        if version == 2 and "images" in entries:
+            entries["images"] = _jpeg_entry(path, h, h5py)
+        sizes = schema.check_layout(path, entries)
         size_attr = h.attrs.get("image_size")
         if size_attr is not None and int(np.asarray(size_attr)) != sizes["H"]:
             raise DatasetError(f"{path}: attribute 'image_size' is {size_attr}, but key 'images' holds "
@@ -279,13 +312,13 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
                     raise DatasetError(f"{path}: key {key!r} row {i} is not UTF-8 text: {e}") from None
             return out
 
+        image_shape = entries["images"][1]      # (N, H, W, 3), also of version 2's JPEG bytes
         if load_images and in_memory:
-            images = get("images")
+            images = get("images") if version == 1 else None   # version 2: decoded below
         elif load_images:
             images = None                       # H5Images below, once the checksums are read
         else:
-            images = np.zeros((0, *h["images"].shape[1:]), np.uint8)  # still tells the size
-        image_shape = h["images"].shape
+            images = np.zeros((0, *image_shape[1:]), np.uint8)  # still tells the size
 
         def task_arrays(key: str, size: str) -> dict:
             """The arrays of group ``key`` (one int [size] task array per split name)."""
@@ -311,7 +344,10 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
             raise DatasetError(f"{path}: attribute 'provenance' is not a JSON object")
         crc = get(schema.CHECKSUM_KEY) if schema.CHECKSUM_KEY in h else None
         if images is None:
-            images = H5Images(str(path), image_shape, crc if verify else None)
+            lazy = H5Images if version == 1 else JpegImages
+            images = lazy(str(path), image_shape, crc if verify else None)
+            if in_memory:                       # version 2 read whole: decoded here, verified below
+                images = np.asarray(lazy(str(path), image_shape, None))
         data = FactData(images=images, image_ids=strs("image_ids"), image_split=get("image_split"),
                         subject=strs("facts/subject"), predicate=strs("facts/predicate"),
                         object=strs("facts/object"), order=get("facts/order"),
@@ -323,6 +359,26 @@ def read_dataset(path: str | Path, load_images: bool = True, verify: bool = True
     if load_images and in_memory and verify and crc is not None:
         schema.verify_checksums(path, images, crc, data.image_ids)
     return data
+
+
+def _jpeg_entry(path: Path, h: Any, h5py: Any) -> tuple[Any, tuple, bool]:
+    """The (dtype, shape, is_string) that ``schema.check_layout`` checks for a version-2 ``images``
+    key: uint8 (N, H, H, 3) with H from attribute ``image_size``, after checking that the key holds
+    N variable-length uint8 byte strings. Raises DatasetError naming the file, key or attribute."""
+    ds = h["images"]
+    base = h5py.check_vlen_dtype(ds.dtype)
+    if base is None or np.dtype(base) != np.uint8 or ds.ndim != 1:
+        raise DatasetError(f"{path}: key 'images' is {ds.dtype} {ds.shape}; schema version 2 expects "
+                           "variable-length uint8 [N] (each image's JPEG bytes)")
+    size = h.attrs.get("image_size")
+    try:
+        size = int(np.asarray(size))
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise DatasetError(f"{path}: attribute 'image_size' is {h.attrs.get('image_size')!r}; schema "
+                           "version 2 needs the images' side in pixels (an integer >= 1)")
+    return np.dtype(np.uint8), (ds.shape[0], size, size, 3), False
 
 
 def _entries(h: Any, h5py: Any) -> dict[str, tuple[Any, tuple, bool]]:

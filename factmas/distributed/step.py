@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from factmas.distributed.world import active, shard_bounds, size
+from factmas.distributed.world import active, rank, shard_bounds, size
 from factmas.space.loss import fact_loss, uses_candidates
 
 
@@ -34,6 +34,12 @@ class RowShare:
 
     def __init__(self, inputs: Any) -> None:
         self.inputs = inputs
+        self.rank, self.world = rank(), size()   # fixed here: ``host`` may run in a loader worker
+
+    def host(self, idx: np.ndarray, flip: np.ndarray | None = None) -> Any:
+        """This rank's rows of the source's ``host`` (the part a ``DataLoader`` worker runs)."""
+        lo, hi = shard_bounds(len(idx), self.rank, self.world)
+        return self.inputs.host(np.asarray(idx)[lo:hi], None if flip is None else np.asarray(flip)[lo:hi])
 
     def get(self, idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         lo, hi = shard_bounds(len(idx))

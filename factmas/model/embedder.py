@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from factmas.config import EvalConfig, RunConfig
-from factmas.model.features import image_inputs
+from factmas.model.features import image_inputs, input_batches
 from factmas.model.preprocess import preprocess
 
 Update = Callable[[int], Any]
@@ -51,6 +51,8 @@ class RunEmbedder:
         cache: when ``inputs`` is built here: read a pretrained stem's output from the feature cache
             (``TrainConfig.feature_cache``); False: the stem runs live on the pixels.
         progress: show the feature cache's progress bar when it is built here.
+        num_workers: when ``inputs`` is built here: ``DataLoader`` workers that read the image
+            batches (``TrainConfig.num_workers``; 0: in this process). Given ``inputs`` keep theirs.
     Raises:
         ValueError: ``batch_size`` < 1.
     """
@@ -58,7 +60,7 @@ class RunEmbedder:
     def __init__(self, model: torch.nn.Module, data: Any = None, *, inputs: Any = None,
                  flip_average: bool = False, batch_size: int = 256,
                  device: torch.device | str | None = None, cache: bool = True,
-                 progress: bool = False) -> None:
+                 progress: bool = False, num_workers: int = 0) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"embedding batch size (eval.embed_batch) must be >= 1, got {batch_size}")
         self.model, self.data, self._inputs = model, data, inputs
@@ -66,27 +68,29 @@ class RunEmbedder:
         if device is None:
             device = next(iter(model.parameters()), torch.zeros(0)).device
         self.device = torch.device(device)
-        self.cache, self.progress = cache, progress
+        self.cache, self.progress, self.num_workers = cache, progress, int(num_workers)
 
     @classmethod
     def for_run(cls, model: torch.nn.Module, cfg: RunConfig, data: Any = None, *, inputs: Any = None,
                 device: torch.device | str | None = None, cache: bool | None = None,
                 progress: bool = False) -> "RunEmbedder":
         """The embedder of a run: ``from_eval(cfg.eval)``, the feature cache from
-        ``cfg.train.feature_cache`` unless ``cache`` says otherwise. Other arguments as the class."""
+        ``cfg.train.feature_cache`` unless ``cache`` says otherwise, the loader's workers from
+        ``cfg.train.num_workers``. Other arguments as the class."""
         return cls.from_eval(model, cfg.eval, data, inputs=inputs, device=device,
                              cache=cfg.train.feature_cache if cache is None else cache,
-                             progress=progress)
+                             progress=progress, num_workers=cfg.train.num_workers)
 
     @classmethod
     def from_eval(cls, model: torch.nn.Module, ecfg: EvalConfig, data: Any = None, *,
                   inputs: Any = None, device: torch.device | str | None = None, cache: bool = True,
-                  progress: bool = False) -> "RunEmbedder":
+                  progress: bool = False, num_workers: int = 0) -> "RunEmbedder":
         """The embedder of an evaluation configuration: flip averaging ``ecfg.flip_average`` and
         batch size ``ecfg.embed_batch`` (the only place these two settings are read). Other arguments
         as the class."""
         return cls(model, data, inputs=inputs, flip_average=ecfg.flip_average,
-                   batch_size=ecfg.embed_batch, device=device, cache=cache, progress=progress)
+                   batch_size=ecfg.embed_batch, device=device, cache=cache, progress=progress,
+                   num_workers=num_workers)
 
     @property
     def inputs(self) -> Any:
@@ -96,7 +100,7 @@ class RunEmbedder:
             if self.data is None:
                 raise ValueError("RunEmbedder.images: no dataset given to read images from")
             self._inputs = image_inputs(self.model, self.data, self.device, cache=self.cache,
-                                        progress=self.progress)
+                                        progress=self.progress, num_workers=self.num_workers)
         return self._inputs
 
     def _phi(self, image_input: Callable[[bool], torch.Tensor]) -> torch.Tensor:
@@ -111,15 +115,22 @@ class RunEmbedder:
     def images(self, ids: np.ndarray, update: Update | None = None) -> torch.Tensor:
         """Raw φ of dataset images: ``ids`` int [N] (rows of ``data``) → float32 [N, 3, d] on the CPU.
 
-        Read through ``inputs`` (feature cache, whose mirrored half serves the flip, or pixels);
+        Read through ``inputs`` (feature cache, whose mirrored half serves the flip, or pixels), by
+        ``inputs.num_workers`` ``DataLoader`` workers when > 0 (``features.input_batches``);
         ``update``: called with each batch's size (progress). Raises ValueError as ``inputs``."""
         ids = np.asarray(ids, np.int64)
         inputs, out = self.inputs, []
-        for lo in range(0, len(ids), self.batch_size):
-            part = ids[lo:lo + self.batch_size]
-            mirror = np.ones(len(part), dtype=bool)
-            out.append(self._phi(lambda m: inputs.get(part, mirror) if m else inputs.get(part))
-                       .float().cpu())
+        parts = [ids[lo:lo + self.batch_size] for lo in range(0, len(ids), self.batch_size)]
+        keys = []                       # each batch: (ids, None), then its mirror when flip averaging
+        for part in parts:
+            keys.append((part, None))
+            if self.flip_average:
+                keys.append((part, np.ones(len(part), dtype=bool)))
+        batches = input_batches(inputs, keys)   # read by DataLoader workers when inputs.num_workers > 0
+        for part in parts:
+            # _phi asks for the batch, then (flip averaging) its mirror: the keys' order; each input
+            # is read when asked for and not held past its forward, as before
+            out.append(self._phi(lambda mirrored: next(batches)).float().cpu())
             if update is not None:
                 update(len(part))
         return self._cat(out)

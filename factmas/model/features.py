@@ -20,10 +20,12 @@ summation order depends on the batch size; chunks are whole batches, so a resume
 same bits as one pass).
 
 ``image_inputs(model, data, device)`` gives the object the trainer, Ω and the evaluator read images
-through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``.
+through: ``get(ids, flip=None) -> float32 [B, ...]`` on ``device``; ``input_batches(inputs, keys)``
+gives a sequence of such batches, read by ``DataLoader`` workers when ``inputs.num_workers`` > 0
+(``train.num_workers``, ``factmas.data.loader``), the same tensors either way.
 
-May import: numpy, torch, ``factmas.data.dataset``, ``factmas.errors``, ``factmas.io``, ``factmas.model``,
-``factmas.progress``.
+May import: numpy, torch, ``factmas.data.dataset``, ``factmas.data.loader``, ``factmas.errors``,
+``factmas.io``, ``factmas.model``, ``factmas.progress``.
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from factmas.data.dataset import FactData
+from factmas.data.loader import batch_loader
 from factmas.errors import FactmasError
 from factmas.model import feature_file, preprocess, stem_engine
 from factmas.progress import progress_bar
@@ -263,28 +267,60 @@ class PixelInputs:
     """Image input from the dataset's pixels: ``preprocess``, then the stem if the model has one.
 
     Args:
-        data: the dataset (uint8 images in memory).  device: where tensors go.
+        data: the dataset (uint8 images: an array or a lazy ``H5Images``).  device: where tensors go.
         stem: a ``FrozenStem`` applied to the pixels, or None (the pixels are the input).
+        num_workers: ``DataLoader`` worker processes that read the batches (``train.num_workers``,
+            ``input_batches``); 0: read in this process.
+        stream: on a GPU, read each batch's rows from the dataset instead of copying every image
+            to the device once; None: when ``num_workers`` > 0.
     ``get(ids int [B], flip bool [B] | None)`` → float32 [B, ...] on ``device``; ``flip`` mirrors
-    the chosen images left-right before the stem.
+    the chosen images left-right before the stem. ``get`` = ``finish(host(ids, flip))`` (bit for
+    bit) except on a GPU with every image on the device: ``host`` reads and, on the CPU,
+    preprocesses (what a ``DataLoader`` worker runs), ``finish`` moves to the device (and there
+    preprocesses) and applies the stem.
     """
 
     def __init__(self, data: FactData, device: torch.device | str = "cpu",
-                 stem: torch.nn.Module | None = None) -> None:
+                 stem: torch.nn.Module | None = None, num_workers: int = 0,
+                 stream: bool | None = None) -> None:
         self.data, self.device, self.stem = data, torch.device(device), stem
-        self.pixels = (None if self.device.type == "cpu"
+        self.num_workers = int(num_workers)
+        self.pin_memory = self.device.type == "cuda"
+        stream = self.num_workers > 0 if stream is None else stream
+        self.pixels = (None if self.device.type == "cpu" or stream
                        else torch.from_numpy(np.asarray(data.images)).to(self.device))  # lazy H5Images too
+
+    def host(self, ids: np.ndarray, flip: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The CPU part of ``get`` (no CUDA: runs in ``DataLoader`` workers): on a CPU device the
+        preprocessed, flipped float32 [B, 3, H, W] and None; on a GPU the uint8 rows [B, H, W, 3]
+        and ``flip`` (4× less to copy; ``finish`` preprocesses on the device)."""
+        rows = self.data.images[np.asarray(ids, np.int64)]
+        if self.device.type == "cpu":
+            return _flipped(preprocess(rows), flip), None
+        return torch.from_numpy(np.ascontiguousarray(rows)), flip
+
+    def finish(self, host: tuple[torch.Tensor, np.ndarray | None]) -> torch.Tensor:
+        """``host``'s output → float32 [B, ...] on ``device``, through the stem if any."""
+        x, flip = host
+        if x.dtype == torch.uint8:
+            x = _flipped(preprocess(x.to(self.device, non_blocking=True)), flip)
+        return x if self.stem is None else self.stem(x)
 
     def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         ids = np.asarray(ids, np.int64)
         if self.pixels is None:
-            x = preprocess(self.data.images[ids])
-        else:
-            x = preprocess(self.pixels[torch.as_tensor(ids, device=self.device)])
-        if flip is not None and np.any(flip):
-            sel = torch.as_tensor(np.flatnonzero(flip), device=x.device)
-            x[sel] = x[sel].flip(-1)
+            return self.finish(self.host(ids, flip))
+        x = _flipped(preprocess(self.pixels[torch.as_tensor(ids, device=self.device)]), flip)
         return x if self.stem is None else self.stem(x)
+
+
+def _flipped(x: torch.Tensor, flip: np.ndarray | None) -> torch.Tensor:
+    """float [B, 3, H, W] ``x`` with the images where ``flip`` (bool [B]) is True mirrored
+    left-right, in place."""
+    if flip is not None and np.any(flip):
+        sel = torch.as_tensor(np.flatnonzero(flip), device=x.device)
+        x[sel] = x[sel].flip(-1)
+    return x
 
 
 class CachedInputs:
@@ -297,16 +333,24 @@ class CachedInputs:
     a whole page-cache folio around each row read (measured on Linux 6.18: 64 random rows of 32 KiB
     mapped 76 MiB), so without it an epoch would leave the whole file in the RSS; with it the cache's
     share of the RSS is bounded by one batch's folios, whatever N. On a GPU the whole cache is
-    copied to the device once, ``GPU_COPY_ROWS`` rows at a time (no whole copy in host memory).
+    copied to the device once, ``GPU_COPY_ROWS`` rows at a time (no whole copy in host memory),
+    unless ``stream`` (default: when ``num_workers`` > 0, ``train.num_workers``): then each batch's
+    rows are read from the memory map (``host``, in ``DataLoader`` workers) and copied (``finish``).
+    ``get`` = ``finish(host(ids, flip))``, bit for bit.
     """
 
     #: rows per host → GPU copy (at 37.6 KB a row, 38 MB)
     GPU_COPY_ROWS = 1024
 
-    def __init__(self, features: np.ndarray, device: torch.device | str = "cpu") -> None:
+    def __init__(self, features: np.ndarray, device: torch.device | str = "cpu", num_workers: int = 0,
+                 stream: bool | None = None) -> None:
         self.device = torch.device(device)
+        self.num_workers = int(num_workers)
+        self.pin_memory = self.device.type == "cuda"
+        self.rows = features        # the host copy (memory map) that ``host`` reads
         self.features = features
-        if self.device.type != "cpu":
+        stream = self.num_workers > 0 if stream is None else stream
+        if self.device.type != "cpu" and not stream:
             self.features = torch.empty(features.shape, dtype=torch.float16, device=self.device)
             for lo in range(0, len(features), self.GPU_COPY_ROWS):
                 rows = np.ascontiguousarray(features[lo:lo + self.GPU_COPY_ROWS])
@@ -315,37 +359,86 @@ class CachedInputs:
 
     def __getstate__(self) -> dict:
         """Pickled (e.g. into ``DataLoader`` worker processes started by spawn or forkserver) by the
-        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole)."""
+        cache file's path when memory-mapped, not by its content (numpy pickles a memmap whole); a
+        copy on the GPU is left out (the unpickled object reads the memory map, as ``host`` does)."""
         state = dict(self.__dict__)
-        if isinstance(self.features, np.memmap) and self.features.filename:
-            state["features"] = Path(self.features.filename)
+        if isinstance(state["features"], torch.Tensor):    # the device copy: workers read ``rows``
+            state["features"] = state["rows"]
+        for key in ("features", "rows"):
+            value = state[key]
+            if isinstance(value, np.memmap) and value.filename:
+                state[key] = Path(value.filename)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if isinstance(state.get("features"), Path):
-            state["features"] = feature_file.read(state["features"])
+        for key in ("features", "rows"):
+            if isinstance(state.get(key), Path):
+                state[key] = feature_file.read(state[key])
+        state.setdefault("rows", state["features"])
         self.__dict__.update(state)
 
-    def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+    def host(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        """The CPU part of ``get`` (no CUDA: runs in ``DataLoader`` workers): the rows read from the
+        memory map, float32 [B, C, h, w] on a CPU device, float16 on a GPU (``finish`` converts on
+        the device: half the bytes to copy)."""
         ids = np.asarray(ids, np.int64)
         side = np.zeros_like(ids) if flip is None else np.asarray(flip, np.int64)
+        rows = np.ascontiguousarray(self.rows[ids, side])
+        feature_file.release(self.rows)    # see the class docstring
+        x = torch.from_numpy(rows)
+        return x.to(torch.float32) if self.device.type == "cpu" else x
+
+    def finish(self, host: torch.Tensor) -> torch.Tensor:
+        """``host``'s output → float32 [B, C, h, w] on ``device``."""
+        return host.to(self.device, non_blocking=True).to(torch.float32)
+
+    def get(self, ids: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
         if isinstance(self.features, torch.Tensor):
+            ids = np.asarray(ids, np.int64)
+            side = np.zeros_like(ids) if flip is None else np.asarray(flip, np.int64)
             dev = self.features.device
             return self.features[torch.as_tensor(ids, device=dev),
                                  torch.as_tensor(side, device=dev)].to(torch.float32)
-        rows = np.ascontiguousarray(self.features[ids, side])
-        feature_file.release(self.features)    # see the class docstring
-        return torch.from_numpy(rows).to(torch.float32)
+        return self.finish(self.host(ids, flip))
+
+
+class _Host:
+    """``inputs.host(ids, flip)`` of a key (ids, flip): what a ``DataLoader`` worker runs (picklable)."""
+
+    def __init__(self, inputs) -> None:
+        self.inputs = inputs
+
+    def __call__(self, key: tuple[np.ndarray, np.ndarray | None]):
+        return self.inputs.host(*key)
+
+
+def input_batches(inputs, keys: list[tuple[np.ndarray, np.ndarray | None]]) -> Iterator[torch.Tensor]:
+    """``inputs.get(ids, flip)`` for each key (ids int [B], flip bool [B] | None) of ``keys``, in order:
+    float32 [B, ...] on the inputs' device.
+
+    With ``inputs.num_workers`` > 0 (``train.num_workers``) and a source that splits its ``get``
+    (``host`` / ``finish``: ``PixelInputs``, ``CachedInputs``), the rows are read by that many
+    ``DataLoader`` workers (``factmas.data.loader.batch_loader``; pinned memory on a GPU) and finished
+    here; the same tensors, bit for bit. Otherwise ``get`` in this process, one batch per ``next``.
+    """
+    workers = int(getattr(inputs, "num_workers", 0) or 0)
+    if workers == 0 or not hasattr(inputs, "host"):
+        for ids, flip in keys:
+            yield inputs.get(ids, flip)
+        return
+    for host in batch_loader(_Host(inputs), keys, workers, pin_memory=getattr(inputs, "pin_memory", False)):
+        yield inputs.finish(host)
 
 
 def image_inputs(model: torch.nn.Module, data: FactData, device: torch.device | str = "cpu",
-                 cache: bool = True, progress: bool = True) -> PixelInputs | CachedInputs:
+                 cache: bool = True, progress: bool = True, num_workers: int = 0) -> PixelInputs | CachedInputs:
     """The image input source of ``model`` on ``data``: the feature cache when the model has a frozen
-    stem and ``cache`` is True, else pixels (through the stem, if any). Raises ValueError as
-    ``load_or_build``."""
+    stem and ``cache`` is True, else pixels (through the stem, if any). ``num_workers``: batches read
+    by that many ``DataLoader`` workers (``train.num_workers``; ``input_batches``). Raises ValueError
+    as ``load_or_build``."""
     stem = getattr(model, "image_stem", None)
     if stem is None:
-        return PixelInputs(data, device)
+        return PixelInputs(data, device, num_workers=num_workers)
     if not cache:
-        return PixelInputs(data, device, stem.to(device))
-    return CachedInputs(load_or_build(model, data, device, progress), device)
+        return PixelInputs(data, device, stem.to(device), num_workers=num_workers)
+    return CachedInputs(load_or_build(model, data, device, progress), device, num_workers=num_workers)

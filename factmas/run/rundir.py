@@ -376,7 +376,7 @@ def check_eval_data(record: dict[str, Any], data: FactData, split: str, run_dir:
 
 
 # keys a resumed run may change on purpose (--device, --threads) or that name places, not settings
-RESUME_FREE_KEYS = ("data", "out", "train.device", "train.threads")
+RESUME_FREE_KEYS = ("data", "out", "train.device", "train.threads", "train.num_workers")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

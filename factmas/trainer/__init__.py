@@ -137,7 +137,8 @@ def build_trainer(cfg: RunConfig, data: FactData, device: torch.device, progress
     from factmas.model.features import image_inputs
     model, method, tasks = parts if parts is not None else build_parts(cfg, data)
     if inputs is None:
-        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress)
+        inputs = image_inputs(model, data, device, cache=cfg.train.feature_cache, progress=progress,
+                              num_workers=cfg.train.num_workers)
     stream = plan_stages(method, tasks)
     evaluator = recorder = None
     if cfg.eval.enabled:
@@ -155,7 +156,8 @@ def shared_inputs(cfg: RunConfig, data: FactData, device: torch.device, model: t
     builds the feature cache first, then the others read it."""
     from factmas.model.features import image_inputs
     return main_first(lambda: image_inputs(model, data, device, cache=cfg.train.feature_cache,
-                                           progress=progress and is_main()))
+                                           progress=progress and is_main(),
+                                           num_workers=cfg.train.num_workers))
 
 
 @contextlib.contextmanager
@@ -231,11 +233,14 @@ def train(cfg: RunConfig, *, command: str = "", overwrite: bool = False, limit_t
 
 
 def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str | None = None,
-           threads: int | None = None, progress: bool = True, data: FactData | None = None) -> RunState:
+           threads: int | None = None, progress: bool = True, data: FactData | None = None,
+           num_workers: int | None = None) -> RunState:
     """Continue the run in ``run_dir`` from its last checkpoint (or from the start if it has none).
 
     The resumed run ends with the same weights and metrics as an uninterrupted run: every stage
-    re-seeds from (seed, stage) and metrics.jsonl is cut back to the checkpoint.
+    re-seeds from (seed, stage) and metrics.jsonl is cut back to the checkpoint. ``device``,
+    ``threads`` and ``num_workers`` (``train.num_workers``: who reads the image batches, the same
+    batches either way) may differ from the run's.
 
     Raises:
         RunDirError: no config.json, or the data file differs from the run's (fingerprint).
@@ -255,6 +260,8 @@ def resume(run_dir: str | Path, *, limit_tasks: int | None = None, device: str |
                          "uninterrupted run bit for bit only on the same number of processes)")
     if threads is not None:          # bitwise equality with an uninterrupted run needs the same count
         cfg.train.threads = threads
+    if num_workers is not None:      # only who reads the batches: the same batches, bit for bit
+        cfg.train.num_workers = num_workers
     check_run_args(cfg, limit_tasks)
     dev = local_device(resolve_device(device or cfg.train.device))
     data = data if data is not None else read_dataset(cfg.data)

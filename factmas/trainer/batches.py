@@ -1,4 +1,4 @@
-"""In-memory batches for the continual trainer, built from a ``FactData`` held in memory.
+"""Batches for the continual trainer, built from a ``FactData``.
 
 A *pair batch* is B (image, fact) training pairs of the task being learned::
 
@@ -17,7 +17,10 @@ A *pair batch* is B (image, fact) training pairs of the task being learned::
                                     for the loss's image→all-facts term (``factmas.space.loss``)
 
 Shuffling is seeded from (seed, stage, epoch, purpose) alone, never from a global RNG, so that a
-resumed run draws exactly the batches an uninterrupted run draws.
+resumed run draws exactly the batches an uninterrupted run draws. The rows of each batch are chosen
+here; their image inputs are read through ``factmas.model.features.input_batches``: in this process,
+or by ``train.num_workers`` ``torch.utils.data.DataLoader`` workers (the image source's
+``num_workers``), in the same order and with the same values (issue 28).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 
 from factmas.data.dataset import FactData
 from factmas.data.experience import PairIndex
-from factmas.model.features import PixelInputs
+from factmas.model.features import PixelInputs, input_batches
 
 PURPOSE_TRAIN = 0          # shuffling of the training pairs, one permutation per epoch
 PURPOSE_CONTEXT = 1        # the pair batches a method sees in TaskContext (e.g. EWC's Fisher)
@@ -45,14 +48,15 @@ def stage_seed(seed: int, stage: int) -> int:
 
 
 class Batcher:
-    """Makes the trainer's batches from an in-memory dataset.
+    """Makes the trainer's batches from a dataset.
 
     Args:
-        data: the dataset (``images`` uint8 [N, H, W, 3] in memory).
+        data: the dataset (``images`` uint8 [N, H, W, 3]: an array or a lazy ``H5Images``).
         device: where the tensors are put. On a GPU the uint8 images (or the feature cache), tokens
             and orders are copied to the device once, and batches are gathered there (no per-step
             host-to-device copy of pixels); on the CPU they are gathered from the numpy arrays.
-        inputs: the image input source (``factmas.model.features.image_inputs``); default: pixels.
+        inputs: the image input source (``factmas.model.features.image_inputs``; its
+            ``num_workers`` decides who reads the image rows); default: pixels, read here.
         relevance: the dataset's ``PairIndex`` (the experiences' ``relevance``, built once per run);
             default: built here from ``data.pairs``.
     """
@@ -75,14 +79,16 @@ class Batcher:
         mirrored left-right where True)."""
         return self.inputs.get(np.asarray(idx, np.int64), flip)
 
-    def pair_batch(self, pairs: np.ndarray, flip: np.ndarray | None = None) -> dict:
+    def pair_batch(self, pairs: np.ndarray, flip: np.ndarray | None = None,
+                   images: torch.Tensor | None = None) -> dict:
         """The batch dict (module docstring) of ``pairs`` int [B, 2] (image, fact); ``flip`` bool [B]
-        mirrors the chosen images."""
+        mirrors the chosen images; ``images``: their inputs already read (``self.images(img, flip)``,
+        e.g. by the loader's workers), None: read here."""
         img, fact = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
         f = torch.from_numpy(fact)
         fd = self._to(f)
         return {
-            "images": self.images(img, flip),
+            "images": self.images(img, flip) if images is None else images,
             "tokens": self.tokens[fd],
             "order": self.order[fd],
             "positive": self._to(torch.from_numpy(self.index.positive_matrix(img, fact))),
@@ -117,13 +123,20 @@ class Batcher:
             raise ValueError("pair_batches: flip needs an rng")
         order = rng.permutation(len(pairs)) if rng is not None else np.arange(len(pairs))
         flips = rng.random(len(pairs)) < 0.5 if flip else None
-        for lo, hi in batch_bounds(len(pairs), batch_size):
-            yield self.pair_batch(pairs[order[lo:hi]], None if flips is None else flips[lo:hi])
+        chosen = [(pairs[order[lo:hi]], None if flips is None else flips[lo:hi])
+                  for lo, hi in batch_bounds(len(pairs), batch_size)]
+        # the batches' image rows, read in this order by train.num_workers DataLoader workers (0:
+        # here, one batch per step as before); tokens, positives and candidates are made here
+        images = input_batches(self.inputs, [(p[:, 0].astype(np.int64), fl) for p, fl in chosen])
+        for (p, fl), x in zip(chosen, images):
+            yield self.pair_batch(p, fl, images=x)
 
     def image_batches(self, image_idx: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
-        """float32 [B, 3, H, W] batches of the images ``image_idx``, in order."""
-        for lo in range(0, len(image_idx), batch_size):
-            yield self.images(image_idx[lo:lo + batch_size])
+        """float32 [B, 3, H, W] batches of the images ``image_idx``, in order (read by
+        ``train.num_workers`` DataLoader workers when > 0)."""
+        keys = [(np.asarray(image_idx[lo:lo + batch_size], np.int64), None)
+                for lo in range(0, len(image_idx), batch_size)]
+        yield from input_batches(self.inputs, keys)
 
     def fact_batches(self, fact_idx: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(tokens int64 [B, 3, L], order int64 [B]) batches of the facts ``fact_idx``, in order."""

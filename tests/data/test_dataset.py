@@ -134,6 +134,6 @@ def test_read_errors_name_file_and_key(tmp_path):
     with pytest.raises(ds.DatasetError, match="'pairs'"):
         ds.read_dataset(path)
     with h5py.File(path, "a") as h:
-        h.attrs["schema_version"] = 2
-    with pytest.raises(ds.DatasetError, match="schema_version 2"):
+        h.attrs["schema_version"] = 3                      # 2 is read since issue 28 (JPEG bytes)
+    with pytest.raises(ds.DatasetError, match="schema_version 3 .attribute 'schema_version'.*reads 1 and 2"):
         ds.read_dataset(path)
