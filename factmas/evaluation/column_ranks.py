@@ -179,12 +179,13 @@ class ColumnCounter:
         self.neg[g] = v
         self.seen[g] = True
         flat = win.reshape(-1)
-        hits = np.flatnonzero(flat)
-        own = np.bincount((self.image[g] - row0) // count_kernel.COL_ROWS * n + col,
-                          minlength=flat.size)
-        sel = hits[flat[hits] > own[hits]]                  # (rows, column) with another hit
-        if len(sel):
-            total = int(flat[sel].sum())
+        own = (self.image[g] - row0) // count_kernel.COL_ROWS * n + col     # own entries' cells
+        cells = p.get("cells")
+        if cells is None or len(cells) < flat.size:
+            cells = p["cells"] = np.empty(flat.size, np.int64)
+        k, total = count_kernel._hit_cells_jit(flat, own, cells)          # (zeroes ``win``)
+        if k:
+            sel = cells[:k]                                  # (rows, column) with another hit
             out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
             out_x = np.empty(total, np.float32)
             got = count_kernel._collect_cols_jit(block, sel % n, sel // n, row0, p["start"], p["h"],
@@ -194,7 +195,6 @@ class ColumnCounter:
             g = p["pair"][out_j]
             other = out_row != self.image[g]                         # own entries are known
             self.found.append((g[other], out_row[other], out_x[other]))
-        flat[hits] = 0
         self.blocks += 1
 
     def certain_above(self) -> np.ndarray:

@@ -160,6 +160,35 @@ def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LIN
 # exact value (read from the needle's own entry, itself inside its window). Columns are ordered by
 # their number of needles, the "heavy" ones (more than ``linear_max``) first.
 
+def _windows_py(h, lo, a, b, x):
+    """(m, e) for the windows a..b−1 of one column, sorted by their top ``h`` (and so by their
+    bottom ``lo``: every window of a part has the same width before rounding): m = the first
+    window with h[m] ≥ x (so m − a windows lie entirely below x: x is above them), and the windows
+    m..e−1 are those holding x (lo ≤ x ≤ h; a run, as both ends are sorted). One binary search
+    and a walk, shared by both column kernels (phase A's heavy columns, phase B)."""
+    m = a
+    hi = b
+    while m < hi:
+        mid = (m + hi) // 2
+        if h[mid] < x:
+            m = mid + 1
+        else:
+            hi = mid
+    e = m
+    while e < b and lo[e] <= x:
+        e += 1
+    return m, e
+
+
+if AVAILABLE:
+    try:
+        _windows = numba.njit(nogil=True, cache=True)(_windows_py)
+    except RuntimeError:
+        _windows = numba.njit(nogil=True, cache=False)(_windows_py)
+else:                                    # pragma: no cover
+    _windows = _windows_py
+
+
 def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
     """Phase A over the block's rows and columns c0..c1−1: light columns (c ≥ nh): for each level k
     (the k-th needle of every column with more than k needles, columns nh .. nh+lvl_len[k]−1),
@@ -175,19 +204,9 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             x = block[i, c]
             if x < lo_min:
                 continue                                   # below every window: m = 0, no window
-            lo = a
-            hi = b
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if hh[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            hist[hoff[c] + lo - a] += 1
-            j = lo
-            while j < b and hlo[j] <= x:
-                win[i // COL_ROWS, c] += 1
-                j += 1
+            m, e = _windows(hh, hlo, a, b, x)
+            hist[hoff[c] + m - a] += 1
+            win[i // COL_ROWS, c] += e - m
     nsub = (r + COL_ROWS - 1) // COL_ROWS
     acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
     ge = np.zeros((nsub, COL_TILE), np.int32)
@@ -236,21 +255,12 @@ def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, ou
             x = block[i, c]
             if x < lo_min or x > hi_max:
                 continue                                   # outside every window of the column
-            lo = a
-            hi = b
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ch[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            j = lo
-            while j < b and clo[j] <= x:
+            m, e = _windows(ch, clo, a, b, x)
+            for j in range(m, e):
                 out_j[pos] = j
                 out_row[pos] = row0 + i
                 out_x[pos] = x
                 pos += 1
-                j += 1
     return pos
 
 
@@ -263,3 +273,39 @@ if AVAILABLE:
         _collect_cols_jit = numba.njit(nogil=True, cache=False)(_collect_cols_py)
 else:                                    # pragma: no cover
     _count_cols_jit = _collect_cols_jit = None
+
+
+def _hit_cells_py(flat, own, cells):
+    """After phase A: the cells of ``flat`` (the window counts ``win``, flattened, int32) holding a
+    window hit other than a pair's own entry (``own`` int64: the cell of each own entry counted in
+    this block; it holds one hit there), written to ``cells[:k]``; returns (k, the hits of those
+    cells, own entries included: what phase B will find). Leaves ``flat`` all zero."""
+    for c in own:
+        flat[c] -= 1
+    k = 0
+    total = 0
+    for i in range(flat.shape[0]):
+        f = flat[i]
+        if f != 0:
+            if f > 0:
+                cells[k] = i
+                k += 1
+                total += f
+                flat[i] = -1                               # marked: its own entries count below
+            else:                                          # (cannot be: each own entry is a hit)
+                flat[i] = 0
+    for c in own:
+        if flat[c] == -1:
+            total += 1
+    for t in range(k):
+        flat[cells[t]] = 0
+    return k, total
+
+
+if AVAILABLE:
+    try:
+        _hit_cells_jit = numba.njit(nogil=True, cache=True)(_hit_cells_py)
+    except RuntimeError:
+        _hit_cells_jit = numba.njit(nogil=True, cache=False)(_hit_cells_py)
+else:                                    # pragma: no cover
+    _hit_cells_jit = None
