@@ -28,14 +28,13 @@ kernel's two roundings (monotone). Then, per true pair:
 If a pair's own entry were ever outside its window (the bound violated), ``count`` raises
 RuntimeError rather than give a wrong rank.
 
-May import: numpy, ``factmas.evaluation.retrieval`` (``prefix``), ``factmas.evaluation.count_kernel``.
+May import: numpy, ``factmas.evaluation.count_kernel``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from factmas.evaluation import count_kernel
-from factmas.evaluation.retrieval import prefix
 
 U32 = 2.0 ** -24            # unit roundoff of float32
 HEAVY = 48                  # facts with more true images are counted by a binary search per entry
@@ -140,9 +139,8 @@ class ColumnCounter:
         """float64 [len(pair)]: the float64 inner product of the order-``o`` prefixes of pairs
         ``pair``'s image and fact unit slots (the centre of each pair's window). A subclass whose
         rows are a share of the images (``factmas.evaluation.shard_ranks``) gives them otherwise."""
-        a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
-        b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
-        return np.einsum("ij,ij->i", a_img, b_fact)
+        return count_kernel.pair_dots(self.rows_hat, self.cols_hat, self.image[pair], self.fact[pair],
+                                      o * self.rows_hat.shape[2])
 
     def stats(self) -> dict:
         """Counted blocks, and entries found inside another pair's window (scanned and resolved)."""

@@ -309,3 +309,47 @@ if AVAILABLE:
         _hit_cells_jit = numba.njit(nogil=True, cache=False)(_hit_cells_py)
 else:                                    # pragma: no cover
     _hit_cells_jit = None
+
+
+def _pair_dots_py(a, b, ia, ib, length, out):
+    """out[t] = Σ_{k < length} float64(a[ia[t], k]) · float64(b[ib[t], k]), summed in order k."""
+    for t in range(ia.shape[0]):
+        ra = a[ia[t]]
+        rb = b[ib[t]]
+        acc = 0.0
+        for k in range(length):
+            acc += np.float64(ra[k]) * np.float64(rb[k])
+        out[t] = acc
+
+
+if AVAILABLE:
+    try:
+        _pair_dots_jit = numba.njit(nogil=True, cache=True)(_pair_dots_py)   # no fast-math: in order
+    except RuntimeError:
+        _pair_dots_jit = numba.njit(nogil=True, cache=False)(_pair_dots_py)
+else:                                    # pragma: no cover
+    _pair_dots_jit = None
+
+
+def pair_dots(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, length: int) -> np.ndarray:
+    """float64 [len(ia)]: the float64 inner products of the first ``length`` entries of rows
+    ``a[ia[t]]`` and ``b[ib[t]]`` (float32 [·, m] C-contiguous, e.g. unit slots [·, 3, d] seen as
+    [·, 3·d], whose first o·d entries are the order-o prefix), summed in order (each product of two
+    float32 is exact in float64). What ``factmas.evaluation.column_ranks`` centres each true pair's
+    window on, without gathering the rows (numba; without it, a numpy einsum of the gathered rows).
+
+    Raises:
+        ValueError: ``length`` outside 0..m, or index arrays of different lengths.
+    """
+    a2 = np.ascontiguousarray(a, np.float32).reshape(len(a), -1)
+    b2 = np.ascontiguousarray(b, np.float32).reshape(len(b), -1)
+    ia, ib = np.asarray(ia, np.int64).reshape(-1), np.asarray(ib, np.int64).reshape(-1)
+    if len(ia) != len(ib):
+        raise ValueError(f"{len(ia)} row indexes of a against {len(ib)} of b")
+    if not 0 <= length <= min(a2.shape[1], b2.shape[1]):
+        raise ValueError(f"length {length} outside 0..{min(a2.shape[1], b2.shape[1])}")
+    if not AVAILABLE:                    # pragma: no cover - depends on the environment
+        return np.einsum("ij,ij->i", a2[ia, :length].astype(np.float64), b2[ib, :length].astype(np.float64))
+    out = np.empty(len(ia), np.float64)
+    _pair_dots_jit(a2, b2, ia, ib, int(length), out)
+    return out
