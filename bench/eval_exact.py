@@ -20,7 +20,10 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Also recorded: the CPU model (/proc/cpuinfo's "model name", the same as lscpu's "Model name"; ``factmas.io.cpu_model``), numpy's float32 row-sort speed (ns per
+The evaluation is timed as the first one in the process (numba's compiled kernels are loaded from
+its on-disk cache on the first call: a few tenths of a second, once; compiled on the first run on a
+machine: several seconds — run the benchmark twice and keep the second). Also recorded: the load
+average (1, 5, 15 min) at the start and end of each case, the CPU model (/proc/cpuinfo's "model name", the same as lscpu's "Model name"; ``factmas.io.cpu_model``), numpy's float32 row-sort speed (ns per
 entry) and whether the compiled counting of ``factmas.evaluation.count_kernel`` ran (numba, the
 ``fast`` extra: then no row is sorted but those with more than 48 true items, e.g. a popular fact's
 images; without it, the evaluator sorts the rows of a block where a model ranks its true items so
@@ -231,7 +234,8 @@ def main(argv=None) -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             require_faiss().omp_set_num_threads(threads)
-            load0 = os.getloadavg()[0]
+            load_start = [round(x, 2) for x in os.getloadavg()]           # 1, 5, 15 min
+            load0 = load_start[0]
             ev = Evaluator(data, "bench", EvalConfig())
             floor = floor_seconds(phi, psi, order)
             rss0 = common.rss_bytes()
@@ -253,9 +257,11 @@ def main(argv=None) -> int:
                 row.update(old_path(phi, psi, order, pairs, task, args.old_budget, rng))
                 row["old_over_new"] = row["old_s"] / new
             row["loadavg_1_end"] = os.getloadavg()[0]
+            row["loadavg_1_5_15_start"] = load_start
+            row["loadavg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(f"N={n} F={f} threads={threads}: floor {floor:.1f}/{floor2:.1f} s, new {new:.1f} s "
-                  f"({row['new_over_floor']:.2f}× floor)"
+                  f"({row['new_over_floor']:.2f}× floor), load {load0:.1f} → {row['loadavg_1_end']:.1f}"
                   + (f", old {row['old_s']:.0f} s (scaled), ΔAP {row['old_max_abs_ap_diff_f2i']:.1e}"
                      if "old_s" in row else ""), flush=True)
     common.print_table(rows, [
