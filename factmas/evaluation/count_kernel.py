@@ -30,7 +30,7 @@ import numpy as np
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
 CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
 COL_TILE = 256         # columns per tile of the column counting (its levels stay in the L1 cache)
-COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans)
+COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans; < 256)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -208,13 +208,12 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             hist[hoff[c] + m - a] += 1
             win[i // COL_ROWS, c] += e - m
     nsub = (r + COL_ROWS - 1) // COL_ROWS
-    acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
-    ge = np.zeros((nsub, COL_TILE), np.int32)
-    gt = np.zeros((nsub, COL_TILE), np.int32)
+    # per (level, 16 rows) and column, two counts packed in one int32 lane: the entries above the
+    # window's top (bits 0-7) and those at or above its bottom (bits 8+; ≥ the first, as lo ≤ hi),
+    # each at most COL_ROWS < 256: one load and one store of the lane per entry instead of two
+    pk = np.zeros(COL_TILE, np.int32)
     for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
         w = min(c1, t0 + COL_TILE) - t0
-        ge[:, :] = 0
-        gt[:, :] = 0
         for k in range(lvl_len.shape[0]):
             wk = min(w, nh + lvl_len[k] - t0)              # the tile's columns with a k-th needle
             if wk <= 0:
@@ -223,21 +222,17 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             lk = lvl_lo[k, t0:t0 + wk]
             ck = cnt[k, t0:t0 + wk]
             for sb in range(nsub):
-                acc[:wk] = 0
-                gs = ge[sb]
+                pk[:wk] = 0
                 for i in range(sb * COL_ROWS, min(r, (sb + 1) * COL_ROWS)):
                     row = block[i, t0:t0 + wk]
                     for c in range(wk):                    # vectorized by the compiler
                         x = row[c]
-                        acc[c] += x > hk[c]
-                        gs[c] += x >= lk[c]
-                ts = gt[sb]
+                        pk[c] += np.int32(x > hk[c]) + (np.int32(x >= lk[c]) << 8)
+                ws = win[sb, t0:t0 + wk]
                 for c in range(wk):
-                    ck[c] += acc[c]
-                    ts[c] += acc[c]
-        for sb in range(nsub):
-            for c in range(w):
-                win[sb, t0 + c] += ge[sb, c] - gt[sb, c]
+                    above = pk[c] & 255
+                    ck[c] += above
+                    ws[c] += (pk[c] >> 8) - above          # entries inside the window
 
 
 def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, out_x, pos):
