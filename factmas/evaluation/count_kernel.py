@@ -13,8 +13,8 @@ How: one compiled loop per row (numba, when it is installed: the ``fast`` extra)
 
 For each needle, a pass over the row's entries that adds ``x > v`` and ``x == v`` (vectorized by
 the compiler; 0/1 sums in int32 lanes, exact: rows have at most 2^24 entries), a capped needle
-going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.08–0.15
-ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
+going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.06
+(micro-benchmark) to 0.15 ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
 per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` uncapped needles
 (a popular fact's true images) are skipped: sorting them is cheaper, and the caller does.
 
