@@ -11,6 +11,9 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
 
 * **floor**: the N × F wildcard score matrix alone, computed by blocks of image rows with one matrix
   product per fact order (``block_elements`` entries per block, as the evaluator), nothing else;
+* **CPU time**: the same two, in CPU seconds of this process (``time.process_time``, 1 thread):
+  on cores shared with other jobs the wall-clock ratio moves with their load (±0.3 between runs),
+  the CPU-time ratio much less (``new_over_floor_cpu``);
 * **new**: ``Evaluator.evaluate_embeddings`` (what ``factmas train`` runs after every task): fact →
   image AP, AP@100 and Recall@1/5/10 of every fact, image → fact top-1, top-5, AP and Recall@K of
   every image, per task and over all facts, LFL's metric in both modes, all exact; measured in full,
@@ -20,7 +23,10 @@ model's structure (``eval_scaling.Space``: slot vectors = concept prototype + no
   by argsorts + AP and top-k), timed on a sample of queries (at most ``--old-budget`` result entries
   per direction) and scaled to all queries; its AP values on the sample are compared with the new ones.
 
-Also recorded: the CPU model (/proc/cpuinfo's "model name", the same as lscpu's "Model name"; ``factmas.io.cpu_model``), numpy's float32 row-sort speed (ns per
+The evaluation is timed as the first one in the process (numba's compiled kernels are loaded from
+its on-disk cache on the first call: a few tenths of a second, once; compiled on the first run on a
+machine: several seconds — run the benchmark twice and keep the second). Also recorded: the load
+average (1, 5, 15 min) at the start and end of each case, the CPU model (/proc/cpuinfo's "model name", the same as lscpu's "Model name"; ``factmas.io.cpu_model``), numpy's float32 row-sort speed (ns per
 entry) and whether the compiled counting of ``factmas.evaluation.count_kernel`` ran (numba, the
 ``fast`` extra: then no row is sorted but those with more than 48 true items, e.g. a popular fact's
 images; without it, the evaluator sorts the rows of a block where a model ranks its true items so
@@ -142,14 +148,16 @@ def floor_seconds(phi, psi, order) -> float:
     x_hat, f_hat = unit_slots(phi), unit_slots(psi)
     xs = {o: torch.from_numpy(prefix(x_hat, o)) for o in (1, 2, 3)}
     fs = {o: torch.from_numpy(prefix(f_hat[order == o], o)) for o in (1, 2, 3)}
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for a, b in ((xs, fs), (fs, xs)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for o in (1, 2, 3):
             step = max(1, BLOCK_ELEMENTS // len(b[o]))
             for i in range(0, len(a[o]), step):
                 a[o][i:i + step] @ b[o].T
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    floor_seconds.cpu_s = best_cpu          # the process's CPU seconds of the faster orientation
     return best
 
 
@@ -231,20 +239,26 @@ def main(argv=None) -> int:
         for threads in args.threads:
             torch.set_num_threads(threads)
             require_faiss().omp_set_num_threads(threads)
-            load0 = os.getloadavg()[0]
+            load_start = [round(x, 2) for x in os.getloadavg()]           # 1, 5, 15 min
+            load0 = load_start[0]
             ev = Evaluator(data, "bench", EvalConfig())
             floor = floor_seconds(phi, psi, order)
+            floor_cpu = floor_seconds.cpu_s
             rss0 = common.rss_bytes()
             common.reset_peak_rss()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = ev.evaluate_embeddings(torch.from_numpy(phi), torch.from_numpy(psi))
-            new = time.perf_counter() - t0
+            new, new_cpu = time.perf_counter() - t0, time.process_time() - c0
             peak = common.peak_rss_bytes()
             floor2 = floor_seconds(phi, psi, order)         # again after: load changes show
+            floor2_cpu = floor_seconds.cpu_s
             row = {"N": n, "F": f, "threads": threads, "pairs": int(len(pairs)), "tasks": args.tasks,
                    "floor_s": floor, "floor_after_s": floor2, "new_s": new,
                    "new_search_s": out["timing"]["search_s"], "new_metrics_s": out["timing"]["metrics_s"],
                    "new_over_floor": new / ((floor + floor2) / 2), "loadavg_1_start": load0,
+                   # CPU seconds of this process (1 thread): less moved by other jobs on the cores
+                   "floor_cpu_s": floor_cpu, "floor_after_cpu_s": floor2_cpu, "new_cpu_s": new_cpu,
+                   "new_over_floor_cpu": new_cpu / ((floor_cpu + floor2_cpu) / 2),
                    "rss_before_mib": rss0 / common.MiB, "peak_rss_mib": peak / common.MiB,
                    "map_f2i_all": out["fact_to_image_map"]["all"],
                    "map_i2f_all": out["image_to_fact_map"]["all"]}
@@ -253,14 +267,17 @@ def main(argv=None) -> int:
                 row.update(old_path(phi, psi, order, pairs, task, args.old_budget, rng))
                 row["old_over_new"] = row["old_s"] / new
             row["loadavg_1_end"] = os.getloadavg()[0]
+            row["loadavg_1_5_15_start"] = load_start
+            row["loadavg_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(f"N={n} F={f} threads={threads}: floor {floor:.1f}/{floor2:.1f} s, new {new:.1f} s "
-                  f"({row['new_over_floor']:.2f}× floor)"
+                  f"({row['new_over_floor']:.2f}× floor; CPU time {row['new_over_floor_cpu']:.2f}×), load {load0:.1f} → {row['loadavg_1_end']:.1f}"
                   + (f", old {row['old_s']:.0f} s (scaled), ΔAP {row['old_max_abs_ap_diff_f2i']:.1e}"
                      if "old_s" in row else ""), flush=True)
     common.print_table(rows, [
         ("N", "N", "d"), ("F", "F", "d"), ("threads", "thr", "d"), ("pairs", "pairs", "d"),
         ("floor_s", "floor s", ".1f"), ("new_s", "new s", ".1f"), ("new_over_floor", "×floor", ".2f"),
+        ("new_over_floor_cpu", "×floor CPU", ".2f"),
         ("old_s", "old s", ".0f"), ("old_over_new", "old/new", ".0f"),
         ("old_max_abs_ap_diff_f2i", "max|ΔAP|", ".1e"), ("peak_rss_mib", "peak MiB", ".0f"),
         ("loadavg_1_start", "load", ".1f")])

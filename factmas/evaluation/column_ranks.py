@@ -28,14 +28,13 @@ kernel's two roundings (monotone). Then, per true pair:
 If a pair's own entry were ever outside its window (the bound violated), ``count`` raises
 RuntimeError rather than give a wrong rank.
 
-May import: numpy, ``factmas.evaluation.retrieval`` (``prefix``), ``factmas.evaluation.count_kernel``.
+May import: numpy, ``factmas.evaluation.count_kernel``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from factmas.evaluation import count_kernel
-from factmas.evaluation.retrieval import prefix
 
 U32 = 2.0 ** -24            # unit roundoff of float32
 HEAVY = 48                  # facts with more true images are counted by a binary search per entry
@@ -140,9 +139,8 @@ class ColumnCounter:
         """float64 [len(pair)]: the float64 inner product of the order-``o`` prefixes of pairs
         ``pair``'s image and fact unit slots (the centre of each pair's window). A subclass whose
         rows are a share of the images (``factmas.evaluation.shard_ranks``) gives them otherwise."""
-        a_img = prefix(self.rows_hat[self.image[pair]], o).astype(np.float64)
-        b_fact = prefix(self.cols_hat[self.fact[pair]], o).astype(np.float64)
-        return np.einsum("ij,ij->i", a_img, b_fact)
+        return count_kernel.pair_dots(self.rows_hat, self.cols_hat, self.image[pair], self.fact[pair],
+                                      o * self.rows_hat.shape[2])
 
     def stats(self) -> dict:
         """Counted blocks, and entries found inside another pair's window (scanned and resolved)."""
@@ -179,12 +177,13 @@ class ColumnCounter:
         self.neg[g] = v
         self.seen[g] = True
         flat = win.reshape(-1)
-        hits = np.flatnonzero(flat)
-        own = np.bincount((self.image[g] - row0) // count_kernel.COL_ROWS * n + col,
-                          minlength=flat.size)
-        sel = hits[flat[hits] > own[hits]]                  # (rows, column) with another hit
-        if len(sel):
-            total = int(flat[sel].sum())
+        own = (self.image[g] - row0) // count_kernel.COL_ROWS * n + col     # own entries' cells
+        cells = p.get("cells")
+        if cells is None or len(cells) < flat.size:
+            cells = p["cells"] = np.empty(flat.size, np.int64)
+        k, total = count_kernel._hit_cells_jit(flat, own, cells)          # (zeroes ``win``)
+        if k:
+            sel = cells[:k]                                  # (rows, column) with another hit
             out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
             out_x = np.empty(total, np.float32)
             got = count_kernel._collect_cols_jit(block, sel % n, sel // n, row0, p["start"], p["h"],
@@ -194,7 +193,6 @@ class ColumnCounter:
             g = p["pair"][out_j]
             other = out_row != self.image[g]                         # own entries are known
             self.found.append((g[other], out_row[other], out_x[other]))
-        flat[hits] = 0
         self.blocks += 1
 
     def certain_above(self) -> np.ndarray:

@@ -12,9 +12,9 @@ exact where it is below ``cap[j]`` and otherwise some value ≥ ``cap[j]`` (``eq
 How: one compiled loop per row (numba, when it is installed: the ``fast`` extra), never a sort.
 
 For each needle, a pass over the row's entries that adds ``x > v`` and ``x == v`` (vectorized by
-the compiler; 0/1 sums in float32 lanes, exact for rows of at most 2^24 entries), a capped needle
-going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.08–0.15
-ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
+the compiler; 0/1 sums in int32 lanes, exact: rows have at most 2^24 entries), a capped needle
+going in chunks of ``CHUNK`` and stopping after the chunk where it reaches its cap: about 0.06
+(micro-benchmark) to 0.15 ns per entry and needle on the Xeon of ``docs/benchmarks.md`` section 6, whatever the needles' ranks (a sort costs 3–5 ns
 per entry there, 12–23 on the AMD EPYC of issue 32). Rows with more than ``linear_max`` uncapped needles
 (a popular fact's true images) are skipped: sorting them is cheaper, and the caller does.
 
@@ -30,7 +30,7 @@ import numpy as np
 LINEAR_MAX = 48        # rows with more needles are left to the caller (a row sort is cheaper)
 CHUNK = 256            # entries per pass for a capped needle (it stops between chunks)
 COL_TILE = 256         # columns per tile of the column counting (its levels stay in the L1 cache)
-COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans)
+COL_ROWS = 16          # rows per window count of the column counting (what phase B rescans; < 256)
 
 try:                                     # optional: the ``fast`` extra
     import numba
@@ -63,12 +63,12 @@ def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, skip, chunk, scale):
             step = chunk if cj > 0 else max(n, 1)    # an exact needle: one pass over the row
             for c0 in range(0, n, step):
                 sub = row[c0:min(n, c0 + step)]      # a slice: the loop below is vectorized
-                cg = np.float32(0.0)
-                ce = np.float32(0.0)
+                cg = np.int32(0)                     # int32 lanes: compare, then subtract the
+                ce = np.int32(0)                     # all-ones mask (1.3x the float32 lanes' speed)
                 for c in range(sub.shape[0]):
                     x = sub[c]
-                    cg += np.float32(x > v)
-                    ce += np.float32(x == v)
+                    cg = np.int32(cg + np.int32(x > v))
+                    ce = np.int32(ce + np.int32(x == v))
                 tg += np.int64(cg)
                 te += np.int64(ce)
                 if cj > 0 and tg >= cj:
@@ -102,7 +102,7 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
         cap: int64 [len(vs)], > 0 where a needle may stop at that count (None: all exact).
         pool / threads: a ``ThreadPoolExecutor`` over which the rows are split (the kernel releases
             the GIL); None: this thread.  linear_max: see ``LINEAR_MAX``.  chunk: see ``CHUNK``
-            (at most 2^24, so that the float32 sums stay exact).
+            (at most 2^24, the row limit).
         scale: ≠ 0: ``block`` holds inner products, and each row is first mapped in place to
             −D = fl(fl(scale·IP) − 2) in float32 (exactly ``ip.mul_(scale).sub_(2.0)`` of torch, as
             ``factmas.evaluation.ranking`` maps them); the needles are −D values.
@@ -121,7 +121,7 @@ def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.nd
     if len(starts) != len(block) + 1:
         raise ValueError(f"starts has {len(starts)} entries for {len(block)} rows (needs rows + 1)")
     if len(block) and block.shape[1] > 1 << 24:
-        raise ValueError(f"rows of {block.shape[1]} entries: at most 2^24 (exact float32 sums)")
+        raise ValueError(f"rows of {block.shape[1]} entries: at most 2^24 (the counting kernel's limit)")
     if not 1 <= chunk <= 1 << 24:
         raise ValueError(f"chunk must be in 1..2^24, got {chunk}")
     cap = (np.zeros(len(vs), np.int64) if cap is None else np.ascontiguousarray(cap, np.int64))
@@ -160,6 +160,35 @@ def heavy_rows(starts: np.ndarray, cap: np.ndarray | None, linear_max: int = LIN
 # exact value (read from the needle's own entry, itself inside its window). Columns are ordered by
 # their number of needles, the "heavy" ones (more than ``linear_max``) first.
 
+def _windows_py(h, lo, a, b, x):
+    """(m, e) for the windows a..b−1 of one column, sorted by their top ``h`` (and so by their
+    bottom ``lo``: every window of a part has the same width before rounding): m = the first
+    window with h[m] ≥ x (so m − a windows lie entirely below x: x is above them), and the windows
+    m..e−1 are those holding x (lo ≤ x ≤ h; a run, as both ends are sorted). One binary search
+    and a walk, shared by both column kernels (phase A's heavy columns, phase B)."""
+    m = a
+    hi = b
+    while m < hi:
+        mid = (m + hi) // 2
+        if h[mid] < x:
+            m = mid + 1
+        else:
+            hi = mid
+    e = m
+    while e < b and lo[e] <= x:
+        e += 1
+    return m, e
+
+
+if AVAILABLE:
+    try:
+        _windows = numba.njit(nogil=True, cache=True)(_windows_py)
+    except RuntimeError:
+        _windows = numba.njit(nogil=True, cache=False)(_windows_py)
+else:                                    # pragma: no cover
+    _windows = _windows_py
+
+
 def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
     """Phase A over the block's rows and columns c0..c1−1: light columns (c ≥ nh): for each level k
     (the k-th needle of every column with more than k needles, columns nh .. nh+lvl_len[k]−1),
@@ -175,27 +204,16 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             x = block[i, c]
             if x < lo_min:
                 continue                                   # below every window: m = 0, no window
-            lo = a
-            hi = b
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if hh[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            hist[hoff[c] + lo - a] += 1
-            j = lo
-            while j < b and hlo[j] <= x:
-                win[i // COL_ROWS, c] += 1
-                j += 1
+            m, e = _windows(hh, hlo, a, b, x)
+            hist[hoff[c] + m - a] += 1
+            win[i // COL_ROWS, c] += e - m
     nsub = (r + COL_ROWS - 1) // COL_ROWS
-    acc = np.zeros(COL_TILE, np.int32)                     # a tile's counts in the L1 cache
-    ge = np.zeros((nsub, COL_TILE), np.int32)
-    gt = np.zeros((nsub, COL_TILE), np.int32)
+    # per (level, 16 rows) and column, two counts packed in one int32 lane: the entries above the
+    # window's top (bits 0-7) and those at or above its bottom (bits 8+; ≥ the first, as lo ≤ hi),
+    # each at most COL_ROWS < 256: one load and one store of the lane per entry instead of two
+    pk = np.zeros(COL_TILE, np.int32)
     for t0 in range(max(c0, nh), c1, COL_TILE):            # light columns, a tile at a time
         w = min(c1, t0 + COL_TILE) - t0
-        ge[:, :] = 0
-        gt[:, :] = 0
         for k in range(lvl_len.shape[0]):
             wk = min(w, nh + lvl_len[k] - t0)              # the tile's columns with a k-th needle
             if wk <= 0:
@@ -204,21 +222,17 @@ def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, 
             lk = lvl_lo[k, t0:t0 + wk]
             ck = cnt[k, t0:t0 + wk]
             for sb in range(nsub):
-                acc[:wk] = 0
-                gs = ge[sb]
+                pk[:wk] = 0
                 for i in range(sb * COL_ROWS, min(r, (sb + 1) * COL_ROWS)):
                     row = block[i, t0:t0 + wk]
                     for c in range(wk):                    # vectorized by the compiler
                         x = row[c]
-                        acc[c] += x > hk[c]
-                        gs[c] += x >= lk[c]
-                ts = gt[sb]
+                        pk[c] += np.int32(x > hk[c]) + (np.int32(x >= lk[c]) << 8)
+                ws = win[sb, t0:t0 + wk]
                 for c in range(wk):
-                    ck[c] += acc[c]
-                    ts[c] += acc[c]
-        for sb in range(nsub):
-            for c in range(w):
-                win[sb, t0 + c] += ge[sb, c] - gt[sb, c]
+                    above = pk[c] & 255
+                    ck[c] += above
+                    ws[c] += (pk[c] >> 8) - above          # entries inside the window
 
 
 def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, out_x, pos):
@@ -236,21 +250,12 @@ def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, ou
             x = block[i, c]
             if x < lo_min or x > hi_max:
                 continue                                   # outside every window of the column
-            lo = a
-            hi = b
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ch[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            j = lo
-            while j < b and clo[j] <= x:
+            m, e = _windows(ch, clo, a, b, x)
+            for j in range(m, e):
                 out_j[pos] = j
                 out_row[pos] = row0 + i
                 out_x[pos] = x
                 pos += 1
-                j += 1
     return pos
 
 
@@ -263,3 +268,83 @@ if AVAILABLE:
         _collect_cols_jit = numba.njit(nogil=True, cache=False)(_collect_cols_py)
 else:                                    # pragma: no cover
     _count_cols_jit = _collect_cols_jit = None
+
+
+def _hit_cells_py(flat, own, cells):
+    """After phase A: the cells of ``flat`` (the window counts ``win``, flattened, int32) holding a
+    window hit other than a pair's own entry (``own`` int64: the cell of each own entry counted in
+    this block; it holds one hit there), written to ``cells[:k]``; returns (k, the hits of those
+    cells, own entries included: what phase B will find). Leaves ``flat`` all zero."""
+    for c in own:
+        flat[c] -= 1
+    k = 0
+    total = 0
+    for i in range(flat.shape[0]):
+        f = flat[i]
+        if f != 0:
+            if f > 0:
+                cells[k] = i
+                k += 1
+                total += f
+                flat[i] = -1                               # marked: its own entries count below
+            else:                                          # (cannot be: each own entry is a hit)
+                flat[i] = 0
+    for c in own:
+        if flat[c] == -1:
+            total += 1
+    for t in range(k):
+        flat[cells[t]] = 0
+    return k, total
+
+
+if AVAILABLE:
+    try:
+        _hit_cells_jit = numba.njit(nogil=True, cache=True)(_hit_cells_py)
+    except RuntimeError:
+        _hit_cells_jit = numba.njit(nogil=True, cache=False)(_hit_cells_py)
+else:                                    # pragma: no cover
+    _hit_cells_jit = None
+
+
+def _pair_dots_py(a, b, ia, ib, length, out):
+    """out[t] = Σ_{k < length} float64(a[ia[t], k]) · float64(b[ib[t], k]), summed in order k."""
+    for t in range(ia.shape[0]):
+        ra = a[ia[t]]
+        rb = b[ib[t]]
+        acc = 0.0
+        for k in range(length):
+            acc += np.float64(ra[k]) * np.float64(rb[k])
+        out[t] = acc
+
+
+if AVAILABLE:
+    try:
+        _pair_dots_jit = numba.njit(nogil=True, cache=True)(_pair_dots_py)   # no fast-math: in order
+    except RuntimeError:
+        _pair_dots_jit = numba.njit(nogil=True, cache=False)(_pair_dots_py)
+else:                                    # pragma: no cover
+    _pair_dots_jit = None
+
+
+def pair_dots(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, length: int) -> np.ndarray:
+    """float64 [len(ia)]: the float64 inner products of the first ``length`` entries of rows
+    ``a[ia[t]]`` and ``b[ib[t]]`` (float32 [·, m] C-contiguous, e.g. unit slots [·, 3, d] seen as
+    [·, 3·d], whose first o·d entries are the order-o prefix), summed in order (each product of two
+    float32 is exact in float64). What ``factmas.evaluation.column_ranks`` centres each true pair's
+    window on, without gathering the rows (numba; without it, a numpy einsum of the gathered rows).
+
+    Raises:
+        ValueError: ``length`` outside 0..m, or index arrays of different lengths.
+    """
+    a2 = np.ascontiguousarray(a, np.float32).reshape(len(a), -1)
+    b2 = np.ascontiguousarray(b, np.float32).reshape(len(b), -1)
+    ia, ib = np.asarray(ia, np.int64).reshape(-1), np.asarray(ib, np.int64).reshape(-1)
+    if len(ia) != len(ib):
+        raise ValueError(f"{len(ia)} row indexes of a against {len(ib)} of b")
+    if not 0 <= length <= min(a2.shape[1], b2.shape[1]):
+        raise ValueError(f"length {length} outside 0..{min(a2.shape[1], b2.shape[1])}")
+    if not AVAILABLE:                    # pragma: no cover - depends on the environment
+        return np.einsum("ij,ij->i", a2[ia, :length].astype(np.float64), b2[ib, :length].astype(np.float64))
+    out = np.empty(len(ia), np.float64)
+    _pair_dots_jit(a2, b2, ia, ib, int(length), out)
+    return out

@@ -365,9 +365,9 @@ def _count_rows_kernel(block, rows_s, vs, starts, cap, pool, threads, scale, hea
     [r]: ``count_kernel.heavy_rows(starts, cap)``."""
     below, ties = count_kernel.count_rows(block, starts, vs, cap, pool, threads,
                                           scale=0.0 if scale is None else float(scale), heavy=heavy)
-    per_row = np.diff(starts)
-    heavy = np.flatnonzero(heavy)
-    if len(heavy):
+    if heavy.any():
+        per_row = np.diff(starts)
+        heavy = np.flatnonzero(heavy)
         n = block.shape[1]
         needles = np.concatenate([np.arange(starts[h], starts[h + 1]) for h in heavy])
         sub_rows = np.repeat(np.arange(len(heavy)), per_row[heavy])
@@ -417,29 +417,31 @@ def _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_
         cap = (np.where(capped[by_value], k_exact, 0).astype(np.int64) if capped is not None
                else np.zeros(len(vs), np.int64))
         heavy = count_kernel.heavy_rows(starts_all, cap)          # the same for every part
-    if use_kernel:              # the block's counts per segment column, added to ``out`` once
+    if use_kernel:              # the block's counts per segment, kept in the needles' order
         S = out["below_seg"].shape[1]
-        seg_below = np.zeros((len(bsel), S), np.int64)
-        seg_ties = np.zeros((len(bsel), S), np.int64)
+        seg_below = np.zeros((S, len(vs)), np.int64)          # [segment column, needle]
+        seg_ties = np.zeros((S, len(vs)), np.int64)
+        part_v = p_part[by_value]
         for pi, s, block, cols, si, sc in values:
             g, e = _count_rows_kernel(block, rows_s, vs, starts_all, cap, pool, threads, sc, heavy)
-            below = np.empty(len(bsel), np.int64)
-            ties = np.empty(len(bsel), np.int64)
-            below[by_value] = g
-            ties[by_value] = e
-            seg_below[:, si] += below
-            seg_ties[:, si] += ties
+            seg_below[si] += g
+            seg_ties[si] += e
             stats["counted_blocks"] += 1
-            _add_tie_lower(out, bsel, below, ties, p_seg == s, si, pi, p_part, k_exact, block,
-                           row_of, v, cols, items)
-        own_col = np.searchsorted(segment_ids, p_seg)
-        at = np.arange(len(bsel))
-        out["below"][bsel] += seg_below[at, own_col]
-        out["ties"][bsel] += seg_ties[at, own_col]
-        out["below_all"][bsel] += seg_below.sum(1)
-        out["ties_all"][bsel] += seg_ties.sum(1)
-        out["below_seg"][bsel] += seg_below.astype(np.int32)
-        out["ties_seg"][bsel] += seg_ties.astype(np.int32)
+            # ties with another item of this part (rare), where a cut-off k_exact can see them
+            tied = np.flatnonzero(e > (part_v == pi))
+            if len(tied):
+                tied = by_value[tied[g[tied] < k_exact]]
+                _add_tie_lower_at(out, bsel, tied, p_seg == s, si, block, row_of, v, cols, items)
+        at = by_value                                          # needle order → bsel order
+        own_col = np.searchsorted(segment_ids, p_seg[at])
+        idx = bsel[at]
+        needle = np.arange(len(vs))
+        out["below"][idx] += seg_below[own_col, needle]
+        out["ties"][idx] += seg_ties[own_col, needle]
+        out["below_all"][idx] += seg_below.sum(0)
+        out["ties_all"][idx] += seg_ties.sum(0)
+        out["below_seg"][idx] += seg_below.T.astype(np.int32)
+        out["ties_seg"][idx] += seg_ties.T.astype(np.int32)
         return
     for pi, s, block, cols, si, sc in values:
         n = block.shape[1]
@@ -489,6 +491,14 @@ def _add_tie_lower(out, bsel, below, ties, own, si, pi, p_part, k_exact, block, 
     # (a part's count below ≤ its segment's: computed wherever the segment's is < k_exact)
     tied = np.flatnonzero(ties)                                  # usually the pair's own item only
     tied = tied[(ties[tied] > (p_part[tied] == pi)) & (below[tied] < k_exact)]   # another item at −D
+    _add_tie_lower_at(out, bsel, tied, own, si, block, row_of, v, cols, items)
+
+
+def _add_tie_lower_at(out, bsel, tied, own, si, block, row_of, v, cols, items) -> None:
+    """Add to ``out``'s ``tie_lower*`` the items of a part (−D ``block``, item ids ``cols``) at
+    exactly −D ``v`` with a lower item index, for the pairs ``bsel[tied]`` (``tied``: indexes into
+    ``bsel``, the pairs with such a tie in this part; ``own`` bool [len(bsel)]: the part is of the
+    pair's own segment; ``si``: the segment's column of the ``*_seg`` counts)."""
     if len(tied):
         lower = np.zeros(len(tied), np.int64)
         for c in range(0, len(tied), 64):                        # [≤64, n] comparisons at once

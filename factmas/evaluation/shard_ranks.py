@@ -17,14 +17,14 @@ per pair), ``resolve`` compares the window entries with the merged values, and `
 up into ``ColumnCounter.result``'s tuple. With the same blocks (rank_pairs' blocks of one share are
 the one-process blocks' rows), the counts equal the one-process ones exactly, ties included.
 
-May import: numpy, ``factmas.evaluation.column_ranks``, ``factmas.evaluation.retrieval`` (``prefix``).
+May import: numpy, ``factmas.evaluation.column_ranks``, ``factmas.evaluation.count_kernel`` (``pair_dots``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from factmas.evaluation.column_ranks import ColumnCounter
-from factmas.evaluation.retrieval import prefix
+from factmas.evaluation.count_kernel import pair_dots
 
 
 def local_estimates(rows_hat: np.ndarray, cols_hat: np.ndarray, order: np.ndarray,
@@ -43,9 +43,8 @@ def local_estimates(rows_hat: np.ndarray, cols_hat: np.ndarray, order: np.ndarra
     for o in (1, 2, 3):
         sel = np.flatnonzero(mine & (order[pairs[:, 0]] == o))
         if len(sel):
-            a = prefix(rows_hat[pairs[sel, 1] - lo], o).astype(np.float64)
-            b = prefix(cols_hat[pairs[sel, 0]], o).astype(np.float64)
-            est[sel] = np.einsum("ij,ij->i", a, b)
+            est[sel] = pair_dots(rows_hat, cols_hat, pairs[sel, 1] - lo, pairs[sel, 0],
+                                 o * rows_hat.shape[2])
     return est
 
 
