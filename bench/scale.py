@@ -94,13 +94,19 @@ def child(args) -> dict:
     cfg = _config(args, tempfile.mkdtemp(prefix="scale_run_", dir=Path(args.data).parent))
     model, method, tasks = build_parts(cfg, data)
     if args.stage == "cache":
+        from factmas.model.features import build_file, cache_file
         ready = _status()["VmRSS"]
         t0 = time.perf_counter()
-        inputs = image_inputs(model, data, "cpu", cache=True, progress=False)
+        path = cache_file(data, model)                     # hashes every pixel (chunk by chunk)
+        key_s = time.perf_counter() - t0
+        # written chunk by chunk into the memory-mapped .npy, as load_or_build does, at a batch
+        # that suits tiny images (the default, 2 for ONNX Runtime, is set for 224 px)
+        build_file(model.image_stem, data.images, path, "cpu", batch=args.cache_batch, progress=False)
+        inputs = image_inputs(model, data, "cpu", cache=True, progress=False)   # reads the file
         s = time.perf_counter() - t0
-        return {"seconds": s, "items": len(data.image_ids), "unit": "images (+ mirror)",
+        return {"seconds": s, "key_s": key_s, "items": len(data.image_ids), "unit": "images (+ mirror)",
                 "rss_ready": ready, "cache_mib": inputs.features.nbytes / 2 ** 20,
-                "row_shape": list(inputs.features.shape[1:])}
+                "row_shape": list(inputs.features.shape[1:]), "batch": args.cache_batch}
     trainer, stream = build_trainer(cfg, data, torch.device("cpu"), progress=False,
                                     parts=(model, method, tasks))
     stage = stream[0]
@@ -197,7 +203,8 @@ def run_stage(args, stage: str, n: int, data: Path, work: Path) -> dict:
     out = work / f"{stage}_{n}.json"
     common_args = ["--data", str(data), "--images", str(n), "--facts", str(args.facts),
                    "--image-size", str(args.image_size), "--train-steps", str(args.train_steps),
-                   "--omega-samples", str(args.omega_samples), "--child-out", str(out)]
+                   "--omega-samples", str(args.omega_samples), "--cache-batch", str(args.cache_batch),
+                   "--child-out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", FACTMAS_DIST_TIMEOUT_S="1800",
                PYTHONPATH=os.pathsep.join([str(HERE.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     if stage == "eval2":
@@ -259,6 +266,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--omega-samples", type=int, default=512)
+    ap.add_argument("--cache-batch", type=int, default=64,
+                    help="images per forward of the cache build (64; factmas's default is set for 224 px)")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--tmp", default=None, help="folder for the datasets (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the datasets and caches")
@@ -344,6 +353,7 @@ def main(argv=None) -> int:
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "total_s": total,
             "settings": {"sizes": sizes, "facts": args.facts, "image_size": args.image_size,
                          "train_steps": args.train_steps, "omega_samples": args.omega_samples,
+                         "cache_batch": args.cache_batch,
                          "split": SPLIT, "threads": 1, "model": "efficientnet_lite0, default frozen stages",
                          "method": "mas"},
             "rows": rows, "growth": growth,
