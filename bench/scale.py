@@ -69,6 +69,23 @@ def _config(args, run_dir: str):
         "eval": {"calibrate": False}})
 
 
+def count_window_entries() -> list:
+    """Record ``ColumnCounter.stats()`` (blocks, entries found inside another true pair's rounding
+    window, kept until the end) each time the evaluator's column counting ends, one process or a
+    share (``ShardColumnCounter``): the list it appends to. A diagnostic of this benchmark only (wraps
+    the class's ``certain_above``, which both call once at the end; what it returns is unchanged)."""
+    from factmas.evaluation.column_ranks import ColumnCounter
+    seen: list = []
+    original = ColumnCounter.certain_above
+
+    def certain_above(self):
+        seen.append(self.stats())
+        return original(self)
+
+    ColumnCounter.certain_above = certain_above
+    return seen
+
+
 def child(args) -> dict:
     """Run one stage in this process; returns its figures (seconds, items, rss_ready)."""
     import numpy as np
@@ -148,12 +165,14 @@ def child(args) -> dict:
                 "omega_sum": float(sum(float(v.double().sum()) for v in omega.values()))}
     if args.stage == "eval":
         ev = trainer.hook.evaluator
+        windows = count_window_entries()
         t0 = time.perf_counter()
         result = ev.evaluate(model)
         s = time.perf_counter() - t0
         Path(args.child_out + ".metrics.json").write_text(json.dumps(result))
         return {"seconds": s, "items": int(len(ev.image_ids)), "unit": "test images", "rss_ready": ready,
-                "facts": data.num_facts, "timing": result["timing"],
+                "facts": data.num_facts, "timing": result["timing"], "column_counting": windows,
+                "test_pairs": int(len(ev.pool_pairs)), "mean_cosine": result["embedding"]["mean_cosine"],
                 "fact_to_image_map_all": result["fact_to_image_map"]["all"]}
     raise SystemExit(f"unknown stage {args.stage!r}")
 
@@ -175,6 +194,7 @@ def worker(args) -> None:
         trainer, _ = build_trainer(cfg, data, torch.device("cpu"), progress=False,
                                    parts=(model, method, tasks), inputs=inputs)
         ev = trainer.hook.evaluator
+        windows = count_window_entries()
         ready = _status()["VmRSS"]
         distributed.barrier()
         t0 = time.perf_counter()
@@ -183,7 +203,7 @@ def worker(args) -> None:
         s = time.perf_counter() - t0
         me = {"rank": distributed.rank(), "rss_ready": ready,
               "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-              "cpu_s": time.process_time()}
+              "cpu_s": time.process_time(), "column_counting": windows}
         ranks = distributed.gather_to_main(me)
         if distributed.is_main():
             Path(args.child_out + ".metrics.json").write_text(json.dumps(result))
@@ -261,7 +281,7 @@ def same_metrics(a: dict, b: dict) -> tuple[bool, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10000,50000,200000", help="N images, comma-separated")
+    ap.add_argument("--sizes", default=None, help="N images, comma-separated (10000,50000,200000)")
     ap.add_argument("--facts", type=int, default=20000, help="F facts (the same at every N)")
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--train-steps", type=int, default=40)
@@ -289,7 +309,8 @@ def main(argv=None) -> int:
         return 0
     import common
     if args.quick:
-        args.sizes, args.facts, args.train_steps, args.omega_samples = "300,600", 200, 3, 32
+        args.facts, args.train_steps, args.omega_samples = 200, 3, 32
+    args.sizes = args.sizes or ("300,600" if args.quick else "10000,50000,200000")
     sizes = [int(x) for x in args.sizes.split(",")]
     stages = [s for s in args.stages.split(",") if s]
     bad = sorted(set(stages) - set(STAGES))
