@@ -1,7 +1,8 @@
 """Scale benchmark (issue 28): peak RSS and throughput of each stage against N images, F facts fixed.
 
     .venv/bin/python bench/scale.py [--sizes 10000,50000,200000] [--facts 20000] [--image-size 16]
-        [--train-steps 40] [--omega-samples 512] [--tmp DIR] [--quick] [--out bench/results/scale.json]
+        [--train-steps 40] [--omega-samples 512] [--cache-batch 64] [--stages build,...] [--tmp DIR]
+        [--keep] [--quick] [--out bench/results/scale.json]
 
 For each N a synthetic dataset (``bench/scale_data.py``: F facts whatever N, 3 pairs per image,
 70/10/20 % train/val/test, 4 tasks, ``--image-size`` px images) goes through the stages of a run,
@@ -9,9 +10,11 @@ each in its own Python process (1 torch thread, OMP_NUM_THREADS=1), in this orde
 
 * ``build``: the HDF5 file written chunk by chunk (4,096 images at a time), then ``read_dataset``
   (the schema's whole validation) on it; throughput: images/s.
-* ``cache``: the default model (EfficientNet-Lite0, its default 6 frozen stages, the default stem
-  engine) builds the frozen-stage feature cache (``image_inputs``: chunks into a memory-mapped
-  ``.npy``); throughput: images/s (each image and its mirror).
+* ``cache``: the default model (EfficientNet-Lite0, its default frozen stages, the default stem
+  engine) builds the frozen-stage feature cache as ``load_or_build`` does (``cache_file``: the key,
+  hashing every pixel; ``build_file``: chunks into a memory-mapped ``.npy``), at ``--cache-batch``
+  images per forward (factmas's default, 2 with ONNX Runtime, is set for 224 px; at 16 px a forward
+  is per-call bound), then opens it with ``image_inputs``; throughput: images/s (each with its mirror).
 * ``train``: the trainer (``factmas.trainer.build_trainer``: the cache read memory-mapped, the
   evaluator's set-up) and ``--train-steps`` steps of task 1 (``train_step`` on the trainer's batches,
   batch 64, flips, the default loss with its image → all task facts term); throughput: pairs/s.
@@ -22,6 +25,10 @@ each in its own Python process (1 torch thread, OMP_NUM_THREADS=1), in this orde
 * ``eval2``: the same on 2 torchrun processes (gloo, 1 thread each): each rank embeds and scores
   its share of the test images (``Evaluator.evaluate_sharded``); its metrics are compared with
   ``eval``'s (every number but timings; the embedding's mean cosine within 1e-9).
+
+Both evaluations also record ``column_counting`` (``ColumnCounter.stats()``: score blocks counted and
+the entries found inside another true pair's rounding window, which the counter keeps until the
+end: the evaluation's growing memory, docs/benchmarks.md § 11), the test pairs and the mean cosine.
 
 Peak RSS is the child's ``ru_maxrss`` (``os.wait4``; for ``eval2`` the largest rank's own); the JSON
 also has each child's RSS once its imports and data were loaded, and ``growth`` = peak at the
@@ -88,7 +95,6 @@ def count_window_entries() -> list:
 
 def child(args) -> dict:
     """Run one stage in this process; returns its figures (seconds, items, rss_ready)."""
-    import numpy as np
     import torch
     torch.set_num_threads(1)
     if args.stage == "build":
@@ -160,8 +166,10 @@ def child(args) -> dict:
         t0 = time.perf_counter()
         omega = method.estimate_importance(model, trainer.context(stage, reads))
         s = time.perf_counter() - t0
-        return {"seconds": s, "items": reads["images"] + reads["facts"], "unit": "samples (images + facts)",
-                "reads": reads, "rss_ready": ready,
+        used = (min(args.omega_samples, len(stage.images["train"]))          # Ω's cap, each branch
+                + min(args.omega_samples, len(stage.facts)))
+        return {"seconds": s, "items": used, "unit": "samples (images + facts)",
+                "reads": reads, "rss_ready": ready,     # reads: the batches' samples drawn (last cut)
                 "omega_sum": float(sum(float(v.double().sum()) for v in omega.values()))}
     if args.stage == "eval":
         ev = trainer.hook.evaluator
