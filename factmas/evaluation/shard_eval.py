@@ -26,23 +26,28 @@ returns None and the caller gathers φ and evaluates on rank 0 as before.
 
 May import: numpy, torch, ``factmas.distributed``, ``factmas.evaluation.ranking``,
 ``factmas.evaluation.retrieval``, ``factmas.evaluation.lfl``, ``factmas.evaluation.shard_ranks``,
-``factmas.evaluation.column_exact``,
+``factmas.evaluation.column_exact``, ``factmas.evaluation.column_ranks`` (``WINDOW_BUDGET``),
 ``factmas.evaluation.count_kernel``, ``factmas.evaluation.metrics`` (``RECALL_KS``),
 ``factmas.evaluation.image_to_fact``.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from factmas.distributed import all_reduce_array, gather_to_main, is_main, size
-from factmas.evaluation import count_kernel
+from factmas.evaluation import column_ranks, count_kernel
 from factmas.evaluation.column_exact import ShardExactColumnCounter
 from factmas.evaluation.image_to_fact import image_to_fact_rows
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_hits_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import RECALL_KS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.shard_ranks import ShardColumnCounter, check_seen, local_estimates, sorted_pairs
+
+log = logging.getLogger(__name__)
+
 
 def can_shard(ev) -> bool:
     """True where the evaluator ``ev`` can count by image shares on this process group (pool "all",
@@ -113,6 +118,9 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     if all_reduce_array(np.array([cols.over_budget], np.int64), "max")[0]:
         # a rank passed column_ranks.WINDOW_BUDGET: every rank counts its blocks again against the
         # merged exact values (factmas.evaluation.column_exact), nothing kept
+        if is_main():
+            log.info("fact → image: a rank kept more than %d window entries (crowded scores), "
+                     "counted in a second pass", column_ranks.WINDOW_BUDGET)
         ex = ShardExactColumnCounter(ph_local, ps, order, fi, neg, lo, n_pool)
         run(ex)
         f2i = ex.finish({k: all_reduce_array(v, "sum") for k, v in ex.partial().items()})
