@@ -46,6 +46,7 @@ from factmas.evaluation.retrieval import prefix
 U32 = 2.0 ** -24            # unit roundoff of float32
 HEAVY = 48                  # facts with more true images are counted by a binary search per entry
 WINDOW_BUDGET = 4_000_000   # window entries kept (20 B each: ≈ 80 MB) before the counter gives up
+COLLECT = 1 << 20           # window entries collected per call (a block's scan, in pieces)
 
 
 def window_delta(length: int, bound_ab: float) -> float:
@@ -199,17 +200,22 @@ class ColumnCounter:
             self.over_budget, self.found, self.kept = True, [], 0      # the caller's second pass
             self.blocks += 1
             return
-        if len(sel):
-            total = int(flat[sel].sum())
+        cum = np.cumsum(flat[sel], dtype=np.int64)
+        a = 0
+        while a < len(sel):          # the cells' entries, at most about COLLECT at a time
+            base = int(cum[a - 1]) if a else 0
+            b = max(a + 1, int(np.searchsorted(cum, base + COLLECT, "right")))
+            total = int(cum[b - 1]) - base
             out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
             out_x = np.empty(total, np.float32)
-            got = count_kernel._collect_cols_jit(block, sel % n, sel // n, row0, p["start"], p["h"],
-                                                 p["lo"], out_j, out_row, out_x, 0)
+            got = count_kernel._collect_cols_jit(block, sel[a:b] % n, sel[a:b] // n, row0, p["start"],
+                                                 p["h"], p["lo"], out_j, out_row, out_x, 0)
             if got != total:                                         # the two phases disagree
                 raise RuntimeError(f"column counting: {got} window entries found, {total} counted")
             g = p["pair"][out_j]
             other = out_row != self.image[g]                         # own entries are known
             self.keep(g[other], out_row[other], out_x[other])
+            a = b
         flat[hits] = 0
         self.blocks += 1
 

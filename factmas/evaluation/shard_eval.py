@@ -104,13 +104,13 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     capped = lfl_in["rank_pairs"]
     cap_rows = rows[capped[:, 0]]
     mine, mine_c = (img >= lo) & (img < hi), (cap_rows >= lo) & (cap_rows < hi)
-    run = lambda c: rank_pairs(  # noqa: E731 (the same blocks in both passes)
-        ph_local, ps, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1), unit=True,
-        capped_pairs=np.stack([cap_rows[mine_c] - lo, capped[mine_c, 1]], axis=1),
-        item_order=order, item_segment=lfl_in["segment"],
-        k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=ev.cfg.search_batch,
-        device=ev.device, method="count", columns=c)
-    r = run(cols)
+    # the second pass (below) computes the same blocks without the image → fact pairs
+    run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
+        ph_local, ps, i2f, unit=True, capped_pairs=lfl, item_order=order,
+        item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
+        max_rows=ev.cfg.search_batch, device=ev.device, method="count", columns=c)
+    r = run(cols, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1),
+            np.stack([cap_rows[mine_c] - lo, capped[mine_c, 1]], axis=1))
     # fact → image: the counts each rank made alone, then the window entries against exact values
     part = cols.partial()
     neg = all_reduce_array(part["neg"], "sum")
@@ -122,7 +122,7 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
             log.info("fact → image: a rank kept more than %d window entries (crowded scores), "
                      "counted in a second pass", column_ranks.WINDOW_BUDGET)
         ex = ShardExactColumnCounter(ph_local, ps, order, fi, neg, lo, n_pool)
-        run(ex)
+        run(ex, np.zeros((0, 2), np.int64), None)
         f2i = ex.finish({k: all_reduce_array(v, "sum") for k, v in ex.partial().items()})
     else:
         above = all_reduce_array(part["above"], "sum")

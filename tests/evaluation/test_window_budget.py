@@ -220,10 +220,12 @@ def _brute(dense, fact, image):
 
 
 @pytest.mark.parametrize("ties", [True, False])
-def test_exact_second_pass_equals_brute_force_and_shards(ties):
+def test_exact_second_pass_equals_brute_force_and_shards(ties, monkeypatch):
     """``ExactColumnCounter`` against a per-pair loop over the dense −D and the one-pass counts, on
     exact tied data and on spread data, blocks of 16 rows, a heavy fact (> 48 true images); on the
-    tied data also ``ShardExactColumnCounter`` on 3 shares (one of 1 row), simulated in turn."""
+    tied data also ``ShardExactColumnCounter`` on 3 shares (one of 1 row), simulated in turn. Window
+    entries collected 5 at a time (``COLLECT``; a cell's entries may pass it: one cell per call)."""
+    monkeypatch.setattr(column_ranks, "COLLECT", 5)
     from factmas.evaluation.column_exact import ExactColumnCounter, ShardExactColumnCounter
     from factmas.evaluation.shard_ranks import sorted_pairs
     rng = np.random.default_rng(13)
