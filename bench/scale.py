@@ -26,9 +26,11 @@ each in its own Python process (1 torch thread, OMP_NUM_THREADS=1), in this orde
   its share of the test images (``Evaluator.evaluate_sharded``); its metrics are compared with
   ``eval``'s (every number but timings; the embedding's mean cosine within 1e-9).
 
-Both evaluations also record ``column_counting`` (``ColumnCounter.stats()``: score blocks counted and
-the entries found inside another true pair's rounding window, which the counter keeps until the
-end: the evaluation's growing memory, docs/benchmarks.md § 11), the test pairs and the mean cosine.
+Both evaluations also record ``column_counting`` (``ColumnCounter.stats()`` of each counter: score
+blocks counted, the entries found inside another true pair's rounding window and kept until the end,
+and ``over_budget``: past ``column_ranks.WINDOW_BUDGET`` entries the counter dropped them and a
+second pass counted against exact values, ``factmas.evaluation.column_exact``, whose own stats follow
+with 0 entries kept; docs/benchmarks.md § 11), the test pairs and the mean cosine.
 
 Peak RSS is the child's ``ru_maxrss`` (``os.wait4``; for ``eval2`` the largest rank's own); the JSON
 also has each child's RSS once its imports and data were loaded, and ``growth`` = peak at the

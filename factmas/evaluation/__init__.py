@@ -5,6 +5,8 @@
   metrics need, without sorting rankings); ``count_kernel``: the compiled counting it uses where numba
   is installed (the ``fast`` extra; then no row is sorted but a popular fact's); ``column_ranks``: the
   fact → image ranks counted in the image → fact blocks' columns (one score matrix for both);
+  ``column_exact``: their second pass against exact own values where the first would keep too
+  many window entries (crowded scores, ``column_ranks.WINDOW_BUDGET``);
   ``shard_ranks``: those counts for one rank's share of the images, merged exactly across ranks;
   ``shard_eval``: the sharded evaluation under torchrun (each rank scores its own images against
   every fact; ``Evaluator.evaluate_sharded``); ``image_to_fact``: the image → fact scores per image

@@ -28,6 +28,12 @@ kernel's two roundings (monotone). Then, per true pair:
 If a pair's own entry were ever outside its window (the bound violated), ``count`` raises
 RuntimeError rather than give a wrong rank.
 
+Memory: the kept window entries grow with (images in a window) × (true pairs), quadratic in the
+images where embeddings are nearly collapsed (an untrained model; docs/benchmarks.md § 11). Past
+``WINDOW_BUDGET`` entries the counter drops them and stops counting (``over_budget``); it still
+reads every pair's own exact −D, so that the caller can count a second pass over the same blocks
+against those exact values (``factmas.evaluation.column_exact``), which keeps nothing.
+
 May import: numpy, ``factmas.evaluation.count_kernel``.
 """
 from __future__ import annotations
@@ -38,6 +44,8 @@ from factmas.evaluation import count_kernel
 
 U32 = 2.0 ** -24            # unit roundoff of float32
 HEAVY = 48                  # facts with more true images are counted by a binary search per entry
+WINDOW_BUDGET = 4_000_000   # window entries kept (20 B each: ≈ 80 MB) before the counter gives up
+COLLECT = 1 << 20           # window entries collected per call (a block's scan, in pieces)
 
 
 def window_delta(length: int, bound_ab: float) -> float:
@@ -85,6 +93,9 @@ class ColumnCounter:
         self.seen = np.zeros(len(self.fact), bool)
         self.blocks = 0
         self.row_norm: float | None = None                           # largest slot norm of a row
+        self.kept = 0                                                # entries in ``found``
+        self.budget: int | None = WINDOW_BUDGET                      # (None: no limit)
+        self.over_budget = False                                     # past WINDOW_BUDGET: stopped
 
     def part(self, pi: int, o: int, ids: np.ndarray) -> np.ndarray:
         """Set up part ``pi`` (facts ``ids`` of order ``o``); returns ``ids`` reordered (facts with
@@ -100,17 +111,7 @@ class ColumnCounter:
         if not len(pair):                                            # no true image in this part
             self.parts[pi] = {"pair": pair}
             return ids
-        est = self.estimate(pair, o)
-        # Σ|a_k b_k| ≤ Σ_slots ‖a_s‖·‖b_s‖ (Cauchy–Schwarz) ≤ o · (largest slot norms' product)
-        if self.row_norm is None:
-            self.row_norm = float(np.linalg.norm(self.rows_hat, axis=2).max(initial=0.0))
-        col_norm = float(np.linalg.norm(self.cols_hat[ids][:, :o], axis=2).max(initial=0.0))
-        delta = window_delta(o * self.rows_hat.shape[2], o * self.row_norm * col_norm * (1 + 1e-6))
-        srt = np.lexsort((est, col))                                 # by column, then estimate
-        pair, col, est = pair[srt], col[srt], est[srt]
-        hi32 = np.nextafter(np.float32(est + delta), np.float32(np.inf))
-        lo32 = np.nextafter(np.float32(est - delta), np.float32(-np.inf))
-        h, lo = to_neg_dist(hi32, o), to_neg_dist(lo32, o)
+        pair, col, h, lo = self.windows(pair, col, o, ids)
         start = np.r_[0, np.cumsum(n_c)].astype(np.int64)
         heavy = n_c > HEAVY
         nh = int(heavy.sum())                                        # heavy columns come first
@@ -135,6 +136,23 @@ class ColumnCounter:
             "hstart": start[:nh + 1].copy(), "j_by_img": by_img, "img_sorted": self.image[pair][by_img]}
         return ids
 
+    def windows(self, pair: np.ndarray, col: np.ndarray, o: int, ids: np.ndarray):
+        """(pair, col, h, lo) of a part's true pairs sorted by column, then window: each pair's
+        float32 −D window [lo, h] (module docstring; ``factmas.evaluation.column_exact`` gives
+        exact values instead), sorted within a column by h and by lo."""
+        est = self.estimate(pair, o)
+        # Σ|a_k b_k| ≤ Σ_slots ‖a_s‖·‖b_s‖ (Cauchy–Schwarz) ≤ o · (largest slot norms' product)
+        if self.row_norm is None:
+            self.row_norm = float(np.linalg.norm(self.rows_hat, axis=2).max(initial=0.0))
+        col_norm = float(np.linalg.norm(self.cols_hat[ids][:, :o], axis=2).max(initial=0.0))
+        delta = window_delta(o * self.rows_hat.shape[2], o * self.row_norm * col_norm * (1 + 1e-6))
+        srt = np.lexsort((est, col))                                 # by column, then estimate
+        pair, col, est = pair[srt], col[srt], est[srt]
+        hi32 = np.nextafter(np.float32(est + delta), np.float32(np.inf))
+        lo32 = np.nextafter(np.float32(est - delta), np.float32(-np.inf))
+        h, lo = to_neg_dist(hi32, o), to_neg_dist(lo32, o)
+        return pair, col, h, lo
+
     def estimate(self, pair: np.ndarray, o: int) -> np.ndarray:
         """float64 [len(pair)]: the float64 inner product of the order-``o`` prefixes of pairs
         ``pair``'s image and fact unit slots (the centre of each pair's window). A subclass whose
@@ -143,13 +161,18 @@ class ColumnCounter:
                                       o * self.rows_hat.shape[2])
 
     def stats(self) -> dict:
-        """Counted blocks, and entries found inside another pair's window (scanned and resolved)."""
-        return {"column_blocks": self.blocks, "window_entries": int(sum(len(f[0]) for f in self.found))}
+        """Counted blocks, entries found inside another pair's window (scanned and resolved), and
+        whether the counter stopped at ``WINDOW_BUDGET`` (its counts then unusable)."""
+        return {"column_blocks": self.blocks, "window_entries": self.kept,
+                "over_budget": self.over_budget}
 
     def count(self, pi: int, block: np.ndarray, row0: int, pool=None, threads: int = 1) -> None:
         """Count part ``pi``'s block ``block`` float32 [r, n] of −D (rows row0 .. row0 + r − 1)."""
         p = self.parts[pi]
         if not len(p["pair"]):
+            return
+        if self.over_budget:             # past the budget: only the own values (a second pass's)
+            self.own_values(p, block, row0)
             return
         args = (p["nh"], p["lvl_len"], p["lvl_h"], p["lvl_lo"], p["cnt"], p["win"], p["hstart"],
                 p["h"], p["lo"], p["hist"], p["hoff"])
@@ -165,8 +188,40 @@ class ColumnCounter:
             cuts = np.linspace(0, n, threads + 1).astype(np.int64)
             list(pool.map(lambda k: count_kernel._count_cols_jit(block, cuts[k], cuts[k + 1], *args),
                           range(threads)))
-        # the needles whose own entry is in this block: their exact −D, read where it lies; their
-        # own entry is the one window hit expected in its column (others: collected below)
+        col, g = self.own_values(p, block, row0)
+        flat = win.reshape(-1)
+        own = (self.image[g] - row0) // count_kernel.COL_ROWS * n + col     # own entries' cells
+        cells = p.get("cells")
+        if cells is None or len(cells) < flat.size:
+            cells = p["cells"] = np.empty(flat.size, np.int64)
+            p["cell_n"] = np.empty(flat.size, np.int64)
+        k, total = count_kernel._hit_cells_jit(flat, own, cells, p["cell_n"])   # (zeroes ``win``)
+        if k and self.budget is not None and self.kept + total > self.budget:
+            self.over_budget, self.found, self.kept = True, [], 0      # the caller's second pass
+            self.blocks += 1
+            return
+        sel, cum = cells[:k], np.cumsum(p["cell_n"][:k])    # (rows, column) with another hit
+        a = 0
+        while a < k:                 # the cells' entries, at most about COLLECT at a time
+            base = int(cum[a - 1]) if a else 0
+            b = max(a + 1, int(np.searchsorted(cum, base + COLLECT, "right")))
+            part_total = int(cum[b - 1]) - base
+            out_j, out_row = np.empty(part_total, np.int64), np.empty(part_total, np.int64)
+            out_x = np.empty(part_total, np.float32)
+            got = count_kernel._collect_cols_jit(block, sel[a:b] % n, sel[a:b] // n, row0, p["start"],
+                                                 p["h"], p["lo"], out_j, out_row, out_x, 0)
+            if got != part_total:                                    # the two phases disagree
+                raise RuntimeError(f"column counting: {got} window entries found, {part_total} counted")
+            g = p["pair"][out_j]
+            other = out_row != self.image[g]                         # own entries are known
+            self.keep(g[other], out_row[other], out_x[other])
+            a = b
+        self.blocks += 1
+
+    def own_values(self, p: dict, block: np.ndarray, row0: int):
+        """Reads the exact −D of part ``p``'s pairs whose own entry lies in this block (rows row0 ..)
+        into ``neg`` / ``seen``; returns their (columns, pair ids). Raises RuntimeError where one
+        falls outside its window."""
         a, b = np.searchsorted(p["img_sorted"], (row0, row0 + len(block)))
         js = p["j_by_img"][a:b]
         col, g = p["col"][js], p["pair"][js]
@@ -176,24 +231,12 @@ class ColumnCounter:
                                "window (please report: the error bound is violated)")
         self.neg[g] = v
         self.seen[g] = True
-        flat = win.reshape(-1)
-        own = (self.image[g] - row0) // count_kernel.COL_ROWS * n + col     # own entries' cells
-        cells = p.get("cells")
-        if cells is None or len(cells) < flat.size:
-            cells = p["cells"] = np.empty(flat.size, np.int64)
-        k, total = count_kernel._hit_cells_jit(flat, own, cells)          # (zeroes ``win``)
-        if k:
-            sel = cells[:k]                                  # (rows, column) with another hit
-            out_j, out_row = np.empty(total, np.int64), np.empty(total, np.int64)
-            out_x = np.empty(total, np.float32)
-            got = count_kernel._collect_cols_jit(block, sel % n, sel // n, row0, p["start"], p["h"],
-                                                 p["lo"], out_j, out_row, out_x, 0)
-            if got != total:                                         # the two phases disagree
-                raise RuntimeError(f"column counting: {got} window entries found, {total} counted")
-            g = p["pair"][out_j]
-            other = out_row != self.image[g]                         # own entries are known
-            self.found.append((g[other], out_row[other], out_x[other]))
-        self.blocks += 1
+        return col, g
+
+    def keep(self, g: np.ndarray, row: np.ndarray, x: np.ndarray) -> None:
+        """Keeps window entries (pair ids, rows, −D) other than the pairs' own until ``result``."""
+        self.found.append((g, row, x))
+        self.kept += len(g)
 
     def certain_above(self) -> np.ndarray:
         """int64 [P]: per pair, the entries above its window (certainly closer)."""
@@ -216,7 +259,11 @@ class ColumnCounter:
         """(fact int64 [P], image int64 [P], neg_dist float32 [P], below, ties, tie_lower int64 [P])
         of every true pair, sorted by fact then image: ``below`` images strictly closer to the fact,
         ``ties`` at exactly the same −D (the image itself included), ``tie_lower`` of those with a
-        lower image index. Raises RuntimeError where a pair's own entry was not inside its window."""
+        lower image index. Raises RuntimeError where a pair's own entry was not inside its window,
+        or the counter stopped at ``WINDOW_BUDGET`` (``over_budget``: count a second pass instead,
+        ``factmas.evaluation.column_exact``)."""
+        if self.over_budget:
+            raise RuntimeError(f"column counting stopped: more than {self.budget} window entries")
         P = len(self.fact)
         below = self.certain_above()
         if not self.seen.all():

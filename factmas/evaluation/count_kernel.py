@@ -270,11 +270,12 @@ else:                                    # pragma: no cover
     _count_cols_jit = _collect_cols_jit = None
 
 
-def _hit_cells_py(flat, own, cells):
+def _hit_cells_py(flat, own, cells, cell_n):
     """After phase A: the cells of ``flat`` (the window counts ``win``, flattened, int32) holding a
     window hit other than a pair's own entry (``own`` int64: the cell of each own entry counted in
-    this block; it holds one hit there), written to ``cells[:k]``; returns (k, the hits of those
-    cells, own entries included: what phase B will find). Leaves ``flat`` all zero."""
+    this block; it holds one hit there), written to ``cells[:k]``, and each such cell's hits, own
+    entries included, to ``cell_n[:k]`` (int64); returns (k, the hits of those cells, own entries
+    included: what phase B will find). Leaves ``flat`` all zero."""
     for c in own:
         flat[c] -= 1
     k = 0
@@ -284,13 +285,16 @@ def _hit_cells_py(flat, own, cells):
         if f != 0:
             if f > 0:
                 cells[k] = i
-                k += 1
+                cell_n[k] = f
                 total += f
-                flat[i] = -1                               # marked: its own entries count below
+                flat[i] = -2 - k                           # marked with its place: own entries below
+                k += 1
             else:                                          # (cannot be: each own entry is a hit)
                 flat[i] = 0
     for c in own:
-        if flat[c] == -1:
+        m = flat[c]
+        if m <= -2:
+            cell_n[-2 - m] += 1
             total += 1
     for t in range(k):
         flat[cells[t]] = 0

@@ -54,6 +54,8 @@ from factmas.data.dataset import SPLIT_NAMES, FactData
 from factmas.data.experience import Experience, experiences
 from factmas.evaluation import count_kernel, shard_eval
 from factmas.evaluation import metrics as M
+from factmas.evaluation import column_ranks
+from factmas.evaluation.column_exact import ExactColumnCounter
 from factmas.evaluation.column_ranks import ColumnCounter
 from factmas.evaluation.image_to_fact import (ImageToFact, image_to_fact_means,  # noqa: F401 (re-exported)
                                               image_to_fact_rows)
@@ -244,14 +246,25 @@ class Evaluator:
         img = np.searchsorted(self.image_ids, pairs[:, 0])
         cols = ColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1))
         capped = lfl_in["rank_pairs"]
-        r = rank_pairs(hats[0], hats[1], np.stack([img, pairs[:, 1]], axis=1), unit=True,
-                       capped_pairs=np.stack([rows[capped[:, 0]], capped[:, 1]], axis=1),
-                       item_order=order, item_segment=lfl_in["segment"],
-                       k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=self.cfg.search_batch,
-                       device=self.device, method="count", columns=cols)
+        # the second pass (below) computes the same blocks (the same parts and rows) without the
+        # image → fact pairs, which the first pass has counted
+        run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
+            hats[0], hats[1], i2f, unit=True, capped_pairs=lfl, item_order=order,
+            item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
+            max_rows=self.cfg.search_batch, device=self.device, method="count", columns=c)
+        r = run(cols, np.stack([img, pairs[:, 1]], axis=1),
+                np.stack([rows[capped[:, 0]], capped[:, 1]], axis=1))
         r.query = np.searchsorted(rows, r.query)          # every pool row → its query position
-        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
         log.debug("ranks of both directions from one product: %s, %s", r.blocks, cols.stats())
+        if cols.over_budget:         # crowded windows: a second pass against the exact own values
+            log.info("fact → image: more than %d window entries (crowded scores), counted in a "
+                     "second pass", column_ranks.WINDOW_BUDGET)
+            if not cols.seen.all():
+                raise RuntimeError("column counting: true pairs never counted")
+            cols = ExactColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1),
+                                      cols.neg)
+            run(cols, np.zeros((0, 2), np.int64), None)
+        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
         timing["search_s"] += time.perf_counter() - t0
         return shared
 

@@ -13,7 +13,9 @@ runs for the same rows), so that:
 * **fact → image** counts are merged exactly (``factmas.evaluation.shard_ranks``): each pair's window
   estimate comes from its image's rank (an all-reduce of P float64), each rank counts its rows
   against every window, the pairs' own exact −D are all-reduced (one non-zero per pair), each rank
-  resolves its window entries against them, and the integer counts are all-reduced;
+  resolves its window entries against them, and the integer counts are all-reduced (where a rank
+  kept more than ``column_ranks.WINDOW_BUDGET`` entries, every rank counts its blocks again against
+  the merged exact values instead, ``factmas.evaluation.column_exact``);
 * the mean pairwise cosine of the embedding (``Evaluator.evaluate_embeddings``' "embedding") from
   the all-reduced per-slot sums of unit vectors (equal to the one-process value up to the order of
   float64 additions, ~1e-16 relative).
@@ -24,21 +26,28 @@ returns None and the caller gathers φ and evaluates on rank 0 as before.
 
 May import: numpy, torch, ``factmas.distributed``, ``factmas.evaluation.ranking``,
 ``factmas.evaluation.retrieval``, ``factmas.evaluation.lfl``, ``factmas.evaluation.shard_ranks``,
+``factmas.evaluation.column_exact``, ``factmas.evaluation.column_ranks`` (``WINDOW_BUDGET``),
 ``factmas.evaluation.count_kernel``, ``factmas.evaluation.metrics`` (``RECALL_KS``),
 ``factmas.evaluation.image_to_fact``.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from factmas.distributed import all_reduce_array, gather_to_main, is_main, size
-from factmas.evaluation import count_kernel
+from factmas.evaluation import column_ranks, count_kernel
+from factmas.evaluation.column_exact import ShardExactColumnCounter
 from factmas.evaluation.image_to_fact import image_to_fact_rows
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_hits_from_ranks, lfl_inputs
 from factmas.evaluation.metrics import RECALL_KS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.shard_ranks import ShardColumnCounter, check_seen, local_estimates, sorted_pairs
+
+log = logging.getLogger(__name__)
+
 
 def can_shard(ev) -> bool:
     """True where the evaluator ``ev`` can count by image shares on this process group (pool "all",
@@ -95,19 +104,31 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     capped = lfl_in["rank_pairs"]
     cap_rows = rows[capped[:, 0]]
     mine, mine_c = (img >= lo) & (img < hi), (cap_rows >= lo) & (cap_rows < hi)
-    r = rank_pairs(ph_local, ps, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1), unit=True,
-                   capped_pairs=np.stack([cap_rows[mine_c] - lo, capped[mine_c, 1]], axis=1),
-                   item_order=order, item_segment=lfl_in["segment"],
-                   k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK), max_rows=ev.cfg.search_batch,
-                   device=ev.device, method="count", columns=cols)
+    # the second pass (below) computes the same blocks without the image → fact pairs
+    run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
+        ph_local, ps, i2f, unit=True, capped_pairs=lfl, item_order=order,
+        item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
+        max_rows=ev.cfg.search_batch, device=ev.device, method="count", columns=c)
+    r = run(cols, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1),
+            np.stack([cap_rows[mine_c] - lo, capped[mine_c, 1]], axis=1))
     # fact → image: the counts each rank made alone, then the window entries against exact values
     part = cols.partial()
-    above = all_reduce_array(part["above"], "sum")
     neg = all_reduce_array(part["neg"], "sum")
     check_seen(all_reduce_array(part["seen"], "sum"))
-    res = cols.resolve(neg)
-    resolved = {k: all_reduce_array(v, "sum") for k, v in res.items()}
-    f2i = cols.finish(above, neg, resolved)
+    if all_reduce_array(np.array([cols.over_budget], np.int64), "max")[0]:
+        # a rank passed column_ranks.WINDOW_BUDGET: every rank counts its blocks again against the
+        # merged exact values (factmas.evaluation.column_exact), nothing kept
+        if is_main():
+            log.info("fact → image: a rank kept more than %d window entries (crowded scores), "
+                     "counted in a second pass", column_ranks.WINDOW_BUDGET)
+        ex = ShardExactColumnCounter(ph_local, ps, order, fi, neg, lo, n_pool)
+        run(ex, np.zeros((0, 2), np.int64), None)
+        f2i = ex.finish({k: all_reduce_array(v, "sum") for k, v in ex.partial().items()})
+    else:
+        above = all_reduce_array(part["above"], "sum")
+        res = cols.resolve(neg)
+        resolved = {k: all_reduce_array(v, "sum") for k, v in res.items()}
+        f2i = cols.finish(above, neg, resolved)
     # image → fact and LFL: each image's scores where it lives (they need only its own pairs'
     # counts), to rank 0 in rank order = query order
     q0, q1 = np.searchsorted(rows, (lo, hi))

@@ -101,7 +101,10 @@ class ShardColumnCounter(ColumnCounter):
     def resolve(self, neg: np.ndarray) -> dict:
         """This rank's window entries compared with every pair's merged exact −D ``neg`` float32 [P]:
         additive counts int64 [P] ``below`` (closer), ``ties`` (as close, the pair's own image not
-        included) and ``lower`` (as close with a lower global image row)."""
+        included) and ``lower`` (as close with a lower global image row). Raises RuntimeError where
+        the counter stopped at ``column_ranks.WINDOW_BUDGET`` (its entries dropped)."""
+        if self.over_budget:
+            raise RuntimeError("sharded column counting stopped at WINDOW_BUDGET: no counts to resolve")
         return resolve_found(self.found, neg, self.image)
 
     def finish(self, above: np.ndarray, neg: np.ndarray, resolved: dict):

@@ -3,7 +3,7 @@ module): each rank evaluates its share of given embeddings (``Evaluator.evaluate
 writes the metrics as JSON.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed/shard_eval_worker.py \
-        DATA.h5 SPLIT EMB.npz OUT.json [--search-batch B] [--repeat R]
+        DATA.h5 SPLIT EMB.npz OUT.json [--search-batch B] [--repeat R] [--window-budget E]
 
 EMB.npz holds ``phi`` float32 [N_pool, 3, d] (the pool images in ``Evaluator.image_ids`` order) and
 ``psi`` float32 [F, 3, d]. ``--repeat R``: evaluate R times, the JSON's "wall_s" lists each time
@@ -24,7 +24,14 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--search-batch", type=int, default=None)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--window-budget", type=int, default=None,
+                   help="column_ranks.WINDOW_BUDGET for this run (and INFO logs on stderr)")
     args = p.parse_args()
+    if args.window_budget is not None:
+        import logging
+        from factmas.evaluation import column_ranks
+        column_ranks.WINDOW_BUDGET = args.window_budget
+        logging.basicConfig(level=logging.INFO)
     import numpy as np
     import torch
     from factmas import distributed

@@ -29,8 +29,8 @@ def test_windows_search_equals_brute_force(rng, width):
 
 
 def test_hit_cells_equals_naive(rng):
-    """The cells with a window hit besides the pairs' own entries, their hits (own ones included),
-    and ``win`` left all zero."""
+    """The cells with a window hit besides the pairs' own entries, each one's hits and their sum (own
+    ones included), and ``win`` left all zero."""
     for _ in range(50):
         size = int(rng.integers(1, 300))
         own = rng.integers(0, size, int(rng.integers(0, 40)))            # repeated cells too
@@ -41,8 +41,10 @@ def test_hit_cells_equals_naive(rng):
         own_n = np.bincount(own, minlength=size)
         want = np.flatnonzero(raw > own_n)
         cells = np.full(size, -7, np.int64)
-        k, total = count_kernel._hit_cells_jit(flat, own.astype(np.int64), cells)
+        cell_n = np.full(size, -7, np.int64)
+        k, total = count_kernel._hit_cells_jit(flat, own.astype(np.int64), cells, cell_n)
         np.testing.assert_array_equal(cells[:k], want)
+        np.testing.assert_array_equal(cell_n[:k], raw[want])
         assert total == int(raw[want].sum())
         assert not flat.any()
 
