@@ -96,8 +96,8 @@ class LogLines(tqdm):
         """End the stage: a last line with the mean rate if the stage printed any; no bar to clear."""
         if getattr(self, "disable", True):
             return
-        if self._lines and self.n != self._line_n:
-            self._write_line(self._time(), final=True)
+        if self._lines:                 # also when the last line came at the last update: it is
+            self._write_line(self._time(), final=True)      # not the stage's "done" with its mean rate
         self.leave = False
         super().close()
 

@@ -156,3 +156,15 @@ def test_switched_off_silences_bars_within_the_block_only():
     assert not progress_bar(total=3, interval=0, file=f).disable
     with progress.switched_off(False):
         assert not progress_bar(total=3, interval=0, file=f).disable
+
+
+def test_done_line_also_when_the_last_update_printed_a_line():
+    """interval 0: every update prints a line, the last one too; the stage still ends with its
+    "done" line and mean rate (before, a loaded machine could end a stage without it)."""
+    f = io.StringIO()
+    with progress_bar(total=5, desc="cache", unit="img", interval=0.0, file=f) as bar:
+        for _ in range(5):
+            bar.update(1)
+    lines = _lines(f)
+    assert "cache: 5/5 img" in lines[-2], lines
+    assert re.search(r"cache done: 5 img in \d\d:\d\d, [\d.,]+ img/s$", lines[-1]), lines
