@@ -77,16 +77,25 @@ def _count_rows_py(block, starts, vs, cap, gt, eq, r0, r1, skip, chunk, scale):
             eq[j] += te
 
 
-if AVAILABLE:
-    # fast-math without "contract": the sums may be reordered (exact 0/1 sums), but x·s − 2 must
-    # stay two roundings (an FMA would change −D, and with it the exact ties)
-    _FLAGS = {"reassoc", "nnan", "ninf", "nsz", "arcp"}
-    try:                                 # compiled once per machine (numba's on-disk cache) ...
-        _count_rows_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_rows_py)
-    except RuntimeError:                 # ... or per process where no cache folder is writable
-        _count_rows_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_rows_py)
-else:                                    # pragma: no cover
-    _count_rows_jit = None
+# fast-math without "contract": the sums may be reordered (exact 0/1 sums), but x·s − 2 must stay
+# two roundings (an FMA would change −D, and with it the exact ties)
+_FLAGS = {"reassoc", "nnan", "ninf", "nsz", "arcp"}
+
+
+def _compile(fn, fastmath=None, fallback=None):
+    """``fn`` compiled by numba (nogil; ``fastmath`` flags if given): once per machine through
+    numba's on-disk cache, or per process where no cache folder is writable; ``fallback`` (None or
+    the pure-Python ``fn``) without numba."""
+    if not AVAILABLE:                    # pragma: no cover
+        return fallback
+    opts = {"nogil": True, **({"fastmath": fastmath} if fastmath else {})}
+    try:
+        return numba.njit(cache=True, **opts)(fn)
+    except RuntimeError:
+        return numba.njit(cache=False, **opts)(fn)
+
+
+_count_rows_jit = _compile(_count_rows_py, _FLAGS)
 
 
 def count_rows(block: np.ndarray, starts: np.ndarray, vs: np.ndarray, cap: np.ndarray | None = None,
@@ -180,13 +189,7 @@ def _windows_py(h, lo, a, b, x):
     return m, e
 
 
-if AVAILABLE:
-    try:
-        _windows = numba.njit(nogil=True, cache=True)(_windows_py)
-    except RuntimeError:
-        _windows = numba.njit(nogil=True, cache=False)(_windows_py)
-else:                                    # pragma: no cover
-    _windows = _windows_py
+_windows = _compile(_windows_py, fallback=_windows_py)
 
 
 def _count_cols_py(block, c0, c1, nh, lvl_len, lvl_h, lvl_lo, cnt, win, hstart, hh, hlo, hist, hoff):
@@ -259,15 +262,8 @@ def _collect_cols_py(block, cols, subs, row0, start, ch, clo, out_j, out_row, ou
     return pos
 
 
-if AVAILABLE:
-    try:
-        _count_cols_jit = numba.njit(nogil=True, cache=True, fastmath=_FLAGS)(_count_cols_py)
-        _collect_cols_jit = numba.njit(nogil=True, cache=True)(_collect_cols_py)
-    except RuntimeError:
-        _count_cols_jit = numba.njit(nogil=True, cache=False, fastmath=_FLAGS)(_count_cols_py)
-        _collect_cols_jit = numba.njit(nogil=True, cache=False)(_collect_cols_py)
-else:                                    # pragma: no cover
-    _count_cols_jit = _collect_cols_jit = None
+_count_cols_jit = _compile(_count_cols_py, _FLAGS)
+_collect_cols_jit = _compile(_collect_cols_py)
 
 
 def _hit_cells_py(flat, own, cells, cell_n):
@@ -301,13 +297,7 @@ def _hit_cells_py(flat, own, cells, cell_n):
     return k, total
 
 
-if AVAILABLE:
-    try:
-        _hit_cells_jit = numba.njit(nogil=True, cache=True)(_hit_cells_py)
-    except RuntimeError:
-        _hit_cells_jit = numba.njit(nogil=True, cache=False)(_hit_cells_py)
-else:                                    # pragma: no cover
-    _hit_cells_jit = None
+_hit_cells_jit = _compile(_hit_cells_py)
 
 
 def _pair_dots_py(a, b, ia, ib, length, out):
@@ -321,13 +311,7 @@ def _pair_dots_py(a, b, ia, ib, length, out):
         out[t] = acc
 
 
-if AVAILABLE:
-    try:
-        _pair_dots_jit = numba.njit(nogil=True, cache=True)(_pair_dots_py)   # no fast-math: in order
-    except RuntimeError:
-        _pair_dots_jit = numba.njit(nogil=True, cache=False)(_pair_dots_py)
-else:                                    # pragma: no cover
-    _pair_dots_jit = None
+_pair_dots_jit = _compile(_pair_dots_py)          # no fast-math: summed in order
 
 
 def pair_dots(a: np.ndarray, b: np.ndarray, ia: np.ndarray, ib: np.ndarray, length: int) -> np.ndarray:
