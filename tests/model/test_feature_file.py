@@ -368,8 +368,9 @@ def test_a_redirected_build_logs_its_rate_and_a_resumed_one_says_where_it_starts
     monkeypatch.setattr(features, "feature_rows", real)
     build_file(stem, images, path, batch=4, progress=True)
     lines = [x for x in capsys.readouterr().err.splitlines() if "feature cache" in x]
-    assert lines and all("feature cache (from image 8): " in x and " img/s" in x for x in lines), lines
-    assert "/24 img" in lines[-1]                  # the 12 images left, both orientations
+    assert len(lines) >= 2 and all("feature cache (from image 8)" in x and " img/s" in x for x in lines), lines
+    assert "/24 img" in lines[-2]                  # the 12 images left, both orientations
+    assert "feature cache (from image 8) done: 24 img in " in lines[-1], lines   # and its mean rate
     assert np.array_equal(bits(np.load(path)), bits(compute_features(stem, images, batch=4, progress=False)))
 
 
