@@ -291,7 +291,7 @@ def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
     from factmas.evaluation.report import read_results
-    from factmas.trainer import train
+    from factmas.trainer import resume, train
     out = Path(j["out"])
     timing = out / "timing.json"
     d = {**base, "data": str(_DATA.path), "out": str(out)}
@@ -311,9 +311,15 @@ def run_job(j: dict, base: dict) -> dict:
         timing.unlink()
     if not timing.is_file():
         cpu0, t0 = cpu_seconds(), time.perf_counter()
-        train(cfg, command="python eval/paper_table.py", overwrite=True, progress=False, data=_DATA)
+        done = resumable_tasks(out, cfg)
+        if done:        # killed mid-run with these settings: continue from its last checkpoint
+            log.info("%s: resuming after %d trained task(s) (factmas train --resume)", out, done)
+            resume(out, threads=1, progress=False, data=_DATA)
+        else:
+            train(cfg, command="python eval/paper_table.py", overwrite=True, progress=False, data=_DATA)
         atomic_write_json(timing, {"seconds": time.perf_counter() - t0,
-                                   "cpu_seconds": cpu_seconds() - cpu0, "pid": os.getpid()})
+                                   "cpu_seconds": cpu_seconds() - cpu0, "pid": os.getpid(),
+                                   "resumed_after_tasks": done})
     res = read_results(out)
     e = res["metrics"][res["headline"]]
     t = json.loads(timing.read_text())
@@ -364,6 +370,21 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     fp = record.get("data_fingerprint") or {}
     return old == new and bool(fp.get("sha256")) and same_fingerprint(
         fp, data_fingerprint(_DATA, cfg.train.split))
+
+
+def resumable_tasks(out: Path, cfg: RunConfig) -> int:
+    """How many tasks an unfinished run in ``out`` has checkpointed, when it was started with
+    ``cfg`` on the loaded dataset (``same_run``); 0 when there is nothing to continue (no run, no
+    checkpoint, other settings or data), and the job is trained from the start.
+
+    ``factmas.trainer.resume`` then ends with the weights and metrics of an uninterrupted run (it
+    re-seeds every task), so a stop loses at most the task in progress, not the whole run; the
+    run's ``timing.json`` then counts only the resumed part's seconds."""
+    from factmas.run.checkpoint import stage_checkpoints
+    if not same_run(out, cfg):
+        return 0
+    stages = stage_checkpoints(out)
+    return stages[-1][0] + 1 if stages else 0
 
 
 def cpu_seconds() -> float:

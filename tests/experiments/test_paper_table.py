@@ -268,3 +268,47 @@ def test_a_worker_keeps_freed_memory_before_it_reads_the_data(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert calls == ["keep", "d.h5"] and paper_table._DATA == "data"
+
+
+def test_a_run_killed_mid_way_is_resumed_from_its_checkpoint_with_the_uninterrupted_metrics(
+        tmp_path, caplog):
+    """A stop kills a job after some tasks: the next call continues from the last task checkpoint
+    (not from the start) and ends with the metrics of a run that was never killed; a checkpoint
+    left by other settings is not continued but trained again."""
+    import logging
+    from factmas.config import RunConfig
+    from factmas.experiments import paper_table as pt
+    from factmas.trainer import train
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=4)
+    pt.init_worker(str(data), 1.0)
+    j = {"kind": "search", "label": "mas", "method": "mas", "split": "random4_seed0", "seed": 0,
+         "reg_lambda": 1.0, "epochs": 1, "image_split": "val", "train": {}}
+
+    def killed(out, lam=1.0):      # the same config run_job builds, stopped after 2 of 4 tasks
+        d = {**TINY, "data": str(data), "out": str(out),
+             "train": {**TINY["train"], "method": "mas", "split": "random4_seed0", "seed": 0,
+                       "reg_lambda": lam, "epochs": 1, "threads": 1, "options": {}},
+             "eval": {"enabled": True, "image_split": "val"}}
+        cfg = RunConfig.from_dict(d)
+        pt.resolve_options(cfg.train)
+        train(cfg, overwrite=True, progress=False, data=pt._DATA, limit_tasks=2)
+
+    whole = pt.run_job({**j, "out": str(tmp_path / "whole")}, TINY)
+    assert json.loads((tmp_path / "whole" / "timing.json").read_text())["resumed_after_tasks"] == 0
+    killed(tmp_path / "cut")
+    assert pt.resumable_tasks(tmp_path / "cut", RunConfig.from_dict(
+        json.loads((tmp_path / "cut" / "config.json").read_text())["config"])) == 2
+    with caplog.at_level(logging.INFO, logger="factmas.experiments.paper_table"):
+        cut = pt.run_job({**j, "out": str(tmp_path / "cut")}, TINY)
+    assert "resuming after 2 trained task(s)" in caplog.text
+    assert json.loads((tmp_path / "cut" / "timing.json").read_text())["resumed_after_tasks"] == 2
+    for key in ("final", "final_all", "forgetting", "bwt"):
+        assert cut[key] == whole[key], key
+    # a checkpoint of other settings (λ = 3 where the job asks 1): trained from the start
+    killed(tmp_path / "other", lam=3.0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="factmas.experiments.paper_table"):
+        other = pt.run_job({**j, "out": str(tmp_path / "other")}, TINY)
+    assert "resuming" not in caplog.text
+    assert json.loads((tmp_path / "other" / "timing.json").read_text())["resumed_after_tasks"] == 0
+    assert other["final"] == whole["final"]
