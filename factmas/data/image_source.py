@@ -125,7 +125,7 @@ def iter_chunks(source: ImageSource, where: Any = "images",
 
     Raises DatasetError (naming ``where`` and the rows) when a chunk is not uint8 [stop - start, H,
     W, 3] of the source's ``shape``; lets through what ``source.chunk`` raises."""
-    size = int(size or CHUNK_IMAGES)
+    size = CHUNK_IMAGES if size is None else int(size)
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, got {size}")
     n = len(source)
