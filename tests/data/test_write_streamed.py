@@ -136,3 +136,24 @@ def test_array_checks_and_taken_rows(rng):
         src.take(np.array([9]))
     with pytest.raises(ValueError, match="chunk size"):
         list(iter_chunks(src, size=0))
+
+
+def test_v2_free_space_is_estimated_from_the_first_chunk_and_checked_per_chunk(tmp_path, rng, monkeypatch):
+    from factmas.data import dataset
+    meta, images = _inputs(rng)
+    monkeypatch.setattr(image_source, "CHUNK_IMAGES", 4)
+    calls = []
+
+    def check_room(path, nbytes):
+        calls.append(nbytes)
+        if len(calls) == 3:                         # the disk fills before the third chunk
+            raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(dataset, "check_room", check_room)
+    with pytest.raises(OSError, match="No space"):
+        write_dataset(tmp_path / "d.h5", Recorded(images), schema_version=2, **meta)
+    assert list(tmp_path.iterdir()) == []
+    sizes = [len(encode_jpeg(im)) + 16 for im in images]
+    assert calls[1] == sum(sizes[4:8])              # the second chunk's own bytes
+    first = sum(sizes[:4]) * len(images) // 4       # the estimate: the first chunk's bytes × N / 4
+    assert first < calls[0] < first + 2 ** 21       # plus ids, pairs, tokens and 1 MiB
