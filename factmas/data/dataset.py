@@ -20,6 +20,9 @@ Layout (schema version 1; version 2 differs only in ``images``)::
                                        lack it and are read without pixel verification); version
                                        2: of the decoded pixels
 
+``write_dataset`` writes the images a chunk at a time, from an array or from an ``ImageSource``
+(``factmas.data.image_source``: images made or decoded by chunks, never all held).
+
 ``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
 id ranges, tasks 0..K-1 each non-empty. The pixels stay in the file: ``FactData.images`` reads them
 on demand (``factmas.data.lazy_images.H5Images``) and checks each image against its checksum when it
