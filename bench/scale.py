@@ -1,15 +1,17 @@
 """Scale benchmark (issue 28): peak RSS and throughput of each stage against N images, F facts fixed.
 
     .venv/bin/python bench/scale.py [--sizes 10000,50000,200000] [--facts 20000] [--image-size 16]
-        [--train-steps 40] [--omega-samples 512] [--cache-batch 64] [--stages build,...] [--tmp DIR]
+        [--train-steps 40 (0: the whole epoch)] [--omega-samples 512] [--cache-batch 64] [--stages build,...] [--tmp DIR]
         [--keep] [--quick] [--out bench/results/scale.json]
 
 For each N a synthetic dataset (``bench/scale_data.py``: F facts whatever N, 3 pairs per image,
 70/10/20 % train/val/test, 4 tasks, ``--image-size`` px images) goes through the stages of a run,
 each in its own Python process (1 torch thread, OMP_NUM_THREADS=1), in this order:
 
-* ``build``: the HDF5 file written chunk by chunk (4,096 images at a time), then ``read_dataset``
-  (the schema's whole validation) on it; throughput: images/s.
+* ``build``: the HDF5 file written by ``factmas.data.dataset.write_dataset`` from a chunked image
+  source (``bench/scale_data.py``: the writer asks for 256 images at a time, the source makes them
+  4,096 at a time), then ``read_dataset`` (the schema's whole validation) on it; throughput:
+  images/s.
 * ``cache``: the default model (EfficientNet-Lite0, its default frozen stages, the default stem
   engine) builds the frozen-stage feature cache as ``load_or_build`` does (``cache_file``: the key,
   hashing every pixel; ``build_file``: chunks into a memory-mapped ``.npy``), at ``--cache-batch``
@@ -17,7 +19,9 @@ each in its own Python process (1 torch thread, OMP_NUM_THREADS=1), in this orde
   is per-call bound), then opens it with ``image_inputs``; throughput: images/s (each with its mirror).
 * ``train``: the trainer (``factmas.trainer.build_trainer``: the cache read memory-mapped, the
   evaluator's set-up) and ``--train-steps`` steps of task 1 (``train_step`` on the trainer's batches,
-  batch 64, flips, the default loss with its image → all task facts term); throughput: pairs/s.
+  batch 64, flips, the default loss with its image → all task facts term; ``--train-steps 0``: the
+  whole epoch of task 1); throughput: pairs/s. ``hwm`` records the process's peak RSS so far
+  (VmHWM) after 10, 40, 160, 640, ... steps and at the end, to show whether it grows with the steps.
 * ``omega``: MAS Ω of task 1 (``MAS.estimate_importance``, exact per-sample gradients) on
   ``--omega-samples`` images and as many facts (``max_samples``); throughput: samples/s.
 * ``eval``: ``Evaluator.evaluate`` of the (untrained, seeded) model on the test images against all
@@ -150,17 +154,23 @@ def child(args) -> dict:
         batches = trainer.step_batcher.pair_batches(stage.pairs["train"], tc.batch_size,
                                                     make_rng(tc.seed, stage.index, 0), flip=tc.augment_flip)
         warm = 2
-        n, t0 = 0, None
+        n, t0, done, hwm, mark = 0, None, 0, [], 10
         for step, batch in enumerate(batches):
             if step == warm:
                 t0 = time.perf_counter()
-            if step >= warm + args.train_steps:
+            if args.train_steps and step >= warm + args.train_steps:
                 break
             train_step(model, method, opt, batch, cfg)
             if step >= warm:
                 n += len(batch["fact_idx"])
+                done += 1
+                if done == mark:
+                    hwm.append([done, _status()["VmHWM"]])
+                    mark *= 4
         s = time.perf_counter() - t0
-        return {"seconds": s, "items": n, "unit": "pairs", "steps": args.train_steps, "rss_ready": ready,
+        hwm.append([done, _status()["VmHWM"]])
+        return {"seconds": s, "items": n, "unit": "pairs", "steps": done, "rss_ready": ready, "hwm": hwm,
+                "whole_epoch": not args.train_steps,
                 "task_facts": int(len(stage.facts)), "task_pairs": int(len(stage.pairs["train"]))}
     if args.stage == "omega":
         reads = {"images": 0, "facts": 0, "pairs": 0}
@@ -294,7 +304,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None, help="N images, comma-separated (10000,50000,200000)")
     ap.add_argument("--facts", type=int, default=20000, help="F facts (the same at every N)")
     ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--train-steps", type=int, default=40)
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="timed training steps of task 1 after 2 warm-up steps (40; --quick: 3; 0: the "
+                         "whole epoch)")
     ap.add_argument("--omega-samples", type=int, default=512)
     ap.add_argument("--cache-batch", type=int, default=64,
                     help="images per forward of the cache build (64; factmas's default is set for 224 px)")
@@ -319,7 +331,12 @@ def main(argv=None) -> int:
         return 0
     import common
     if args.quick:
-        args.facts, args.train_steps, args.omega_samples = 200, 3, 32
+        args.facts, args.omega_samples = 200, 32
+    if args.train_steps is None:
+        args.train_steps = 3 if args.quick else 40
+    if args.train_steps < 0:
+        print(f"--train-steps must be >= 0 (0: the whole epoch), got {args.train_steps}", file=sys.stderr)
+        return 2
     args.sizes = args.sizes or ("300,600" if args.quick else "10000,50000,200000")
     sizes = [int(x) for x in args.sizes.split(",")]
     stages = [s for s in args.stages.split(",") if s]

@@ -1,12 +1,12 @@
 """The scale benchmark's synthetic dataset (``bench/scale.py``), written chunk by chunk.
 
-``write_streamed(path, n_images, n_facts, image_size)`` writes a schema-v1 factmas HDF5 file (the
-layout of ``factmas.data.dataset``, which ``read_dataset`` then validates in full) without holding the
-N images: pixels are made, checksummed (``factmas.data.schema.image_checksums``) and written
-``chunk`` images at a time. ``factmas.data.dataset.write_dataset`` takes the whole uint8
-[N, H, W, 3] array, so it cannot be used for N = 200,000 with flat memory; everything else it
-writes is written here with the same keys, dtypes and chunking, and ``read_dataset`` checks the
-result (``build`` stage of ``bench/scale.py``).
+``write_streamed(path, n_images, n_facts, image_size)`` writes a schema-v1 factmas HDF5 file through
+``factmas.data.dataset.write_dataset`` (its checks, its checksums) without holding the N images: the
+pixels come from ``ScaleImages``, an ``ImageSource`` (``factmas.data.image_source``) that makes them
+``chunk`` images at a time (one block kept), and the writer asks for them a chunk at a time
+(``CHUNK_IMAGES``), so the ``build`` stage of ``bench/scale.py`` measures the real writer. (Before
+issue 28's streamed writer this file wrote the same layout with its own h5py calls; the pixels,
+made block by block from the same seeds, are the same.)
 
 The facts: ``n_facts`` in all, fixed whatever N (so that the fact side, O(F), is the same at every N):
 every ⟨S⟩ of ``n_subjects`` subjects, ⟨S,P⟩ facts and ⟨S,P,O⟩ facts over one-word names
@@ -19,14 +19,12 @@ pixels.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from factmas.data.dataset import SCHEMA_VERSION, tokenize_facts
-from factmas.data.schema import CHECKSUM_KEY, image_checksums
-from factmas.io import atomic_path
+from factmas.data.dataset import write_dataset
+from factmas.data.image_source import ImageSource
 
 
 def make_facts(n_facts: int, seed: int = 0) -> tuple[list[tuple[str, str, str]], np.ndarray, np.ndarray]:
@@ -63,13 +61,50 @@ def _palette(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 2, n]).integers(0, 256, (n, 3)).astype(np.float32)
 
 
+class ScaleImages(ImageSource):
+    """uint8 [N, h, h, 3] images of the benchmark: the subject, predicate and object of each image's
+    ⟨S,P,O⟩ as the colours of three horizontal bands plus N(0, 20) noise, made ``block`` images at a
+    time (the noise of rows lo..lo+block-1 seeded by (seed, 5, lo)); the last block is kept, so a
+    chunk inside it is a slice."""
+
+    def __init__(self, words: np.ndarray, colours: list, image_size: int, seed: int, block: int) -> None:
+        self.words, self.colours, self.seed, self.block = words, colours, seed, block  # words: int [N, 3]
+        self.shape = (image_size, image_size)
+        self._lo, self._px = -1, None
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def _make(self, lo: int) -> np.ndarray:
+        h = self.shape[0]
+        hi = min(lo + self.block, len(self))
+        bands = [slice(0, h // 3), slice(h // 3, 2 * h // 3), slice(2 * h // 3, h)]
+        w = self.words[lo:hi]
+        px = np.empty((hi - lo, h, h, 3), np.float32)
+        for k, band in enumerate(bands):
+            px[:, band] = self.colours[k][w[:, k]][:, None, None, :]
+        px += np.random.default_rng([self.seed, 5, lo]).normal(0, 20, px.shape).astype(np.float32)
+        return np.clip(px, 0, 255).astype(np.uint8)
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        while start < stop:
+            lo = start - start % self.block
+            if lo != self._lo:
+                self._lo, self._px = lo, self._make(lo)
+            end = min(stop, lo + self.block)
+            parts.append(self._px[start - lo:end - lo])
+            start = end
+        return np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
+
+
 def write_streamed(path: str | Path, n_images: int, n_facts: int, image_size: int = 16,
                    num_tasks: int = 4, seed: int = 0, chunk: int = 4096) -> dict:
-    """Write the dataset (module docstring) to ``path`` atomically; returns {"images", "facts",
-    "pairs", "bytes"}. Raises ValueError on sizes below 10 images or facts, or an image size < 3."""
+    """Write the dataset (module docstring) to ``path`` atomically through ``write_dataset``;
+    returns {"images", "facts", "pairs", "bytes"}. Raises ValueError on sizes below 10 images or
+    facts, or an image size < 3."""
     if n_images < 10 or image_size < 3:
         raise ValueError(f"need n_images >= 10 and image_size >= 3, got {n_images}, {image_size}")
-    import h5py
     facts, spo_ids, implied = make_facts(n_facts, seed)
     rng = np.random.default_rng([seed, 3])
     which = rng.integers(0, len(spo_ids), n_images)                       # each image's ⟨S,P,O⟩
@@ -81,43 +116,14 @@ def write_streamed(path: str | Path, n_images: int, n_facts: int, image_size: in
     perm = np.random.default_rng([seed, 4]).permutation(n_facts)
     task = np.empty(n_facts, np.int16)
     task[perm] = np.arange(n_facts) % num_tasks
-    tokens, vocab = tokenize_facts(facts)
-    order = np.array([1 + bool(f[1]) + bool(f[2]) for f in facts], np.int8)
     n_words = {k: 1 + max(int(f[k][1:]) for f in facts if f[k]) for k in range(3)}
     colours = [_palette(n_words[k], seed + k) for k in range(3)]
     spo_words = np.array([[int(facts[i][k][1:]) for k in range(3)] for i in spo_ids], np.int64)  # [F3, 3]
-    h = image_size
-    bands = [slice(0, h // 3), slice(h // 3, 2 * h // 3), slice(2 * h // 3, h)]
-    str_dt = h5py.string_dtype("utf-8")
-    with atomic_path(path, overwrite=True) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["image_size"] = h
-            f.attrs["provenance"] = json.dumps({"source": "bench/scale_data.py", "seed": seed,
-                                                "n_images": n_images, "n_facts": n_facts})
-            ds = f.create_dataset("images", (n_images, h, h, 3), np.uint8, chunks=(1, h, h, 3))
-            crc = f.create_dataset(CHECKSUM_KEY, (n_images,), np.uint32)
-            for lo in range(0, n_images, chunk):
-                hi = min(lo + chunk, n_images)
-                w = spo_words[which[lo:hi]]                               # [B, 3] word ids
-                px = np.empty((hi - lo, h, h, 3), np.float32)
-                for k, band in enumerate(bands):
-                    px[:, band] = colours[k][w[:, k]][:, None, None, :]
-                px += np.random.default_rng([seed, 5, lo]).normal(0, 20, px.shape).astype(np.float32)
-                px = np.clip(px, 0, 255).astype(np.uint8)
-                ds[lo:hi] = px
-                crc[lo:hi] = image_checksums(px)
-            f.create_dataset("image_ids", data=[f"scale_{i:07d}.png" for i in range(n_images)], dtype=str_dt)
-            f.create_dataset("image_split", data=split)
-            for key, k in (("subject", 0), ("predicate", 1), ("object", 2)):
-                f.create_dataset(f"facts/{key}", data=[x[k] for x in facts], dtype=str_dt)
-            f.create_dataset("facts/order", data=order)
-            f.create_dataset("facts/tokens", data=tokens)
-            f.create_dataset("vocab", data=vocab, dtype=str_dt)
-            f.create_dataset("pairs", data=pairs)
-            name = f"random{num_tasks}_seed0"
-            d = f.create_dataset(f"splits/{name}", data=task)
-            for k, v in {"kind": "random", "seed": 0, "num_tasks": num_tasks}.items():
-                d.attrs[k] = v
+    source = ScaleImages(spo_words[which], colours, image_size, seed, chunk)
+    name = f"random{num_tasks}_seed0"
+    write_dataset(path, source, [f"scale_{i:07d}.png" for i in range(n_images)], split, facts, pairs,
+                  {name: task}, {name: {"kind": "random", "seed": 0, "num_tasks": num_tasks}},
+                  {"source": "bench/scale_data.py", "seed": seed, "n_images": n_images, "n_facts": n_facts},
+                  overwrite=True)
     return {"images": n_images, "facts": n_facts, "pairs": int(len(pairs)),
             "bytes": Path(path).stat().st_size}

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from factmas.data.dataset import write_dataset
+from factmas.data.image_source import ImageSource, take_images
 from factmas.io import provenance as run_provenance
 
 from .splits import (IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images, hash_image_split,
@@ -167,13 +168,15 @@ class BuildReport:
     splits: dict = field(default_factory=dict)
 
 
-def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], image_facts: Sequence[set],
+def assemble(out: str | Path, images: np.ndarray | ImageSource, image_ids: Sequence[str], image_facts: Sequence[set],
              opts: BuildOptions, source: dict, skipped: Sequence[tuple[str, str]],
              timings: dict | None = None, given_splits: dict | None = None) -> BuildReport:
     """Threshold the facts, drop images without a fact, split, and write ``out``.
 
     Args:
-        images: uint8 [N, H, W, 3] of the usable images.  image_ids: N names.
+        images: uint8 [N, H, W, 3] of the usable images: an array, or an ``ImageSource``
+            (``data_prep.images.scan_images``: decoded a chunk at a time while the file is written,
+            never all held).  image_ids: N names.
         image_facts: N sets of (S, P, O) facts (before thresholds).
         source: where the data came from (paths, model), stored in the provenance.
         skipped: (name, reason) of unusable inputs, stored in the provenance.
@@ -210,7 +213,7 @@ def assemble(out: str | Path, images: np.ndarray, image_ids: Sequence[str], imag
             pairs.extend((len(keep_img), j) for j in ids)
             keep_img.append(i)
     pairs_arr = np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
-    images = images[keep_img]
+    images = take_images(images, np.asarray(keep_img, np.int64))   # a source: nothing decoded here
     ids_kept = [image_ids[i] for i in keep_img]
     split = (image_split(len(ids_kept), opts.seed, opts.fractions) if split_all is None
              else split_all[keep_img])

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .build import BuildError, add_common_args, assemble, build_command, options_from_args
-from .images import load_images
+from .images import scan_images
 from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def build(args: argparse.Namespace):
         names = names[: args.limit_images]
     log.info("%d captioned images (%d captions) from %s", len(names),
              sum(len(captions[n]) for n in names), captions_path)
-    dec = load_images([images_dir / n for n in names], opts.image_size, opts.strict,
+    dec = scan_images([images_dir / n for n in names], opts.image_size, opts.strict,
                       progress=not args.quiet)
     log.info("decoded %d images in %.1f s (%.0f images/s), skipped %d", len(dec.kept), dec.seconds,
              dec.rate, len(dec.skipped))

@@ -22,7 +22,7 @@ from pathlib import Path
 from factmas.data.dataset import MAX_SLOT_WORDS
 
 from .build import BuildError, add_common_args, assemble, build_command, options_from_args
-from .images import load_images
+from .images import scan_images
 from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def build(args: argparse.Namespace):
     names = sorted(by_image)
     log.info("%d annotation rows, %d images, %d distinct facts from %s", len(rows), len(names),
              len({f for _, f, _ in rows}), args.csv)
-    dec = load_images([root / n for n in names], opts.image_size, opts.strict, progress=not args.quiet)
+    dec = scan_images([root / n for n in names], opts.image_size, opts.strict, progress=not args.quiet)
     usable = [names[i] for i in dec.kept]
     source = {"builder": "data_prep.from_csv", "annotations": str(Path(args.csv).resolve()),
               "image_root": str(root.resolve()), "rows": len(rows)}

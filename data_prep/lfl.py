@@ -35,7 +35,7 @@ from pathlib import Path
 from factmas.data.dataset import MAX_SLOT_WORDS
 
 from .build import BuildError, add_common_args, assemble, build_command, options_from_args
-from .images import load_images
+from .images import scan_images
 from .textfile import open_utf8
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def build(args: argparse.Namespace):
             raise LFLError(f"split folder {name[4:]} has no task for fact {sorted(missing)[0]} "
                            f"(and {len(missing) - 1} more) that another folder's rows use")
     names = sorted(by_image)
-    dec = load_images([image_path(images_dir, n) for n in names], opts.image_size, opts.strict,
+    dec = scan_images([image_path(images_dir, n) for n in names], opts.image_size, opts.strict,
                       progress=not args.quiet)
     usable = [names[i] for i in dec.kept]
     source = {"builder": "data_prep.lfl", "root": str(root.resolve()), "split_folders": sorted(given),

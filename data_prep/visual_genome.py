@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import vg_words
 from .build import BuildError, add_common_args, assemble, build_command, options_from_args
-from .images import load_images
+from .images import scan_images
 from .jsonstream import iter_records
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ def build(args: argparse.Namespace):
     found = image_files(root)
     names = [found.get(i, f"{i}.jpg") for i in ids]
     log.info("%d annotated images, %d with a file under %s", len(ids), sum(i in found for i in ids), root)
-    dec = load_images([root / n for n in names], opts.image_size, opts.strict, progress=not args.quiet)
+    dec = scan_images([root / n for n in names], opts.image_size, opts.strict, progress=not args.quiet)
     usable = [names[k] for k in dec.kept]
     source = {"builder": "data_prep.visual_genome", "image_root": str(root.resolve()),
               **{k: str(Path(v).resolve()) for k, v in files.items()}, "names": args.names,

@@ -3,6 +3,8 @@
 - ``dataset``: ``FactData``, ``read_dataset``, ``write_dataset``.
 - ``schema``: the checks a dataset file must pass.
 - ``lazy_images``: ``H5Images``, the images of a dataset file read on demand (``FactData.images``).
+- ``image_source``: ``ImageSource``, images given to ``write_dataset`` a chunk at a time (a dataset
+  written without holding its pixels).
 - ``jpeg_images``: schema version 2, each image stored as JPEG bytes (``JpegImages``, decoded on read).
 - ``imageio``: reading an image file into RGB pixels.
 - ``synthetic``: ``make_synthetic_dataset`` for tests and benchmarks.

@@ -20,6 +20,9 @@ Layout (schema version 1; version 2 differs only in ``images``)::
                                        lack it and are read without pixel verification); version
                                        2: of the decoded pixels
 
+``write_dataset`` writes the images a chunk at a time, from an array or from an ``ImageSource``
+(``factmas.data.image_source``: images made or decoded by chunks, never all held).
+
 ``read_dataset`` validates the whole file on open (``factmas.data.schema``): shapes agree, dtypes,
 id ranges, tasks 0..K-1 each non-empty. The pixels stay in the file: ``FactData.images`` reads them
 on demand (``factmas.data.lazy_images.H5Images``) and checks each image against its checksum when it
@@ -27,14 +30,16 @@ is first read; ``read_dataset(in_memory=True)`` loads and verifies them all on o
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from factmas.data import schema
+from factmas.data.image_source import ImageSource, as_source, iter_chunks
 from factmas.data.jpeg_images import JPEG_QUALITY, JpegImages, decode_jpeg, encode_jpeg
 from factmas.data.lazy_images import H5Images
 from factmas.data.schema import DatasetError
@@ -143,7 +148,7 @@ def tokenize_facts(facts: Sequence[tuple[str, str, str]]) -> tuple[np.ndarray, l
     return tokens, vocab
 
 
-def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str],
+def write_dataset(path: str | Path, images: np.ndarray | ImageSource, image_ids: Sequence[str],
                   image_split: np.ndarray, facts: Sequence[tuple[str, str, str]], pairs: np.ndarray,
                   splits: dict[str, np.ndarray], split_attrs: dict[str, dict] | None = None,
                   provenance: dict[str, Any] | None = None, overwrite: bool = False,
@@ -151,12 +156,19 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
                   jpeg_quality: int = JPEG_QUALITY) -> None:
     """Write a dataset atomically (temporary file, then rename), with image checksums.
 
-    Everything ``read_dataset`` checks is checked before the file is written, so a written file
-    always reads back. Ctrl-C during the write is held back until the HDF5 file is closed, then
-    raised as ``KeyboardInterrupt`` with the temporary file removed (``factmas.io.deferred_sigint``).
+    The images are written a chunk at a time (``factmas.data.image_source.CHUNK_IMAGES`` rows), and
+    each chunk's checksums computed before the next is asked for, so an ``ImageSource`` (images made
+    or decoded by chunks: ``data_prep``'s builders) is written holding one chunk of pixels. Everything
+    ``read_dataset`` checks is checked before the file is written (the images' count and size from
+    the source's ``len`` and ``shape``), so a written file always reads back. An image the source
+    cannot give mid-way (its ``chunk`` raises) stops the write: the temporary file is removed, nothing
+    is left at ``path`` and the source's error is raised. Ctrl-C during the write is held back until
+    the HDF5 file is closed, then raised as ``KeyboardInterrupt`` with the temporary file removed
+    (``factmas.io.deferred_sigint``).
 
     Args:
-        images: uint8 [N, H, W, 3].  image_ids: N names.  image_split: int [N] in {0, 1, 2}.
+        images: uint8 [N, H, W, 3] (an array, or ``H5Images``), or an ``ImageSource`` of N images.
+        image_ids: N names.  image_split: int [N] in {0, 1, 2}.
         facts: F tuples (S, P, O), '' for absent slots; order = number of leading non-empty slots.
         pairs: int [P, 2] (image, fact); duplicates are removed and rows sorted.
         splits: name -> int [F] task per fact (tasks 0..K-1, each non-empty).
@@ -165,21 +177,23 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
             (image-disjoint splits; ``factmas.data.schema.check_split_images``).
         schema_version: 1 (raw uint8 rows, the default) or 2 (each image as JPEG bytes of quality
             ``jpeg_quality``: lossy, 0.13 × the size; ``factmas.data.jpeg_images``; the checksums
-            are those of the decoded pixels, what readers get).
+            are those of the decoded pixels, what readers get). The free-space check before writing
+            counts version 2's bytes from the first chunk's JPEGs (× N / its rows); each later chunk
+            is checked again before it is written.
     Raises:
         DatasetError: inconsistent shapes, a gap in a fact's slots, an out-of-range index or task,
-            or an empty task.
+            or an empty task; a chunk from the source that is not uint8 [rows, H, W, 3].
         ValueError: ``schema_version`` not 1 or 2, ``jpeg_quality`` outside 1..100.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
+        OSError: too little free space beside ``path`` (``factmas.io.check_room``).
         KeyboardInterrupt: Ctrl-C during the write (nothing is left at ``path`` or beside it).
+        Whatever ``images.chunk`` raises (nothing is left at ``path`` or beside it).
     """
     if schema_version not in SCHEMA_VERSIONS:
         raise ValueError(f"write_dataset: schema_version must be one of {list(SCHEMA_VERSIONS)}, "
                          f"got {schema_version!r}")
-    images = np.asarray(images)
-    n = len(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise DatasetError(f"{path}: images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    source = as_source(images, path)
+    n, (height, width) = len(source), source.shape
     if len(image_ids) != n or len(image_split) != n:
         raise DatasetError(f"{path}: {n} images but {len(image_ids)} ids, {len(image_split)} split labels")
     order = np.array([_order(f, i, path) for i, f in enumerate(facts)], dtype=np.int8)
@@ -196,36 +210,46 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
     tokens, vocab = tokenize_facts(facts)
     attrs_all = split_attrs or {}
     image_tasks = {k: np.asarray(v).astype(np.int16) for k, v in (split_images or {}).items()}
-    check = FactData(images=images[:0], image_ids=list(image_ids), image_split=np.asarray(image_split),
+    check = FactData(images=np.zeros((0, height, width, 3), np.uint8), image_ids=list(image_ids),
+                     image_split=np.asarray(image_split),
                      subject=[f[0] for f in facts], predicate=[f[1] for f in facts],
                      object=[f[2] for f in facts], order=order, tokens=tokens, vocab=vocab,
                      pairs=pairs, splits=split_arrays, split_attrs=attrs_all, split_images=image_tasks)
     schema.check_values(path, check)
-    blobs = None
+    if schema_version == 2 and not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"encode_jpeg: quality must be 1..100, got {jpeg_quality}")
+    chunks = _image_chunks(source, path, schema_version, jpeg_quality)
+    first = next(chunks, None)          # version 2: its JPEG sizes give the estimate of the file's
     if schema_version == 2:
-        blobs = [encode_jpeg(im, jpeg_quality) for im in images]
-        # the checksums of what readers will decode (the pixels change: JPEG is lossy), one image
-        # decoded at a time
-        crc = np.array([schema.image_checksums(decode_jpeg(b, images.shape[1:])[None])[0]
-                        for b in blobs], np.uint32)
+        done = 0 if first is None else first[1] - first[0]
+        image_bytes = 0 if first is None else int(sum(len(b) + 16 for b in first[2]) * n / max(done, 1))
     else:
-        crc = schema.image_checksums(images)
+        image_bytes = n * height * width * 3
     h5py = _h5py()
     str_dt = h5py.string_dtype("utf-8")
-    image_bytes = np.asarray(images).nbytes if blobs is None else sum(len(b) + 16 for b in blobs)
     check_room(path, image_bytes + 64 * len(image_ids) + np.asarray(pairs).nbytes
                + np.asarray(tokens).nbytes + (1 << 20))     # h5py can crash on a full disk
     with atomic_path(path, overwrite=overwrite) as tmp, deferred_sigint():
         with h5py.File(tmp, "w") as h:
             h.attrs["schema_version"] = int(schema_version)
-            h.attrs["image_size"] = images.shape[1]
+            h.attrs["image_size"] = height
             h.attrs["provenance"] = json.dumps(provenance or {})
-            if blobs is None:
-                h.create_dataset("images", data=images, chunks=(1, *images.shape[1:]) if n else None)
+            crc = np.zeros(n, np.uint32)
+            if schema_version == 1:
+                ds = h.create_dataset("images", (n, height, width, 3), np.uint8,
+                                      chunks=(1, height, width, 3) if n else None)
             else:
                 ds = h.create_dataset("images", (n,), dtype=h5py.vlen_dtype(np.uint8))
-                for i, b in enumerate(blobs):
-                    ds[i] = b
+            for lo, hi, rows, sums in itertools.chain([first] if first else [], chunks):
+                if schema_version == 1:
+                    ds[lo:hi] = rows
+                else:
+                    if lo:                  # the first chunk was counted in the check above
+                        check_room(path, sum(len(b) + 16 for b in rows))
+                    for i, b in enumerate(rows):
+                        ds[lo + i] = b
+                crc[lo:hi] = sums
+            if schema_version == 2:
                 ds.attrs["encoding"] = "jpeg"
                 ds.attrs["jpeg_quality"] = int(jpeg_quality)
             h.create_dataset(schema.CHECKSUM_KEY, data=crc)
@@ -243,6 +267,22 @@ def write_dataset(path: str | Path, images: np.ndarray, image_ids: Sequence[str]
                     ds.attrs[k] = v
             for name, image_task in image_tasks.items():
                 h.create_dataset(f"split_images/{name}", data=image_task)
+
+
+def _image_chunks(source: ImageSource, path: Any, schema_version: int,
+                  jpeg_quality: int) -> Iterator[tuple[int, int, Any, np.ndarray]]:
+    """(start, stop, what to store, uint32 [stop - start] checksums) of each chunk of ``source``:
+    version 1 stores the uint8 rows and checksums their bytes; version 2 stores each image's JPEG
+    bytes (a list) and checksums the pixels they decode to (what readers get), one image decoded
+    at a time."""
+    for lo, hi, px in iter_chunks(source, path):
+        if schema_version == 1:
+            yield lo, hi, px, schema.image_checksums(px)
+            continue
+        blobs = [encode_jpeg(im, jpeg_quality) for im in px]
+        sums = np.array([schema.image_checksums(decode_jpeg(b, px.shape[1:])[None])[0] for b in blobs],
+                        np.uint32)
+        yield lo, hi, blobs, sums
 
 
 def _order(fact: tuple[str, str, str], i: int, path: Any) -> int:
