@@ -60,6 +60,7 @@ from factmas.evaluation.column_ranks import ColumnCounter
 from factmas.evaluation.image_to_fact import (ImageToFact, image_to_fact_means,  # noqa: F401 (re-exported)
                                               image_to_fact_rows)
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs, lfl_means
+from factmas.evaluation.lfl_stream import stream_for
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
@@ -70,16 +71,28 @@ from factmas.progress import progress_bar
 log = logging.getLogger(__name__)
 
 IMAGE_POOLS = ("all", "task")
+UNIT_ROWS = 4096        # rows normalized at a time into the float64 unit slots (no float64 copy of φ)
+
+
+def unit_slots64(phi: torch.Tensor) -> torch.Tensor:
+    """float64 [N, 3, d]: each slot of ``phi`` float [N, 3, d] L2-normalized in float64
+    (``torch.nn.functional.normalize`` of ``phi.double()``), ``UNIT_ROWS`` rows at a time into one
+    buffer: the same values (each row's norm is its own reduction) without a float64 copy of φ."""
+    phi = torch.as_tensor(phi)
+    u = torch.empty(phi.shape, dtype=torch.float64)
+    for a in range(0, phi.shape[0], UNIT_ROWS):
+        torch.nn.functional.normalize(phi[a:a + UNIT_ROWS].double(), dim=-1, out=u[a:a + UNIT_ROWS])
+    return u
 
 
 def mean_pairwise_cosine(phi: torch.Tensor) -> float:
     """Mean over slots s and image pairs i ≠ j of cos(φ_is, φ_js) — 1.0 for a collapsed embedding,
-    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here);
-    Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
+    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here,
+    ``unit_slots64``); Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
     n = phi.shape[0]
     if n < 2:
         return float("nan")
-    u = torch.nn.functional.normalize(phi.double(), dim=-1)             # [N, 3, d]
+    u = unit_slots64(phi)                                                # [N, 3, d]
     total = u.sum(0).square().sum(-1) - n                                # [3]
     return float((total / (n * (n - 1))).mean())
 
@@ -195,11 +208,12 @@ class Evaluator:
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
+        cosine = mean_pairwise_cosine(phi)                # (before the ranks: its buffer is freed)
         t0 = time.perf_counter()
         hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
         shared = self._shared_ranks(hats, order, timing)  # both directions from one product
-        return self._metrics(phi, psi, hats, order, timing, shared, mean_pairwise_cosine(phi), label)
+        return self._metrics(phi, psi, hats, order, timing, shared, cosine, label)
 
     def _metrics(self, phi, psi, hats, order, timing, shared, cosine: float, label: str) -> dict:
         """``evaluate_embeddings``' result from the unit slots ``hats`` and, where given, ``shared``
@@ -234,26 +248,28 @@ class Evaluator:
         """Both directions' ranks from one pass of image → fact score blocks, the fact → image
         counts taken from their columns (``factmas.evaluation.column_ranks``): with the image pool
         "all", on the CPU, where numba is installed; else None (each direction computes its own
-        products). {"i2f": ``PairRanks`` as ``_image_to_fact`` computes it, "f2i": the tuple of
-        ``ColumnCounter.result``, "lfl_in": ``lfl_inputs(self)``}."""
+        products). {"i2f": ``PairRanks`` of the true pairs as ``_image_to_fact`` computes them,
+        "f2i": the tuple of ``ColumnCounter.result``, "lfl_in": ``lfl_inputs(self, members=False)``,
+        "lfl_hits": LFL's (standard, generalized) hit of every test pair, from the same blocks
+        (``factmas.evaluation.lfl_stream``), or None where LFL needs its top-100 search}."""
         if (self.cfg.image_pool != "all" or self.device.type != "cpu" or not count_kernel.AVAILABLE
                 or not len(self.image_ids)):
             return None
         t0 = time.perf_counter()
-        lfl_in = lfl_inputs(self)
+        lfl_in = lfl_inputs(self, members=False)
         pairs = np.unique(self.pool_pairs, axis=0)
         rows = np.searchsorted(self.image_ids, lfl_in["queries"])         # query images' rows
         img = np.searchsorted(self.image_ids, pairs[:, 0])
         cols = ColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1))
-        capped = lfl_in["rank_pairs"]
+        # LFL's member ranks block by block, only each test pair's first member kept (lfl_stream)
+        stream = None if lfl_in["search"] else stream_for(self, lfl_in, rows[lfl_in["row"]])
         # the second pass (below) computes the same blocks (the same parts and rows) without the
         # image → fact pairs, which the first pass has counted
         run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
-            hats[0], hats[1], i2f, unit=True, capped_pairs=lfl, item_order=order,
+            hats[0], hats[1], i2f, unit=True, capped_stream=lfl, item_order=order,
             item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
             max_rows=self.cfg.search_batch, device=self.device, method="count", columns=c)
-        r = run(cols, np.stack([img, pairs[:, 1]], axis=1),
-                np.stack([rows[capped[:, 0]], capped[:, 1]], axis=1))
+        r = run(cols, np.stack([img, pairs[:, 1]], axis=1), stream)
         r.query = np.searchsorted(rows, r.query)          # every pool row → its query position
         log.debug("ranks of both directions from one product: %s, %s", r.blocks, cols.stats())
         if cols.over_budget:         # crowded windows: a second pass against the exact own values
@@ -264,7 +280,8 @@ class Evaluator:
             cols = ExactColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1),
                                       cols.neg)
             run(cols, np.zeros((0, 2), np.int64), None)
-        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
+        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in,
+                  "lfl_hits": None if stream is None else stream.hits()}
         timing["search_s"] += time.perf_counter() - t0
         return shared
 
@@ -332,6 +349,13 @@ class Evaluator:
         if shared is not None and "i2f_rows" in shared:
             t1 = time.perf_counter()
             out = image_to_fact_means(shared["i2f_rows"])
+            lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
+            timing["metrics_s"] += time.perf_counter() - t1
+            return out, lfl
+        if shared is not None and shared.get("lfl_hits") is not None:    # (one process)
+            t1 = time.perf_counter()
+            out = image_to_fact_means(image_to_fact_rows(shared["i2f"], self.task_of_fact, groups,
+                                                         len(shared["lfl_in"]["queries"])))
             lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
             timing["metrics_s"] += time.perf_counter() - t1
             return out, lfl
