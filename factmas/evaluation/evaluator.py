@@ -67,6 +67,7 @@ from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import unit_slots
 from factmas.model.embedder import RunEmbedder
 from factmas.progress import progress_bar
+from factmas.space.distance import EPS
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,21 @@ def unit_slots64(phi: torch.Tensor) -> torch.Tensor:
     for a in range(0, phi.shape[0], UNIT_ROWS):
         torch.nn.functional.normalize(phi[a:a + UNIT_ROWS].double(), dim=-1, out=u[a:a + UNIT_ROWS])
     return u
+
+
+def inplace_ok(z) -> bool:
+    """True where ``unit_slots_inplace`` applies to ``z``: a contiguous CPU float32 torch tensor
+    [N, 3, d] without autograd."""
+    return (isinstance(z, torch.Tensor) and z.device.type == "cpu" and z.dtype == torch.float32
+            and z.ndim == 3 and z.shape[1] == 3 and z.is_contiguous() and not z.requires_grad)
+
+
+def unit_slots_inplace(z: torch.Tensor) -> np.ndarray:
+    """``retrieval.unit_slots(z)`` computed in ``z``'s own memory (``inplace_ok``): each slot divided
+    by its L2 norm (at least ``factmas.space.distance.EPS``), the same float32 operations as
+    ``normalize_slots``; returns the float32 numpy view [N, 3, d] of ``z``, which is overwritten."""
+    z.div_(z.norm(dim=-1, keepdim=True).clamp_min(EPS))
+    return z.numpy()
 
 
 def mean_pairwise_cosine(phi: torch.Tensor) -> float:
@@ -167,7 +183,8 @@ class Evaluator:
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
         psi = gather_rows(psi_of, np.arange(data.num_facts))
-        result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
+        result = (self.evaluate_embeddings(phi, psi, time.perf_counter() - t0, own_phi=True)
+                  if is_main() else None)
         return broadcast(result)
 
     def evaluate_sharded(self, phi_local: torch.Tensor, psi: torch.Tensor, lo: int,
@@ -201,16 +218,23 @@ class Evaluator:
         return self._metrics(None, None, hats, order, timing, shared, cosine, label)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
-                            label: str = "evaluation") -> dict:
+                            label: str = "evaluation", own_phi: bool = False) -> dict:
         """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
         (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
-        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
+        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``).
+        ``own_phi``: ``phi`` may be overwritten with its unit slots (``unit_slots_inplace``, the same
+        values as ``retrieval.unit_slots``) once the mean cosine is taken, so that φ is held once —
+        where it is a CPU float32 tensor and LFL's metric needs no search of the raw embeddings."""
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
         cosine = mean_pairwise_cosine(phi)                # (before the ranks: its buffer is freed)
         t0 = time.perf_counter()
-        hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
+        if own_phi and inplace_ok(phi) and not lfl_inputs(self, members=False)["search"]:
+            hats = unit_slots_inplace(phi), unit_slots(psi)
+            phi = None                                    # (now its unit slots)
+        else:
+            hats = unit_slots(phi), unit_slots(psi)       # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
         shared = self._shared_ranks(hats, order, timing)  # both directions from one product
         return self._metrics(phi, psi, hats, order, timing, shared, cosine, label)
