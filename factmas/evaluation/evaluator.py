@@ -179,7 +179,8 @@ class Evaluator:
             with bar:
                 phi_local = embed.images(self.image_ids[lo:hi], bar.update)
             psi = gather_rows(psi_of, np.arange(data.num_facts))
-            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0))
+            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0,
+                                                   own_phi=True))
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
         psi = gather_rows(psi_of, np.arange(data.num_facts))
@@ -188,7 +189,8 @@ class Evaluator:
         return broadcast(result)
 
     def evaluate_sharded(self, phi_local: torch.Tensor, psi: torch.Tensor, lo: int,
-                         embed_s: float = 0.0, label: str = "evaluation") -> dict | None:
+                         embed_s: float = 0.0, label: str = "evaluation",
+                         own_phi: bool = False) -> dict | None:
         """``evaluate_embeddings``' result from this rank's share of the pool images (a collective:
         every rank of the process group calls it with its own share, in rank order of
         ``factmas.distributed.shard_bounds``): ``phi_local`` float [n, 3, d] raw φ of pool rows
@@ -196,7 +198,9 @@ class Evaluator:
         Each rank scores its images against all facts (``factmas.evaluation.shard_eval``); the
         metrics equal the one-process ones on the same embeddings (the mean cosine up to float64
         rounding). Returns the result on rank 0, None on the others. Where the shares cannot be
-        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole."""
+        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole. ``own_phi``:
+        as ``evaluate_embeddings``' (``phi_local`` overwritten with its unit slots where the shares
+        are counted)."""
         from factmas.distributed import all_reduce_array, gather_rows, is_main, shard_bounds
         want = shard_bounds(len(self.image_ids))
         if (lo, lo + len(phi_local)) != want:
@@ -205,12 +209,16 @@ class Evaluator:
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = self.data.order.astype(np.int64)
         t0 = time.perf_counter()
-        hats = unit_slots(phi_local), unit_slots(psi)
+        local_sums = shard_eval.slot_sums(phi_local)      # (before the ranks: its buffer is freed)
+        if own_phi and inplace_ok(phi_local) and shard_eval.countable(lfl_inputs(self, members=False)):
+            hats = unit_slots_inplace(phi_local), unit_slots(psi)      # φ held once
+        else:
+            hats = unit_slots(phi_local), unit_slots(psi)
         shared = shard_eval.sharded_ranks(self, hats[0], hats[1], lo, order)
         if shared is None:                           # gathered, as without sharding
             phi = gather_rows(lambda ids: phi_local, self.image_ids)
             return self.evaluate_embeddings(phi, psi, embed_s, label) if is_main() else None
-        sums = all_reduce_array(shard_eval.slot_sums(phi_local), "sum")
+        sums = all_reduce_array(local_sums, "sum")
         timing["search_s"] += time.perf_counter() - t0
         if not is_main():
             return None

@@ -76,6 +76,13 @@ def mean_cosine_from_sums(total: np.ndarray, n: int) -> float:
     return float(((t.square().sum(-1) - n) / (n * (n - 1))).mean())
 
 
+def countable(lfl_in: dict) -> bool:
+    """True where ``sharded_ranks`` counts the shares (else it returns None): LFL's metric needs
+    no top-100 search and the pool's pairs (``lfl.lfl_inputs``' ``pairs``) are sorted by image."""
+    pp = lfl_in["pairs"]
+    return not (lfl_in["search"] or (len(pp) > 1 and (np.diff(pp[:, 0]) < 0).any()))
+
+
 def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.ndarray) -> dict | None:
     """This rank's share of the ranks of both directions, merged (a collective: every rank calls it).
 
@@ -94,7 +101,7 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     """
     lfl_in = lfl_inputs(ev, members=False)
     pp = lfl_in["pairs"]
-    if lfl_in["search"] or (len(pp) > 1 and (np.diff(pp[:, 0]) < 0).any()):
+    if not countable(lfl_in):
         return None                              # LFL's top-100 search, or pairs not by image
     n_pool, hi = len(ev.image_ids), lo + len(ph_local)
     pairs = np.unique(ev.pool_pairs, axis=0)                          # (image id, fact)
