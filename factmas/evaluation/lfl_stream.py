@@ -129,7 +129,7 @@ class MemberStream:
         self._pending = None
         want = self.row[owner] * n_items + member
         at = np.searchsorted(keys, want)
-        if len(at) and not (keys[np.minimum(at, len(keys) - 1)] == want).all():
+        if len(want) and (not len(keys) or not (keys[np.minimum(at, len(keys) - 1)] == want).all()):
             raise ValueError("the ranks lack pairs that LFL needs (the block's member pairs)")
         cand_cols = np.flatnonzero(np.asarray(segments) % 2 == 1)
         pos_std = below[at] + tie_lower[at] + 1
