@@ -10,7 +10,8 @@
   ``shard_ranks``: those counts for one rank's share of the images, merged exactly across ranks;
   ``shard_eval``: the sharded evaluation under torchrun (each rank scores its own images against
   every fact; ``Evaluator.evaluate_sharded``); ``image_to_fact``: the image → fact scores per image
-  and their means.
+  and their means; ``lfl_stream``: LFL's member ranks block by block (only each test pair's first
+  member kept: evaluation memory flat in the test images).
 - ``metrics``: mAP, top-k, forgetting and the other pure metric functions.
 - ``metric_specs``: one ``Metric`` record per reported metric (name, label, direction, where shown);
   every list of metric names, labels and table columns derives from it.

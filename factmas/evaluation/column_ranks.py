@@ -44,7 +44,7 @@ from factmas.evaluation import count_kernel
 
 U32 = 2.0 ** -24            # unit roundoff of float32
 HEAVY = 48                  # facts with more true images are counted by a binary search per entry
-WINDOW_BUDGET = 4_000_000   # window entries kept (20 B each: ≈ 80 MB) before the counter gives up
+WINDOW_BUDGET = 1_000_000   # window entries kept (20 B each: ≈ 20 MB) before the counter gives up
 COLLECT = 1 << 20           # window entries collected per call (a block's scan, in pieces)
 
 

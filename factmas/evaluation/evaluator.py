@@ -60,26 +60,55 @@ from factmas.evaluation.column_ranks import ColumnCounter
 from factmas.evaluation.image_to_fact import (ImageToFact, image_to_fact_means,  # noqa: F401 (re-exported)
                                               image_to_fact_rows)
 from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_from_ranks, lfl_inputs, lfl_means
+from factmas.evaluation.lfl_stream import stream_for
 from factmas.evaluation.metrics import HEADLINE, METRICS, RECALL_KS, RECALL_METRICS  # noqa: F401 (re-exported)
 from factmas.evaluation.metric_specs import METRIC_SPECS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.retrieval import unit_slots
 from factmas.model.embedder import RunEmbedder
 from factmas.progress import progress_bar
+from factmas.space.distance import EPS
 
 log = logging.getLogger(__name__)
 
 IMAGE_POOLS = ("all", "task")
+UNIT_ROWS = 4096        # rows normalized at a time into the float64 unit slots (no float64 copy of φ)
+
+
+def unit_slots64(phi: torch.Tensor) -> torch.Tensor:
+    """float64 [N, 3, d]: each slot of ``phi`` float [N, 3, d] L2-normalized in float64
+    (``torch.nn.functional.normalize`` of ``phi.double()``), ``UNIT_ROWS`` rows at a time into one
+    buffer: the same values (each row's norm is its own reduction) without a float64 copy of φ."""
+    phi = torch.as_tensor(phi)
+    u = torch.empty(phi.shape, dtype=torch.float64)
+    for a in range(0, phi.shape[0], UNIT_ROWS):
+        torch.nn.functional.normalize(phi[a:a + UNIT_ROWS].double(), dim=-1, out=u[a:a + UNIT_ROWS])
+    return u
+
+
+def inplace_ok(z) -> bool:
+    """True where ``unit_slots_inplace`` applies to ``z``: a contiguous CPU float32 torch tensor
+    [N, 3, d] without autograd."""
+    return (isinstance(z, torch.Tensor) and z.device.type == "cpu" and z.dtype == torch.float32
+            and z.ndim == 3 and z.shape[1] == 3 and z.is_contiguous() and not z.requires_grad)
+
+
+def unit_slots_inplace(z: torch.Tensor) -> np.ndarray:
+    """``retrieval.unit_slots(z)`` computed in ``z``'s own memory (``inplace_ok``): each slot divided
+    by its L2 norm (at least ``factmas.space.distance.EPS``), the same float32 operations as
+    ``normalize_slots``; returns the float32 numpy view [N, 3, d] of ``z``, which is overwritten."""
+    z.div_(z.norm(dim=-1, keepdim=True).clamp_min(EPS))
+    return z.numpy()
 
 
 def mean_pairwise_cosine(phi: torch.Tensor) -> float:
     """Mean over slots s and image pairs i ≠ j of cos(φ_is, φ_js) — 1.0 for a collapsed embedding,
-    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here);
-    Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
+    about 0 for directions spread evenly. phi float [N, 3, d] raw (each slot L2-normalized here,
+    ``unit_slots64``); Σ_{i≠j} φ̂_i·φ̂_j = ‖Σ_i φ̂_i‖² − N per slot. NaN for N < 2."""
     n = phi.shape[0]
     if n < 2:
         return float("nan")
-    u = torch.nn.functional.normalize(phi.double(), dim=-1)             # [N, 3, d]
+    u = unit_slots64(phi)                                                # [N, 3, d]
     total = u.sum(0).square().sum(-1) - n                                # [3]
     return float((total / (n * (n - 1))).mean())
 
@@ -150,15 +179,18 @@ class Evaluator:
             with bar:
                 phi_local = embed.images(self.image_ids[lo:hi], bar.update)
             psi = gather_rows(psi_of, np.arange(data.num_facts))
-            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0))
+            return broadcast(self.evaluate_sharded(phi_local, psi, lo, time.perf_counter() - t0,
+                                                   own_phi=True))
         with bar:
             phi = gather_rows(lambda ids: embed.images(ids, bar.update), self.image_ids)
         psi = gather_rows(psi_of, np.arange(data.num_facts))
-        result = self.evaluate_embeddings(phi, psi, time.perf_counter() - t0) if is_main() else None
+        result = (self.evaluate_embeddings(phi, psi, time.perf_counter() - t0, own_phi=True)
+                  if is_main() else None)
         return broadcast(result)
 
     def evaluate_sharded(self, phi_local: torch.Tensor, psi: torch.Tensor, lo: int,
-                         embed_s: float = 0.0, label: str = "evaluation") -> dict | None:
+                         embed_s: float = 0.0, label: str = "evaluation",
+                         own_phi: bool = False) -> dict | None:
         """``evaluate_embeddings``' result from this rank's share of the pool images (a collective:
         every rank of the process group calls it with its own share, in rank order of
         ``factmas.distributed.shard_bounds``): ``phi_local`` float [n, 3, d] raw φ of pool rows
@@ -166,7 +198,9 @@ class Evaluator:
         Each rank scores its images against all facts (``factmas.evaluation.shard_eval``); the
         metrics equal the one-process ones on the same embeddings (the mean cosine up to float64
         rounding). Returns the result on rank 0, None on the others. Where the shares cannot be
-        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole."""
+        counted (LFL's top-100 search), φ is gathered and rank 0 evaluates it whole. ``own_phi``:
+        as ``evaluate_embeddings``' (``phi_local`` overwritten with its unit slots where the shares
+        are counted)."""
         from factmas.distributed import all_reduce_array, gather_rows, is_main, shard_bounds
         want = shard_bounds(len(self.image_ids))
         if (lo, lo + len(phi_local)) != want:
@@ -175,12 +209,16 @@ class Evaluator:
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = self.data.order.astype(np.int64)
         t0 = time.perf_counter()
-        hats = unit_slots(phi_local), unit_slots(psi)
+        local_sums = shard_eval.slot_sums(phi_local)      # (before the ranks: its buffer is freed)
+        if own_phi and inplace_ok(phi_local) and shard_eval.countable(lfl_inputs(self, members=False)):
+            hats = unit_slots_inplace(phi_local), unit_slots(psi)      # φ held once
+        else:
+            hats = unit_slots(phi_local), unit_slots(psi)
         shared = shard_eval.sharded_ranks(self, hats[0], hats[1], lo, order)
         if shared is None:                           # gathered, as without sharding
             phi = gather_rows(lambda ids: phi_local, self.image_ids)
             return self.evaluate_embeddings(phi, psi, embed_s, label) if is_main() else None
-        sums = all_reduce_array(shard_eval.slot_sums(phi_local), "sum")
+        sums = all_reduce_array(local_sums, "sum")
         timing["search_s"] += time.perf_counter() - t0
         if not is_main():
             return None
@@ -188,18 +226,26 @@ class Evaluator:
         return self._metrics(None, None, hats, order, timing, shared, cosine, label)
 
     def evaluate_embeddings(self, phi: torch.Tensor, psi: torch.Tensor, embed_s: float = 0.0,
-                            label: str = "evaluation") -> dict:
+                            label: str = "evaluation", own_phi: bool = False) -> dict:
         """All metrics of given embeddings: ``phi`` float [N_pool, 3, d] raw φ of the pool images
         (``self.image_ids`` in order), ``psi`` float [F, 3, d] raw ψ of every fact (e.g. a baseline's,
-        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``)."""
+        ``factmas.evaluation.baselines``). Adds ``"embedding": {"mean_cosine": c}`` (``mean_pairwise_cosine``).
+        ``own_phi``: ``phi`` may be overwritten with its unit slots (``unit_slots_inplace``, the same
+        values as ``retrieval.unit_slots``) once the mean cosine is taken, so that φ is held once —
+        where it is a CPU float32 tensor and LFL's metric needs no search of the raw embeddings."""
         data = self.data
         timing = {"embed_s": embed_s, "search_s": 0.0, "metrics_s": 0.0}
         order = data.order.astype(np.int64)
+        cosine = mean_pairwise_cosine(phi)                # (before the ranks: its buffer is freed)
         t0 = time.perf_counter()
-        hats = unit_slots(phi), unit_slots(psi)           # unit slots, once for both directions
+        if own_phi and inplace_ok(phi) and not lfl_inputs(self, members=False)["search"]:
+            hats = unit_slots_inplace(phi), unit_slots(psi)
+            phi = None                                    # (now its unit slots)
+        else:
+            hats = unit_slots(phi), unit_slots(psi)       # unit slots, once for both directions
         timing["search_s"] += time.perf_counter() - t0
         shared = self._shared_ranks(hats, order, timing)  # both directions from one product
-        return self._metrics(phi, psi, hats, order, timing, shared, mean_pairwise_cosine(phi), label)
+        return self._metrics(phi, psi, hats, order, timing, shared, cosine, label)
 
     def _metrics(self, phi, psi, hats, order, timing, shared, cosine: float, label: str) -> dict:
         """``evaluate_embeddings``' result from the unit slots ``hats`` and, where given, ``shared``
@@ -234,26 +280,28 @@ class Evaluator:
         """Both directions' ranks from one pass of image → fact score blocks, the fact → image
         counts taken from their columns (``factmas.evaluation.column_ranks``): with the image pool
         "all", on the CPU, where numba is installed; else None (each direction computes its own
-        products). {"i2f": ``PairRanks`` as ``_image_to_fact`` computes it, "f2i": the tuple of
-        ``ColumnCounter.result``, "lfl_in": ``lfl_inputs(self)``}."""
+        products). {"i2f": ``PairRanks`` of the true pairs as ``_image_to_fact`` computes them,
+        "f2i": the tuple of ``ColumnCounter.result``, "lfl_in": ``lfl_inputs(self, members=False)``,
+        "lfl_hits": LFL's (standard, generalized) hit of every test pair, from the same blocks
+        (``factmas.evaluation.lfl_stream``), or None where LFL needs its top-100 search}."""
         if (self.cfg.image_pool != "all" or self.device.type != "cpu" or not count_kernel.AVAILABLE
                 or not len(self.image_ids)):
             return None
         t0 = time.perf_counter()
-        lfl_in = lfl_inputs(self)
+        lfl_in = lfl_inputs(self, members=False)
         pairs = np.unique(self.pool_pairs, axis=0)
         rows = np.searchsorted(self.image_ids, lfl_in["queries"])         # query images' rows
         img = np.searchsorted(self.image_ids, pairs[:, 0])
         cols = ColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1))
-        capped = lfl_in["rank_pairs"]
+        # LFL's member ranks block by block, only each test pair's first member kept (lfl_stream)
+        stream = None if lfl_in["search"] else stream_for(self, lfl_in, rows[lfl_in["row"]])
         # the second pass (below) computes the same blocks (the same parts and rows) without the
         # image → fact pairs, which the first pass has counted
         run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
-            hats[0], hats[1], i2f, unit=True, capped_pairs=lfl, item_order=order,
+            hats[0], hats[1], i2f, unit=True, capped_stream=lfl, item_order=order,
             item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
             max_rows=self.cfg.search_batch, device=self.device, method="count", columns=c)
-        r = run(cols, np.stack([img, pairs[:, 1]], axis=1),
-                np.stack([rows[capped[:, 0]], capped[:, 1]], axis=1))
+        r = run(cols, np.stack([img, pairs[:, 1]], axis=1), stream)
         r.query = np.searchsorted(rows, r.query)          # every pool row → its query position
         log.debug("ranks of both directions from one product: %s, %s", r.blocks, cols.stats())
         if cols.over_budget:         # crowded windows: a second pass against the exact own values
@@ -264,7 +312,8 @@ class Evaluator:
             cols = ExactColumnCounter(hats[0], hats[1], order, np.stack([pairs[:, 1], img], axis=1),
                                       cols.neg)
             run(cols, np.zeros((0, 2), np.int64), None)
-        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in}
+        shared = {"i2f": r, "f2i": cols.result(), "lfl_in": lfl_in,
+                  "lfl_hits": None if stream is None else stream.hits()}
         timing["search_s"] += time.perf_counter() - t0
         return shared
 
@@ -332,6 +381,13 @@ class Evaluator:
         if shared is not None and "i2f_rows" in shared:
             t1 = time.perf_counter()
             out = image_to_fact_means(shared["i2f_rows"])
+            lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
+            timing["metrics_s"] += time.perf_counter() - t1
+            return out, lfl
+        if shared is not None and shared.get("lfl_hits") is not None:    # (one process)
+            t1 = time.perf_counter()
+            out = image_to_fact_means(image_to_fact_rows(shared["i2f"], self.task_of_fact, groups,
+                                                         len(shared["lfl_in"]["queries"])))
             lfl = lfl_means(self, shared["lfl_in"], *shared["lfl_hits"])
             timing["metrics_s"] += time.perf_counter() - t1
             return out, lfl

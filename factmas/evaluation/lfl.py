@@ -212,17 +212,34 @@ def member_pairs(fact: np.ndarray, candidate: np.ndarray, s_key: np.ndarray, sp_
     return owner[idx], member[idx]
 
 
+def member_count(fact: np.ndarray, candidate: np.ndarray, s_key: np.ndarray, sp_key: np.ndarray,
+                 order: np.ndarray) -> int:
+    """The number of (query pair, member) pairs ``member_pairs`` would list, without listing them."""
+    fact = np.asarray(fact, np.int64)
+    o = np.asarray(order, np.int64)[fact]
+    candidate = np.asarray(candidate, bool)
+    cand = np.flatnonzero(candidate)
+    total = int(((o == 3) & candidate[fact]).sum())
+    for k, key in ((1, s_key), (2, sp_key)):
+        key = np.asarray(key, np.int64)
+        per_key = np.bincount(key[cand], minlength=int(key.max(initial=-1)) + 1)
+        total += int(per_key[key[fact[o == k]]].sum())
+    return total
+
+
 def lfl_segments(task_of_fact: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """int64 [F]: the segment of each fact for ``factmas.evaluation.ranking.rank_pairs`` that serves
     the evaluator's image → fact metrics and LFL's at once: 2·task + (1 if a candidate)."""
     return 2 * np.asarray(task_of_fact, np.int64) + np.asarray(candidate, bool)
 
 
-def lfl_inputs(ev) -> dict:
+def lfl_inputs(ev, members: bool = True) -> dict:
     """What LFL needs of the evaluator ``ev`` (``factmas.evaluation.evaluator.Evaluator``): the pool's
     pairs int [P, 2] (dataset ids), their task [P], the query images (dataset ids, sorted), each
     pair's query row, the candidate facts (bool [F]: a fact of a pool pair), the segments of
-    ``lfl_segments`` and the (query row, member fact) pairs int [E, 2] whose ranks LFL reads."""
+    ``lfl_segments`` and the (query row, member fact) pairs int [E, 2] whose ranks LFL reads
+    (``owner``, ``member``, ``rank_pairs``). ``members=False``: those three are None (not listed:
+    ``factmas.evaluation.lfl_stream`` gives them block by block); ``search`` is decided alike."""
     s_key, sp_key = group_keys(ev.data.tokens, ev.data.order)
     pairs = np.asarray(ev.pool_pairs, np.int64).reshape(-1, 2)
     f = ev.data.num_facts
@@ -230,13 +247,18 @@ def lfl_inputs(ev) -> dict:
     candidate[pairs[:, 1]] = True
     queries = np.unique(pairs[:, 0])
     row = np.searchsorted(queries, pairs[:, 0])
-    got = member_pairs(pairs[:, 1], candidate, s_key, sp_key, ev.data.order,
-                       limit=MEMBERS_PER_PAIR * len(pairs) + MEMBER_PAIRS_SLACK)
+    limit = MEMBERS_PER_PAIR * len(pairs) + MEMBER_PAIRS_SLACK
+    common = {"s_key": s_key, "sp_key": sp_key, "pairs": pairs, "task": ev.task_of_fact[pairs[:, 1]],
+              "queries": queries, "row": row, "candidate": candidate,
+              "segment": lfl_segments(ev.task_of_fact, candidate)}
+    if not members:
+        search = member_count(pairs[:, 1], candidate, s_key, sp_key, ev.data.order) > limit
+        return {"search": search, **common, "owner": None, "member": None, "rank_pairs": None}
+    got = member_pairs(pairs[:, 1], candidate, s_key, sp_key, ev.data.order, limit=limit)
     search = got is None                         # too many members: ``lfl_from_ranks`` searches
     owner, member = (np.zeros(0, np.int64),) * 2 if search else got
-    return {"search": search, "s_key": s_key, "sp_key": sp_key, "pairs": pairs, "task": ev.task_of_fact[pairs[:, 1]], "queries": queries, "row": row,
-            "candidate": candidate, "segment": lfl_segments(ev.task_of_fact, candidate),
-            "owner": owner, "member": member, "rank_pairs": np.stack([row[owner], member], 1)}
+    return {"search": search, **common, "owner": owner, "member": member,
+            "rank_pairs": np.stack([row[owner], member], 1)}
 
 
 def lfl_from_ranks(ev, inputs: dict, r, phi=None, psi=None) -> dict:

@@ -127,7 +127,7 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                block_elements: int = BLOCK_ELEMENTS, max_rows: int | None = None,
                device: torch.device | str = "cpu", select_fraction: float = SELECT_FRACTION,
                method: str = "auto", capped_pairs: np.ndarray | None = None,
-               unit: bool = False, columns=None) -> PairRanks:
+               unit: bool = False, columns=None, capped_stream=None) -> PairRanks:
     """Exact counts of closer and equally close items for every relevant (query, item) pair.
 
     The distance of query q and item x is the wildcard distance with the fact's order o (exactly one
@@ -158,6 +158,13 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             and items (facts), image → fact only, method "count" on the CPU: it counts the other
             direction (fact → image) in the same blocks; every query row is then computed, with a
             true item or not. None: none.
+        capped_stream: instead of ``capped_pairs``, pairs given and taken block by block (image →
+            fact only; ``factmas.evaluation.lfl_stream.MemberStream``): ``rows()`` their query rows,
+            ``pairs(qb)`` int [E, 2] the (query, item) pairs of the block's query rows ``qb``, counted
+            as ``capped_pairs`` are, in the same blocks; then ``take(keys, M, below, tie_lower,
+            below_seg, tie_lower_seg, segments)`` gets the block's counts (every pair of the block,
+            keys query·M + item sorted) and the returned ``PairRanks`` holds ``pairs`` only. The
+            counts are those ``capped_pairs`` would give; memory is one block's pairs.
     Returns:
         ``PairRanks`` (pairs sorted by query, then item).
     Raises:
@@ -192,6 +199,8 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
     if columns is not None and (method != "count" or query_order is not None
                                 or torch.device(device).type != "cpu"):
         raise ValueError("columns need image → fact (item_order), method 'count' and the CPU")
+    if capped_stream is not None and (capped_pairs is not None or query_order is not None):
+        raise ValueError("capped_stream: image → fact (item_order) only, and not with capped_pairs")
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     extra = (np.zeros((0, 2), np.int64) if capped_pairs is None
              else np.asarray(capped_pairs, np.int64).reshape(-1, 2))
@@ -220,6 +229,11 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                   else [(None, np.arange(Q))])
         has_pair = np.zeros(Q, bool)
         has_pair[pairs[:, 0]] = True                     # a query without a relevant item has no rank
+        if capped_stream is not None:
+            stream_rows = np.asarray(capped_stream.rows(), np.int64)
+            if len(stream_rows) and (stream_rows.min() < 0 or stream_rows.max() >= Q):
+                raise ValueError(f"capped_stream: query rows out of range ({Q} queries)")
+            has_pair[stream_rows] = True
         for q_o, q_ids in groups:
             if columns is None:                  # (fact → image by columns needs every image)
                 q_ids = q_ids[has_pair[q_ids]]
@@ -268,12 +282,18 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
                     else:
                         block = ip.mul_(float(_scale(o))).sub_(2.0).cpu().numpy()   # −D = (2/o)·IP − 2
                         values.append((pi, s, block, cols, si, None))
-                _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
-                             pool, threads, select_fraction, stats, bufs, method == "count",
-                             capped[bsel], len(qb), seg_ids)
+                if capped_stream is None:
+                    _count_block(values, bsel, row_of, pairs, seg, part_of, colpos, neg, out, k_exact,
+                                 pool, threads, select_fraction, stats, bufs, method == "count",
+                                 capped[bsel], len(qb), seg_ids)
+                    needles = len(bsel)
+                else:                           # the block's own pairs and the stream's
+                    needles = _count_block_streamed(values, bsel, qb, pairs, M, seg, part_of, colpos,
+                                                    neg, out, k_exact, pool, threads, select_fraction,
+                                                    stats, bufs, method == "count", seg_ids, capped_stream)
                 if columns is not None:
                     for pi, _, block, _, _, sc in values:
-                        if not len(bsel):           # not mapped by the kernel: −D as it maps it
+                        if not needles:             # not mapped by the kernel: −D as it maps it
                             torch.from_numpy(block).mul_(float(sc)).sub_(2.0)
                         columns.count(pi, block, int(qb[0]), pool, threads)
     finally:
@@ -281,6 +301,39 @@ def rank_pairs(queries, items, pairs: np.ndarray, query_order=None, item_order=N
             pool.shutdown()
     return PairRanks(query=pairs[:, 0], item=pairs[:, 1], neg_dist=neg, segment=seg[pairs[:, 1]],
                      segments=seg_ids, **out, blocks=stats, capped=capped)
+
+
+def _count_block_streamed(values, bsel, qb, pairs, M, seg, part_of, colpos, neg, out, k_exact, pool,
+                          threads, select_fraction, stats, bufs, use_kernel, seg_ids, stream) -> int:
+    """``_count_block`` of one block's pairs ``bsel`` (rows ``qb``) together with the pairs that
+    ``stream.pairs(qb)`` gives (``rank_pairs(capped_stream=)``), in block-local arrays sorted by
+    key as ``capped_pairs`` would have them (the same needles in the same order: the same counts);
+    the ``bsel`` pairs' counts go to ``out`` / ``neg``, every pair's to ``stream.take``. Returns the
+    number of needles of the block (0: the kernel did not map it to −D)."""
+    ext = np.asarray(stream.pairs(qb), np.int64).reshape(-1, 2)
+    if len(ext) and (ext.min() < 0 or ext[:, 1].max() >= M or not np.isin(ext[:, 0], qb).all()):
+        raise ValueError(f"capped_stream: pairs out of range or of another block ({M} items)")
+    k_own = pairs[bsel, 0] * M + pairs[bsel, 1]                              # sorted, distinct
+    k_ext = np.unique(ext[:, 0] * M + ext[:, 1])
+    k_ext = k_ext[~np.isin(k_ext, k_own, assume_unique=True)]               # a given pair is exact
+    keys = np.sort(np.concatenate([k_own, k_ext]))
+    n = len(keys)
+    b_pairs = np.stack([keys // M, keys % M], axis=1)
+    b_out = {k: np.zeros(n, np.int64) for k in
+             ("below", "ties", "tie_lower", "below_all", "ties_all", "tie_lower_all")}
+    for k in ("below_seg", "ties_seg", "tie_lower_seg"):
+        b_out[k] = np.zeros((n, len(seg_ids)), np.int32)
+    b_neg = np.zeros(n, np.float32)
+    _count_block(values, np.arange(n), np.searchsorted(qb, b_pairs[:, 0]), b_pairs, seg, part_of,
+                 colpos, b_neg, b_out, k_exact, pool, threads, select_fraction, stats, bufs, use_kernel,
+                 ~np.isin(keys, k_own, assume_unique=True), len(qb), seg_ids)
+    own = np.searchsorted(keys, k_own)
+    for k, v in b_out.items():
+        out[k][bsel] = v[own]
+    neg[bsel] = b_neg[own]
+    stream.take(keys, M, b_out["below"], b_out["tie_lower"], b_out["below_seg"],
+                b_out["tie_lower_seg"], seg_ids)
+    return n
 
 
 def _float_keys(x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ runs for the same rows), so that:
 * **image → fact** ranks, and the scores made of them, are computed where the image lives: a row's
   counts need only that row. Each rank computes its images' top-1, top-5, AP and Recall@K per task
   and over all facts (``image_to_fact.image_to_fact_rows``) and LFL's hit of each of its images' pairs
-  (``lfl.lfl_hits_from_ranks``); rank 0 concatenates them in rank order (= query order, the
+  (``lfl_stream.MemberStream``, block by block); rank 0 concatenates them in rank order (= query order, the
   one-process arrays) and takes the same means (``image_to_fact.image_to_fact_means``, ``lfl.lfl_means``);
 * **fact → image** counts are merged exactly (``factmas.evaluation.shard_ranks``): each pair's window
   estimate comes from its image's rank (an all-reduce of P float64), each rank counts its rows
@@ -28,7 +28,7 @@ May import: numpy, torch, ``factmas.distributed``, ``factmas.evaluation.ranking`
 ``factmas.evaluation.retrieval``, ``factmas.evaluation.lfl``, ``factmas.evaluation.shard_ranks``,
 ``factmas.evaluation.column_exact``, ``factmas.evaluation.column_ranks`` (``WINDOW_BUDGET``),
 ``factmas.evaluation.count_kernel``, ``factmas.evaluation.metrics`` (``RECALL_KS``),
-``factmas.evaluation.image_to_fact``.
+``factmas.evaluation.image_to_fact``, ``factmas.evaluation.lfl_stream``.
 """
 from __future__ import annotations
 
@@ -41,12 +41,14 @@ from factmas.distributed import all_reduce_array, gather_to_main, is_main, size
 from factmas.evaluation import column_ranks, count_kernel
 from factmas.evaluation.column_exact import ShardExactColumnCounter
 from factmas.evaluation.image_to_fact import image_to_fact_rows
-from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_hits_from_ranks, lfl_inputs
+from factmas.evaluation.lfl import LFL_MAX_RANK, lfl_inputs
+from factmas.evaluation.lfl_stream import stream_for
 from factmas.evaluation.metrics import RECALL_KS
 from factmas.evaluation.ranking import rank_pairs
 from factmas.evaluation.shard_ranks import ShardColumnCounter, check_seen, local_estimates, sorted_pairs
 
 log = logging.getLogger(__name__)
+UNIT_ROWS = 4096        # rows normalized at a time (as ``evaluator.unit_slots64``)
 
 
 def can_shard(ev) -> bool:
@@ -59,7 +61,9 @@ def can_shard(ev) -> bool:
 def slot_sums(phi: torch.Tensor) -> np.ndarray:
     """float64 [3, d]: Σ_i φ̂_is over the rows of ``phi`` float [n, 3, d] (each slot L2-normalized),
     what ``evaluator.mean_pairwise_cosine`` needs of a share."""
-    u = torch.nn.functional.normalize(phi.double(), dim=-1)
+    u = torch.empty(phi.shape, dtype=torch.float64)        # (a float64 copy of φ avoided)
+    for a in range(0, phi.shape[0], UNIT_ROWS):
+        torch.nn.functional.normalize(phi[a:a + UNIT_ROWS].double(), dim=-1, out=u[a:a + UNIT_ROWS])
     return u.sum(0).numpy()
 
 
@@ -70,6 +74,13 @@ def mean_cosine_from_sums(total: np.ndarray, n: int) -> float:
         return float("nan")
     t = torch.from_numpy(np.asarray(total, np.float64))
     return float(((t.square().sum(-1) - n) / (n * (n - 1))).mean())
+
+
+def countable(lfl_in: dict) -> bool:
+    """True where ``sharded_ranks`` counts the shares (else it returns None): LFL's metric needs
+    no top-100 search and the pool's pairs (``lfl.lfl_inputs``' ``pairs``) are sorted by image."""
+    pp = lfl_in["pairs"]
+    return not (lfl_in["search"] or (len(pp) > 1 and (np.diff(pp[:, 0]) < 0).any()))
 
 
 def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.ndarray) -> dict | None:
@@ -88,9 +99,9 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     Raises:
         RuntimeError: a pair's own value not read exactly once (the shares must cover the pool).
     """
-    lfl_in = lfl_inputs(ev)
+    lfl_in = lfl_inputs(ev, members=False)
     pp = lfl_in["pairs"]
-    if lfl_in["search"] or (len(pp) > 1 and (np.diff(pp[:, 0]) < 0).any()):
+    if not countable(lfl_in):
         return None                              # LFL's top-100 search, or pairs not by image
     n_pool, hi = len(ev.image_ids), lo + len(ph_local)
     pairs = np.unique(ev.pool_pairs, axis=0)                          # (image id, fact)
@@ -101,16 +112,16 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     row_norm = float(all_reduce_array(np.array([norm], np.float64), "max")[0])
     cols = ShardColumnCounter(ph_local, ps, order, fi, lo, n_pool, est, row_norm)
     rows = np.searchsorted(ev.image_ids, lfl_in["queries"])           # query images' pool rows
-    capped = lfl_in["rank_pairs"]
-    cap_rows = rows[capped[:, 0]]
-    mine, mine_c = (img >= lo) & (img < hi), (cap_rows >= lo) & (cap_rows < hi)
+    mine = (img >= lo) & (img < hi)
+    # LFL's member ranks of this share's test pairs (contiguous: sorted by image), block by block
+    p0, p1 = local_pair_range(pp, ev.image_ids[lo:hi])
+    stream = stream_for(ev, lfl_in, rows[lfl_in["row"][p0:p1]] - lo, slice(p0, p1))
     # the second pass (below) computes the same blocks without the image → fact pairs
     run = lambda c, i2f, lfl: rank_pairs(  # noqa: E731
-        ph_local, ps, i2f, unit=True, capped_pairs=lfl, item_order=order,
+        ph_local, ps, i2f, unit=True, capped_stream=lfl, item_order=order,
         item_segment=lfl_in["segment"], k_exact=max(5, max(RECALL_KS), LFL_MAX_RANK),
         max_rows=ev.cfg.search_batch, device=ev.device, method="count", columns=c)
-    r = run(cols, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1),
-            np.stack([cap_rows[mine_c] - lo, capped[mine_c, 1]], axis=1))
+    r = run(cols, np.stack([img[mine] - lo, pairs[mine, 1]], axis=1), stream)
     # fact → image: the counts each rank made alone, then the window entries against exact values
     part = cols.partial()
     neg = all_reduce_array(part["neg"], "sum")
@@ -135,7 +146,7 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     r.query = np.searchsorted(rows[q0:q1] - lo, r.query)             # local row → local query
     keys = list(range(ev.num_tasks)) + ["all"]
     i2f = image_to_fact_rows(r, ev.task_of_fact, dict.fromkeys(keys), q1 - q0)
-    hits = lfl_hits_from_ranks(ev, local_lfl_inputs(lfl_in, ev.image_ids[lo:hi], q0), r)
+    hits = stream.hits()
     got = gather_to_main((i2f, q1 - q0, hits))
     if not is_main():
         return {}
@@ -149,17 +160,10 @@ def sharded_ranks(ev, ph_local: np.ndarray, ps: np.ndarray, lo: int, order: np.n
     return {"f2i": f2i, "lfl_in": lfl_in, "i2f_rows": merged, "lfl_hits": lfl_hits}
 
 
-def local_lfl_inputs(lfl_in: dict, local_images: np.ndarray, q0: int) -> dict:
-    """``lfl_inputs``' entries for the pairs whose image is in ``local_images`` (sorted dataset
-    ids of this rank's share; the pairs are sorted by image, so theirs are contiguous), owners
-    renumbered from 0 and query positions from ``q0`` (the share's first query image)."""
-    pairs = lfl_in["pairs"]
+def local_pair_range(pairs: np.ndarray, local_images: np.ndarray) -> tuple[int, int]:
+    """(p0, p1): the test pairs ``pairs[p0:p1]`` (int [P, 2] dataset ids, sorted by image) whose
+    image is in ``local_images`` (sorted dataset ids of this rank's share; contiguous)."""
     if not len(local_images):
-        p0 = p1 = 0
-    else:
-        p0 = int(np.searchsorted(pairs[:, 0], local_images[0], "left"))
-        p1 = int(np.searchsorted(pairs[:, 0], local_images[-1], "right"))
-    mine = (lfl_in["owner"] >= p0) & (lfl_in["owner"] < p1)
-    rp = lfl_in["rank_pairs"][mine]
-    return {"pairs": pairs[p0:p1], "task": lfl_in["task"][p0:p1], "owner": lfl_in["owner"][mine] - p0,
-            "member": lfl_in["member"][mine], "rank_pairs": np.stack([rp[:, 0] - q0, rp[:, 1]], axis=1)}
+        return 0, 0
+    return (int(np.searchsorted(pairs[:, 0], local_images[0], "left")),
+            int(np.searchsorted(pairs[:, 0], local_images[-1], "right")))
