@@ -86,25 +86,41 @@ def load_images(paths: Sequence[str | Path], size: int, strict: bool = False,
     Raises:
         StrictImageError: ``strict`` and a file cannot be used (the message names it and the reason).
     """
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def keep(k: int, image: np.ndarray) -> None:
+        out[k] = image
+
+    kept, skipped, seconds = _decode_each(paths, size, strict, progress, keep)
+    return DecodeResult(images=out[: len(kept)].copy() if len(kept) < len(paths) else out,
+                        kept=np.asarray(kept, dtype=np.int64), skipped=skipped, seconds=seconds)
+
+
+def _decode_each(paths: Sequence[str | Path], size: int, strict: bool, progress: bool,
+                 keep) -> tuple[list[int], list[tuple[str, str]], float]:
+    """Decode each of ``paths`` in full (``load_rgb``), calling ``keep(k, image)`` with the k-th
+    usable image; returns (indices of the usable files, (name, reason) of the others, seconds).
+
+    Raises:
+        StrictImageError: ``strict`` and a file cannot be used.
+    """
     from factmas.progress import progress_bar
 
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept, skipped = [], []
     t0 = time.perf_counter()
     for i, p in enumerate(progress_bar(paths, desc="decoding images", unit="img", enabled=progress,
                                        mininterval=1.0)):
         try:
-            out[len(kept)] = load_rgb(p, size)
+            image = load_rgb(p, size)
         except ImageSkip as e:
             if strict:
                 raise StrictImageError(f"{p}: {e} (--strict)") from None
             log.warning("skipping image %s: %s", p, e)
             skipped.append((Path(p).name, str(e)))
             continue
+        keep(len(kept), image)
         kept.append(i)
-    seconds = time.perf_counter() - t0
-    return DecodeResult(images=out[: len(kept)].copy() if len(kept) < len(paths) else out,
-                        kept=np.asarray(kept, dtype=np.int64), skipped=skipped, seconds=seconds)
+    return kept, skipped, time.perf_counter() - t0
 
 
 class FileImages(ImageSource):
@@ -157,21 +173,6 @@ def scan_images(paths: Sequence[str | Path], size: int, strict: bool = False,
     Raises:
         StrictImageError: ``strict`` and a file cannot be used (the message names it and the reason).
     """
-    from factmas.progress import progress_bar
-
-    kept, skipped = [], []
-    t0 = time.perf_counter()
-    for i, p in enumerate(progress_bar(paths, desc="decoding images", unit="img", enabled=progress,
-                                       mininterval=1.0)):
-        try:
-            load_rgb(p, size)
-        except ImageSkip as e:
-            if strict:
-                raise StrictImageError(f"{p}: {e} (--strict)") from None
-            log.warning("skipping image %s: %s", p, e)
-            skipped.append((Path(p).name, str(e)))
-            continue
-        kept.append(i)
-    seconds = time.perf_counter() - t0
+    kept, skipped, seconds = _decode_each(paths, size, strict, progress, lambda k, image: None)
     return DecodeResult(images=FileImages([paths[i] for i in kept], size, progress),
                         kept=np.asarray(kept, dtype=np.int64), skipped=skipped, seconds=seconds)
