@@ -143,7 +143,8 @@ def guarded_main(prog: str, main, argv: list[str] | None = None) -> int:
     """``main(argv)``'s exit status, with any error a user can cause (``user_message``) printed as
     "PROG: error: LINE" on stderr and its exit status returned instead of a traceback. Every command's
     entry point goes through here once (``factmas.cli.main``, the ``__main__`` blocks of the command
-    modules, ``eval/*.py`` and ``data_prep``); a bug's exception is raised unchanged."""
+    modules, ``eval/*.py`` and ``data_prep``); a bug's exception is raised unchanged. Output piped
+    into a reader that exits early (``| head``) ends the command quietly with status 141."""
     import sys
     try:
         return int(main(argv) or 0)
@@ -151,6 +152,13 @@ def guarded_main(prog: str, main, argv: list[str] | None = None) -> int:
         print(f"{prog}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; nothing "
               "half-written was kept", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:           # the reader of stdout has gone (``| head``): stop quietly, as
+        import os                     # Unix tools do, with the status of a death by SIGPIPE (128 + 13)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        except (OSError, ValueError):
+            pass
+        return 141
     except Exception as e:
         known = user_message(e)
         if known is None:

@@ -45,7 +45,13 @@ QUICK_HELP = {"train": "factmas.cli.train_args"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``factmas`` console script; returns the exit status."""
+    """Entry point of the ``factmas`` console script; returns the exit status (its own usage text
+    goes through ``guarded_main`` too, so ``factmas | head`` ends quietly)."""
+    return guarded_main("factmas", _dispatch, argv)
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    """Choose the subcommand of ``argv`` and run it (under its own ``guarded_main``)."""
     # Idle OpenMP threads sleep instead of spinning, so numpy's sorts in the rank-based evaluation get
     # the cores (10k x 100k evaluation at 2 threads on a loaded machine: 40 s spinning, 11 s passive;
     # bench/eval_exact.py). Read when torch loads, i.e. after this line; the user's setting wins.

@@ -855,3 +855,20 @@ def test_silent_wrong_sigterm_between_paper_table_phases_exits_143():
                          env=env_vars)
     assert out.returncode == 143, (out.returncode, out.stderr[-2000:])
     assert "paper_table: terminated" in out.stderr
+
+
+@pytest.mark.parametrize("module, args", [("factmas.cli", ["--help"]),
+                                          ("data_prep.inspect", ["{data}", "--facts", "50"])])
+def test_output_into_a_closed_pipe_ends_quietly(env, module, args):
+    """``... | head``: the reader goes away before the command has written; no traceback, status 141
+    (as a death by SIGPIPE), for the ``factmas`` usage text and a data_prep command."""
+    import subprocess
+    env_vars = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)                                   # the reader has gone before the first write
+    argv = [a.replace("{data}", str(env["data"])) for a in args]
+    with os.fdopen(w_fd, "wb") as w:
+        r = subprocess.run([sys.executable, "-m", module, *argv], stdout=w, stderr=subprocess.PIPE,
+                           text=True, env=env_vars, timeout=120)
+    assert r.returncode == 141, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr[-3000:]
