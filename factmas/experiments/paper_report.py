@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,13 @@ def bar_plot(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def shown_path(path: str) -> str:
+    """``path`` as the report shows it: relative to the working directory when it lies under it (a
+    report committed to the repository names no path of one machine), else unchanged."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, float],
                   finals: list[dict], meta: dict[str, Any]) -> list[Path]:
     """paper_table.md / .csv / .png and results.json in ``settings.out``; returns the paths."""
@@ -239,7 +247,7 @@ def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, floa
     seeds = ", ".join(map(str, settings.seeds))
     md = [f"# factmas: the MAS paper's facts comparison{' (QUICK smoke check)' if meta['quick'] else ''}",
           "", f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
-          f"Data: `{settings.data}`{meta['data_note']}  ",
+          f"Data: `{shown_path(settings.data)}`{meta['data_note']}  ",
           f"Epochs per task: {settings.epochs} (λ search: {settings.search_epochs}); "
           f"wall time {meta['seconds'] / 60:.1f} min with {settings.jobs} worker(s), "
           f"{meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",

@@ -76,7 +76,7 @@ def resolve_settings(data: str | Path, num_images: int, splits: Sequence[str] | 
         raise ValueError(f"--image-fraction must be in (0, 1], got {fraction}")
     base = RunConfig.from_json(config).to_dict() if config else RunConfig().to_dict()
     base.pop("data"), base.pop("out")
-    s = Settings(data=str(Path(data).resolve()), out=str(Path(out).resolve()),
+    s = Settings(data=str(Path(data).absolute()), out=str(Path(out).resolve()),   # data: a link kept
                  variants=variants, seeds=seeds,
                  semantic_seeds=(list(semantic_seeds) if semantic_seeds is not None else seeds[:1]),
                  epochs=epochs, search_epochs=search_epochs, grids=all_grids, jobs=jobs,

@@ -312,3 +312,19 @@ def test_a_run_killed_mid_way_is_resumed_from_its_checkpoint_with_the_uninterrup
     assert "resuming" not in caplog.text
     assert json.loads((tmp_path / "other" / "timing.json").read_text())["resumed_after_tasks"] == 0
     assert other["final"] == whole["final"]
+
+
+def test_the_report_names_the_data_file_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A data file reached through a link under the working directory is named by that relative
+    path (not the link's target on this machine); a file outside it keeps its absolute path."""
+    from pathlib import Path
+    from factmas.experiments.paper_report import shown_path
+    elsewhere = tmp_path / "store"
+    elsewhere.mkdir()
+    (elsewhere / "d.h5").write_bytes(b"")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "data").symlink_to(elsewhere)
+    monkeypatch.chdir(project)
+    assert shown_path(str(Path("data/d.h5").absolute())) == "data/d.h5"
+    assert shown_path(str(elsewhere / "d.h5")) == str(elsewhere / "d.h5")
