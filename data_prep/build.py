@@ -35,8 +35,8 @@ from factmas.data.dataset import write_dataset
 from factmas.data.image_source import ImageSource, take_images
 from factmas.io import provenance as run_provenance
 
-from .splits import (DEFAULT_IMAGE_SPLIT, IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images, hash_image_split,
-                     image_split, random_split, semantic_split, train_counts)
+from .splits import (DEFAULT_IMAGE_SPLIT, IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images,
+                     hash_image_split, image_split, random_split, semantic_split, train_counts)
 
 log = logging.getLogger(__name__)
 
