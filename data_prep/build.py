@@ -9,6 +9,12 @@ the kept images' fractions are close to, not exactly, 0.7/0.1/0.2). Counting ove
 exist, a leak; it is kept to rebuild those files exactly (their provenance has no
 ``threshold_images`` option).
 
+Image split (``--image-split``): ``hash``, the default, gives each image its part from the SHA-256 of
+its file name (``splits.hash_image_split``), so changing the facts or the thresholds never moves an
+image between train, val and test; ``seed`` draws a permutation with ``--seed``, how every file was
+built before this option (their provenance has no ``image_split`` option:
+``splits.provenance_image_split`` reads such a file as ``seed``), and rebuilds those files exactly.
+
 Shared by ``data_prep.flickr8k`` (facts mined from captions) and ``data_prep.from_csv`` (annotated
 facts). The file is written only through ``factmas.data.dataset.write_dataset`` (atomic, schema v1, or v2
 with ``--schema 2``).
@@ -29,8 +35,8 @@ from factmas.data.dataset import write_dataset
 from factmas.data.image_source import ImageSource, take_images
 from factmas.io import provenance as run_provenance
 
-from .splits import (IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images, hash_image_split,
-                     image_split, random_split, semantic_split, train_counts)
+from .splits import (DEFAULT_IMAGE_SPLIT, IMAGE_FRACTIONS, IMAGE_SPLITS, check_tasks, disjoint_images,
+                     hash_image_split, image_split, random_split, semantic_split, train_counts)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,9 @@ class BuildOptions:
     overwrite: bool = False
     threshold_images: str = "train"      # "train": thresholds on training images; "all": older files
     disjoint: bool = True                # also write disjoint{k}_seed{s} beside each random split
-    image_split: str = "seed"            # "seed": seeded permutation (--seed); "hash": from each
-                                         # image's file name (stable when the facts change)
+    image_split: str = DEFAULT_IMAGE_SPLIT  # "hash" (default): from each image's file name (stable when
+                                         # the facts change); "seed": seeded permutation (--seed), the
+                                         # files built before (provenance without image_split)
     extra_num_tasks: Sequence[int] = ()  # also random{k}_seed{s} for these k (e.g. 8 → random8_seed*)
     schema: int = 1                      # the file's schema version: 1 raw pixel rows; 2 JPEG bytes
                                          # (lossy, 0.13 × the size; docs/benchmarks.md § 4.2)
@@ -84,11 +91,13 @@ def add_common_args(p: argparse.ArgumentParser, min_images: int, max_image_frac:
     p.add_argument("--threshold-images", choices=THRESHOLD_IMAGES, default="train",
                    help="images on which --min-images/--max-image-frac are counted: train (default) "
                         "or all (files built before this option; lets test images choose the facts)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val/test image split (0)")
-    p.add_argument("--image-split", choices=IMAGE_SPLITS, default="seed",
-                   help="train/val/test of the images: 'seed' (default), a permutation drawn with --seed "
-                        "over the usable images; 'hash', from the SHA-256 of each image's file name "
-                        "(stable: changing the facts, thresholds or other images never moves an image)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the train/val/test image split of --image-split seed (0)")
+    p.add_argument("--image-split", choices=IMAGE_SPLITS, default=BuildOptions.image_split,
+                   help="train/val/test of the images: 'hash' (default), from the SHA-256 of each image's "
+                        "file name (stable: changing the facts, thresholds or other images never moves "
+                        "an image); 'seed', a permutation drawn with --seed over the usable images (how "
+                        "files were built before; rebuilds them exactly)")
     p.add_argument("--extra-num-tasks", default="",
                    help="also write random{k}_seed{s} (for each --split-seeds s) with these task "
                         "counts, comma-separated (e.g. '8' adds random8_seed0..2; '' for none)")
@@ -132,7 +141,7 @@ def options_from_args(a: argparse.Namespace) -> BuildOptions:
                         seed=a.seed, strict=a.strict, overwrite=a.overwrite,
                         threshold_images=getattr(a, "threshold_images", "train"),
                         disjoint=not getattr(a, "no_disjoint", False),
-                        image_split=getattr(a, "image_split", "seed"),
+                        image_split=getattr(a, "image_split", BuildOptions.image_split),
                         extra_num_tasks=tuple(k for k in dict.fromkeys(extra) if k != a.num_tasks),
                         schema=getattr(a, "schema", 1))
 

@@ -1,8 +1,12 @@
 """Build the factmas HDF5 file from Flickr8k images and captions, mining facts with spaCy.
 
     python -m data_prep.flickr8k --images DIR --captions FILE --out FILE.h5 [--image-size 224]
-        [--min-images 14] [--max-image-frac 0.3] [--num-tasks 4] [--split-seeds 0,1,2] [--seed 0]
-        [--limit-images N] [--strict] [--overwrite]
+        [--min-images 14] [--max-image-frac 0.3] [--num-tasks 4] [--split-seeds 0,1,2]
+        [--image-split hash|seed] [--seed 0] [--limit-images N] [--strict] [--overwrite]
+
+The train/val/test images come from a hash of each file name (``--image-split hash``, the default:
+stable when the facts change); ``--image-split seed`` draws the seeded permutation of the files
+built before (data_prep/build.py).
 
 Without --images/--captions the folder in $FACTMAS_FLICKR8K (with images/ and captions.txt) is used.
 Mining rules: data_prep/mining.py and data_prep/README.md.

@@ -1,11 +1,15 @@
 """Print the summary of a factmas HDF5 file: images, facts by order, pairs, splits and per-task counts.
 
     python -m data_prep.inspect FILE.h5 [--facts N] [--verify]
+    python -m data_prep.inspect FILE.h5 --image-split-rule      # prints hash, seed or unknown
 
 The whole file is validated first (``factmas.data.schema``: keys, dtypes, shapes, id ranges,
 tasks); an inconsistent file is an error (exit 2) naming the key, never a summary of false counts.
 ``--verify`` also reads every image and compares it with its stored CRC-32 checksum (exit 2 naming
-the images that differ).
+the images that differ). The summary names the file's image split rule (``hash`` or ``seed``, from
+its provenance; a data_prep file without the ``image_split`` option is ``seed``:
+``data_prep.splits.provenance_image_split``); ``--image-split-rule`` prints that word alone, for
+scripts (``scripts/main_job.sh`` rebuilds a file whose rule is not the default).
 """
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ from collections import Counter
 import numpy as np
 
 from factmas.data.dataset import SPLIT_NAMES, DatasetError, FactData, read_dataset
+
+from .splits import provenance_image_split
+
+RULE_TEXT = {"hash": "hash (stable: from each image's file name)",
+             "seed": "seed (a permutation drawn with --seed, as every file built before --image-split)",
+             None: "unknown (no data_prep build options in the provenance)"}
+
+
+def image_split_rule(data: FactData) -> str:
+    """"hash", "seed" or "unknown": how ``data``'s train/val/test images were drawn (its provenance;
+    ``provenance_image_split``). Raises DatasetError naming the file on a malformed recorded value."""
+    try:
+        return provenance_image_split(data.provenance) or "unknown"
+    except ValueError as e:
+        raise DatasetError(f"{data.path}: {e}") from None
 
 
 def task_table(data: FactData, split: str) -> list[dict]:
@@ -42,6 +61,8 @@ def summary(data: FactData, top_facts: int = 10) -> str:
     split_n = {name: int((data.image_split == i).sum()) for i, name in enumerate(SPLIT_NAMES)}
     lines.append(f"file: {data.path}")
     lines.append(f"images: {n} ({h}x{h} RGB); " + ", ".join(f"{k} {v}" for k, v in split_n.items()))
+    rule = image_split_rule(data)
+    lines.append(f"image split: {RULE_TEXT.get(None if rule == 'unknown' else rule)}")
     by_order = Counter(int(o) for o in data.order)
     lines.append(f"facts: {data.num_facts} (order 1 ⟨S⟩: {by_order.get(1, 0)}, order 2 ⟨S,P⟩: "
                  f"{by_order.get(2, 0)}, order 3 ⟨S,P,O⟩: {by_order.get(3, 0)}); vocabulary {len(data.vocab) - 1} words")
@@ -83,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--facts", type=int, default=10, help="how many of the most frequent facts to list (10)")
     p.add_argument("--verify", action="store_true",
                    help="read every image and check it against its stored checksum")
+    p.add_argument("--image-split-rule", action="store_true",
+                   help="print only the file's image split rule (hash, seed or unknown) and exit")
     a = p.parse_args(argv)
     if a.facts < 0:
         print(f"error: --facts must be >= 0, got {a.facts}", file=sys.stderr)
@@ -91,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         data = read_dataset(a.path, load_images=a.verify, verify=a.verify)
         if a.verify and not isinstance(data.images, np.ndarray):
             data.images.verify_all()                 # one streaming pass over the pixels
+        if a.image_split_rule:
+            print(image_split_rule(data))
+            return 0
+        text = summary(data, a.facts)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary(data, a.facts))
+    print(text)
     if a.verify:
         print(f"checksums: {len(data.image_ids)} images match their stored CRC-32" if
               data.image_crc32 is not None else

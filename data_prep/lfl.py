@@ -20,7 +20,8 @@ Every (image, fact) row of every train/test file becomes a pair; the facts' word
 ``data_prep.from_csv``). Each split folder's task assignment (task k-1 for the facts of ``B<k>``) is
 written as the split ``lfl_<folder>`` (attr ``kind`` "given"), beside factmas's own random, semantic
 and image-disjoint splits. LFL's train/test image division is not kept: the file gets factmas's
-seeded 0.7/0.1/0.2 image split, which has the validation images λ is chosen on. The thresholds
+0.7/0.1/0.2 image split (``--image-split``: by default from a hash of each image's base name), which
+has the validation images λ is chosen on. The thresholds
 default to keeping every fact (the released facts were already chosen), as ``data_prep.from_csv``.
 """
 from __future__ import annotations

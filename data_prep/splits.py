@@ -1,9 +1,11 @@
-"""Seeded image splits (train / val / test) and task splits of the facts (random and semantic).
+"""Image splits (train / val / test) and task splits of the facts (random and semantic).
 
-Image split: a seeded permutation of the images; the first round(0.7 N) are train (0), the next
-round(0.1 N) val (1, held-out training images used to choose λ), the rest test (2). Or, stable
-(``hash_image_split``, ``--image-split hash``): each image's part from a hash of its file name alone,
-so the split of an image never changes with the fact set, the thresholds or the other images.
+Image split, stable (``hash_image_split``, ``--image-split hash``, the builders' default): each
+image's part from a hash of its file name alone, about 0.7 train (0), 0.1 val (1, held-out training
+images used to choose λ) and 0.2 test (2), so the split of an image never changes with the fact set,
+the thresholds or the other images. Or seeded (``image_split``, ``--image-split seed``, how files were
+built before; ``provenance_image_split`` tells which a file has): a seeded permutation of the
+images, the first round(0.7 N) train, the next round(0.1 N) val, the rest test.
 
 Task splits give every fact one task in 0..k-1 (tasks are disjoint in facts and cover all facts):
 
@@ -36,7 +38,9 @@ from typing import Sequence
 import numpy as np
 
 IMAGE_FRACTIONS = (0.7, 0.1, 0.2)
-IMAGE_SPLITS = ("seed", "hash")      # --image-split: seeded permutation (default) or file-name hash
+IMAGE_SPLITS = ("seed", "hash")      # --image-split: seeded permutation or file-name hash
+DEFAULT_IMAGE_SPLIT = "hash"         # the builders' default (BuildOptions.image_split)
+LEGACY_IMAGE_SPLIT = "seed"          # a data_prep file whose provenance lacks options.image_split
 HASH_BUCKETS = 1000
 
 
@@ -84,6 +88,27 @@ def hash_image_split(names: Sequence[str], fractions: Sequence[float] = IMAGE_FR
     cut_train, cut_val = round(f[0] * buckets), round((f[0] + f[1]) * buckets)
     b = np.fromiter((name_bucket(n, buckets) for n in names), dtype=np.int64, count=len(names))
     return np.where(b < cut_train, 0, np.where(b < cut_val, 1, 2)).astype(np.int8)
+
+
+def provenance_image_split(provenance: dict) -> str | None:
+    """The image split rule a data_prep file was built with, from its provenance (``FactData.provenance``,
+    the JSON written by ``data_prep.build.assemble``).
+
+    Returns:
+        ``provenance["options"]["image_split"]`` ("hash" or "seed"); ``LEGACY_IMAGE_SPLIT`` ("seed")
+        when the options lack the key (files built before ``--image-split`` existed drew the seeded
+        permutation, never the later default); None when there are no builder options (a file not
+        written by a data_prep builder: unknown).
+    Raises:
+        ValueError: the recorded value is not one of ``IMAGE_SPLITS``.
+    """
+    options = provenance.get("options") if isinstance(provenance, dict) else None
+    if not isinstance(options, dict):
+        return None
+    rule = options.get("image_split", LEGACY_IMAGE_SPLIT)
+    if rule not in IMAGE_SPLITS:
+        raise ValueError(f"provenance options.image_split is {rule!r}; expected one of {list(IMAGE_SPLITS)}")
+    return rule
 
 
 def train_counts(pairs: np.ndarray, image_split_: np.ndarray, num_facts: int) -> np.ndarray:

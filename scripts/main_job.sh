@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job, end to end on real data:
-#   create the environment → build data/flickr8k.h5 from Flickr8k → train the 4-task random split
+#   create the environment → build data/flickr8k.h5 from Flickr8k (stable image split; an older
+#   file with the seeded split is kept aside and rebuilt) → train the 4-task random split
 #   with finetune and with MAS (FAISS evaluation after every task) → results table, plots, gallery.
 #
 # usage: bash scripts/main_job.sh [FLICKR8K_DIR]
@@ -26,12 +27,28 @@ bash "$root/scripts/setup_env.sh"
 py="${FACTMAS_VENV:-$root/.venv}/bin/python"
 t1=$(date +%s)
 
+# An existing file is reused only when it has the default (stable, file-name hash) image split. A
+# file built before that default (its provenance has no image_split option: the seeded permutation)
+# has other val and test images, so runs on it never mix with runs on the default split: it is kept
+# aside, with its feature cache, under a name that says its split, and the default file is built.
 if [ -f "$h5" ]; then
-  echo "[main] dataset $h5 exists: reusing it (delete it to rebuild)"
-else
+  rule=$("$py" -m data_prep.inspect "$h5" --image-split-rule) || {
+    echo "main_job: $h5 cannot be read (error above): move or delete it, and the main job builds it again" >&2
+    exit 2; }
+  if [ "$rule" = hash ]; then
+    echo "[main] dataset $h5 exists (image split: hash, the default): reusing it (delete it to rebuild)"
+  else
+    aside="${h5%.h5}.${rule}-split-$(date +%Y%m%d-%H%M%S).h5"
+    echo "[main] dataset $h5 has the '$rule' image split, not the default stable 'hash' split (other val and test images): kept as $aside, rebuilding $h5"
+    mv "$h5" "$aside"
+    if [ -e "$h5.features" ]; then mv "$h5.features" "$aside.features"; fi
+  fi
+fi
+if [ ! -f "$h5" ]; then
   echo "[main] building $h5 from $src"
-  # The default fact set: facts on at least 14 training images (thresholds counted without val and
-  # test images), 361 facts; the README's tables use it.
+  # The default file: the stable image split (train/val/test from each image's file name), facts on
+  # at least 14 training images (thresholds counted without val and test images); the README's
+  # tables use it.
   "$py" -m data_prep.flickr8k --images "$images" --captions "$src/captions.txt" --out "$h5"
 fi
 "$py" -m data_prep.inspect "$h5"

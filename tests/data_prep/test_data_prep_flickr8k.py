@@ -85,9 +85,11 @@ def test_frequent_and_rare_facts_dropped(folder):
     assert _run(folder, out, "--max-image-frac", "0.45", "--min-images", "7", "--no-semantic",
                 "--split-seeds", "0") != 0  # every fact is in 6 images: none passes --min-images 7
     assert not out.exists()
-    # counted over all 9 images (as files built before --threshold-images): riders in 6 (> 0.45), dogs in 3
+    # counted over all 9 images (as files built before --threshold-images, which also drew the
+    # seeded image split): riders in 6 (> 0.45), dogs in 3
     assert _run(folder, out, "--max-image-frac", "0.45", "--limit-images", "9", "--min-images", "3",
-                "--no-semantic", "--split-seeds", "0", "--threshold-images", "all") == 0
+                "--no-semantic", "--split-seeds", "0", "--threshold-images", "all",
+                "--image-split", "seed") == 0
     d = read_dataset(out)
     assert set(d.subject) == {"dog"} and len(d.image_ids) == 3
 
@@ -147,3 +149,23 @@ def test_redirected_build_logs_progress_of_decoding_and_parsing(folder, capsys, 
     for stage, unit in (("decoding images", "img"), ("parsing captions", "cap")):
         assert any(f" {stage}: " in x and f" {unit}/s" in x and " left" in x for x in err), (stage, err)
     assert not any("\r" in x for x in err)
+
+
+# The folder above built by the code before the hash default (commit 872c018, default options but
+# the ones of _run): its image split (one label per kept image 00.jpg..11.jpg) and semantic split.
+OLD_DEFAULT_SPLIT = [0, 2, 0, 0, 0, 0, 0, 0, 2, 1, 0, 2]
+OLD_DEFAULT_SEMANTIC = [1, 1, 1, 1, 0, 0]
+
+
+def test_default_is_the_hash_split_and_seed_rebuilds_the_older_file(folder):
+    from data_prep import splits
+    assert _run(folder, folder / "new.h5") == 0
+    new = read_dataset(folder / "new.h5")
+    assert np.array_equal(new.image_split, splits.hash_image_split(new.image_ids))
+    assert new.provenance["options"]["image_split"] == "hash"
+    assert _run(folder, folder / "old.h5", "--image-split", "seed") == 0
+    old = read_dataset(folder / "old.h5")
+    assert old.image_ids == new.image_ids == [f"{i:02d}.jpg" for i in range(12)]
+    assert old.image_split.tolist() == OLD_DEFAULT_SPLIT                # exactly the older file
+    assert old.splits["semantic2"].tolist() == OLD_DEFAULT_SEMANTIC
+    assert new.image_split.tolist() != OLD_DEFAULT_SPLIT

@@ -1,8 +1,12 @@
-"""Issue 27's data options: the stable (file-name hash) image split and the extra random{k} splits."""
+"""Issue 27's data options: the stable (file-name hash) image split, the builders' default, beside the
+seeded permutation of the older files (``--image-split seed``), and the extra random{k} splits."""
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+
+import h5py
 
 import numpy as np
 import pytest
@@ -64,10 +68,12 @@ def _build(tmp_path, name, **kw):
 
 
 @pytest.mark.parametrize("threshold_images", ["train", "all"])
-def test_changing_the_thresholds_moves_no_image_with_the_hash_split(tmp_path, threshold_images):
-    loose = _build(tmp_path, "loose", image_split="hash", min_images=1, threshold_images=threshold_images)
-    strict = _build(tmp_path, "strict", image_split="hash", min_images=25,
-                    threshold_images=threshold_images)
+def test_changing_the_thresholds_moves_no_image_with_the_default_split(tmp_path, threshold_images):
+    """The point of the stable split, on a default build (no image_split given): a stricter fact
+    threshold drops facts and images, and moves none of the others between train, val and test."""
+    assert BuildOptions().image_split == "hash" == splits.DEFAULT_IMAGE_SPLIT
+    loose = _build(tmp_path, "loose", min_images=1, threshold_images=threshold_images)
+    strict = _build(tmp_path, "strict", min_images=25, threshold_images=threshold_images)
     assert len(strict.image_ids) < len(loose.image_ids)               # the thresholds dropped images
     assert len(strict.subject) < len(loose.subject)                   # ... and facts
     for d in (loose, strict):                                         # every image: its name's part
@@ -78,22 +84,28 @@ def test_changing_the_thresholds_moves_no_image_with_the_hash_split(tmp_path, th
 
 
 def test_the_seeded_split_reshuffles_when_the_thresholds_change(tmp_path):
-    """Why the hash split exists: with the default seeded permutation over the kept images
-    (threshold_images 'all'), dropping images moves others between train, val and test."""
-    loose = _build(tmp_path, "loose", min_images=1, threshold_images="all")
-    strict = _build(tmp_path, "strict", min_images=25, threshold_images="all")
+    """Why the hash split exists: with the seeded permutation over the kept images (the older
+    default; threshold_images 'all'), dropping images moves others between train, val and test."""
+    loose = _build(tmp_path, "loose", image_split="seed", min_images=1, threshold_images="all")
+    strict = _build(tmp_path, "strict", image_split="seed", min_images=25, threshold_images="all")
     where = {n: s for n, s in zip(loose.image_ids, loose.image_split)}
     moved = sum(where[n] != s for n, s in zip(strict.image_ids, strict.image_split))
     assert moved > 0
 
 
-def test_default_build_is_unchanged_by_the_new_options(tmp_path):
+def test_default_build_is_the_hash_split_and_seed_gives_the_old_permutation(tmp_path):
     a = _build(tmp_path, "a")
+    assert np.array_equal(a.image_split, splits.hash_image_split(list(a.image_ids)))
+    assert a.provenance["options"]["image_split"] == "hash"
+    assert splits.provenance_image_split(a.provenance) == "hash"
+    # --image-split seed: the permutation of the older default, over every usable image (the
+    # thresholds count training images), then restricted to the kept images
     b = _build(tmp_path, "b", image_split="seed", extra_num_tasks=())
-    assert np.array_equal(a.image_split, b.image_split) and np.array_equal(a.pairs, b.pairs)
-    assert a.splits.keys() == b.splits.keys() == {f"random4_seed{s}" for s in range(3)}
-    assert all(np.array_equal(a.splits[k], b.splits[k]) for k in a.splits)
-    assert np.array_equal(a.image_split, splits.image_split(600, 0)[_kept(a)])
+    assert np.array_equal(b.image_split, splits.image_split(600, 0)[_kept(b)])
+    assert splits.provenance_image_split(b.provenance) == "seed"
+    assert b.splits.keys() == a.splits.keys() == {f"random4_seed{s}" for s in range(3)}
+    where = dict(zip(a.image_ids, a.image_split))                     # the two rules do differ here
+    assert sum(where[n] != s for n, s in zip(b.image_ids, b.image_split) if n in where) > 50
 
 
 def _kept(d):
@@ -132,7 +144,8 @@ def _parse(*argv):
 def test_options_from_args():
     o = options_from_args(_parse("--image-split", "hash", "--extra-num-tasks", "8,4,8"))
     assert o.image_split == "hash" and o.extra_num_tasks == (8,)       # 4 is --num-tasks already
-    assert options_from_args(_parse()).image_split == "seed"
+    assert options_from_args(_parse()).image_split == "hash"
+    assert options_from_args(_parse("--image-split", "seed")).image_split == "seed"
     assert options_from_args(_parse()).extra_num_tasks == ()
     for bad, match in [(("--extra-num-tasks", "eight"), "comma-separated"),
                        (("--extra-num-tasks", "0"), ">= 1"),
@@ -141,3 +154,41 @@ def test_options_from_args():
             options_from_args(_parse(*bad))
     with pytest.raises(SystemExit):
         _parse("--image-split", "random")
+
+
+def _set_provenance(path, change):
+    with h5py.File(path, "r+") as h:
+        prov = json.loads(h.attrs["provenance"])
+        h.attrs["provenance"] = json.dumps(change(prov))
+
+
+def test_a_file_without_the_image_split_option_reads_as_seed(tmp_path, capsys):
+    """Files built before --image-split have no options.image_split: they drew the seeded
+    permutation, so the provenance reads as "seed", never as the later default "hash"."""
+    from data_prep import inspect
+    assert splits.provenance_image_split({"options": {"seed": 0, "min_images": 14}}) == "seed"
+    assert splits.provenance_image_split({"options": {"image_split": "hash"}}) == "hash"
+    assert splits.provenance_image_split({"command": "x"}) is None            # not a data_prep build
+    assert splits.provenance_image_split({}) is None
+    with pytest.raises(ValueError, match="'random'"):
+        splits.provenance_image_split({"options": {"image_split": "random"}})
+
+    _build(tmp_path, "old", image_split="seed")
+    old = tmp_path / "old.h5"
+    _set_provenance(old, lambda p: {**p, "options": {k: v for k, v in p["options"].items()
+                                                     if k != "image_split"}})
+    assert "image_split" not in read_dataset(old).provenance["options"]
+    assert inspect.main([str(old), "--image-split-rule"]) == 0
+    assert capsys.readouterr().out == "seed\n"
+    assert inspect.main([str(old)]) == 0
+    assert "image split: seed (a permutation drawn with --seed" in capsys.readouterr().out
+    _build(tmp_path, "new")
+    assert inspect.main([str(tmp_path / "new.h5"), "--image-split-rule"]) == 0
+    assert capsys.readouterr().out == "hash\n"
+    _set_provenance(old, lambda p: {})
+    assert inspect.main([str(old), "--image-split-rule"]) == 0
+    assert capsys.readouterr().out == "unknown\n"
+    _set_provenance(old, lambda p: {"options": {"image_split": "random"}})
+    assert inspect.main([str(old), "--image-split-rule"]) == 2
+    err = capsys.readouterr().err
+    assert "old.h5" in err and "'random'" in err and "Traceback" not in err
