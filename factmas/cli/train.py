@@ -2,7 +2,7 @@
 
 Usage::
 
-    factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 1 --out RUN_DIR
+    factmas train --data FILE.h5 --split random4_seed0 --method mas --reg-lambda 10 --out RUN_DIR
                   [--epochs E] [--batch-size B] [--lr LR] [--seed S] [--device auto|cpu|cuda]
                   [--omega-data train|test|train+test] [--ewc-gamma G] [...] [--threads N] [--num-workers N]
                   [--config RUNCONFIG.json] [--limit-tasks N] [--overwrite] [--no-progress]

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHOD_NAMES, metavar="METHOD",
                    help=f"continual-learning method: {', '.join(METHOD_NAMES)} (default {T.method})")
     p.add_argument("--reg-lambda", type=float, help=f"regularization strength λ (default {T.reg_lambda:g}, "
-                                                    "chosen on val images for MAS)")
+                                                    "chosen on val images for MAS; LwF's val choice is 30)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--epochs", type=int, help=f"epochs per task (default {T.epochs})")
     p.add_argument("--batch-size", type=int, help=f"image–fact pairs per step (default {T.batch_size})")
