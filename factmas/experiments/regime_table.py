@@ -49,7 +49,7 @@ COLUMNS = (
 )
 BASE = "finetune"                     # the label every MAS variant is compared with
 REGIMES = {                           # folder name → what the regime varies (docs/regimes.md)
-    "R0": "today's model on the stable split",
+    "R0": "the model before SWA (Lite0, SWA off) on the stable split",
     "R1": "Sherlock's fixed word2vec targets, L2 loss",
     "R2": "deeper training",
     "R3": "8 tasks",
