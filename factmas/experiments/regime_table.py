@@ -54,6 +54,7 @@ REGIMES = {                           # folder name → what the regime varies (
     "R2": "deeper training",
     "R3": "8 tasks",
     "R4": "nearest to LFL: Sherlock targets, deeper, image-disjoint, transductive Ω row",
+    "R5": "today's default model: R0 with SWA over epochs 2-3 of each task",
 }
 SKIP = ("smoke", "table", "pilot")    # folders beside the regimes that are not regimes
 _SEED = re.compile(r"_seed\d+$")
