@@ -25,7 +25,7 @@ from .splits import provenance_image_split
 
 RULE_TEXT = {"hash": "hash (stable: from each image's file name)",
              "seed": "seed (a permutation drawn with --seed, as every file built before --image-split)",
-             None: "unknown (no data_prep build options in the provenance)"}
+             "unknown": "unknown (no data_prep build options in the provenance)"}
 
 
 def image_split_rule(data: FactData) -> str:
@@ -62,7 +62,7 @@ def summary(data: FactData, top_facts: int = 10) -> str:
     lines.append(f"file: {data.path}")
     lines.append(f"images: {n} ({h}x{h} RGB); " + ", ".join(f"{k} {v}" for k, v in split_n.items()))
     rule = image_split_rule(data)
-    lines.append(f"image split: {RULE_TEXT.get(None if rule == 'unknown' else rule)}")
+    lines.append(f"image split: {RULE_TEXT[rule]}")
     by_order = Counter(int(o) for o in data.order)
     lines.append(f"facts: {data.num_facts} (order 1 ⟨S⟩: {by_order.get(1, 0)}, order 2 ⟨S,P⟩: "
                  f"{by_order.get(2, 0)}, order 3 ⟨S,P,O⟩: {by_order.get(3, 0)}); vocabulary {len(data.vocab) - 1} words")
