@@ -288,10 +288,37 @@ def init_worker(data_path: str, fraction: float, threads: int = 1) -> None:
     _DATA = subsample_images(read_dataset(data_path), fraction)
 
 
+_JOB_TAG = {"tag": "-"}       # the job a worker process is running, for its log lines
+
+
+class _JobTag(logging.Filter):
+    """Adds ``record.job``: the tag of the job this process runs (``run_job`` sets it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job = _JOB_TAG["tag"]
+        return True
+
+
+def start_worker(data_path: str, fraction: float, threads: int = 1,
+                 log_level: int = logging.INFO) -> None:
+    """Start of a spawned worker: ``init_worker``, then its log lines (the trainer's epochs with
+    their images/s, its evaluations) go to stderr at the parent's level, each tagged with its job
+    (``HH:MM:SS [mas random4_seed1 s1 λ=10] ...``), so that the terminal or log file of
+    ``paper_table --jobs N`` shows every run's progress and tells the N workers apart."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(job)s] %(message)s", "%H:%M:%S"))
+    handler.addFilter(_JobTag())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level)
+    init_worker(data_path, fraction, threads)
+
+
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
     from factmas.evaluation.report import read_results
     from factmas.trainer import resume, train
+    _JOB_TAG["tag"] = f"{j['label']} {j['split']} s{j['seed']} λ={j['reg_lambda']:g}"
     out = Path(j["out"])
     timing = out / "timing.json"
     d = {**base, "data": str(_DATA.path), "out": str(out)}
@@ -420,8 +447,9 @@ def run_all(jobs: list[dict], settings: Settings) -> list[dict]:
             _log_done(out[-1], i, len(jobs))
         return out
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=init_worker,
-                             initargs=(settings.data, settings.image_fraction)) as pool, \
+    with ProcessPoolExecutor(settings.jobs, mp_context=ctx, initializer=start_worker,
+                             initargs=(settings.data, settings.image_fraction, 1,
+                                       logging.getLogger().getEffectiveLevel())) as pool, \
             sigterm_raises():
         out = []
         try:

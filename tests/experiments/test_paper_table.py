@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +329,35 @@ def test_the_report_names_the_data_file_relative_to_the_working_directory(tmp_pa
     monkeypatch.chdir(project)
     assert shown_path(str(Path("data/d.h5").absolute())) == "data/d.h5"
     assert shown_path(str(elsewhere / "d.h5")) == str(elsewhere / "d.h5")
+
+
+def test_workers_log_their_runs_progress_tagged_with_the_job(tmp_path, capfd):
+    """With --jobs 2 the runs train in spawned workers: their INFO lines (epochs with images/s)
+    reach the parent's stderr, each tagged with its job, so that the two runs can be told apart; at
+    the parent's WARNING level (--quiet) they stay silent."""
+    import logging
+    from factmas.experiments import paper_table as pt
+    data = make_synthetic_dataset(tmp_path / "syn.h5", n_images=60, image_size=16, num_tasks=2)
+    jobs = [{"kind": "search", "label": "mas", "method": "mas", "split": "random2_seed0", "seed": s,
+             "reg_lambda": lam, "epochs": 1, "image_split": "val", "train": {},
+             "out": str(tmp_path / f"run{s}")} for s, lam in ((0, 1.0), (1, 10.0))]
+    settings = pt.Settings(data=str(data), out=str(tmp_path), variants=["mas"], seeds=[0],
+                           semantic_seeds=[], epochs=1, search_epochs=1, grids={}, jobs=2, base=TINY)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.INFO)
+        rows = pt.run_all(jobs, settings)
+        err = capfd.readouterr().err
+        assert [r["seed"] for r in rows] == [0, 1]
+        for tag in ("[mas random2_seed0 s0 λ=1]", "[mas random2_seed0 s1 λ=10]"):
+            assert tag in err, err[-2000:]
+        assert any("epoch 1/1" in ln and "images/s" in ln and "[mas random2_seed0 s1 λ=10]" in ln
+                   for ln in err.splitlines()), err[-2000:]
+        for j in jobs:                          # the same folders again, at the WARNING level
+            (Path(j["out"]) / "timing.json").unlink()
+        root.setLevel(logging.WARNING)
+        pt.run_all(jobs, settings)
+        assert "images/s" not in capfd.readouterr().err
+    finally:
+        root.setLevel(level)
