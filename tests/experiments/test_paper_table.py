@@ -361,3 +361,33 @@ def test_workers_log_their_runs_progress_tagged_with_the_job(tmp_path, capfd):
         assert "images/s" not in capfd.readouterr().err
     finally:
         root.setLevel(level)
+
+
+def test_finals_that_need_no_lambda_run_with_the_first_search_round_and_come_back_in_plan_order():
+    from factmas.experiments.paper_run import train_paper_runs
+    from factmas.experiments.paper_table import Settings, final_jobs
+    batches = []
+
+    def fake_run_all(jobs, settings):
+        batches.append([(j["kind"], j["label"], j["split"], j["reg_lambda"]) for j in jobs])
+        return [{**j, "criterion": 0.5 - 0.01 * abs(j["reg_lambda"] - 10.0)} for j in jobs]
+    s = Settings(data="d.h5", out="o", variants=["finetune", "mas", "joint"], seeds=[0, 1],
+                 semantic_seeds=[], epochs=1, search_epochs=1, grids={"mas": (0.0, 10.0, 100.0)})
+    runs = train_paper_runs(s, fake_run_all)
+    assert runs.chosen == {"mas": 10.0}
+    free = [(k, lab, sp, lam) for k, lab, sp, lam in batches[0] if k == "final"]
+    assert [b[1] for b in batches[0] if b[0] == "search"] == ["mas"] * 3        # the search's first round
+    assert sorted(free) == sorted(("final", lab, f"random4_seed{i}", 0.0)
+                                  for i in (0, 1) for lab in ("finetune", "joint"))
+    assert len(batches) == 2 and {b[1] for b in batches[1]} == {"mas"}          # then MAS's finals
+    assert {b[3] for b in batches[1]} == {10.0}
+    plan = final_jobs(s, {"mas": 10.0})
+    assert [(r["label"], r["split"], r["reg_lambda"]) for r in runs.finals] == \
+        [(j["label"], j["split"], j["reg_lambda"]) for j in plan]
+    # nothing to search: the λ-free finals still run, once
+    batches.clear()
+    s2 = Settings(data="d.h5", out="o", variants=["finetune"], seeds=[0], semantic_seeds=[],
+                  epochs=1, search_epochs=1, grids={})
+    runs = train_paper_runs(s2, fake_run_all)
+    assert [b for batch in batches for b in batch] == [("final", "finetune", "random4_seed0", 0.0)]
+    assert len(runs.finals) == 1
