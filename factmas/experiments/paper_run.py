@@ -60,35 +60,33 @@ class PaperRuns:
 
 def train_paper_runs(settings: Settings, run: RunAll = run_all,
                      search: RunAll | None = None) -> PaperRuns:
-    """The λ search (``bracketed_search``), then the final runs with the chosen λ. The final runs
-    that need no λ (finetune, joint: no ``lambda_from``) go with the search's first round, so that
-    no worker waits idle while the last search runs finish; the others follow the search. The
-    finals come back in ``final_jobs`` order. ``search``: the runner of the search (default
-    ``run``). Raises whatever a run raises (the caller reports which)."""
+    """The λ search (``bracketed_search``), then the final runs with the chosen λ. Without a separate
+    ``search`` runner, the final runs that need no λ (finetune, joint: no ``lambda_from``) go with
+    the search's first round, so that no worker waits idle while the last search runs finish; the
+    others follow the search. The finals come back in ``final_jobs`` order. ``search``: the runner
+    of the search (default ``run``). Raises whatever a run raises (the caller reports which)."""
     jobs = search_jobs(settings)
     plan = final_jobs(settings, {m: 0.0 for m in GRIDS})
-    free = [j for j in plan if VARIANT[j["label"]].lambda_from is None]
+    free = [] if search else [j for j in plan if VARIANT[j["label"]].lambda_from is None]
     log.info("paper table: %d λ-search runs, then %d final runs (%s; %d need no λ and run with the "
              "search), %d worker(s); output %s", len(jobs), len(plan), ", ".join(settings.variants),
              len(free), settings.jobs, settings.out)
     early: list[dict] = []
-    searcher = search or run
 
     def first_round_with_free(batch: list[dict], s: Settings) -> list[dict]:
-        if free and not early:                        # the first call: the search's first round
-            res = searcher(batch + free, s)
+        if free and not early:          # the search's first round (``bracketed_search`` always runs one)
+            res = run(batch + free, s)
             early.extend(res[len(batch):])
             return res[:len(batch)]
-        return searcher(batch, s)
+        return (search or run)(batch, s)
 
     searched, chosen = bracketed_search(settings, jobs, first_round_with_free)
-    if free and not early:                            # no search round ran (nothing to search)
-        early.extend(run(free, settings))
     log.info("λ chosen on val images: %s", chosen or "none needed")
-    rest = run([j for j in final_jobs(settings, chosen) if VARIANT[j["label"]].lambda_from], settings)
-    done = {(r["label"], r["split"], r["seed"]): r for r in early + rest}
-    finals = [done[(j["label"], j["split"], j["seed"])] for j in final_jobs(settings, chosen)]
-    return PaperRuns(searched, chosen, finals)
+    key = lambda r: (r["label"], r["split"], r["seed"])                      # noqa: E731
+    plan = final_jobs(settings, chosen)
+    done = {key(r): r for r in early}
+    done.update({key(r): r for r in run([j for j in plan if key(j) not in done], settings)})
+    return PaperRuns(searched, chosen, [done[key(j)] for j in plan])
 
 
 def write_paper_table(settings: Settings, runs: PaperRuns, command: str, commit: str | None,
