@@ -18,13 +18,24 @@ contexts. A vocabulary word without a vector is an error naming it.
 
 Output: the ``.npz`` of ``factmas.model.word_targets`` (words = the dataset's vocabulary, vectors
 float32 [V, dim], pad row zero, meta with the settings, gensim's version, the counts, the captions'
-SHA-256 and the vectors' fingerprint ``sha256``), written atomically. Exit 0, or 2 on bad input.
+SHA-256, the BLAS kernel and the vectors' fingerprint ``sha256``), written atomically. Exit 0, or 2
+on bad input.
+
+Same vectors on any x86-64 CPU: gensim's training loop calls scipy's BLAS (``sdot``, ``saxpy``),
+and OpenBLAS picks its kernel by CPU; the vectors' bits differ between kernels (on one AMD EPYC the
+kernels Haswell, Sandybridge, Nehalem and Prescott gave four different fingerprints, so an Intel
+machine with another default kernel made other vectors from the same captions and seed). The
+command therefore runs with ``OPENBLAS_CORETYPE=Haswell`` (``BLAS_KERNEL``) on every x86-64 CPU
+with AVX2 and FMA: it starts itself again with that variable set, unless it is set already (a
+user's own choice is kept). The kernel used is recorded in the meta (``blas``).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import logging
+import os
+import platform
 import re
 import sys
 import time
@@ -123,6 +134,49 @@ def vocab_vectors(wv, vocab: Sequence[str]) -> np.ndarray:
     return out
 
 
+#: OpenBLAS kernel the vectors are trained with on x86-64 CPUs that have AVX2 and FMA (module docstring)
+BLAS_KERNEL = "Haswell"
+
+
+def pinned_blas_env(environ: dict[str, str], machine: str, cpu_flags: set[str]) -> dict[str, str] | None:
+    """The environment to start the command again with, so that OpenBLAS uses ``BLAS_KERNEL``;
+    None when no restart is needed: ``OPENBLAS_CORETYPE`` already set (the user's choice, or this
+    command's restart), not an x86-64 ``machine`` (``platform.machine()``), or a CPU without the
+    kernel's instructions (``cpu_flags`` lacks avx2 or fma; forcing it would crash)."""
+    if environ.get("OPENBLAS_CORETYPE") or machine.lower() not in ("x86_64", "amd64"):
+        return None
+    if not {"avx2", "fma"} <= cpu_flags:
+        return None
+    return {**environ, "OPENBLAS_CORETYPE": BLAS_KERNEL}
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``'s first ``flags`` line); empty elsewhere."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def blas_record() -> dict | None:
+    """{"library", "kernel"} of the OpenBLAS that scipy (gensim's BLAS) loaded, from threadpoolctl;
+    None when it cannot be told."""
+    try:
+        import scipy.linalg.blas  # noqa: F401  (loads scipy's BLAS, as gensim does)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    libs.sort(key=lambda i: "scipy.libs" not in str(i.get("filepath", "")))
+    if not libs:
+        return None
+    return {"library": Path(str(libs[0].get("filepath", ""))).name, "kernel": libs[0].get("architecture")}
+
+
 def build(args: argparse.Namespace) -> dict:
     """Run the command for parsed arguments; returns the meta written."""
     from factmas.data.dataset import read_dataset
@@ -161,7 +215,7 @@ def build(args: argparse.Namespace) -> dict:
             "corpus_words": len(wv.key_to_index), "dim": args.dim, "seed": args.seed,
             "epochs": args.epochs, "window": args.window, "min_count": 1, "sg": 0, "workers": 1,
             "hashfxn": "zlib.crc32", "gensim": gensim.__version__, "seconds": round(seconds, 2),
-            "builder": "data_prep.word2vec"}
+            "blas": blas_record(), "builder": "data_prep.word2vec"}
     blob = word_vectors_bytes(data.vocab, vectors, meta)
     atomic_write_bytes(out, blob)
     from factmas.model.word_targets import fingerprint
@@ -170,7 +224,13 @@ def build(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry; returns the exit status (0 ok, 2 bad input)."""
+    """Command line entry; returns the exit status (0 ok, 2 bad input). Run as a command (``argv``
+    None), it first starts itself again with ``pinned_blas_env`` where that is needed."""
+    if argv is None:
+        env = pinned_blas_env(dict(os.environ), platform.machine(), cpu_flags())
+        if env is not None:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.execve(sys.executable, [sys.executable, "-m", "data_prep.word2vec", *sys.argv[1:]], env)
     p = argparse.ArgumentParser(prog="python -m data_prep.word2vec", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the dataset .h5 (its vocabulary and image split)")
     p.add_argument("--captions", help="captions CSV 'image,caption' (default $FACTMAS_FLICKR8K/captions.txt)")
@@ -192,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}: {meta['dim']}-d vectors of the dataset's words from "
           f"{meta['captions_used']} training captions ({meta['training_images']} images) in "
-          f"{meta['seconds']:.1f} s; sha256 {meta['sha256']}", file=sys.stderr)
+          f"{meta['seconds']:.1f} s; OpenBLAS kernel {(meta['blas'] or {}).get('kernel', 'unknown')}; "
+          f"sha256 {meta['sha256']}", file=sys.stderr)
     return 0
 
 

@@ -333,8 +333,8 @@ def run_job(j: dict, base: dict) -> dict:
     cfg = RunConfig.from_dict(d)
     resolve_options(cfg.train)          # complete, as config.json records it (``same_run``)
     if timing.is_file() and not same_run(out, cfg):
-        log.info("%s: finished with other settings or data (λ, epochs, base config, dataset); "
-                 "training it again", out)
+        log.info("%s: finished with other settings or data (λ, epochs, base config, dataset, word "
+                 "vectors); training it again", out)
         timing.unlink()
     if not timing.is_file():
         cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -380,9 +380,26 @@ def run_summary(res: dict) -> dict:
     return {"metrics": metrics, "baselines": {"frequency": freq, "untrained": init}}
 
 
+def same_word_vectors(record: dict, cfg: RunConfig) -> bool:
+    """Whether a run's config.json ``record`` names the fixed fact targets ``cfg`` would train with:
+    the word vectors' fingerprint (``fact_targets.word_vectors_sha256``) equals that of the file
+    ``cfg.model.word_vectors`` (same path, other vectors: e.g. made on another machine before
+    ``data_prep.word2vec`` pinned its BLAS kernel), or neither uses word vectors. An unreadable file
+    counts as not."""
+    from factmas.model.word_targets import load_word_vectors
+    old = (record.get("fact_targets") or {}).get("word_vectors_sha256")
+    if cfg.model.fact_targets != "word2vec":
+        return not old
+    try:
+        return old == load_word_vectors(cfg.model.word_vectors).sha256
+    except (OSError, ValueError):
+        return False
+
+
 def same_run(out: Path, cfg: RunConfig) -> bool:
     """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
-    dataset now loaded (``data_fingerprint``); a missing or unreadable config.json counts as not."""
+    dataset now loaded (``data_fingerprint``) and, with fixed fact targets, the same word vectors
+    (``same_word_vectors``); a missing or unreadable config.json counts as not."""
     from factmas.run.rundir import RunDir, data_fingerprint, same_fingerprint
     record = RunDir(out).record()
     if not record:
@@ -396,7 +413,7 @@ def same_run(out: Path, cfg: RunConfig) -> bool:
     new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
     fp = record.get("data_fingerprint") or {}
     return old == new and bool(fp.get("sha256")) and same_fingerprint(
-        fp, data_fingerprint(_DATA, cfg.train.split))
+        fp, data_fingerprint(_DATA, cfg.train.split)) and same_word_vectors(record, cfg)
 
 
 def resumable_tasks(out: Path, cfg: RunConfig) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,34 @@ def test_same_seed_same_vectors_in_another_process(data, tmp_path):
         outs.append(load_word_vectors(out))
     assert np.array_equal(outs[0].vectors, outs[1].vectors) and outs[0].sha256 == outs[1].sha256
     assert not np.array_equal(outs[0].vectors, outs[2].vectors)
+    # the command pinned OpenBLAS's kernel (it restarted itself with OPENBLAS_CORETYPE) where it can
+    pinned = word2vec.pinned_blas_env({}, platform.machine(), word2vec.cpu_flags()) is not None
+    if pinned and "OPENBLAS_CORETYPE" not in os.environ and outs[0].meta.get("blas"):
+        assert outs[0].meta["blas"]["kernel"] == word2vec.BLAS_KERNEL
+
+
+def test_blas_kernel_is_pinned_only_where_it_can_run_and_the_user_did_not_choose():
+    flags = {"sse4_2", "avx", "avx2", "fma"}
+    env = word2vec.pinned_blas_env({"PATH": "/bin"}, "x86_64", flags)
+    assert env == {"PATH": "/bin", "OPENBLAS_CORETYPE": word2vec.BLAS_KERNEL}
+    assert word2vec.pinned_blas_env({"OPENBLAS_CORETYPE": "Zen"}, "x86_64", flags) is None
+    assert word2vec.pinned_blas_env({}, "aarch64", flags) is None
+    assert word2vec.pinned_blas_env({}, "x86_64", {"sse4_2", "avx"}) is None      # no AVX2: would crash
+    assert word2vec.pinned_blas_env({}, "x86_64", {"avx2"}) is None               # no FMA
+    assert word2vec.pinned_blas_env({}, "AMD64", flags) is not None
+
+
+def test_cpu_flags_reads_the_first_flags_line(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 fma\n\nflags\t\t: other\n")
+    assert word2vec.cpu_flags(str(f)) == {"fpu", "avx2", "fma"}
+    assert word2vec.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_the_blas_kernel_is_recorded(data, tmp_path):
+    assert _run(data, _captions(data, tmp_path / "a.txt"), tmp_path / "a.npz") == 0
+    blas = load_word_vectors(tmp_path / "a.npz").meta["blas"]
+    assert blas is None or (isinstance(blas["kernel"], str) and "openblas" in blas["library"])
 
 
 def test_fact_forms_and_corpus():

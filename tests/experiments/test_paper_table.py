@@ -391,3 +391,35 @@ def test_finals_that_need_no_lambda_run_with_the_first_search_round_and_come_bac
     runs = train_paper_runs(s2, fake_run_all)
     assert [b for batch in batches for b in batch] == [("final", "finetune", "random4_seed0", 0.0)]
     assert len(runs.finals) == 1
+
+
+def test_a_finished_run_on_other_word_vectors_is_not_the_same_run(tmp_path):
+    """Fixed fact targets: a run is read back only when its recorded vectors' fingerprint equals
+    that of the vectors file the config names now (the same path can hold other vectors, e.g. made
+    on another CPU); a learned fact branch must record none."""
+    from factmas.config import RunConfig
+    from factmas.experiments.paper_table import same_word_vectors
+    from factmas.model.word_targets import load_word_vectors, word_vectors_bytes
+    rng = np.random.default_rng(7)
+    words = ["<pad>", "dog", "run", "grass"]
+    path = tmp_path / "v.npz"
+
+    def vectors():
+        v = rng.standard_normal((4, 6)).astype(np.float32)
+        v[0] = 0                                                    # the pad row
+        return v
+    path.write_bytes(word_vectors_bytes(words, vectors(), {}))
+    sha = load_word_vectors(path).sha256
+    w2v = RunConfig.from_dict({"model": {"fact_targets": "word2vec", "word_vectors": str(path),
+                                         "embed_dim": 6}, "loss": {"kind": "sherlock"}})
+    learned = RunConfig.from_dict({})
+    rec = {"fact_targets": {"fact_targets": "word2vec", "word_vectors_sha256": sha, "dim": 6}}
+    assert same_word_vectors(rec, w2v)
+    assert not same_word_vectors(rec, learned)
+    assert same_word_vectors({}, learned)
+    assert not same_word_vectors({}, w2v)
+    # the same path, other vectors
+    path.write_bytes(word_vectors_bytes(words, vectors(), {}))
+    assert not same_word_vectors(rec, w2v)
+    path.unlink()                                                   # unreadable: not the same
+    assert not same_word_vectors(rec, w2v)
