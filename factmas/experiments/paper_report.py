@@ -239,6 +239,25 @@ def shown_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def read_back_note(meta: dict[str, Any]) -> str:
+    """What the wall time covers when some runs were read back from an earlier invocation (a
+    resumed table): "" when every run was trained by this one."""
+    n, total = meta.get("read_back", 0), meta.get("run_count", 0)
+    if not n:
+        return ""
+    return (f" in this invocation, which read {n} of the {total} runs back from earlier ones (their own "
+            f"wall time: {meta['run_seconds'] / 60:.1f} min of runs in all)")
+
+
+def run_commits_line(meta: dict[str, Any]) -> list[str]:
+    """The line naming the commits the runs were trained at (their config.json), when they are not
+    all at ``meta['commit']``; [] otherwise."""
+    commits = [c for c in meta.get("run_commits") or [] if c]
+    if not commits or commits == [meta.get("commit")]:
+        return []
+    return [f"Runs trained at: {', '.join(f'`{c[:7]}`' for c in commits)}  "]
+
+
 def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, float],
                   finals: list[dict], meta: dict[str, Any]) -> list[Path]:
     """paper_table.md / .csv / .png and results.json in ``settings.out``; returns the paths."""
@@ -247,10 +266,11 @@ def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, floa
     seeds = ", ".join(map(str, settings.seeds))
     md = [f"# factmas: the MAS paper's facts comparison{' (QUICK smoke check)' if meta['quick'] else ''}",
           "", f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ",
+          *run_commits_line(meta),
           f"Data: `{shown_path(settings.data)}`{meta['data_note']}  ",
           f"Epochs per task: {settings.epochs} (λ search: {settings.search_epochs}); "
-          f"wall time {meta['seconds'] / 60:.1f} min with {settings.jobs} worker(s), "
-          f"{meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",
+          f"wall time {meta['seconds'] / 60:.1f} min with {settings.jobs} worker(s)"
+          f"{read_back_note(meta)}, {meta['cpu_seconds'] / 60:.1f} CPU min in the runs.", "",
           "fact→image mAP (%) on the test images after the last task: per task T1..Tk and over all "
           "facts, mean ± std over seeds; forgetting and BWT from the accuracy matrix R.", ""]
     single = [VARIANT[v].title for v in settings.variants if settings.first_run_only(v)]

@@ -317,6 +317,7 @@ def start_worker(data_path: str, fraction: float, threads: int = 1,
 def run_job(j: dict, base: dict) -> dict:
     """Train one job (or read it back when its timing.json exists); returns its summary."""
     from factmas.evaluation.report import read_results
+    from factmas.run.rundir import RunDir
     from factmas.trainer import resume, train
     _JOB_TAG["tag"] = f"{j['label']} {j['split']} s{j['seed']} λ={j['reg_lambda']:g}"
     out = Path(j["out"])
@@ -336,7 +337,8 @@ def run_job(j: dict, base: dict) -> dict:
         log.info("%s: finished with other settings or data (λ, epochs, base config, dataset, word "
                  "vectors); training it again", out)
         timing.unlink()
-    if not timing.is_file():
+    trained_now = not timing.is_file()
+    if trained_now:
         cpu0, t0 = cpu_seconds(), time.perf_counter()
         done = resumable_tasks(out, cfg)
         if done:        # killed mid-run with these settings: continue from its last checkpoint
@@ -353,7 +355,8 @@ def run_job(j: dict, base: dict) -> dict:
     summary = run_summary(res)
     return {**j, "final": e["final"], "final_all": e["final_all"], "forgetting": e["forgetting"],
             "bwt": e["bwt"], "seconds": t["seconds"], "cpu_seconds": t["cpu_seconds"],
-            "criterion": criterion(summary), **summary}
+            "criterion": criterion(summary), "trained_now": trained_now,
+            "commit": (RunDir(out).record() or {}).get("git_commit"), **summary}
 
 
 def run_summary(res: dict) -> dict:

@@ -126,6 +126,12 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     assert len(stamps) == len(searched) + 9
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
+    # its wall time is said to cover this invocation only: every run was read back
+    again = json.loads((out / "results.json").read_text())
+    assert again["read_back"] == again["run_count"] == res["run_count"] > 0 and res["read_back"] == 0
+    assert (f"in this invocation, which read {res['run_count']} of the {res['run_count']} runs back"
+            in (out / "paper_table.md").read_text())
+    assert "which read" not in md and "Runs trained at" not in md       # one commit (or none)
     # --one-run: the same finished runs, MAS's row only on the first random split, and said so
     assert md.count("| MAS |") == 9
     assert main([*argv, "--one-run", "mas"]) == 0
@@ -423,3 +429,15 @@ def test_a_finished_run_on_other_word_vectors_is_not_the_same_run(tmp_path):
     assert not same_word_vectors(rec, w2v)
     path.unlink()                                                   # unreadable: not the same
     assert not same_word_vectors(rec, w2v)
+
+
+def test_the_report_names_the_runs_commits_and_what_its_wall_time_covers():
+    from factmas.experiments.paper_report import read_back_note, run_commits_line
+    a, b = "a" * 40, "b" * 40
+    assert run_commits_line({"commit": a, "run_commits": [a]}) == []
+    assert run_commits_line({"commit": a, "run_commits": []}) == []
+    assert run_commits_line({"commit": a, "run_commits": [a, b]}) == ["Runs trained at: `aaaaaaa`, `bbbbbbb`  "]
+    assert run_commits_line({"commit": None, "run_commits": [b]}) == ["Runs trained at: `bbbbbbb`  "]
+    assert read_back_note({"read_back": 0, "run_count": 5, "run_seconds": 60.0}) == ""
+    note = read_back_note({"read_back": 3, "run_count": 5, "run_seconds": 600.0})
+    assert "read 3 of the 5 runs back" in note and "10.0 min of runs" in note
