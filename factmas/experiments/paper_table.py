@@ -57,6 +57,7 @@ import numpy as np
 from factmas.config import RunConfig
 from factmas.errors import Terminated, sigterm_raises
 from factmas.evaluation.metric_specs import names as metric_names
+from factmas.experiments.paper_resume import resumable_tasks, same_run, same_word_vectors  # noqa: F401
 from factmas.io import atomic_write_json
 from factmas.methods import METHODS, resolve_options
 
@@ -333,14 +334,14 @@ def run_job(j: dict, base: dict) -> dict:
     d["eval"] = {**base.get("eval", {}), "enabled": True, "image_split": j["image_split"]}
     cfg = RunConfig.from_dict(d)
     resolve_options(cfg.train)          # complete, as config.json records it (``same_run``)
-    if timing.is_file() and not same_run(out, cfg):
+    if timing.is_file() and not same_run(out, cfg, _DATA):
         log.info("%s: finished with other settings or data (λ, epochs, base config, dataset, word "
                  "vectors); training it again", out)
         timing.unlink()
     trained_now = not timing.is_file()
     if trained_now:
         cpu0, t0 = cpu_seconds(), time.perf_counter()
-        done = resumable_tasks(out, cfg)
+        done = resumable_tasks(out, cfg, _DATA)
         if done:        # killed mid-run with these settings: continue from its last checkpoint
             log.info("%s: resuming after %d trained task(s) (factmas train --resume)", out, done)
             resume(out, threads=1, progress=False, data=_DATA)
@@ -381,57 +382,6 @@ def run_summary(res: dict) -> dict:
             init[m] = {"final": e["initial"], "final_all": e["initial_all"],
                        "average": mean(e["initial"])}
     return {"metrics": metrics, "baselines": {"frequency": freq, "untrained": init}}
-
-
-def same_word_vectors(record: dict, cfg: RunConfig) -> bool:
-    """Whether a run's config.json ``record`` names the fixed fact targets ``cfg`` would train with:
-    the word vectors' fingerprint (``fact_targets.word_vectors_sha256``) equals that of the file
-    ``cfg.model.word_vectors`` (same path, other vectors: e.g. made on another machine before
-    ``data_prep.word2vec`` pinned its BLAS kernel), or neither uses word vectors. An unreadable file
-    counts as not."""
-    from factmas.model.word_targets import load_word_vectors
-    old = (record.get("fact_targets") or {}).get("word_vectors_sha256")
-    if cfg.model.fact_targets != "word2vec":
-        return not old
-    try:
-        return old == load_word_vectors(cfg.model.word_vectors).sha256
-    except (OSError, ValueError):
-        return False
-
-
-def same_run(out: Path, cfg: RunConfig) -> bool:
-    """Whether the finished run in ``out`` was trained with ``cfg`` (all of it but the paths) on the
-    dataset now loaded (``data_fingerprint``) and, with fixed fact targets, the same word vectors
-    (``same_word_vectors``); a missing or unreadable config.json counts as not."""
-    from factmas.run.rundir import RunDir, data_fingerprint, same_fingerprint
-    record = RunDir(out).record()
-    if not record:
-        return False
-    paths = ("data", "out")
-    try:        # through RunConfig, so that a key added since (at its default) compares equal
-        resolved = RunConfig.from_dict(record.get("config") or {}).to_dict()
-    except (ValueError, TypeError):
-        return False
-    old = {k: v for k, v in resolved.items() if k not in paths}
-    new = {k: v for k, v in cfg.to_dict().items() if k not in paths}
-    fp = record.get("data_fingerprint") or {}
-    return old == new and bool(fp.get("sha256")) and same_fingerprint(
-        fp, data_fingerprint(_DATA, cfg.train.split)) and same_word_vectors(record, cfg)
-
-
-def resumable_tasks(out: Path, cfg: RunConfig) -> int:
-    """How many tasks an unfinished run in ``out`` has checkpointed, when it was started with
-    ``cfg`` on the loaded dataset (``same_run``); 0 when there is nothing to continue (no run, no
-    checkpoint, other settings or data), and the job is trained from the start.
-
-    ``factmas.trainer.resume`` then ends with the weights and metrics of an uninterrupted run (it
-    re-seeds every task), so a stop loses at most the task in progress, not the whole run; the
-    run's ``timing.json`` then counts only the resumed part's seconds."""
-    from factmas.run.checkpoint import stage_checkpoints
-    if not same_run(out, cfg):
-        return 0
-    stages = stage_checkpoints(out)
-    return stages[-1][0] + 1 if stages else 0
 
 
 def cpu_seconds() -> float:

@@ -304,7 +304,7 @@ def test_a_run_killed_mid_way_is_resumed_from_its_checkpoint_with_the_uninterrup
     assert json.loads((tmp_path / "whole" / "timing.json").read_text())["resumed_after_tasks"] == 0
     killed(tmp_path / "cut")
     assert pt.resumable_tasks(tmp_path / "cut", RunConfig.from_dict(
-        json.loads((tmp_path / "cut" / "config.json").read_text())["config"])) == 2
+        json.loads((tmp_path / "cut" / "config.json").read_text())["config"]), pt._DATA) == 2
     with caplog.at_level(logging.INFO, logger="factmas.experiments.paper_table"):
         cut = pt.run_job({**j, "out": str(tmp_path / "cut")}, TINY)
     assert "resuming after 2 trained task(s)" in caplog.text
@@ -404,7 +404,7 @@ def test_a_finished_run_on_other_word_vectors_is_not_the_same_run(tmp_path):
     that of the vectors file the config names now (the same path can hold other vectors, e.g. made
     on another CPU); a learned fact branch must record none."""
     from factmas.config import RunConfig
-    from factmas.experiments.paper_table import same_word_vectors
+    from factmas.experiments.paper_resume import same_word_vectors
     from factmas.model.word_targets import load_word_vectors, word_vectors_bytes
     rng = np.random.default_rng(7)
     words = ["<pad>", "dog", "run", "grass"]
