@@ -21,13 +21,15 @@ float32 [V, dim], pad row zero, meta with the settings, gensim's version, the co
 SHA-256, the BLAS kernel and the vectors' fingerprint ``sha256``), written atomically. Exit 0, or 2
 on bad input.
 
-Same vectors on any x86-64 CPU: gensim's training loop calls scipy's BLAS (``sdot``, ``saxpy``),
-and OpenBLAS picks its kernel by CPU; the vectors' bits differ between kernels (on one AMD EPYC the
-kernels Haswell, Sandybridge, Nehalem and Prescott gave four different fingerprints, so an Intel
-machine with another default kernel made other vectors from the same captions and seed). The
-command therefore runs with ``OPENBLAS_CORETYPE=Haswell`` (``BLAS_KERNEL``) on every x86-64 CPU
-with AVX2 and FMA: it starts itself again with that variable set, unless it is set already (a
-user's own choice is kept). The kernel used is recorded in the meta (``blas``).
+One BLAS kernel on every Linux x86-64 CPU: gensim's training loop calls scipy's BLAS (``sdot``,
+``saxpy``), and OpenBLAS picks its kernel by CPU; the vectors' bits differ between kernels (on one
+AMD EPYC the kernels Haswell, Sandybridge, Nehalem and Prescott gave four different fingerprints,
+and an Intel machine with its own default kernel had made a fifth from the same captions and
+seed). The command therefore runs with ``OPENBLAS_CORETYPE=Haswell`` (``BLAS_KERNEL``) on Linux
+x86-64 CPUs with AVX2 and FMA: it starts itself again with that variable set (``restart_pinned``),
+unless it is set already (a user's own choice is kept). That one kernel gives one result is
+expected (the same instructions in the same order), not yet checked on a second CPU model. The
+kernel used is recorded in the meta (``blas``); other systems and BLAS builds run unpinned.
 """
 from __future__ import annotations
 
@@ -141,9 +143,9 @@ BLAS_KERNEL = "Haswell"
 def pinned_blas_env(environ: dict[str, str], machine: str, cpu_flags: set[str]) -> dict[str, str] | None:
     """The environment to start the command again with, so that OpenBLAS uses ``BLAS_KERNEL``;
     None when no restart is needed: ``OPENBLAS_CORETYPE`` already set (the user's choice, or this
-    command's restart), not an x86-64 ``machine`` (``platform.machine()``), or a CPU without the
+    command's restart), not an x86-64 ``machine`` (``platform.machine()`` on Linux), or a CPU without the
     kernel's instructions (``cpu_flags`` lacks avx2 or fma; forcing it would crash)."""
-    if environ.get("OPENBLAS_CORETYPE") or machine.lower() not in ("x86_64", "amd64"):
+    if environ.get("OPENBLAS_CORETYPE") or machine != "x86_64":
         return None
     if not {"avx2", "fma"} <= cpu_flags:
         return None
@@ -163,8 +165,9 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
 
 
 def blas_record() -> dict | None:
-    """{"library", "kernel"} of the OpenBLAS that scipy (gensim's BLAS) loaded, from threadpoolctl;
-    None when it cannot be told."""
+    """{"library", "kernel", "coretype_env"} of the OpenBLAS that scipy (gensim's BLAS) loaded, from
+    threadpoolctl, with the ``OPENBLAS_CORETYPE`` it ran under (None: OpenBLAS's own choice); None
+    when it cannot be told (another BLAS, or no threadpoolctl)."""
     try:
         import scipy.linalg.blas  # noqa: F401  (loads scipy's BLAS, as gensim does)
         from threadpoolctl import threadpool_info
@@ -174,7 +177,8 @@ def blas_record() -> dict | None:
     libs.sort(key=lambda i: "scipy.libs" not in str(i.get("filepath", "")))
     if not libs:
         return None
-    return {"library": Path(str(libs[0].get("filepath", ""))).name, "kernel": libs[0].get("architecture")}
+    return {"library": Path(str(libs[0].get("filepath", ""))).name, "kernel": libs[0].get("architecture"),
+            "coretype_env": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -223,14 +227,23 @@ def build(args: argparse.Namespace) -> dict:
     return meta
 
 
+def restart_pinned() -> None:
+    """Start this command again, the same way it was started (``sys.orig_argv``: the interpreter's
+    flags, ``-m data_prep.word2vec`` or the script path, the arguments), with ``pinned_blas_env``,
+    when that is needed and possible: on Linux only (``/proc/cpuinfo`` tells the CPU's flags, and
+    ``os.execve`` replaces the process). Returns when no restart is needed; otherwise never."""
+    if not sys.platform.startswith("linux"):
+        return
+    env = pinned_blas_env(dict(os.environ), platform.machine(), cpu_flags())
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry; returns the exit status (0 ok, 2 bad input). Run as a command (``argv``
-    None), it first starts itself again with ``pinned_blas_env`` where that is needed."""
-    if argv is None:
-        env = pinned_blas_env(dict(os.environ), platform.machine(), cpu_flags())
-        if env is not None:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.execve(sys.executable, [sys.executable, "-m", "data_prep.word2vec", *sys.argv[1:]], env)
+    """Command line entry; returns the exit status (0 ok, 2 bad input). Run as a command, the
+    ``__main__`` block first calls ``restart_pinned``; a caller of ``main`` runs with its own BLAS."""
     p = argparse.ArgumentParser(prog="python -m data_prep.word2vec", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the dataset .h5 (its vocabulary and image split)")
     p.add_argument("--captions", help="captions CSV 'image,caption' (default $FACTMAS_FLICKR8K/captions.txt)")
@@ -258,5 +271,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_pinned()
     from factmas.errors import guarded_main
     sys.exit(guarded_main("data_prep.word2vec", main))

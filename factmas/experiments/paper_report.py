@@ -242,11 +242,11 @@ def shown_path(path: str) -> str:
 def read_back_note(meta: dict[str, Any]) -> str:
     """What the wall time covers when some runs were read back from an earlier invocation (a
     resumed table): "" when every run was trained by this one."""
-    n, total = meta.get("read_back", 0), meta.get("run_count", 0)
+    n, total = meta.get("read_back", 0), meta.get("table_runs", 0)
     if not n:
         return ""
-    return (f" in this invocation, which read {n} of the {total} runs back from earlier ones (their own "
-            f"wall time: {meta['run_seconds'] / 60:.1f} min of runs in all)")
+    return (f" in this invocation, which read {n} of the {total} runs back from earlier ones (the "
+            f"{total} runs' own wall times add up to {meta['run_seconds'] / 60:.1f} min)")
 
 
 def run_commits_line(meta: dict[str, Any]) -> list[str]:
@@ -255,7 +255,8 @@ def run_commits_line(meta: dict[str, Any]) -> list[str]:
     commits = [c for c in meta.get("run_commits") or [] if c]
     if not commits or commits == [meta.get("commit")]:
         return []
-    return [f"Runs trained at: {', '.join(f'`{c[:7]}`' for c in commits)}  "]
+    short = [c[:7] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
+    return [f"Runs trained at: {', '.join(f'`{c}`' for c in short)}  "]
 
 
 def write_outputs(settings: Settings, search: list[dict], chosen: dict[str, float],

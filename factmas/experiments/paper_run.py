@@ -98,7 +98,8 @@ def write_paper_table(settings: Settings, runs: PaperRuns, command: str, commit:
     meta = {"command": command, "commit": commit, "quick": quick, "seconds": seconds,
             "cpu_seconds": sum(r["cpu_seconds"] for r in trained),
             "run_seconds": sum(r["seconds"] for r in trained),
-            "read_back": sum(not r.get("trained_now", True) for r in trained), "run_count": len(trained),
+            # the table's runs (search and final, each once), how many were read back, their commits
+            "table_runs": len(trained), "read_back": sum(not r.get("trained_now", True) for r in trained),
             "run_commits": sorted({r["commit"] for r in trained if r.get("commit")}),
             "data_note": (f" (a random {settings.image_fraction:.0%} of the images)"
                           if settings.image_fraction < 1 else "")}

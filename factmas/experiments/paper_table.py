@@ -33,8 +33,9 @@ image-frequency ranking and the untrained model (``BASELINES``).
 
 Every run is one ``factmas.trainer.train`` run directory under OUT (``search/…``, ``runs/…``) with its
 own results.json; a run whose ``timing.json`` exists is complete and is not run again when its
-``config.json`` holds the same settings and dataset fingerprint (a changed λ, ``--epochs`` or
-``--config`` trains it again), so a killed experiment continues where it stopped. Runs go to
+``config.json`` holds the same settings, dataset fingerprint and word vectors
+(``factmas.experiments.paper_resume``; a changed λ, ``--epochs`` or ``--config`` trains it again),
+so a killed experiment continues where it stopped. Runs go to
 ``jobs`` worker processes with one torch thread each (independent runs scale over cores better than
 threads inside one run).
 """

@@ -97,8 +97,10 @@ def test_same_seed_same_vectors_in_another_process(data, tmp_path):
     assert np.array_equal(outs[0].vectors, outs[1].vectors) and outs[0].sha256 == outs[1].sha256
     assert not np.array_equal(outs[0].vectors, outs[2].vectors)
     # the command pinned OpenBLAS's kernel (it restarted itself with OPENBLAS_CORETYPE) where it can
-    pinned = word2vec.pinned_blas_env({}, platform.machine(), word2vec.cpu_flags()) is not None
-    if pinned and "OPENBLAS_CORETYPE" not in os.environ and outs[0].meta.get("blas"):
+    pinned = (sys.platform.startswith("linux") and "OPENBLAS_CORETYPE" not in os.environ
+              and word2vec.pinned_blas_env({}, platform.machine(), word2vec.cpu_flags()) is not None)
+    if pinned:
+        assert outs[0].meta["blas"]["coretype_env"] == word2vec.BLAS_KERNEL
         assert outs[0].meta["blas"]["kernel"] == word2vec.BLAS_KERNEL
 
 
@@ -110,7 +112,36 @@ def test_blas_kernel_is_pinned_only_where_it_can_run_and_the_user_did_not_choose
     assert word2vec.pinned_blas_env({}, "aarch64", flags) is None
     assert word2vec.pinned_blas_env({}, "x86_64", {"sse4_2", "avx"}) is None      # no AVX2: would crash
     assert word2vec.pinned_blas_env({}, "x86_64", {"avx2"}) is None               # no FMA
-    assert word2vec.pinned_blas_env({}, "AMD64", flags) is not None
+    assert word2vec.pinned_blas_env({}, "AMD64", flags) is None                   # Windows: unpinned
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the restart is for Linux only")
+def test_the_command_restarts_itself_as_it_was_started_with_the_kernel_pinned(monkeypatch):
+    calls = []
+
+    def execve(path, args, env):
+        calls.append((path, args, env))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(word2vec.os, "execve", execve)
+    monkeypatch.setattr(word2vec.sys, "orig_argv", ["python3", "-X", "utf8", "-m", "data_prep.word2vec",
+                                                    "--data", "d.h5", "--out", "v.npz"])
+    monkeypatch.setattr(word2vec.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(word2vec, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    with pytest.raises(SystemExit):
+        word2vec.restart_pinned()
+    (path, args, env), = calls
+    assert path == sys.executable and env["OPENBLAS_CORETYPE"] == word2vec.BLAS_KERNEL
+    assert args == [sys.executable, "-X", "utf8", "-m", "data_prep.word2vec", "--data", "d.h5",
+                    "--out", "v.npz"]
+    # the restarted process (the variable set) and a CPU without AVX2 go on without a restart
+    monkeypatch.setenv("OPENBLAS_CORETYPE", word2vec.BLAS_KERNEL)
+    word2vec.restart_pinned()
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.setattr(word2vec, "cpu_flags", lambda: {"avx"})
+    word2vec.restart_pinned()
+    assert len(calls) == 1
 
 
 def test_cpu_flags_reads_the_first_flags_line(tmp_path):
@@ -122,8 +153,9 @@ def test_cpu_flags_reads_the_first_flags_line(tmp_path):
 
 def test_the_blas_kernel_is_recorded(data, tmp_path):
     assert _run(data, _captions(data, tmp_path / "a.txt"), tmp_path / "a.npz") == 0
-    blas = load_word_vectors(tmp_path / "a.npz").meta["blas"]
-    assert blas is None or (isinstance(blas["kernel"], str) and "openblas" in blas["library"])
+    blas = load_word_vectors(tmp_path / "a.npz").meta["blas"]       # scipy's wheels bundle OpenBLAS
+    assert isinstance(blas["kernel"], str) and blas["kernel"] and "openblas" in blas["library"]
+    assert blas["coretype_env"] == os.environ.get("OPENBLAS_CORETYPE")      # in-process: no restart
 
 
 def test_fact_forms_and_corpus():

@@ -128,8 +128,8 @@ def test_quick_table_on_synthetic_data_and_resume(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("timing.json")} == stamps
     # its wall time is said to cover this invocation only: every run was read back
     again = json.loads((out / "results.json").read_text())
-    assert again["read_back"] == again["run_count"] == res["run_count"] > 0 and res["read_back"] == 0
-    assert (f"in this invocation, which read {res['run_count']} of the {res['run_count']} runs back"
+    assert again["read_back"] == again["table_runs"] == res["table_runs"] > 0 and res["read_back"] == 0
+    assert (f"in this invocation, which read {res['table_runs']} of the {res['table_runs']} runs back"
             in (out / "paper_table.md").read_text())
     assert "which read" not in md and "Runs trained at" not in md       # one commit (or none)
     # --one-run: the same finished runs, MAS's row only on the first random split, and said so
@@ -431,6 +431,43 @@ def test_a_finished_run_on_other_word_vectors_is_not_the_same_run(tmp_path):
     assert not same_word_vectors(rec, w2v)
 
 
+def test_same_run_needs_the_same_settings_data_and_word_vectors(tmp_path):
+    """``same_run`` on a run directory's config.json: equal settings (paths aside), the dataset's
+    fingerprint and the recorded word vectors; any one of them changed makes it another run."""
+    from factmas.config import RunConfig
+    from factmas.experiments.paper_resume import same_run
+    from factmas.model.word_targets import load_word_vectors, word_vectors_bytes
+    from factmas.run.rundir import data_fingerprint
+    data = read_dataset(make_synthetic_dataset(tmp_path / "syn.h5", n_images=40, image_size=8,
+                                               num_tasks=2), load_images=False)
+    rng = np.random.default_rng(11)
+
+    def write_vectors():
+        v = rng.standard_normal((len(data.vocab), 6)).astype(np.float32)
+        v[0] = 0
+        (tmp_path / "v.npz").write_bytes(word_vectors_bytes(data.vocab, v, {}))
+        return load_word_vectors(tmp_path / "v.npz").sha256
+
+    sha = write_vectors()
+    split = next(n for n in data.splits if n.startswith("random"))
+    cfg = RunConfig.from_dict({"model": {"fact_targets": "word2vec", "word_vectors": str(tmp_path / "v.npz"),
+                                         "embed_dim": 6}, "loss": {"kind": "sherlock"},
+                               "train": {"split": split}, "out": str(tmp_path / "run")})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({
+        "config": {**cfg.to_dict(), "data": "/elsewhere/syn.h5", "out": "/elsewhere/run"},
+        "data_fingerprint": data_fingerprint(data, split),
+        "fact_targets": {"fact_targets": "word2vec", "word_vectors_sha256": sha, "dim": 6}}))
+    assert same_run(run, cfg, data)                                 # the paths do not count
+    other = RunConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "lr": 0.5}})
+    assert not same_run(run, other, data)
+    assert not same_run(run, RunConfig.from_dict({**cfg.to_dict(), "train": {
+        **cfg.to_dict()["train"], "split": next(n for n in data.splits if n != split)}}), data)
+    write_vectors()                                                 # the same file, other vectors
+    assert not same_run(run, cfg, data)
+
+
 def test_the_report_names_the_runs_commits_and_what_its_wall_time_covers():
     from factmas.experiments.paper_report import read_back_note, run_commits_line
     a, b = "a" * 40, "b" * 40
@@ -438,6 +475,8 @@ def test_the_report_names_the_runs_commits_and_what_its_wall_time_covers():
     assert run_commits_line({"commit": a, "run_commits": []}) == []
     assert run_commits_line({"commit": a, "run_commits": [a, b]}) == ["Runs trained at: `aaaaaaa`, `bbbbbbb`  "]
     assert run_commits_line({"commit": None, "run_commits": [b]}) == ["Runs trained at: `bbbbbbb`  "]
-    assert read_back_note({"read_back": 0, "run_count": 5, "run_seconds": 60.0}) == ""
-    note = read_back_note({"read_back": 3, "run_count": 5, "run_seconds": 600.0})
-    assert "read 3 of the 5 runs back" in note and "10.0 min of runs" in note
+    assert run_commits_line({"commit": a, "run_commits": [a, a + "-dirty"]}) == [
+        "Runs trained at: `aaaaaaa`, `aaaaaaa-dirty`  "]
+    assert read_back_note({"read_back": 0, "table_runs": 5, "run_seconds": 60.0}) == ""
+    note = read_back_note({"read_back": 3, "table_runs": 5, "run_seconds": 600.0})
+    assert "read 3 of the 5 runs back" in note and "add up to 10.0 min" in note
