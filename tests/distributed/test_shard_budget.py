@@ -26,7 +26,11 @@ SEARCH_BATCH = 7
 
 
 @pytest.mark.parametrize("kind", ["collapsed", "ties"])
-def test_two_gloo_processes_past_the_budget_equal_one(tmp_path, kind):
+def test_two_gloo_processes_past_the_budget_equal_one(tmp_path, kind, products_depend_on_position):
+    if kind == "collapsed" and products_depend_on_position:
+        pytest.skip("collapsed embeddings need float32 products that do not depend on the entry's "
+                    "position (tests/conftest.py); this machine's BLAS changes them by 1 ulp, which "
+                    "reorders images 1e-6 apart")
     path = make_synthetic_dataset(tmp_path / "s.h5", n_images=400, image_size=8, num_tasks=3, seed=4)
     ev = Evaluator(read_dataset(path), SPLIT, EvalConfig(search_batch=SEARCH_BATCH))
     rng = np.random.default_rng(21)
