@@ -92,39 +92,27 @@ def same_h5():
     return assert_same_h5
 
 
-def float32_products_depend_on_position() -> bool:
+@pytest.fixture(scope="session")
+def products_depend_on_position() -> bool:
     """Whether this machine's torch float32 matrix product gives an entry a value that depends on
     where the entry sits (its column among the others, the number of rows): seen with MKL's AVX2
     path on an AMD EPYC (a part of 6, 7, 9, 10 or 11 columns differs by 1 ulp from the same
     columns permuted), not on the Intel Xeon of the earlier sessions. Tests that need bit-equal
     scores from two differently cut score matrices (collapsed embeddings, where 1 ulp reorders
-    images) hold only where this is False. A fixed probe, one thread, computed once."""
-    global _POSITION_PROBE
-    if _POSITION_PROBE is None:
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            g = np.random.default_rng(0)
-            found = False
-            for k in (6, 8, 12, 16, 18, 24):
-                for n in range(1, 33):
-                    q = torch.from_numpy(g.standard_normal((160, k)).astype(np.float32))
-                    m = torch.from_numpy(g.standard_normal((n, k)).astype(np.float32))
-                    p = g.permutation(n)
-                    full = torch.mm(q, m.T)
-                    found |= bool((full != torch.mm(q, m[p].T)[:, np.argsort(p)]).any())
-                    found |= bool((full[7:] != torch.mm(q[7:], m.T)).any())
-        finally:
-            torch.set_num_threads(old)
-        _POSITION_PROBE = found
-    return _POSITION_PROBE
-
-
-_POSITION_PROBE: bool | None = None
-
-
-@pytest.fixture(scope="session")
-def products_depend_on_position() -> bool:
-    """``float32_products_depend_on_position()`` as a fixture."""
-    return float32_products_depend_on_position()
-
+    images) hold only where this is False. A fixed probe, one thread, once per session."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = np.random.default_rng(0)
+        found = False
+        for k in (6, 8, 12, 16, 18, 24):
+            for n in range(1, 33):
+                q = torch.from_numpy(g.standard_normal((160, k)).astype(np.float32))
+                m = torch.from_numpy(g.standard_normal((n, k)).astype(np.float32))
+                p = g.permutation(n)
+                full = torch.mm(q, m.T)
+                found |= bool((full != torch.mm(q, m[p].T)[:, np.argsort(p)]).any())
+                found |= bool((full[7:] != torch.mm(q[7:], m.T)).any())
+    finally:
+        torch.set_num_threads(old)
+    return found

@@ -58,7 +58,7 @@ import numpy as np
 from factmas.config import RunConfig
 from factmas.errors import Terminated, sigterm_raises
 from factmas.evaluation.metric_specs import names as metric_names
-from factmas.experiments.paper_resume import resumable_tasks, same_run, same_word_vectors  # noqa: F401
+from factmas.experiments.paper_resume import resumable_tasks, same_run
 from factmas.io import atomic_write_json
 from factmas.methods import METHODS, resolve_options
 

@@ -440,7 +440,7 @@ def test_columns_count_fact_to_image_in_the_image_blocks(rng, ties, threads, blo
     finally:
         torch.set_num_threads(old)
     # −D of a pair: equal, or (on a BLAS whose products depend on the entry's position, conftest's
-    # float32_products_depend_on_position: the two calls cut the parts differently) within 2 float32
+    # products_depend_on_position fixture: the two calls cut the parts differently) within 2 float32
     # ulps of 2 (1 ulp of an inner product ≤ 2, ×2/o, then −2 rounded once more)
     if products_depend_on_position:
         np.testing.assert_allclose(r.neg_dist, plain.neg_dist, rtol=0, atol=ULP_AT_2 * 2)
