@@ -53,7 +53,7 @@ REGIMES = {                           # folder name → what the regime varies (
     "R1": "Sherlock's fixed word2vec targets, L2 loss",
     "R2": "deeper training",
     "R3": "8 tasks",
-    "R4": "nearest to LFL: Sherlock targets, deeper, image-disjoint, transductive Ω row",
+    "R4": "nearest to LFL: Sherlock targets, stages 5-7 trained, image-disjoint, transductive MAS Ω",
     "R5": "today's default model: R0 with SWA over epochs 2-3 of each task",
 }
 SKIP = ("smoke", "table", "pilot")    # folders beside the regimes that are not regimes
